@@ -1,0 +1,43 @@
+# pqmpc — one entry point for set-up, tests and the demo.
+# `make demo` runs the main job, `make test` the whole test suite; both install
+# everything they need (a virtual environment, the local control plane) first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv control-plane test test-unit lint typecheck demo bench clean
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+control-plane:
+	bash scripts/build-control-plane.sh
+
+lint: venv
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+typecheck: lint
+
+test-unit: venv
+	$(PY) -m pytest -m 'not integration'
+
+test: venv control-plane
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+	$(PY) -m pytest
+
+demo: venv control-plane
+	$(PY) -m pqmpc_local.demo
+
+bench: venv control-plane
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis

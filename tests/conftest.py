@@ -1,0 +1,19 @@
+"""Shared fixtures: where the known-answer vectors live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VECTORS = Path(os.environ.get("PQMPC_VECTORS", REPO.parent / "shared" / "vectors"))
+
+
+@pytest.fixture(scope="session")
+def vectors_dir() -> Path:
+    """The folder of Wycheproof / X-Wing known-answer files; skips, saying why, if absent."""
+    if not VECTORS.is_dir():
+        pytest.skip(f"known-answer vectors not found at {VECTORS} (set PQMPC_VECTORS to their folder)")
+    return VECTORS
