@@ -17,3 +17,5 @@ def vectors_dir() -> Path:
     if not VECTORS.is_dir():
         pytest.skip(f"known-answer vectors not found at {VECTORS} (set PQMPC_VECTORS to their folder)")
     return VECTORS
+
+pytest_plugins = ["pqmpc_local.pytest_plugin"]
