@@ -1,0 +1,163 @@
+"""kopf handlers: thin shells that read, ask the pure modules, and write.
+
+One daemon per NodePool runs a level-triggered reconcile loop: it wakes when the pool
+or one of its pods changes (event handlers poke it) and otherwise every
+``resync_seconds``. Each pass reads everything afresh, so an operator restarted in the
+middle of a pass simply converges on the next one. Handlers are registered into an
+explicit registry by :func:`register` (nothing happens at import time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from pqmpc_operator import builders, rollout, status
+from pqmpc_operator.kube import KubeApi
+from pqmpc_operator.metrics import OperatorMetrics
+from pqmpc_operator.model import API_GROUP, API_VERSION, SpecError, parse_nodepool
+from pqmpc_operator.settings import OperatorSettings
+
+__all__ = ["OperatorContext", "reconcile_pool", "register"]
+
+_log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class OperatorContext:
+    """Operator-wide state shared by every handler through kopf's memo."""
+
+    api: KubeApi
+    settings: OperatorSettings
+    metrics: OperatorMetrics
+    triggers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    applied_children: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def trigger(self, namespace: str, name: str) -> asyncio.Event:
+        """The wake-up flag of one pool's reconcile loop."""
+        return self.triggers.setdefault((namespace, name), asyncio.Event())
+
+
+def _event(body: Mapping[str, Any], ev: status.PoolEvent) -> None:
+    kopf.event(cast(kopf.Body, body), type=ev.type, reason=ev.reason, message=ev.message[:1000])
+
+
+async def _write_status(
+    ctx: OperatorContext, body: Mapping[str, Any], namespace: str, name: str, new: Mapping[str, Any]
+) -> None:
+    old = body.get("status") or {}
+    if new == old:
+        return
+    await ctx.api.patch_pool_status(namespace, name, new)
+    for ev in status.condition_events(old, new):
+        _event(body, ev)
+
+
+async def reconcile_pool(ctx: OperatorContext, namespace: str, name: str) -> None:
+    """One pass for one pool: read -> decide -> write."""
+    body = await ctx.api.get_pool(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    try:
+        pool = parse_nodepool(body)
+    except SpecError as exc:
+        # Schema-valid but unusable: say so, touch no child, wait for a new spec.
+        await _write_status(ctx, body, namespace, name, status.invalid_spec_status(body, exc, _now()))
+        ctx.metrics.reconcile_errors.labels(reason="invalid_spec").inc()
+        return
+
+    children = [
+        builders.build_service_account(pool),
+        builders.build_headless_service(pool, ctx.settings),
+        builders.build_pdb(pool),
+        builders.build_network_policy(pool, ctx.settings),
+    ]
+    digest = hashlib.sha256(json.dumps(children, sort_keys=True).encode()).hexdigest()
+    if ctx.applied_children.get((namespace, name)) != digest:
+        for child in children:
+            await ctx.api.apply(child)
+        ctx.applied_children[(namespace, name)] = digest
+
+    pods, nodes = await asyncio.gather(ctx.api.list_pool_pods(namespace, name, pool.uid), ctx.api.list_nodes())
+    plan = rollout.plan_pods(pool, pods, nodes, ctx.settings)
+    for pod in plan.create:
+        await ctx.api.create_pod(pod)
+    for pod_name in plan.delete:
+        await ctx.api.delete_pod(namespace, pod_name)
+    if plan.create or plan.delete:
+        _log.info("pool %s/%s: created %s, deleted %s", namespace, name,
+                  [p["metadata"]["name"] for p in plan.create], list(plan.delete))
+    new_status = status.compute_status(pool, pods, plan, body.get("status") or {}, _now())
+    await _write_status(ctx, body, namespace, name, new_status)
+    ctx.metrics.observe_pool(namespace, name, new_status)
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Register every handler of the operator into ``registry``."""
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = f"{API_GROUP}/operator"
+        settings.posting.level = logging.INFO
+        settings.watching.server_timeout = 270
+        settings.watching.client_timeout = 300
+
+    @kopf.daemon(API_GROUP, API_VERSION, "nodepools", cancellation_timeout=5.0, registry=registry)  # type: ignore[arg-type]
+    async def pool_loop(name: str, namespace: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+        ctx: OperatorContext = memo["ctx"]
+        trigger = ctx.trigger(namespace, name)
+        backoff = 1.0
+        try:
+            while not stopped:
+                trigger.clear()
+                started = time.perf_counter()
+                try:
+                    await reconcile_pool(ctx, namespace, name)
+                    backoff = 1.0
+                    wait = ctx.settings.resync_seconds
+                    outcome = "ok"
+                except ApiException as exc:
+                    # Conflicts and transient API errors: retry soon, with growing back-off.
+                    _log.warning("pool %s/%s: API error %s %s; retrying in %.0fs", namespace, name, exc.status, exc.reason, backoff)
+                    wait, backoff = backoff, min(backoff * 2, 60.0)
+                    outcome = "error"
+                    ctx.metrics.reconcile_errors.labels(reason=f"api_{exc.status}").inc()
+                ctx.metrics.reconciles.labels(kind="NodePool", outcome=outcome).inc()
+                ctx.metrics.reconcile_seconds.labels(kind="NodePool").observe(time.perf_counter() - started)
+                try:
+                    await asyncio.wait_for(trigger.wait(), timeout=wait)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            ctx.triggers.pop((namespace, name), None)
+            ctx.applied_children.pop((namespace, name), None)
+            ctx.metrics.forget_pool(namespace, name)
+
+    @kopf.on.event(API_GROUP, API_VERSION, "nodepools", registry=registry)  # type: ignore[arg-type]
+    async def pool_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        ctx: OperatorContext = memo["ctx"]
+        if (namespace, name) in ctx.triggers:
+            ctx.triggers[(namespace, name)].set()
+
+    @kopf.on.event(  # type: ignore[arg-type]
+        "", "v1", "pods", labels={"app.kubernetes.io/managed-by": builders.MANAGED_BY}, registry=registry
+    )
+    async def pod_changed(labels: Mapping[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        ctx: OperatorContext = memo["ctx"]
+        pool = labels.get(builders.LABEL_POOL)
+        if pool and (namespace, pool) in ctx.triggers:
+            ctx.triggers[(namespace, pool)].set()

@@ -1,0 +1,118 @@
+"""The operator's only door to the Kubernetes API (the I/O seam).
+
+A thin wrapper over the official ``kubernetes`` client: it reads pools, pods and Nodes
+and writes exactly what the pure modules decided. Calls are synchronous and run in a
+worker thread (``asyncio.to_thread``) from the kopf handlers. Children other than pods
+are written with server-side apply under one field manager, so a pass is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from pqmpc_operator.builders import pool_selector
+from pqmpc_operator.model import API_GROUP, API_VERSION
+
+__all__ = ["FIELD_MANAGER", "KubeApi", "load_api_client"]
+
+FIELD_MANAGER = "pqmpc-operator"
+_APPLY = "application/apply-patch+yaml"
+_MERGE = "application/merge-patch+json"
+T = TypeVar("T")
+
+
+def load_api_client() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (``KUBECONFIG``)."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+class KubeApi:
+    """Reads and writes for NodePools and their children."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._core = client.CoreV1Api(api_client)
+        self._custom = client.CustomObjectsApi(api_client)
+        self._policy = client.PolicyV1Api(api_client)
+        self._net = client.NetworkingV1Api(api_client)
+        self._client = api_client
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def _plain(self, obj: Any) -> Any:
+        return self._client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+
+    async def get_pool(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The NodePool as stored, or None when it is gone."""
+        try:
+            body = await self._run(self._custom.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "nodepools", name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(body)
+
+    async def list_pool_pods(self, namespace: str, pool: str, uid: str) -> list[dict[str, Any]]:
+        """Node pods of the pool that this pool owns (a foreign pod with our labels is ignored)."""
+        selector = ",".join(f"{k}={v}" for k, v in pool_selector(pool).items())
+        result = await self._run(self._core.list_namespaced_pod, namespace, label_selector=selector)
+        pods = [self._plain(p) for p in result.items]
+        return [
+            p for p in pods if any(ref.get("uid") == uid for ref in (p["metadata"].get("ownerReferences") or []))
+        ]
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        """All Nodes (to tell whether a group can be scheduled at all)."""
+        result = await self._run(self._core.list_node)
+        return [self._plain(n) for n in result.items]
+
+    async def create_pod(self, pod: Mapping[str, Any]) -> None:
+        """Create a pod; one that already exists is left alone (another pass made it)."""
+        try:
+            await self._run(self._core.create_namespaced_pod, pod["metadata"]["namespace"], pod, field_manager=FIELD_MANAGER)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete a pod with its grace period; one already gone is fine."""
+        try:
+            await self._run(self._core.delete_namespaced_pod, name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def apply(self, obj: Mapping[str, Any]) -> None:
+        """Server-side apply one child object (ServiceAccount, Service, PDB, NetworkPolicy)."""
+        kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+        method = {
+            "ServiceAccount": self._core.patch_namespaced_service_account,
+            "Service": self._core.patch_namespaced_service,
+            "PodDisruptionBudget": self._policy.patch_namespaced_pod_disruption_budget,
+            "NetworkPolicy": self._net.patch_namespaced_network_policy,
+        }.get(kind)
+        if method is None:
+            raise ValueError(f"cannot apply a {kind}: no writer for that kind")
+        await self._run(method, name, ns, obj, field_manager=FIELD_MANAGER, force=True, _content_type=_APPLY)
+
+    async def patch_pool_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Replace the pool's status fields we own through the status subresource."""
+        await self._run(
+            self._custom.patch_namespaced_custom_object_status,
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            "nodepools",
+            name,
+            {"status": dict(status)},
+            _content_type=_MERGE,
+        )

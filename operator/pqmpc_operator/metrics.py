@@ -1,0 +1,63 @@
+"""Prometheus metrics of the operator, on a registry of its own (no global state).
+
+Names follow ``pqmpc_<subsystem>_<what>_<unit>``; counters end in ``_total``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["OperatorMetrics"]
+
+
+class OperatorMetrics:
+    """Reconcile counters and pool gauges, exported on the operator's metrics port."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.reconciles = Counter(
+            "pqmpc_operator_reconciles_total", "Reconcile passes by resource kind and outcome.",
+            ["kind", "outcome"], registry=self.registry,
+        )
+        self.reconcile_errors = Counter(
+            "pqmpc_operator_reconcile_errors_total", "Reconcile passes that could not finish, by reason.",
+            ["reason"], registry=self.registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "pqmpc_operator_reconcile_duration_seconds", "Wall time of one reconcile pass.",
+            ["kind"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self.pool_replicas = Gauge(
+            "pqmpc_pool_replicas", "Node pods of a pool by state (existing, ready).",
+            ["namespace", "pool", "state"], registry=self.registry,
+        )
+        self.pool_condition = Gauge(
+            "pqmpc_pool_condition", "1 when the pool condition has the given status.",
+            ["namespace", "pool", "condition", "status"], registry=self.registry,
+        )
+
+    def observe_pool(self, namespace: str, pool: str, status: Mapping[str, Any]) -> None:
+        """Export the gauges of one pool's freshly computed status."""
+        self.pool_replicas.labels(namespace, pool, "existing").set(status.get("replicas", 0))
+        self.pool_replicas.labels(namespace, pool, "ready").set(status.get("readyReplicas", 0))
+        for cond in status.get("conditions") or []:
+            for value in ("True", "False", "Unknown"):
+                self.pool_condition.labels(namespace, pool, cond["type"], value).set(1 if cond["status"] == value else 0)
+
+    def forget_pool(self, namespace: str, pool: str) -> None:
+        """Drop a deleted pool's series so dashboards do not show ghosts."""
+        for state in ("existing", "ready"):
+            try:
+                self.pool_replicas.remove(namespace, pool, state)
+            except KeyError:
+                pass
+        for cond in ("Ready", "Progressing", "Degraded"):
+            for value in ("True", "False", "Unknown"):
+                try:
+                    self.pool_condition.remove(namespace, pool, cond, value)
+                except KeyError:
+                    pass

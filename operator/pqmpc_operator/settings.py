@@ -1,0 +1,64 @@
+"""Operator settings: defaults the CRs may leave out, read once at start-up.
+
+Contract: a frozen value built by :func:`settings_from_env`; nothing else reads the
+environment, so every other module takes the settings as an explicit argument.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["OperatorSettings", "settings_from_env"]
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """What the operator needs to build children that the CRs do not spell out."""
+
+    default_image: str = "ghcr.io/pqmpc/pqmpc:0.1.0"
+    node_command: tuple[str, ...] = ("python", "-m", "pqmpc_node")
+    api_port: int = 8443
+    peer_port: int = 9443
+    operator_selector: Mapping[str, str] | None = None
+    resync_seconds: float = 30.0
+    liveness_port: int = 8080
+    metrics_port: int = 9090
+
+    def operator_pod_labels(self) -> dict[str, str]:
+        """Labels of the operator's own pods, which the NetworkPolicy lets in."""
+        return dict(self.operator_selector or {"app.kubernetes.io/name": "pqmpc-operator"})
+
+
+def _int_env(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{key}={raw!r} is not an integer; unset it or give a port number") from None
+    if not 0 < value < 65536:
+        raise ValueError(f"{key}={value} is not a TCP port; use 1..65535")
+    return value
+
+
+def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
+    """Build settings from ``PQMPC_*`` environment variables (the chart sets them)."""
+    env = os.environ if env is None else env
+    command = env.get("PQMPC_NODE_COMMAND")
+    resync = env.get("PQMPC_RESYNC_SECONDS", "30")
+    try:
+        resync_s = float(resync)
+    except ValueError:
+        raise ValueError(f"PQMPC_RESYNC_SECONDS={resync!r} is not a number of seconds") from None
+    return OperatorSettings(
+        default_image=env.get("PQMPC_NODE_IMAGE", OperatorSettings.default_image),
+        node_command=tuple(command.split()) if command else OperatorSettings.node_command,
+        api_port=_int_env(env, "PQMPC_NODE_API_PORT", OperatorSettings.api_port),
+        peer_port=_int_env(env, "PQMPC_NODE_PEER_PORT", OperatorSettings.peer_port),
+        resync_seconds=resync_s,
+        liveness_port=_int_env(env, "PQMPC_LIVENESS_PORT", OperatorSettings.liveness_port),
+        metrics_port=_int_env(env, "PQMPC_METRICS_PORT", OperatorSettings.metrics_port),
+    )
