@@ -346,6 +346,20 @@ def verify_node_certificate(
     """
     _check_now(now)
     c = parse_certificate(cert) if isinstance(cert, bytes) else cert
+    try:
+        return _verify_parsed(c, ca_certificate, suite, now, expected_node_ids, log)
+    except ValueError as exc:  # pyca parses fields lazily: a malformed field surfaces here
+        raise MalformedCertificateError(f"malformed certificate field: {exc}") from None
+
+
+def _verify_parsed(
+    c: x509.Certificate,
+    ca_certificate: x509.Certificate,
+    suite: Suite,
+    now: dt.datetime,
+    expected_node_ids: Collection[NodeId] | None,
+    log: InclusionChecker | None,
+) -> VerifiedNode:
     if c.issuer != ca_certificate.subject:
         raise WrongCAError(f"issued by {c.issuer.rfc4514_string()!r}, not by pool CA {ca_certificate.subject.rfc4514_string()!r}")
     try:
