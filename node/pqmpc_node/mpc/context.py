@@ -1,0 +1,228 @@
+"""One party's state in one MPC session: domain, sharing, channel, preprocessing, MACs.
+
+:class:`MPCContext` holds what every protocol needs and performs the local (linear)
+operations on :class:`~pqmpc_node.mpc.shares.Shared` values, which need no messages:
+additions, public scalars and public constants, and products with public matrices. Each
+linear map is applied to the value share and, in malicious mode, to the MAC share too;
+a public constant ``c`` adds ``alpha_i * c`` to the MAC share.
+
+Communication goes through :meth:`MPCContext.open`, which allocates one round tag per
+call, so independent openings batched into one call cost one round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from pqmpc_node.mpc.backend import to_host
+from pqmpc_node.mpc.channel import Channel
+from pqmpc_node.mpc.domain import Array, Domain
+from pqmpc_node.mpc.fixedpoint import FixedPoint
+from pqmpc_node.mpc.preprocessing import PreprocessingProvider
+from pqmpc_node.mpc.randomness import RandomSource
+from pqmpc_node.mpc.shares import Shared
+from pqmpc_node.mpc.sharing import SharingScheme
+
+__all__ = ["MPCContext", "Security", "OpenedRecord", "SecurityConfigError"]
+
+Security = Literal["semi-honest", "malicious"]
+
+
+class SecurityConfigError(ValueError):
+    """The combination of domain, sharing and security is not supported."""
+
+
+@dataclass(frozen=True)
+class OpenedRecord:
+    """An opening awaiting its MAC check: the label, the opened values and this party's MAC shares."""
+
+    label: str
+    values: Array
+    macs: Array
+
+
+def encode_payload(array: Array) -> bytes:
+    """uint64 array -> bytes for the channel."""
+    return to_host(array).astype(np.uint64, copy=False).tobytes()
+
+
+class MPCContext:
+    """A party's view of a session (not thread-safe; one per party per session)."""
+
+    def __init__(
+        self,
+        *,
+        party: int,
+        channel: Channel,
+        domain: Domain,
+        scheme: SharingScheme,
+        provider: PreprocessingProvider,
+        rng: RandomSource,
+        security: Security = "semi-honest",
+        fixed: FixedPoint | None = None,
+        live: Sequence[int] | None = None,
+    ) -> None:
+        if security not in ("semi-honest", "malicious"):
+            raise SecurityConfigError(f"security must be 'semi-honest' or 'malicious', got {security!r}")
+        if security == "malicious" and domain.name != "mersenne61":
+            raise SecurityConfigError(
+                "malicious security uses SPDZ MACs over the prime field: use MersenneField61, not the ring"
+            )
+        if scheme.kind == "shamir" and domain.name != "mersenne61":
+            raise SecurityConfigError("Shamir sharing needs the prime field MersenneField61")
+        if (security == "malicious") != provider.authenticated:
+            raise SecurityConfigError(
+                f"security {security!r} needs a provider with authenticated={security == 'malicious'}"
+            )
+        self.party = party
+        self.n = scheme.n
+        self.channel = channel
+        self.domain = domain
+        self.xp = domain.xp
+        self.scheme = scheme
+        self.provider = provider
+        self.rng = rng
+        self.security: Security = security
+        self.fixed = fixed or FixedPoint()
+        self.live = tuple(sorted(live)) if live is not None else tuple(range(self.n))
+        if party not in self.live:
+            raise ValueError(f"party {party} is not among the live parties {self.live}")
+        if len(self.live) < self.n and scheme.kind == "additive":
+            raise SecurityConfigError("additive sharing needs all parties; use Shamir to tolerate missing parties")
+        if len(self.live) < scheme.threshold + 1:
+            raise SecurityConfigError(f"{len(self.live)} live parties cannot open a threshold-{scheme.threshold} sharing")
+        self.peers = tuple(p for p in self.live if p != party)
+        self.mac_key = provider.mac_key_share()
+        self.pending: list[OpenedRecord] = []
+        self.broadcasts: list[tuple[str, bytes]] = []
+        self._round = 0
+        self._holds_constants = scheme.holds_constants(party)
+        self.rounds_used = 0
+
+    @property
+    def malicious(self) -> bool:
+        return self.security == "malicious"
+
+    def next_tag(self, label: str) -> str:
+        """A fresh round tag (identical across parties running the same program)."""
+        self._round += 1
+        return f"{self._round}:{label}"
+
+    # -- constants and conversions ---------------------------------------
+    def public(self, values: Any) -> Array:
+        """Signed integers as domain elements (a public array)."""
+        return self.domain.from_signed(self.xp.asarray(values))
+
+    def constant(self, values: Array) -> Shared:
+        """A sharing of the public domain array ``values`` (no communication)."""
+        zero = self.domain.zeros(tuple(values.shape))
+        return self.add_public(Shared(zero, None if self.mac_key is None else zero), values)
+
+    def encode_fixed(self, values: Any) -> Array:
+        """Public reals as fixed-point domain elements."""
+        return self.fixed.encode(values, self.domain)
+
+    # -- linear operations -------------------------------------------------
+    def _mac2(self, x: Shared, y: Shared, op: Any) -> Array | None:
+        if x.mac is None or y.mac is None:
+            return None
+        return op(x.mac, y.mac)
+
+    def add(self, x: Shared, y: Shared) -> Shared:
+        d = self.domain
+        return Shared(d.add(x.value, y.value), self._mac2(x, y, d.add))
+
+    def sub(self, x: Shared, y: Shared) -> Shared:
+        d = self.domain
+        return Shared(d.sub(x.value, y.value), self._mac2(x, y, d.sub))
+
+    def neg(self, x: Shared) -> Shared:
+        d = self.domain
+        return Shared(d.neg(x.value), None if x.mac is None else d.neg(x.mac))
+
+    def mul_public(self, x: Shared, c: Array) -> Shared:
+        """``c * x`` for a public domain array or scalar ``c`` (broadcasting)."""
+        d = self.domain
+        return Shared(d.mul(x.value, c), None if x.mac is None else d.mul(x.mac, c))
+
+    def add_public(self, x: Shared, c: Array) -> Shared:
+        """``x + c`` for a public domain array ``c`` (broadcasting)."""
+        d = self.domain
+        c = self.xp.broadcast_to(c, x.shape)
+        value = d.add(x.value, c) if self._holds_constants else x.value
+        mac = None
+        if x.mac is not None:
+            assert self.mac_key is not None  # invariant: MAC shares exist only with a MAC key
+            mac = d.add(x.mac, d.mul(c, self.mac_key))
+        return Shared(value, mac)
+
+    def sum(self, x: Shared, axis: int | None = None) -> Shared:
+        d = self.domain
+        return Shared(d.sum(x.value, axis=axis), None if x.mac is None else d.sum(x.mac, axis=axis))
+
+    def matmul_public_right(self, x: Shared, b: Array) -> Shared:
+        """``x @ b`` for a public matrix ``b``."""
+        d = self.domain
+        return Shared(d.matmul(x.value, b), None if x.mac is None else d.matmul(x.mac, b))
+
+    def matmul_public_left(self, a: Array, x: Shared) -> Shared:
+        """``a @ x`` for a public matrix ``a``."""
+        d = self.domain
+        return Shared(d.matmul(a, x.value), None if x.mac is None else d.matmul(a, x.mac))
+
+    def concat(self, xs: Sequence[Shared], axis: int = 0) -> Shared:
+        """Concatenation along ``axis``."""
+        xp = self.xp
+        value = xp.concatenate([x.value for x in xs], axis=axis)
+        mac = None if xs[0].mac is None else xp.concatenate([x.mac for x in xs], axis=axis)
+        return Shared(value, mac)
+
+    def stack(self, xs: Sequence[Shared]) -> Shared:
+        """Stack along a new leading axis."""
+        xp = self.xp
+        value = xp.stack([x.value for x in xs])
+        mac = None if xs[0].mac is None else xp.stack([x.mac for x in xs])
+        return Shared(value, mac)
+
+    def broadcast_rows(self, x: Shared, rows: int) -> Shared:
+        """Repeat ``x`` along a new leading axis ``rows`` times."""
+        xp = self.xp
+        value = xp.broadcast_to(x.value, (rows, *x.shape)).copy()
+        mac = None if x.mac is None else xp.broadcast_to(x.mac, (rows, *x.shape)).copy()
+        return Shared(value, mac)
+
+    # -- opening -----------------------------------------------------------
+    async def open(self, xs: Sequence[Shared], label: str = "open") -> list[Array]:
+        """Open ``xs`` in one round; in malicious mode the opening is queued for a MAC check."""
+        xp = self.xp
+        flat = xp.concatenate([x.value.reshape(-1) for x in xs]) if len(xs) > 1 else xs[0].value.reshape(-1)
+        tag = self.next_tag(label)
+        payload = encode_payload(flat)
+        await self.channel.send_many(tag, {p: payload for p in self.peers})
+        received = await self.channel.receive_many(tag, self.peers)
+        self.rounds_used += 1
+        shares: dict[int, Array] = {self.party: flat}
+        for peer, data in received.items():
+            arr = xp.asarray(np.frombuffer(data, dtype=np.uint64))
+            if arr.shape != flat.shape:
+                raise ValueError(f"party {peer} sent {arr.shape[0]} elements for {tag!r}, expected {flat.shape[0]}")
+            shares[peer] = arr
+        if self.scheme.kind == "additive":
+            opened = self.scheme.reconstruct(self.domain, shares)
+        else:
+            opened = self.scheme.reconstruct(self.domain, shares, check=self.malicious)
+        if self.malicious:
+            macs = xp.concatenate([x.mac.reshape(-1) for x in xs if x.mac is not None])
+            if macs.shape != flat.shape:
+                raise ValueError("malicious opening of a share without its MAC share")
+            self.pending.append(OpenedRecord(tag, opened, macs))
+        out: list[Array] = []
+        start = 0
+        for x in xs:
+            out.append(opened[start : start + x.size].reshape(x.shape))
+            start += x.size
+        return out
