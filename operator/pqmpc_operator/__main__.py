@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # kopf logs every successful event handler at INFO: one line per pod change.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         settings = settings_from_env()
     except ValueError as exc:

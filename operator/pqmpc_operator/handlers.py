@@ -109,6 +109,11 @@ async def reconcile_pool(ctx: OperatorContext, namespace: str, name: str) -> Non
 def register(registry: kopf.OperatorRegistry) -> None:
     """Register every handler of the operator into ``registry``."""
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # Same credentials as the kubernetes client: in-cluster token or KUBECONFIG.
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = f"{API_GROUP}/operator"
