@@ -98,6 +98,8 @@ INVALID: list[tuple[str, Body, Callable[[Body], Any], tuple[str, ...]]] = [
     ("pool-client-cidr", POOL, lambda b: b["spec"].update(clientCIDRs=["10.0.0.300/8"]),
      ("spec.clientCIDRs[0]", "is not a CIDR")),
     ("pool-negative-total", POOL, lambda b: b["spec"].update(replicas=-1), ("spec.replicas",)),
+    ("pool-total-over-group-capacity", POOL, lambda b: b["spec"].update(replicas=301),
+     ("spec.replicas", "lower the total or add groups")),
     ("pool-name-dots", POOL, lambda b: b["metadata"].update(name="banks.eu"), ("metadata.name",)),
     ("pool-pod-name-too-long", POOL,
      lambda b: (b["metadata"].update(name="p" * 30), pool_groups(b)[0].update(name="g" * 30)),
@@ -241,6 +243,8 @@ def test_scale_subresource_sets_total_replicas(kubectl: Any, namespace: str) -> 
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(POOL))
     kubectl("scale", "-n", namespace, "mpcpool/banks", "--replicas=5")
     assert get(kubectl, namespace, "nodepool", "banks")["spec"]["replicas"] == 5
+    too_many = kubectl("scale", "-n", namespace, "mpcpool/banks", "--replicas=301", check=False)
+    assert too_many.returncode != 0 and "lower the total or add groups" in too_many.stderr, too_many.stderr
     status = {"status": {"replicas": 3, "readyReplicas": 2, "selector": "pqmpc.io/pool=banks"}}
     kubectl("patch", "-n", namespace, "nodepool", "banks", "--subresource=status", "--type=merge", "-p", json.dumps(status))
     scale = json.loads(kubectl("get", "-n", namespace, "nodepool", "banks", "--subresource=scale", "-o", "json").stdout)
