@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,13 +31,14 @@ def test_committed_reference_matches_the_generator() -> None:
     )
 
 
-def test_check_mode_flags_a_stale_reference(tmp_path: Path) -> None:
+def test_check_mode_flags_a_stale_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ok = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
     generator = load_generator()
-    generator.OUTPUT = tmp_path / "crd-reference.md"
-    generator.OUTPUT.write_text("# stale\n", encoding="utf-8")
-    generator.REPO = tmp_path
+    stale = tmp_path / "crd-reference.md"
+    stale.write_text("# stale\n", encoding="utf-8")
+    monkeypatch.setattr(generator, "OUTPUT", stale)
+    monkeypatch.setattr(generator, "REPO", tmp_path)
     assert generator.main(["--check"]) == 1
 
 
