@@ -18,6 +18,7 @@ import numpy as np
 from pqmpc_node.mpc.context import MPCContext, encode_payload
 from pqmpc_node.mpc.domain import Array
 from pqmpc_node.mpc.field import P61
+from pqmpc_node.mpc.fixedpoint import truncation_input_bits
 from pqmpc_node.mpc.shares import Shared
 
 __all__ = [
@@ -273,11 +274,11 @@ async def _reduce(ctx: MPCContext, x: Shared, take_max: bool) -> Shared:
         r = await relu(ctx, ctx.sub(a, b))
         m = ctx.add(b, r) if take_max else ctx.sub(a, r)
         x = ctx.concat([m, rest]) if rest.shape[0] else m
-    return x[0]
+    return x[0] if len(x.shape) > 1 else x  # a 1-D input keeps shape (1,)
 
 
 async def max_reduce(ctx: MPCContext, x: Shared) -> Shared:
-    """Maximum over axis 0 by a tournament tree: ceil(log2 N) comparison layers."""
+    """Maximum over axis 0 by a tournament tree: ceil(log2 N) comparison layers (1-D input: shape (1,))."""
     return await _reduce(ctx, x, True)
 
 
@@ -286,16 +287,23 @@ async def min_reduce(ctx: MPCContext, x: Shared) -> Shared:
     return await _reduce(ctx, x, False)
 
 
-async def divide_public(ctx: MPCContext, x: Shared, divisor: float) -> Shared:
-    """Fixed-point ``x / divisor``: multiply by the encoded reciprocal, then truncate.
+async def divide_public(ctx: MPCContext, x: Shared, divisor: float, *, quotient_bound: float | None = None) -> Shared:
+    """Fixed-point ``x / divisor``: multiply by the reciprocal encoded with ``f + g`` bits, truncate by ``f + g``.
 
-    The reciprocal is rounded to f fractional bits, so the error is at most
-    ``|x| 2^-(f+1) + 1.5 ulp`` (``x`` in real units).
+    ``g`` extra bits of the reciprocal are used when ``quotient_bound`` (a bound on
+    ``|x / divisor|``) leaves room under the truncation limit (``|x/d| 2^(2f+g) < 2^b``
+    with b = 62 ring, 59 field); ``g = 0`` without a bound. Error at most
+    ``|x| 2^-(f+g+1) + 1.5 ulp`` (``x`` in real units).
     """
     if divisor == 0 or not math.isfinite(divisor):
         raise ValueError(f"divide_public needs a finite non-zero divisor, got {divisor!r}")
-    recip = ctx.encode_fixed(np.array([1.0 / divisor]))
-    return await truncate(ctx, ctx.mul_public(x, recip))
+    f = ctx.fixed.frac_bits
+    g = 0
+    if quotient_bound is not None and quotient_bound > 0:
+        limit = truncation_input_bits(ctx.domain) - 2 * f - math.ceil(math.log2(quotient_bound + 1)) - 1
+        g = max(0, min(limit, 40 - f))
+    recip = ctx.domain.from_signed(ctx.xp.asarray([round((1 << (f + g)) / divisor)], dtype=ctx.xp.int64))
+    return await truncate(ctx, ctx.mul_public(x, recip), f + g)
 
 
 SIGMOID_KNOTS = tuple(float(k) for k in range(-8, 9))
