@@ -21,11 +21,12 @@ import numpy as np
 from pqmpc_node.mpc.backend import to_host
 from pqmpc_node.mpc.channel import Channel
 from pqmpc_node.mpc.domain import Array, Domain
+from pqmpc_node.mpc.errors import MacCheckError
 from pqmpc_node.mpc.fixedpoint import FixedPoint
 from pqmpc_node.mpc.preprocessing import PreprocessingProvider
 from pqmpc_node.mpc.randomness import RandomSource
 from pqmpc_node.mpc.shares import Shared
-from pqmpc_node.mpc.sharing import SharingScheme
+from pqmpc_node.mpc.sharing import InconsistentSharesError, SharingScheme
 
 __all__ = ["MPCContext", "Security", "OpenedRecord", "SecurityConfigError"]
 
@@ -214,7 +215,10 @@ class MPCContext:
         if self.scheme.kind == "additive":
             opened = self.scheme.reconstruct(self.domain, shares)
         else:
-            opened = self.scheme.reconstruct(self.domain, shares, check=self.malicious)
+            try:
+                opened = self.scheme.reconstruct(self.domain, shares, check=self.malicious)
+            except InconsistentSharesError as exc:
+                raise MacCheckError("opening-consistency", [tag], str(exc)) from exc
         if self.malicious:
             macs = xp.concatenate([x.mac.reshape(-1) for x in xs if x.mac is not None])
             if macs.shape != flat.shape:

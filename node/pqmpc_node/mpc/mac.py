@@ -30,20 +30,11 @@ import hmac
 import numpy as np
 
 from pqmpc_node.mpc.context import MPCContext, encode_payload
+from pqmpc_node.mpc.errors import MacCheckError
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.mpc.sharing import InconsistentSharesError
 
 __all__ = ["MacCheckError", "check_macs"]
-
-
-class MacCheckError(RuntimeError):
-    """A MAC or consistency check failed: some party cheated or a message was corrupted; abort."""
-
-    def __init__(self, check: str, labels: list[str], detail: str) -> None:
-        self.check = check
-        self.labels = labels
-        shown = ", ".join(labels[:8]) + (f", ... ({len(labels)} in all)" if len(labels) > 8 else "")
-        super().__init__(f"MAC check {check!r} failed over openings [{shown}]: {detail}; the session must abort")
 
 
 def _commitment(party: int, tag: str, nonce: bytes, data: bytes) -> bytes:
