@@ -71,10 +71,13 @@ class NodeAgentProcess:
             return ""
 
 
-def start_agent(kubeconfig: Path, workdir: Path, nodes: Sequence[FakeNode] = DEFAULT_NODES) -> NodeAgentProcess:
+def start_agent(
+    kubeconfig: Path, workdir: Path, nodes: Sequence[FakeNode] = DEFAULT_NODES, *, extra_args: Sequence[str] = ()
+) -> NodeAgentProcess:
     """Spawn the agent for ``nodes``; it dies with the calling thread at the latest."""
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "pqmpc_local.agent", "--kubeconfig", str(kubeconfig), "--workdir", str(workdir)]
+    argv += list(extra_args)
     for node in nodes:
         argv += node.agent_args()
     log_path = workdir / "agent.log"
