@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,4 +120,24 @@ def test_stop_leaves_no_process_behind(tmp_path: Path) -> None:
         assert len(pids) == 3 and pids <= _live_pids()
         assert plane.running
     assert not pids & _live_pids()
+    assert _children_of(os.getpid()) <= before
+
+
+def test_cli_up_runs_until_sigterm(tmp_path: Path) -> None:
+    before = _children_of(os.getpid())
+    proc = subprocess.Popen([sys.executable, "-m", "pqmpc_local.controlplane", "up", "--dir", str(tmp_path / "cp")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        kubeconfig = Path(proc.stdout.readline().strip())
+        assert kubeconfig.is_file() and "certificate-authority-data" in kubeconfig.read_text()
+        components = _children_of(proc.pid)
+        assert len(components) >= 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert code == 0
+    assert not components & _live_pids()
     assert _children_of(os.getpid()) <= before

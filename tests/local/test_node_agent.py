@@ -230,9 +230,11 @@ def _descendants(pid: int) -> set[int]:
 
 def test_stopping_the_agent_kills_its_pods(control_plane: ControlPlane, kubectl: Kubectl, namespace: str,
                                            tmp_path: Path) -> None:
+    """Also covers the mount fallback: without mount namespaces, PQMPC_LOCAL_MOUNTS maps mountPaths."""
     node = FakeNode("node-ephemeral", "eu-west", "eu-west-1c", gpus=0)
     before = _descendants(os.getpid())
-    agent = start_agent(control_plane.kubeconfig, tmp_path / "agent", [node], extra_args=["--no-scheduling"])
+    agent = start_agent(control_plane.kubeconfig, tmp_path / "agent", [node],
+                        extra_args=["--no-scheduling", "--no-mount-namespaces"])
     try:
         wait_nodes_ready(control_plane.kubeconfig, agent)
         _apply(kubectl, _container_pod("doomed", ["sh", "-c", "sleep 600 & sleep 600"], nodeName=node.name))
@@ -240,6 +242,12 @@ def test_stopping_the_agent_kills_its_pods(control_plane: ControlPlane, kubectl:
                           20, "doomed Running", agent)
         pid = int(_state(pod)["containerID"].rsplit("/", 1)[1])
         assert pid in _descendants(agent.process.pid)
+        environ = dict(
+            item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item
+        )
+        mounts = json.loads(environ[b"PQMPC_LOCAL_MOUNTS"])
+        token = Path(mounts["/var/run/secrets/kubernetes.io/serviceaccount"]) / "token"
+        assert token.read_text().count(".") == 2, "a JWT service-account token"
     finally:
         stop_agent(agent)
     assert not _pid_alive(pid)
