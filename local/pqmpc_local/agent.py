@@ -55,7 +55,7 @@ from pqmpc_local.processes import kill_process_group, pdeathsig_preexec
 from pqmpc_local.scheduling import GPU_RESOURCE, NodeCapacity, Unschedulable, choose_node, pod_gpu_request
 from pqmpc_local.volumes import MountSpec, materialize_volumes, mounts_for
 
-__all__ = ["Agent", "AgentOptions", "FakeNodeSpec", "IpPool", "main", "parse_args"]
+__all__ = ["Agent", "AgentOptions", "FakeNodeSpec", "IpPool", "RegistrationError", "main", "parse_args"]
 
 log = logging.getLogger("pqmpc_local.agent")
 
@@ -145,6 +145,10 @@ def parse_args(argv: list[str]) -> AgentOptions:
         schedule=not args.no_scheduling,
         mount_namespaces=False if args.no_mount_namespaces else None,
     )
+
+
+class RegistrationError(RuntimeError):
+    """The agent could not register its Nodes."""
 
 
 # -- loopback addresses ----------------------------------------------------------------------
@@ -482,9 +486,7 @@ class Agent:
         api = Api(self.options.kubeconfig)
         threads: list[threading.Thread] = []
         try:
-            for node in self.nodes.values():
-                api.register_node(node)
-                log.info("registered Node %s (labels %s, %d GPUs)", node.name, dict(node.labels), node.gpus)
+            self._register_nodes(api)
             threads = [
                 threading.Thread(target=self._watch_loop, name="watch", daemon=True),
                 threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
@@ -504,6 +506,25 @@ class Agent:
                 thread.join(timeout=1)  # daemons; a watch may sit in a long read
             api.close()
             log.info("stopped")
+
+    def _register_nodes(self, api: Api, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for node in self.nodes.values():
+            while True:
+                try:
+                    api.register_node(node)
+                    break
+                except ApiException:
+                    raise  # the API server answered: retrying will not help
+                except Exception as exc:
+                    if time.monotonic() > deadline or self.stopping.is_set():
+                        raise RegistrationError(
+                            f"cannot reach the API server {self.server[0]}:{self.server[1]} to register Node "
+                            f"{node.name}: {exc}; is the control plane running?"
+                        ) from exc
+                    log.warning("registering Node %s failed (%s); retrying", node.name, exc)
+                    self.stopping.wait(1)
+            log.info("registered Node %s (labels %s, %d GPUs)", node.name, dict(node.labels), node.gpus)
 
     def stop(self) -> None:
         """Ask :meth:`run` to return (after killing every pod process)."""
@@ -599,6 +620,15 @@ class Agent:
                 for node in self.nodes.values():
                     try:
                         api.heartbeat(node, ready=True)
+                    except ApiException as exc:
+                        if exc.status == 404:  # someone deleted the Node: register it again
+                            log.warning("Node %s disappeared; registering it again", node.name)
+                            try:
+                                api.register_node(node)
+                            except Exception as again:
+                                log.warning("re-registering Node %s failed: %s", node.name, again)
+                        else:
+                            log.warning("heartbeat for Node %s failed: %s", node.name, exc.reason)
                     except Exception as exc:
                         log.warning("heartbeat for Node %s failed: %s", node.name, exc)
         finally:
@@ -1010,6 +1040,9 @@ def main(argv: list[str] | None = None) -> int:
         agent.run()
     except ApiException as exc:
         log.error("cannot register the Nodes: %s %s", exc.status, exc.reason)
+        return 1
+    except RegistrationError as exc:
+        log.error("%s", exc)
         return 1
     return 0
 

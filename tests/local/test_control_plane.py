@@ -113,6 +113,7 @@ def _children_of(pid: int) -> set[int]:
     return found
 
 
+@pytest.mark.integration
 def test_stop_leaves_no_process_behind(tmp_path: Path) -> None:
     before = _children_of(os.getpid())
     with ControlPlane(tmp_path / "cp") as plane:
@@ -123,6 +124,7 @@ def test_stop_leaves_no_process_behind(tmp_path: Path) -> None:
     assert _children_of(os.getpid()) <= before
 
 
+@pytest.mark.integration
 def test_cli_up_runs_until_sigterm(tmp_path: Path) -> None:
     before = _children_of(os.getpid())
     proc = subprocess.Popen([sys.executable, "-m", "pqmpc_local.controlplane", "up", "--dir", str(tmp_path / "cp")],
