@@ -7,8 +7,8 @@ import sys
 
 from aiohttp import web
 
-from pqmpc_node.config import ConfigError, config_from_env
-from pqmpc_node.service import build_app
+from pqmpc_node.config import ConfigError, config_from_env, load_trust
+from pqmpc_node.service import NodeRuntime, build_app
 
 __all__ = ["main"]
 
@@ -18,15 +18,19 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_env()
+        trust = load_trust(config)
     except ConfigError as exc:
         print(f"pqmpc-node: {exc}", file=sys.stderr)
         return 2
-    logging.getLogger("pqmpc_node").info(
-        "node %s of pool %s (%s/%s, trust domain %s) listening on %s:%d",
+    log = logging.getLogger("pqmpc_node")
+    log.info(
+        "node %s of pool %s (%s/%s, trust domain %s) listening on %s:%d (peers on %d)",
         config.node_id, config.pool, config.region, config.zone, config.trust_domain,
-        config.listen_host, config.api_port,
+        config.listen_host, config.api_port, config.peer_port,
     )
-    web.run_app(build_app(config), host=config.listen_host, port=config.api_port, print=None, handle_signals=True)
+    node = NodeRuntime(config, trust)
+    log.info("identity and KEM keys generated in memory; CSR waiting at GET /v1/csr")
+    web.run_app(build_app(node), host=config.listen_host, port=config.api_port, print=None, handle_signals=True)
     return 0
 
 

@@ -1,0 +1,148 @@
+"""The MPC :class:`~pqmpc_node.mpc.channel.Channel` over PQ mutual-TLS :class:`PeerLink` s.
+
+Adapter between the engine (string round tags, peers by party index) and the
+transport (integer round tags, one authenticated link per peer):
+
+* A round tag ``t`` of attempt ``a`` travels as the 64-bit integer
+  ``SHA-256("pqmpc/v1/round" ‖ a ‖ t)[:8]`` with the top bit set, so it never collides
+  with :data:`HELLO_TAG` (a collision between two rounds of one session has
+  probability about ``rounds² / 2^64``).
+* The first message on a link, under :data:`HELLO_TAG`, is the dialer's
+  :class:`Hello` (session id, its party index): one listener serves every session.
+* A lost link surfaces as :class:`PeerLostError` naming the party, so the session
+  can abort (additive) or carry on without it (Shamir).
+* Bytes are counted per peer and direction, and the time each round waits, for the
+  node's behavioural metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from pqmpc_node.mpc.channel import ChannelError
+from pqmpc_node.net.link import LinkClosed, LinkRefused, PeerLink
+
+__all__ = ["HELLO_TAG", "Hello", "PeerLostError", "PqChannel", "TrafficCounters", "round_tag"]
+
+HELLO_TAG = 1
+_MAX_HELLO = 1024
+
+
+class PeerLostError(ChannelError):
+    """The link to party ``peer`` broke or timed out."""
+
+    def __init__(self, peer: int, detail: str) -> None:
+        super().__init__(f"lost party {peer}: {detail}")
+        self.peer = peer
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The dialer's first message: which session and which party it is."""
+
+    session_id: str
+    party: int
+
+    def encode(self) -> bytes:
+        return json.dumps({"session": self.session_id, "party": self.party}).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Hello:
+        """Strict parse; ``ValueError`` on anything unexpected."""
+        if len(data) > _MAX_HELLO:
+            raise ValueError("hello message too long")
+        raw = json.loads(data)
+        if not isinstance(raw, dict) or not isinstance(raw.get("session"), str) or not isinstance(raw.get("party"), int):
+            raise ValueError("hello must be {session: str, party: int}")
+        return cls(raw["session"], raw["party"])
+
+
+def round_tag(attempt: int, tag: str) -> int:
+    """The link tag of engine round ``tag`` in attempt ``attempt`` (see the module docstring)."""
+    digest = hashlib.sha256(b"pqmpc/v1/round" + attempt.to_bytes(4, "big") + tag.encode()).digest()
+    return int.from_bytes(digest[:8], "big") | (1 << 63)
+
+
+@dataclass
+class TrafficCounters:
+    """Bytes per peer and direction, and per-round wait times, of one session attempt."""
+
+    sent: dict[int, int] = field(default_factory=dict)
+    received: dict[int, int] = field(default_factory=dict)
+    round_waits: list[float] = field(default_factory=list)
+
+
+class PqChannel:
+    """One party's channel over established links to the other live parties."""
+
+    def __init__(
+        self,
+        *,
+        party: int,
+        n: int,
+        links: Mapping[int, PeerLink],
+        attempt: int = 0,
+        round_timeout_s: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._party = party
+        self._n = n
+        self._links = dict(links)
+        self._attempt = attempt
+        self._timeout = round_timeout_s
+        self._clock = clock
+        self.traffic = TrafficCounters()
+
+    @property
+    def party(self) -> int:
+        return self._party
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    def _link(self, peer: int) -> PeerLink:
+        link = self._links.get(peer)
+        if link is None:
+            raise PeerLostError(peer, "no link to this party in the current attempt")
+        return link
+
+    async def send_many(self, tag: str, payloads: Mapping[int, bytes]) -> None:
+        wire = round_tag(self._attempt, tag)
+        for peer, payload in payloads.items():
+            if not 0 <= peer < self._n or peer == self._party:
+                raise ChannelError(f"party {self._party} cannot send to peer {peer} (n={self._n})")
+            try:
+                await self._link(peer).send(wire, payload)
+            except (LinkClosed, LinkRefused, ConnectionError, OSError) as exc:
+                raise PeerLostError(peer, str(exc)) from None
+            self.traffic.sent[peer] = self.traffic.sent.get(peer, 0) + len(payload)
+
+    async def _recv(self, peer: int, wire: int) -> bytes:
+        try:
+            data = await asyncio.wait_for(self._link(peer).recv(wire), self._timeout)
+        except TimeoutError:
+            raise PeerLostError(peer, f"no message within {self._timeout:.0f}s") from None
+        except (LinkClosed, LinkRefused, ConnectionError, OSError) as exc:
+            raise PeerLostError(peer, str(exc)) from None
+        self.traffic.received[peer] = self.traffic.received.get(peer, 0) + len(data)
+        return data
+
+    async def receive_many(self, tag: str, peers: Iterable[int]) -> dict[int, bytes]:
+        wire = round_tag(self._attempt, tag)
+        wanted = list(peers)
+        start = self._clock()
+        tasks = [asyncio.ensure_future(self._recv(p, wire)) for p in wanted]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            raise
+        self.traffic.round_waits.append(self._clock() - start)
+        return dict(zip(wanted, results, strict=True))

@@ -1,0 +1,608 @@
+"""Session plans: what the operator tells the chosen nodes to compute, signed with ML-DSA.
+
+A :class:`SessionPlan` is the operator's decision for one MPCSession: which nodes are
+parties (in order, with their addresses, certificate fingerprints and KEM key epochs),
+the sharing, threshold and security, the program, the input owners (their ML-DSA
+identity keys and declared fields), the output recipients (their KEM public keys and
+allow-lists), the deadline and the plan's own validity window.
+
+Wire form (``POST /v1/sessions`` body)::
+
+    {"plan": {...canonical fields...}, "signature": "<base64>", "signer": "<hex>"}
+
+``signature`` is ML-DSA over :func:`canonical_bytes` of ``plan`` under the context
+string :data:`PLAN_SIGNATURE_CONTEXT`; ``signer`` is the SHA-256 of the signer's raw
+public key (a hint; the node checks against the key it trusts, never the hint alone).
+Canonical bytes: JSON with sorted keys, ``(",", ":")`` separators, ASCII only.
+
+Checks a node makes, in order (:func:`verify_signed_plan`), each with its own error:
+shape (:class:`MalformedPlanError`), signature (:class:`UnsignedPlanError`,
+:class:`BadPlanSignatureError`), pool (:class:`ForeignPlanError`), time
+(:class:`ExpiredPlanError`), membership (:class:`NotAPartyError`). Staleness against
+a plan already held (:class:`StalePlanError`) is :func:`check_supersedes`.
+
+The dealer seed (preprocessing by a trusted dealer, DESIGN.md "MPC engine") travels
+inside the plan sealed to each party's KEM key (:func:`seal_dealer_seed`), never in
+the clear.
+
+Pure: no I/O; the clock is a ``now`` argument and randomness is passed in.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, NewType, cast
+
+from cryptography.exceptions import InvalidSignature
+
+from pqmpc_node.crypto.envelopes import (
+    EnvelopeHeader,
+    KemKeySource,
+    ReplayGuard,
+    key_fingerprint,
+    open_envelope,
+    seal_envelope,
+)
+from pqmpc_node.crypto.kemkeys import KemPublicKey
+from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, SignatureAlgorithm, Suite
+
+__all__ = [
+    "BadPlanSignatureError",
+    "DEALER_SEED_INPUT_ID",
+    "ExpiredPlanError",
+    "FieldDecl",
+    "ForeignPlanError",
+    "InputRole",
+    "MalformedPlanError",
+    "NotAPartyError",
+    "OPERATOR_SENDER",
+    "PLAN_FORMAT",
+    "PLAN_SIGNATURE_CONTEXT",
+    "PlanError",
+    "PlanInput",
+    "PlanOutput",
+    "PlanParty",
+    "SessionId",
+    "SessionPlan",
+    "SignedPlan",
+    "StalePlanError",
+    "UnsignedPlanError",
+    "canonical_bytes",
+    "check_supersedes",
+    "open_dealer_seed",
+    "output_names",
+    "parse_signed_plan",
+    "plan_signer_key_from_bytes",
+    "seal_dealer_seed",
+    "sign_plan",
+    "signer_fingerprint",
+    "verify_signed_plan",
+]
+
+SessionId = NewType("SessionId", str)
+PLAN_SIGNATURE_CONTEXT = b"pqmpc/v1/session-plan"
+PLAN_FORMAT = "pqmpc.io/plan/v1"
+OPERATOR_SENDER = "operator"
+"""Envelope sender name of the operator (it seals the dealer seed with its plan-signing key)."""
+DEALER_SEED_INPUT_ID = "dealer-seed"
+MAX_PLAN_BYTES = 4 * 1024 * 1024
+_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,126}[A-Za-z0-9])?$")
+InputRole = Literal["data", "model"]
+Sharing = Literal["additive", "shamir"]
+Security = Literal["semi-honest", "malicious"]
+
+
+class PlanError(ValueError):
+    """A plan was refused; ``reason`` is a stable label (metrics, JSON error bodies)."""
+
+    reason: ClassVar[str] = "invalid_plan"
+
+
+class MalformedPlanError(PlanError):
+    """Missing, mistyped or inconsistent fields."""
+
+    reason = "malformed"
+
+
+class UnsignedPlanError(PlanError):
+    """No signature at all."""
+
+    reason = "unsigned"
+
+
+class BadPlanSignatureError(PlanError):
+    """A signature that does not verify under the operator's plan-signing key."""
+
+    reason = "bad_signature"
+
+
+class ForeignPlanError(PlanError):
+    """A plan for another pool."""
+
+    reason = "foreign_pool"
+
+
+class ExpiredPlanError(PlanError):
+    """Past its ``not_after`` (or issued in the future)."""
+
+    reason = "expired"
+
+
+class StalePlanError(PlanError):
+    """Older than (or conflicting with) a plan this node already holds for the session."""
+
+    reason = "stale"
+
+
+class NotAPartyError(PlanError):
+    """The plan does not name this node as a party."""
+
+    reason = "not_a_party"
+
+
+def _b64d(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise MalformedPlanError(f"{what} must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedPlanError(f"{what} is not valid base64") from None
+
+
+def _b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise MalformedPlanError(f"{what} must be a name of 1-128 letters, digits, '-', '_' or '.', got {value!r}")
+    return value
+
+
+def _int(value: Any, what: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise MalformedPlanError(f"{what} must be an integer in {lo}..{hi}, got {value!r}")
+    return value
+
+
+def _num(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MalformedPlanError(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _obj(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise MalformedPlanError(f"{what} must be an object")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise MalformedPlanError(f"{what} must be a list")
+    return value
+
+
+def canonical_bytes(data: Any) -> bytes:
+    """The canonical JSON encoding that plan signatures cover."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+@dataclass(frozen=True)
+class PlanParty:
+    """One party of the session: a certified node, where to reach it, which KEM key epoch."""
+
+    index: int
+    node_id: str
+    address: str
+    dns_name: str
+    peer_port: int
+    api_port: int
+    cert_fingerprint: str
+    kem_epoch: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index, "nodeId": self.node_id, "address": self.address, "dnsName": self.dns_name,
+            "peerPort": self.peer_port, "apiPort": self.api_port, "certFingerprint": self.cert_fingerprint,
+            "kemEpoch": self.kem_epoch,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> PlanParty:
+        o = _obj(raw, "party")
+        fp = o.get("certFingerprint")
+        if not isinstance(fp, str) or not re.fullmatch(r"[0-9a-f]{64}", fp):
+            raise MalformedPlanError("party certFingerprint must be 64 lowercase hex digits (SHA-256 of the DER)")
+        addr = o.get("address")
+        if not isinstance(addr, str) or not addr or len(addr) > 253:
+            raise MalformedPlanError("party address must be a host name or IP address")
+        dns = o.get("dnsName", "")
+        if not isinstance(dns, str) or len(dns) > 253:
+            raise MalformedPlanError("party dnsName must be a string")
+        return cls(
+            index=_int(o.get("index"), "party index", 0, 1023),
+            node_id=_name(o.get("nodeId"), "party nodeId"),
+            address=addr,
+            dns_name=dns,
+            peer_port=_int(o.get("peerPort"), "party peerPort", 1, 65535),
+            api_port=_int(o.get("apiPort"), "party apiPort", 1, 65535),
+            cert_fingerprint=fp,
+            kem_epoch=_int(o.get("kemEpoch"), "party kemEpoch", 1),
+        )
+
+
+@dataclass(frozen=True)
+class FieldDecl:
+    """A declared input field and its accepted range (checked inside MPC)."""
+
+    name: str
+    min: float
+    max: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "min": self.min, "max": self.max}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> FieldDecl:
+        o = _obj(raw, "field")
+        f = cls(_name(o.get("name"), "field name"), _num(o.get("min"), "field min"), _num(o.get("max"), "field max"))
+        if f.min > f.max:
+            raise MalformedPlanError(f"field {f.name!r} has min {f.min} > max {f.max}")
+        return f
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    """An input owner: its ML-DSA identity key (raw, base64 on the wire) and what it supplies."""
+
+    owner: str
+    identity: bytes = field(repr=False)
+    role: InputRole
+    fields: tuple[FieldDecl, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"owner": self.owner, "identity": _b64e(self.identity), "role": self.role,
+                "fields": [f.to_json() for f in self.fields]}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> PlanInput:
+        o = _obj(raw, "input")
+        role = o.get("role", "data")
+        if role not in ("data", "model"):
+            raise MalformedPlanError(f"input role must be 'data' or 'model', got {role!r}")
+        fields = tuple(FieldDecl.from_json(f) for f in _list(o.get("fields", []), "input fields"))
+        if role == "data" and not fields:
+            raise MalformedPlanError("a data input must declare at least one field")
+        return cls(_name(o.get("owner"), "input owner"), _b64d(o.get("identity"), "input identity"),
+                   cast(InputRole, role), fields)
+
+
+@dataclass(frozen=True)
+class PlanOutput:
+    """An output recipient: its KEM public key (raw X-Wing bytes) and the outputs it may receive."""
+
+    recipient: str
+    kem_public_key: bytes = field(repr=False)
+    allow: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"recipient": self.recipient, "kemPublicKey": _b64e(self.kem_public_key), "allow": list(self.allow)}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> PlanOutput:
+        o = _obj(raw, "output")
+        allow = _list(o.get("allow"), "output allow")
+        if not allow or not all(isinstance(a, str) and 0 < len(a) <= 256 for a in allow):
+            raise MalformedPlanError("output allow must be a non-empty list of output names such as 'mean(amount)'")
+        return cls(_name(o.get("recipient"), "output recipient"), _b64d(o.get("kemPublicKey"), "output kemPublicKey"),
+                   tuple(allow))
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """The operator's signed decision for one session (see the module docstring)."""
+
+    session_id: SessionId
+    pool: str
+    namespace: str
+    generation: int
+    issued_at: int
+    not_after: int
+    deadline: int
+    parties: tuple[PlanParty, ...]
+    sharing: Sharing
+    threshold: int
+    security: Security
+    program: Mapping[str, Any] = field(hash=False)
+    inputs: tuple[PlanInput, ...]
+    outputs: tuple[PlanOutput, ...]
+    sealed_dealer_seeds: Mapping[str, bytes] = field(default_factory=dict, hash=False, repr=False)
+    frac_bits: int = 16
+
+    # -- derived views ------------------------------------------------------------
+    def party_of(self, node_id: str) -> PlanParty:
+        """This node's party entry; :class:`NotAPartyError` when absent."""
+        for p in self.parties:
+            if p.node_id == node_id:
+                return p
+        raise NotAPartyError(f"session {self.session_id} does not place node {node_id!r}; ask the operator to re-plan")
+
+    def input_of(self, owner: str) -> PlanInput:
+        """The input entry of ``owner``; :class:`KeyError` when absent."""
+        for i in self.inputs:
+            if i.owner == owner:
+                return i
+        raise KeyError(owner)
+
+    def output_of(self, recipient: str) -> PlanOutput:
+        """The output entry of ``recipient``; :class:`KeyError` when absent."""
+        for o in self.outputs:
+            if o.recipient == recipient:
+                return o
+        raise KeyError(recipient)
+
+    def data_fields(self) -> tuple[FieldDecl, ...]:
+        """The fields data owners share, in declaration order (every data owner declares the same)."""
+        for i in self.inputs:
+            if i.role == "data":
+                return i.fields
+        return ()
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical bytes, hex (identifies a plan version)."""
+        return hashlib.sha256(canonical_bytes(self.to_json())).hexdigest()
+
+    # -- JSON ---------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        """The canonical JSON object (what is signed)."""
+        return {
+            "format": PLAN_FORMAT,
+            "sessionId": self.session_id,
+            "pool": self.pool,
+            "namespace": self.namespace,
+            "generation": self.generation,
+            "issuedAt": self.issued_at,
+            "notAfter": self.not_after,
+            "deadline": self.deadline,
+            "parties": [p.to_json() for p in self.parties],
+            "sharing": self.sharing,
+            "threshold": self.threshold,
+            "security": self.security,
+            "fracBits": self.frac_bits,
+            "program": json.loads(canonical_bytes(self.program)),
+            "inputs": [i.to_json() for i in self.inputs],
+            "outputs": [o.to_json() for o in self.outputs],
+            "preprocessing": {
+                "provider": "dealer",
+                "sealedSeeds": {k: _b64e(v) for k, v in sorted(self.sealed_dealer_seeds.items())},
+            },
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> SessionPlan:
+        """Parse and check consistency; :class:`MalformedPlanError` on anything wrong."""
+        o = _obj(raw, "plan")
+        if o.get("format") != PLAN_FORMAT:
+            raise MalformedPlanError(f"plan format must be {PLAN_FORMAT!r}, got {o.get('format')!r}")
+        parties = tuple(PlanParty.from_json(p) for p in _list(o.get("parties"), "parties"))
+        sharing = o.get("sharing")
+        if sharing not in ("additive", "shamir"):
+            raise MalformedPlanError(f"sharing must be 'additive' or 'shamir', got {sharing!r}")
+        security = o.get("security")
+        if security not in ("semi-honest", "malicious"):
+            raise MalformedPlanError(f"security must be 'semi-honest' or 'malicious', got {security!r}")
+        program = _obj(o.get("program"), "program")
+        prep = _obj(o.get("preprocessing", {}), "preprocessing")
+        if prep.get("provider", "dealer") != "dealer":
+            raise MalformedPlanError("only the 'dealer' preprocessing provider is implemented")
+        seeds = {_name(k, "sealedSeeds key"): _b64d(v, f"sealed seed of {k}")
+                 for k, v in _obj(prep.get("sealedSeeds", {}), "sealedSeeds").items()}
+        plan = cls(
+            session_id=SessionId(_name(o.get("sessionId"), "sessionId")),
+            pool=_name(o.get("pool"), "pool"),
+            namespace=_name(o.get("namespace"), "namespace"),
+            generation=_int(o.get("generation"), "generation", 1),
+            issued_at=_int(o.get("issuedAt"), "issuedAt"),
+            not_after=_int(o.get("notAfter"), "notAfter"),
+            deadline=_int(o.get("deadline"), "deadline"),
+            parties=parties,
+            sharing=cast(Sharing, sharing),
+            threshold=_int(o.get("threshold"), "threshold", 0, 1023),
+            security=cast(Security, security),
+            frac_bits=_int(o.get("fracBits", 16), "fracBits", 0, 40),
+            program=json.loads(canonical_bytes(program)),
+            inputs=tuple(PlanInput.from_json(i) for i in _list(o.get("inputs"), "inputs")),
+            outputs=tuple(PlanOutput.from_json(x) for x in _list(o.get("outputs"), "outputs")),
+            sealed_dealer_seeds=seeds,
+        )
+        plan._check_consistency()
+        return plan
+
+    def _check_consistency(self) -> None:
+        n = len(self.parties)
+        if n < 2:
+            raise MalformedPlanError(f"a session needs at least 2 parties, the plan names {n}")
+        if [p.index for p in self.parties] != list(range(n)):
+            raise MalformedPlanError("party indexes must be 0..n-1 in order")
+        if len({p.node_id for p in self.parties}) != n:
+            raise MalformedPlanError("a node appears twice among the parties")
+        if self.sharing == "shamir" and not 0 < self.threshold < n:
+            raise MalformedPlanError(f"Shamir threshold must be in 1..{n - 1}, got {self.threshold}")
+        if self.not_after <= self.issued_at or self.deadline <= self.issued_at:
+            raise MalformedPlanError("notAfter and deadline must be later than issuedAt")
+        owners = [i.owner for i in self.inputs]
+        if not owners or len(set(owners)) != len(owners):
+            raise MalformedPlanError("inputs must name distinct owners, at least one")
+        data = [i for i in self.inputs if i.role == "data"]
+        if not data:
+            raise MalformedPlanError("at least one input must have role 'data'")
+        if any(i.fields != data[0].fields for i in data):
+            raise MalformedPlanError("every data input must declare the same fields (names and ranges)")
+        recipients = [o.recipient for o in self.outputs]
+        if len(set(recipients)) != len(recipients):
+            raise MalformedPlanError("output recipients must be distinct")
+        kinds = [k for k in ("aggregate", "linearScore", "mlp") if k in self.program]
+        if len(kinds) != 1 or len(self.program) != 1:
+            raise MalformedPlanError("program must have exactly one of aggregate, linearScore, mlp")
+        if kinds[0] != "aggregate":
+            body = self.program[kinds[0]]
+            model_owner = body.get("modelOwner") if isinstance(body, Mapping) else None
+            models = [i.owner for i in self.inputs if i.role == "model"]
+            if models != [model_owner]:
+                raise MalformedPlanError(f"{kinds[0]} needs exactly one input with role 'model' owned by its modelOwner")
+        unknown = sorted(set(self.sealed_dealer_seeds) - {p.node_id for p in self.parties})
+        if unknown:
+            raise MalformedPlanError(f"sealed dealer seeds for nodes that are not parties: {unknown}")
+
+
+def output_names(plan: SessionPlan) -> tuple[str, ...]:
+    """The names a recipient's ``allow`` list may use for this plan's program."""
+    if "aggregate" in plan.program:
+        body = plan.program["aggregate"]
+        ops = body if isinstance(body, list) else []
+        return tuple(f"{op.get('op')}({op.get('field')})" for op in ops if isinstance(op, Mapping))
+    if "linearScore" in plan.program:
+        return ("score", "count")
+    return ("output", "count")
+
+
+def signer_fingerprint(public_key: MLDSAPublicKey) -> str:
+    """SHA-256 of the raw plan-signing public key, hex."""
+    return hashlib.sha256(public_key.public_bytes_raw()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SignedPlan:
+    """A plan with the operator's signature, as posted to nodes."""
+
+    plan: SessionPlan
+    signature: bytes = field(repr=False)
+    signer: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_json(), "signature": _b64e(self.signature), "signer": self.signer}
+
+
+def sign_plan(plan: SessionPlan, key: MLDSAPrivateKey) -> SignedPlan:
+    """Sign ``plan`` with the operator's plan-signing key under :data:`PLAN_SIGNATURE_CONTEXT`."""
+    plan._check_consistency()
+    sig = key.sign(canonical_bytes(plan.to_json()), PLAN_SIGNATURE_CONTEXT)
+    return SignedPlan(plan, sig, signer_fingerprint(key.public_key()))
+
+
+def parse_signed_plan(body: bytes) -> tuple[dict[str, Any], bytes, SessionPlan]:
+    """Parse the wire form into (raw plan JSON, signature, plan); signature not yet checked."""
+    if len(body) > MAX_PLAN_BYTES:
+        raise MalformedPlanError(f"plan is {len(body)} bytes; the limit is {MAX_PLAN_BYTES}")
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedPlanError(f"plan body is not JSON: {exc}") from None
+    o = _obj(raw, "signed plan")
+    plan_raw = _obj(o.get("plan"), "plan")
+    sig_raw = o.get("signature")
+    if sig_raw in (None, ""):
+        raise UnsignedPlanError("the plan carries no signature; only operator-signed plans are accepted")
+    signature = _b64d(sig_raw, "signature")
+    return dict(plan_raw), signature, SessionPlan.from_json(plan_raw)
+
+
+def verify_signed_plan(
+    body: bytes,
+    *,
+    signer_key: MLDSAPublicKey,
+    pool: str,
+    node_id: str,
+    now: dt.datetime,
+    max_clock_skew: dt.timedelta = dt.timedelta(minutes=5),
+) -> SessionPlan:
+    """Parse and verify a posted plan for this node (see the module docstring for the order)."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    raw, signature, plan = parse_signed_plan(body)
+    try:
+        signer_key.verify(signature, canonical_bytes(raw), PLAN_SIGNATURE_CONTEXT)
+    except InvalidSignature:
+        raise BadPlanSignatureError(
+            "plan signature does not verify under the operator's plan-signing key (wrong signer or altered plan)"
+        ) from None
+    if plan.pool != pool:
+        raise ForeignPlanError(f"plan is for pool {plan.pool!r}; this node belongs to pool {pool!r}")
+    t = now.timestamp()
+    if t >= plan.not_after:
+        raise ExpiredPlanError(f"plan expired at {plan.not_after} (unix); the operator must issue a fresh one")
+    if plan.issued_at > t + max_clock_skew.total_seconds():
+        raise ExpiredPlanError(f"plan is issued in the future ({plan.issued_at} > now {int(t)}); check clocks")
+    plan.party_of(node_id)
+    return plan
+
+
+def check_supersedes(new: SessionPlan, held: SessionPlan | None) -> bool:
+    """Whether ``new`` should replace ``held``: True for a newer generation, False for the same plan.
+
+    Raises :class:`StalePlanError` for an older generation, or the same generation with
+    different content (a replayed or forged re-plan).
+    """
+    if held is None:
+        return True
+    if new.generation < held.generation:
+        raise StalePlanError(
+            f"plan generation {new.generation} of session {new.session_id} is older than the held {held.generation}"
+        )
+    if new.generation == held.generation:
+        if new.digest() != held.digest():
+            raise StalePlanError(f"a different plan with generation {new.generation} is already held; bump the generation")
+        return False
+    return True
+
+
+def seal_dealer_seed(
+    seed: bytes,
+    *,
+    suite: Suite,
+    session_id: str,
+    party: PlanParty,
+    node_kem_key: KemPublicKey,
+    signer_key: MLDSAPrivateKey,
+) -> bytes:
+    """Seal the session's dealer seed to one party's certified KEM key (the operator side)."""
+    header = EnvelopeHeader(
+        suite=suite.name, session_id=session_id, node_id=party.node_id, party_index=party.index,
+        input_id=DEALER_SEED_INPUT_ID, key_epoch=party.kem_epoch, sender=OPERATOR_SENDER,
+        sender_key_fingerprint=key_fingerprint(signer_key.public_key()),
+    )
+    return seal_envelope(seed, suite=suite, header=header, recipient_key=node_kem_key, sender_key=signer_key)
+
+
+def open_dealer_seed(
+    plan: SessionPlan, *, suite: Suite, node_id: str, signer_key: MLDSAPublicKey, keys: KemKeySource, now: dt.datetime
+) -> bytes:
+    """Open this node's sealed dealer seed (the node side); raises envelope errors or :class:`MalformedPlanError`."""
+    party = plan.party_of(node_id)
+    sealed = plan.sealed_dealer_seeds.get(node_id)
+    if sealed is None:
+        raise MalformedPlanError(f"plan carries no sealed dealer seed for node {node_id!r}")
+    opened = open_envelope(
+        sealed, suite=suite, session_id=plan.session_id, node_id=node_id, party_index=party.index,
+        senders={OPERATOR_SENDER: signer_key}, keys=keys, replay_guard=ReplayGuard(), now=now,
+    )
+    if opened.header.input_id != DEALER_SEED_INPUT_ID or len(opened.plaintext) < 16:
+        raise MalformedPlanError("the sealed dealer seed is not a seed of at least 16 bytes")
+    return opened.plaintext
+
+
+def plan_signer_key_from_bytes(data: bytes, algorithm: SignatureAlgorithm = SignatureAlgorithm.ML_DSA_65) -> MLDSAPublicKey:
+    """Parse a raw plan-signing public key; :class:`MalformedPlanError` when invalid."""
+    try:
+        return algorithm.public_key_from_bytes(data)
+    except ValueError as exc:
+        raise MalformedPlanError(f"plan-signing public key is not a raw {algorithm.label} key: {exc}") from None

@@ -1,0 +1,620 @@
+"""Session execution at one node: plans, sealed inputs, PQ peer mesh, engine run, sealed outputs.
+
+Life of a session here (phases as in ``MPCSession.status.phase``):
+
+1. ``AwaitingInputs``: the operator posts a signed plan (:meth:`SessionManager.accept_plan`);
+   the node opens its sealed dealer seed and fences its KEM key epoch so the key is not
+   retired under the session.
+2. Data owners post sealed input envelopes (:meth:`SessionManager.accept_input`): checked
+   (sender key from the plan, signature, epoch, replay), opened, validated against the
+   declared fields, and the *sealed* envelope is kept under ``PQMPC_STATE_DIR`` until
+   the session ends. When every owner has delivered, computing starts.
+3. ``Computing``: the party with the lower index dials each peer over a PQ mutual-TLS
+   :class:`~pqmpc_node.net.link.PeerLink`, the peer's certificate must name the node
+   the plan names with the plan's fingerprint; the engine runs the program over a
+   :class:`~pqmpc_node.net.pq_channel.PqChannel`. A lost peer aborts an additive
+   session; a Shamir session restarts the computation (next attempt, fresh round tags)
+   with the remaining parties while at least ``t + 1`` remain. A MAC failure aborts.
+4. ``Succeeded``: each recipient's allowed outputs are sealed to its KEM key, signed
+   with the node identity key, and served at ``/v1/sessions/{id}/outputs``; or
+   ``Failed`` with a reason. Fences are released and the stored envelopes deleted.
+
+Restart: identity and KEM keys live in memory only, so a restarted node is a new node
+(new CSR) and envelopes sealed to the old KEM key cannot be opened; the operator
+re-plans and owners resubmit. See docs/node.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import enum
+import hashlib
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pqmpc_node.crypto.envelopes import (
+    EnvelopeError,
+    EnvelopeHeader,
+    MalformedEnvelopeError,
+    ReplayError,
+    ReplayGuard,
+    SealedEnvelope,
+    key_fingerprint,
+    open_envelope,
+    seal_envelope,
+)
+from pqmpc_node.crypto.kemkeys import KeyRetiredError, kem_public_key_from_bytes
+from pqmpc_node.crypto.pki import NodeId
+from pqmpc_node.crypto.suites import MLDSAPublicKey, SignatureAlgorithm
+from pqmpc_node.keystore import NodeKeys
+from pqmpc_node.metrics import NodeMetrics
+from pqmpc_node.mpc import protocols as proto
+from pqmpc_node.mpc.backend import to_host
+from pqmpc_node.mpc.config import EngineConfig
+from pqmpc_node.mpc.context import MPCContext
+from pqmpc_node.mpc.errors import MacCheckError
+from pqmpc_node.mpc.fixedpoint import FixedPoint
+from pqmpc_node.mpc.preprocessing import Dealer, DealerProvider
+from pqmpc_node.mpc.programs import (
+    AggregatePlan,
+    ExecutionPlan,
+    ProgramError,
+    SessionInputs,
+    SessionResult,
+    compile_program,
+    model_shapes,
+    run_session,
+)
+from pqmpc_node.mpc.randomness import AesCtrRandom
+from pqmpc_node.mpc.shares import Shared
+from pqmpc_node.net.counters import RefusalCounters
+from pqmpc_node.net.link import LinkConfig, LinkRefused, PeerLink
+from pqmpc_node.net.pq_channel import HELLO_TAG, Hello, PeerLostError, PqChannel
+from pqmpc_node.net.tls import TlsIdentity
+from pqmpc_node.payloads import DomainName, InputPayload, OutputPayload, OutputShare, PayloadError, domain_for
+from pqmpc_node.plan import (
+    PlanError,
+    SessionPlan,
+    check_supersedes,
+    open_dealer_seed,
+    verify_signed_plan,
+)
+
+__all__ = ["InputRejected", "Phase", "SessionError", "SessionManager", "SessionRuntime", "UnknownSessionError"]
+
+log = logging.getLogger("pqmpc_node.sessions")
+
+
+class Phase(str, enum.Enum):
+    """Where a session is at this node."""
+
+    AWAITING_INPUTS = "AwaitingInputs"
+    COMPUTING = "Computing"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class SessionError(Exception):
+    """A session request that cannot be served; ``status`` and ``reason`` shape the HTTP answer."""
+
+    def __init__(self, message: str, *, reason: str, status: int, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+        self.extra = extra or {}
+
+
+class UnknownSessionError(SessionError):
+    """No plan for this session id at this node."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} is unknown at this node; check the id or wait for the operator's plan",
+                         reason="unknown_session", status=404)
+
+
+class InputRejected(SessionError):
+    """An input envelope was refused."""
+
+
+@dataclass
+class SessionRuntime:
+    """Mutable state of one session at this node (owned by :class:`SessionManager`)."""
+
+    plan: SessionPlan
+    body: bytes = field(repr=False)
+    party: int
+    seed: bytes = field(repr=False)
+    started: float
+    phase: Phase = Phase.AWAITING_INPUTS
+    reason: str = ""
+    message: str = ""
+    inputs: dict[str, InputPayload] = field(default_factory=dict, repr=False)
+    input_digests: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, bytes] = field(default_factory=dict, repr=False)
+    attempts: int = 0
+    live: tuple[int, ...] = ()
+    rejected_rows: int | None = None
+    links: dict[int, PeerLink] = field(default_factory=dict, repr=False)
+    incoming: dict[int, asyncio.Future[PeerLink]] = field(default_factory=dict, repr=False)
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def status(self) -> dict[str, Any]:
+        """The public status document (no secrets, no results)."""
+        p = self.plan
+        return {
+            "sessionId": p.session_id,
+            "generation": p.generation,
+            "planDigest": p.digest(),
+            "phase": self.phase.value,
+            "reason": self.reason,
+            "message": self.message,
+            "party": self.party,
+            "parties": len(p.parties),
+            "sharing": p.sharing,
+            "security": p.security,
+            "inputs": [{"owner": i.owner, "role": i.role, "received": i.owner in self.inputs} for i in p.inputs],
+            "outputsReady": sorted(self.outputs),
+            "liveParties": list(self.live),
+            "attempts": self.attempts,
+            "rejectedRows": self.rejected_rows,
+            "deadline": p.deadline,
+        }
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Tunables of session execution."""
+
+    mesh_timeout_s: float = 30.0
+    round_timeout_s: float = 120.0
+    backend: str = "numpy"
+
+
+class SessionManager:
+    """All sessions of this node, the peer listener, and the engine runs."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        pool: str,
+        keys: NodeKeys,
+        signer_key: MLDSAPublicKey,
+        metrics: NodeMetrics,
+        counters: RefusalCounters,
+        state_dir: Path,
+        clock: Callable[[], dt.datetime],
+        settings: SessionSettings = SessionSettings(),
+    ) -> None:
+        self.node_id = node_id
+        self.pool = pool
+        self.keys = keys
+        self.signer_key = signer_key
+        self.metrics = metrics
+        self.counters = counters
+        self.state_dir = state_dir
+        self.clock = clock
+        self.settings = settings
+        self.sessions: dict[str, SessionRuntime] = {}
+        self.replay = ReplayGuard()
+        self._server: asyncio.Server | None = None
+        self._accepting: set[asyncio.Task[None]] = set()
+
+    # -- plans ------------------------------------------------------------------------
+
+    def accept_plan(self, body: bytes) -> tuple[SessionRuntime, bool]:
+        """Verify and hold a posted plan; returns (runtime, created). Raises :class:`PlanError`/:class:`SessionError`."""
+        now = self.clock()
+        try:
+            plan = verify_signed_plan(body, signer_key=self.signer_key, pool=self.pool, node_id=self.node_id, now=now)
+            held = self.sessions.get(plan.session_id)
+            if not check_supersedes(plan, held.plan if held else None):
+                assert held is not None  # check_supersedes returns False only for a held plan
+                return held, False
+        except PlanError as exc:
+            self.metrics.plans_refused.labels(exc.reason).inc()
+            raise
+        if held is not None and held.phase is not Phase.AWAITING_INPUTS:
+            raise SessionError(f"session {plan.session_id} is already {held.phase.value}; a re-plan cannot replace it",
+                               reason="session_running", status=409)
+        party = plan.party_of(self.node_id)
+        try:
+            seed = open_dealer_seed(plan, suite=self.keys.suite, node_id=self.node_id, signer_key=self.signer_key,
+                                    keys=self.keys.ring, now=now)
+        except EnvelopeError as exc:
+            self.metrics.plans_refused.labels("dealer_seed").inc()
+            raise SessionError(f"cannot open the plan's sealed dealer seed: {exc}", reason=f"dealer_seed_{exc.reason}",
+                               status=400) from None
+        try:
+            self.keys.ring.fence(self._fence_id(plan.session_id, party.kem_epoch), party.kem_epoch)
+        except KeyRetiredError as exc:
+            raise SessionError(str(exc), reason=exc.reason, status=409) from None
+        rt = SessionRuntime(plan=plan, body=body, party=party.index, seed=seed, started=time.monotonic(),
+                            live=tuple(range(len(plan.parties))))
+        if held is not None:
+            rt.inputs, rt.input_digests = held.inputs, held.input_digests
+        self.sessions[plan.session_id] = rt
+        sdir = self._session_dir(plan.session_id)
+        sdir.mkdir(parents=True, exist_ok=True)
+        (sdir / "plan.json").write_bytes(body)
+        log.info("session %s: plan generation %d accepted, party %d of %d", plan.session_id, plan.generation,
+                 party.index, len(plan.parties))
+        self._maybe_start(rt)
+        return rt, True
+
+    def get(self, session_id: str) -> SessionRuntime:
+        rt = self.sessions.get(session_id)
+        if rt is None:
+            raise UnknownSessionError(session_id)
+        return rt
+
+    @staticmethod
+    def _fence_id(session_id: str, epoch: int) -> str:
+        return f"{session_id}@{epoch}"
+
+    def _session_dir(self, session_id: str) -> Path:
+        return self.state_dir / "sessions" / hashlib.sha256(session_id.encode()).hexdigest()[:32]
+
+    # -- inputs -----------------------------------------------------------------------
+
+    def accept_input(self, session_id: str, data: bytes) -> dict[str, Any]:
+        """Check, open and keep (sealed) one input envelope; see the module docstring, step 2."""
+        rt = self.get(session_id)
+        plan = rt.plan
+        try:
+            env = SealedEnvelope.from_bytes(data)
+            h = env.header
+            if self.replay.seen(plan.session_id, h.sender, h.input_id):
+                again = rt.input_digests.get(h.sender) == hashlib.sha256(data).hexdigest()
+                raise InputRejected(
+                    f"input {h.input_id!r} from {h.sender!r} was already accepted in session {session_id!r}",
+                    reason=ReplayError.reason, status=409, extra={"alreadyAccepted": again},
+                )
+            if rt.phase is not Phase.AWAITING_INPUTS:
+                raise InputRejected(f"session {session_id} is {rt.phase.value}; inputs are closed",
+                                    reason="inputs_closed", status=409)
+            if h.sender in rt.inputs:
+                raise InputRejected(f"{h.sender!r} already delivered its input to session {session_id}",
+                                    reason="duplicate_input", status=409, extra={"alreadyAccepted": True})
+            senders = {i.owner: SignatureAlgorithm.ML_DSA_65.public_key_from_bytes(i.identity) for i in plan.inputs}
+            opened = open_envelope(
+                data, suite=self.keys.suite, session_id=plan.session_id, node_id=self.node_id, party_index=rt.party,
+                senders=senders, keys=self.keys.ring, replay_guard=ReplayGuard(), now=self.clock(),
+            )
+            owner = plan.input_of(h.sender)
+            domain: DomainName = domain_for(plan.sharing, plan.security)
+            if owner.role == "data":
+                payload = InputPayload.decode(opened.plaintext, domain=domain, fields=[f.name for f in owner.fields])
+                if payload.kind != "rows":
+                    raise PayloadError("a data owner must send rows")
+            else:
+                shapes = model_shapes(self._execution_plan(plan))
+                payload = InputPayload.decode(opened.plaintext, domain=domain, model_shapes=shapes)
+                if payload.kind != "model":
+                    raise PayloadError("the model owner must send model parameters")
+        except EnvelopeError as exc:
+            self.metrics.envelopes_refused.labels(exc.reason).inc()
+            raise InputRejected(str(exc), reason=exc.reason, status=422 if isinstance(exc, MalformedEnvelopeError) else 403) from None
+        except InputRejected as exc:
+            self.metrics.envelopes_refused.labels(exc.reason).inc()
+            raise
+        except (PayloadError, ProgramError, ValueError) as exc:
+            self.metrics.envelopes_refused.labels("bad_payload").inc()
+            raise InputRejected(f"input does not match the session's declarations: {exc}", reason="bad_payload",
+                                status=422) from None
+        self.replay.record(plan.session_id, h.sender, h.input_id)
+        if h.key_epoch != plan.party_of(self.node_id).kem_epoch:
+            self.keys.ring.fence(self._fence_id(plan.session_id, h.key_epoch), h.key_epoch)
+        rt.inputs[h.sender] = payload
+        rt.input_digests[h.sender] = hashlib.sha256(data).hexdigest()
+        inputs_dir = self._session_dir(plan.session_id) / "inputs"
+        inputs_dir.mkdir(parents=True, exist_ok=True)
+        (inputs_dir / f"{hashlib.sha256(h.sender.encode()).hexdigest()[:32]}.sealed").write_bytes(data)
+        self.metrics.envelopes_accepted.inc()
+        self._maybe_start(rt)
+        return {"sessionId": session_id, "owner": h.sender, "inputId": h.input_id, "keyEpoch": h.key_epoch,
+                "accepted": True, "phase": rt.phase.value}
+
+    @staticmethod
+    def _execution_plan(plan: SessionPlan) -> ExecutionPlan:
+        return compile_program(plan.program, [f.to_json() for f in plan.data_fields()])
+
+    def _maybe_start(self, rt: SessionRuntime) -> None:
+        if rt.phase is Phase.AWAITING_INPUTS and all(i.owner in rt.inputs for i in rt.plan.inputs):
+            rt.phase = Phase.COMPUTING
+            rt.task = asyncio.get_running_loop().create_task(self._run(rt))
+
+    # -- outputs ----------------------------------------------------------------------
+
+    def output_for(self, session_id: str, recipient: str) -> bytes:
+        """The sealed output for ``recipient``; refuses recipients the plan does not name."""
+        rt = self.get(session_id)
+        try:
+            rt.plan.output_of(recipient)
+        except KeyError:
+            raise SessionError(f"{recipient!r} is not an output recipient of session {session_id}",
+                               reason="not_a_recipient", status=403) from None
+        if rt.phase is Phase.FAILED:
+            raise SessionError(f"session {session_id} failed: {rt.message}", reason="session_failed", status=409,
+                               extra={"sessionReason": rt.reason})
+        if rt.phase is not Phase.SUCCEEDED:
+            raise SessionError(f"session {session_id} is {rt.phase.value}; outputs are not ready yet",
+                               reason="not_ready", status=409)
+        return rt.outputs[recipient]
+
+    # -- peer mesh --------------------------------------------------------------------
+
+    def _link_config(self) -> LinkConfig:
+        cert = self.keys.certificate
+        return LinkConfig(tls=TlsIdentity(self.keys.identity, cert.certificate, self.keys.ca_certificate),
+                          log=self.keys.log, clock=self.clock)
+
+    def _expected_peers(self) -> set[NodeId]:
+        return {NodeId(p.node_id) for rt in self.sessions.values() if rt.phase is not Phase.SUCCEEDED
+                for p in rt.plan.parties if p.node_id != self.node_id}
+
+    async def start_listener(self, host: str, port: int) -> None:
+        """Listen for peer links on ``host:port``."""
+        self._server = await asyncio.start_server(self._on_peer, host, port)
+
+    async def _on_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        expected = self._expected_peers()
+        if not self.keys.certified or not expected:
+            writer.close()
+            return
+        try:
+            link = await PeerLink.accept(reader, writer, config=self._link_config(), expected_peers=expected,
+                                         counters=self.counters)
+        except (LinkRefused, ConnectionError, OSError):
+            return
+        try:
+            hello = Hello.decode(await asyncio.wait_for(link.recv(HELLO_TAG), 10.0))
+            rt = self.sessions[hello.session_id]
+            party = rt.plan.parties[hello.party]
+            att = link.attestation()
+            if att.peer_node_id != party.node_id or att.peer_fingerprint != party.cert_fingerprint:
+                raise ValueError(f"peer {att.peer_node_id} is not party {hello.party} of the plan")
+            fut = rt.incoming.setdefault(hello.party, asyncio.get_running_loop().create_future())
+            if fut.done():
+                raise ValueError(f"party {hello.party} connected twice")
+            fut.set_result(link)
+        except (ValueError, KeyError, IndexError, TimeoutError, Exception) as exc:  # noqa: BLE001 - any bad hello closes the link
+            self.counters.count("unexpected_session")
+            log.warning("peer link refused after handshake: %s", exc)
+            await link.close()
+
+    async def _dial(self, rt: SessionRuntime, peer: int, deadline: float) -> PeerLink:
+        p = rt.plan.parties[peer]
+        delay = 0.05
+        while True:
+            try:
+                link = await PeerLink.connect(p.address, p.peer_port, config=self._link_config(),
+                                              expected_peer=NodeId(p.node_id), counters=self.counters)
+                if link.attestation().peer_fingerprint != p.cert_fingerprint:
+                    await link.close()
+                    raise LinkRefused(f"peer {p.node_id} presents a certificate other than the plan's", "wrong_fingerprint")
+                await link.send(HELLO_TAG, Hello(rt.plan.session_id, rt.party).encode())
+                return link
+            except (LinkRefused, ConnectionError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise PeerLostError(peer, f"could not link to {p.node_id} at {p.address}:{p.peer_port}: {exc}") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _mesh(self, rt: SessionRuntime) -> None:
+        """Links to every live peer: dial higher indexes, wait for lower ones."""
+        deadline = time.monotonic() + self.settings.mesh_timeout_s
+        loop = asyncio.get_running_loop()
+        for peer in rt.live:
+            if peer == rt.party or peer in rt.links:
+                continue
+            if peer > rt.party:
+                rt.links[peer] = await self._dial(rt, peer, deadline)
+            else:
+                fut = rt.incoming.setdefault(peer, loop.create_future())
+                try:
+                    rt.links[peer] = await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    raise PeerLostError(peer, f"party {peer} ({rt.plan.parties[peer].node_id}) never linked") from None
+            att = rt.links[peer].attestation()
+            self.metrics.link_info.labels(att.peer_node_id, att.group, att.signature_algorithm).set(1)
+
+    # -- computation ------------------------------------------------------------------
+
+    async def _run(self, rt: SessionRuntime) -> None:
+        plan = rt.plan
+        outcome = "failed"
+        try:
+            remaining = plan.deadline - self.clock().timestamp()
+            await asyncio.wait_for(self._attempts(rt), max(1.0, remaining))
+            outcome = "succeeded"
+            rt.phase = Phase.SUCCEEDED
+        except MacCheckError as exc:
+            self.metrics.mac_failures.inc()
+            self._fail(rt, "mac_check_failed", str(exc))
+            outcome = "mac_check_failed"
+        except PeerLostError as exc:
+            self._fail(rt, "peer_lost", str(exc))
+            outcome = "peer_lost"
+        except TimeoutError:
+            self._fail(rt, "deadline_exceeded", f"session passed its deadline ({plan.deadline})")
+            outcome = "deadline_exceeded"
+        except (ProgramError, ValueError, RuntimeError) as exc:
+            self._fail(rt, "engine_error", f"{type(exc).__name__}: {exc}")
+            outcome = "engine_error"
+        finally:
+            self.metrics.sessions.labels(outcome).inc()
+            self.metrics.session_duration.labels(outcome).observe(time.monotonic() - rt.started)
+            for link in rt.links.values():
+                await link.close()
+            rt.links.clear()
+            self._end(rt)
+            log.info("session %s: %s %s", plan.session_id, rt.phase.value, rt.message)
+
+    def _fail(self, rt: SessionRuntime, reason: str, message: str) -> None:
+        rt.phase, rt.reason, rt.message = Phase.FAILED, reason, message
+
+    def _end(self, rt: SessionRuntime) -> None:
+        plan = rt.plan
+        for p in plan.parties:
+            self.keys.ring.release(self._fence_id(plan.session_id, p.kem_epoch))
+        for epoch in range(1, self.keys.current_epoch() + 2):
+            self.keys.ring.release(self._fence_id(plan.session_id, epoch))
+        shutil.rmtree(self._session_dir(plan.session_id) / "inputs", ignore_errors=True)
+        rt.inputs.clear()
+
+    async def _attempts(self, rt: SessionRuntime) -> None:
+        plan = rt.plan
+        while True:
+            try:
+                await self._mesh(rt)
+                result, ctx, channel = await self._compute(rt)
+                self._record_traffic(plan, channel)
+                break
+            except PeerLostError as exc:
+                self.metrics.peers_lost.labels(plan.parties[exc.peer].node_id).inc()
+                lost = rt.links.pop(exc.peer, None)
+                if lost is not None:
+                    await lost.close()
+                survivors = tuple(p for p in rt.live if p != exc.peer)
+                if plan.sharing != "shamir" or len(survivors) < plan.threshold + 1:
+                    raise
+                log.warning("session %s: %s; carrying on with parties %s", plan.session_id, exc, survivors)
+                rt.live = survivors
+                rt.incoming.pop(exc.peer, None)
+        rt.rejected_rows = result.rejected_rows
+        self.metrics.rows_rejected.inc(result.rejected_rows)
+        self._seal_outputs(rt, result, ctx)
+
+    async def _compute(self, rt: SessionRuntime) -> tuple[SessionResult, MPCContext, PqChannel]:
+        plan = rt.plan
+        n = len(plan.parties)
+        rt.attempts += 1
+        cfg = EngineConfig(parties=n, threshold=plan.threshold if plan.sharing == "shamir" else 1,
+                           sharing=plan.sharing, security=plan.security, frac_bits=plan.frac_bits,
+                           backend="cupy" if self.settings.backend == "cupy" else ("auto" if self.settings.backend == "auto" else "numpy"))
+        domain = cfg.domain()
+        scheme = cfg.scheme()
+        dealer = Dealer(domain, scheme, rt.seed, authenticated=plan.security == "malicious")
+        channel = PqChannel(party=rt.party, n=n, links={p: rt.links[p] for p in rt.live if p != rt.party},
+                            attempt=rt.attempts, round_timeout_s=self.settings.round_timeout_s)
+        ctx = MPCContext(party=rt.party, channel=channel, domain=domain, scheme=scheme,
+                         provider=DealerProvider(dealer, rt.party), rng=AesCtrRandom.from_os(),
+                         security=plan.security, fixed=FixedPoint(plan.frac_bits), live=rt.live)
+        exec_plan = self._execution_plan(plan)
+        xp = domain.xp
+        names = [f.name for f in plan.data_fields()]
+        data = [rt.inputs[i.owner] for i in plan.inputs if i.role == "data"]
+        table = np.stack([np.concatenate([d.columns[f] for d in data]) for f in names])  # (fields, rows)
+        model_owner = [i.owner for i in plan.inputs if i.role == "model"]
+        params = rt.inputs[model_owner[0]].params if model_owner else {}
+        pnames = sorted(params)
+        flat = np.concatenate([params[k].reshape(-1) for k in pnames]) if pnames else np.zeros(0, np.uint64)
+        tshared = await _authenticate(ctx, xp.asarray(table))
+        columns = {f: tshared[i] for i, f in enumerate(names)}
+        model: dict[str, Shared] = {}
+        if pnames:
+            pshared = await _authenticate(ctx, xp.asarray(flat))
+            offset = 0
+            for k in pnames:
+                size = params[k].size
+                model[k] = pshared[offset:offset + size].reshape(params[k].shape)
+                offset += size
+        result = await run_session(ctx, exec_plan, SessionInputs(columns, model),
+                                   reveal=isinstance(exec_plan, AggregatePlan))
+        return result, ctx, channel
+
+    def _record_traffic(self, plan: SessionPlan, channel: PqChannel) -> None:
+        t = channel.traffic
+        for wait in t.round_waits:
+            self.metrics.round_latency.observe(wait)
+        for peer in set(t.sent) | set(t.received):
+            node = plan.parties[peer].node_id
+            sent, recv = t.sent.get(peer, 0), t.received.get(peer, 0)
+            self.metrics.peer_bytes.labels(node, "sent").inc(sent)
+            self.metrics.peer_bytes.labels(node, "received").inc(recv)
+            self.metrics.traffic_deviation.labels(node).set(abs(recv - sent) / max(sent, 1))
+
+    def _seal_outputs(self, rt: SessionRuntime, result: SessionResult, ctx: MPCContext) -> None:
+        plan = rt.plan
+        suite = self.keys.suite
+        domain = domain_for(plan.sharing, plan.security)
+        for out in plan.outputs:
+            shares: dict[str, OutputShare] = {}
+            public: dict[str, Any] = {}
+            for name in out.allow:
+                if name in result.shares:
+                    values = np.asarray(to_host(result.shares[name].value), dtype=np.uint64)
+                    shares[name] = OutputShare("integer" if name.startswith("histogram(") else "fixed", values)
+                if name in result.opened:
+                    public[name] = _jsonable(result.opened[name])
+            if "count" in result.opened and "count" in out.allow:
+                public["count"] = result.opened["count"]
+            payload = OutputPayload(plan.session_id, rt.party, domain, plan.sharing, plan.threshold, plan.frac_bits,
+                                    shares, public)
+            header = EnvelopeHeader(
+                suite=suite.name, session_id=plan.session_id, node_id=out.recipient, party_index=rt.party,
+                input_id=f"output/{self.node_id}", key_epoch=1, sender=self.node_id,
+                sender_key_fingerprint=key_fingerprint(self.keys.identity.public_key),
+            )
+            recipient_key = kem_public_key_from_bytes(suite.envelope_kem, out.kem_public_key)
+            sealed = seal_envelope(payload.encode(), suite=suite, header=header, recipient_key=recipient_key,
+                                   sender_key=self.keys.identity.private_key)
+            rt.outputs[out.recipient] = sealed
+            out_dir = self._session_dir(plan.session_id) / "outputs"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / f"{hashlib.sha256(out.recipient.encode()).hexdigest()[:32]}.sealed").write_bytes(sealed)
+
+    async def close(self) -> None:
+        """Stop the listener and cancel running sessions."""
+        if self._server is not None:
+            self._server.close()
+        for rt in self.sessions.values():
+            if rt.task is not None and not rt.task.done():
+                rt.task.cancel()
+                try:
+                    await rt.task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                    pass
+
+
+async def _authenticate(ctx: MPCContext, local: Any) -> Shared:
+    """This party's share of an owner-shared array as an engine sharing.
+
+    Semi-honest: the owner's share is used as is. Malicious: every live party inputs its
+    share through the engine's masked input protocol, which attaches MAC shares, and the
+    parties recombine (additive: sum; Shamir: Lagrange weights of the live parties).
+    """
+    if not ctx.malicious:
+        return Shared(local, None)
+    d = ctx.domain
+    parts = []
+    for owner in ctx.live:
+        parts.append(await proto.share_input(ctx, owner, local if owner == ctx.party else None, tuple(local.shape)))
+    if ctx.scheme.kind == "additive":
+        acc = parts[0]
+        for p in parts[1:]:
+            acc = ctx.add(acc, p)
+        return acc
+    weights = ctx.scheme.weights(list(ctx.live))
+    acc = ctx.mul_public(parts[0], d.scalar(weights[ctx.live[0]]))
+    for owner, p in zip(ctx.live[1:], parts[1:], strict=True):
+        acc = ctx.add(acc, ctx.mul_public(p, d.scalar(weights[owner])))
+    return acc
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return v
+
