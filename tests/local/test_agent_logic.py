@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from pqmpc_local.agent import IpPool, parse_args
 from pqmpc_local.podenv import ContainerConfigError, command_line, expand, resolve_env
 from pqmpc_local.podstatus import ContainerView, Terminated, build_status, phase_of
 from pqmpc_local.scheduling import NodeCapacity, Unschedulable, choose_node, pod_gpu_request
+from pqmpc_local.volumes import materialize_volumes, mounts_for
 
 NODES = [
     NodeCapacity("eu-a", {"topology.kubernetes.io/region": "eu", "topology.kubernetes.io/zone": "eu-a"}, 8),
@@ -120,3 +122,36 @@ def test_cli_groups_labels_and_gpus_with_their_node() -> None:
     assert [(n.name, dict(n.labels), n.gpus) for n in options.nodes] == [("a", {"x": "1", "y": "2"}, 4), ("b", {}, 2)]
     with pytest.raises(SystemExit):
         parse_args(["--kubeconfig", "k", "--workdir", "w", "--node", "a", "--node", "a"])
+
+
+def test_volumes_materialise_projected_token_and_items(tmp_path: Path) -> None:
+    pod = _pod(volumes=[
+        {"name": "api", "projected": {"defaultMode": 0o640, "sources": [
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": 600, "audience": "vault"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+        ]}},
+        {"name": "sec", "secret": {"secretName": "s", "items": [{"key": "k", "path": "sub/dir/k.bin"}]}},
+        {"name": "scratch", "emptyDir": {}},
+    ])
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "sec", "mountPath": "/etc/x/sec", "readOnly": True},
+                                                   {"name": "api", "mountPath": "/var/run/secrets/t"}]
+    minted: list[tuple[str | None, int]] = []
+
+    def mint(audience: str | None, expiry: int) -> str:
+        minted.append((audience, expiry))
+        return "a.b.c"
+
+    paths = materialize_volumes(pod, tmp_path, secrets=lambda n: {"k": b"\x00\x01"} if n == "s" else None,
+                                config_maps=lambda n: {"ca.crt": b"PEM"}, mint_token=mint)
+    assert (paths["api"] / "token").read_text() == "a.b.c" and minted == [("vault", 600)]
+    assert (paths["api"] / "ca.crt").read_bytes() == b"PEM"
+    assert (paths["api"] / "namespace").read_text() == "ns"
+    assert (paths["api"] / "token").stat().st_mode & 0o777 == 0o640
+    assert (paths["sec"] / "sub/dir/k.bin").read_bytes() == b"\x00\x01"
+    assert paths["scratch"].is_dir()
+    mounts = mounts_for(pod["spec"]["containers"][0], paths)
+    assert [(m.target, m.read_only) for m in mounts] == [("/etc/x/sec", True), ("/var/run/secrets/t", False)]
+    with pytest.raises(ContainerConfigError, match='secret "s" not found'):
+        materialize_volumes(pod, tmp_path, secrets=lambda n: None, config_maps=lambda n: {"ca.crt": b""},
+                            mint_token=mint)

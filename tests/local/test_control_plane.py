@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from pqmpc_local.agent_runner import FakeNode
+from pqmpc_local.cluster import LocalCluster
 from pqmpc_local.controlplane import ControlPlane, ControlPlaneNotBuiltError, binaries_dir
-from pqmpc_local.pytest_plugin import Kubectl
+from pqmpc_local.pytest_plugin import Kubectl, kubectl_binary
 
 
 def _eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -142,4 +144,17 @@ def test_cli_up_runs_until_sigterm(tmp_path: Path) -> None:
             proc.stdout.close()
     assert code == 0
     assert not components & _live_pids()
+    assert _children_of(os.getpid()) <= before
+
+
+@pytest.mark.integration
+def test_local_cluster_brings_up_ready_nodes_and_stops_cleanly(tmp_path: Path) -> None:
+    before = _children_of(os.getpid())
+    nodes = (FakeNode("solo", "eu-west", "eu-west-1a", gpus=2),)
+    with LocalCluster(tmp_path / "cluster", nodes=nodes) as cluster:
+        kubectl = Kubectl(kubeconfig=cluster.kubeconfig, binary=kubectl_binary())
+        ready = kubectl("get", "node", "solo", "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}")
+        assert ready.stdout == "True"
+        assert cluster.running
+    assert not cluster.running
     assert _children_of(os.getpid()) <= before
