@@ -1,0 +1,135 @@
+"""pyOpenSSL contexts for peer links: TLS 1.3 only, one PQ hybrid group, ML-DSA mutual auth.
+
+pyOpenSSL 26.4 has no setter for the group list or signature algorithms and refuses
+ML-DSA keys in ``use_privatekey``; we call the OpenSSL functions its ``_lib`` binding
+already exposes (``SSL_CTX_set1_curves_list`` — the groups list, ``SSL_CTX_set1_sigalgs_list``,
+``d2i_PrivateKey_bio`` + ``SSL_CTX_use_PrivateKey``), checking every return code. The
+private key travels to OpenSSL as DER in memory only (never a file), and the Python
+copy of the DER is dropped right after loading.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi as _ffi  # pyOpenSSL's cffi binding: see the module docstring
+from OpenSSL._util import lib as _lib
+
+from pqmpc_node.crypto.pki import InclusionChecker, NodeId, NodeIdentity, VerifiedNode, verify_node_certificate
+from pqmpc_node.crypto.suites import Suite
+
+__all__ = ["TlsIdentity", "VerifyState", "check_peer", "make_context", "verify_failure_reason"]
+
+# X509_V_ERR_* codes (openssl/x509_vfy.h) that we report under a precise reason.
+_X509_V_ERR_CERT_NOT_YET_VALID = 9
+_X509_V_ERR_CERT_HAS_EXPIRED = 10
+
+
+@dataclass(frozen=True)
+class TlsIdentity:
+    """A node's TLS credentials: its pool certificate, identity key and the pool CA."""
+
+    identity: NodeIdentity = field(repr=False)
+    certificate: x509.Certificate
+    ca_certificate: x509.Certificate
+
+    @property
+    def suite(self) -> Suite:
+        """The pool suite."""
+        return self.identity.suite
+
+
+class VerifyState:
+    """Per-connection record of what OpenSSL's chain verification complained about."""
+
+    def __init__(self) -> None:
+        self.errors: list[int] = []
+
+
+def verify_failure_reason(state: VerifyState) -> str | None:
+    """Map OpenSSL verification errors to our reason labels (None when none happened)."""
+    if not state.errors:
+        return None
+    if _X509_V_ERR_CERT_HAS_EXPIRED in state.errors:
+        return "expired"
+    if _X509_V_ERR_CERT_NOT_YET_VALID in state.errors:
+        return "not_yet_valid"
+    return "wrong_ca"
+
+
+def _verify_cb(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+    if not ok:
+        state = conn.get_app_data()
+        if isinstance(state, VerifyState):
+            state.errors.append(errno)
+    return bool(ok)
+
+
+def _check(ok: int, what: str) -> None:
+    if ok != 1:
+        raise SSL.Error(f"OpenSSL refused {what}")
+
+
+def make_context(tls: TlsIdentity, *, offer_groups: Sequence[str] | None = None) -> SSL.Context:
+    """A context for either role: TLS 1.3 only, the suite's group only, peer cert required.
+
+    ``offer_groups`` overrides the group list; it exists so tests can play a classical-only
+    peer and must never be set in production.
+    """
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_options(SSL.OP_NO_TICKET)
+    groups = ":".join(offer_groups) if offer_groups is not None else tls.suite.tls_group.value
+    _check(_lib.SSL_CTX_set1_curves_list(ctx._context, groups.encode()), f"groups {groups}")
+    _check(_lib.SSL_CTX_set1_sigalgs_list(ctx._context, tls.suite.signature.value.encode()), "sigalgs")
+    ctx.use_certificate(tls.certificate)
+    der = tls.identity.private_key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
+    bio = _lib.BIO_new_mem_buf(der, len(der))
+    if bio == _ffi.NULL:
+        raise MemoryError("BIO_new_mem_buf failed")
+    try:
+        pkey = _lib.d2i_PrivateKey_bio(bio, _ffi.NULL)
+    finally:
+        _lib.BIO_free(bio)
+        del der
+    if pkey == _ffi.NULL:
+        raise SSL.Error("OpenSSL could not load the ML-DSA identity key")
+    try:
+        _check(_lib.SSL_CTX_use_PrivateKey(ctx._context, pkey), "the identity key")
+    finally:
+        _lib.EVP_PKEY_free(pkey)
+    ctx.check_privatekey()
+    ctx.get_cert_store().add_cert(crypto.X509.from_cryptography(tls.ca_certificate))  # type: ignore[union-attr]
+    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_cb)
+    ctx.set_verify_depth(1)
+    return ctx
+
+
+def check_peer(
+    conn: SSL.Connection,
+    tls: TlsIdentity,
+    *,
+    expected: Collection[NodeId],
+    log: InclusionChecker,
+    now: dt.datetime,
+) -> VerifiedNode:
+    """After the handshake: the peer's certificate names an expected node and is in the log.
+
+    OpenSSL has already checked the chain and the CertificateVerify signature; this adds
+    what it cannot know: which node this session expects, and the transparency log.
+    Raises :class:`~pqmpc_node.crypto.pki.CertificateError` subclasses.
+    """
+    peer = conn.get_peer_certificate(as_cryptography=True)
+    if peer is None:
+        from pqmpc_node.crypto.pki import MalformedCertificateError
+
+        raise MalformedCertificateError("peer presented no certificate")
+    return verify_node_certificate(
+        peer, ca_certificate=tls.ca_certificate, suite=tls.suite, now=now, expected_node_ids=expected, log=log
+    )
