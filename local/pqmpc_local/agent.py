@@ -11,6 +11,10 @@ pending pods to a Node that fits (see :mod:`pqmpc_local.scheduling`), and runs e
 pod's first container as a local process on its own loopback address 127.0.0.x with the
 pod's env and volumes, reporting status like kubelet (probes, restarts, exit codes).
 
+Names: in the mount namespace, /etc/hosts is a file the agent keeps current with every pod
+it runs (``<hostname>.<subdomain>.<ns>.svc[.cluster.local]`` and the short hostname, as
+cluster DNS would resolve them), and the UTS hostname is the pod's hostname.
+
 Volume mounts: as root the process starts in a private mount namespace
 (``unshare --mount --propagation private``) where each volume is bind-mounted at its
 ``mountPath`` (e.g. /var/run/secrets/kubernetes.io/serviceaccount), so unmodified
@@ -309,6 +313,17 @@ class Api:
             self.post("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", lease)
 
 
+def pod_host_names(pod: Mapping[str, Any]) -> list[str]:
+    """Names that resolve to the pod: ``<hostname>.<subdomain>.<ns>.svc[.cluster.local]``, then the short hostname."""
+    meta, spec = pod["metadata"], pod["spec"]
+    hostname = spec.get("hostname") or meta["name"]
+    names = []
+    if spec.get("subdomain"):
+        base = f"{hostname}.{spec['subdomain']}.{meta['namespace']}.svc"
+        names += [f"{base}.cluster.local", base]
+    return [*names, hostname[:63]]
+
+
 def _other_agents_running() -> bool:
     me = os.getpid()
     for entry in Path("/proc").iterdir():
@@ -446,6 +461,8 @@ class Agent:
         self.server = self._server_from_kubeconfig(options.kubeconfig)
         self.venv_bin = str(Path(sys.executable).parent)
         self.use_mount_ns = False if options.mount_namespaces is False else self._mount_namespaces_work()
+        self.hosts_file = self.workdir / "hosts"
+        self._hosts_written: str | None = None
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -466,7 +483,7 @@ class Agent:
         here = str(self.workdir)
         try:
             probe = subprocess.run(
-                ["unshare", "--mount", "--propagation", "private", "--", "mount", "--bind", here, here],
+                ["unshare", "--mount", "--uts", "--propagation", "private", "--", "mount", "--bind", here, here],
                 capture_output=True, text=True, check=False,
             )
         except OSError as exc:
@@ -636,7 +653,25 @@ class Agent:
 
     # -- supervision --------------------------------------------------------------------------
 
+    def _hosts_content(self) -> str:
+        lines = ["# written by the pqmpc local node agent: pods it runs, like cluster DNS would resolve them",
+                 "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        for rt in sorted(self.runtimes.values(), key=lambda r: r.ip or ""):
+            if rt.ip is not None and rt.terminated is None:
+                lines.append(f"{rt.ip}\t{' '.join(pod_host_names(rt.pod))}")
+        return "\n".join(lines) + "\n"
+
+    def _update_hosts(self) -> None:
+        content = self._hosts_content()
+        if content == self._hosts_written:
+            return
+        # In place (same inode): pods see it through their bind mount of /etc/hosts.
+        with open(self.hosts_file, "w") as handle:
+            handle.write(content)
+        self._hosts_written = content
+
     def _tick(self, api: Api) -> None:
+        self._update_hosts()
         with self.lock:
             pods = dict(self.pods)
         if self.options.schedule:
@@ -894,7 +929,8 @@ class Agent:
         shown = shlex.join(argv)
         workdir = rt.container.get("workingDir") or str(rt.workdir)
         if self.use_mount_ns:
-            argv = self._wrap_in_mount_namespace(argv, mounts, workdir)
+            self._update_hosts()
+            argv = self._wrap_in_mount_namespace(argv, mounts, workdir, pod_host_names(rt.pod)[-1])
         else:
             env["PQMPC_LOCAL_MOUNTS"] = json.dumps({m.target: str(m.source) for m in mounts})
         if not Path(workdir).is_dir() or self.use_mount_ns:
@@ -925,8 +961,11 @@ class Agent:
         log.info("pod %s: started pid %d on %s: %s", rt.key, rt.proc.pid, rt.ip, shown)
         self._start_probes(rt)
 
-    def _wrap_in_mount_namespace(self, argv: list[str], mounts: list[MountSpec], workdir: str) -> list[str]:
-        lines = ["set -e"]
+    def _wrap_in_mount_namespace(
+        self, argv: list[str], mounts: list[MountSpec], workdir: str, hostname: str
+    ) -> list[str]:
+        lines = ["set -e", f"hostname {shlex.quote(hostname)}",
+                 f"mount --bind {shlex.quote(str(self.hosts_file))} /etc/hosts"]
         for mount in mounts:
             target = Path(mount.target)
             missing = target
@@ -945,7 +984,7 @@ class Agent:
                 lines.append(f"mount -o remount,bind,ro {t}")
         lines.append(f"cd {shlex.quote(workdir)} 2>/dev/null || true")
         lines.append('exec "$@"')
-        return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", "\n".join(lines),
+        return ["unshare", "--mount", "--uts", "--propagation", "private", "--", "/bin/sh", "-c", "\n".join(lines),
                 "pqmpc-pod", *argv]
 
     def _start_probes(self, rt: PodRuntime) -> None:

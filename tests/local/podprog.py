@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +32,13 @@ def _in_cluster_version() -> str:
         return str(client.VersionApi(api).get_code().git_version)
 
 
+def _resolve(name: str) -> str | None:
+    try:
+        return socket.gethostbyname(name) if name else None
+    except OSError:
+        return None
+
+
 def report() -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if k.startswith(("POD_", "NODE_", "SA_", "LABEL_", "SECRET_", "CONFIG_",
                                                                    "KUBERNETES_"))}
@@ -48,6 +56,8 @@ def report() -> dict[str, object]:
         "config_file": _read("/etc/pqmpc-test/config/greeting"),
         "api_version": version,
         "pid": os.getpid(),
+        "hostname": socket.gethostname(),
+        "resolved": _resolve(os.environ.get("RESOLVE", "")),
     }
 
 

@@ -98,10 +98,13 @@ def test_pod_gets_env_volumes_ip_and_readiness(kubectl: Kubectl, namespace: str,
         {"name": "CONFIG_GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
         {"name": "POD_GREETING_TWICE", "value": "$(CONFIG_GREETING)-$(CONFIG_GREETING)"},
         {"name": "READY_AFTER", "value": "3"},
+        {"name": "RESOLVE", "value": f"web-0.nodes.{NS}.svc.cluster.local"},
     ]
     pod = _container_pod(
         "web", ["python", str(PODPROG), "serve"],
         serviceAccountName="runner",
+        hostname="web-0",
+        subdomain="nodes",
         nodeSelector={"topology.kubernetes.io/region": "us-east"},
         volumes=[{"name": "creds", "secret": {"secretName": "creds"}},
                  {"name": "settings", "configMap": {"name": "settings"}}],
@@ -146,6 +149,9 @@ def test_pod_gets_env_volumes_ip_and_readiness(kubectl: Kubectl, namespace: str,
     assert report["config_file"] == "hello"
     assert report["sa_token"] and report["sa_ca"] and report["sa_namespace"] == NS
     assert report["api_version"].startswith("v1.35."), report["api_version"]
+
+    assert report["hostname"] == "web-0"
+    assert report["resolved"] == ip, "the pod's DNS name resolves through the agent's /etc/hosts"
 
     pid = report["pid"]
     assert _pid_alive(pid)
