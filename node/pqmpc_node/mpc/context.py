@@ -66,6 +66,7 @@ class MPCContext:
         security: Security = "semi-honest",
         fixed: FixedPoint | None = None,
         live: Sequence[int] | None = None,
+        session: str = "",
     ) -> None:
         if security not in ("semi-honest", "malicious"):
             raise SecurityConfigError(f"security must be 'semi-honest' or 'malicious', got {security!r}")
@@ -79,6 +80,7 @@ class MPCContext:
             raise SecurityConfigError(
                 f"security {security!r} needs a provider with authenticated={security == 'malicious'}"
             )
+        self.session = session
         self.party = party
         self.n = scheme.n
         self.channel = channel
@@ -109,9 +111,9 @@ class MPCContext:
         return self.security == "malicious"
 
     def next_tag(self, label: str) -> str:
-        """A fresh round tag (identical across parties running the same program)."""
+        """A fresh round tag, unique per session on a shared channel (identical across parties)."""
         self._round += 1
-        return f"{self._round}:{label}"
+        return f"{self.session}/{self._round}:{label}" if self.session else f"{self._round}:{label}"
 
     # -- constants and conversions ---------------------------------------
     def public(self, values: Any) -> Array:

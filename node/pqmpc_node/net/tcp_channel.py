@@ -84,7 +84,7 @@ class TcpChannel:
                 tag = (await reader.readexactly(tag_len)).decode()
                 payload = await reader.readexactly(length)
                 self.mailbox.deliver(peer, tag, payload)
-        except asyncio.IncompleteReadError:
+        except (asyncio.IncompleteReadError, ConnectionError):
             self.mailbox.fail(ChannelError(f"party {peer} closed the connection"))
         except ChannelError as exc:
             self.mailbox.fail(exc)
