@@ -477,6 +477,11 @@ class SessionManager:
             try:
                 await self._mesh(rt)
                 result, ctx, channel = await self._compute(rt)
+                # Closing barrier: a peer closes its links only once every party is done, so no
+                # in-flight message is cut off by a close (PeerLink drops bytes that share a read
+                # with the peer's close_notify).
+                await channel.send_many("session/finished", {p: b"" for p in rt.live if p != rt.party})
+                await channel.receive_many("session/finished", [p for p in rt.live if p != rt.party])
                 self._record_traffic(plan, channel)
                 break
             except PeerLostError as exc:

@@ -1,0 +1,509 @@
+"""The data-owner and output-recipient client (httpx), used by the ``pqmpc`` CLI.
+
+Submitting (:meth:`SessionClient.submit_rows`, :meth:`SessionClient.submit_model`):
+
+1. Fetch the signed plan from a node and verify it with the operator's plan-signing
+   key when one is given; check the owner is an input owner with this identity.
+2. Validate everything locally first — columns, numbers, declared ranges, model
+   shapes — so a bad file is refused before anything is sent (nothing half-submitted).
+3. For every party: fetch ``/v1/keys`` and verify CA → node certificate → KEM key
+   certificate → transparency log, and that the certificate fingerprint is the plan's.
+4. Secret-share locally (fixed point, the session's sharing and domain), seal each
+   node's share to its KEM key and sign with the owner's ML-DSA key.
+5. Post every envelope, retrying transient failures; a 409 ``replay`` with
+   ``alreadyAccepted`` means an earlier attempt landed, so retries are idempotent.
+
+Collecting (:meth:`SessionClient.collect_result`): fetch the sealed output of every
+party, open each with the recipient's KEM key (sender: the node's certified identity),
+reconstruct, and check consistency (Shamir: all shares on one polynomial; public
+values equal across nodes).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as dt
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from cryptography import x509
+
+from pqmpc_node.crypto.envelopes import EnvelopeError, EnvelopeHeader, ReplayGuard, key_fingerprint, open_envelope, seal_envelope
+from pqmpc_node.crypto.kemkeys import KemKeyPair, UnknownEpochError, VerifiedKemKey, verify_kem_key_certificate
+from pqmpc_node.crypto.pki import CertificateError, NodeId, verify_node_certificate
+from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, Suite, SuiteName, get_suite
+from pqmpc_node.crypto.transparency import LogVerifier
+from pqmpc_node.keystore import CertificationError, LogBundle
+from pqmpc_node.mpc.config import EngineConfig
+from pqmpc_node.mpc.domain import Domain
+from pqmpc_node.mpc.fixedpoint import FixedPoint, FixedPointRangeError
+from pqmpc_node.mpc.programs import compile_program, model_shapes
+from pqmpc_node.mpc.randomness import AesCtrRandom
+from pqmpc_node.mpc.sharing import InconsistentSharesError, MissingSharesError
+from pqmpc_node.payloads import InputPayload, OutputPayload, PayloadError, domain_for
+from pqmpc_node.plan import PlanError, PlanParty, SessionPlan, parse_signed_plan, verify_signed_plan
+
+__all__ = [
+    "ClientError",
+    "Identity",
+    "NodeClient",
+    "SessionClient",
+    "read_csv",
+]
+
+OUTPUT_KEY_EPOCH = 1
+
+
+class ClientError(Exception):
+    """A refusal the user can act on; ``reason`` is a stable label."""
+
+    def __init__(self, message: str, reason: str = "error") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A data owner's / recipient's keys: ML-DSA (signing inputs) and X-Wing (receiving outputs)."""
+
+    name: str
+    suite: Suite
+    signing_seed: bytes = field(repr=False)
+    kem_seed: bytes = field(repr=False)
+
+    @classmethod
+    def generate(cls, name: str, suite: SuiteName = SuiteName.PQ_DEFAULT) -> Identity:
+        return cls(name, get_suite(suite), os.urandom(32), os.urandom(32))
+
+    @property
+    def signing_key(self) -> MLDSAPrivateKey:
+        return self.suite.signature.generate(self.signing_seed)
+
+    @property
+    def kem(self) -> KemKeyPair:
+        return KemKeyPair.from_seed(self.suite.envelope_kem, self.kem_seed)
+
+    def public_document(self) -> dict[str, str]:
+        """What goes into the MPCSession: ``inputs[].identity`` and ``outputs[].identity``."""
+        return {
+            "name": self.name,
+            "suite": self.suite.name.value,
+            "identity": base64.b64encode(self.signing_key.public_key().public_bytes_raw()).decode(),
+            "kemPublicKey": base64.b64encode(self.kem.public_bytes).decode(),
+        }
+
+    def save(self, path: Path) -> None:
+        """Write the identity (private seeds!) to ``path`` with mode 0600; refuses to overwrite."""
+        doc = {"name": self.name, "suite": self.suite.name.value,
+               "signingSeed": base64.b64encode(self.signing_seed).decode(),
+               "kemSeed": base64.b64encode(self.kem_seed).decode(), **self.public_document()}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=2)
+
+    @classmethod
+    def load(cls, path: Path) -> Identity:
+        try:
+            doc = json.loads(path.read_text())
+            return cls(doc["name"], get_suite(doc["suite"]), base64.b64decode(doc["signingSeed"]),
+                       base64.b64decode(doc["kemSeed"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ClientError(f"cannot read identity file {path}: {exc}; create one with `pqmpc identity new`",
+                              "bad_identity") from None
+
+    def keypair_for(self, epoch: int, *, now: dt.datetime) -> KemKeyPair:
+        """:class:`~pqmpc_node.crypto.envelopes.KemKeySource` for opening outputs."""
+        if epoch != OUTPUT_KEY_EPOCH:
+            raise UnknownEpochError(f"recipient keys have epoch {OUTPUT_KEY_EPOCH} only, not {epoch}")
+        return self.kem
+
+
+def read_csv(path: Path) -> dict[str, list[str]]:
+    """Columns of a CSV file with a header row."""
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames:
+                raise ClientError(f"{path} has no header row", "bad_csv")
+            cols: dict[str, list[str]] = {name.strip(): [] for name in reader.fieldnames}
+            for row in reader:
+                for name, value in row.items():
+                    if name is not None:
+                        cols[name.strip()].append((value or "").strip())
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror}", "bad_csv") from None
+    return cols
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class NodeClient:
+    """HTTP calls to one node's API (timeouts on; errors become :class:`ClientError`)."""
+
+    def __init__(self, base_url: str, *, http: httpx.Client) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = http
+
+    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            r = self.http.request(method, self.base_url + path, **kw)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"{self.base_url}: {exc}", "unreachable") from None
+        return r
+
+    @staticmethod
+    def _error(r: httpx.Response) -> ClientError:
+        try:
+            err = r.json()["error"]
+            return ClientError(f"{r.request.url}: {err['message']}", err["reason"])
+        except (ValueError, KeyError, TypeError):
+            return ClientError(f"{r.request.url}: HTTP {r.status_code}", f"http_{r.status_code}")
+
+    def get_json(self, path: str) -> Any:
+        r = self._call("GET", path)
+        if r.status_code != 200:
+            raise self._error(r)
+        return r.json()
+
+    def get_bytes(self, path: str, params: Mapping[str, str] | None = None) -> bytes:
+        r = self._call("GET", path, params=params)
+        if r.status_code != 200:
+            raise self._error(r)
+        return r.content
+
+    def post_input(self, session_id: str, envelope: bytes) -> httpx.Response:
+        return self._call("POST", f"/v1/sessions/{session_id}/inputs", content=envelope,
+                          headers={"Content-Type": "application/octet-stream"})
+
+
+@dataclass(frozen=True)
+class _Party:
+    plan: PlanParty
+    client: NodeClient
+    kem: VerifiedKemKey
+    identity_key: MLDSAPublicKey
+
+
+class SessionClient:
+    """Submit inputs to and collect outputs from one session."""
+
+    def __init__(
+        self,
+        *,
+        node_url: str,
+        session_id: str,
+        ca_certificate: x509.Certificate,
+        plan_signer: MLDSAPublicKey | None,
+        http: httpx.Client | None = None,
+        clock: Callable[[], dt.datetime] = _now,
+        url_of: Callable[[PlanParty], str] | None = None,
+    ) -> None:
+        self._own_http = http is None
+        self.http = http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
+        self.session_id = session_id
+        self.ca = ca_certificate
+        self.clock = clock
+        self.url_of = url_of or (lambda p: f"http://{p.address}:{p.api_port}")
+        entry = NodeClient(node_url, http=self.http)
+        try:
+            body = entry.get_bytes(f"/v1/sessions/{session_id}/plan")
+        except ClientError:
+            self.close()
+            raise
+        try:
+            if plan_signer is None:
+                self.plan = parse_signed_plan(body)[2]
+            else:
+                self.plan = self._verify_plan(body, plan_signer)
+        except PlanError as exc:
+            self.close()
+            raise ClientError(f"the session plan is not acceptable: {exc}", exc.reason) from None
+        self.suite = get_suite(SuiteName.PQ_DEFAULT)
+        self.domain_name = domain_for(self.plan.sharing, self.plan.security)
+        self._parties: list[_Party] | None = None
+
+    def close(self) -> None:
+        """Close the HTTP connections this client opened."""
+        if self._own_http:
+            self.http.close()
+
+    def __enter__(self) -> SessionClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _verify_plan(self, body: bytes, signer: MLDSAPublicKey) -> SessionPlan:
+        plan = parse_signed_plan(body)[2]
+        return verify_signed_plan(body, signer_key=signer, pool=plan.pool, node_id=plan.parties[0].node_id,
+                                  now=self.clock())
+
+    # -- keys -------------------------------------------------------------------------
+
+    def verify_node(self, party: PlanParty) -> _Party:
+        """Fetch and verify one party's keys against the CA, the log and the plan."""
+        client = NodeClient(self.url_of(party), http=self.http)
+        doc = client.get_json("/v1/keys")
+        try:
+            bundle = LogBundle.from_json(doc["log"])
+            verifier = LogVerifier(self.ca.public_key())  # type: ignore[arg-type]
+            verifier.update(bundle.entries, bundle.tree_head)
+            cert_der = base64.b64decode(doc["certificate"])
+            node = verify_node_certificate(cert_der, ca_certificate=self.ca, suite=self.suite, now=self.clock(),
+                                           expected_node_ids={NodeId(party.node_id)}, log=verifier)
+            if node.fingerprint != party.cert_fingerprint:
+                raise ClientError(f"node {party.node_id} presents a certificate other than the plan's", "wrong_certificate")
+            current = [k for k in doc["kemKeys"] if k["state"] == "current"]
+            if not current:
+                raise ClientError(f"node {party.node_id} publishes no current KEM key", "no_kem_key")
+            kem = verify_kem_key_certificate(
+                base64.b64decode(current[-1]["certificate"]), node_certificate=cert_der, ca_certificate=self.ca,
+                suite=self.suite, expected_node_id=NodeId(party.node_id), log=verifier, now=self.clock())
+        except (CertificateError, CertificationError) as exc:
+            raise ClientError(f"keys of node {party.node_id} do not verify: {exc}", getattr(exc, "reason", "bad_keys")) from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ClientError(f"keys document of node {party.node_id} is malformed: {exc}", "bad_keys") from None
+        return _Party(party, client, kem, node.public_key)
+
+    def parties(self) -> list[_Party]:
+        if self._parties is None:
+            self._parties = [self.verify_node(p) for p in self.plan.parties]
+        return self._parties
+
+    # -- submitting -------------------------------------------------------------------
+
+    def _domain(self) -> Domain:
+        return self._engine().domain()
+
+    def _engine(self) -> EngineConfig:
+        p = self.plan
+        return EngineConfig(parties=len(p.parties), threshold=p.threshold if p.sharing == "shamir" else 1,
+                            sharing=p.sharing, security=p.security, frac_bits=p.frac_bits, backend="numpy")
+
+    def _owner(self, identity: Identity, role: str) -> None:
+        try:
+            entry = self.plan.input_of(identity.name)
+        except KeyError:
+            raise ClientError(f"{identity.name!r} is not an input owner of session {self.session_id}",
+                              "not_an_owner") from None
+        if entry.role != role:
+            raise ClientError(f"{identity.name!r} supplies {entry.role} input in this session, not {role}", "wrong_role")
+        if entry.identity != identity.signing_key.public_key().public_bytes_raw():
+            raise ClientError(f"the identity file's key is not the key the session registered for {identity.name!r}",
+                              "wrong_key")
+
+    def validate_rows(self, columns: Mapping[str, Sequence[str]]) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
+        """Check the CSV against the declared fields and ranges; all errors before anything is sent."""
+        out: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
+        for f in self.plan.data_fields():
+            if f.name not in columns:
+                raise ClientError(f"column {f.name!r} is missing; the session declares {[x.name for x in self.plan.data_fields()]}",
+                                  "missing_column")
+            values = []
+            for row, raw in enumerate(columns[f.name], start=2):
+                try:
+                    v = float(raw)
+                except ValueError:
+                    raise ClientError(f"line {row}, column {f.name!r}: {raw!r} is not a number", "not_a_number") from None
+                if not math.isfinite(v) or not f.min <= v <= f.max:
+                    raise ClientError(f"line {row}, column {f.name!r}: {raw} is outside the declared range "
+                                      f"[{f.min:g}, {f.max:g}]", "out_of_range")
+                values.append(v)
+            out[f.name] = np.asarray(values, dtype=np.float64)
+        lengths = {len(v) for v in out.values()}
+        if lengths == {0}:
+            raise ClientError("the CSV has no data rows", "empty")
+        return out
+
+    def _share(self, values: np.ndarray[Any, Any]) -> list[np.ndarray[Any, np.dtype[np.uint64]]]:
+        domain = self._domain()
+        try:
+            encoded = FixedPoint(self.plan.frac_bits).encode(values, domain)
+        except FixedPointRangeError as exc:
+            raise ClientError(str(exc), "out_of_range") from None
+        shares = self._engine().scheme().share(domain, encoded, AesCtrRandom.from_os())
+        return [np.asarray(s, dtype=np.uint64) for s in shares]
+
+    def _seal(self, identity: Identity, party: _Party, payload: bytes) -> bytes:
+        header = EnvelopeHeader(
+            suite=self.suite.name, session_id=self.session_id, node_id=party.plan.node_id,
+            party_index=party.plan.index, input_id=f"input/{identity.name}", key_epoch=party.kem.epoch,
+            sender=identity.name, sender_key_fingerprint=key_fingerprint(identity.signing_key.public_key()),
+        )
+        return seal_envelope(payload, suite=self.suite, header=header, recipient_key=party.kem.public_key,
+                             sender_key=identity.signing_key)
+
+    def submit_rows(self, identity: Identity, columns: Mapping[str, Sequence[str]],
+                    progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+        """Validate, share, seal and post a table (see the module docstring)."""
+        self._owner(identity, "data")
+        values = self.validate_rows(columns)
+        names = [f.name for f in self.plan.data_fields()]
+        rows = len(values[names[0]])
+        per_field = {f: self._share(values[f]) for f in names}
+        payloads = [InputPayload("rows", self.domain_name, {f: per_field[f][i] for f in names}, {}, rows).encode()
+                    for i in range(len(self.plan.parties))]
+        return self._post_all(identity, payloads, progress)
+
+    def submit_model(self, identity: Identity, params: Mapping[str, Any],
+                     progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+        """Validate, share, seal and post the model parameters of a linearScore / mlp session."""
+        self._owner(identity, "model")
+        shapes = model_shapes(compile_program(self.plan.program, [f.to_json() for f in self.plan.data_fields()]))
+        arrays: dict[str, np.ndarray[Any, Any]] = {}
+        for name, shape in shapes.items():
+            if name not in params:
+                raise ClientError(f"model parameter {name!r} is missing; the session needs {sorted(shapes)}", "missing_column")
+            a = np.asarray(params[name], dtype=np.float64)
+            if a.shape != shape:
+                raise ClientError(f"model parameter {name!r} has shape {list(a.shape)}, the session needs {list(shape)}",
+                                  "bad_shape")
+            arrays[name] = a
+        shared = {k: self._share(v.reshape(-1)) for k, v in arrays.items()}
+        payloads = [InputPayload("model", self.domain_name, {}, {k: shared[k][i].reshape(shapes[k]) for k in shapes}).encode()
+                    for i in range(len(self.plan.parties))]
+        return self._post_all(identity, payloads, progress)
+
+    def _post_all(self, identity: Identity, payloads: Sequence[bytes],
+                  progress: Callable[[str], None] | None) -> list[dict[str, Any]]:
+        parties = self.parties()
+        envelopes = [self._seal(identity, p, payloads[p.plan.index]) for p in parties]
+        results = []
+        for party, env in zip(parties, envelopes, strict=True):
+            results.append(self._post_with_retry(party, env))
+            if progress is not None:
+                progress(party.plan.node_id)
+        return results
+
+    def _post_with_retry(self, party: _Party, envelope: bytes, attempts: int = 5) -> dict[str, Any]:
+        delay = 0.2
+        for attempt in range(attempts):
+            try:
+                r = party.client.post_input(self.session_id, envelope)
+            except ClientError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(delay)
+                delay *= 2
+                continue
+            if r.status_code == 202:
+                return dict(r.json())
+            err = NodeClient._error(r)
+            try:
+                already = bool(r.json()["error"].get("alreadyAccepted"))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                already = False
+            if r.status_code == 409 and already:
+                return {"owner": "", "accepted": True, "alreadyAccepted": True, "node": party.plan.node_id}
+            if r.status_code >= 500 and attempt < attempts - 1:
+                time.sleep(delay)
+                delay *= 2
+                continue
+            raise err
+        raise ClientError("unreachable", "unreachable")  # pragma: no cover - loop always returns or raises
+
+    # -- results ----------------------------------------------------------------------
+
+    def collect_result(self, identity: Identity, *, wait_s: float = 0.0) -> dict[str, Any]:
+        """Fetch, open, reconstruct and cross-check the outputs allowed to ``identity``."""
+        try:
+            out = self.plan.output_of(identity.name)
+        except KeyError:
+            raise ClientError(f"{identity.name!r} is not an output recipient of session {self.session_id}",
+                              "not_a_recipient") from None
+        if out.kem_public_key != identity.kem.public_bytes:
+            raise ClientError(f"the identity file's KEM key is not the key registered for {identity.name!r}", "wrong_key")
+        opened: dict[int, OutputPayload] = {}
+        errors: list[str] = []
+        deadline = time.monotonic() + wait_s
+        for party in self._reachable_parties():
+            while True:
+                try:
+                    sealed = party.client.get_bytes(f"/v1/sessions/{self.session_id}/outputs",
+                                                    params={"recipient": identity.name})
+                    break
+                except ClientError as exc:
+                    if exc.reason == "not_ready" and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                        continue
+                    if exc.reason in ("not_a_recipient", "session_failed", "not_ready"):
+                        raise
+                    errors.append(f"{party.plan.node_id}: {exc}")
+                    sealed = b""
+                    break
+            if not sealed:
+                continue
+            try:
+                env = open_envelope(sealed, suite=self.suite, session_id=self.session_id, node_id=identity.name,
+                                    party_index=party.plan.index, senders={party.plan.node_id: party.identity_key},
+                                    keys=identity, replay_guard=ReplayGuard(), now=self.clock())
+                opened[party.plan.index] = OutputPayload.decode(env.plaintext)
+            except (EnvelopeError, PayloadError) as exc:
+                raise ClientError(f"output from {party.plan.node_id} does not open: {exc}",
+                                  getattr(exc, "reason", "bad_output")) from None
+        return self._reconstruct(opened, out.allow, errors)
+
+    def _reachable_parties(self) -> list[_Party]:
+        found = []
+        for p in self.plan.parties:
+            try:
+                found.append(self.verify_node(p))
+            except ClientError as exc:
+                if exc.reason != "unreachable":
+                    raise
+        return found
+
+    def _reconstruct(self, opened: Mapping[int, OutputPayload], allow: Sequence[str], errors: list[str]) -> dict[str, Any]:
+        if not opened:
+            raise ClientError(f"no node delivered an output ({'; '.join(errors) or 'none reachable'})", "no_output")
+        domain = self._domain()
+        scheme = self._engine().scheme()
+        fixed = FixedPoint(self.plan.frac_bits)
+        first = next(iter(opened.values()))
+        result: dict[str, Any] = {}
+        for name in allow:
+            publics = [o.public.get(name) for o in opened.values() if name in o.public]
+            if publics and any(json.dumps(p) != json.dumps(publics[0]) for p in publics):
+                raise ClientError(f"nodes disagree on the public value of {name!r}: inconsistent outputs", "inconsistent")
+            if name in first.shares:
+                shares = {i: domain.asarray(o.shares[name].values) for i, o in opened.items() if name in o.shares}
+                try:
+                    if scheme.kind == "additive":
+                        value = scheme.reconstruct(domain, shares)
+                    else:
+                        value = scheme.reconstruct(domain, shares, check=True)
+                except MissingSharesError as exc:
+                    raise ClientError(f"cannot reconstruct {name!r}: {exc}", "missing_shares") from None
+                except InconsistentSharesError as exc:
+                    raise ClientError(f"result shares of {name!r} are inconsistent: {exc}", "inconsistent") from None
+                if first.shares[name].kind == "integer":
+                    decoded: Any = domain.to_signed(value).tolist()
+                else:
+                    decoded = fixed.decode(value, domain).tolist()
+                if isinstance(decoded, list) and len(decoded) == 1 and not name.startswith("histogram("):
+                    decoded = decoded[0]
+                if publics and publics[0] is not None and not _close(decoded, publics[0]):
+                    raise ClientError(f"reconstructed {name!r} differs from the value the nodes opened", "inconsistent")
+                result[name] = decoded
+            elif publics:
+                result[name] = publics[0]
+        return {"session": self.session_id, "parties": sorted(opened), "outputs": result, "unreachable": errors}
+
+
+def _close(a: Any, b: Any) -> bool:
+    try:
+        return bool(np.allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), atol=1e-3))
+    except (TypeError, ValueError):
+        return False
+

@@ -1,0 +1,258 @@
+"""A test harness that plays the operator for real node processes on 127.0.0.x loopback addresses.
+
+It holds the pool CA, the transparency log and the plan-signing key, starts
+``python -m pqmpc_node`` processes with the operator's env variables, answers their
+CSRs, pushes certificates and logs, and signs and posts session plans.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from pqmpc_node.crypto.kemkeys import KemKeyCertificate, kem_public_key_from_bytes
+from pqmpc_node.crypto.pki import NodeId, PoolCA
+from pqmpc_node.crypto.suites import SuiteName, get_suite
+from pqmpc_node.crypto.transparency import EntryKind, TransparencyLog
+from pqmpc_node.client import Identity
+from pqmpc_node.keystore import LogBundle
+from pqmpc_node.plan import PlanInput, PlanOutput, PlanParty, SessionId, SessionPlan, FieldDecl, seal_dealer_seed, sign_plan
+
+SUITE = get_suite(SuiteName.PQ_DEFAULT)
+HERE = Path(__file__).resolve().parent
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class NodeProc:
+    node_id: str
+    host: str
+    api_port: int
+    peer_port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    fingerprint: str = ""
+    kem_epoch: int = 1
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"
+
+    def party(self, index: int) -> PlanParty:
+        return PlanParty(index=index, node_id=self.node_id, address=self.host, dns_name=f"{self.node_id}.pool.svc",
+                         peer_port=self.peer_port, api_port=self.api_port, cert_fingerprint=self.fingerprint,
+                         kem_epoch=self.kem_epoch)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class Operator:
+    """The operator's part: CA, log, plan signer, node processes."""
+
+    workdir: Path
+    pool: str = "banks"
+    ca: PoolCA = field(init=False)
+    log: TransparencyLog = field(init=False)
+    nodes: list[NodeProc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.ca = PoolCA.create(SUITE, name="banks-ca", now=now() - dt.timedelta(minutes=5),
+                                lifetime=dt.timedelta(days=1), rng=os.urandom)
+        self.log = TransparencyLog(self.ca)
+        self.signer = SUITE.signature.generate(os.urandom(32))
+        self.trust_dir = self.workdir / "trust"
+        self.trust_dir.mkdir(parents=True, exist_ok=True)
+        (self.trust_dir / "ca.pem").write_bytes(self.ca.certificate.public_bytes(Encoding.PEM))
+        (self.trust_dir / "plan-signer.pub").write_bytes(
+            self.signer.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+        self.http = httpx.Client(timeout=30.0)
+        self._next_ip = 10
+
+    # -- processes ------------------------------------------------------------------
+
+    def start_nodes(self, count: int, *, extra_env: dict[str, str] | None = None,
+                    command: list[str] | None = None, per_node_env: dict[int, dict[str, str]] | None = None) -> list[NodeProc]:
+        started = []
+        for i in range(count):
+            host = f"127.0.0.{self._next_ip}"
+            self._next_ip += 1
+            node_id = f"node-{host.rsplit('.', 1)[1]}"
+            api, peer = free_port(host), free_port(host)
+            state = self.workdir / node_id
+            state.mkdir(exist_ok=True)
+            env = {
+                **os.environ,
+                "PQMPC_POOL": self.pool, "PQMPC_NODE_ID": node_id, "PQMPC_NAMESPACE": "default",
+                "PQMPC_POD_IP": host, "PQMPC_GROUP": "g", "PQMPC_REGION": "eu-west", "PQMPC_ZONE": f"z{i}",
+                "PQMPC_TRUST_DOMAIN": f"td{i}", "PQMPC_BACKEND": "numpy", "PQMPC_SUITE": "pq-default",
+                "PQMPC_API_PORT": str(api), "PQMPC_PEER_PORT": str(peer), "PQMPC_DNS_NAME": f"{node_id}.pool.svc",
+                "PQMPC_STATE_DIR": str(state), "PQMPC_TRUST_DIR": str(self.trust_dir),
+                "PQMPC_MESH_TIMEOUT": "15", "PQMPC_ROUND_TIMEOUT": "20",
+                **(extra_env or {}), **((per_node_env or {}).get(i, {})),
+            }
+            log_path = self.workdir / f"{node_id}.log"
+            cmd = command or [sys.executable, "-m", "pqmpc_node"]
+            with log_path.open("wb") as out:
+                proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            started.append(NodeProc(node_id, host, api, peer, proc, log_path))
+        for n in started:
+            self._wait_healthy(n)
+        self.nodes.extend(started)
+        return started
+
+    def _wait_healthy(self, node: NodeProc, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if node.proc.poll() is not None:
+                raise RuntimeError(f"{node.node_id} exited with {node.proc.returncode}:\n{node.log_text()}")
+            try:
+                if self.http.get(node.url + "/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{node.node_id} did not become healthy:\n{node.log_text()}")
+
+    def stop_all(self) -> None:
+        for n in self.nodes:
+            if n.proc.poll() is None:
+                n.proc.terminate()
+        for n in self.nodes:
+            try:
+                n.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                n.proc.kill()
+                n.proc.wait()
+        self.http.close()
+
+    # -- certification ----------------------------------------------------------------
+
+    def bundle(self) -> dict[str, Any]:
+        return LogBundle(self.log.entries, self.log.signed_tree_head(now=now())).to_json()
+
+    def _log_kem_keys(self, node: NodeProc) -> dict[str, Any]:
+        doc = self.http.get(node.url + "/v1/csr").json()
+        logged = {e.payload for e in self.log.entries}
+        for raw in doc["kemKeyCertificates"]:
+            data = base64.b64decode(raw)
+            if data not in logged:
+                self.log.append(EntryKind.KEM_KEY_CERTIFICATE, data, now=now())
+        return dict(doc)
+
+    def certify(self, nodes: list[NodeProc]) -> None:
+        """Pull CSRs, issue and log certificates, then push certificate + full log to each node."""
+        certs = {}
+        for n in nodes:
+            doc = self._log_kem_keys(n)
+            cert = self.ca.issue(base64.b64decode(doc["csr"]), node_id=NodeId(n.node_id), dns_name=doc["dnsName"],
+                                 now=now() - dt.timedelta(minutes=1), lifetime=dt.timedelta(hours=2), rng=os.urandom)
+            der = cert.public_bytes(Encoding.DER)
+            self.log.append(EntryKind.NODE_CERTIFICATE, der, now=now())
+            certs[n.node_id] = der
+        for n in nodes:
+            r = self.http.post(n.url + "/v1/certificate",
+                               json={"certificate": base64.b64encode(certs[n.node_id]).decode(), "log": self.bundle()})
+            assert r.status_code == 200, r.text
+            n.fingerprint = r.json()["certFingerprint"]
+            n.kem_epoch = r.json()["kemEpoch"]
+        self.push_log()
+
+    def push_log(self) -> None:
+        for n in self.nodes:
+            if n.proc.poll() is None:
+                r = self.http.post(n.url + "/v1/log", json=self.bundle())
+                assert r.status_code == 200, r.text
+
+    def sync_keys(self) -> None:
+        """Log any new KEM key certificates (after rotation) and push the log everywhere."""
+        for n in self.nodes:
+            if n.proc.poll() is None:
+                self._log_kem_keys(n)
+        self.push_log()
+
+    # -- plans ------------------------------------------------------------------------
+
+    def kem_key_of(self, node: NodeProc) -> tuple[int, Any]:
+        doc = self.http.get(node.url + "/v1/keys").json()
+        current = [k for k in doc["kemKeys"] if k["state"] == "current"][-1]
+        kc = KemKeyCertificate.from_bytes(base64.b64decode(current["certificate"]))
+        return kc.epoch, kem_public_key_from_bytes(SUITE.envelope_kem, kc.public_key)
+
+    def plan(self, session_id: str, nodes: list[NodeProc], *, program: dict[str, Any],
+             owners: list[Identity], fields: list[FieldDecl], recipients: dict[Identity, list[str]],
+             sharing: str = "additive", threshold: int = 1, security: str = "semi-honest",
+             model_owner: Identity | None = None, generation: int = 1, pool: str | None = None,
+             lifetime_s: int = 600) -> SessionPlan:
+        parties = []
+        keys = {}
+        for i, n in enumerate(nodes):
+            epoch, key = self.kem_key_of(n)
+            n.kem_epoch = epoch
+            parties.append(n.party(i))
+            keys[n.node_id] = key
+        t0 = int(now().timestamp())
+        inputs = [PlanInput(o.name, o.signing_key.public_key().public_bytes_raw(), "data", tuple(fields)) for o in owners]
+        if model_owner is not None:
+            inputs.append(PlanInput(model_owner.name, model_owner.signing_key.public_key().public_bytes_raw(), "model", ()))
+        outputs = [PlanOutput(r.name, r.kem.public_bytes, tuple(allow)) for r, allow in recipients.items()]
+        seed = os.urandom(32)
+        sealed = {p.node_id: seal_dealer_seed(seed, suite=SUITE, session_id=session_id, party=p,
+                                              node_kem_key=keys[p.node_id], signer_key=self.signer) for p in parties}
+        return SessionPlan(
+            session_id=SessionId(session_id), pool=pool or self.pool, namespace="default", generation=generation,
+            issued_at=t0 - 1, not_after=t0 + lifetime_s, deadline=t0 + lifetime_s, parties=tuple(parties),
+            sharing=sharing,  # type: ignore[arg-type]
+            threshold=threshold, security=security,  # type: ignore[arg-type]
+            program=program, inputs=tuple(inputs), outputs=tuple(outputs), sealed_dealer_seeds=sealed,
+        )
+
+    def signed_body(self, plan: SessionPlan) -> bytes:
+        import json
+
+        return json.dumps(sign_plan(plan, self.signer).to_json()).encode()
+
+    def post_plan(self, plan: SessionPlan, nodes: list[NodeProc]) -> None:
+        body = self.signed_body(plan)
+        for n in nodes:
+            r = self.http.post(n.url + "/v1/sessions", content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code in (200, 201), r.text
+
+    def wait_phase(self, node: NodeProc, session_id: str, phases: set[str], timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = self.http.get(f"{node.url}/v1/sessions/{session_id}").json()
+            if status.get("phase") in phases:
+                return status
+            time.sleep(0.1)
+        raise AssertionError(f"{node.node_id}: session {session_id} stuck in {status}:\n{node.log_text()[-3000:]}")
+
+    def metric(self, node: NodeProc, name: str) -> float:
+        text = self.http.get(node.url + "/metrics").text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total

@@ -1,0 +1,55 @@
+"""Three node processes on loopback: CSR exchange, readiness, aggregate from CSV to decrypted result, replay and recipient refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import Operator
+from pqmpc_node.client import Identity, SessionClient, read_csv
+from pqmpc_node.plan import FieldDecl
+
+FIELDS = [FieldDecl("amount", 0, 1000), FieldDecl("age", 18, 100)]
+
+
+def write_csv(path: Path, rows: list[tuple[float, float]]) -> Path:
+    path.write_text("amount,age\n" + "".join(f"{a},{b}\n" for a, b in rows))
+    return path
+
+
+def test_readyz_before_and_after_certificate(operator: Operator) -> None:
+    (node,) = operator.start_nodes(1)
+    r = operator.http.get(node.url + "/readyz")
+    assert r.status_code == 503 and r.json()["reason"] == "awaiting_certificate"
+    assert operator.http.get(node.url + "/v1/keys").status_code == 503
+    operator.certify([node])
+    assert operator.http.get(node.url + "/readyz").status_code == 200
+    assert operator.http.get(node.url + "/v1/keys").json()["kemKeys"][0]["state"] == "current"
+
+
+def test_aggregate_from_csv_to_result(operator: Operator, trio: Any, tmp_path: Path) -> None:
+    a, b, auditor = Identity.generate("bank-a"), Identity.generate("bank-b"), Identity.generate("auditor")
+    program = {"aggregate": [{"op": "mean", "field": "amount"}, {"op": "sum", "field": "age"},
+                             {"op": "count", "field": "amount"}]}
+    plan = operator.plan("agg-1", trio, program=program, owners=[a, b], fields=FIELDS,
+                         recipients={auditor: ["mean(amount)", "sum(age)", "count(amount)"]})
+    operator.post_plan(plan, trio)
+    rows_a = [(100.5, 30), (250, 45), (999, 18)]
+    rows_b = [(10, 60), (20.25, 70)]
+    for ident, rows in ((a, rows_a), (b, rows_b)):
+        with SessionClient(node_url=trio[0].url, session_id="agg-1", ca_certificate=operator.ca.certificate,
+                           plan_signer=operator.signer.public_key()) as client:
+            client.submit_rows(ident, read_csv(write_csv(tmp_path / f"{ident.name}.csv", rows)))
+    for n in trio:
+        assert operator.wait_phase(n, "agg-1", {"Succeeded", "Failed"})["phase"] == "Succeeded", n.log_text()[-2000:]
+    with SessionClient(node_url=trio[1].url, session_id="agg-1", ca_certificate=operator.ca.certificate,
+                       plan_signer=operator.signer.public_key()) as client:
+        result = client.collect_result(auditor, wait_s=10)["outputs"]
+    amounts = np.array([r[0] for r in rows_a + rows_b])
+    assert abs(result["mean(amount)"] - amounts.mean()) < 1e-2
+    assert abs(result["sum(age)"] - sum(r[1] for r in rows_a + rows_b)) < 1e-2
+    assert result["count(amount)"] == 5
+    assert operator.metric(trio[0], "pqmpc_node_sessions_total") >= 1
+    assert operator.metric(trio[0], "pqmpc_node_peer_link_info") >= 1
