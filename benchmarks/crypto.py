@@ -1,0 +1,227 @@
+"""Benchmark of the PQ trust and transport layer; prints ONE JSON object on stdout.
+
+Run: .venv/bin/python benchmarks/crypto.py
+Keys: handshakes_per_s, handshake_vs_primitives_ratio, link_mib_per_s, link_vs_tcp_ratio,
+envelopes_sealed_per_s, envelopes_opened_per_s, backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from pqmpc_node.crypto import envelopes as E
+from pqmpc_node.crypto.backends import available_backends
+from pqmpc_node.crypto.kemkeys import KemKeyRing, KeyRotationPolicy, KeyState, kem_public_key_from_bytes
+from pqmpc_node.crypto.pki import NodeId, NodeIdentity, PoolCA
+from pqmpc_node.crypto.suites import MLKemParameterSet, SignatureAlgorithm, SuiteName, get_suite
+from pqmpc_node.crypto.transparency import EntryKind, LogVerifier, TransparencyLog
+from pqmpc_node.net.counters import RefusalCounters
+from pqmpc_node.net.link import LinkConfig, PeerLink
+from pqmpc_node.net.tls import TlsIdentity
+
+SUITE = get_suite(SuiteName.PQ_DEFAULT)
+MIB = 1 << 20
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def rate(fn: Callable[[], object], seconds: float = 0.5) -> float:
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def pool() -> tuple[TlsIdentity, TlsIdentity, LogVerifier]:
+    ca = PoolCA.create(SUITE, name="bench-ca", now=now() - dt.timedelta(hours=1), lifetime=dt.timedelta(days=1), rng=os.urandom)
+    log = TransparencyLog(ca)
+    out = []
+    for name in ("node-a", "node-b"):
+        ident = NodeIdentity.generate(SUITE, os.urandom)
+        cert = ca.issue(ident.build_csr(NodeId(name)), node_id=NodeId(name), dns_name=name, now=now() - dt.timedelta(minutes=1),
+                        lifetime=dt.timedelta(hours=2), rng=os.urandom)
+        log.append(EntryKind.NODE_CERTIFICATE, cert.public_bytes(Encoding.DER), now=now())
+        out.append(TlsIdentity(ident, cert, ca.certificate))
+    v = LogVerifier(ca.public_key)
+    v.update(log.entries, log.signed_tree_head(now=now()))
+    return out[0], out[1], v
+
+
+async def links(a: TlsIdentity, b: TlsIdentity, v: LogVerifier, handshakes: int, messages: int) -> dict[str, float]:
+    accepted: asyncio.Queue[PeerLink] = asyncio.Queue()
+    cfg_a = LinkConfig(tls=a, log=v, clock=now)
+    cfg_b = LinkConfig(tls=b, log=v, clock=now)
+
+    async def on(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await accepted.put(await PeerLink.accept(r, w, config=cfg_a, expected_peers={NodeId("node-b")}, counters=RefusalCounters()))
+
+    srv = await asyncio.start_server(on, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    t0 = time.perf_counter()
+    for _ in range(handshakes):
+        c = await PeerLink.connect("127.0.0.1", port, config=cfg_b, expected_peer=NodeId("node-a"), counters=RefusalCounters())
+        s = await accepted.get()
+        await c.close()
+        await s.close()
+    hs = (time.perf_counter() - t0) / handshakes
+    c = await PeerLink.connect("127.0.0.1", port, config=cfg_b, expected_peer=NodeId("node-a"), counters=RefusalCounters())
+    s = await accepted.get()
+    payload = os.urandom(MIB)
+
+    async def produce() -> None:
+        for i in range(messages):
+            await c.send(i, payload)
+
+    t0 = time.perf_counter()
+    task = asyncio.create_task(produce())
+    for i in range(messages):
+        await s.recv(i)
+    await task
+    link_s = time.perf_counter() - t0
+    await c.close()
+    await s.close()
+    srv.close()
+    await srv.wait_closed()
+
+    # plain loopback TCP, same framing sizes
+    done = asyncio.Event()
+
+    async def sink(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readexactly(messages * MIB)
+        done.set()
+        w.close()
+
+    tsrv = await asyncio.start_server(sink, "127.0.0.1", 0)
+    r, w = await asyncio.open_connection("127.0.0.1", tsrv.sockets[0].getsockname()[1])
+    t0 = time.perf_counter()
+    for _ in range(messages):
+        w.write(payload)
+        await w.drain()
+    await done.wait()
+    tcp_s = time.perf_counter() - t0
+    w.close()
+    tsrv.close()
+    await tsrv.wait_closed()
+    return {"handshake_s": hs, "link_mib_per_s": messages / link_s, "tcp_mib_per_s": messages / tcp_s}
+
+
+def primitive_seconds() -> float:
+    """Summed time of the public-key work in one mutual handshake (pyca, same run).
+
+    Per handshake: ML-KEM-768 keygen + encaps + decaps, X25519 keygen x2 + exchange x2,
+    ML-DSA-65 sign x2 (CertificateVerify, each side) and verify x6 (CertificateVerify x2,
+    chain signature x2 by OpenSSL, chain signature x2 again by our identity check).
+    """
+    b = available_backends()[0][0]
+    pk, sk = b.kem_keypair(MLKemParameterSet.ML_KEM_768)
+    _, ct = b.kem_encapsulate(MLKemParameterSet.ML_KEM_768, pk)
+    vk, signer = b.sign_keypair(SignatureAlgorithm.ML_DSA_65)
+    sig = b.sign(signer, b"m" * 64, b"")
+    xa, xb = x25519.X25519PrivateKey.generate(), x25519.X25519PrivateKey.generate().public_key()
+    per = {
+        "kem_keygen": 1 / rate(lambda: b.kem_keypair(MLKemParameterSet.ML_KEM_768)),
+        "kem_encaps": 1 / rate(lambda: b.kem_encapsulate(MLKemParameterSet.ML_KEM_768, pk)),
+        "kem_decaps": 1 / rate(lambda: b.kem_decapsulate(sk, ct)),
+        "x_keygen": 1 / rate(x25519.X25519PrivateKey.generate),
+        "x_exchange": 1 / rate(lambda: xa.exchange(xb)),
+        "sign": 1 / rate(lambda: b.sign(signer, b"m" * 64, b"")),
+        "verify": 1 / rate(lambda: b.verify(SignatureAlgorithm.ML_DSA_65, vk, b"m" * 64, sig, b"")),
+    }
+    return (per["kem_keygen"] + per["kem_encaps"] + per["kem_decaps"] + 2 * per["x_keygen"] + 2 * per["x_exchange"]
+            + 2 * per["sign"] + 6 * per["verify"])
+
+
+def envelope_rates() -> tuple[float, float]:
+    ident = NodeIdentity.generate(SUITE, os.urandom)
+    ring = KemKeyRing(node_id=NodeId("node-a"), identity=ident, rng=os.urandom,
+                      policy=KeyRotationPolicy(dt.timedelta(hours=24), dt.timedelta(hours=8), dt.timedelta(hours=1)))
+    t = now()
+    ring.step(t)
+    kc = ring.certificate(KeyState.CURRENT)
+    assert kc is not None
+    pk = kem_public_key_from_bytes(SUITE.envelope_kem, kc.public_key)
+    owner = SUITE.signature.generate(os.urandom(32))
+    fp = E.key_fingerprint(owner.public_key())
+    counter = iter(range(10**9))
+
+    def header() -> E.EnvelopeHeader:
+        return E.EnvelopeHeader(SUITE.name, "s", "node-a", 0, f"in-{next(counter)}", kc.epoch, "bank-a", fp)
+
+    def seal() -> bytes:
+        return E.seal_envelope(b"x" * 1024, suite=SUITE, header=header(), recipient_key=pk, sender_key=owner)
+
+    sealed_rate = rate(seal)
+    batch = [seal() for _ in range(200)]
+    guard = E.ReplayGuard()
+    it = iter(batch)
+    t0 = time.perf_counter()
+    n = 0
+    for env in it:
+        E.open_envelope(env, suite=SUITE, session_id="s", node_id="node-a", party_index=0, senders={"bank-a": owner.public_key()},
+                        keys=ring, replay_guard=guard, now=t)
+        n += 1
+    return sealed_rate, n / (time.perf_counter() - t0)
+
+
+def backend_rates() -> dict[str, Any]:
+    found, missing = available_backends()
+    out: dict[str, Any] = {}
+    for b in found:
+        pk, sk = b.kem_keypair(MLKemParameterSet.ML_KEM_768)
+        _, ct = b.kem_encapsulate(MLKemParameterSet.ML_KEM_768, pk)
+        vk, signer = b.sign_keypair(SignatureAlgorithm.ML_DSA_65)
+        sig = b.sign(signer, b"msg", b"")
+        out[b.name] = {
+            "ml_kem_768_keygen_per_s": round(rate(lambda: b.kem_keypair(MLKemParameterSet.ML_KEM_768)), 1),
+            "ml_kem_768_encaps_per_s": round(rate(lambda: b.kem_encapsulate(MLKemParameterSet.ML_KEM_768, pk)), 1),
+            "ml_kem_768_decaps_per_s": round(rate(lambda: b.kem_decapsulate(sk, ct)), 1),
+            "ml_dsa_65_sign_per_s": round(rate(lambda: b.sign(signer, b"msg", b"")), 1),
+            "ml_dsa_65_verify_per_s": round(rate(lambda: b.verify(SignatureAlgorithm.ML_DSA_65, vk, b"msg", sig, b"")), 1),
+        }
+    for name, why in missing.items():
+        out[name] = {"available": False, "reason": why}
+    return out
+
+
+def main() -> None:
+    a, b, v = pool()
+    print("peer links ...", file=sys.stderr)
+    net = asyncio.run(links(a, b, v, handshakes=int(os.environ.get("BENCH_HANDSHAKES", "40")),
+                            messages=int(os.environ.get("BENCH_MESSAGES", "128"))))
+    print("primitives ...", file=sys.stderr)
+    prim = primitive_seconds()
+    print("envelopes ...", file=sys.stderr)
+    sealed, opened = envelope_rates()
+    print("backends ...", file=sys.stderr)
+    result = {
+        "suite": SUITE.name.value,
+        "handshakes_per_s": round(1 / net["handshake_s"], 1),
+        "handshake_ms": round(net["handshake_s"] * 1000, 3),
+        "primitives_ms": round(prim * 1000, 3),
+        "handshake_vs_primitives_ratio": round(net["handshake_s"] / prim, 2),
+        "link_mib_per_s": round(net["link_mib_per_s"], 1),
+        "tcp_mib_per_s": round(net["tcp_mib_per_s"], 1),
+        "link_vs_tcp_ratio": round(net["link_mib_per_s"] / net["tcp_mib_per_s"], 3),
+        "envelopes_sealed_per_s": round(sealed, 1),
+        "envelopes_opened_per_s": round(opened, 1),
+        "envelope_plaintext_bytes": 1024,
+        "backends": backend_rates(),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
