@@ -957,7 +957,7 @@ class Agent:
         rt.started_at = now
         rt.waiting_reason, rt.waiting_message = "", ""
         rt.liveness_failed, rt.kill_deadline = False, None
-        rt.ready = "readinessProbe" not in rt.container
+        rt.ready = "readinessProbe" not in rt.container and "startupProbe" not in rt.container
         log.info("pod %s: started pid %d on %s: %s", rt.key, rt.proc.pid, rt.ip, shown)
         self._start_probes(rt)
 
@@ -990,16 +990,23 @@ class Agent:
     def _start_probes(self, rt: PodRuntime) -> None:
         container, ip, env = rt.container, rt.ip or HOST_IP, dict(rt.env)
         readiness, liveness = container.get("readinessProbe"), container.get("livenessProbe")
-        if readiness is None and liveness is None:
+        startup = container.get("startupProbe")
+        if readiness is None and liveness is None and startup is None:
             rt.probe_stop = None
             return
         stop = rt.probe_stop = threading.Event()
+        started = threading.Event()
+        if startup is None:
+            started.set()
 
         def loop(probe: Mapping[str, Any], kind: str) -> None:
             period = float(probe.get("periodSeconds", 10))
             failure_threshold = int(probe.get("failureThreshold", 3))
             success_threshold = int(probe.get("successThreshold", 1))
             successes = failures = 0
+            while kind != "startup" and not started.wait(0.2):  # other probes wait for the startup probe
+                if stop.is_set():
+                    return
             if stop.wait(float(probe.get("initialDelaySeconds", 0))):
                 return
             while not stop.is_set():
@@ -1007,7 +1014,19 @@ class Agent:
                 if stop.is_set():
                     return
                 successes, failures = (successes + 1, 0) if ok else (0, failures + 1)
-                if kind == "readiness":
+                if kind == "startup":
+                    if ok:
+                        log.info("pod %s: startup probe succeeded", rt.key)
+                        rt.ready = rt.ready or readiness is None
+                        started.set()
+                        self.wakeup.set()
+                        return
+                    if failures >= failure_threshold:
+                        log.info("pod %s: startup probe failed %d times", rt.key, failures)
+                        rt.liveness_failed = True
+                        self.wakeup.set()
+                        return
+                elif kind == "readiness":
                     if ok and successes >= success_threshold and not rt.ready:
                         rt.ready = True
                         log.info("pod %s: readiness probe succeeded", rt.key)
@@ -1017,12 +1036,13 @@ class Agent:
                         log.info("pod %s: readiness probe failed %d times", rt.key, failures)
                         self.wakeup.set()
                 elif not ok and failures >= failure_threshold:
+                    log.info("pod %s: liveness probe failed %d times", rt.key, failures)
                     rt.liveness_failed = True
                     self.wakeup.set()
                     return
                 stop.wait(period)
 
-        for probe, kind in ((readiness, "readiness"), (liveness, "liveness")):
+        for probe, kind in ((startup, "startup"), (readiness, "readiness"), (liveness, "liveness")):
             if probe is not None:
                 threading.Thread(target=loop, args=(probe, kind), name=f"probe-{kind}-{rt.name}",
                                  daemon=True).start()

@@ -70,6 +70,14 @@ class NodeAgentProcess:
         except OSError:
             return ""
 
+    def pod_logs(self, namespace: str, name: str, lines: int = 200) -> str:
+        """The last lines of a pod's container output (what ``kubectl logs`` would show; every pod by that name)."""
+        chunks = []
+        for path in sorted(self.workdir.glob(f"pods/{namespace}_{name}_*/*.log")):
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            chunks.append(f"==> {path.parent.name}/{path.name} <==\n" + "\n".join(text))
+        return "\n".join(chunks)
+
 
 def start_agent(
     kubeconfig: Path, workdir: Path, nodes: Sequence[FakeNode] = DEFAULT_NODES, *, extra_args: Sequence[str] = ()

@@ -171,6 +171,22 @@ def test_crashing_pod_backs_off(kubectl: Kubectl, namespace: str, node_agent: No
     assert status["lastState"]["terminated"]["exitCode"] == 3
     assert "back-off" in status["state"]["waiting"]["message"]
     assert pod["status"]["phase"] == "Running"
+    assert "crashing on purpose" in node_agent.pod_logs(NS, "crasher")
+
+
+def test_startup_probe_gates_readiness(kubectl: Kubectl, namespace: str, node_agent: NodeAgentProcess) -> None:
+    probe = {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1, "failureThreshold": 20}
+    _apply(kubectl, _container_pod("slow-start", ["python", str(PODPROG), "serve"], container={
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "READY_AFTER", "value": "3"}],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "startupProbe": probe}))
+    running = _eventually(lambda: (p := _pod(kubectl, "slow-start")).get("status", {}).get("phase") == "Running" and p,
+                          20, "slow-start Running", node_agent)
+    assert not _state(running)["ready"]
+    _eventually(lambda: _state(_pod(kubectl, "slow-start")).get("ready"), 20, "slow-start Ready after startup",
+                node_agent)
+    assert _state(_pod(kubectl, "slow-start"))["restartCount"] == 0
 
 
 @pytest.mark.parametrize(("code", "phase", "reason"), [(7, "Failed", "Error"), (0, "Succeeded", "Completed")])
