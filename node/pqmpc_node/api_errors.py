@@ -48,8 +48,18 @@ async def read_body(request: web.Request, limit: int, timeout_s: float = 30.0) -
     """The request body, refusing more than ``limit`` bytes or a body slower than ``timeout_s``."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "too_large", f"body is {request.content_length} bytes; the limit is {limit}")
+    async def read_all() -> bytes:
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = await request.content.read(1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+
     try:
-        data = await asyncio.wait_for(request.content.read(limit + 1), timeout_s)
+        data = await asyncio.wait_for(read_all(), timeout_s)
     except TimeoutError:
         raise ApiError(408, "timeout", f"request body not received within {timeout_s:.0f}s") from None
     if len(data) > limit:

@@ -1,0 +1,94 @@
+"""Faults across real node processes: a tampering party caught by the MAC check and counted, a killed node (additive aborts with the reason), replayed inputs and unauthorised recipients refused."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from harness import HERE, Operator
+from pqmpc_node.client import ClientError, Identity, SessionClient
+from pqmpc_node.plan import FieldDecl
+
+FIELDS = [FieldDecl("amount", 0, 1000)]
+PROGRAM = {"aggregate": [{"op": "sum", "field": "amount"}, {"op": "mean", "field": "amount"}]}
+FAULTY = [sys.executable, str(HERE / "faulty_node.py")]
+
+
+def client(op: Operator, node: Any, sid: str) -> SessionClient:
+    return SessionClient(node_url=node.url, session_id=sid, ca_certificate=op.ca.certificate,
+                         plan_signer=op.signer.public_key())
+
+
+def submit(op: Operator, nodes: list[Any], sid: str, owner: Identity, values: list[float]) -> None:
+    with client(op, nodes[0], sid) as c:
+        c.submit_rows(owner, {"amount": [str(v) for v in values]})
+
+
+def test_replayed_input_and_unauthorised_recipient_refused(operator: Operator, trio: Any) -> None:
+    owner, auditor, mallory = Identity.generate("bank-a"), Identity.generate("auditor"), Identity.generate("mallory")
+    plan = operator.plan("replay-1", trio, program=PROGRAM, owners=[owner], fields=FIELDS,
+                         recipients={auditor: ["sum(amount)"]})
+    operator.post_plan(plan, trio)
+    with client(operator, trio[0], "replay-1") as c:
+        party = c.parties()[0]
+        envelope = c._seal(owner, party, b"{}")
+        r = party.client.post_input("replay-1", envelope)
+        assert r.status_code == 422 and r.json()["error"]["reason"] == "bad_payload"
+        c.submit_rows(owner, {"amount": ["1", "2", "3"]})
+        # The same envelope posted again (a replay) is refused; the client's own retry sees alreadyAccepted.
+        sealed = (operator.workdir / trio[0].node_id / "sessions")
+        stored = next(sealed.rglob("*.sealed")) if any(sealed.rglob("*.sealed")) else None
+        if stored is not None:
+            again = party.client.post_input("replay-1", stored.read_bytes())
+            assert again.status_code == 409 and again.json()["error"]["reason"] == "replay"
+    for n in trio:
+        assert operator.wait_phase(n, "replay-1", {"Succeeded", "Failed"})["phase"] == "Succeeded"
+    # Replayed after completion: still refused, and counted.
+    with client(operator, trio[1], "replay-1") as c:
+        env = c._seal(owner, c.parties()[1], b"{}")
+        r = c.parties()[1].client.post_input("replay-1", env)
+        assert r.status_code == 409 and r.json()["error"]["reason"] == "replay"
+        assert operator.metric(trio[1], "pqmpc_node_envelopes_refused_total") >= 1
+        with pytest.raises(ClientError) as err:
+            c.collect_result(mallory)
+        assert err.value.reason == "not_a_recipient"
+    r = httpx.get(f"{trio[0].url}/v1/sessions/replay-1/outputs", params={"recipient": "mallory"})
+    assert r.status_code == 403 and r.json()["error"]["reason"] == "not_a_recipient"
+    with client(operator, trio[2], "replay-1") as c:
+        assert c.collect_result(auditor, wait_s=10)["outputs"]["sum(amount)"] == pytest.approx(6.0, abs=1e-3)
+
+
+def test_tampering_party_caught_by_mac_check(operator: Operator) -> None:
+    nodes = operator.start_nodes(3, command=FAULTY, per_node_env={2: {"PQMPC_TEST_FAULT": "tamper"}})
+    operator.certify(nodes)
+    owner, auditor = Identity.generate("bank-a"), Identity.generate("auditor")
+    plan = operator.plan("tamper-1", nodes, program=PROGRAM, owners=[owner], fields=FIELDS,
+                         recipients={auditor: ["sum(amount)"]}, security="malicious")
+    operator.post_plan(plan, nodes)
+    submit(operator, nodes, "tamper-1", owner, [5, 6, 7])
+    for n in nodes[:2]:
+        status = operator.wait_phase(n, "tamper-1", {"Succeeded", "Failed"})
+        assert status["phase"] == "Failed" and status["reason"] == "mac_check_failed", status
+        assert operator.metric(n, "pqmpc_node_mac_check_failures_total") == 1
+    with client(operator, nodes[0], "tamper-1") as c, pytest.raises(ClientError) as err:
+        c.collect_result(auditor)
+    assert err.value.reason == "session_failed"
+
+
+def test_killed_node_aborts_additive_session(operator: Operator) -> None:
+    nodes = operator.start_nodes(3, command=FAULTY, per_node_env={1: {"PQMPC_TEST_FAULT": "die-after:6"}})
+    operator.certify(nodes)
+    owner, auditor = Identity.generate("bank-a"), Identity.generate("auditor")
+    plan = operator.plan("kill-1", nodes, program=PROGRAM, owners=[owner], fields=FIELDS,
+                         recipients={auditor: ["sum(amount)"]})
+    operator.post_plan(plan, nodes)
+    submit(operator, nodes, "kill-1", owner, [1, 2])
+    for n in (nodes[0], nodes[2]):
+        status = operator.wait_phase(n, "kill-1", {"Succeeded", "Failed"})
+        assert status["phase"] == "Failed" and status["reason"] == "peer_lost", status
+        assert "lost party 1" in status["message"]
+    assert nodes[1].proc.wait(timeout=10) == 17
