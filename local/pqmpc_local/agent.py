@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import http.client
 import json
 import logging
@@ -159,30 +160,55 @@ class RegistrationError(RuntimeError):
 
 
 class IpPool:
-    """Distinct loopback addresses 127.0.0.10 … 127.0.255.254, lowest free first, reused after release."""
+    """Distinct loopback addresses 127.0.0.10 … 127.0.255.254, lowest free first, reused after release.
 
-    def __init__(self, first: int = 10) -> None:
+    With ``lock_dir``, each address in use is held by an ``flock`` on a file there, so
+    several agents on one machine (parallel test sessions) never hand out the same
+    address; a lock dies with its agent.
+    """
+
+    def __init__(self, first: int = 10, *, lock_dir: Path | None = None) -> None:
         self._first = first
-        self._taken: set[int] = set()
+        self._taken: dict[int, int | None] = {}  # address number → lock fd
+        self._lock_dir = lock_dir
+        if lock_dir is not None:
+            lock_dir.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
     def _addr(n: int) -> str:
         return f"127.0.{n // 256}.{n % 256}"
 
+    def _claim(self, n: int) -> tuple[bool, int | None]:
+        """(claimed, lock fd): False where another agent holds the address."""
+        if self._lock_dir is None:
+            return True, None
+        fd = os.open(self._lock_dir / f"{self._addr(n)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False, None
+        return True, fd
+
     def allocate(self) -> str:
         """Take the lowest free address."""
         n = self._first
-        while n in self._taken or n % 256 in (0, 255):
+        while True:
+            if n >= 256 * 256:
+                raise RuntimeError("out of loopback addresses for pods")
+            if n not in self._taken and n % 256 not in (0, 255):
+                claimed, fd = self._claim(n)
+                if claimed:
+                    self._taken[n] = fd
+                    return self._addr(n)
             n += 1
-        if n >= 256 * 256:
-            raise RuntimeError("out of loopback addresses for pods")
-        self._taken.add(n)
-        return self._addr(n)
 
     def release(self, ip: str) -> None:
         """Give an address back."""
         parts = ip.split(".")
-        self._taken.discard(int(parts[2]) * 256 + int(parts[3]))
+        fd = self._taken.pop(int(parts[2]) * 256 + int(parts[3]), None)
+        if fd is not None:
+            os.close(fd)
 
 
 # -- API access (raw JSON dicts) -------------------------------------------------------------
@@ -449,7 +475,7 @@ class Agent:
         self.options = options
         self.workdir = options.workdir
         self.nodes = {n.name: n for n in options.nodes}
-        self.ips = IpPool()
+        self.ips = IpPool(lock_dir=Path(os.environ.get("PQMPC_LOCAL_IP_LOCKS", "/tmp/pqmpc-local-ip-locks")))
         self.stopping = threading.Event()
         self.wakeup = threading.Event()
         self.lock = threading.Lock()

@@ -116,6 +116,14 @@ def test_ip_pool_reuses_lowest_released_address() -> None:
     assert pool.allocate() == "127.0.0.12"
 
 
+def test_ip_pool_locks_keep_two_agents_apart(tmp_path: Path) -> None:
+    one, two = IpPool(lock_dir=tmp_path), IpPool(lock_dir=tmp_path)
+    assert one.allocate() == "127.0.0.10"
+    assert two.allocate() == "127.0.0.11"
+    one.release("127.0.0.10")
+    assert two.allocate() == "127.0.0.10"
+
+
 def test_cli_groups_labels_and_gpus_with_their_node() -> None:
     options = parse_args(["--kubeconfig", "k", "--workdir", "w", "--node", "a", "--labels", "x=1,y=2", "--gpus", "4",
                           "--node", "b", "--gpus=2"])
