@@ -447,7 +447,12 @@ class SessionManager:
         except TimeoutError:
             self._fail(rt, "deadline_exceeded", f"session passed its deadline ({plan.deadline})")
             outcome = "deadline_exceeded"
-        except (ProgramError, ValueError, RuntimeError) as exc:
+        except asyncio.CancelledError:
+            self._fail(rt, "cancelled", "the node is shutting down")
+            outcome = "cancelled"
+            raise
+        except Exception as exc:  # noqa: BLE001 - any engine failure ends the session with its reason
+            log.exception("session %s: engine error", plan.session_id)
             self._fail(rt, "engine_error", f"{type(exc).__name__}: {exc}")
             outcome = "engine_error"
         finally:
@@ -531,7 +536,7 @@ class SessionManager:
             offset = 0
             for k in pnames:
                 size = params[k].size
-                model[k] = pshared[offset:offset + size].reshape(params[k].shape)
+                model[k] = pshared[offset:offset + size].reshape(*params[k].shape)
                 offset += size
         result = await run_session(ctx, exec_plan, SessionInputs(columns, model),
                                    reveal=isinstance(exec_plan, AggregatePlan))

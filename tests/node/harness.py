@@ -243,6 +243,8 @@ class Operator:
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
+            if node.proc.poll() is not None:
+                return {"phase": "Exited", "returncode": node.proc.returncode}
             status = self.http.get(f"{node.url}/v1/sessions/{session_id}").json()
             if status.get("phase") in phases:
                 return status
