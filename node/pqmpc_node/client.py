@@ -347,6 +347,10 @@ class SessionClient:
     def submit_rows(self, identity: Identity, columns: Mapping[str, Sequence[str]],
                     progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
         """Validate, share, seal and post a table (see the module docstring)."""
+        return self.post_sealed(self.seal_rows(identity, columns), progress)
+
+    def seal_rows(self, identity: Identity, columns: Mapping[str, Sequence[str]]) -> list[tuple[_Party, bytes]]:
+        """Validate, share and seal a table: one envelope per party, nothing sent yet."""
         self._owner(identity, "data")
         values = self.validate_rows(columns)
         names = [f.name for f in self.plan.data_fields()]
@@ -354,7 +358,7 @@ class SessionClient:
         per_field = {f: self._share(values[f]) for f in names}
         payloads = [InputPayload("rows", self.domain_name, {f: per_field[f][i] for f in names}, {}, rows).encode()
                     for i in range(len(self.plan.parties))]
-        return self._post_all(identity, payloads, progress)
+        return [(p, self._seal(identity, p, payloads[p.plan.index])) for p in self.parties()]
 
     def submit_model(self, identity: Identity, params: Mapping[str, Any],
                      progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
@@ -373,14 +377,13 @@ class SessionClient:
         shared = {k: self._share(v.reshape(-1)) for k, v in arrays.items()}
         payloads = [InputPayload("model", self.domain_name, {}, {k: shared[k][i].reshape(shapes[k]) for k in shapes}).encode()
                     for i in range(len(self.plan.parties))]
-        return self._post_all(identity, payloads, progress)
+        return self.post_sealed([(p, self._seal(identity, p, payloads[p.plan.index])) for p in self.parties()], progress)
 
-    def _post_all(self, identity: Identity, payloads: Sequence[bytes],
-                  progress: Callable[[str], None] | None) -> list[dict[str, Any]]:
-        parties = self.parties()
-        envelopes = [self._seal(identity, p, payloads[p.plan.index]) for p in parties]
+    def post_sealed(self, sealed: Sequence[tuple[_Party, bytes]],
+                    progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+        """Post sealed envelopes, one per party, retrying idempotently."""
         results = []
-        for party, env in zip(parties, envelopes, strict=True):
+        for party, env in sealed:
             results.append(self._post_with_retry(party, env))
             if progress is not None:
                 progress(party.plan.node_id)
