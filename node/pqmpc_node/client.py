@@ -57,6 +57,7 @@ __all__ = [
     "Identity",
     "NodeClient",
     "SessionClient",
+    "fetch_verified_keys",
     "read_csv",
 ]
 
@@ -195,6 +196,33 @@ class _Party:
     identity_key: MLDSAPublicKey
 
 
+def fetch_verified_keys(
+    client: NodeClient, party: PlanParty, *, ca_certificate: x509.Certificate, suite: Suite, now: dt.datetime
+) -> _Party:
+    """``GET /v1/keys`` of one node, verified: CA → certificate (the plan's fingerprint) → KEM key → log."""
+    doc = client.get_json("/v1/keys")
+    try:
+        bundle = LogBundle.from_json(doc["log"])
+        verifier = LogVerifier(ca_certificate.public_key())  # type: ignore[arg-type]
+        verifier.update(bundle.entries, bundle.tree_head)
+        cert_der = base64.b64decode(doc["certificate"])
+        node = verify_node_certificate(cert_der, ca_certificate=ca_certificate, suite=suite, now=now,
+                                       expected_node_ids={NodeId(party.node_id)}, log=verifier)
+        if node.fingerprint != party.cert_fingerprint:
+            raise ClientError(f"node {party.node_id} presents a certificate other than the plan's", "wrong_certificate")
+        current = [k for k in doc["kemKeys"] if k["state"] == "current"]
+        if not current:
+            raise ClientError(f"node {party.node_id} publishes no current KEM key", "no_kem_key")
+        kem = verify_kem_key_certificate(
+            base64.b64decode(current[-1]["certificate"]), node_certificate=cert_der, ca_certificate=ca_certificate,
+            suite=suite, expected_node_id=NodeId(party.node_id), log=verifier, now=now)
+    except (CertificateError, CertificationError) as exc:
+        raise ClientError(f"keys of node {party.node_id} do not verify: {exc}", getattr(exc, "reason", "bad_keys")) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ClientError(f"keys document of node {party.node_id} is malformed: {exc}", "bad_keys") from None
+    return _Party(party, client, kem, node.public_key)
+
+
 class SessionClient:
     """Submit inputs to and collect outputs from one session."""
 
@@ -253,28 +281,8 @@ class SessionClient:
 
     def verify_node(self, party: PlanParty) -> _Party:
         """Fetch and verify one party's keys against the CA, the log and the plan."""
-        client = NodeClient(self.url_of(party), http=self.http)
-        doc = client.get_json("/v1/keys")
-        try:
-            bundle = LogBundle.from_json(doc["log"])
-            verifier = LogVerifier(self.ca.public_key())  # type: ignore[arg-type]
-            verifier.update(bundle.entries, bundle.tree_head)
-            cert_der = base64.b64decode(doc["certificate"])
-            node = verify_node_certificate(cert_der, ca_certificate=self.ca, suite=self.suite, now=self.clock(),
-                                           expected_node_ids={NodeId(party.node_id)}, log=verifier)
-            if node.fingerprint != party.cert_fingerprint:
-                raise ClientError(f"node {party.node_id} presents a certificate other than the plan's", "wrong_certificate")
-            current = [k for k in doc["kemKeys"] if k["state"] == "current"]
-            if not current:
-                raise ClientError(f"node {party.node_id} publishes no current KEM key", "no_kem_key")
-            kem = verify_kem_key_certificate(
-                base64.b64decode(current[-1]["certificate"]), node_certificate=cert_der, ca_certificate=self.ca,
-                suite=self.suite, expected_node_id=NodeId(party.node_id), log=verifier, now=self.clock())
-        except (CertificateError, CertificationError) as exc:
-            raise ClientError(f"keys of node {party.node_id} do not verify: {exc}", getattr(exc, "reason", "bad_keys")) from None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ClientError(f"keys document of node {party.node_id} is malformed: {exc}", "bad_keys") from None
-        return _Party(party, client, kem, node.public_key)
+        return fetch_verified_keys(NodeClient(self.url_of(party), http=self.http), party, ca_certificate=self.ca,
+                                   suite=self.suite, now=self.clock())
 
     def parties(self) -> list[_Party]:
         if self._parties is None:
@@ -363,6 +371,10 @@ class SessionClient:
     def submit_model(self, identity: Identity, params: Mapping[str, Any],
                      progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
         """Validate, share, seal and post the model parameters of a linearScore / mlp session."""
+        return self.post_sealed(self.seal_model(identity, params), progress)
+
+    def seal_model(self, identity: Identity, params: Mapping[str, Any]) -> list[tuple[_Party, bytes]]:
+        """Validate, share and seal model parameters: one envelope per party, nothing sent yet."""
         self._owner(identity, "model")
         shapes = model_shapes(compile_program(self.plan.program, [f.to_json() for f in self.plan.data_fields()]))
         arrays: dict[str, np.ndarray[Any, Any]] = {}
@@ -377,7 +389,7 @@ class SessionClient:
         shared = {k: self._share(v.reshape(-1)) for k, v in arrays.items()}
         payloads = [InputPayload("model", self.domain_name, {}, {k: shared[k][i].reshape(shapes[k]) for k in shapes}).encode()
                     for i in range(len(self.plan.parties))]
-        return self.post_sealed([(p, self._seal(identity, p, payloads[p.plan.index])) for p in self.parties()], progress)
+        return [(p, self._seal(identity, p, payloads[p.plan.index])) for p in self.parties()]
 
     def post_sealed(self, sealed: Sequence[tuple[_Party, bytes]],
                     progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:

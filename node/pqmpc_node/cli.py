@@ -1,0 +1,187 @@
+"""``pqmpc``: the command-line tool of data owners and output recipients (typer + rich).
+
+Commands::
+
+    pqmpc identity new NAME --out NAME.identity.json
+    pqmpc keys fetch --node URL [--out keys.json]
+    pqmpc keys verify --node URL --ca ca.pem [--node-id ID]
+    pqmpc submit --session ID --identity FILE --node URL --ca ca.pem [--plan-signer FILE] data.csv|model.json
+    pqmpc result --session ID --identity FILE --node URL --ca ca.pem [--plan-signer FILE] [--json]
+
+Every failure prints one line saying what was wrong and exits 1; nothing is sent
+before the whole input has been validated.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from cryptography import x509
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from pqmpc_node.client import ClientError, Identity, NodeClient, SessionClient, fetch_verified_keys, read_csv
+from pqmpc_node.config import ConfigError, Trust, load_trust
+from pqmpc_node.crypto.suites import SuiteName, get_suite
+from pqmpc_node.crypto.suites import MLDSAPublicKey
+from pqmpc_node.plan import PlanParty
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="Submit inputs to and collect results from pqmpc MPC sessions.", no_args_is_help=True)
+identity_app = typer.Typer(help="Data-owner / recipient identities.", no_args_is_help=True)
+keys_app = typer.Typer(help="Node KEM keys.", no_args_is_help=True)
+app.add_typer(identity_app, name="identity")
+app.add_typer(keys_app, name="keys")
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(1)
+
+
+def _trust(ca: Path, plan_signer: Path | None) -> tuple[x509.Certificate, MLDSAPublicKey | None]:
+    try:
+        ca_cert = x509.load_pem_x509_certificate(ca.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise _fail(f"cannot read the pool CA certificate {ca}: {exc}") from None
+    if plan_signer is None:
+        return ca_cert, None
+    from pqmpc_node.config import NodeConfig
+
+    cfg = NodeConfig(pool="-", node_id="-", namespace="-", group="", region="", zone="", trust_domain="", backend="numpy",
+                     suite="pq-default", listen_host="", api_port=1, peer_port=1, dns_name="", state_dir="",
+                     ca_pem=ca.read_text(), plan_signer_pub=plan_signer.read_text())
+    try:
+        trust: Trust = load_trust(cfg)
+    except (ConfigError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    return ca_cert, trust.plan_signer
+
+
+Node = Annotated[str, typer.Option("--node", help="API URL of one node of the session, e.g. http://10.0.0.5:8443")]
+Ca = Annotated[Path, typer.Option("--ca", help="The pool CA certificate (PEM) you trust")]
+Signer = Annotated[Path | None, typer.Option("--plan-signer", help="The operator's plan-signing public key (PEM)")]
+Session = Annotated[str, typer.Option("--session", help="The MPCSession name")]
+IdentityFile = Annotated[Path, typer.Option("--identity", help="Your identity file from `pqmpc identity new`")]
+
+
+@identity_app.command("new")
+def identity_new(name: str, out_file: Annotated[Path | None, typer.Option("--out")] = None) -> None:
+    """Create an identity (ML-DSA signing key + X-Wing KEM key) and print its public part."""
+    path = out_file or Path(f"{name}.identity.json")
+    ident = Identity.generate(name)
+    try:
+        ident.save(path)
+    except FileExistsError:
+        raise _fail(f"{path} exists; choose another --out (identities are never overwritten)") from None
+    out.print_json(json.dumps(ident.public_document()))
+    err.print(f"private keys written to {path} (mode 0600); put 'identity' into MPCSession inputs and "
+              "'kemPublicKey' into outputs")
+
+
+@keys_app.command("fetch")
+def keys_fetch(node: Node, out_file: Annotated[Path | None, typer.Option("--out")] = None) -> None:
+    """Download a node's key document (certificate, KEM keys, transparency log)."""
+    try:
+        r = httpx.get(node.rstrip("/") + "/v1/keys", timeout=30)
+    except httpx.HTTPError as exc:
+        raise _fail(f"{node}: {exc}") from None
+    if r.status_code != 200:
+        raise _fail(f"{node}: HTTP {r.status_code} {r.text[:200]}")
+    if out_file:
+        out_file.write_text(r.text)
+    else:
+        out.print_json(r.text)
+
+
+@keys_app.command("verify")
+def keys_verify(node: Node, ca: Ca, node_id: Annotated[str | None, typer.Option("--node-id")] = None) -> None:
+    """Verify CA → node certificate → KEM key certificate → transparency log."""
+    ca_cert, _ = _trust(ca, None)
+    try:
+        with httpx.Client(timeout=30) as http:
+            doc = http.get(node.rstrip("/") + "/v1/keys").json()
+            nid = node_id or doc["nodeId"]
+            party = PlanParty(0, nid, "-", "", 1, 1, doc["certFingerprint"], 1)
+            verified = fetch_verified_keys(NodeClient(node, http=http), party, ca_certificate=ca_cert,
+                                           suite=get_suite(SuiteName.PQ_DEFAULT), now=dt.datetime.now(dt.timezone.utc))
+    except ClientError as exc:
+        raise _fail(str(exc)) from None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        raise _fail(f"{node}: cannot fetch keys: {exc}") from None
+    out.print(f"[green]ok[/green] node {nid}: KEM key epoch {verified.kem.epoch} is certified and logged "
+              f"(certificate {doc['certFingerprint'][:16]}…)")
+
+
+def _client(node: str, session: str, ca: Path, plan_signer: Path | None) -> SessionClient:
+    ca_cert, signer = _trust(ca, plan_signer)
+    if signer is None:
+        err.print("[yellow]warning:[/yellow] no --plan-signer: the session plan's signature is not checked")
+    try:
+        return SessionClient(node_url=node, session_id=session, ca_certificate=ca_cert, plan_signer=signer)
+    except ClientError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def submit(session: Session, identity: IdentityFile, node: Node, ca: Ca, data: Path,
+           plan_signer: Signer = None) -> None:
+    """Validate, secret-share, seal per node and post DATA (a CSV, or a model JSON for model owners)."""
+    ident = Identity.load(identity)
+    client = _client(node, session, ca, plan_signer)
+    try:
+        if data.suffix == ".json":
+            try:
+                params: dict[str, Any] = json.loads(data.read_text())
+            except (OSError, ValueError) as exc:
+                raise _fail(f"cannot read model file {data}: {exc}") from None
+            sealed = client.seal_model(ident, params)
+        else:
+            sealed = client.seal_rows(ident, read_csv(data))
+        with Progress(console=err, transient=True) as progress:
+            task = progress.add_task("posting sealed shares", total=len(sealed))
+            results = client.post_sealed(sealed, progress=lambda _n: progress.advance(task))
+    except ClientError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        client.close()
+    out.print(f"[green]submitted[/green] to {len(results)} nodes of session {session}")
+
+
+@app.command()
+def result(session: Session, identity: IdentityFile, node: Node, ca: Ca, plan_signer: Signer = None,
+           as_json: Annotated[bool, typer.Option("--json")] = False,
+           wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the outputs")] = 0.0) -> None:
+    """Collect the sealed result shares, reconstruct, check consistency, print."""
+    ident = Identity.load(identity)
+    client = _client(node, session, ca, plan_signer)
+    try:
+        res = client.collect_result(ident, wait_s=wait)
+    except ClientError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        client.close()
+    if as_json:
+        out.print_json(json.dumps(res))
+        return
+    table = Table(title=f"session {session}")
+    table.add_column("output")
+    table.add_column("value")
+    for name, value in res["outputs"].items():
+        table.add_row(name, json.dumps(value))
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
