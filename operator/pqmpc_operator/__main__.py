@@ -13,6 +13,7 @@ from prometheus_client import start_http_server
 from pqmpc_operator.handlers import OperatorContext, register
 from pqmpc_operator.kube import KubeApi, load_api_client
 from pqmpc_operator.metrics import OperatorMetrics
+from pqmpc_operator.nodeclient import NodeClient
 from pqmpc_operator.settings import settings_from_env
 
 __all__ = ["main"]
@@ -38,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics = OperatorMetrics()
     start_http_server(settings.metrics_port, registry=metrics.registry)
-    ctx = OperatorContext(api=KubeApi(load_api_client()), settings=settings, metrics=metrics)
+    ctx = OperatorContext(
+        api=KubeApi(load_api_client()), settings=settings, metrics=metrics, nodes=NodeClient(settings.api_port)
+    )
     registry = kopf.OperatorRegistry()
     register(registry)
     asyncio.run(

@@ -27,6 +27,10 @@ __all__ = [
     "build_node_pod",
     "build_pdb",
     "build_service_account",
+    "build_trust_configmap",
+    "build_keylog_configmap",
+    "build_pki_secret",
+    "trust_configmap_name",
     "desired_pod_names",
     "headless_service_name",
     "node_service_account_name",
@@ -47,6 +51,12 @@ LABEL_ZONE = "topology.kubernetes.io/zone"
 MANAGED_BY = "pqmpc-operator"
 GPU_RESOURCE = "nvidia.com/gpu"
 STATE_DIR = "/var/lib/pqmpc"
+TRUST_DIR = "/etc/pqmpc/trust"
+
+
+def trust_configmap_name(pool: str) -> str:
+    """ConfigMap with the pool's public trust anchors, mounted into every node pod."""
+    return f"{pool}-trust"
 
 
 def pod_name(pool: str, group: str, ordinal: int) -> str:
@@ -116,7 +126,7 @@ def _resources(group: GroupSpec) -> dict[str, Any]:
     if group.gpus:
         # Extended resources are requested through limits; requests default to them.
         limits = dict(resources.get("limits") or {})
-        limits[GPU_RESOURCE] = group.gpus
+        limits[GPU_RESOURCE] = str(group.gpus)  # a quantity, which the API types as a string
         resources["limits"] = limits
     return resources
 
@@ -140,6 +150,7 @@ def _pod_spec(pool: NodePoolSpec, group: GroupSpec, name: str, settings: Operato
             "value": f"{name}.{headless_service_name(pool.name)}.{pool.namespace}.svc",
         },
         {"name": "PQMPC_STATE_DIR", "value": STATE_DIR},
+        {"name": "PQMPC_TRUST_DIR", "value": TRUST_DIR},
     ]
     probe = {"httpGet": {"path": "/readyz", "port": "api"}, "periodSeconds": 2, "failureThreshold": 3}
     liveness = {
@@ -189,11 +200,18 @@ def _pod_spec(pool: NodePoolSpec, group: GroupSpec, name: str, settings: Operato
                     "readOnlyRootFilesystem": True,
                     "capabilities": {"drop": ["ALL"]},
                 },
-                "volumeMounts": [{"name": "state", "mountPath": STATE_DIR}],
+                "volumeMounts": [
+                    {"name": "state", "mountPath": STATE_DIR},
+                    {"name": "trust", "mountPath": TRUST_DIR, "readOnly": True},
+                ],
             }
         ],
-        # Accepted inputs stay sealed here until the session ends (survives restarts).
-        "volumes": [{"name": "state", "emptyDir": {}}],
+        "volumes": [
+            # Accepted inputs stay sealed here until the session ends (survives restarts).
+            {"name": "state", "emptyDir": {}},
+            # Public trust anchors: the pool CA certificate and the plan signer's key.
+            {"name": "trust", "configMap": {"name": trust_configmap_name(pool.name)}},
+        ],
     }
     if group.node_selector:
         spec["nodeSelector"] = dict(group.node_selector)
@@ -244,6 +262,21 @@ def build_headless_service(pool: NodePoolSpec, settings: OperatorSettings) -> di
             ],
         },
     }
+
+
+def build_trust_configmap(pool: NodePoolSpec, data: Mapping[str, str]) -> dict[str, Any]:
+    """The trust bundle ConfigMap (CA certificate, plan signer public key): public data only."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(pool, trust_configmap_name(pool.name)), "data": dict(data)}
+
+
+def build_keylog_configmap(pool: NodePoolSpec, name: str, data: Mapping[str, str]) -> dict[str, Any]:
+    """The ConfigMap that stores the pool's transparency log (public by design)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(pool, name), "data": dict(data)}
+
+
+def build_pki_secret(pool: NodePoolSpec, name: str, data: Mapping[str, str]) -> dict[str, Any]:
+    """The Secret with the pool CA and plan-signing key seeds (read by the operator only)."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": _meta(pool, name), "data": dict(data)}
 
 
 def build_service_account(pool: NodePoolSpec) -> dict[str, Any]:

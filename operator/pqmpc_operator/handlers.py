@@ -22,8 +22,10 @@ from typing import Any, cast
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from pqmpc_operator import builders, rollout, status
+from pqmpc_operator import builders, pool_pki, rollout, status
+from pqmpc_operator.certification import CertificationState, certify_pods, ensure_pki
 from pqmpc_operator.kube import KubeApi
+from pqmpc_operator.nodeclient import NodeClient
 from pqmpc_operator.metrics import OperatorMetrics
 from pqmpc_operator.model import API_GROUP, API_VERSION, SpecError, parse_nodepool
 from pqmpc_operator.settings import OperatorSettings
@@ -44,6 +46,8 @@ class OperatorContext:
     api: KubeApi
     settings: OperatorSettings
     metrics: OperatorMetrics
+    nodes: NodeClient
+    certification: dict[tuple[str, str], CertificationState] = field(default_factory=dict)
     triggers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     applied_children: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -67,20 +71,23 @@ async def _write_status(
         _event(body, ev)
 
 
-async def reconcile_pool(ctx: OperatorContext, namespace: str, name: str) -> None:
-    """One pass for one pool: read -> decide -> write."""
+async def reconcile_pool(ctx: OperatorContext, namespace: str, name: str) -> float | None:
+    """One pass for one pool: read -> decide -> write. Returns a sooner re-run time, if any."""
     body = await ctx.api.get_pool(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
-        return
+        return None
     try:
         pool = parse_nodepool(body)
     except SpecError as exc:
         # Schema-valid but unusable: say so, touch no child, wait for a new spec.
         await _write_status(ctx, body, namespace, name, status.invalid_spec_status(body, exc, _now()))
         ctx.metrics.reconcile_errors.labels(reason="invalid_spec").inc()
-        return
+        return None
 
+    cert_state = ctx.certification.setdefault((namespace, name), CertificationState())
+    pki = await ensure_pki(ctx.api, pool, cert_state)
     children = [
+        builders.build_trust_configmap(pool, pool_pki.trust_bundle_data(pki)),
         builders.build_service_account(pool),
         builders.build_headless_service(pool, ctx.settings),
         builders.build_pdb(pool),
@@ -101,9 +108,11 @@ async def reconcile_pool(ctx: OperatorContext, namespace: str, name: str) -> Non
     if plan.create or plan.delete:
         _log.info("pool %s/%s: created %s, deleted %s", namespace, name,
                   [p["metadata"]["name"] for p in plan.create], list(plan.delete))
-    new_status = status.compute_status(pool, pods, plan, body.get("status") or {}, _now())
+    retry = await certify_pods(ctx.api, ctx.nodes, pool, pki, pods, cert_state)
+    new_status = status.compute_status(pool, pods, plan, body.get("status") or {}, _now(), cert_state.facts)
     await _write_status(ctx, body, namespace, name, new_status)
     ctx.metrics.observe_pool(namespace, name, new_status)
+    return 1.0 if retry else None
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
@@ -131,9 +140,9 @@ def register(registry: kopf.OperatorRegistry) -> None:
                 trigger.clear()
                 started = time.perf_counter()
                 try:
-                    await reconcile_pool(ctx, namespace, name)
+                    sooner = await reconcile_pool(ctx, namespace, name)
                     backoff = 1.0
-                    wait = ctx.settings.resync_seconds
+                    wait = sooner if sooner is not None else ctx.settings.resync_seconds
                     outcome = "ok"
                 except ApiException as exc:
                     # Conflicts and transient API errors: retry soon, with growing back-off.
@@ -141,6 +150,11 @@ def register(registry: kopf.OperatorRegistry) -> None:
                     wait, backoff = backoff, min(backoff * 2, 60.0)
                     outcome = "error"
                     ctx.metrics.reconcile_errors.labels(reason=f"api_{exc.status}").inc()
+                except Exception:  # noqa: BLE001 - a bug must not kill the pool's loop
+                    _log.exception("pool %s/%s: reconcile failed; retrying in %.0fs", namespace, name, backoff)
+                    wait, backoff = backoff, min(backoff * 2, 60.0)
+                    outcome = "error"
+                    ctx.metrics.reconcile_errors.labels(reason="internal").inc()
                 ctx.metrics.reconciles.labels(kind="NodePool", outcome=outcome).inc()
                 ctx.metrics.reconcile_seconds.labels(kind="NodePool").observe(time.perf_counter() - started)
                 try:
@@ -150,6 +164,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         finally:
             ctx.triggers.pop((namespace, name), None)
             ctx.applied_children.pop((namespace, name), None)
+            ctx.certification.pop((namespace, name), None)
             ctx.metrics.forget_pool(namespace, name)
 
     @kopf.on.event(API_GROUP, API_VERSION, "nodepools", registry=registry)  # type: ignore[arg-type]

@@ -96,6 +96,7 @@ class KubeApi:
         kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
         method = {
             "ServiceAccount": self._core.patch_namespaced_service_account,
+            "ConfigMap": self._core.patch_namespaced_config_map,
             "Service": self._core.patch_namespaced_service,
             "PodDisruptionBudget": self._policy.patch_namespaced_pod_disruption_budget,
             "NetworkPolicy": self._net.patch_namespaced_network_policy,
@@ -103,6 +104,38 @@ class KubeApi:
         if method is None:
             raise ValueError(f"cannot apply a {kind}: no writer for that kind")
         await self._run(method, name, ns, obj, field_manager=FIELD_MANAGER, force=True, _content_type=_APPLY)
+
+    async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's base64 ``data`` by name (the operator never lists Secrets), or None."""
+        try:
+            secret = await self._run(self._core.read_namespaced_secret, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(secret.data or {})
+
+    async def create_object(self, obj: Mapping[str, Any]) -> bool:
+        """Create a Secret or ConfigMap; False when it already exists (someone was first)."""
+        ns = obj["metadata"]["namespace"]
+        method = {"Secret": self._core.create_namespaced_secret, "ConfigMap": self._core.create_namespaced_config_map}[obj["kind"]]
+        try:
+            await self._run(method, ns, obj, field_manager=FIELD_MANAGER)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    async def read_configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A ConfigMap's ``data``, or None when it does not exist."""
+        try:
+            cm = await self._run(self._core.read_namespaced_config_map, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(cm.data or {})
 
     async def patch_pool_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Replace the pool's status fields we own through the status subresource."""

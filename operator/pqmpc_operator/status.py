@@ -68,14 +68,16 @@ def _pod_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _node_entry(pod: Mapping[str, Any], previous: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def _node_entry(
+    pod: Mapping[str, Any], previous: Mapping[str, Mapping[str, Any]], facts: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
     meta = pod["metadata"]
     labels = meta.get("labels") or {}
     cs = _container_status(pod)
     problem = _pod_problem(pod)
     entry: dict[str, Any] = {
         # Key and anomaly fields belong to the session/PKI controller; keep what it wrote.
-        **{k: v for k, v in previous.get(meta["name"], {}).items() if k in {"certFingerprint", "kemEpoch", "anomalyScore", "quarantined"}},
+        **{k: v for k, v in previous.get(meta["name"], {}).items() if k in {"certFingerprint", "certNotAfter", "kemEpoch", "anomalyScore", "quarantined"}},
         "name": meta["name"],
         "group": labels.get(LABEL_GROUP, ""),
         "region": labels.get(LABEL_REGION, ""),
@@ -85,6 +87,7 @@ def _node_entry(pod: Mapping[str, Any], previous: Mapping[str, Mapping[str, Any]
         "phase": "Terminating" if is_terminating(pod) else str((pod.get("status") or {}).get("phase", "Pending")),
         "restarts": int(cs.get("restartCount", 0)),
     }
+    entry.update(facts.get(meta["name"], {}))
     if problem:
         entry["message"] = problem[1]
     return entry
@@ -132,13 +135,14 @@ def compute_status(
     plan: PodPlan,
     previous: Mapping[str, Any],
     now: str,
+    node_facts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The pool's new status from its pods and this pass's plan."""
+    """The pool's new status from its pods, this pass's plan and what certification learnt."""
     wanted = sum(pool.effective_replicas().values())
     live = [p for p in pods if not is_terminating(p)]
     ready = sum(1 for p in live if is_pod_ready(p))
     old_nodes = {str(n.get("name")): n for n in previous.get("nodes") or []}
-    nodes = sorted((_node_entry(p, old_nodes) for p in pods), key=lambda n: n["name"])
+    nodes = sorted((_node_entry(p, old_nodes, node_facts or {}) for p in pods), key=lambda n: n["name"])
 
     problems = [pr for pr in (_pod_problem(p) for p in live) if pr]
     problems += [("InsufficientResources", msg) for msg in plan.unsatisfiable.values()]

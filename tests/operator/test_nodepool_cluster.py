@@ -253,18 +253,21 @@ class TestLeastPrivilege:
             ("delete", "pods", True),
             ("patch", "nodepools.pqmpc.io/status", True),
             ("list", "nodes", True),
-            ("get", "secrets", False),
+            ("create", "secrets", True),
             ("list", "secrets", False),
+            ("watch", "secrets", False),
+            ("update", "secrets", False),
+            ("delete", "secrets", False),
             ("delete", "nodepools.pqmpc.io", False),
             ("create", "nodes", False),
             ("update", "pods", False),
             ("create", "clusterrolebindings.rbac.authorization.k8s.io", False),
-            ("create", "pods/exec", False),
+            ("create", "pods --subresource=exec", False),
             ("delete", "namespaces", False),
         ],
     )
     def test_operator_role(self, operator: OperatorProcess, kubectl: Kubectl, verb: str, resource: str, allowed: bool) -> None:
-        result = kubectl("auth", "can-i", verb, resource, "--all-namespaces", f"--as={OPERATOR_SA}", check=False)
+        result = kubectl("auth", "can-i", verb, *resource.split(), "--all-namespaces", f"--as={OPERATOR_SA}", check=False)
         assert result.stdout.strip() == ("yes" if allowed else "no"), result.stdout + result.stderr
 
     def test_role_has_no_wildcards(self) -> None:

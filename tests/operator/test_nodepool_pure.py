@@ -125,7 +125,7 @@ class TestBuilders:
         expr = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"]
         assert {"key": builders.LABEL_ZONE, "operator": "In", "values": ["us-east-1a"]} in expr
         container = spec["containers"][0]
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
         assert container["image"] == "registry.example/pqmpc:1"
         env = {e["name"]: e for e in container["env"]}
         assert env["PQMPC_TRUST_DOMAIN"]["value"] == "bank-b"

@@ -1,0 +1,58 @@
+"""The operator's HTTP calls to node pods (httpx): CSR pull, certificate and log push.
+
+Addresses come from the pod's status as the API server reports it, never from what a
+node says about itself. Timeouts are short: a slow node must not stall the pool's loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+__all__ = ["NodeCallError", "NodeClient"]
+
+
+class NodeCallError(RuntimeError):
+    """A node did not answer as expected; the message names the node and the call."""
+
+
+class NodeClient:
+    """Calls to the node API (``http://<podIP>:<api port>``)."""
+
+    def __init__(self, api_port: int, timeout: float = 3.0) -> None:
+        self._port = api_port
+        self._http = httpx.AsyncClient(timeout=timeout)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def _call(self, method: str, ip: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        url = f"http://{ip}:{self._port}{path}"
+        try:
+            resp = await self._http.request(method, url, json=body)
+        except httpx.HTTPError as exc:
+            raise NodeCallError(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+        if resp.status_code >= 300:
+            raise NodeCallError(f"{method} {url}: HTTP {resp.status_code}: {resp.text[:300]}")
+        try:
+            doc = resp.json()
+        except ValueError:
+            raise NodeCallError(f"{method} {url}: answer is not JSON") from None
+        if not isinstance(doc, dict):
+            raise NodeCallError(f"{method} {url}: answer is not a JSON object")
+        return doc
+
+    async def csr(self, ip: str) -> dict[str, Any]:
+        """``GET /v1/csr``: the node's CSR document."""
+        return await self._call("GET", ip, "/v1/csr")
+
+    async def install_certificate(self, ip: str, certificate_b64: str, log: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v1/certificate``: certificate plus the current log."""
+        return await self._call("POST", ip, "/v1/certificate", {"certificate": certificate_b64, "log": dict(log)})
+
+    async def push_log(self, ip: str, log: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /v1/log``: the current transparency log."""
+        return await self._call("POST", ip, "/v1/log", log)

@@ -1,0 +1,202 @@
+"""The pool's trust root as the operator holds it: CA, plan signer, transparency log.
+
+Contract: pure. Key material is made from injected randomness, (de)serialised to the
+data of Kubernetes objects, and node CSRs are turned into certificates and log entries;
+the handler reads and writes the objects. Where each piece lives:
+
+- Secret ``<pool>-pki``: the ML-DSA CA key seed and certificate, the plan-signing key
+  seed. Only the operator reads it; it never reaches a node, a log line or a status.
+- ConfigMap ``<pool>-trust`` (mounted into node pods at ``/etc/pqmpc/trust``): the CA
+  certificate (``ca.pem``) and the plan signer's public key (``plan-signer.pub``).
+- ConfigMap ``<pool>-keylog``: the hash-chained transparency log of every issued node
+  certificate and certified KEM key, public by design (clients verify against it).
+
+Certification (DESIGN.md, "Node identity"): the operator pulls a node's CSR from the
+pod IP the API server reports for a pod it created, checks that the CSR names that
+pod, verifies proof of possession (in :meth:`PoolCA.issue`), issues a short-lived
+certificate and logs it with the node's KEM key certificates.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from pqmpc_node.crypto.pki import NodeId, PoolCA, certificate_fingerprint
+from pqmpc_node.crypto.suites import MLDSAPrivateKey, Suite
+from pqmpc_node.crypto.transparency import EntryKind, LogEntry, TransparencyLog
+
+__all__ = [
+    "CertificationRefused",
+    "Issued",
+    "PoolPKI",
+    "certify_node",
+    "keylog_data",
+    "keylog_name",
+    "new_pool_pki",
+    "pki_from_secret",
+    "pki_secret_data",
+    "pki_secret_name",
+    "restore_log",
+    "trust_bundle_data",
+]
+
+Rng = Callable[[int], bytes]
+CA_LIFETIME = dt.timedelta(days=3650)
+
+
+class CertificationRefused(ValueError):
+    """A CSR the operator will not sign; the message says why."""
+
+
+def pki_secret_name(pool: str) -> str:
+    """Secret that holds the pool CA and plan-signing keys."""
+    return f"{pool}-pki"
+
+
+def keylog_name(pool: str) -> str:
+    """ConfigMap that stores the pool's transparency log."""
+    return f"{pool}-keylog"
+
+
+@dataclass
+class PoolPKI:
+    """CA, plan signer and log of one pool (lives only in the operator's memory)."""
+
+    ca: PoolCA
+    plan_signer: MLDSAPrivateKey
+    log: TransparencyLog
+    ca_seed: bytes
+
+    def __repr__(self) -> str:  # never print key material (ca_seed, plan_signer)
+        return f"PoolPKI(ca={self.ca!r}, log_size={len(self.log.entries)})"
+
+
+def new_pool_pki(pool: str, suite: Suite, *, now: dt.datetime, rng: Rng) -> PoolPKI:
+    """A fresh CA (ten years), plan signer and empty log for ``pool``.
+
+    The CA key is stored as its 32-byte ML-DSA seed (FIPS 204 key generation is
+    deterministic from it), so the seed :meth:`PoolCA.create` draws is recorded and
+    checked against the key it made.
+    """
+    draws: list[bytes] = []
+
+    def recording(n: int) -> bytes:
+        data = rng(n)
+        draws.append(data)
+        return data
+
+    ca = PoolCA.create(suite, name=f"pqmpc pool {pool} CA", now=now - dt.timedelta(minutes=5), lifetime=CA_LIFETIME, rng=recording)
+    seed = next((d for d in draws if len(d) == 32), b"")
+    if not seed or suite.signature.generate(seed).public_key() != ca.public_key:
+        raise RuntimeError("could not record the CA key seed; PoolCA.create changed how it draws its key")
+    return PoolPKI(ca=ca, plan_signer=suite.signature.generate(rng(32)), log=TransparencyLog(ca), ca_seed=seed)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def pki_secret_data(pki: PoolPKI) -> dict[str, str]:
+    """``data`` of the ``<pool>-pki`` Secret (base64 values, as the API wants them)."""
+    return {
+        "ca.seed": _b64(pki.ca_seed),
+        "ca.pem": _b64(pki.ca.certificate.public_bytes(Encoding.PEM)),
+        "plan-signer.seed": _b64(pki.plan_signer.private_bytes_raw()),
+    }
+
+
+def pki_from_secret(data: Mapping[str, str], suite: Suite, log_entries: Sequence[str] = ()) -> PoolPKI:
+    """Rebuild the pool PKI from its Secret data and the stored log entries."""
+    try:
+        ca_key = suite.signature.generate(base64.b64decode(data["ca.seed"]))
+        cert = x509.load_pem_x509_certificate(base64.b64decode(data["ca.pem"]))
+        signer = suite.signature.generate(base64.b64decode(data["plan-signer.seed"]))
+    except (KeyError, ValueError) as exc:
+        raise ValueError(
+            f"the pool's PKI Secret is damaged ({type(exc).__name__}); delete it to make a new CA "
+            f"(every node is then certified again)"
+        ) from None
+    ca = PoolCA(suite, ca_key, cert)
+    seed = base64.b64decode(data["ca.seed"])
+    return PoolPKI(ca=ca, plan_signer=signer, log=restore_log(ca, log_entries), ca_seed=seed)
+
+
+def restore_log(ca: PoolCA, entries_b64: Sequence[str]) -> TransparencyLog:
+    """Replay stored entries into a log and check that the chain is intact."""
+    log = TransparencyLog(ca)
+    for i, raw in enumerate(entries_b64):
+        stored = LogEntry.from_bytes(base64.b64decode(raw))
+        again = log.append(stored.kind, stored.payload, now=dt.datetime.fromtimestamp(stored.timestamp, dt.timezone.utc))
+        if again.entry_hash != stored.entry_hash or stored.index != i:
+            raise ValueError(f"transparency log entry {i} does not chain; the keylog ConfigMap was altered")
+    return log
+
+
+def keylog_data(log: TransparencyLog) -> dict[str, str]:
+    """``data`` of the ``<pool>-keylog`` ConfigMap: one base64 entry per line."""
+    return {"entries": "\n".join(_b64(e.to_bytes()) for e in log.entries), "size": str(len(log.entries))}
+
+
+def trust_bundle_data(pki: PoolPKI) -> dict[str, str]:
+    """``data`` of the ``<pool>-trust`` ConfigMap (public material only)."""
+    return {
+        "ca.pem": pki.ca.certificate.public_bytes(Encoding.PEM).decode(),
+        "plan-signer.pub": pki.plan_signer.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode(),
+    }
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A node certificate and what it took to log it."""
+
+    certificate_der: bytes
+    fingerprint: str
+    not_after: dt.datetime
+
+
+def certify_node(
+    pki: PoolPKI,
+    csr_document: Mapping[str, Any],
+    *,
+    pod_name: str,
+    expected_dns_name: str,
+    now: dt.datetime,
+    lifetime: dt.timedelta,
+    rng: Rng,
+) -> Issued:
+    """Check a node's CSR document against the pod it came from, issue and log its certificate.
+
+    Steps: (1) the document names the pod the operator asked (node id = pod name) and
+    the DNS name the pod template gave it; (2) each KEM key certificate the node offers
+    is logged once; (3) the CSR's proof of possession is checked and a certificate with
+    ``lifetime`` issued; (4) the certificate is logged.
+    """
+    if csr_document.get("nodeId") != pod_name:
+        raise CertificationRefused(
+            f"the node at this pod's IP says it is {csr_document.get('nodeId')!r}, not {pod_name!r}; not certifying"
+        )
+    if csr_document.get("dnsName") != expected_dns_name:
+        raise CertificationRefused(
+            f"node {pod_name} asks for DNS name {csr_document.get('dnsName')!r}, expected {expected_dns_name!r}"
+        )
+    try:
+        csr = base64.b64decode(str(csr_document["csr"]), validate=True)
+        kem_certs = [base64.b64decode(str(c), validate=True) for c in csr_document.get("kemKeyCertificates") or []]
+    except (KeyError, ValueError):
+        raise CertificationRefused(f"node {pod_name} sent a malformed CSR document") from None
+    logged = {e.payload for e in pki.log.entries}
+    cert = pki.ca.issue(csr, node_id=NodeId(pod_name), dns_name=expected_dns_name,
+                        now=now - dt.timedelta(minutes=1), lifetime=lifetime, rng=rng)
+    for kc in kem_certs:
+        if kc not in logged:
+            pki.log.append(EntryKind.KEM_KEY_CERTIFICATE, kc, now=now)
+    der = cert.public_bytes(Encoding.DER)
+    pki.log.append(EntryKind.NODE_CERTIFICATE, der, now=now)
+    return Issued(der, certificate_fingerprint(cert), cert.not_valid_after_utc)

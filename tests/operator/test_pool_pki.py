@@ -1,0 +1,88 @@
+"""The operator's pool PKI: CA and signer storage, log replay, node certification checks."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+
+import pytest
+
+from pqmpc_node.crypto.pki import NodeId, NodeIdentity, ProofOfPossessionError, certificate_fingerprint, parse_certificate
+from pqmpc_node.crypto.suites import get_suite
+from pqmpc_node.crypto.transparency import EntryKind
+from pqmpc_operator import pool_pki
+
+SUITE = get_suite("pq-default")
+NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def csr_doc(node_id: str, dns: str, identity: NodeIdentity | None = None) -> dict[str, object]:
+    identity = identity or NodeIdentity.generate(SUITE, os.urandom)
+    return {"nodeId": node_id, "dnsName": dns, "csr": base64.b64encode(identity.build_csr(NodeId(node_id))).decode(),
+            "kemKeyCertificates": [base64.b64encode(b"kem-cert-" + node_id.encode()).decode()], "certified": False}
+
+
+def test_secret_round_trip_keeps_keys_and_log() -> None:
+    pki = pool_pki.new_pool_pki("banks", SUITE, now=NOW, rng=os.urandom)
+    issued = pool_pki.certify_node(pki, csr_doc("banks-a-0", "banks-a-0.banks-nodes.ns.svc"), pod_name="banks-a-0",
+                                   expected_dns_name="banks-a-0.banks-nodes.ns.svc", now=NOW,
+                                   lifetime=dt.timedelta(hours=24), rng=os.urandom)
+    data = pool_pki.pki_secret_data(pki)
+    entries = pool_pki.keylog_data(pki.log)["entries"].splitlines()
+    again = pool_pki.pki_from_secret(data, SUITE, entries)
+    assert again.ca.public_key == pki.ca.public_key
+    assert again.plan_signer.public_key() == pki.plan_signer.public_key()
+    assert again.log.head_hash == pki.log.head_hash and len(again.log.entries) == 2
+    assert [e.kind for e in again.log.entries] == [EntryKind.KEM_KEY_CERTIFICATE, EntryKind.NODE_CERTIFICATE]
+    cert = parse_certificate(issued.certificate_der)
+    assert certificate_fingerprint(cert) == issued.fingerprint
+    assert issued.not_after - NOW <= dt.timedelta(hours=24)
+    # public bundle carries no key material
+    bundle = pool_pki.trust_bundle_data(pki)
+    assert set(bundle) == {"ca.pem", "plan-signer.pub"}
+    assert "PRIVATE" not in "".join(bundle.values())
+    assert "seed" not in repr(pki) and data["ca.seed"] not in repr(pki)
+
+
+def test_tampered_log_is_detected() -> None:
+    pki = pool_pki.new_pool_pki("banks", SUITE, now=NOW, rng=os.urandom)
+    for i in range(3):
+        pki.log.append(EntryKind.KEM_KEY_CERTIFICATE, b"k%d" % i, now=NOW)
+    entries = pool_pki.keylog_data(pki.log)["entries"].splitlines()
+    with pytest.raises(ValueError, match="does not chain|altered"):
+        pool_pki.restore_log(pki.ca, [entries[0], entries[2]])
+
+
+def test_damaged_secret_says_what_to_do() -> None:
+    with pytest.raises(ValueError, match="delete it to make a new CA"):
+        pool_pki.pki_from_secret({"ca.seed": "!!"}, SUITE)
+
+
+@pytest.mark.parametrize(
+    ("doc_node", "doc_dns", "message"),
+    [
+        ("banks-a-1", "banks-a-0.banks-nodes.ns.svc", "says it is 'banks-a-1'"),
+        ("banks-a-0", "evil.example.com", "asks for DNS name"),
+    ],
+)
+def test_csr_must_match_the_pod(doc_node: str, doc_dns: str, message: str) -> None:
+    pki = pool_pki.new_pool_pki("banks", SUITE, now=NOW, rng=os.urandom)
+    with pytest.raises(pool_pki.CertificationRefused, match=message):
+        pool_pki.certify_node(pki, csr_doc(doc_node, doc_dns), pod_name="banks-a-0",
+                              expected_dns_name="banks-a-0.banks-nodes.ns.svc", now=NOW,
+                              lifetime=dt.timedelta(hours=1), rng=os.urandom)
+    assert pki.log.entries == ()  # nothing logged for a refused CSR
+
+
+def test_csr_without_proof_of_possession_is_refused() -> None:
+    pki = pool_pki.new_pool_pki("banks", SUITE, now=NOW, rng=os.urandom)
+    doc = csr_doc("banks-a-0", "d")
+    raw = bytearray(base64.b64decode(str(doc["csr"])))
+    raw[-5] ^= 0xFF  # break the CSR's self-signature
+    doc["csr"] = base64.b64encode(bytes(raw)).decode()
+    with pytest.raises((ProofOfPossessionError, Exception)) as err:
+        pool_pki.certify_node(pki, doc, pod_name="banks-a-0", expected_dns_name="d", now=NOW,
+                              lifetime=dt.timedelta(hours=1), rng=os.urandom)
+    assert "CSR" in str(err.value)
+    assert not any(e.kind == EntryKind.NODE_CERTIFICATE for e in pki.log.entries)
