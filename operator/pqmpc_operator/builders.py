@@ -151,6 +151,10 @@ def _pod_spec(pool: NodePoolSpec, group: GroupSpec, name: str, settings: Operato
         },
         {"name": "PQMPC_STATE_DIR", "value": STATE_DIR},
         {"name": "PQMPC_TRUST_DIR", "value": TRUST_DIR},
+        # The node rotates its own KEM key on this schedule; the operator logs each new key.
+        {"name": "PQMPC_KEM_KEY_DURATION", "value": f"{int(pool.rotation.duration_s)}s"},
+        {"name": "PQMPC_KEM_RENEW_BEFORE", "value": f"{int(pool.rotation.renew_before_s)}s"},
+        {"name": "PQMPC_KEM_GRACE_PERIOD", "value": f"{int(pool.rotation.grace_period_s)}s"},
     ]
     probe = {"httpGet": {"path": "/readyz", "port": "api"}, "periodSeconds": 2, "failureThreshold": 3}
     liveness = {

@@ -29,6 +29,8 @@ __all__ = ["CertificationState", "certify_pods", "ensure_pki"]
 
 _log = logging.getLogger(__name__)
 RETRY_SECONDS = 1.0
+# How often a certified node is asked for KEM keys it rotated in since.
+KEM_SYNC_SECONDS = 5.0
 
 
 @dataclass
@@ -38,6 +40,7 @@ class CertificationState:
     pki: pool_pki.PoolPKI | None = None
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_attempt: dict[str, float] = field(default_factory=dict)
+    last_sync: dict[str, float] = field(default_factory=dict)
 
 
 def _utcnow() -> dt.datetime:
@@ -76,6 +79,24 @@ def _wants_certificate(pod: Mapping[str, Any]) -> bool:
     return bool(st.get("podIP")) and running and not is_pod_ready(pod) and not is_terminating(pod)
 
 
+async def _sync_kem_keys(nodes: NodeClient, pki: pool_pki.PoolPKI, pod: Mapping[str, Any], state: CertificationState) -> bool:
+    """Log KEM key certificates a certified node made since (rotation); True if any was new."""
+    name = pod["metadata"]["name"]
+    if time.monotonic() - state.last_sync.get(name, 0.0) < KEM_SYNC_SECONDS:
+        return False
+    state.last_sync[name] = time.monotonic()
+    try:
+        doc = await nodes.csr(pod["status"]["podIP"])
+        added = pool_pki.log_kem_keys(pki, doc, pod_name=name, now=_utcnow())
+    except (NodeCallError, pool_pki.CertificationRefused) as exc:
+        _log.info("KEM key sync with %s failed: %s", name, exc)
+        return False
+    if added:
+        state.facts.setdefault(name, {})["kemEpoch"] = added[-1]
+        _log.info("logged %d rotated KEM key(s) of %s", len(added), name)
+    return bool(added)
+
+
 async def certify_pods(
     api: KubeApi,
     nodes: NodeClient,
@@ -89,6 +110,10 @@ async def certify_pods(
     issued_any = False
     for pod in pods:
         name = pod["metadata"]["name"]
+        if is_pod_ready(pod) and not is_terminating(pod):
+            if await _sync_kem_keys(nodes, pki, pod, state):
+                issued_any = True
+            continue
         if not _wants_certificate(pod):
             continue
         if time.monotonic() - state.last_attempt.get(name, 0.0) < RETRY_SECONDS:

@@ -26,6 +26,7 @@ from pqmpc_operator import builders, pool_pki, rollout, status
 from pqmpc_operator.certification import CertificationState, certify_pods, ensure_pki
 from pqmpc_operator.kube import KubeApi
 from pqmpc_operator.nodeclient import NodeClient
+from pqmpc_operator.session_controller import SessionDeps, reconcile_session
 from pqmpc_operator.metrics import OperatorMetrics
 from pqmpc_operator.model import API_GROUP, API_VERSION, SpecError, parse_nodepool
 from pqmpc_operator.settings import OperatorSettings
@@ -166,6 +167,34 @@ def register(registry: kopf.OperatorRegistry) -> None:
             ctx.applied_children.pop((namespace, name), None)
             ctx.certification.pop((namespace, name), None)
             ctx.metrics.forget_pool(namespace, name)
+
+    @kopf.daemon(API_GROUP, API_VERSION, "mpcsessions", cancellation_timeout=5.0, registry=registry)  # type: ignore[arg-type]
+    async def session_loop(name: str, namespace: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+        ctx: OperatorContext = memo["ctx"]
+        deps = SessionDeps(api=ctx.api, nodes=ctx.nodes, settings=ctx.settings, metrics=ctx.metrics,
+                           certification=ctx.certification)
+        backoff = 1.0
+        while not stopped:
+            started = time.perf_counter()
+            try:
+                wait = await reconcile_session(deps, namespace, name)
+                backoff = 1.0
+                outcome = "ok"
+            except ApiException as exc:
+                _log.warning("session %s/%s: API error %s %s; retrying in %.0fs", namespace, name, exc.status, exc.reason, backoff)
+                wait, backoff = backoff, min(backoff * 2, 60.0)
+                outcome = "error"
+                ctx.metrics.reconcile_errors.labels(reason=f"api_{exc.status}").inc()
+            except Exception:  # noqa: BLE001 - a bug must not kill the session's loop
+                _log.exception("session %s/%s: reconcile failed; retrying in %.0fs", namespace, name, backoff)
+                wait, backoff = backoff, min(backoff * 2, 60.0)
+                outcome = "error"
+                ctx.metrics.reconcile_errors.labels(reason="internal").inc()
+            ctx.metrics.reconciles.labels(kind="MPCSession", outcome=outcome).inc()
+            ctx.metrics.reconcile_seconds.labels(kind="MPCSession").observe(time.perf_counter() - started)
+            if wait is None:
+                return
+            await stopped.wait(wait)
 
     @kopf.on.event(API_GROUP, API_VERSION, "nodepools", registry=registry)  # type: ignore[arg-type]
     async def pool_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:

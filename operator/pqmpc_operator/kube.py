@@ -137,6 +137,36 @@ class KubeApi:
             raise
         return dict(cm.data or {})
 
+    async def get_session(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The MPCSession as stored, or None when it is gone."""
+        try:
+            body = await self._run(self._custom.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "mpcsessions", name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(body)
+
+    async def list_sessions(self, namespace: str) -> list[dict[str, Any]]:
+        """Every MPCSession of a namespace (to count each node's running sessions)."""
+        result = await self._run(self._custom.list_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "mpcsessions")
+        return [dict(item) for item in result.get("items", [])]
+
+    async def patch_session_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch an MPCSession's status subresource."""
+        await self._run(
+            self._custom.patch_namespaced_custom_object_status, API_GROUP, API_VERSION, namespace, "mpcsessions", name,
+            {"status": dict(status)}, _content_type=_MERGE,
+        )
+
+    async def delete_session(self, namespace: str, name: str) -> None:
+        """Delete a finished MPCSession (ttlSecondsAfterFinished)."""
+        try:
+            await self._run(self._custom.delete_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "mpcsessions", name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     async def patch_pool_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Replace the pool's status fields we own through the status subresource."""
         await self._run(

@@ -40,6 +40,19 @@ class OperatorMetrics:
             ["namespace", "pool", "condition", "status"], registry=self.registry,
         )
 
+        self.sessions = Gauge(
+            "pqmpc_operator_sessions", "MPCSessions by namespace and phase.",
+            ["namespace", "phase"], registry=self.registry,
+        )
+        self.placement_failures = Counter(
+            "pqmpc_operator_placement_failures_total", "Placement attempts that found no valid placement, by reason.",
+            ["reason"], registry=self.registry,
+        )
+        self.session_phase_changes = Counter(
+            "pqmpc_operator_session_transitions_total", "MPCSession phase transitions, by the phase entered.",
+            ["phase"], registry=self.registry,
+        )
+
     def observe_pool(self, namespace: str, pool: str, status: Mapping[str, Any]) -> None:
         """Export the gauges of one pool's freshly computed status."""
         self.pool_replicas.labels(namespace, pool, "existing").set(status.get("replicas", 0))

@@ -45,6 +45,26 @@ class NodeClient:
             raise NodeCallError(f"{method} {url}: answer is not a JSON object")
         return doc
 
+    async def keys(self, ip: str) -> dict[str, Any]:
+        """``GET /v1/keys``: certificate, logged KEM key certificates, log."""
+        return await self._call("GET", ip, "/v1/keys")
+
+    async def post_plan(self, ip: str, body: bytes) -> dict[str, Any]:
+        """``POST /v1/sessions``: a signed plan (201 new, 200 already held)."""
+        url = f"http://{ip}:{self._port}/v1/sessions"
+        try:
+            resp = await self._http.post(url, content=body, headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as exc:
+            raise NodeCallError(f"POST {url}: {type(exc).__name__}: {exc}") from None
+        if resp.status_code >= 300:
+            raise NodeCallError(f"POST {url}: HTTP {resp.status_code}: {resp.text[:300]}")
+        doc = resp.json()
+        return doc if isinstance(doc, dict) else {}
+
+    async def session(self, ip: str, session_id: str) -> dict[str, Any]:
+        """``GET /v1/sessions/{id}``: the node's view of a session."""
+        return await self._call("GET", ip, f"/v1/sessions/{session_id}")
+
     async def csr(self, ip: str) -> dict[str, Any]:
         """``GET /v1/csr``: the node's CSR document."""
         return await self._call("GET", ip, "/v1/csr")

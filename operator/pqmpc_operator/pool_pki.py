@@ -28,6 +28,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from pqmpc_node.crypto.kemkeys import KemKeyCertificate
+from pqmpc_node.crypto.wire import WireFormatError
 from pqmpc_node.crypto.pki import NodeId, PoolCA, certificate_fingerprint
 from pqmpc_node.crypto.suites import MLDSAPrivateKey, Suite
 from pqmpc_node.crypto.transparency import EntryKind, LogEntry, TransparencyLog
@@ -38,6 +40,7 @@ __all__ = [
     "PoolPKI",
     "certify_node",
     "keylog_data",
+    "log_kem_keys",
     "keylog_name",
     "new_pool_pki",
     "pki_from_secret",
@@ -152,6 +155,30 @@ def trust_bundle_data(pki: PoolPKI) -> dict[str, str]:
     }
 
 
+def log_kem_keys(pki: PoolPKI, csr_document: Mapping[str, Any], *, pod_name: str, now: dt.datetime) -> list[int]:
+    """Log the KEM key certificates a certified node offers that are not logged yet.
+
+    Each must be a key certificate for ``pod_name`` (a node cannot get another node's key
+    logged); returns the epochs newly logged.
+    """
+    if csr_document.get("nodeId") != pod_name:
+        raise CertificationRefused(f"the node at this pod's IP says it is {csr_document.get('nodeId')!r}, not {pod_name!r}")
+    logged = {e.payload for e in pki.log.entries}
+    added: list[int] = []
+    for raw in csr_document.get("kemKeyCertificates") or []:
+        try:
+            data = base64.b64decode(str(raw), validate=True)
+            cert = KemKeyCertificate.from_bytes(data)
+        except (ValueError, WireFormatError):
+            raise CertificationRefused(f"node {pod_name} offers a malformed KEM key certificate") from None
+        if cert.node_id != pod_name:
+            raise CertificationRefused(f"node {pod_name} offers a KEM key certificate of {cert.node_id!r}")
+        if data not in logged:
+            pki.log.append(EntryKind.KEM_KEY_CERTIFICATE, data, now=now)
+            added.append(cert.epoch)
+    return added
+
+
 @dataclass(frozen=True)
 class Issued:
     """A node certificate and what it took to log it."""
@@ -188,15 +215,11 @@ def certify_node(
         )
     try:
         csr = base64.b64decode(str(csr_document["csr"]), validate=True)
-        kem_certs = [base64.b64decode(str(c), validate=True) for c in csr_document.get("kemKeyCertificates") or []]
     except (KeyError, ValueError):
         raise CertificationRefused(f"node {pod_name} sent a malformed CSR document") from None
-    logged = {e.payload for e in pki.log.entries}
     cert = pki.ca.issue(csr, node_id=NodeId(pod_name), dns_name=expected_dns_name,
                         now=now - dt.timedelta(minutes=1), lifetime=lifetime, rng=rng)
-    for kc in kem_certs:
-        if kc not in logged:
-            pki.log.append(EntryKind.KEM_KEY_CERTIFICATE, kc, now=now)
+    log_kem_keys(pki, csr_document, pod_name=pod_name, now=now)
     der = cert.public_bytes(Encoding.DER)
     pki.log.append(EntryKind.NODE_CERTIFICATE, der, now=now)
     return Issued(der, certificate_fingerprint(cert), cert.not_valid_after_utc)

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from pqmpc_node.crypto.kemkeys import KemKeyCertificate, KemKeyPair
 from pqmpc_node.crypto.pki import NodeId, NodeIdentity, ProofOfPossessionError, certificate_fingerprint, parse_certificate
 from pqmpc_node.crypto.suites import get_suite
 from pqmpc_node.crypto.transparency import EntryKind
@@ -17,10 +18,17 @@ SUITE = get_suite("pq-default")
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.timezone.utc)
 
 
-def csr_doc(node_id: str, dns: str, identity: NodeIdentity | None = None) -> dict[str, object]:
+def kem_cert(identity: NodeIdentity, node_id: str, epoch: int = 1) -> str:
+    pair = KemKeyPair.from_seed(SUITE.envelope_kem, os.urandom(32))
+    cert = KemKeyCertificate.issue(identity, node_id=NodeId(node_id), epoch=epoch, keypair=pair,
+                                   not_before=NOW, not_after=NOW + dt.timedelta(hours=24))
+    return base64.b64encode(cert.to_bytes()).decode()
+
+
+def csr_doc(node_id: str, dns: str, identity: NodeIdentity | None = None, kem_for: str | None = None) -> dict[str, object]:
     identity = identity or NodeIdentity.generate(SUITE, os.urandom)
     return {"nodeId": node_id, "dnsName": dns, "csr": base64.b64encode(identity.build_csr(NodeId(node_id))).decode(),
-            "kemKeyCertificates": [base64.b64encode(b"kem-cert-" + node_id.encode()).decode()], "certified": False}
+            "kemKeyCertificates": [kem_cert(identity, kem_for or node_id)], "certified": False}
 
 
 def test_secret_round_trip_keeps_keys_and_log() -> None:
@@ -86,3 +94,19 @@ def test_csr_without_proof_of_possession_is_refused() -> None:
                               lifetime=dt.timedelta(hours=1), rng=os.urandom)
     assert "CSR" in str(err.value)
     assert not any(e.kind == EntryKind.NODE_CERTIFICATE for e in pki.log.entries)
+
+
+def test_rotated_kem_keys_are_logged_once_and_only_for_their_node() -> None:
+    pki = pool_pki.new_pool_pki("banks", SUITE, now=NOW, rng=os.urandom)
+    identity = NodeIdentity.generate(SUITE, os.urandom)
+    doc = csr_doc("banks-a-0", "d", identity)
+    pool_pki.certify_node(pki, doc, pod_name="banks-a-0", expected_dns_name="d", now=NOW,
+                          lifetime=dt.timedelta(hours=1), rng=os.urandom)
+    assert pool_pki.log_kem_keys(pki, doc, pod_name="banks-a-0", now=NOW) == []  # already logged
+    doc["kemKeyCertificates"] = [*doc["kemKeyCertificates"], kem_cert(identity, "banks-a-0", epoch=2)]  # type: ignore[misc]
+    assert pool_pki.log_kem_keys(pki, doc, pod_name="banks-a-0", now=NOW) == [2]
+    size = len(pki.log.entries)
+    foreign = csr_doc("banks-a-0", "d", identity, kem_for="banks-b-0")
+    with pytest.raises(pool_pki.CertificationRefused, match="KEM key certificate of 'banks-b-0'"):
+        pool_pki.log_kem_keys(pki, foreign, pod_name="banks-a-0", now=NOW)
+    assert len(pki.log.entries) == size

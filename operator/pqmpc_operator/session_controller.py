@@ -1,0 +1,339 @@
+"""The MPCSession reconcile pass (I/O shell around placement, plan building and progress).
+
+Lifecycle (status.phase): Pending -> Placing -> Preprocessing -> AwaitingInputs ->
+Computing -> Succeeded | Failed.
+
+- Pending: the pool is read and the spec checked; an unusable spec fails at once.
+- Placing: the pure solver places the parties on ready, certified, unquarantined nodes;
+  an infeasible request stays here (condition Placed=False with the solver's
+  explanation) and is retried until the deadline.
+- Preprocessing: each placed node's current certified KEM key is read, the plan is
+  built, dealt (dealer seed sealed per party), signed and posted to every party.
+- AwaitingInputs / Computing: the parties' own reports are folded into the status
+  (per-owner input progress), until they all succeed or one fails. A lost party fails
+  an additive session; a Shamir session carries on while ``t + 1`` parties remain.
+- Succeeded / Failed: ``completionTime`` is set; after ``ttlSecondsAfterFinished`` the
+  MPCSession is deleted.
+
+Every pass starts from what is stored (status carries the placement and the plan
+generation), so an operator restart resumes where it was: a plan that may or may not
+have reached every node is re-sent with the next generation, which supersedes it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from pqmpc_node.crypto.kemkeys import KemKeyCertificate
+from pqmpc_node.crypto.suites import get_suite
+from pqmpc_node.plan import canonical_bytes
+from pqmpc_operator import builders, placement
+from pqmpc_operator.certification import CertificationState, ensure_pki
+from pqmpc_operator.kube import KubeApi
+from pqmpc_operator.metrics import OperatorMetrics
+from pqmpc_operator.model import SpecError, parse_duration, parse_nodepool
+from pqmpc_operator.nodeclient import NodeCallError, NodeClient
+from pqmpc_operator.session_model import SessionSpec, parse_mpcsession, session_id_of
+from pqmpc_operator.session_plan import PartyNode, build_signed_plan, session_progress
+from pqmpc_operator.settings import OperatorSettings
+from pqmpc_operator.status import merge_conditions
+
+__all__ = ["SessionDeps", "reconcile_session"]
+
+_log = logging.getLogger(__name__)
+ACTIVE = ("Placing", "Preprocessing", "AwaitingInputs", "Computing")
+FINISHED = ("Succeeded", "Failed")
+# A party unreachable this long is lost (an additive session then fails).
+LOST_AFTER_S = 20.0
+
+
+@dataclass
+class SessionDeps:
+    """What a session pass needs, passed explicitly."""
+
+    api: KubeApi
+    nodes: NodeClient
+    settings: OperatorSettings
+    metrics: OperatorMetrics
+    certification: dict[tuple[str, str], CertificationState]
+
+
+def _ts(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_ts(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+
+
+def _event(body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+    kopf.event(body, type=kind, reason=reason, message=message[:1000])  # type: ignore[arg-type]
+
+
+class _Outcome:
+    """The status fields a pass decided to change, and the events that go with them."""
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        self.body = body
+        self.old = dict(body.get("status") or {})
+        self.new = dict(self.old)
+        self.conditions: dict[str, tuple[str, str, str]] = {}
+        self.events: list[tuple[str, str, str]] = []
+
+    def phase(self, phase: str, reason: str, message: str, *, warning: bool = False) -> None:
+        if self.new.get("phase") != phase:
+            self.events.append(("Warning" if warning else "Normal", reason, message))
+        self.new["phase"] = phase
+        self.new["reason"] = reason
+        self.new["message"] = message
+
+    def condition(self, ctype: str, status: str, reason: str, message: str) -> None:
+        self.conditions[ctype] = (status, reason, message)
+
+
+async def _write(deps: SessionDeps, out: _Outcome, now: dt.datetime) -> None:
+    from pqmpc_operator.status import Condition
+
+    meta = out.body["metadata"]
+    generation = int(meta.get("generation", 1))
+    conds = {c["type"]: c for c in out.old.get("conditions") or []}
+    wanted = [Condition(t, s, r, m) for t, (s, r, m) in out.conditions.items()]  # type: ignore[arg-type]
+    merged = {c["type"]: c for c in merge_conditions(list(conds.values()), wanted, generation, _ts(now))}
+    out.new["conditions"] = [merged.get(t) or conds[t] for t in sorted(set(conds) | set(merged))]
+    out.new["observedGeneration"] = generation
+    if out.new != out.old:
+        await deps.api.patch_session_status(meta["namespace"], meta["name"], out.new)
+        if out.new.get("phase") != out.old.get("phase"):
+            deps.metrics.session_phase_changes.labels(phase=str(out.new.get("phase"))).inc()
+    for kind, reason, message in out.events:
+        _event(out.body, kind, reason, message)
+
+
+def _pods_by_name(pool_body: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {str(n.get("name")): n for n in (pool_body.get("status") or {}).get("nodes") or []}
+
+
+async def _loads(deps: SessionDeps, namespace: str, me: str) -> dict[str, int]:
+    loads: dict[str, int] = {}
+    for other in await deps.api.list_sessions(namespace):
+        st = other.get("status") or {}
+        if other["metadata"]["name"] == me or st.get("phase") not in ACTIVE:
+            continue
+        for p in st.get("placement") or []:
+            loads[str(p.get("node"))] = loads.get(str(p.get("node")), 0) + 1
+    return loads
+
+
+async def _party_nodes(
+    deps: SessionDeps, pool_ns: str, pool_name: str, placed: list[Mapping[str, Any]], pod_ips: Mapping[str, str]
+) -> list[PartyNode]:
+    parties = []
+    for p in placed:
+        node = str(p["node"])
+        ip = pod_ips.get(node)
+        if not ip:
+            raise NodeCallError(f"node {node} has no pod IP (not running)")
+        doc = await deps.nodes.keys(ip)
+        current = [k for k in doc.get("kemKeys") or [] if k.get("state") == "current"]
+        if not current:
+            raise NodeCallError(f"node {node} has no current logged KEM key yet")
+        cert = KemKeyCertificate.from_bytes(base64.b64decode(current[-1]["certificate"]))
+        if cert.node_id != node:
+            raise NodeCallError(f"node at {ip} offers a KEM key certified for {cert.node_id!r}, not {node!r}")
+        parties.append(PartyNode(
+            node_id=node, address=ip,
+            dns_name=f"{node}.{builders.headless_service_name(pool_name)}.{pool_ns}.svc",
+            peer_port=deps.settings.peer_port, api_port=deps.settings.api_port,
+            cert_fingerprint=str(doc.get("certFingerprint")), kem_epoch=cert.epoch, kem_public_key=cert.public_key,
+        ))
+    return parties
+
+
+async def reconcile_session(deps: SessionDeps, namespace: str, name: str) -> float | None:
+    """One pass for one MPCSession; returns seconds until it wants to run again."""
+    body = await deps.api.get_session(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    now = dt.datetime.now(dt.timezone.utc)
+    out = _Outcome(body)
+    status = out.old
+    phase = status.get("phase") or "Pending"
+    spec_raw = body.get("spec") or {}
+
+    if phase in FINISHED:
+        done = _parse_ts(status.get("completionTime")) or now
+        ttl = int(spec_raw.get("ttlSecondsAfterFinished", 3600))
+        left = (done + dt.timedelta(seconds=ttl) - now).total_seconds()
+        if left <= 0:
+            _log.info("session %s/%s finished %ds ago: deleting (ttlSecondsAfterFinished)", namespace, name, ttl)
+            await deps.api.delete_session(namespace, name)
+            return None
+        return min(left, 3600.0)
+
+    created = _parse_ts(body["metadata"].get("creationTimestamp")) or now
+    try:
+        deadline_s = parse_duration(spec_raw.get("deadline", "1h"), "deadline")
+    except SpecError:
+        deadline_s = 3600.0
+    deadline_at = created + dt.timedelta(seconds=deadline_s)
+    if "startTime" not in status:
+        out.new["startTime"] = _ts(now)
+    out.new["sessionId"] = session_id_of(namespace, name, body["metadata"].get("uid", ""))
+
+    def fail(reason: str, message: str) -> None:
+        out.phase("Failed", reason, message, warning=True)
+        out.condition("Ready", "False", reason, message)
+        out.new["completionTime"] = _ts(now)
+
+    if now >= deadline_at:
+        fail("DeadlineExceeded", f"not finished within spec.deadline ({spec_raw.get('deadline', '1h')}) of creation; "
+             "create a new session with a longer deadline")
+        await _write(deps, out, now)
+        return 1.0
+
+    pool_name = str(spec_raw.get("poolRef", ""))
+    pool_body = await deps.api.get_pool(namespace, pool_name)
+    if pool_body is None:
+        out.phase("Pending", "PoolNotFound", f"NodePool {namespace}/{pool_name} does not exist; create it or fix spec.poolRef")
+        out.condition("Ready", "False", "PoolNotFound", out.new["message"])
+        await _write(deps, out, now)
+        return 5.0
+    try:
+        pool = parse_nodepool(pool_body)
+        suite = get_suite(pool.suite.value)
+        spec = parse_mpcsession(body, suite)
+    except SpecError as exc:
+        fail("InvalidSpec", str(exc))
+        await _write(deps, out, now)
+        return 1.0
+
+    state = deps.certification.setdefault((namespace, pool_name), CertificationState())
+    nodes_status = _pods_by_name(pool_body)
+
+    if phase in ("Pending", "Placing") or not status.get("placement"):
+        loads = await _loads(deps, namespace, name)
+        eligible = [e for e in nodes_status.values() if e.get("certFingerprint")]
+        candidates = placement.candidates_from_pool_status(eligible, pool.groups, loads)
+        result = placement.place_parties(candidates, spec.placement)
+        if isinstance(result, placement.PlacementInfeasible):
+            deps.metrics.placement_failures.labels(reason=result.reason).inc()
+            if out.old.get("reason") != result.reason:
+                out.events.append(("Warning", result.reason, result.message))
+            out.phase("Placing", result.reason, result.message)
+            out.condition("Placed", "False", result.reason, result.message)
+            await _write(deps, out, now)
+            return 5.0
+        out.new["placement"] = result.to_status()
+        out.phase("Preprocessing", "Placed", "placed on " + ", ".join(str(n) for n in result.nodes))
+        out.condition("Placed", "True", "Placed", out.new["message"])
+        phase = "Preprocessing"
+
+    placed: list[Mapping[str, Any]] = list(out.new["placement"])
+    pod_ips = {n: str(e.get("podIP") or "") for n, e in nodes_status.items()}
+    pod_ips.update(await _pod_ips(deps, namespace, pool_name, pool.uid))
+
+    if phase == "Preprocessing":
+        pki = await ensure_pki(deps.api, pool, state)
+        generation = int(status.get("planGeneration", 0)) + 1
+        try:
+            parties = await _party_nodes(deps, namespace, pool_name, placed, pod_ips)
+            signed = build_signed_plan(
+                spec, parties, suite=suite, signer=pki.plan_signer, generation=generation, now=now,
+                deadline_at=deadline_at, rng=os.urandom,
+            )
+            blob = canonical_bytes(signed.to_json())
+            for p in parties:
+                await deps.nodes.post_plan(p.address, blob)
+        except NodeCallError as exc:
+            out.phase("Preprocessing", "PlanNotDelivered", f"retrying: {exc}")
+            out.condition("PlanDelivered", "False", "PlanNotDelivered", str(exc))
+            out.new["planGeneration"] = generation
+            await _write(deps, out, now)
+            return 2.0
+        out.new["planGeneration"] = generation
+        out.new["planDigest"] = signed.plan.digest()
+        out.phase("AwaitingInputs", "PlanDelivered",
+                  f"signed plan (generation {generation}) accepted by all {len(parties)} parties; "
+                  f"data owners can submit to session {spec.session_id}")
+        out.condition("PlanDelivered", "True", "PlanDelivered", out.new["message"])
+        out.new["inputs"] = [{"owner": i.owner, "role": i.role, "received": False, "parties": 0} for i in spec.inputs]
+        out.new["result"] = _result_hint(spec, placed, pod_ips, deps.settings.api_port)
+        await _write(deps, out, now)
+        return 1.0
+
+    # AwaitingInputs / Computing: ask every party.
+    reports: dict[str, Mapping[str, Any] | None] = {}
+    lost: list[str] = []
+    since = dict(status.get("unreachableSince") or {})
+    for entry in placed:
+        node = str(entry["node"])
+        ip = pod_ips.get(node)
+        try:
+            if not ip:
+                raise NodeCallError("no pod IP")
+            reports[node] = await deps.nodes.session(ip, spec.session_id)
+            since.pop(node, None)
+        except NodeCallError as exc:
+            reports[node] = None
+            first = _parse_ts(since.get(node)) or now
+            since.setdefault(node, _ts(first))
+            if (now - first).total_seconds() >= LOST_AFTER_S or not ip:
+                lost.append(f"party {entry['party']} ({node}): {exc}")
+    out.new["unreachableSince"] = since
+    progress = session_progress(spec, reports)
+    out.new["inputs"] = progress.inputs
+    if lost and spec.sharing == "additive" and progress.phase not in FINISHED:
+        fail("NodeLost", "; ".join(lost) + " — additive sharing needs every party; create a new session "
+             "(owners resubmit their inputs)")
+    elif lost and spec.sharing == "shamir" and len(placed) - len(lost) < spec.threshold + 1:
+        fail("NodeLost", "; ".join(lost) + f" — fewer than t+1={spec.threshold + 1} parties remain")
+    elif progress.phase == "Failed":
+        fail(progress.reason, progress.message or f"a party failed: {progress.reason}")
+    elif progress.phase == "Succeeded":
+        out.phase("Succeeded", "Completed", progress.message)
+        out.condition("Ready", "True", "Completed", progress.message)
+        out.new["completionTime"] = _ts(now)
+        hint = _result_hint(spec, placed, pod_ips, deps.settings.api_port)
+        hint["outputsReady"] = list(progress.outputs_ready)
+        if progress.rejected_rows is not None:
+            hint["rejectedRows"] = progress.rejected_rows
+        out.new["result"] = hint
+    else:
+        out.phase(progress.phase, progress.reason, progress.message)
+        if lost:
+            out.condition("Degraded", "True", "PartyLost", "; ".join(lost))
+    await _write(deps, out, now)
+    return 1.0
+
+
+async def _pod_ips(deps: SessionDeps, namespace: str, pool: str, uid: str) -> dict[str, str]:
+    pods = await deps.api.list_pool_pods(namespace, pool, uid)
+    return {
+        p["metadata"]["name"]: str((p.get("status") or {}).get("podIP") or "")
+        for p in pods if not p["metadata"].get("deletionTimestamp")
+    }
+
+
+def _result_hint(spec: SessionSpec, placed: list[Mapping[str, Any]], ips: Mapping[str, str], port: int) -> dict[str, Any]:
+    """Where each recipient fetches its sealed outputs (results never appear in status)."""
+    urls = [f"http://{ips.get(str(p['node']), '')}:{port}" for p in placed]
+    return {
+        "sessionId": spec.session_id,
+        "nodes": urls,
+        "recipients": [
+            {"recipient": o.recipient, "allow": list(o.allow),
+             "fetch": f"pqmpc result --session {spec.session_id} --identity {o.recipient}.identity.json "
+                      + " ".join(f"--node {u}" for u in urls)}
+            for o in spec.outputs
+        ],
+    }

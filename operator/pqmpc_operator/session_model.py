@@ -1,0 +1,166 @@
+"""Typed, validated view of the MPCSession custom resource.
+
+Contract: pure. The API server already enforced the CRD schema and its CEL rules; this
+module checks what they cannot (key encodings and sizes, that every data owner shares
+the same table columns, that the model owner supplies the model) and raises
+:class:`~pqmpc_operator.model.SpecError` naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pqmpc_node.crypto.kemkeys import kem_public_key_from_bytes
+from pqmpc_node.crypto.suites import Suite
+from pqmpc_operator.model import SpecError, parse_duration
+from pqmpc_operator.placement import PlacementRequest, placement_request_from_spec
+
+__all__ = ["InputSpec", "OutputSpec", "SessionSpec", "parse_mpcsession", "session_id_of"]
+
+Sharing = Literal["additive", "shamir"]
+Security = Literal["semi-honest", "malicious"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input owner: its ML-DSA identity key and the columns (or the model) it supplies."""
+
+    owner: str
+    identity: bytes = field(repr=False)
+    role: Literal["data", "model"]
+    fields: tuple[tuple[str, float, float], ...]
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One recipient: its KEM public key and the outputs it may receive."""
+
+    recipient: str
+    kem_public_key: bytes = field(repr=False)
+    allow: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """The parts of an MPCSession that decide its plan."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    pool: str
+    parties: int
+    threshold: int
+    sharing: Sharing
+    security: Security
+    inputs: tuple[InputSpec, ...]
+    program: Mapping[str, Any] = field(hash=False)
+    outputs: tuple[OutputSpec, ...] = ()
+    placement: PlacementRequest = field(default_factory=lambda: PlacementRequest(parties=2))
+    deadline_s: float = 3600.0
+    ttl_after_finished_s: int = 3600
+
+    @property
+    def session_id(self) -> str:
+        """The id nodes and clients use (``pqmpc submit --session``)."""
+        return session_id_of(self.namespace, self.name, self.uid)
+
+
+def session_id_of(namespace: str, name: str, uid: str) -> str:
+    """``<namespace>.<name>.<uid prefix>``: unique even when a name is reused."""
+    return f"{namespace}.{name}.{uid[:8]}"
+
+
+def _key(raw: Any, path: str, size: int, what: str) -> bytes:
+    try:
+        data = base64.b64decode(str(raw), validate=True)
+    except (binascii.Error, ValueError):
+        raise SpecError(path, "is not base64", f"paste the {what} as base64 (pqmpc identity new prints it)") from None
+    if len(data) != size:
+        raise SpecError(
+            path, f"is {len(data)} bytes, not the {size} bytes of {what}",
+            f"paste the {what} from the owner's identity file (pqmpc identity new prints it)",
+        )
+    return data
+
+
+def _kem_key(raw: Any, path: str, suite: Suite) -> bytes:
+    what = f"recipient's {suite.envelope_kem.value} KEM public key"
+    try:
+        data = base64.b64decode(str(raw), validate=True)
+        kem_public_key_from_bytes(suite.envelope_kem, data)
+    except (binascii.Error, ValueError) as exc:
+        raise SpecError(path, f"is not a {what} ({exc})",
+                        "paste the recipient's KEM public key from its identity file (pqmpc identity new prints it)") from None
+    return data
+
+
+def parse_mpcsession(body: Mapping[str, Any], suite: Suite) -> SessionSpec:
+    """Turn a raw MPCSession body into a :class:`SessionSpec`, or raise :class:`SpecError`."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    if spec.get("preprocessing", "dealer") != "dealer":
+        raise SpecError("preprocessing", "'ot' (dealer-free preprocessing) is not available yet", "use preprocessing: dealer")
+    program = spec.get("program") or {}
+    kinds = [k for k in ("aggregate", "linearScore", "mlp") if k in program]
+    if len(kinds) != 1:
+        raise SpecError("program", "must have exactly one of aggregate, linearScore, mlp", "keep one program kind")
+    model_owner = None if kinds[0] == "aggregate" else str((program[kinds[0]] or {}).get("modelOwner", ""))
+    sig_size = len(suite.signature.generate(bytes(32)).public_key().public_bytes_raw())
+    inputs: list[InputSpec] = []
+    for i, raw in enumerate(spec.get("inputs") or []):
+        owner = str(raw.get("owner", ""))
+        identity = _key(raw.get("identity"), f"inputs[{i}].identity", sig_size, f"{suite.signature.label} public key")
+        fields = tuple((str(f["name"]), float(f["min"]), float(f["max"])) for f in raw.get("fields") or [])
+        if owner == model_owner and not fields:
+            inputs.append(InputSpec(owner, identity, "model", ()))
+        elif owner == model_owner:
+            raise SpecError(
+                f"inputs[{i}].fields", f"{owner} is the modelOwner and also declares table fields",
+                "omit fields for the model owner (it supplies the model); add its rows as a separate owner",
+            )
+        else:
+            inputs.append(InputSpec(owner, identity, "data", fields))
+    data = [inp for inp in inputs if inp.role == "data"]
+    if not data:
+        raise SpecError("inputs", "no data owner", "declare at least one input with fields")
+    for idx, inp in enumerate(inputs):
+        if inp.role == "data" and inp.fields != data[0].fields:
+            raise SpecError(
+                f"inputs[{idx}].fields",
+                f"{inp.owner} declares {[f[0] for f in inp.fields]} but {data[0].owner} declares "
+                f"{[f[0] for f in data[0].fields]} (with their ranges)",
+                "every data owner supplies rows of the same columns with the same min/max",
+            )
+    if model_owner is not None and not any(inp.role == "model" for inp in inputs):
+        raise SpecError("inputs", f"the modelOwner {model_owner!r} is not among the inputs",
+                        f"add an input with owner {model_owner} and its identity, without fields")
+    outputs = []
+    for i, raw in enumerate(spec.get("outputs") or []):
+        kem = _kem_key(raw.get("identity"), f"outputs[{i}].identity", suite)
+        outputs.append(OutputSpec(str(raw.get("recipient", "")), kem, tuple(str(a) for a in raw.get("allow") or [])))
+    sharing = spec.get("sharing", "additive")
+    security = spec.get("security", "malicious")
+    if sharing not in ("additive", "shamir") or security not in ("semi-honest", "malicious"):
+        raise SpecError("sharing", f"{sharing!r}/{security!r} is unknown", "use additive|shamir and semi-honest|malicious")
+    return SessionSpec(
+        name=str(meta.get("name", "")),
+        namespace=str(meta.get("namespace", "")),
+        uid=str(meta.get("uid", "")),
+        generation=int(meta.get("generation", 1)),
+        pool=str(spec.get("poolRef", "")),
+        parties=int(spec.get("parties", 0)),
+        threshold=int(spec.get("threshold", 0)),
+        sharing=sharing,
+        security=security,
+        inputs=tuple(inputs),
+        program=dict(program),
+        outputs=tuple(outputs),
+        placement=placement_request_from_spec(spec),
+        deadline_s=parse_duration(spec.get("deadline", "1h"), "deadline"),
+        ttl_after_finished_s=int(spec.get("ttlSecondsAfterFinished", 3600)),
+    )

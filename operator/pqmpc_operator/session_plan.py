@@ -1,0 +1,155 @@
+"""Build and sign a session's plan, and read the nodes' reports back into session status.
+
+Contract: pure. The plan (:class:`pqmpc_node.plan.SessionPlan`) is the operator's
+decision for one MPCSession — placement, program, output policy, peer identities and
+key epochs — signed with the pool's plan-signing ML-DSA key; every node checks it
+before it accepts anything. :func:`session_progress` folds the parties' own session
+reports (``GET /v1/sessions/{id}``) into the MPCSession's phase, input progress and
+result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pqmpc_node.crypto.kemkeys import kem_public_key_from_bytes
+from pqmpc_node.crypto.suites import MLDSAPrivateKey, Suite
+from pqmpc_node.plan import (
+    FieldDecl,
+    PlanInput,
+    PlanOutput,
+    PlanParty,
+    SessionId,
+    SessionPlan,
+    SignedPlan,
+    seal_dealer_seed,
+    sign_plan,
+)
+from pqmpc_operator.session_model import SessionSpec
+
+__all__ = ["PartyNode", "Progress", "build_signed_plan", "session_progress"]
+
+Rng = Callable[[int], bytes]
+# A plan must reach the nodes soon after it is signed; they refuse it after this long.
+PLAN_VALIDITY_S = 3600
+
+
+@dataclass(frozen=True)
+class PartyNode:
+    """What the operator knows of a placed node: address, certificate, current KEM key."""
+
+    node_id: str
+    address: str
+    dns_name: str
+    peer_port: int
+    api_port: int
+    cert_fingerprint: str
+    kem_epoch: int
+    kem_public_key: bytes = field(repr=False)
+
+
+def build_signed_plan(
+    spec: SessionSpec,
+    parties: Sequence[PartyNode],
+    *,
+    suite: Suite,
+    signer: MLDSAPrivateKey,
+    generation: int,
+    now: dt.datetime,
+    deadline_at: dt.datetime,
+    rng: Rng,
+) -> SignedPlan:
+    """The signed plan for ``spec`` on ``parties`` (party ``i`` is ``parties[i]``).
+
+    Steps: (1) list the parties with their certified identities and KEM key epochs;
+    (2) copy inputs (owners' ML-DSA keys and declared columns) and outputs (recipients'
+    KEM keys and allow-lists); (3) deal: a fresh dealer seed sealed to each party's KEM
+    key; (4) sign the canonical plan with the plan-signing key.
+    """
+    plan_parties = tuple(
+        PlanParty(index=i, node_id=p.node_id, address=p.address, dns_name=p.dns_name, peer_port=p.peer_port,
+                  api_port=p.api_port, cert_fingerprint=p.cert_fingerprint, kem_epoch=p.kem_epoch)
+        for i, p in enumerate(parties)
+    )
+    inputs = tuple(
+        PlanInput(i.owner, i.identity, i.role, tuple(FieldDecl(n, lo, hi) for n, lo, hi in i.fields))
+        for i in spec.inputs
+    )
+    outputs = tuple(PlanOutput(o.recipient, o.kem_public_key, o.allow) for o in spec.outputs)
+    issued = int(now.timestamp())
+    seed = rng(32)
+    sealed = {
+        pp.node_id: seal_dealer_seed(
+            seed, suite=suite, session_id=spec.session_id, party=pp,
+            node_kem_key=kem_public_key_from_bytes(suite.envelope_kem, p.kem_public_key), signer_key=signer,
+        )
+        for pp, p in zip(plan_parties, parties, strict=True)
+    }
+    plan = SessionPlan(
+        session_id=SessionId(spec.session_id),
+        pool=spec.pool,
+        namespace=spec.namespace,
+        generation=generation,
+        issued_at=issued - 1,
+        not_after=issued + PLAN_VALIDITY_S,
+        deadline=max(int(deadline_at.timestamp()), issued + 1),
+        parties=plan_parties,
+        sharing=spec.sharing,
+        threshold=spec.threshold,
+        security=spec.security,
+        program=dict(spec.program),
+        inputs=inputs,
+        outputs=outputs,
+        sealed_dealer_seeds=sealed,
+    )
+    return sign_plan(plan, signer)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The session as the parties report it."""
+
+    phase: str
+    reason: str
+    message: str
+    inputs: list[dict[str, Any]]
+    rejected_rows: int | None
+    outputs_ready: tuple[str, ...]
+
+
+def session_progress(spec: SessionSpec, reports: Mapping[str, Mapping[str, Any] | None]) -> Progress:
+    """Fold the parties' reports (node id -> report, None when unreachable) into one view.
+
+    A party that failed fails the session (its reason wins); the session has succeeded
+    when every reachable party has and none is missing — except that a Shamir session
+    succeeds once ``t + 1`` parties have (it tolerates lost parties by design); it
+    computes while any party computes; otherwise it awaits inputs. An input counts as
+    received when every reachable party has it.
+    """
+    live = {n: r for n, r in reports.items() if r is not None}
+    failed = [r for r in live.values() if r.get("phase") == "Failed"]
+    succeeded = [r for r in live.values() if r.get("phase") == "Succeeded"]
+    need = spec.threshold + 1 if spec.sharing == "shamir" else len(reports)
+    if failed and not (spec.sharing == "shamir" and len(succeeded) >= need):
+        first = failed[0]
+        phase, reason, message = "Failed", str(first.get("reason") or "PartyFailed"), str(first.get("message") or "")
+    elif len(succeeded) >= need and len(succeeded) == len(live):
+        phase, reason, message = "Succeeded", "Completed", f"{len(succeeded)}/{len(reports)} parties finished"
+    elif any(r.get("phase") == "Computing" for r in live.values()):
+        phase, reason, message = "Computing", "Computing", f"{len(live)}/{len(reports)} parties reachable"
+    else:
+        phase, reason, message = "AwaitingInputs", "AwaitingInputs", "waiting for every data owner's shares"
+    inputs = []
+    for inp in spec.inputs:
+        got = sum(
+            1 for r in live.values()
+            for i in r.get("inputs") or [] if i.get("owner") == inp.owner and i.get("received")
+        )
+        inputs.append({"owner": inp.owner, "role": inp.role, "received": bool(live) and got == len(live),
+                       "parties": got})
+    rejected = next((r.get("rejectedRows") for r in live.values() if r.get("rejectedRows") is not None), None)
+    ready = tuple(sorted({o for r in live.values() for o in r.get("outputsReady") or []}))
+    return Progress(phase, reason, message, inputs, None if rejected is None else int(rejected), ready)
