@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv control-plane test test-unit lint typecheck demo bench clean
+.PHONY: venv control-plane prometheus test test-unit lint typecheck demo bench clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 control-plane:
 	bash scripts/build-control-plane.sh
 
+prometheus:
+	bash scripts/install-prometheus.sh
+
 lint: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
@@ -28,7 +31,7 @@ typecheck: lint
 test-unit: venv
 	$(PY) -m pytest -m 'not integration'
 
-test: venv control-plane
+test: venv control-plane prometheus
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
