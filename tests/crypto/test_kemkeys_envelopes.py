@@ -18,6 +18,7 @@ from pqmpc_node.crypto.kemkeys import (
 from pqmpc_node.crypto.pki import NodeId
 from pqmpc_node.crypto.suites import SuiteName
 from pqmpc_node.crypto.transparency import EntryKind
+from pqmpc_node.net.counters import RefusalCounters
 
 H = dt.timedelta(hours=1)
 
@@ -98,6 +99,7 @@ class Scenario:
         _, _, self.ring = setup(pool, ring_factory, now)
         self.owner = pool.suite.signature.generate(os.urandom(32))
         self.guard = E.ReplayGuard()
+        self.counters = RefusalCounters()
         self.kc = self.ring.certificate(KeyState.CURRENT)
 
     def header(self, **over: Any) -> E.EnvelopeHeader:
@@ -118,7 +120,7 @@ class Scenario:
                                   senders={"bank-a": self.owner.public_key()}, keys=self.ring,
                                   replay_guard=self.guard, now=now or self.now)
         kw.update(over)
-        return E.open_envelope(data, **kw)
+        return E.open_envelope_counted(data, counters=self.counters, **kw)
 
 
 @pytest.fixture
@@ -129,9 +131,24 @@ def sc(pool: Any, ring_factory: Any, now: dt.datetime) -> Scenario:
 def test_envelope_round_trip_and_replay(sc: Scenario) -> None:
     env = sc.seal(b"\x01\x02secret")
     assert sc.open(env).plaintext == b"\x01\x02secret"
+    assert sc.counters.snapshot() == {}  # an accepted envelope counts nothing
     with pytest.raises(E.ReplayError) as e:
         sc.open(env)
-    assert e.value.reason == "replay"
+    assert e.value.reason == "replay" and sc.counters.snapshot() == {"replay": 1}
+
+
+def test_uncounted_open_still_raises_and_counted_open_counts_once(sc: Scenario) -> None:
+    env = sc.seal(session_id="sess-2")
+    kw: dict[str, Any] = dict(suite=sc.pool.suite, session_id="sess-1", node_id="node-a", party_index=0,
+                              senders={"bank-a": sc.owner.public_key()}, keys=sc.ring, replay_guard=sc.guard, now=sc.now)
+    with pytest.raises(E.WrongSessionError):
+        E.open_envelope(env, **kw)
+    assert sc.counters.snapshot() == {}
+    counters = RefusalCounters()
+    for _ in range(2):
+        with pytest.raises(E.WrongSessionError):
+            E.open_envelope_counted(env, counters=counters, **kw)
+    assert counters.snapshot() == {"wrong_session": 2}
 
 
 @pytest.mark.parametrize(
@@ -147,6 +164,7 @@ def test_envelope_round_trip_and_replay(sc: Scenario) -> None:
 def test_envelope_for_another_target_refused(sc: Scenario, over: dict[str, Any], err: type[E.EnvelopeError]) -> None:
     with pytest.raises(err):
         sc.open(sc.seal(**over))
+    assert sc.counters.snapshot() == {err.reason: 1}
 
 
 def test_tampered_ciphertext_or_tag_refused(sc: Scenario) -> None:
@@ -163,6 +181,7 @@ def test_tampered_ciphertext_or_tag_refused(sc: Scenario) -> None:
         with pytest.raises(E.DecryptionError) as e:
             sc.open(E.SealedEnvelope(raw.header, bytes(ct), sig).to_bytes())
         assert e.value.reason == "decrypt_failed"
+    assert sc.counters.snapshot() == {"bad_signature": 2, "decrypt_failed": 2}
 
 
 def test_unsigned_and_wrongly_signed_refused(sc: Scenario) -> None:
@@ -177,6 +196,7 @@ def test_unsigned_and_wrongly_signed_refused(sc: Scenario) -> None:
     other_ctx = sc.owner.sign(raw.signed_bytes(), b"pqmpc/v1/session-plan")
     with pytest.raises(E.BadEnvelopeSignatureError):
         sc.open(E.SealedEnvelope(raw.header, raw.ciphertext, other_ctx).to_bytes())
+    assert sc.counters.snapshot() == {"unsigned": 1, "bad_signature": 2}
 
 
 def test_key_used_after_grace_period_refused(sc: Scenario) -> None:
@@ -186,13 +206,14 @@ def test_key_used_after_grace_period_refused(sc: Scenario) -> None:
     assert sc.open(env, now=sc.now + 24 * H + dt.timedelta(minutes=30)).plaintext  # within grace
     with pytest.raises(E.RetiredKeyError) as e:
         sc.open(sc.seal(input_id="in-2"), now=sc.now + 26 * H)
-    assert e.value.reason == "kem_key_retired"
+    assert e.value.reason == "kem_key_retired" and sc.counters.get("kem_key_retired") == 1
 
 
 def test_oversized_envelope_refused(sc: Scenario) -> None:
     env = sc.seal(b"x" * 2048)
     with pytest.raises(E.EnvelopeTooLargeError):
         sc.open(env, max_bytes=1024)
+    assert sc.counters.snapshot() == {"too_large": 1}
 
 
 @settings(max_examples=50, deadline=None)
@@ -209,12 +230,15 @@ def test_fuzz_envelope_parser_never_accepts(shared_pool: Any, data: bytes, pos: 
         s.ring.step(s.now)
         s.owner = shared_pool.suite.signature.generate(os.urandom(32))
         s.guard = E.ReplayGuard()
+        s.counters = RefusalCounters()
         s.kc = s.ring.certificate(KeyState.CURRENT)
         s.valid = s.seal()
     s = shared_pool.scenario
+    before = sum(s.counters.snapshot().values())
     with pytest.raises(E.EnvelopeError):
         s.open(data)
     mutated = bytearray(s.valid)
     mutated[pos % len(mutated)] ^= flip
     with pytest.raises(E.EnvelopeError):
         s.open(bytes(mutated))
+    assert sum(s.counters.snapshot().values()) == before + 2  # every refusal counted, once

@@ -143,3 +143,13 @@ def test_fuzz_certificate_parser_and_mutations(shared_pool: Pool, junk: bytes, p
     with pytest.raises(pki.CertificateError):
         verify(pool, bytes(der))
 
+
+
+def test_certificate_with_bad_x509_version_is_malformed(shared_pool: Pool) -> None:
+    """Regression (found by the fuzzer): cryptography raises InvalidVersion, not ValueError."""
+    der = bytearray(shared_pool.node("node-a")[1].public_bytes(Encoding.DER))
+    assert der[8:12] == b"\xa0\x03\x02\x01"  # [0] EXPLICIT version INTEGER
+    der[12] = 3  # v4: no such X.509 version
+    with pytest.raises(pki.MalformedCertificateError) as e:
+        verify(shared_pool, bytes(der))
+    assert e.value.reason == "malformed"

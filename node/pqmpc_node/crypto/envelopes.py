@@ -16,7 +16,10 @@ Steps of :func:`seal_envelope`:
 
 :func:`open_envelope` checks, in order: size and format, session / node / party,
 known sender, signature, key epoch, replay, decryption; each refusal is an
-:class:`EnvelopeError` with a ``reason`` label.
+:class:`EnvelopeError` with a ``reason`` label. :func:`open_envelope_counted` does the
+same and counts every refusal's reason into a :class:`RefusalSink` (the node's
+:class:`~pqmpc_node.net.counters.RefusalCounters`) before re-raising it, so a caller
+cannot forget the metric.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ __all__ = [
     "MAX_ENVELOPE_BYTES",
     "MalformedEnvelopeError",
     "OpenedEnvelope",
+    "RefusalSink",
     "ReplayError",
     "ReplayGuard",
     "RetiredKeyError",
@@ -58,6 +62,7 @@ __all__ = [
     "WrongSessionError",
     "key_fingerprint",
     "open_envelope",
+    "open_envelope_counted",
     "seal_envelope",
 ]
 
@@ -350,3 +355,36 @@ def open_envelope(
         raise DecryptionError("HPKE decryption failed: ciphertext or tag altered, or sealed to another key") from None
     replay_guard.record(h.session_id, h.sender, h.input_id)
     return OpenedEnvelope(h, plaintext)
+
+
+class RefusalSink(Protocol):
+    """Where refusals are counted by reason label (:class:`~pqmpc_node.net.counters.RefusalCounters`)."""
+
+    def count(self, reason: str) -> None:
+        """Add one refusal for ``reason``."""
+        ...
+
+
+def open_envelope_counted(
+    data: bytes,
+    *,
+    counters: RefusalSink,
+    suite: Suite,
+    session_id: str,
+    node_id: str,
+    party_index: int | None,
+    senders: Mapping[str, MLDSAPublicKey],
+    keys: KemKeySource,
+    replay_guard: ReplayGuard,
+    now: dt.datetime,
+    max_bytes: int = MAX_ENVELOPE_BYTES,
+) -> OpenedEnvelope:
+    """:func:`open_envelope`, counting the reason of any refusal into ``counters`` (once) before re-raising it."""
+    try:
+        return open_envelope(
+            data, suite=suite, session_id=session_id, node_id=node_id, party_index=party_index, senders=senders,
+            keys=keys, replay_guard=replay_guard, now=now, max_bytes=max_bytes,
+        )
+    except EnvelopeError as exc:
+        counters.count(exc.reason)
+        raise

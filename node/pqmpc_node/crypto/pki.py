@@ -188,7 +188,7 @@ def parse_certificate(der: bytes) -> x509.Certificate:
         raise MalformedCertificateError(f"certificate is {len(der)} bytes; the limit is {MAX_CERTIFICATE_BYTES}")
     try:
         return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is not a ValueError
         raise MalformedCertificateError(f"not a DER X.509 certificate: {exc}") from None
 
 
@@ -291,7 +291,7 @@ class PoolCA:
             csr = x509.load_der_x509_csr(csr_der)
             valid = csr.is_signature_valid
             public = csr.public_key()
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, x509.InvalidVersion) as exc:
             raise MalformedCertificateError(f"not a DER CSR: {exc}") from None
         if not valid:
             raise ProofOfPossessionError("CSR self-signature is invalid: the requester does not hold the key")

@@ -7,6 +7,12 @@ Wire format (big-endian), 16-byte header then payload::
 Pure parsing: :class:`FrameDecoder` takes bytes in arbitrary chunks and yields
 complete frames, refusing bad magic, unknown kinds, and lengths over its bound before
 buffering them; :meth:`FrameDecoder.close` refuses a truncated trailing frame.
+
+Fragmentation. A message longer than one frame travels as FRAGMENT frames (each a
+non-empty chunk, "more follows") closed by one DATA frame under the same round tag;
+a message that fits is one DATA frame, as before. :func:`fragment_message` splits,
+:class:`Reassembler` joins per tag under a total bound (``oversized_message``) and
+refuses a stream that ends inside a message (``truncated_message``).
 """
 
 from __future__ import annotations
@@ -17,13 +23,16 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE",
     "DEFAULT_MAX_PAYLOAD",
     "Frame",
     "FrameDecoder",
     "FrameError",
     "FrameKind",
     "HEADER_SIZE",
+    "Reassembler",
     "encode_frame",
+    "fragment_message",
 ]
 
 _HEADER = struct.Struct(">2sBBQI")
@@ -31,6 +40,7 @@ HEADER_SIZE = _HEADER.size
 _MAGIC = b"PQ"
 _VERSION = 1
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
+DEFAULT_MAX_MESSAGE = 256 * 1024 * 1024
 MAX_TAG = 2**64 - 1
 
 
@@ -40,6 +50,7 @@ class FrameKind(enum.IntEnum):
     DATA = 0
     REKEY = 1
     REKEY_ACK = 2
+    FRAGMENT = 3
 
 
 class FrameError(Exception):
@@ -106,3 +117,77 @@ class FrameDecoder:
         """The stream ended: refuse a partial frame (``truncated_frame``)."""
         if self._buf:
             raise FrameError(f"stream ended inside a frame ({len(self._buf)} bytes pending)", "truncated_frame")
+
+
+def fragment_message(
+    tag: int, payload: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD, max_message: int = DEFAULT_MAX_MESSAGE
+) -> list[bytes]:
+    """Encoded frames for one message: FRAGMENT chunks of ``max_payload`` bytes, then a final DATA frame.
+
+    Raises :class:`FrameError` (``oversized_message``) when ``payload`` exceeds ``max_message``.
+    """
+    if max_payload < 1:
+        raise ValueError("max_payload must be at least 1")
+    if len(payload) > max_message:
+        raise FrameError(f"message of {len(payload)} bytes exceeds the message limit {max_message}", "oversized_message")
+    if len(payload) <= max_payload:
+        return [encode_frame(FrameKind.DATA, tag, payload, max_payload=max_payload)]
+    view = memoryview(payload)
+    starts = range(0, len(payload), max_payload)
+    last = starts[-1]
+    return [
+        encode_frame(FrameKind.DATA if i == last else FrameKind.FRAGMENT, tag, bytes(view[i : i + max_payload]),
+                     max_payload=max_payload)
+        for i in starts
+    ]
+
+
+class Reassembler:
+    """Joins FRAGMENT ... DATA runs per round tag; at most ``max_message`` bytes pending in all."""
+
+    def __init__(self, *, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+        self._parts: dict[int, list[bytes]] = {}
+        self._sizes: dict[int, int] = {}
+        self._pending = 0
+        self._max = max_message
+
+    @property
+    def pending(self) -> int:
+        """Bytes held for incomplete messages."""
+        return self._pending
+
+    def add(self, frame: Frame) -> bytes | None:
+        """Take a DATA or FRAGMENT frame; return the whole message when ``frame`` completes one."""
+        if frame.kind is FrameKind.FRAGMENT:
+            if not frame.payload:
+                raise FrameError(f"empty fragment under round tag {frame.tag}", "bad_frame")
+            self._grow(frame.tag, len(frame.payload))
+            self._parts.setdefault(frame.tag, []).append(frame.payload)
+            return None
+        if frame.kind is not FrameKind.DATA:
+            raise ValueError(f"{frame.kind.name} frames are not message data")
+        parts = self._parts.pop(frame.tag, None)
+        if parts is None:
+            if len(frame.payload) > self._max:
+                raise FrameError(f"message of {len(frame.payload)} bytes exceeds the limit {self._max}", "oversized_message")
+            return frame.payload
+        size = self._sizes.pop(frame.tag)
+        self._pending -= size
+        if size + len(frame.payload) > self._max:
+            raise FrameError(f"message under round tag {frame.tag} exceeds the limit {self._max}", "oversized_message")
+        parts.append(frame.payload)
+        return b"".join(parts)
+
+    def _grow(self, tag: int, n: int) -> None:
+        if self._pending + n > self._max:
+            raise FrameError(
+                f"fragmented messages exceed the limit {self._max} bytes (round tag {tag})", "oversized_message"
+            )
+        self._pending += n
+        self._sizes[tag] = self._sizes.get(tag, 0) + n
+
+    def close(self) -> None:
+        """The stream ended: refuse a message cut short (``truncated_message``)."""
+        if self._parts:
+            tags = sorted(self._parts)
+            raise FrameError(f"stream ended inside fragmented message(s) under round tag(s) {tags[:4]}", "truncated_message")

@@ -16,7 +16,25 @@ certificates checked again) over the same TCP stream:
 3. The dialer, reading REKEY_ACK, starts the new handshake as TLS client; both sides
    drop the old session and verify the peer again.
 
-Rekeys trigger after ``RekeyPolicy.interval_s`` seconds or ``max_bytes`` bytes.
+Rekeys trigger after ``RekeyPolicy.interval_s`` seconds or ``max_bytes`` bytes (sent
+plus received): the dialer's timer fires at the due time, ``send`` checks before every
+frame, and a dialer that only receives starts one from its reader. The accepting side
+enforces it: a link whose dialer has not re-handshaken ``overdue_grace_s`` seconds or
+``overdue_grace_bytes`` bytes past the due point is closed by the acceptor with a
+close_notify and :class:`LinkRefused` reason ``rekey_overdue`` (counted).
+
+Messages longer than ``max_frame`` are split into FRAGMENT frames and reassembled per
+round tag under ``max_message`` (see :mod:`pqmpc_node.net.framing`); one message's
+frames are written under the send lock, so they never interleave with another send.
+
+A close_notify that arrives in the same read as application data ends the link only
+after every record before it has been decrypted and delivered.
+
+The transparency log (``LinkConfig.log``) is read at every handshake: pass the shared
+:class:`~pqmpc_node.crypto.transparency.LogVerifier` that is updated in place, or a
+zero-argument callable returning the current checker, and links made later see
+certificates logged later. SSL contexts come from :func:`~pqmpc_node.net.tls.cached_context`.
+
 Backpressure: ``send`` awaits the socket's drain; the reader stops reading when
 ``max_buffered`` bytes wait unconsumed.
 """
@@ -28,16 +46,33 @@ import datetime as dt
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from OpenSSL import SSL
 
 from pqmpc_node.crypto.pki import CertificateError, InclusionChecker, NodeId, VerifiedNode
 from pqmpc_node.net.counters import RefusalCounters
-from pqmpc_node.net.framing import DEFAULT_MAX_PAYLOAD, FrameDecoder, FrameError, FrameKind, encode_frame
-from pqmpc_node.net.tls import TlsIdentity, VerifyState, check_peer, make_context, verify_failure_reason
+from pqmpc_node.net.framing import (
+    DEFAULT_MAX_MESSAGE,
+    DEFAULT_MAX_PAYLOAD,
+    FrameDecoder,
+    FrameError,
+    FrameKind,
+    Reassembler,
+    encode_frame,
+    fragment_message,
+)
+from pqmpc_node.net.tls import TlsIdentity, VerifyState, cached_context, check_peer, verify_failure_reason
 
-__all__ = ["LinkClosed", "LinkConfig", "LinkRefused", "PeerLink", "RekeyPolicy", "TransportAttestation"]
+__all__ = [
+    "LinkClosed",
+    "LinkConfig",
+    "LinkRefused",
+    "LogSource",
+    "PeerLink",
+    "RekeyPolicy",
+    "TransportAttestation",
+]
 
 _READ_CHUNK = 1 << 18
 
@@ -58,23 +93,58 @@ class LinkClosed(Exception):
 
 @dataclass(frozen=True)
 class RekeyPolicy:
-    """When the dialing side re-handshakes."""
+    """When the dialing side re-handshakes, and when the accepting side gives up on it.
+
+    The acceptor closes a link (``rekey_overdue``) once ``interval_s + overdue_grace_s``
+    seconds or ``max_bytes + overdue_grace_bytes`` bytes pass without a re-handshake;
+    ``overdue_grace_bytes=None`` means ``max_bytes`` (so twice ``max_bytes`` in all).
+    """
 
     interval_s: float = 3600.0
     max_bytes: int = 64 * 2**30
+    overdue_grace_s: float = 60.0
+    overdue_grace_bytes: int | None = None
+
+    @property
+    def overdue_after_s(self) -> float:
+        """Seconds since the last handshake after which the acceptor closes the link."""
+        return self.interval_s + self.overdue_grace_s
+
+    @property
+    def overdue_after_bytes(self) -> int:
+        """Bytes since the last handshake after which the acceptor closes the link."""
+        grace = self.max_bytes if self.overdue_grace_bytes is None else self.overdue_grace_bytes
+        return self.max_bytes + grace
+
+
+LogSource = InclusionChecker | Callable[[], InclusionChecker]
+"""A transparency-log checker, or a zero-argument callable returning the current one."""
 
 
 @dataclass(frozen=True)
 class LinkConfig:
-    """Everything a link needs; ``clock`` gives wall time for certificate checks."""
+    """Everything a link needs; ``clock`` gives wall time for certificate checks.
+
+    ``log`` is consulted at every handshake (see the module docstring); ``max_frame``
+    bounds one frame, ``max_message`` one reassembled message.
+    """
 
     tls: TlsIdentity
-    log: InclusionChecker
+    log: LogSource
     clock: Callable[[], dt.datetime]
     rekey: RekeyPolicy = RekeyPolicy()
     max_frame: int = DEFAULT_MAX_PAYLOAD
     max_buffered: int = 64 * 2**20
     handshake_timeout_s: float = 10.0
+    max_message: int = DEFAULT_MAX_MESSAGE
+
+    def inclusion_checker(self) -> InclusionChecker:
+        """The log checker to use now: ``log`` itself, or what the ``log`` callable returns."""
+        if hasattr(self.log, "require_node_certificate"):
+            return cast(InclusionChecker, self.log)
+        if callable(self.log):
+            return self.log()
+        raise TypeError("LinkConfig.log must be an InclusionChecker or a callable returning one")
 
 
 @dataclass(frozen=True)
@@ -106,10 +176,11 @@ class PeerLink:
         self._reader, self._writer = reader, writer
         self._config, self._counters = config, counters
         self._is_client, self._expected = is_client, frozenset(expected)
-        self._ctx = make_context(config.tls)
+        self._ctx = cached_context(config.tls)
         self._conn: SSL.Connection | None = None
         self._peer: VerifiedNode | None = None
         self._decoder = FrameDecoder(max_payload=config.max_frame)
+        self._reassembler = Reassembler(max_message=config.max_message)
         self._queues: dict[int, deque[bytes]] = {}
         self._waiters: dict[int, asyncio.Future[bytes]] = {}
         self._buffered = 0
@@ -124,6 +195,8 @@ class PeerLink:
         self._peer_closed = False
         self._pump_task: asyncio.Task[None] | None = None
         self._timer_task: asyncio.Task[None] | None = None
+        self._rekey_task: asyncio.Task[None] | None = None
+        self._rekeying = False  # acceptor: a REKEY arrived and the new handshake runs
 
     # -- construction ---------------------------------------------------------------
 
@@ -133,6 +206,19 @@ class PeerLink:
     ) -> PeerLink:
         """Dial ``host:port`` and authenticate; the peer must be ``expected_peer``."""
         reader, writer = await asyncio.open_connection(host, port)
+        return await cls.connect_stream(reader, writer, config=config, expected_peer=expected_peer, counters=counters)
+
+    @classmethod
+    async def connect_stream(
+        cls,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        config: LinkConfig,
+        expected_peer: NodeId,
+        counters: RefusalCounters,
+    ) -> PeerLink:
+        """Authenticate as the dialing side over an already open stream (a relay, a pre-opened socket)."""
         link = cls(reader, writer, config=config, counters=counters, is_client=True, expected={expected_peer})
         await link._start()
         return link
@@ -163,8 +249,7 @@ class PeerLink:
             await self._abort()
             raise
         self._pump_task = asyncio.create_task(self._pump())
-        if self._is_client:
-            self._timer_task = asyncio.create_task(self._rekey_timer())
+        self._timer_task = asyncio.create_task(self._rekey_timer() if self._is_client else self._rekey_watchdog())
 
     async def _abort(self) -> None:
         self._writer.close()
@@ -218,7 +303,8 @@ class PeerLink:
             self._counters.count("downgrade")
             raise LinkRefused(f"negotiated {conn.get_protocol_version_name()} / {conn.get_group_name()}", "downgrade")
         try:
-            self._peer = check_peer(conn, self._config.tls, expected=self._expected, log=self._config.log, now=self._config.clock())
+            self._peer = check_peer(conn, self._config.tls, expected=self._expected, log=self._config.inclusion_checker(),
+                                    now=self._config.clock())
         except CertificateError as exc:
             self._counters.count(exc.reason)
             raise LinkRefused(f"peer refused: {exc}", exc.reason) from None
@@ -245,38 +331,96 @@ class PeerLink:
         self._bytes_since += len(data)
 
     async def send(self, tag: int, payload: bytes) -> None:
-        """Send one message under round ``tag``; waits while the peer is slow (backpressure)."""
+        """Send one message under round ``tag``; waits while the peer is slow (backpressure).
+
+        A message longer than ``max_frame`` goes as several frames (see the module docstring);
+        one over ``max_message`` raises :class:`FrameError` (``oversized_message``).
+        """
         self._raise_if_closed()
-        frame = encode_frame(FrameKind.DATA, tag, payload, max_payload=self._config.max_frame)
-        if self._is_client and self._rekey_due():
-            await self.rekey()
+        frames = fragment_message(tag, payload, max_payload=self._config.max_frame, max_message=self._config.max_message)
         async with self._send_lock:
-            self._raise_if_closed()
-            await self._write_plaintext(frame)
+            for frame in frames:
+                self._raise_if_closed()
+                if self._is_client and self._rekey_due():
+                    await self._rekey_locked()
+                elif not self._is_client and self._overdue_bytes():
+                    await self._refuse_overdue()
+                    self._raise_if_closed()
+                await self._write_plaintext(frame)
 
     def _rekey_due(self) -> bool:
         p = self._config.rekey
         elapsed = asyncio.get_running_loop().time() - self._since
         return self._bytes_since >= p.max_bytes or elapsed >= p.interval_s
 
+    def _overdue_bytes(self) -> bool:
+        return not self._rekeying and self._bytes_since >= self._config.rekey.overdue_after_bytes
+
     async def rekey(self) -> None:
         """Re-handshake now with a fresh TLS 1.3 session (dialing side only; see module docstring)."""
         if not self._is_client:
             raise RuntimeError("only the dialing side initiates a re-handshake")
         async with self._send_lock:
-            self._raise_if_closed()
-            self._rekey_done = asyncio.get_running_loop().create_future()
-            await self._write_plaintext(encode_frame(FrameKind.REKEY, 0, b""))
-            await self._rekey_done
+            await self._rekey_locked()
+
+    async def _rekey_if_due(self) -> None:
+        async with self._send_lock:
+            if self._rekey_due():
+                await self._rekey_locked()
+
+    async def _rekey_locked(self) -> None:
+        self._raise_if_closed()
+        self._rekey_done = asyncio.get_running_loop().create_future()
+        await self._write_plaintext(encode_frame(FrameKind.REKEY, 0, b""))
+        await self._rekey_done
 
     async def _rekey_timer(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._closed is None:
-            await asyncio.sleep(self._config.rekey.interval_s)
-            if self._closed is None and self._rekey_due():
-                try:
-                    await self.rekey()
-                except (LinkClosed, LinkRefused):
-                    return
+            delay = self._since + self._config.rekey.interval_s - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            try:
+                await self._rekey_if_due()
+            except (LinkClosed, LinkRefused, ConnectionError, OSError, SSL.Error):
+                return
+
+    def _rekey_in_background(self) -> None:
+        """Dialer only: start a rekey from the reader (a link that only receives still rekeys)."""
+        if self._rekey_task is None or self._rekey_task.done():
+            self._rekey_task = asyncio.create_task(self._background_rekey())
+
+    async def _background_rekey(self) -> None:
+        try:
+            await self._rekey_if_due()
+        except (LinkClosed, LinkRefused, ConnectionError, OSError, SSL.Error):
+            pass  # the pump reports the failure to every waiter
+
+    async def _rekey_watchdog(self) -> None:
+        """Acceptor: close the link when the dialer lets a re-handshake become overdue (time)."""
+        loop = asyncio.get_running_loop()
+        while self._closed is None:
+            delay = self._since + self._config.rekey.overdue_after_s - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            if self._rekeying:  # a re-handshake runs; its own timeout bounds it
+                await asyncio.sleep(0.05)
+                continue
+            await self._refuse_overdue()
+            return
+
+    async def _refuse_overdue(self) -> None:
+        if self._closed is not None:
+            return
+        p = self._config.rekey
+        exc = LinkRefused(
+            f"the dialing peer did not re-handshake within {p.overdue_after_s:g}s or {p.overdue_after_bytes} bytes",
+            "rekey_overdue",
+        )
+        self._counters.count(exc.reason)
+        await self.close(exc)
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -331,15 +475,16 @@ class PeerLink:
             while True:
                 # Records may already sit in the TLS buffer (sent right behind a peer's
                 # Finished), so decrypt what is there before reading the socket again.
+                # Everything decrypted before a close_notify is fed to the decoder first.
                 plain = self._read_plaintext()
                 if not plain and self._peer_closed:
-                    self._decoder.close()  # a frame cut short by close_notify is refused
+                    self._end_of_stream()  # a frame or message cut short by close_notify is refused
                     raise LinkClosed("peer closed the TLS session")
                 if not plain:
                     await self._drained.wait()
                     data = await self._reader.read(_READ_CHUNK)
                     if not data:
-                        self._decoder.close()
+                        self._end_of_stream()
                         raise LinkClosed("peer closed the link")
                     assert self._conn is not None  # established before the pump starts
                     self._conn.bio_write(data)
@@ -347,27 +492,51 @@ class PeerLink:
                 self._bytes_since += len(plain)
                 frames = self._decoder.feed(plain)
                 for i, frame in enumerate(frames):
-                    if frame.kind is FrameKind.DATA:
-                        self._deliver(frame.tag, frame.payload)
+                    if frame.kind in (FrameKind.DATA, FrameKind.FRAGMENT):
+                        message = self._reassembler.add(frame)
+                        if message is not None:
+                            self._deliver(frame.tag, message)
                         continue
                     if i != len(frames) - 1 or self._decoder.buffered:
                         raise FrameError("data after a rekey marker on the old session", "rekey_protocol")
                     await self._on_rekey_frame(frame.kind)
+                if self._is_client:
+                    if self._rekey_due():
+                        self._rekey_in_background()
+                elif self._overdue_bytes():
+                    self._counters.count("rekey_overdue")
+                    p = self._config.rekey
+                    raise LinkRefused(
+                        f"the dialing peer did not re-handshake within {p.overdue_after_bytes} bytes", "rekey_overdue"
+                    )
         except FrameError as exc:
             self._counters.count(exc.reason)
             self._fail(LinkRefused(str(exc), exc.reason))
         except LinkRefused as exc:
             self._fail(exc)
+            if exc.reason == "rekey_overdue":
+                self._send_close_notify()
         except (LinkClosed, ConnectionError, OSError, SSL.Error) as exc:
             self._fail(exc if isinstance(exc, LinkClosed) else LinkClosed(f"link failed: {exc}"))
         finally:
             self._writer.close()
 
+    def _end_of_stream(self) -> None:
+        self._decoder.close()
+        self._reassembler.close()
+
     async def _on_rekey_frame(self, kind: FrameKind) -> None:
         if kind is FrameKind.REKEY and not self._is_client:
-            async with self._send_lock:
-                await self._write_plaintext(encode_frame(FrameKind.REKEY_ACK, 0, b""))
-                await self._handshake(client=False)
+            self._rekeying = True
+            try:
+                async with self._send_lock:
+                    await self._write_plaintext(encode_frame(FrameKind.REKEY_ACK, 0, b""))
+                    await asyncio.wait_for(self._handshake(client=False), self._config.handshake_timeout_s)
+            except TimeoutError:
+                self._counters.count("handshake_timeout")
+                raise LinkRefused("re-handshake timed out", "handshake_timeout") from None
+            finally:
+                self._rekeying = False
             return
         if kind is FrameKind.REKEY_ACK and self._is_client and self._rekey_done is not None:
             await self._handshake(client=True)
@@ -410,17 +579,23 @@ class PeerLink:
         """Whether the link has ended."""
         return self._closed is not None
 
-    async def close(self) -> None:
-        """Close the link (idempotent) and stop its tasks."""
+    def _send_close_notify(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.shutdown()
+                self._flush()
+            except (SSL.Error, ConnectionError, OSError, RuntimeError):
+                pass
+
+    async def close(self, reason: BaseException | None = None) -> None:
+        """Close the link (idempotent) with a close_notify and stop its tasks.
+
+        ``reason`` (default :class:`LinkClosed`) is what pending and later calls raise.
+        """
         if self._closed is None:
-            self._closed = LinkClosed("link closed locally")
-            if self._conn is not None:
-                try:
-                    self._conn.shutdown()
-                    self._flush()
-                except SSL.Error:
-                    pass
-        for task in (self._timer_task, self._pump_task):
+            self._closed = reason if reason is not None else LinkClosed("link closed locally")
+            self._send_close_notify()
+        for task in (self._timer_task, self._rekey_task, self._pump_task):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
                 try:

@@ -6,11 +6,22 @@ already exposes (``SSL_CTX_set1_curves_list`` — the groups list, ``SSL_CTX_set
 ``d2i_PrivateKey_bio`` + ``SSL_CTX_use_PrivateKey``), checking every return code. The
 private key travels to OpenSSL as DER in memory only (never a file), and the Python
 copy of the DER is dropped right after loading.
+
+Context cache. Building a context (key load, key check, trust store) costs about as much
+as a signature, so :func:`cached_context` keeps one context per credential and peer
+policy: keyed by the SHA-256 of the node certificate, of the CA certificate, the suite
+and the offered groups (the certificate binds the key pair, so equal keys mean the
+same key). Links of one node share it; a renewed certificate gets a new entry, the
+least recently used of :data:`CONTEXT_CACHE_SIZE` entries is dropped, and
+:func:`clear_context_cache` drops all (for example when the identity key rotates).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -23,7 +34,18 @@ from OpenSSL._util import lib as _lib
 from pqmpc_node.crypto.pki import InclusionChecker, NodeId, NodeIdentity, VerifiedNode, verify_node_certificate
 from pqmpc_node.crypto.suites import Suite
 
-__all__ = ["TlsIdentity", "VerifyState", "check_peer", "make_context", "verify_failure_reason"]
+__all__ = [
+    "CONTEXT_CACHE_SIZE",
+    "TlsIdentity",
+    "VerifyState",
+    "cached_context",
+    "check_peer",
+    "clear_context_cache",
+    "make_context",
+    "verify_failure_reason",
+]
+
+CONTEXT_CACHE_SIZE = 16
 
 # X509_V_ERR_* codes (openssl/x509_vfy.h) that we report under a precise reason.
 _X509_V_ERR_CERT_NOT_YET_VALID = 9
@@ -109,6 +131,40 @@ def make_context(tls: TlsIdentity, *, offer_groups: Sequence[str] | None = None)
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_cb)
     ctx.set_verify_depth(1)
     return ctx
+
+
+_ContextKey = tuple[bytes, bytes, str, tuple[str, ...] | None]
+_cache: OrderedDict[_ContextKey, SSL.Context] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _context_key(tls: TlsIdentity, offer_groups: Sequence[str] | None) -> _ContextKey:
+    cert = hashlib.sha256(tls.certificate.public_bytes(Encoding.DER)).digest()
+    ca = hashlib.sha256(tls.ca_certificate.public_bytes(Encoding.DER)).digest()
+    return (cert, ca, tls.suite.name.value, tuple(offer_groups) if offer_groups is not None else None)
+
+
+def cached_context(tls: TlsIdentity, *, offer_groups: Sequence[str] | None = None) -> SSL.Context:
+    """:func:`make_context`, built once per credential and peer policy (see the module docstring)."""
+    key = _context_key(tls, offer_groups)
+    with _cache_lock:
+        ctx = _cache.get(key)
+        if ctx is not None:
+            _cache.move_to_end(key)
+            return ctx
+    ctx = make_context(tls, offer_groups=offer_groups)
+    with _cache_lock:
+        _cache[key] = ctx
+        _cache.move_to_end(key)
+        while len(_cache) > CONTEXT_CACHE_SIZE:
+            _cache.popitem(last=False)
+    return ctx
+
+
+def clear_context_cache() -> None:
+    """Drop every cached context (and OpenSSL's copies of the identity keys with them)."""
+    with _cache_lock:
+        _cache.clear()
 
 
 def check_peer(
