@@ -279,3 +279,17 @@ async def test_cached_context_still_checks_each_peer(netpool: Any, serve: Any) -
 
 
 __all__ = ["RefusalCounters", "NodeId"]
+
+
+async def test_only_the_leaf_certificate_is_sent(netpool: Any, serve: Any) -> None:
+    """No auto-built chain: the peer already trusts the pool CA, so it is neither rebuilt nor sent."""
+    client, server, _ = await pair(netpool, serve)
+    # OpenSSL's peer chain includes the peer's leaf on the client side, not on the server side.
+    for link, sent_leaf_only in ((client, 1), (server, 0)):
+        assert link._conn is not None
+        chain = link._conn.get_peer_cert_chain(as_cryptography=True)
+        assert chain is not None and len(chain) == sent_leaf_only
+        assert netpool.ca.certificate not in chain
+        verified = link._conn.get_verified_chain(as_cryptography=True)
+        assert verified is not None and verified[-1] == netpool.ca.certificate  # still checked up to the CA
+    await client.close()

@@ -50,6 +50,8 @@ CONTEXT_CACHE_SIZE = 16
 # X509_V_ERR_* codes (openssl/x509_vfy.h) that we report under a precise reason.
 _X509_V_ERR_CERT_NOT_YET_VALID = 9
 _X509_V_ERR_CERT_HAS_EXPIRED = 10
+# SSL_MODE_NO_AUTO_CHAIN (openssl/ssl.h); pyOpenSSL's binding does not name it.
+_SSL_MODE_NO_AUTO_CHAIN = 0x00000008
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,10 @@ def make_context(tls: TlsIdentity, *, offer_groups: Sequence[str] | None = None)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
     ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
     ctx.set_options(SSL.OP_NO_TICKET)
+    # Send the leaf only: every peer trusts the pool CA already. Without this OpenSSL
+    # rebuilds (and re-verifies, one ML-DSA verify) our own chain at every handshake
+    # and sends the CA certificate along.
+    ctx.set_mode(_SSL_MODE_NO_AUTO_CHAIN)
     groups = ":".join(offer_groups) if offer_groups is not None else tls.suite.tls_group.value
     _check(_lib.SSL_CTX_set1_curves_list(ctx._context, groups.encode()), f"groups {groups}")
     _check(_lib.SSL_CTX_set1_sigalgs_list(ctx._context, tls.suite.signature.value.encode()), "sigalgs")
