@@ -148,7 +148,8 @@ def test_deployment_is_hardened(render: Render) -> None:
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
     assert c["resources"]["limits"]["memory"]
-    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/tmp"}
+    scratch = {m["mountPath"] for m in c["volumeMounts"]}
+    assert scratch == {env_of(c)["TMPDIR"]}
     sa = one(docs, "ServiceAccount")
     assert pod["serviceAccountName"] == sa["metadata"]["name"]
 
