@@ -87,6 +87,40 @@ async def test_closing_right_after_send_loses_nothing(netpool: Any, serve: Any) 
         await server.recv(1000)
 
 
+@pytest.mark.parametrize("rep", range(3))
+async def test_close_with_unread_input_does_not_reset_away_sent_data(netpool: Any, serve: Any, rep: int) -> None:
+    """The real cause behind the node's closing barrier: closing a socket that still holds
+    unread input sends a TCP reset, and the peer loses what it had not read yet. The link
+    closes gracefully (close_notify, FIN, drain until the peer closes) instead."""
+    client, server, srv = await pair(netpool, serve, client_cfg={"max_buffered": 1024})
+
+    async def flood() -> None:  # the client's reader is paused: unread input piles up on its side
+        for i in range(200):
+            await server.send(10_000 + i, b"f" * 65536)
+
+    task = asyncio.create_task(flood())
+    await asyncio.sleep(0.2)
+    msgs = [bytes([i]) * 300_000 for i in range(8)]
+    for i, m in enumerate(msgs):
+        await client.send(i, m)
+    await client.close()
+    for i, m in enumerate(msgs):
+        assert await server.recv(i) == m
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert srv.counters.snapshot() == {}
+
+
+async def test_close_gives_up_lingering_on_a_silent_peer(netpool: Any, serve: Any) -> None:
+    client, server, _ = await pair(netpool, serve, client_cfg={"close_linger_s": 0.3})
+    server._writer.transport.pause_reading()  # a peer that never reads our close_notify nor closes
+    t0 = asyncio.get_running_loop().time()
+    await client.close()
+    assert 0.25 <= asyncio.get_running_loop().time() - t0 < 3
+    with pytest.raises(LinkClosed):
+        await client.recv(1)
+
+
 # -- 3: the acceptor enforces an overdue re-handshake ---------------------------------------
 
 async def test_acceptor_closes_link_when_dialer_never_rekeys_by_time(netpool: Any, serve: Any) -> None:

@@ -28,7 +28,11 @@ round tag under ``max_message`` (see :mod:`pqmpc_node.net.framing`); one message
 frames are written under the send lock, so they never interleave with another send.
 
 A close_notify that arrives in the same read as application data ends the link only
-after every record before it has been decrypted and delivered.
+after every record before it has been decrypted and delivered. Closing is graceful:
+:meth:`PeerLink.close` sends close_notify and a TCP FIN, then keeps reading (and
+discarding) until the peer closes too, at most ``close_linger_s`` seconds. Closing a
+socket with unread input makes the kernel send a TCP reset, and the peer would lose
+whatever it had not yet read of what this side sent before closing.
 
 The transparency log (``LinkConfig.log``) is read at every handshake: pass the shared
 :class:`~pqmpc_node.crypto.transparency.LogVerifier` that is updated in place, or a
@@ -137,6 +141,7 @@ class LinkConfig:
     max_buffered: int = 64 * 2**20
     handshake_timeout_s: float = 10.0
     max_message: int = DEFAULT_MAX_MESSAGE
+    close_linger_s: float = 2.0
 
     def inclusion_checker(self) -> InclusionChecker:
         """The log checker to use now: ``log`` itself, or what the ``log`` callable returns."""
@@ -197,6 +202,7 @@ class PeerLink:
         self._timer_task: asyncio.Task[None] | None = None
         self._rekey_task: asyncio.Task[None] | None = None
         self._rekeying = False  # acceptor: a REKEY arrived and the new handshake runs
+        self._closing = False  # closed locally: the pump only drains until the peer closes
 
     # -- construction ---------------------------------------------------------------
 
@@ -481,7 +487,8 @@ class PeerLink:
                     self._end_of_stream()  # a frame or message cut short by close_notify is refused
                     raise LinkClosed("peer closed the TLS session")
                 if not plain:
-                    await self._drained.wait()
+                    if not self._closing:
+                        await self._drained.wait()
                     data = await self._reader.read(_READ_CHUNK)
                     if not data:
                         self._end_of_stream()
@@ -489,6 +496,8 @@ class PeerLink:
                     assert self._conn is not None  # established before the pump starts
                     self._conn.bio_write(data)
                     continue
+                if self._closing:
+                    continue  # closed locally: drain and discard until the peer closes
                 self._bytes_since += len(plain)
                 frames = self._decoder.feed(plain)
                 for i, frame in enumerate(frames):
@@ -510,7 +519,8 @@ class PeerLink:
                         f"the dialing peer did not re-handshake within {p.overdue_after_bytes} bytes", "rekey_overdue"
                     )
         except FrameError as exc:
-            self._counters.count(exc.reason)
+            if not self._closing:
+                self._counters.count(exc.reason)
             self._fail(LinkRefused(str(exc), exc.reason))
         except LinkRefused as exc:
             self._fail(exc)
@@ -588,13 +598,29 @@ class PeerLink:
                 pass
 
     async def close(self, reason: BaseException | None = None) -> None:
-        """Close the link (idempotent) with a close_notify and stop its tasks.
+        """Close the link gracefully (idempotent) and stop its tasks.
 
-        ``reason`` (default :class:`LinkClosed`) is what pending and later calls raise.
+        Sends close_notify and a FIN, then drains input until the peer closes (at most
+        ``close_linger_s``; see the module docstring). ``reason`` (default
+        :class:`LinkClosed`) is what pending and later calls raise.
         """
         if self._closed is None:
             self._closed = reason if reason is not None else LinkClosed("link closed locally")
+            self._closing = True
+            self._drained.set()
+            self._fail(self._closed)
             self._send_close_notify()
+            try:
+                if self._writer.can_write_eof():
+                    self._writer.write_eof()
+            except (OSError, RuntimeError):
+                pass
+            pump = self._pump_task
+            if pump is not None and pump is not asyncio.current_task() and not pump.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(pump), self._config.close_linger_s)
+                except (TimeoutError, Exception):
+                    pass  # the peer did not close in time (or the pump failed): close anyway
         for task in (self._timer_task, self._rekey_task, self._pump_task):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
