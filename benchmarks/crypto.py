@@ -11,8 +11,12 @@ handshake, both sides in this one thread — ``PeerLink.connect_stream`` and
 transparency-log checks, the link's tasks started. TCP connect and the link's close are
 outside it (reported separately as ``handshake_with_tcp_connect_close_ms``). SSL contexts
 are cached per identity, as in the node service. ``primitives`` lists the public-key
-operations that handshake performs; their summed single-thread time, measured in the
-same run (before and after the handshakes, averaged), is the ratio's denominator.
+operations that handshake performs; their summed single-thread time is the ratio's
+denominator. The machine may be shared, so the two are measured in interleaved rounds
+(primitives, then a batch of handshakes, ``BENCH_ROUNDS`` times): both see the same
+load. ``handshake_vs_primitives_ratio`` is total over total; the per-round ratios are
+listed too. The same figures in process CPU time (``*_cpu_*``) are what a loaded,
+shared machine distorts least: time spent descheduled is not counted in either.
 """
 
 from __future__ import annotations
@@ -56,6 +60,15 @@ def rate(fn: Callable[[], object], seconds: float = 0.5) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def op_seconds(fn: Callable[[], object], seconds: float) -> tuple[float, float]:
+    """Wall and CPU (process) seconds per call of ``fn``."""
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        n += 1
+    return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
+
+
 def pool() -> tuple[TlsIdentity, TlsIdentity, LogVerifier]:
     ca = PoolCA.create(SUITE, name="bench-ca", now=now() - dt.timedelta(hours=1), lifetime=dt.timedelta(days=1), rng=os.urandom)
     log = TransparencyLog(ca)
@@ -71,8 +84,8 @@ def pool() -> tuple[TlsIdentity, TlsIdentity, LogVerifier]:
     return out[0], out[1], v
 
 
-async def handshake_seconds(cfg_a: LinkConfig, cfg_b: LinkConfig, handshakes: int) -> tuple[list[float], float]:
-    """Per-handshake times over pre-connected sockets, and the mean time with TCP connect and close."""
+async def handshake_rounds(cfg_a: LinkConfig, cfg_b: LinkConfig, rounds: int, per_round: int) -> dict[str, Any]:
+    """Interleaved rounds: primitives (summed), then ``per_round`` handshakes over pre-connected sockets."""
     streams: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
 
     async def on(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -81,36 +94,57 @@ async def handshake_seconds(cfg_a: LinkConfig, cfg_b: LinkConfig, handshakes: in
     srv = await asyncio.start_server(on, "127.0.0.1", 0)
     port = srv.sockets[0].getsockname()[1]
 
+    cpu: list[float] = []
+
     async def one() -> float:
         cr, cw = await asyncio.open_connection("127.0.0.1", port)
         sr, sw = await streams.get()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         c, s = await asyncio.gather(
             PeerLink.connect_stream(cr, cw, config=cfg_b, expected_peer=NodeId("node-a"), counters=RefusalCounters()),
             PeerLink.accept(sr, sw, config=cfg_a, expected_peers={NodeId("node-b")}, counters=RefusalCounters()),
         )
         elapsed = time.perf_counter() - t0
+        cpu.append(time.process_time() - c0)
         await c.close()
         await s.close()
         return elapsed
 
     for _ in range(3):  # warm-up: contexts cached, code paths hot
         await one()
-    times = [await one() for _ in range(handshakes)]
+    cpu.clear()
+    times: list[float] = []
+    prims: list[float] = []
+    prims_cpu: list[float] = []
+    round_ratios: list[float] = []
+    per_op: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        prim, per, prim_cpu = primitive_seconds(seconds=0.1)
+        batch = [await one() for _ in range(per_round)]
+        prims.append(prim)
+        prims_cpu.append(prim_cpu)
+        times.extend(batch)
+        round_ratios.append(statistics.fmean(batch) / prim)
+        for op, t in per.items():
+            per_op.setdefault(op, []).append(t)
+    cpu_times = cpu[:]
+    n_tcp = max(per_round, 5)
     t0 = time.perf_counter()
-    for _ in range(max(handshakes // 4, 5)):
+    for _ in range(n_tcp):
         await one()
-    with_tcp = (time.perf_counter() - t0) / max(handshakes // 4, 5)
+    with_tcp = (time.perf_counter() - t0) / n_tcp
     srv.close()
     await srv.wait_closed()
-    return times, with_tcp
+    return {"times": times, "primitives": prims, "round_ratios": round_ratios, "with_tcp": with_tcp,
+            "cpu_times": cpu_times, "primitives_cpu": prims_cpu,
+            "per_op": {op: statistics.fmean(v) for op, v in per_op.items()}}
 
 
-async def links(a: TlsIdentity, b: TlsIdentity, v: LogVerifier, handshakes: int, messages: int) -> dict[str, Any]:
+async def links(a: TlsIdentity, b: TlsIdentity, v: LogVerifier, rounds: int, per_round: int, messages: int) -> dict[str, Any]:
     accepted: asyncio.Queue[PeerLink] = asyncio.Queue()
     cfg_a = LinkConfig(tls=a, log=v, clock=now)
     cfg_b = LinkConfig(tls=b, log=v, clock=now)
-    times, with_tcp = await handshake_seconds(cfg_a, cfg_b, handshakes)
+    hs = await handshake_rounds(cfg_a, cfg_b, rounds, per_round)
 
     async def on(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await accepted.put(await PeerLink.accept(r, w, config=cfg_a, expected_peers={NodeId("node-b")}, counters=RefusalCounters()))
@@ -155,8 +189,7 @@ async def links(a: TlsIdentity, b: TlsIdentity, v: LogVerifier, handshakes: int,
     w.close()
     tsrv.close()
     await tsrv.wait_closed()
-    return {"handshake_times": times, "handshake_with_tcp_s": with_tcp, "link_mib_per_s": messages / link_s,
-            "tcp_mib_per_s": messages / tcp_s}
+    return {"handshakes": hs, "link_mib_per_s": messages / link_s, "tcp_mib_per_s": messages / tcp_s}
 
 
 # The public-key operations of one full mutual peer-link handshake (both sides).
@@ -172,24 +205,27 @@ HANDSHAKE_PRIMITIVES = {
 }
 
 
-def primitive_seconds() -> tuple[float, dict[str, float]]:
-    """Summed single-thread time of HANDSHAKE_PRIMITIVES (pyca backend, same run), and each op's time."""
+def primitive_seconds(seconds: float = 0.5) -> tuple[float, dict[str, float], float]:
+    """Summed single-thread wall time of HANDSHAKE_PRIMITIVES (pyca backend), each op's wall time, summed CPU time."""
     b = available_backends()[0][0]
     pk, sk = b.kem_keypair(MLKemParameterSet.ML_KEM_768)
     _, ct = b.kem_encapsulate(MLKemParameterSet.ML_KEM_768, pk)
     vk, signer = b.sign_keypair(SignatureAlgorithm.ML_DSA_65)
     sig = b.sign(signer, b"m" * 64, b"")
     xa, xb = x25519.X25519PrivateKey.generate(), x25519.X25519PrivateKey.generate().public_key()
-    per = {
-        "ml_kem_768_keygen": 1 / rate(lambda: b.kem_keypair(MLKemParameterSet.ML_KEM_768)),
-        "ml_kem_768_encaps": 1 / rate(lambda: b.kem_encapsulate(MLKemParameterSet.ML_KEM_768, pk)),
-        "ml_kem_768_decaps": 1 / rate(lambda: b.kem_decapsulate(sk, ct)),
-        "x25519_keygen": 1 / rate(x25519.X25519PrivateKey.generate),
-        "x25519_exchange": 1 / rate(lambda: xa.exchange(xb)),
-        "ml_dsa_65_sign": 1 / rate(lambda: b.sign(signer, b"m" * 64, b""), seconds=1.0),  # rejection sampling: noisy
-        "ml_dsa_65_verify": 1 / rate(lambda: b.verify(SignatureAlgorithm.ML_DSA_65, vk, b"m" * 64, sig, b"")),
+    both = {
+        "ml_kem_768_keygen": op_seconds(lambda: b.kem_keypair(MLKemParameterSet.ML_KEM_768), seconds),
+        "ml_kem_768_encaps": op_seconds(lambda: b.kem_encapsulate(MLKemParameterSet.ML_KEM_768, pk), seconds),
+        "ml_kem_768_decaps": op_seconds(lambda: b.kem_decapsulate(sk, ct), seconds),
+        "x25519_keygen": op_seconds(x25519.X25519PrivateKey.generate, seconds),
+        "x25519_exchange": op_seconds(lambda: xa.exchange(xb), seconds),
+        "ml_dsa_65_sign": op_seconds(lambda: b.sign(signer, b"m" * 64, b""), 2 * seconds),  # rejection sampling: noisy
+        "ml_dsa_65_verify": op_seconds(lambda: b.verify(SignatureAlgorithm.ML_DSA_65, vk, b"m" * 64, sig, b""), seconds),
     }
-    return sum(n * per[op] for op, (n, _) in HANDSHAKE_PRIMITIVES.items()), per
+    per = {op: w for op, (w, _) in both.items()}
+    wall = sum(n * both[op][0] for op, (n, _) in HANDSHAKE_PRIMITIVES.items())
+    cpu = sum(n * both[op][1] for op, (n, _) in HANDSHAKE_PRIMITIVES.items())
+    return wall, per, cpu
 
 
 def envelope_rates() -> tuple[float, float]:
@@ -246,16 +282,13 @@ def backend_rates() -> dict[str, Any]:
 
 def main() -> None:
     a, b, v = pool()
-    print("primitives ...", file=sys.stderr)
-    prim_before, _ = primitive_seconds()
-    print("peer links ...", file=sys.stderr)
-    net = asyncio.run(links(a, b, v, handshakes=int(os.environ.get("BENCH_HANDSHAKES", "100")),
+    print("peer links and primitives ...", file=sys.stderr)
+    net = asyncio.run(links(a, b, v, rounds=int(os.environ.get("BENCH_ROUNDS", "10")),
+                            per_round=int(os.environ.get("BENCH_HANDSHAKES_PER_ROUND", "20")),
                             messages=int(os.environ.get("BENCH_MESSAGES", "128"))))
-    print("primitives ...", file=sys.stderr)
-    prim_after, per = primitive_seconds()
-    prim = (prim_before + prim_after) / 2
-    times = net["handshake_times"]
-    hs = statistics.fmean(times)
+    h = net["handshakes"]
+    times, prims = h["times"], h["primitives"]
+    hs, prim = statistics.fmean(times), statistics.fmean(prims)
     print("envelopes ...", file=sys.stderr)
     sealed, opened = envelope_rates()
     print("backends ...", file=sys.stderr)
@@ -265,13 +298,16 @@ def main() -> None:
         "handshake_ms": round(hs * 1000, 3),
         "handshake_median_ms": round(statistics.median(times) * 1000, 3),
         "handshakes_measured": len(times),
-        "handshake_with_tcp_connect_close_ms": round(net["handshake_with_tcp_s"] * 1000, 3),
+        "handshake_with_tcp_connect_close_ms": round(h["with_tcp"] * 1000, 3),
         "primitives_ms": round(prim * 1000, 3),
-        "primitives_ms_before_after": [round(prim_before * 1000, 3), round(prim_after * 1000, 3)],
-        "primitives": {op: {"count": n, "what": what, "each_ms": round(per[op] * 1000, 4)}
+        "primitives": {op: {"count": n, "what": what, "each_ms": round(h["per_op"][op] * 1000, 4)}
                        for op, (n, what) in HANDSHAKE_PRIMITIVES.items()},
         "handshake_vs_primitives_ratio": round(hs / prim, 2),
+        "handshake_vs_primitives_round_ratios": [round(r, 2) for r in h["round_ratios"]],
         "handshake_vs_primitives_aim": 1.5,
+        "handshake_cpu_ms": round(statistics.fmean(h["cpu_times"]) * 1000, 3),
+        "primitives_cpu_ms": round(statistics.fmean(h["primitives_cpu"]) * 1000, 3),
+        "handshake_vs_primitives_cpu_ratio": round(statistics.fmean(h["cpu_times"]) / statistics.fmean(h["primitives_cpu"]), 2),
         "link_mib_per_s": round(net["link_mib_per_s"], 1),
         "tcp_mib_per_s": round(net["tcp_mib_per_s"], 1),
         "link_vs_tcp_ratio": round(net["link_mib_per_s"] / net["tcp_mib_per_s"], 3),
