@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -33,6 +34,7 @@ __all__ = [
     "Reassembler",
     "encode_frame",
     "fragment_message",
+    "iter_fragments",
 ]
 
 _HEADER = struct.Struct(">2sBBQI")
@@ -119,27 +121,39 @@ class FrameDecoder:
             raise FrameError(f"stream ended inside a frame ({len(self._buf)} bytes pending)", "truncated_frame")
 
 
-def fragment_message(
+def iter_fragments(
     tag: int, payload: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD, max_message: int = DEFAULT_MAX_MESSAGE
-) -> list[bytes]:
-    """Encoded frames for one message: FRAGMENT chunks of ``max_payload`` bytes, then a final DATA frame.
+) -> Iterator[bytes]:
+    """Encoded frames for one message, one at a time (at most one frame copied at once).
 
-    Raises :class:`FrameError` (``oversized_message``) when ``payload`` exceeds ``max_message``.
+    FRAGMENT chunks of ``max_payload`` bytes, then a final DATA frame; a message that fits
+    is one DATA frame. Raises :class:`FrameError` (``oversized_message``) over
+    ``max_message`` before yielding anything.
     """
     if max_payload < 1:
         raise ValueError("max_payload must be at least 1")
     if len(payload) > max_message:
         raise FrameError(f"message of {len(payload)} bytes exceeds the message limit {max_message}", "oversized_message")
+    return _fragments(tag, payload, max_payload)
+
+
+def _fragments(tag: int, payload: bytes, max_payload: int) -> Iterator[bytes]:
     if len(payload) <= max_payload:
-        return [encode_frame(FrameKind.DATA, tag, payload, max_payload=max_payload)]
+        yield encode_frame(FrameKind.DATA, tag, payload, max_payload=max_payload)
+        return
     view = memoryview(payload)
-    starts = range(0, len(payload), max_payload)
-    last = starts[-1]
-    return [
-        encode_frame(FrameKind.DATA if i == last else FrameKind.FRAGMENT, tag, bytes(view[i : i + max_payload]),
-                     max_payload=max_payload)
-        for i in starts
-    ]
+    last = (len(payload) - 1) // max_payload * max_payload
+    for i in range(0, len(payload), max_payload):
+        kind = FrameKind.DATA if i == last else FrameKind.FRAGMENT
+        chunk = view[i : i + max_payload]
+        yield _HEADER.pack(_MAGIC, _VERSION, kind, tag, len(chunk)) + chunk
+
+
+def fragment_message(
+    tag: int, payload: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD, max_message: int = DEFAULT_MAX_MESSAGE
+) -> list[bytes]:
+    """All frames of :func:`iter_fragments` as a list."""
+    return list(iter_fragments(tag, payload, max_payload=max_payload, max_message=max_message))
 
 
 class Reassembler:

@@ -64,7 +64,7 @@ from pqmpc_node.net.framing import (
     FrameKind,
     Reassembler,
     encode_frame,
-    fragment_message,
+    iter_fragments,
 )
 from pqmpc_node.net.tls import TlsIdentity, VerifyState, cached_context, check_peer, verify_failure_reason
 
@@ -343,7 +343,7 @@ class PeerLink:
         one over ``max_message`` raises :class:`FrameError` (``oversized_message``).
         """
         self._raise_if_closed()
-        frames = fragment_message(tag, payload, max_payload=self._config.max_frame, max_message=self._config.max_message)
+        frames = iter_fragments(tag, payload, max_payload=self._config.max_frame, max_message=self._config.max_message)
         async with self._send_lock:
             for frame in frames:
                 self._raise_if_closed()
