@@ -6,14 +6,17 @@ the in-cluster ServiceAccount token, passes kopf's liveness probe, and reconcile
 ``examples/nodepool.yaml`` to Ready with nothing but the chart's RBAC; that RBAC is least
 privilege (no listing or deleting Secrets, no wildcards); ``helm upgrade`` with a changed
 value rolls the Deployment (Recreate: the old pod is gone); ``helm uninstall`` removes
-everything but the CRDs.
+everything but the CRDs. A real Prometheus (Debian's package) scrapes the chart's operator
+and the pool's nodes with the pqmpc alert rules loaded, and the key series are queried.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -176,6 +179,73 @@ def test_operator_uses_the_in_cluster_service_account(release: dict[str, Any], k
     # The agent materialised the token at the standard path for the in-cluster client.
     mounts = {m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
     assert "/var/run/secrets/kubernetes.io/serviceaccount" in mounts
+
+
+def prometheus_query(base: str, query: str) -> list[dict[str, Any]]:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    status, body = http_get(url)
+    return list(json.loads(body)["data"]["result"]) if status == 200 else []
+
+
+def test_prometheus_scrapes_operator_and_nodes(
+    release: dict[str, Any], kubectl: Kubectl, tmp_path: Path
+) -> None:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus not installed (make prometheus)")
+    operator = wait_for("the operator pod", ready_operator_pod(kubectl), 60)
+    nodes = get_json(kubectl, "pods", "-n", POOL_NS, "-l", "app.kubernetes.io/name=pqmpc-node")["items"]
+    node_targets = [f"{p['status']['podIP']}:8443" for p in nodes]
+    assert len(node_targets) == 3
+    rules = REPO / "deploy" / "prometheus" / "pqmpc-alerts.yaml"
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules)],
+        "scrape_configs": [
+            {"job_name": "pqmpc-operator",
+             "static_configs": [{"targets": [f"{operator['status']['podIP']}:{release['ports']['metrics']}"]}]},
+            {"job_name": "pqmpc-nodes", "static_configs": [{"targets": node_targets}]},
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(json.dumps(config))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "prometheus.log", "wb") as log:
+        proc = subprocess.Popen(
+            [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        def all_up() -> list[dict[str, Any]] | None:
+            up = prometheus_query(base, "up == 1")
+            return up if len(up) == 4 else None
+
+        try:
+            wait_for("Prometheus to scrape the operator and three nodes", all_up, 60)
+        except BaseException:
+            print((tmp_path / "prometheus.log").read_text()[-3000:])
+            print(prometheus_query(base, "up"))
+            raise
+        ready = prometheus_query(base, f'pqmpc_pool_replicas{{namespace="{POOL_NS}",pool="banks",state="ready"}}')
+        assert [r["value"][1] for r in ready] == ["3"]
+        certified = prometheus_query(base, "sum(pqmpc_node_certified)")
+        assert certified and certified[0]["value"][1] == "3"
+        assert len(prometheus_query(base, "pqmpc_node_kem_key_age_seconds")) == 3
+        assert len(prometheus_query(base, 'pqmpc_node_info{pool="banks"}')) == 3
+        status, body = http_get(f"{base}/api/v1/rules")
+        assert status == 200
+        loaded = {r["name"] for g in json.loads(body)["data"]["groups"] for r in g["rules"]}
+        assert {"PqmpcMacCheckFailures", "PqmpcPeerLinkNotPostQuantum", "PqmpcKeyRotationOverdue"} <= loaded
+        # A healthy fleet fires nothing.
+        status, body = http_get(f"{base}/api/v1/alerts")
+        assert status == 200 and json.loads(body)["data"]["alerts"] == []
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.parametrize(("verb", "resource", "allowed"), [
