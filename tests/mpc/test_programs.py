@@ -58,7 +58,8 @@ def run_plan(config: EngineConfig, program: dict[str, Any], model: dict[str, np.
 def valid_mask(table: dict[str, np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
     ok = np.ones(len(table["amount"]), dtype=bool)
     for f in FIELDS:
-        ok &= (table[f["name"]] >= f["min"]) & (table[f["name"]] <= f["max"])
+        col = table[str(f["name"])]
+        ok &= (col >= f["min"]) & (col <= f["max"])
     return ok
 
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["BackendName", "BackendUnavailableError", "select_namespace", "to_host", "namespace_name"]
+__all__ = ["BackendName", "BackendUnavailableError", "select_namespace", "to_host", "namespace_name", "tune_allocator"]
 
 BackendName = Literal["numpy", "cupy", "auto"]
 
@@ -65,3 +65,35 @@ def to_host(array: Any) -> np.ndarray[Any, Any]:
     if get is not None:
         return np.asarray(get())
     return np.asarray(array)
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_allocator(threshold: int = 1 << 30) -> bool:
+    """Keep large numpy buffers on the heap (glibc ``mallopt``); returns whether it applied.
+
+    glibc serves blocks above its mmap threshold (at most 32 MiB by default) with fresh
+    ``mmap`` pages and unmaps them on free, so every temporary of a large batch pays page
+    faults and zero-filling: this roughly halves the throughput of a million-element Beaver
+    multiplication. Raising the mmap and trim thresholds lets freed buffers be reused.
+    Process-wide and opt-in (party processes call it once at start); the same effect as the
+    environment variables ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``. A no-op
+    returning False where libc has no ``mallopt`` (musl, macOS).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok = mallopt(_M_MMAP_THRESHOLD, int(threshold)) == 1
+    return bool(mallopt(_M_TRIM_THRESHOLD, int(threshold) * 4 if threshold * 4 < 2**31 else 2**31 - 1) == 1 and ok)

@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-__all__ = ["Channel", "ChannelError", "Mailbox", "InProcessHub", "InProcessChannel"]
+__all__ = ["Channel", "ChannelError", "Mailbox", "InProcessHub", "InProcessChannel", "receive_all", "receive_first"]
 
 
 class ChannelError(RuntimeError):
@@ -52,14 +52,18 @@ class Mailbox:
     def __init__(self) -> None:
         self._slots: dict[tuple[int, str], asyncio.Future[bytes]] = {}
         self._seen: set[tuple[int, str]] = set()
+        self._dropped: set[tuple[int, str]] = set()
         self._closed: BaseException | None = None
+        self._lost: dict[int, BaseException] = {}
 
     def _slot(self, key: tuple[int, str]) -> asyncio.Future[bytes]:
         fut = self._slots.get(key)
         if fut is None:
             fut = asyncio.get_running_loop().create_future()
-            if self._closed is not None:
-                fut.set_exception(self._closed)
+            error = self._closed if self._closed is not None else self._lost.get(key[0])
+            if error is not None:
+                fut.set_exception(error)
+                fut.exception()  # mark retrieved: nobody may ever await a failed slot
             self._slots[key] = fut
         return fut
 
@@ -69,6 +73,9 @@ class Mailbox:
         if key in self._seen:
             raise ChannelError(f"replayed message: tag {tag!r} from party {peer} was already delivered")
         self._seen.add(key)
+        if key in self._dropped:
+            self._dropped.discard(key)
+            return
         fut = self._slot(key)
         if not fut.done():
             fut.set_result(payload)
@@ -82,12 +89,25 @@ class Mailbox:
         finally:
             self._slots.pop(key, None)
 
-    def fail(self, error: BaseException) -> None:
-        """Wake every waiter (current and future) with ``error`` (peer lost, channel closed)."""
-        self._closed = error
-        for fut in self._slots.values():
-            if not fut.done():
+    def fail(self, error: BaseException, peer: int | None = None) -> None:
+        """Wake waiters (current and future) with ``error``: all of them (channel closed), or
+        only those waiting on ``peer`` (that peer is lost; the others may still answer)."""
+        if peer is None:
+            self._closed = error
+        else:
+            self._lost.setdefault(peer, error)
+        for key, fut in self._slots.items():
+            if not fut.done() and (peer is None or key[0] == peer):
                 fut.set_exception(error)
+
+    def discard(self, peer: int, tag: str) -> None:
+        """Forget ``tag`` from ``peer``: drop it if buffered, or when it arrives."""
+        key = (peer, tag)
+        fut = self._slots.pop(key, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+        if key not in self._seen:
+            self._dropped.add(key)
 
 
 async def receive_all(mailbox: Mailbox, tag: str, peers: Iterable[int]) -> dict[int, bytes]:
@@ -99,6 +119,53 @@ async def receive_all(mailbox: Mailbox, tag: str, peers: Iterable[int]) -> dict[
     return dict(zip(peers, results, strict=True))
 
 
+async def receive_first(channel: Channel, tag: str, peers: Iterable[int], count: int) -> dict[int, bytes]:
+    """The first ``count`` replies for ``tag`` among ``peers`` (robust opening).
+
+    Waits on each peer separately; returns as soon as ``count`` have answered, so a slow or
+    lost peer does not block. A peer whose link fails counts as missing. Raises
+    :class:`ChannelError` when fewer than ``count`` peers can still answer. Outstanding
+    waits are cancelled and, where the channel has ``discard(tag, peers)``, late replies
+    are dropped on arrival.
+    """
+    peers = list(peers)
+    if count <= 0:
+        return {}
+    if count > len(peers):
+        raise ChannelError(f"cannot wait for {count} replies from {len(peers)} peers")
+    tasks = {asyncio.ensure_future(channel.receive_many(tag, [p])): p for p in peers}
+    got: dict[int, bytes] = {}
+    failed: dict[int, BaseException] = {}
+    pending = set(tasks)
+    try:
+        while len(got) < count:
+            if len(peers) - len(failed) < count:
+                raise ChannelError(
+                    f"only {len(peers) - len(failed)} of {len(peers)} peers can answer {tag!r}, {count} needed; "
+                    f"lost: " + "; ".join(f"party {p}: {e}" for p, e in sorted(failed.items()))
+                )
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                peer = tasks[task]
+                exc = task.exception()
+                if exc is None:
+                    got[peer] = task.result()[peer]
+                else:
+                    failed[peer] = exc
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            late = [tasks[t] for t in pending]
+            discard = getattr(channel, "discard", None)
+            if discard is not None:
+                discard(tag, late)
+    if len(got) > count:  # several arrived in the same wake-up: keep the lowest indices, deterministic
+        got = {p: got[p] for p in sorted(got)[:count]}
+    return got
+
+
 class InProcessHub:
     """Connects ``n`` :class:`InProcessChannel` objects living on one event loop."""
 
@@ -106,10 +173,19 @@ class InProcessHub:
         if n < 2:
             raise ValueError(f"a hub needs at least 2 parties, got {n}")
         self.channels = [InProcessChannel(self, i, n) for i in range(n)]
+        self.lost: set[int] = set()
 
     def channel(self, party: int) -> InProcessChannel:
         """The channel endpoint of ``party``."""
         return self.channels[party]
+
+    def disconnect(self, party: int) -> None:
+        """Simulate losing ``party`` mid-session: its messages stop, waits on it fail."""
+        self.lost.add(party)
+        error = ChannelError(f"party {party} closed the connection")
+        for ch in self.channels:
+            if ch.party != party:
+                ch.mailbox.fail(error, peer=party)
 
 
 class InProcessChannel:
@@ -134,8 +210,15 @@ class InProcessChannel:
         for peer, payload in payloads.items():
             if not 0 <= peer < self._n or peer == self._party:
                 raise ChannelError(f"party {self._party} cannot send to peer {peer} (n={self._n})")
+            if self._party in self._hub.lost or peer in self._hub.lost:
+                continue  # a lost party's link is down both ways
             self.bytes_sent += len(payload)
             self._hub.channels[peer].mailbox.deliver(self._party, tag, payload)
 
     async def receive_many(self, tag: str, peers: Iterable[int]) -> dict[int, bytes]:
         return await receive_all(self.mailbox, tag, peers)
+
+    def discard(self, tag: str, peers: Iterable[int]) -> None:
+        """Drop ``tag`` from ``peers`` now or when it arrives."""
+        for peer in peers:
+            self.mailbox.discard(peer, tag)

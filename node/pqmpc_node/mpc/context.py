@@ -12,6 +12,7 @@ call, so independent openings batched into one call cost one round.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pqmpc_node.mpc.backend import to_host
-from pqmpc_node.mpc.channel import Channel
+from pqmpc_node.mpc.channel import Channel, ChannelError, receive_first
 from pqmpc_node.mpc.domain import Array, Domain
 from pqmpc_node.mpc.errors import MacCheckError
 from pqmpc_node.mpc.fixedpoint import FixedPoint
@@ -49,6 +50,16 @@ class OpenedRecord:
 def encode_payload(array: Array) -> bytes:
     """uint64 array -> bytes for the channel."""
     return to_host(array).astype(np.uint64, copy=False).tobytes()
+
+
+def payload_for(channel: Channel, array: Array) -> bytes:
+    """The wire form of a uint64 array: a zero-copy memoryview where the channel takes raw
+    buffers (``channel.accepts_buffers``), else ``bytes``. The array must stay unchanged
+    until the send completes (``send_many`` returns)."""
+    if getattr(channel, "accepts_buffers", False):
+        host = np.ascontiguousarray(to_host(array), dtype=np.uint64)
+        return host.data.cast("B")  # type: ignore[return-value]  # a bytes-like buffer
+    return encode_payload(array)
 
 
 class MPCContext:
@@ -199,14 +210,38 @@ class MPCContext:
         return Shared(value, mac)
 
     # -- opening -----------------------------------------------------------
+    async def _receive_reachable(self, tag: str) -> dict[int, bytes]:
+        """Every live peer's reply, skipping peers whose link failed (at least t must answer)."""
+        results = await asyncio.gather(
+            *(self.channel.receive_many(tag, [p]) for p in self.peers), return_exceptions=True
+        )
+        got: dict[int, bytes] = {}
+        for peer, res in zip(self.peers, results, strict=True):
+            if isinstance(res, ChannelError):
+                continue  # a lost party: the opening is still determined by the others
+            if isinstance(res, BaseException):
+                raise res
+            got.update(res)
+        if len(got) < self.scheme.threshold:
+            raise ChannelError(f"only {len(got)} peers answered {tag!r}; {self.scheme.threshold} needed")
+        return got
+
     async def open(self, xs: Sequence[Shared], label: str = "open") -> list[Array]:
         """Open ``xs`` in one round; in malicious mode the opening is queued for a MAC check."""
         xp = self.xp
         flat = xp.concatenate([x.value.reshape(-1) for x in xs]) if len(xs) > 1 else xs[0].value.reshape(-1)
         tag = self.next_tag(label)
-        payload = encode_payload(flat)
+        payload = payload_for(self.channel, flat)
         await self.channel.send_many(tag, {p: payload for p in self.peers})
-        received = await self.channel.receive_many(tag, self.peers)
+        if self.scheme.kind == "shamir" and not self.malicious:
+            # Robust opening: the first t replies (plus our share) determine the value, so a
+            # slow or lost party does not block. Malicious mode waits for every reachable
+            # party, to check that all shares lie on one polynomial.
+            received = await receive_first(self.channel, tag, self.peers, self.scheme.threshold)
+        elif self.scheme.kind == "shamir":
+            received = await self._receive_reachable(tag)
+        else:
+            received = await self.channel.receive_many(tag, self.peers)
         self.rounds_used += 1
         shares: dict[int, Array] = {self.party: flat}
         for peer, data in received.items():

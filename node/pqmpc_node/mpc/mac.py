@@ -50,12 +50,17 @@ async def _commit_reveal(ctx: MPCContext, label: str, data: bytes) -> dict[int, 
     nonce = ctx.rng.bytes(32)
     tag = ctx.next_tag(f"{label}/commit")
     await ctx.channel.send_many(tag, {p: _commitment(ctx.party, tag, nonce, data) for p in ctx.peers})
-    commits = await ctx.channel.receive_many(tag, ctx.peers)
+    shamir = ctx.scheme.kind == "shamir"
+    # Shamir sessions go on without lost parties (every survivor sees the same set, else
+    # the coins or the sigmas disagree and the check fails safe); additive needs everyone.
+    commits = await ctx._receive_reachable(tag) if shamir else await ctx.channel.receive_many(tag, ctx.peers)
     rtag = ctx.next_tag(f"{label}/reveal")
     await ctx.channel.send_many(rtag, {p: nonce + data for p in ctx.peers})
-    reveals = await ctx.channel.receive_many(rtag, ctx.peers)
+    reveals = await ctx._receive_reachable(rtag) if shamir else await ctx.channel.receive_many(rtag, ctx.peers)
     out = {ctx.party: data}
     for peer, blob in reveals.items():
+        if peer not in commits:
+            raise MacCheckError(label, [], f"party {peer} revealed a value it never committed to")
         their_nonce, their_data = blob[:32], blob[32:]
         if not hmac.compare_digest(_commitment(peer, tag, their_nonce, their_data), commits[peer]):
             raise MacCheckError(label, [], f"party {peer} opened a value that does not match its commitment")

@@ -91,15 +91,30 @@ async def multiply_many(ctx: MPCContext, pairs: Sequence[tuple[Shared, Shared]])
     ys = ctx.concat([y.reshape(-1) for _, y in pairs]) if len(pairs) > 1 else pairs[0][1].reshape(-1)
     t = ctx.provider.triples(xs.shape)
     e, f = await ctx.open([ctx.sub(xs, t.a), ctx.sub(ys, t.b)], "beaver")
-    d = ctx.domain
-    z = ctx.add(ctx.add(t.c, ctx.mul_public(t.b, e)), ctx.mul_public(t.a, f))
-    z = ctx.add_public(z, d.mul(e, f))
+    z = _beaver_combine(ctx, t.a, t.b, t.c, e, f)
     out: list[Shared] = []
     start = 0
     for x, _ in pairs:
         out.append(z[start : start + x.size].reshape(*x.shape))
         start += x.size
     return out
+
+
+def _beaver_combine(ctx: MPCContext, a: Shared, b: Shared, c: Shared, e: Array, f: Array) -> Shared:
+    """``[c] + e [b] + f [a] + e f`` (the constant term at constant holders, ``alpha e f`` on MACs).
+
+    Accumulates in place in fresh arrays: on large batches allocations dominate.
+    """
+    d = ctx.domain
+    value = d.iadd(d.iadd(d.mul(b.value, e), d.mul(a.value, f)), c.value)
+    ef = d.mul(e, f)
+    if ctx.scheme.holds_constants(ctx.party):
+        value = d.iadd(value, ef)
+    mac = None
+    if a.mac is not None and b.mac is not None and c.mac is not None:
+        assert ctx.mac_key is not None  # invariant: MAC shares exist only with a MAC key
+        mac = d.iadd(d.iadd(d.iadd(d.mul(b.mac, e), d.mul(a.mac, f)), c.mac), d.mul(ef, ctx.mac_key))
+    return Shared(value, mac)
 
 
 async def multiply(ctx: MPCContext, x: Shared, y: Shared) -> Shared:
@@ -118,8 +133,18 @@ async def matmul(ctx: MPCContext, x: Shared, y: Shared) -> Shared:
     t = ctx.provider.matrix_triple((x.shape[0], x.shape[1]), (y.shape[0], y.shape[1]))
     e, f = await ctx.open([ctx.sub(x, t.a), ctx.sub(y, t.b)], "matmul")
     d = ctx.domain
-    z = ctx.add(ctx.add(t.c, ctx.matmul_public_left(e, t.b)), ctx.matmul_public_right(t.a, f))
-    return ctx.add_public(z, d.matmul(e, f))
+    # E [B] + E F = E ([B] + F): two GEMM products per share instead of three. On MACs the
+    # constant term is alpha_i E F = E (alpha_i F).
+    b_plus = t.b.value
+    if ctx.scheme.holds_constants(ctx.party):
+        b_plus = d.add(b_plus, f)
+    value = d.iadd(d.iadd(d.matmul(e, b_plus), d.matmul(t.a.value, f)), t.c.value)
+    mac = None
+    if t.a.mac is not None and t.b.mac is not None and t.c.mac is not None:
+        assert ctx.mac_key is not None  # invariant: MAC shares exist only with a MAC key
+        mac_b = d.add(t.b.mac, d.mul(f, ctx.mac_key))
+        mac = d.iadd(d.iadd(d.matmul(e, mac_b), d.matmul(t.a.mac, f)), t.c.mac)
+    return Shared(value, mac)
 
 
 async def truncate(ctx: MPCContext, x: Shared, bits: int | None = None) -> Shared:

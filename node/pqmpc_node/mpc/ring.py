@@ -38,6 +38,10 @@ class Ring64:
     def add(self, a: Array, b: Array) -> Array:
         return a + b
 
+    def iadd(self, a: Array, b: Array) -> Array:
+        a += b
+        return a
+
     def sub(self, a: Array, b: Array) -> Array:
         return a - b
 

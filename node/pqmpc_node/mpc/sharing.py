@@ -70,10 +70,9 @@ class AdditiveScheme:
         missing = sorted(set(range(self.n)) - set(shares))
         if missing:
             raise MissingSharesError(f"additive sharing needs all {self.n} shares; missing parties {missing}")
-        it = iter(shares[i] for i in range(self.n))
-        total = next(it)
-        for s in it:
-            total = domain.add(total, s)
+        total = domain.add(shares[0], shares[1])  # a fresh array; the rest accumulate in place
+        for i in range(2, self.n):
+            total = domain.iadd(total, shares[i])
         return total
 
     def weights(self, parties: Sequence[int]) -> dict[int, int]:
