@@ -147,7 +147,8 @@ def register(registry: kopf.OperatorRegistry) -> None:
                     outcome = "ok"
                 except ApiException as exc:
                     # Conflicts and transient API errors: retry soon, with growing back-off.
-                    _log.warning("pool %s/%s: API error %s %s; retrying in %.0fs", namespace, name, exc.status, exc.reason, backoff)
+                    _log.warning("pool %s/%s: API error %s %s (%s); retrying in %.0fs", namespace, name, exc.status,
+                                 exc.reason, str(exc.body)[:500], backoff)
                     wait, backoff = backoff, min(backoff * 2, 60.0)
                     outcome = "error"
                     ctx.metrics.reconcile_errors.labels(reason=f"api_{exc.status}").inc()
@@ -181,7 +182,8 @@ def register(registry: kopf.OperatorRegistry) -> None:
                 backoff = 1.0
                 outcome = "ok"
             except ApiException as exc:
-                _log.warning("session %s/%s: API error %s %s; retrying in %.0fs", namespace, name, exc.status, exc.reason, backoff)
+                _log.warning("session %s/%s: API error %s %s (%s); retrying in %.0fs", namespace, name, exc.status,
+                             exc.reason, str(exc.body)[:500], backoff)
                 wait, backoff = backoff, min(backoff * 2, 60.0)
                 outcome = "error"
                 ctx.metrics.reconcile_errors.labels(reason=f"api_{exc.status}").inc()

@@ -245,6 +245,11 @@ async def reconcile_session(deps: SessionDeps, namespace: str, name: str) -> flo
     if phase == "Preprocessing":
         pki = await ensure_pki(deps.api, pool, state)
         generation = int(status.get("planGeneration", 0)) + 1
+        # Record the generation first: if this pass dies after some parties got the plan,
+        # the next one sends generation + 1, which supersedes it at every party.
+        out.new["planGeneration"] = generation
+        await _write(deps, out, now)
+        out = _Outcome({**body, "status": out.new})
         try:
             parties = await _party_nodes(deps, namespace, pool_name, placed, pod_ips)
             signed = build_signed_plan(
@@ -333,7 +338,7 @@ def _result_hint(spec: SessionSpec, placed: list[Mapping[str, Any]], ips: Mappin
         "recipients": [
             {"recipient": o.recipient, "allow": list(o.allow),
              "fetch": f"pqmpc result --session {spec.session_id} --identity {o.recipient}.identity.json "
-                      + " ".join(f"--node {u}" for u in urls)}
+                      f"--node {urls[0] if urls else ''} --ca ca.pem --plan-signer plan-signer.pub"}
             for o in spec.outputs
         ],
     }
