@@ -21,9 +21,13 @@ shape (:class:`MalformedPlanError`), signature (:class:`UnsignedPlanError`,
 (:class:`ExpiredPlanError`), membership (:class:`NotAPartyError`). Staleness against
 a plan already held (:class:`StalePlanError`) is :func:`check_supersedes`.
 
-The dealer seed (preprocessing by a trusted dealer, DESIGN.md "MPC engine") travels
-inside the plan sealed to each party's KEM key (:func:`seal_dealer_seed`), never in
-the clear.
+Preprocessing (a trusted dealer: the operator) does not travel in the plan: the dealer
+posts each party its *own* material, sealed to that party's KEM key and signed with the
+plan-signing key (:func:`pqmpc_node.dealing.deal`), so no node ever holds another
+party's seed. ``preprocessing.sealedSeeds`` (:func:`seal_dealer_seed`, one seed shared
+by all parties) is deprecated: still parsed and signed for compatibility, but nodes
+never open it, because any node holding a shared seed could derive every party's
+triples and unmask the inputs.
 
 Pure: no I/O; the clock is a ``now`` argument and randomness is passed in.
 """
@@ -574,7 +578,11 @@ def seal_dealer_seed(
     node_kem_key: KemPublicKey,
     signer_key: MLDSAPrivateKey,
 ) -> bytes:
-    """Seal the session's dealer seed to one party's certified KEM key (the operator side)."""
+    """Deprecated, ignored by nodes: seal a shared dealer seed to one party's KEM key.
+
+    A seed shared by all parties lets any one node derive every party's preprocessing;
+    deal per party with :func:`pqmpc_node.dealing.deal` instead.
+    """
     header = EnvelopeHeader(
         suite=suite.name, session_id=session_id, node_id=party.node_id, party_index=party.index,
         input_id=DEALER_SEED_INPUT_ID, key_epoch=party.kem_epoch, sender=OPERATOR_SENDER,
@@ -586,7 +594,7 @@ def seal_dealer_seed(
 def open_dealer_seed(
     plan: SessionPlan, *, suite: Suite, node_id: str, signer_key: MLDSAPublicKey, keys: KemKeySource, now: dt.datetime
 ) -> bytes:
-    """Open this node's sealed dealer seed (the node side); raises envelope errors or :class:`MalformedPlanError`."""
+    """Deprecated (nodes no longer call it): open this node's sealed shared dealer seed."""
     party = plan.party_of(node_id)
     sealed = plan.sealed_dealer_seeds.get(node_id)
     if sealed is None:

@@ -13,6 +13,7 @@ GET      /v1/keys                        certificate, CA, logged KEM keys, log (
 POST     /v1/sessions                    signed session plan (operator)
 GET      /v1/sessions/{id}               status
 GET      /v1/sessions/{id}/plan          the signed plan as posted (clients verify it)
+POST     /v1/sessions/{id}/preprocessing this party's dealt material (operator; sealed + plan-signed)
 POST     /v1/sessions/{id}/inputs        one sealed input envelope (data owners)
 GET      /v1/sessions/{id}/outputs       ?recipient=NAME: sealed result shares
 =======  ==============================  =================================================
@@ -51,6 +52,8 @@ __all__ = ["NodeRuntime", "build_app", "wall_clock"]
 log = logging.getLogger("pqmpc_node")
 _LOG_LIMIT = 16 << 20
 _PLAN_LIMIT = 4 << 20
+_PREPROCESSING_LIMIT = 256 << 20
+"""Largest preprocessing body (seed envelope + correction stream) a node takes."""
 
 
 def wall_clock() -> dt.datetime:
@@ -196,6 +199,15 @@ def build_app(node: NodeRuntime) -> web.Application:
             raise ApiError(400, "malformed", "empty body; post the sealed envelope bytes (application/octet-stream)")
         return web.json_response(sessions.accept_input(sid, data), status=202)
 
+    async def post_preprocessing(request: web.Request) -> web.Response:
+        _require_certified()
+        sid = request.match_info["id"]
+        sessions.get(sid)
+        data = await read_body(request, _PREPROCESSING_LIMIT)
+        if not data:
+            raise ApiError(400, "malformed", "empty body; post the dealer's preprocessing body (application/octet-stream)")
+        return web.json_response(sessions.accept_preprocessing(sid, data), status=202)
+
     async def get_output(request: web.Request) -> web.Response:
         recipient = request.query.get("recipient", "")
         if not recipient:
@@ -203,7 +215,8 @@ def build_app(node: NodeRuntime) -> web.Application:
         sealed = sessions.output_for(request.match_info["id"], recipient)
         return web.Response(body=sealed, content_type="application/octet-stream")
 
-    app = web.Application(client_max_size=config.max_input_bytes + (1 << 16), middlewares=[error_middleware])
+    app = web.Application(client_max_size=max(config.max_input_bytes, _PREPROCESSING_LIMIT) + (1 << 16),
+                          middlewares=[error_middleware])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -215,6 +228,7 @@ def build_app(node: NodeRuntime) -> web.Application:
     app.router.add_get("/v1/sessions/{id}", get_session)
     app.router.add_get("/v1/sessions/{id}/plan", get_plan)
     app.router.add_post("/v1/sessions/{id}/inputs", post_input)
+    app.router.add_post("/v1/sessions/{id}/preprocessing", post_preprocessing)
     app.router.add_get("/v1/sessions/{id}/outputs", get_output)
 
     async def on_startup(_: web.Application) -> None:

@@ -3,12 +3,17 @@
 Life of a session here (phases as in ``MPCSession.status.phase``):
 
 1. ``AwaitingInputs``: the operator posts a signed plan (:meth:`SessionManager.accept_plan`);
-   the node opens its sealed dealer seed and fences its KEM key epoch so the key is not
-   retired under the session.
+   the node fences its KEM key epoch so the key is not retired under the session. The
+   dealer (the operator) posts this party's own preprocessing material
+   (:meth:`SessionManager.accept_preprocessing`, :mod:`pqmpc_node.dealing`): its seed and
+   correction stream, sealed to this node and signed with the plan-signing key; no node
+   ever receives another party's material.
 2. Data owners post sealed input envelopes (:meth:`SessionManager.accept_input`): checked
    (sender key from the plan, signature, epoch, replay), opened, validated against the
    declared fields, and the *sealed* envelope is kept under ``PQMPC_STATE_DIR`` until
-   the session ends. When every owner has delivered, computing starts.
+   the session ends. When every owner has delivered and the material is here (its row
+   counts must match the inputs'), computing starts; the status reports ``inputRows``
+   and ``awaitingPreprocessing`` for the dealer.
 3. ``Computing``: the party with the lower index dials each peer over a PQ mutual-TLS
    :class:`~pqmpc_node.net.link.PeerLink`, the peer's certificate must name the node
    the plan names with the plan's fingerprint; the engine runs the program over a
@@ -30,6 +35,7 @@ import asyncio
 import datetime as dt
 import enum
 import hashlib
+import hmac
 import logging
 import shutil
 import time
@@ -54,27 +60,22 @@ from pqmpc_node.crypto.envelopes import (
 from pqmpc_node.crypto.kemkeys import KeyRetiredError, kem_public_key_from_bytes
 from pqmpc_node.crypto.pki import NodeId
 from pqmpc_node.crypto.suites import MLDSAPublicKey, SignatureAlgorithm
+from pqmpc_node.dealing import PartyMaterial, PreprocessingError, engine_config, execute, open_preprocessing, party_provider
 from pqmpc_node.keystore import NodeKeys
 from pqmpc_node.metrics import NodeMetrics
-from pqmpc_node.mpc import protocols as proto
 from pqmpc_node.mpc.backend import to_host
-from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.errors import MacCheckError
 from pqmpc_node.mpc.fixedpoint import FixedPoint
-from pqmpc_node.mpc.preprocessing import Dealer, DealerProvider
 from pqmpc_node.mpc.programs import (
-    AggregatePlan,
     ExecutionPlan,
     ProgramError,
-    SessionInputs,
     SessionResult,
     compile_program,
     model_shapes,
-    run_session,
 )
+from pqmpc_node.mpc.seeded_dealer import PreprocessingMismatchError
 from pqmpc_node.mpc.randomness import AesCtrRandom
-from pqmpc_node.mpc.shares import Shared
 from pqmpc_node.net.counters import RefusalCounters
 from pqmpc_node.net.link import LinkConfig, LinkRefused, PeerLink
 from pqmpc_node.net.pq_channel import HELLO_TAG, Hello, PeerLostError, PqChannel
@@ -84,7 +85,6 @@ from pqmpc_node.plan import (
     PlanError,
     SessionPlan,
     check_supersedes,
-    open_dealer_seed,
     verify_signed_plan,
 )
 
@@ -131,7 +131,6 @@ class SessionRuntime:
     plan: SessionPlan
     body: bytes = field(repr=False)
     party: int
-    seed: bytes = field(repr=False)
     started: float
     phase: Phase = Phase.AWAITING_INPUTS
     reason: str = ""
@@ -145,6 +144,12 @@ class SessionRuntime:
     links: dict[int, PeerLink] = field(default_factory=dict, repr=False)
     incoming: dict[int, asyncio.Future[PeerLink]] = field(default_factory=dict, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    material: PartyMaterial | None = field(default=None, repr=False)
+    material_digest: str = ""
+
+    def input_rows(self) -> dict[str, int]:
+        """Rows each data owner delivered (public: every party holds shares of this length)."""
+        return {o: p.rows for o, p in self.inputs.items() if p.kind == "rows"}
 
     def status(self) -> dict[str, Any]:
         """The public status document (no secrets, no results)."""
@@ -161,6 +166,10 @@ class SessionRuntime:
             "sharing": p.sharing,
             "security": p.security,
             "inputs": [{"owner": i.owner, "role": i.role, "received": i.owner in self.inputs} for i in p.inputs],
+            "inputRows": self.input_rows(),
+            "preprocessingReceived": self.material is not None,
+            "awaitingPreprocessing": self.phase is Phase.AWAITING_INPUTS and self.material is None
+            and all(i.owner in self.inputs for i in p.inputs),
             "outputsReady": sorted(self.outputs),
             "liveParties": list(self.live),
             "attempts": self.attempts,
@@ -227,17 +236,10 @@ class SessionManager:
                                reason="session_running", status=409)
         party = plan.party_of(self.node_id)
         try:
-            seed = open_dealer_seed(plan, suite=self.keys.suite, node_id=self.node_id, signer_key=self.signer_key,
-                                    keys=self.keys.ring, now=now)
-        except EnvelopeError as exc:
-            self.metrics.plans_refused.labels("dealer_seed").inc()
-            raise SessionError(f"cannot open the plan's sealed dealer seed: {exc}", reason=f"dealer_seed_{exc.reason}",
-                               status=400) from None
-        try:
             self.keys.ring.fence(self._fence_id(plan.session_id, party.kem_epoch), party.kem_epoch)
         except KeyRetiredError as exc:
             raise SessionError(str(exc), reason=exc.reason, status=409) from None
-        rt = SessionRuntime(plan=plan, body=body, party=party.index, seed=seed, started=time.monotonic(),
+        rt = SessionRuntime(plan=plan, body=body, party=party.index, started=time.monotonic(),
                             live=tuple(range(len(plan.parties))))
         if held is not None:
             rt.inputs, rt.input_digests = held.inputs, held.input_digests
@@ -300,6 +302,10 @@ class SessionManager:
                 payload = InputPayload.decode(opened.plaintext, domain=domain, model_shapes=shapes)
                 if payload.kind != "model":
                     raise PayloadError("the model owner must send model parameters")
+            if rt.material is not None and payload.kind == "rows" and rt.material.rows.get(h.sender) != payload.rows:
+                raise InputRejected(
+                    f"{h.sender!r} sent {payload.rows} rows; the session's preprocessing was dealt for "
+                    f"{rt.material.rows.get(h.sender)}", reason="rows_mismatch", status=422)
         except EnvelopeError as exc:
             self.metrics.envelopes_refused.labels(exc.reason).inc()
             raise InputRejected(str(exc), reason=exc.reason, status=422 if isinstance(exc, MalformedEnvelopeError) else 403) from None
@@ -327,8 +333,45 @@ class SessionManager:
     def _execution_plan(plan: SessionPlan) -> ExecutionPlan:
         return compile_program(plan.program, [f.to_json() for f in plan.data_fields()])
 
+    # -- preprocessing ----------------------------------------------------------------
+
+    def accept_preprocessing(self, session_id: str, body: bytes) -> dict[str, Any]:
+        """Verify (the plan signer's signature), open and hold this party's preprocessing material."""
+        rt = self.get(session_id)
+        digest = hashlib.sha256(body).hexdigest()
+        if rt.material is not None:
+            if hmac.compare_digest(digest, rt.material_digest):
+                return {"sessionId": session_id, "accepted": True, "alreadyAccepted": True, "phase": rt.phase.value}
+            raise SessionError(f"session {session_id} already holds preprocessing material", reason="duplicate_preprocessing",
+                               status=409)
+        if rt.phase is not Phase.AWAITING_INPUTS:
+            raise SessionError(f"session {session_id} is {rt.phase.value}; preprocessing is closed",
+                               reason="session_running", status=409)
+        try:
+            material = open_preprocessing(body, rt.plan, suite=self.keys.suite, node_id=self.node_id,
+                                          signer_key=self.signer_key, keys=self.keys.ring, now=self.clock())
+        except EnvelopeError as exc:
+            self.metrics.envelopes_refused.labels(f"preprocessing_{exc.reason}").inc()
+            raise SessionError(f"preprocessing refused: {exc}", reason=exc.reason,
+                               status=422 if isinstance(exc, MalformedEnvelopeError) else 403) from None
+        except PreprocessingError as exc:
+            self.metrics.envelopes_refused.labels(f"preprocessing_{exc.reason}").inc()
+            raise SessionError(f"preprocessing refused: {exc}", reason=exc.reason,
+                               status=409 if exc.reason == "stale_preprocessing" else 422) from None
+        have = rt.input_rows()
+        wrong = {o: (n, material.rows.get(o)) for o, n in have.items() if material.rows.get(o) != n}
+        if wrong:
+            raise SessionError(f"preprocessing was dealt for other row counts than the inputs held: {wrong}",
+                               reason="rows_mismatch", status=409)
+        rt.material, rt.material_digest = material, digest
+        log.info("session %s: preprocessing accepted (%d requests, %d correction words)", session_id,
+                 len(material.manifest), material.stream.size)
+        self._maybe_start(rt)
+        return {"sessionId": session_id, "accepted": True, "phase": rt.phase.value}
+
     def _maybe_start(self, rt: SessionRuntime) -> None:
-        if rt.phase is Phase.AWAITING_INPUTS and all(i.owner in rt.inputs for i in rt.plan.inputs):
+        if (rt.phase is Phase.AWAITING_INPUTS and rt.material is not None
+                and all(i.owner in rt.inputs for i in rt.plan.inputs)):
             rt.phase = Phase.COMPUTING
             rt.task = asyncio.get_running_loop().create_task(self._run(rt))
 
@@ -441,6 +484,9 @@ class SessionManager:
             self.metrics.mac_failures.inc()
             self._fail(rt, "mac_check_failed", str(exc))
             outcome = "mac_check_failed"
+        except PreprocessingMismatchError as exc:
+            self._fail(rt, "preprocessing_mismatch", str(exc))
+            outcome = "preprocessing_mismatch"
         except PeerLostError as exc:
             self._fail(rt, "peer_lost", str(exc))
             outcome = "peer_lost"
@@ -475,6 +521,7 @@ class SessionManager:
             self.keys.ring.release(self._fence_id(plan.session_id, epoch))
         shutil.rmtree(self._session_dir(plan.session_id) / "inputs", ignore_errors=True)
         rt.inputs.clear()
+        rt.material = None  # the seed and corrections are single-use
 
     async def _attempts(self, rt: SessionRuntime) -> None:
         plan = rt.plan
@@ -508,38 +555,20 @@ class SessionManager:
         plan = rt.plan
         n = len(plan.parties)
         rt.attempts += 1
-        cfg = EngineConfig(parties=n, threshold=plan.threshold if plan.sharing == "shamir" else 1,
-                           sharing=plan.sharing, security=plan.security, frac_bits=plan.frac_bits,
-                           backend="cupy" if self.settings.backend == "cupy" else ("auto" if self.settings.backend == "auto" else "numpy"))
+        assert rt.material is not None  # _maybe_start waits for it
+        cfg = engine_config(plan, self.settings.backend)
         domain = cfg.domain()
-        scheme = cfg.scheme()
-        dealer = Dealer(domain, scheme, rt.seed, authenticated=plan.security == "malicious")
         channel = PqChannel(party=rt.party, n=n, links={p: rt.links[p] for p in rt.live if p != rt.party},
                             attempt=rt.attempts, round_timeout_s=self.settings.round_timeout_s)
-        ctx = MPCContext(party=rt.party, channel=channel, domain=domain, scheme=scheme,
-                         provider=DealerProvider(dealer, rt.party), rng=AesCtrRandom.from_os(),
+        ctx = MPCContext(party=rt.party, channel=channel, domain=domain, scheme=cfg.scheme(),
+                         provider=party_provider(plan, rt.material, cfg, domain.xp), rng=AesCtrRandom.from_os(),
                          security=plan.security, fixed=FixedPoint(plan.frac_bits), live=rt.live)
-        exec_plan = self._execution_plan(plan)
-        xp = domain.xp
         names = [f.name for f in plan.data_fields()]
         data = [rt.inputs[i.owner] for i in plan.inputs if i.role == "data"]
         table = np.stack([np.concatenate([d.columns[f] for d in data]) for f in names])  # (fields, rows)
         model_owner = [i.owner for i in plan.inputs if i.role == "model"]
-        params = rt.inputs[model_owner[0]].params if model_owner else {}
-        pnames = sorted(params)
-        flat = np.concatenate([params[k].reshape(-1) for k in pnames]) if pnames else np.zeros(0, np.uint64)
-        tshared = await _authenticate(ctx, xp.asarray(table))
-        columns = {f: tshared[i] for i, f in enumerate(names)}
-        model: dict[str, Shared] = {}
-        if pnames:
-            pshared = await _authenticate(ctx, xp.asarray(flat))
-            offset = 0
-            for k in pnames:
-                size = params[k].size
-                model[k] = pshared[offset:offset + size].reshape(*params[k].shape)
-                offset += size
-        result = await run_session(ctx, exec_plan, SessionInputs(columns, model),
-                                   reveal=isinstance(exec_plan, AggregatePlan))
+        params = dict(rt.inputs[model_owner[0]].params) if model_owner else {}
+        result = await execute(ctx, self._execution_plan(plan), names, table, params)
         return result, ctx, channel
 
     def _record_traffic(self, plan: SessionPlan, channel: PqChannel) -> None:
@@ -594,31 +623,6 @@ class SessionManager:
                     await rt.task
                 except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
                     pass
-
-
-async def _authenticate(ctx: MPCContext, local: Any) -> Shared:
-    """This party's share of an owner-shared array as an engine sharing.
-
-    Semi-honest: the owner's share is used as is. Malicious: every live party inputs its
-    share through the engine's masked input protocol, which attaches MAC shares, and the
-    parties recombine (additive: sum; Shamir: Lagrange weights of the live parties).
-    """
-    if not ctx.malicious:
-        return Shared(local, None)
-    d = ctx.domain
-    parts = []
-    for owner in ctx.live:
-        parts.append(await proto.share_input(ctx, owner, local if owner == ctx.party else None, tuple(local.shape)))
-    if ctx.scheme.kind == "additive":
-        acc = parts[0]
-        for p in parts[1:]:
-            acc = ctx.add(acc, p)
-        return acc
-    weights = ctx.scheme.weights(list(ctx.live))
-    acc = ctx.mul_public(parts[0], d.scalar(weights[ctx.live[0]]))
-    for owner, p in zip(ctx.live[1:], parts[1:], strict=True):
-        acc = ctx.add(acc, ctx.mul_public(p, d.scalar(weights[owner])))
-    return acc
 
 
 def _jsonable(v: Any) -> Any:

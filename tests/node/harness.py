@@ -2,7 +2,10 @@
 
 It holds the pool CA, the transparency log and the plan-signing key, starts
 ``python -m pqmpc_node`` processes with the operator's env variables, answers their
-CSRs, pushes certificates and logs, and signs and posts session plans.
+CSRs, pushes certificates and logs, signs and posts session plans, and plays the
+trusted dealer: once a session's inputs are in (a node reports ``awaitingPreprocessing``
+and the ``inputRows``), a background thread calls :func:`pqmpc_node.dealing.deal` and
+posts each party its own sealed material.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +31,8 @@ from pqmpc_node.crypto.suites import SuiteName, get_suite
 from pqmpc_node.crypto.transparency import EntryKind, TransparencyLog
 from pqmpc_node.client import Identity
 from pqmpc_node.keystore import LogBundle
-from pqmpc_node.plan import PlanInput, PlanOutput, PlanParty, SessionId, SessionPlan, FieldDecl, seal_dealer_seed, sign_plan
+from pqmpc_node.dealing import DealerOutput, deal
+from pqmpc_node.plan import PlanInput, PlanOutput, PlanParty, SessionId, SessionPlan, FieldDecl, sign_plan
 
 SUITE = get_suite(SuiteName.PQ_DEFAULT)
 HERE = Path(__file__).resolve().parent
@@ -89,6 +94,10 @@ class Operator:
             self.signer.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
         self.http = httpx.Client(timeout=30.0)
         self._next_ip = 10
+        self._stop = threading.Event()
+        self._dealers: dict[str, threading.Thread] = {}
+        self.dealt: dict[str, DealerOutput] = {}
+        self.dealer_errors: list[str] = []
 
     # -- processes ------------------------------------------------------------------
 
@@ -136,6 +145,9 @@ class Operator:
         raise RuntimeError(f"{node.node_id} did not become healthy:\n{node.log_text()}")
 
     def stop_all(self) -> None:
+        self._stop.set()
+        for t in self._dealers.values():
+            t.join(timeout=10)
         for n in self.nodes:
             if n.proc.poll() is None:
                 n.proc.terminate()
@@ -217,15 +229,12 @@ class Operator:
         if model_owner is not None:
             inputs.append(PlanInput(model_owner.name, model_owner.signing_key.public_key().public_bytes_raw(), "model", ()))
         outputs = [PlanOutput(r.name, r.kem.public_bytes, tuple(allow)) for r, allow in recipients.items()]
-        seed = os.urandom(32)
-        sealed = {p.node_id: seal_dealer_seed(seed, suite=SUITE, session_id=session_id, party=p,
-                                              node_kem_key=keys[p.node_id], signer_key=self.signer) for p in parties}
         return SessionPlan(
             session_id=SessionId(session_id), pool=pool or self.pool, namespace="default", generation=generation,
             issued_at=t0 - 1, not_after=t0 + lifetime_s, deadline=t0 + lifetime_s, parties=tuple(parties),
             sharing=sharing,  # type: ignore[arg-type]
             threshold=threshold, security=security,  # type: ignore[arg-type]
-            program=program, inputs=tuple(inputs), outputs=tuple(outputs), sealed_dealer_seeds=sealed,
+            program=program, inputs=tuple(inputs), outputs=tuple(outputs),
         )
 
     def signed_body(self, plan: SessionPlan) -> bytes:
@@ -233,11 +242,76 @@ class Operator:
 
         return json.dumps(sign_plan(plan, self.signer).to_json()).encode()
 
-    def post_plan(self, plan: SessionPlan, nodes: list[NodeProc]) -> None:
+    def post_plan(self, plan: SessionPlan, nodes: list[NodeProc], *, dealer: bool = True) -> None:
         body = self.signed_body(plan)
         for n in nodes:
             r = self.http.post(n.url + "/v1/sessions", content=body, headers={"Content-Type": "application/json"})
             assert r.status_code in (200, 201), r.text
+        key = f"{plan.session_id}@{plan.digest()}"
+        if dealer and key not in self._dealers:
+            t = threading.Thread(target=self._dealer_loop, args=(plan,), name=f"dealer-{plan.session_id}", daemon=True)
+            self._dealers[key] = t
+            t.start()
+
+    # -- the dealer -------------------------------------------------------------------
+
+    def node_of(self, node_id: str) -> NodeProc:
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+    def deal(self, plan: SessionPlan, rows: dict[str, int], http: httpx.Client | None = None) -> DealerOutput:
+        """Deal ``plan``'s preprocessing for ``rows`` (the operator's call), sealed to each party's current KEM key."""
+        client = http or self.http
+        keys = {}
+        for p in plan.parties:
+            doc = client.get(self.node_of(p.node_id).url + "/v1/keys").json()
+            current = [k for k in doc["kemKeys"] if k["state"] == "current"][-1]
+            kc = KemKeyCertificate.from_bytes(base64.b64decode(current["certificate"]))
+            keys[p.node_id] = (kc.epoch, kem_public_key_from_bytes(SUITE.envelope_kem, kc.public_key))
+        out = deal(plan, rows, suite=SUITE, signer_key=self.signer, node_kem_keys=keys)
+        self.dealt[plan.session_id] = out
+        return out
+
+    def post_preprocessing(self, plan: SessionPlan, out: DealerOutput, http: httpx.Client | None = None) -> dict[str, int]:
+        """Post each party its own body; returns the HTTP status per node (unreachable nodes: 0)."""
+        client = http or self.http
+        codes = {}
+        for p in plan.parties:
+            node = self.node_of(p.node_id)
+            try:
+                r = client.post(f"{node.url}/v1/sessions/{plan.session_id}/preprocessing", content=out.bodies[p.node_id],
+                                headers={"Content-Type": "application/octet-stream"})
+                codes[p.node_id] = r.status_code
+            except httpx.HTTPError:
+                codes[p.node_id] = 0
+        return codes
+
+    def _dealer_loop(self, plan: SessionPlan) -> None:
+        """Wait until some party reports all inputs in, then deal and post (like the operator would)."""
+        digest = SessionPlan.from_json(plan.to_json()).digest()  # as the nodes parse it
+        deadline = time.monotonic() + min(300.0, plan.deadline - now().timestamp())
+        with httpx.Client(timeout=60.0) as client:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                rows = None
+                for p in plan.parties:
+                    node = self.node_of(p.node_id)
+                    if node.proc.poll() is not None:
+                        continue
+                    try:
+                        st = client.get(f"{node.url}/v1/sessions/{plan.session_id}").json()
+                    except (httpx.HTTPError, ValueError):
+                        continue
+                    if st.get("planDigest") != digest or st.get("phase") in ("Succeeded", "Failed"):
+                        return  # superseded by a re-plan, or over
+                    if st.get("awaitingPreprocessing"):
+                        rows = st["inputRows"]
+                        break
+                if rows is not None:
+                    try:
+                        self.post_preprocessing(plan, self.deal(plan, rows, client), client)
+                    except Exception as exc:  # noqa: BLE001 - reported to the test through dealer_errors
+                        self.dealer_errors.append(f"{plan.session_id}: {type(exc).__name__}: {exc}")
+                    return
+                self._stop.wait(0.1)
 
     def wait_phase(self, node: NodeProc, session_id: str, phases: set[str], timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -249,7 +323,8 @@ class Operator:
             if status.get("phase") in phases:
                 return status
             time.sleep(0.1)
-        raise AssertionError(f"{node.node_id}: session {session_id} stuck in {status}:\n{node.log_text()[-3000:]}")
+        raise AssertionError(f"{node.node_id}: session {session_id} stuck in {status} (dealer errors: "
+                             f"{self.dealer_errors}):\n{node.log_text()[-3000:]}")
 
     def metric(self, node: NodeProc, name: str) -> float:
         text = self.http.get(node.url + "/metrics").text
