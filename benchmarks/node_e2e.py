@@ -10,7 +10,11 @@ Keys:
 * ``envelopes_accepted_per_s``: sealed input envelopes one node process accepts over
   HTTP (verify signature, open, validate, store), 1 row each.
 * ``sessions_per_min``: small aggregate sessions, end to end across 3 node processes
-  (plan post, owner submission, computation, recipient collection), run back to back.
+  (plan post, owner submission, the harness dealing each party its own preprocessing,
+  computation, recipient collection), run back to back.
+
+The single-seed engine ``Dealer`` used for the overhead figures is fine here: all three
+parties are tasks of this one process. Nodes never share a seed (``pqmpc_node.dealing``).
 
 Run: ``.venv/bin/python benchmarks/node_e2e.py``
 """

@@ -112,16 +112,25 @@ class PqChannel:
             raise PeerLostError(peer, "no link to this party in the current attempt")
         return link
 
+    async def _send(self, peer: int, wire: int, payload: bytes) -> None:
+        try:
+            await self._link(peer).send(wire, payload)
+        except (LinkClosed, LinkRefused, ConnectionError, OSError) as exc:
+            raise PeerLostError(peer, str(exc)) from None
+        self.traffic.sent[peer] = self.traffic.sent.get(peer, 0) + len(payload)
+
     async def send_many(self, tag: str, payloads: Mapping[int, bytes]) -> None:
+        """Send to every peer; the links are written concurrently, so a slow peer's backpressure
+        does not hold back the others (the engine's rounds send the same payload to all)."""
         wire = round_tag(self._attempt, tag)
-        for peer, payload in payloads.items():
+        for peer in payloads:
             if not 0 <= peer < self._n or peer == self._party:
                 raise ChannelError(f"party {self._party} cannot send to peer {peer} (n={self._n})")
-            try:
-                await self._link(peer).send(wire, payload)
-            except (LinkClosed, LinkRefused, ConnectionError, OSError) as exc:
-                raise PeerLostError(peer, str(exc)) from None
-            self.traffic.sent[peer] = self.traffic.sent.get(peer, 0) + len(payload)
+        if len(payloads) == 1:
+            ((peer, payload),) = payloads.items()
+            await self._send(peer, wire, payload)
+            return
+        await asyncio.gather(*(self._send(peer, wire, payload) for peer, payload in payloads.items()))
 
     async def _recv(self, peer: int, wire: int) -> bytes:
         try:
