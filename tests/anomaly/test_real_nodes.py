@@ -1,0 +1,88 @@
+"""Scoring real node processes: three ``python -m pqmpc_node`` processes (the node tests'
+harness plays the operator), one of them started with the test-only tampering hook; after a
+malicious-security session the three are scraped and their session reports fetched, and
+the tampering node scores highest and is quarantined under the default policy. The node
+metrics alone do not single it out (every party counts the abort, or a lost peer): the
+reports, where the honest parties name the party whose commitment did not open, do."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from pqmpc_operator.anomaly import AnomalyPolicy, AnomalyState, quarantine_decisions, score_nodes
+from pqmpc_operator.node_signals import fetch_session_evidence, scrape_node
+
+NODE_TESTS = Path(__file__).resolve().parent.parent / "node"
+
+
+def load_harness() -> ModuleType:
+    """The node tests' harness, loaded by path (shared with tests/node if it is loaded already)."""
+    if "harness" in sys.modules:
+        return sys.modules["harness"]
+    spec = importlib.util.spec_from_file_location("harness", NODE_TESTS / "harness.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["harness"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def operator(tmp_path: Path) -> Iterator[Any]:
+    op = load_harness().Operator(tmp_path)
+    try:
+        yield op
+    finally:
+        op.stop_all()
+
+
+async def test_tampering_node_is_quarantined(operator: Any) -> None:
+    from pqmpc_node.client import Identity, SessionClient
+    from pqmpc_node.plan import FieldDecl
+
+    faulty = [sys.executable, str(NODE_TESTS / "faulty_node.py")]
+    nodes = operator.start_nodes(3, command=faulty, per_node_env={2: {"PQMPC_TEST_FAULT": "tamper"}})
+    operator.certify(nodes)
+    tamperer = nodes[2].node_id
+    owner, auditor = Identity.generate("bank-a"), Identity.generate("auditor")
+    plan = operator.plan("tamper-a", nodes, program={"aggregate": [{"op": "sum", "field": "amount"}]},
+                         owners=[owner], fields=[FieldDecl("amount", 0, 1000)],
+                         recipients={auditor: ["sum(amount)"]}, security="malicious")
+    operator.post_plan(plan, nodes)
+    with SessionClient(node_url=nodes[0].url, session_id="tamper-a", ca_certificate=operator.ca.certificate,
+                       plan_signer=operator.signer.public_key()) as c:
+        c.submit_rows(owner, {"amount": ["5", "6", "7"]})
+    for n in nodes:
+        assert operator.wait_phase(n, "tamper-a", {"Succeeded", "Failed"})["phase"] == "Failed"
+
+    now = time.time()
+    urls = {n.node_id: n.url for n in nodes}
+    async with httpx.AsyncClient() as client:
+        scraped = [await scrape_node(client, n.node_id, n.url, at=now) for n in nodes]
+        evidence = await fetch_session_evidence(client, "tamper-a", [n.node_id for n in nodes], urls, finished_at=now)
+    assert all(s is not None for s, _ in scraped), [why for _, why in scraped]
+    samples = [s for s, _ in scraped if s is not None]
+    assert evidence.outcome == "mac_check_failed"
+    assert {r: set(b) for r, b in evidence.blamed.items()} == {nodes[0].node_id: {tamperer}, nodes[1].node_id: {tamperer}}
+
+    policy = AnomalyPolicy.from_spec({})
+    # Metrics alone: the honest parties counted the abort, the tamperer only a lost peer.
+    _, metric_scores = score_nodes(AnomalyState(), samples, [], policy, now)
+    assert max(metric_scores.values(), key=lambda s: s.score).node != tamperer
+
+    state, scores = score_nodes(AnomalyState(), samples, [evidence], policy, now)
+    ranked = sorted(scores.values(), key=lambda s: s.score, reverse=True)
+    assert ranked[0].node == tamperer and ranked[0].score >= policy.quarantine_score, ranked
+    assert all(s.score < policy.quarantine_score for s in ranked[1:]), ranked
+    state, decisions = quarantine_decisions(state, scores, policy, now)
+    assert [d.node for d in decisions.enter] == [tamperer]
+    assert state.quarantined() == {tamperer}
