@@ -85,7 +85,13 @@ Evidence on one 3-party session (``tests/anomaly/test_real_nodes.py``): with the
 test-only tampering hook, the two honest parties abort with ``mac_check_failed``
 naming the tamperer's party index, while the tamperer reports ``peer_lost`` (it sees
 the others hang up). So one session suffices when the reports are collected; the
-node metrics alone (``mac_check_failures_total``) would not single it out.
+node metrics alone (``mac_check_failures_total``) would not single it out. The name
+appears because the hook also alters its commit-and-reveal messages of the output MAC
+check; a cheater that only shifts its share of an opened value makes the check fail
+with "the MAC shares do not match the opened values", which names nobody. Such a
+cheater is singled out by 2 over sessions with rotated co-parties (three failed 3-party
+sessions on four nodes suffice; the same test file shows it on real nodes), never by
+one session: every party of an anonymous failure is equally likely to be the culprit.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ harness plays the operator), one of them started with the test-only tampering ho
 malicious-security session the three are scraped and their session reports fetched, and
 the tampering node scores highest and is quarantined under the default policy. The node
 metrics alone do not single it out (every party counts the abort, or a lost peer): the
-reports, where the honest parties name the party whose commitment did not open, do."""
+reports, where the honest parties name the party whose commitment did not open, do. A
+cheater that leaves no name (reports stripped of ``blamed`` here) is singled out across
+sessions with rotated co-parties by the participation attribution."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import importlib.util
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -45,24 +48,30 @@ def operator(tmp_path: Path) -> Iterator[Any]:
         op.stop_all()
 
 
-async def test_tampering_node_is_quarantined(operator: Any) -> None:
+def run_session(operator: Any, sid: str, nodes: list[Any]) -> set[str]:
+    """One malicious-security sum over ``nodes``; returns the phases the parties ended in."""
     from pqmpc_node.client import Identity, SessionClient
     from pqmpc_node.plan import FieldDecl
 
-    faulty = [sys.executable, str(NODE_TESTS / "faulty_node.py")]
-    nodes = operator.start_nodes(3, command=faulty, per_node_env={2: {"PQMPC_TEST_FAULT": "tamper"}})
-    operator.certify(nodes)
-    tamperer = nodes[2].node_id
     owner, auditor = Identity.generate("bank-a"), Identity.generate("auditor")
-    plan = operator.plan("tamper-a", nodes, program={"aggregate": [{"op": "sum", "field": "amount"}]},
+    plan = operator.plan(sid, nodes, program={"aggregate": [{"op": "sum", "field": "amount"}]},
                          owners=[owner], fields=[FieldDecl("amount", 0, 1000)],
                          recipients={auditor: ["sum(amount)"]}, security="malicious")
     operator.post_plan(plan, nodes)
-    with SessionClient(node_url=nodes[0].url, session_id="tamper-a", ca_certificate=operator.ca.certificate,
+    with SessionClient(node_url=nodes[0].url, session_id=sid, ca_certificate=operator.ca.certificate,
                        plan_signer=operator.signer.public_key()) as c:
         c.submit_rows(owner, {"amount": ["5", "6", "7"]})
-    for n in nodes:
-        assert operator.wait_phase(n, "tamper-a", {"Succeeded", "Failed"})["phase"] == "Failed"
+    return {operator.wait_phase(n, sid, {"Succeeded", "Failed"})["phase"] for n in nodes}
+
+
+FAULTY = [sys.executable, str(NODE_TESTS / "faulty_node.py")]
+
+
+async def test_tampering_node_is_quarantined(operator: Any) -> None:
+    nodes = operator.start_nodes(3, command=FAULTY, per_node_env={2: {"PQMPC_TEST_FAULT": "tamper"}})
+    operator.certify(nodes)
+    tamperer = nodes[2].node_id
+    assert run_session(operator, "tamper-a", nodes) == {"Failed"}
 
     now = time.time()
     urls = {n.node_id: n.url for n in nodes}
@@ -86,3 +95,27 @@ async def test_tampering_node_is_quarantined(operator: Any) -> None:
     state, decisions = quarantine_decisions(state, scores, policy, now)
     assert [d.node for d in decisions.enter] == [tamperer]
     assert state.quarantined() == {tamperer}
+
+
+async def test_unnamed_cheater_singled_out_across_rotated_sessions(operator: Any) -> None:
+    nodes = operator.start_nodes(4, command=FAULTY, per_node_env={3: {"PQMPC_TEST_FAULT": "tamper"}})
+    operator.certify(nodes)
+    a, b, c, t = nodes
+    rotation = {"rot-1": [a, b, t], "rot-2": [t, a, c], "rot-3": [b, t, c], "rot-4": [a, b, c]}
+    urls = {n.node_id: n.url for n in nodes}
+    policy = AnomalyPolicy.from_spec({})
+    evidence = []
+    async with httpx.AsyncClient() as client:
+        for sid, parties in rotation.items():
+            phases = run_session(operator, sid, parties)
+            assert phases == ({"Failed"} if t in parties else {"Succeeded"}), (sid, phases)
+            ev = await fetch_session_evidence(client, sid, [n.node_id for n in parties], urls, finished_at=time.time())
+            evidence.append(replace(ev, blamed={}))  # as if the cheater left no name
+    # After the first failed session alone the three parties are indistinguishable.
+    _, first = score_nodes(AnomalyState(), [], evidence[:1], policy, time.time())
+    assert max(first.values(), key=lambda s: s.score).score < policy.quarantine_score
+    state, scores = score_nodes(AnomalyState(), [], evidence, policy, time.time())
+    assert scores[t.node_id].score >= policy.quarantine_score, scores
+    assert all(scores[n.node_id].score < policy.release_score for n in (a, b, c)), scores
+    _, decisions = quarantine_decisions(state, scores, policy, time.time())
+    assert [d.node for d in decisions.enter] == [t.node_id]
