@@ -61,6 +61,28 @@ class NodeClient:
         doc = resp.json()
         return doc if isinstance(doc, dict) else {}
 
+    async def plan(self, ip: str, session_id: str) -> bytes:
+        """``GET /v1/sessions/{id}/plan``: the signed plan the node holds."""
+        url = f"http://{ip}:{self._port}/v1/sessions/{session_id}/plan"
+        try:
+            resp = await self._http.get(url)
+        except httpx.HTTPError as exc:
+            raise NodeCallError(f"GET {url}: {type(exc).__name__}: {exc}") from None
+        if resp.status_code != 200:
+            raise NodeCallError(f"GET {url}: HTTP {resp.status_code}: {resp.text[:300]}")
+        return resp.content
+
+    async def post_preprocessing(self, ip: str, session_id: str, body: bytes) -> None:
+        """``POST /v1/sessions/{id}/preprocessing``: this party's sealed, signed material."""
+        url = f"http://{ip}:{self._port}/v1/sessions/{session_id}/preprocessing"
+        try:
+            resp = await self._http.post(url, content=body, headers={"Content-Type": "application/octet-stream"},
+                                         timeout=120.0)
+        except httpx.HTTPError as exc:
+            raise NodeCallError(f"POST {url}: {type(exc).__name__}: {exc}") from None
+        if resp.status_code >= 300:
+            raise NodeCallError(f"POST {url}: HTTP {resp.status_code}: {resp.text[:300]}")
+
     async def session(self, ip: str, session_id: str) -> dict[str, Any]:
         """``GET /v1/sessions/{id}``: the node's view of a session."""
         return await self._call("GET", ip, f"/v1/sessions/{session_id}")

@@ -22,19 +22,22 @@ have reached every node is re-sent with the next generation, which supersedes it
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
-from pqmpc_node.crypto.kemkeys import KemKeyCertificate
+from pqmpc_node.crypto.kemkeys import KemKeyCertificate, kem_public_key_from_bytes
 from pqmpc_node.crypto.suites import get_suite
-from pqmpc_node.plan import canonical_bytes
+from pqmpc_node.dealing import deal
+from pqmpc_node.plan import PLAN_SIGNATURE_CONTEXT, canonical_bytes, parse_signed_plan
 from pqmpc_operator import builders, placement
 from pqmpc_operator.certification import CertificationState, ensure_pki
 from pqmpc_operator.kube import KubeApi
@@ -234,7 +237,8 @@ async def reconcile_session(deps: SessionDeps, namespace: str, name: str) -> flo
             await _write(deps, out, now)
             return 5.0
         out.new["placement"] = result.to_status()
-        out.phase("Preprocessing", "Placed", "placed on " + ", ".join(str(n) for n in result.nodes))
+        out.phase("Preprocessing", "Placed", "placed on " + ", ".join(str(n) for n in result.nodes)
+                  + "; signing and sending the plan")
         out.condition("Placed", "True", "Placed", out.new["message"])
         phase = "Preprocessing"
 
@@ -242,7 +246,7 @@ async def reconcile_session(deps: SessionDeps, namespace: str, name: str) -> flo
     pod_ips = {n: str(e.get("podIP") or "") for n, e in nodes_status.items()}
     pod_ips.update(await _pod_ips(deps, namespace, pool_name, pool.uid))
 
-    if phase == "Preprocessing":
+    if not status.get("planDigest"):
         pki = await ensure_pki(deps.api, pool, state)
         generation = int(status.get("planGeneration", 0)) + 1
         # Record the generation first: if this pass dies after some parties got the plan,
@@ -296,7 +300,21 @@ async def reconcile_session(deps: SessionDeps, namespace: str, name: str) -> flo
                 lost.append(f"party {entry['party']} ({node}): {exc}")
     out.new["unreachableSince"] = since
     progress = session_progress(spec, reports)
-    out.new["inputs"] = progress.inputs
+    # Input progress only grows: parties drop the sealed inputs once a session ends.
+    before = {i.get("owner"): i for i in status.get("inputs") or []}
+    out.new["inputs"] = [
+        {**i, "received": bool(i["received"] or before.get(i["owner"], {}).get("received")),
+         "parties": max(int(i["parties"]), int(before.get(i["owner"], {}).get("parties", 0)))}
+        for i in progress.inputs
+    ]
+    if progress.input_rows is not None and status.get("dealtDigest") != status.get("planDigest") and not lost:
+        # The dealer's turn: every input is in, the row counts are known.
+        try:
+            await _deal(deps, spec, placed, pod_ips, pool, state, suite, progress.input_rows, str(status.get("planDigest")))
+            out.new["dealtDigest"] = status.get("planDigest")
+            out.condition("Preprocessed", "True", "Dealt", f"each of {len(placed)} parties got its own sealed material")
+        except (NodeCallError, ValueError) as exc:
+            out.condition("Preprocessed", "False", "DealingFailed", f"retrying: {exc}")
     if lost and spec.sharing == "additive" and progress.phase not in FINISHED:
         fail("NodeLost", "; ".join(lost) + " — additive sharing needs every party; create a new session "
              "(owners resubmit their inputs)")
@@ -319,6 +337,36 @@ async def reconcile_session(deps: SessionDeps, namespace: str, name: str) -> flo
             out.condition("Degraded", "True", "PartyLost", "; ".join(lost))
     await _write(deps, out, now)
     return 1.0
+
+
+async def _deal(
+    deps: SessionDeps, spec: SessionSpec, placed: list[Mapping[str, Any]], pod_ips: Mapping[str, str],
+    pool: Any, state: CertificationState, suite: Any, rows: Mapping[str, int], digest: str,
+) -> None:
+    """Deal each party its own preprocessing and post it (the operator is the trusted dealer).
+
+    The plan is read back from a party and must be the one this operator signed (digest
+    from status and our signature), so a restarted operator deals for the right plan.
+    """
+    pki = await ensure_pki(deps.api, pool, state)
+    first_ip = pod_ips.get(str(placed[0]["node"]), "")
+    raw, signature, plan = parse_signed_plan(await deps.nodes.plan(first_ip, spec.session_id))
+    if plan.digest() != digest:
+        raise ValueError(f"party 0 holds plan {plan.digest()[:12]}, status says {digest[:12]}; re-planning")
+    pki.plan_signer.public_key().verify(signature, canonical_bytes(raw), PLAN_SIGNATURE_CONTEXT)
+    keys = {}
+    for party in plan.parties:
+        doc = await deps.nodes.keys(pod_ips.get(party.node_id, ""))
+        current = [k for k in doc.get("kemKeys") or [] if k.get("epoch") == party.kem_epoch]
+        if not current:
+            raise NodeCallError(f"node {party.node_id} no longer offers KEM key epoch {party.kem_epoch}")
+        cert = KemKeyCertificate.from_bytes(base64.b64decode(current[-1]["certificate"]))
+        keys[party.node_id] = (cert.epoch, kem_public_key_from_bytes(suite.envelope_kem, cert.public_key))
+    started = time.perf_counter()
+    dealt = await asyncio.to_thread(deal, plan, dict(rows), suite=suite, signer_key=pki.plan_signer, node_kem_keys=keys)
+    _log.info("session %s: dealt preprocessing for rows %s in %.2fs", spec.session_id, dict(rows), time.perf_counter() - started)
+    for party in plan.parties:
+        await deps.nodes.post_preprocessing(pod_ips.get(party.node_id, ""), spec.session_id, dealt.bodies[party.node_id])
 
 
 async def _pod_ips(deps: SessionDeps, namespace: str, pool: str, uid: str) -> dict[str, str]:

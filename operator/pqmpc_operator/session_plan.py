@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pqmpc_node.crypto.kemkeys import kem_public_key_from_bytes
 from pqmpc_node.crypto.suites import MLDSAPrivateKey, Suite
 from pqmpc_node.plan import (
     FieldDecl,
@@ -25,7 +24,6 @@ from pqmpc_node.plan import (
     SessionId,
     SessionPlan,
     SignedPlan,
-    seal_dealer_seed,
     sign_plan,
 )
 from pqmpc_operator.session_model import SessionSpec
@@ -66,8 +64,9 @@ def build_signed_plan(
 
     Steps: (1) list the parties with their certified identities and KEM key epochs;
     (2) copy inputs (owners' ML-DSA keys and declared columns) and outputs (recipients'
-    KEM keys and allow-lists); (3) deal: a fresh dealer seed sealed to each party's KEM
-    key; (4) sign the canonical plan with the plan-signing key.
+    KEM keys and allow-lists); (3) sign the canonical plan with the plan-signing key.
+    Preprocessing is dealt later, per party, once the row counts are known
+    (:func:`pqmpc_node.dealing.deal`): no material travels in the plan.
     """
     plan_parties = tuple(
         PlanParty(index=i, node_id=p.node_id, address=p.address, dns_name=p.dns_name, peer_port=p.peer_port,
@@ -80,14 +79,6 @@ def build_signed_plan(
     )
     outputs = tuple(PlanOutput(o.recipient, o.kem_public_key, o.allow) for o in spec.outputs)
     issued = int(now.timestamp())
-    seed = rng(32)
-    sealed = {
-        pp.node_id: seal_dealer_seed(
-            seed, suite=suite, session_id=spec.session_id, party=pp,
-            node_kem_key=kem_public_key_from_bytes(suite.envelope_kem, p.kem_public_key), signer_key=signer,
-        )
-        for pp, p in zip(plan_parties, parties, strict=True)
-    }
     plan = SessionPlan(
         session_id=SessionId(spec.session_id),
         pool=spec.pool,
@@ -103,7 +94,6 @@ def build_signed_plan(
         program=dict(spec.program),
         inputs=inputs,
         outputs=outputs,
-        sealed_dealer_seeds=sealed,
     )
     return sign_plan(plan, signer)
 
@@ -118,6 +108,7 @@ class Progress:
     inputs: list[dict[str, Any]]
     rejected_rows: int | None
     outputs_ready: tuple[str, ...]
+    input_rows: Mapping[str, int] | None = None
 
 
 def session_progress(spec: SessionSpec, reports: Mapping[str, Mapping[str, Any] | None]) -> Progress:
@@ -138,6 +129,8 @@ def session_progress(spec: SessionSpec, reports: Mapping[str, Mapping[str, Any] 
         phase, reason, message = "Failed", str(first.get("reason") or "PartyFailed"), str(first.get("message") or "")
     elif len(succeeded) >= need and len(succeeded) == len(live):
         phase, reason, message = "Succeeded", "Completed", f"{len(succeeded)}/{len(reports)} parties finished"
+    elif any(r.get("awaitingPreprocessing") for r in live.values()):
+        phase, reason, message = "Preprocessing", "Dealing", "all inputs in; dealing each party its preprocessing"
     elif any(r.get("phase") == "Computing" for r in live.values()):
         phase, reason, message = "Computing", "Computing", f"{len(live)}/{len(reports)} parties reachable"
     else:
@@ -152,4 +145,6 @@ def session_progress(spec: SessionSpec, reports: Mapping[str, Mapping[str, Any] 
                        "parties": got})
     rejected = next((r.get("rejectedRows") for r in live.values() if r.get("rejectedRows") is not None), None)
     ready = tuple(sorted({o for r in live.values() for o in r.get("outputsReady") or []}))
-    return Progress(phase, reason, message, inputs, None if rejected is None else int(rejected), ready)
+    rows = next((r.get("inputRows") for r in live.values() if r.get("awaitingPreprocessing")), None)
+    return Progress(phase, reason, message, inputs, None if rejected is None else int(rejected), ready,
+                    None if rows is None else {str(k): int(v) for k, v in dict(rows).items()})
