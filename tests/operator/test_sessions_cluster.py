@@ -194,18 +194,29 @@ def test_aggregate_session_end_to_end(world: World) -> None:
     assert denied.returncode != 0
 
 
-def test_impossible_placement_is_explained(world: World, kubectl: Kubectl) -> None:
-    # Three parties in eu-west with distinct trust domains: only two EU trust domains exist.
-    world.apply(world.session("too-many", **aggregate_spec(world, ["bank-a", "bank-b"], ["eu-west"], 3)))
-    st = world.wait_phase("too-many", {"Placing"})
-    assert st["reason"] == "DistinctTrustDomains" or "trust domain" in st["message"], st
-    assert "need 3" in st["message"] and "eu-west" in st["message"]
+@pytest.mark.parametrize(
+    ("name", "regions", "parties", "reason", "words"),
+    [
+        # Only two nodes live in eu-west: the locality rule cannot host three parties.
+        ("too-many-eu", ["eu-west"], 3, "LocalityUnsatisfiable", ["need 3", "eu-west", "only 2"]),
+        # Four parties: the pool has three certified, ready nodes.
+        ("too-many-parties", None, 4, "NotEnoughReadyNodes", ["need 4", "has 3"]),
+    ],
+)
+def test_impossible_placement_is_explained(
+    world: World, kubectl: Kubectl, name: str, regions: list[str] | None, parties: int, reason: str, words: list[str]
+) -> None:
+    world.apply(world.session(name, **aggregate_spec(world, ["bank-a", "bank-b"], regions, parties)))
+    st = world.wait_phase(name, {"Placing"})
+    assert st["reason"] == reason, st
+    for word in words:
+        assert word in st["message"], (word, st["message"])
     placed = next(c for c in st["conditions"] if c["type"] == "Placed")
-    assert placed["status"] == "False"
-    events = json.loads(kubectl("get", "events", "-n", NS, "--field-selector", "involvedObject.name=too-many",
+    assert placed["status"] == "False" and placed["reason"] == reason
+    events = json.loads(kubectl("get", "events", "-n", NS, "--field-selector", f"involvedObject.name={name}",
                                 "-o", "json").stdout)["items"]
-    assert any(e["type"] == "Warning" and "need 3" in e["message"] for e in events)
-    kubectl("delete", "-n", NS, "mpcs", "too-many", "--wait=true", "--timeout=60s")
+    assert any(e["type"] == "Warning" and e["reason"] == reason for e in events)
+    kubectl("delete", "-n", NS, "mpcs", name, "--wait=true", "--timeout=60s")
 
 
 def test_invalid_identity_fails_the_session_with_the_field(world: World) -> None:
