@@ -476,7 +476,7 @@ def output_names(plan: SessionPlan) -> tuple[str, ...]:
         return tuple(f"{op.get('op')}({op.get('field')})" for op in ops if isinstance(op, Mapping))
     if "linearScore" in plan.program:
         return ("score", "count")
-    return ("output", "count")
+    return ("score", "count")
 
 
 def signer_fingerprint(public_key: MLDSAPublicKey) -> str:

@@ -130,8 +130,8 @@ def test_mlp_matches_numpy() -> None:
         if i < 2:
             h = np.maximum(h, 0)
     ok = valid_mask(table)
-    assert np.allclose(result.opened["output"][ok], h[ok], atol=1e-3)
-    assert np.all(result.opened["output"][~ok] == 0)
+    assert np.allclose(result.opened["score"][ok], h[ok], atol=1e-3)
+    assert np.all(result.opened["score"][~ok] == 0)
 
 
 @pytest.mark.parametrize(

@@ -198,10 +198,10 @@ def test_shamir_mlp(operator: Operator, quintet: Any, security: str) -> None:
     w1, b1 = rng.uniform(-1, 1, (3, 1)), rng.uniform(-1, 1, 1)
     program = {"mlp": {"modelOwner": "insurer", "features": ["x1", "x2"], "layers": [3, 1]}}
     model = {"W0": w0.tolist(), "b0": b0.tolist(), "W1": w1.tolist(), "b1": b1.tolist()}
-    out = _session(operator, quintet, f"deal-mlp-{security}", program, model, ["output"], sharing="shamir",
+    out = _session(operator, quintet, f"deal-mlp-{security}", program, model, ["score"], sharing="shamir",
                    threshold=2, security=security)
     expected = np.maximum(ROWS @ w0 + b0, 0) @ w1 + b1
-    assert np.allclose(np.asarray(out["output"]).reshape(-1), expected.reshape(-1), atol=5e-2)
+    assert np.allclose(np.asarray(out["score"]).reshape(-1), expected.reshape(-1), atol=5e-2)
 
 
 def test_preprocessing_endpoint_refusals(operator: Operator, quintet: Any) -> None:

@@ -47,9 +47,9 @@ def test_mlp(operator: Operator, trio: Any) -> None:
     w1, b1 = rng.uniform(-1, 1, (4, 1)), rng.uniform(-1, 1, 1)
     program = {"mlp": {"modelOwner": "insurer", "features": ["x1", "x2"], "layers": [4, 1]}}
     model = {"W0": w0.tolist(), "b0": b0.tolist(), "W1": w1.tolist(), "b1": b1.tolist()}
-    out = run(operator, trio, "mlp-1", program, model, ["output"], rows)
+    out = run(operator, trio, "mlp-1", program, model, ["score"], rows)
     expected = np.maximum(rows @ w0 + b0, 0) @ w1 + b1
-    assert np.allclose(np.asarray(out["outputs"]["output"]).reshape(-1), expected.reshape(-1), atol=5e-2)
+    assert np.allclose(np.asarray(out["outputs"]["score"]).reshape(-1), expected.reshape(-1), atol=5e-2)
 
 
 @pytest.mark.slow

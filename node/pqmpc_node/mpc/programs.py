@@ -356,7 +356,7 @@ async def _run_model(ctx: MPCContext, plan: LinearScorePlan | MlpPlan, inputs: S
             if i < len(plan.layers) - 1:
                 h = await proto.relu(ctx, h)
         out = h
-        name = "output"
+        name = "score"  # the MPCSession API publishes model results as "score"
     vshape = valid.reshape(n_rows, 1) if len(out.shape) == 2 else valid
     if len(out.shape) == 2:
         vshape = ctx.broadcast_rows(valid, out.shape[1]).T
