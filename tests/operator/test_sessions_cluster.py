@@ -132,12 +132,31 @@ def aggregate_spec(world: World, owners: list[str], regions: list[str] | None, p
     }
 
 
+class Operator:
+    """The module's operator process, restartable."""
+
+    def __init__(self, plane: ControlPlane, workdir: Path) -> None:
+        self.plane, self.workdir, self.starts = plane, workdir, 0
+        self.proc = self.start()
+
+    def start(self) -> OperatorProcess:
+        self.starts += 1
+        self.proc = start_operator(self.plane, self.workdir / f"run{self.starts}", args=["--namespace", NS],
+                                   resync_seconds=5)
+        return self.proc
+
+    def kill(self) -> None:
+        self.proc.process.stop(timeout=0.1)
+
+
 @pytest.fixture(scope="module")
 def operator(control_plane: ControlPlane, node_agent: object, kubectl: Kubectl,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     kubectl("create", "namespace", NS, check=False)
-    op = start_operator(control_plane, tmp_path_factory.mktemp("op-sessions"), args=["--namespace", NS],
-                        resync_seconds=5)
+    base = tmp_path_factory.mktemp("op-sessions")
+    for i in range(1, 4):
+        (base / f"run{i}").mkdir()
+    op = Operator(control_plane, base)
     kubectl("apply", "-n", NS, "-f", str(REPO / "examples" / "nodepool.yaml"))
 
     def ready() -> bool:
@@ -147,11 +166,11 @@ def operator(control_plane: ControlPlane, node_agent: object, kubectl: Kubectl,
 
     wait_for("pool banks Ready with certified nodes", ready, timeout=180)
     yield op
-    op.stop()
+    op.proc.stop()
 
 
 @pytest.fixture(scope="module")
-def world(operator: OperatorProcess, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory) -> World:
+def world(operator: Operator, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory) -> World:
     return World(kubectl, tmp_path_factory.mktemp("owners"))
 
 
@@ -226,3 +245,118 @@ def test_invalid_identity_fails_the_session_with_the_field(world: World) -> None
     st = world.wait_phase("bad-key", {"Failed"})
     assert st["reason"] == "InvalidSpec"
     assert "spec.inputs[1].identity" in st["message"] and "pqmpc identity new" in st["message"]
+
+
+def test_mlp_session_with_model_owner(world: World) -> None:
+    fields = [{"name": "amount", "min": 0, "max": 100000}, {"name": "txPerDay", "min": 0, "max": 1000},
+              {"name": "chargebacks", "min": 0, "max": 100}]
+    inputs = [{"owner": o, "identity": world.ids[o]["identity"], "fields": fields} for o in ("bank-a", "bank-b", "bank-c")]
+    inputs.append({"owner": "insurer", "identity": world.ids["insurer"]["identity"]})
+    spec = {
+        "parties": 3, "threshold": 1, "sharing": "shamir", "security": "malicious", "inputs": inputs,
+        "program": {"mlp": {"modelOwner": "insurer", "features": ["amount", "txPerDay", "chargebacks"], "layers": [4, 1]}},
+        "outputs": [{"recipient": "insurer", "identity": world.ids["insurer"]["kemPublicKey"], "allow": ["score"]}],
+        "placement": {"distinctTrustDomains": True, "maxSharesPerZone": 1}, "deadline": "10m",
+    }
+    world.apply(world.session("fraud-mlp", **spec))
+    st = world.wait_phase("fraud-mlp", {"AwaitingInputs", "Failed"})
+    assert st["phase"] == "AwaitingInputs", st
+    assert {p["trustDomain"] for p in st["placement"]} == {"bank-a", "bank-b", "bank-c"}
+    sid, url = st["sessionId"], st["result"]["nodes"][0]
+    rng = np.random.default_rng(3)
+    tables = {o: np.column_stack([rng.integers(0, 50, 6), rng.integers(0, 10, 6), rng.integers(0, 3, 6)]).astype(float)
+              for o in ("bank-a", "bank-b", "bank-c")}
+    for owner, table in tables.items():
+        world.submit(sid, owner, url, world.csv(f"mlp-{owner}", ["amount", "txPerDay", "chargebacks"], table))
+    w0, b0 = rng.uniform(-0.05, 0.05, (3, 4)), rng.uniform(-1, 1, 4)
+    w1, b1 = rng.uniform(-1, 1, (4, 1)), rng.uniform(-1, 1, 1)
+    model = world.dir / "model.json"
+    model.write_text(json.dumps({"W0": w0.tolist(), "b0": b0.tolist(), "W1": w1.tolist(), "b1": b1.tolist()}))
+    world.submit(sid, "insurer", url, str(model))
+    st = world.wait_phase("fraud-mlp", {"Succeeded", "Failed"}, timeout=180)
+    assert st["phase"] == "Succeeded", st
+    scores = np.asarray(world.result(sid, "insurer", url)["outputs"]["score"], dtype=float).reshape(-1)
+    rows = np.concatenate([tables[o] for o in ("bank-a", "bank-b", "bank-c")])
+    expected = (np.maximum(rows @ w0 + b0, 0) @ w1 + b1).reshape(-1)
+    assert scores.shape == expected.shape
+    assert np.allclose(np.sort(scores), np.sort(expected), atol=5e-2)
+
+
+def test_operator_restart_mid_session(world: World, operator: Operator) -> None:
+    world.apply(world.session("restart", **aggregate_spec(world, ["bank-a", "bank-b"], ["eu-west"], 2)))
+    st = world.wait_phase("restart", {"AwaitingInputs"})
+    operator.kill()  # the operator dies with the session waiting for inputs
+    rows = np.arange(1.0, 11.0).reshape(-1, 1)
+    world.submit(st["sessionId"], "bank-a", st["result"]["nodes"][0], world.csv("r-a", ["amount"], rows))
+    world.submit(st["sessionId"], "bank-b", st["result"]["nodes"][0], world.csv("r-b", ["amount"], rows * 2))
+    time.sleep(2)
+    assert world.status("restart")["phase"] == "AwaitingInputs"  # nobody dealt: no operator
+    operator.start()
+    st = world.wait_phase("restart", {"Succeeded", "Failed"})
+    assert st["phase"] == "Succeeded", st
+    assert st["planGeneration"] == 1, "the resumed operator must not re-plan a delivered plan"
+    res = world.result(st["sessionId"], "auditor", st["result"]["nodes"][0])["outputs"]
+    assert res["mean(amount)"] == pytest.approx(np.concatenate([rows, rows * 2]).mean(), abs=0.01)
+
+
+def test_party_killed_mid_session_fails_additive_session(world: World, kubectl: Kubectl) -> None:
+    world.apply(world.session("killed", **aggregate_spec(world, ["bank-a", "bank-b"], ["eu-west"], 2)))
+    st = world.wait_phase("killed", {"AwaitingInputs"})
+    world.submit(st["sessionId"], "bank-a", st["result"]["nodes"][0], world.csv("k-a", ["amount"], np.ones((3, 1))))
+    victim = st["placement"][1]["node"]
+    kubectl("delete", "pod", victim, "-n", NS, "--grace-period=0", "--force", check=False)
+    st = world.wait_phase("killed", {"Failed", "Succeeded"}, timeout=120)
+    assert st["phase"] == "Failed" and st["reason"] == "NodeLost", st
+    assert victim in st["message"] and "additive" in st["message"]
+    # the pool heals: the pod is re-created and certified again
+    def healed() -> bool:
+        nodes = (get_json(kubectl, "mpcpool", "banks").get("status") or {}).get("nodes") or []
+        return any(n["name"] == victim and n.get("ready") and n.get("certFingerprint") for n in nodes)
+    wait_for("the killed node to be replaced and certified", healed, timeout=120)
+
+
+def test_concurrent_sessions_and_ttl_cleanup(world: World, operator: Operator) -> None:
+    from pqmpc_node.client import Identity, SessionClient
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    count = 20
+    names = [f"conc-{i:02d}" for i in range(count)]
+    for name in names:
+        spec = aggregate_spec(world, ["bank-a", "bank-b"], ["eu-west"], 2)
+        spec["ttlSecondsAfterFinished"] = 5
+        world.apply(world.session(name, **spec))
+    ca = x509.load_pem_x509_certificate((world.dir / "ca.pem").read_bytes())
+    signer = load_pem_public_key((world.dir / "plan-signer.pub").read_bytes())
+    owners = {o: Identity.load(Path(world.identity_file(o))) for o in ("bank-a", "bank-b")}
+    expected = {}
+    for i, name in enumerate(names):
+        st = world.wait_phase(name, {"AwaitingInputs"})
+        values = {"bank-a": [str(float(i))], "bank-b": [str(float(i + 10))]}
+        for owner, ident in owners.items():
+            client = SessionClient(node_url=st["result"]["nodes"][0], session_id=st["sessionId"],
+                                   ca_certificate=ca, plan_signer=signer)  # type: ignore[arg-type]
+            try:
+                client.post_sealed(client.seal_rows(ident, {"amount": values[owner]}))
+            finally:
+                client.close()
+        expected[name] = (i + i + 10) / 2
+    done = {}
+    for name in names:
+        done[name] = world.wait_phase(name, {"Succeeded", "Failed"}, timeout=180)
+    assert all(st["phase"] == "Succeeded" for st in done.values()), {n: s.get("reason") for n, s in done.items()}
+    auditor = Identity.load(Path(world.identity_file("auditor")))
+    for name in names[:3]:
+        client = SessionClient(node_url=done[name]["result"]["nodes"][0], session_id=done[name]["sessionId"],
+                               ca_certificate=ca, plan_signer=signer)  # type: ignore[arg-type]
+        try:
+            assert client.collect_result(auditor)["outputs"]["mean(amount)"] == pytest.approx(expected[name], abs=0.01)
+        finally:
+            client.close()
+    metrics = operator.proc.metrics()
+    assert 'pqmpc_operator_session_transitions_total{phase="Succeeded"}' in metrics
+    # ttlSecondsAfterFinished: 5 -> the finished sessions are deleted
+    def gone() -> bool:
+        left = [i["metadata"]["name"] for i in get_json(world.kubectl, "mpcs")["items"]]
+        return not any(n in left for n in names)
+    wait_for("finished sessions deleted after their TTL", gone, timeout=90)
