@@ -67,6 +67,7 @@ from pqmpc_node.mpc.backend import to_host
 from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.errors import MacCheckError
 from pqmpc_node.mpc.fixedpoint import FixedPoint
+from pqmpc_node.mpc.mac import CommitmentMismatchError
 from pqmpc_node.mpc.programs import (
     ExecutionPlan,
     ProgramError,
@@ -141,6 +142,7 @@ class SessionRuntime:
     attempts: int = 0
     live: tuple[int, ...] = ()
     rejected_rows: int | None = None
+    blamed_parties: tuple[int, ...] = ()
     links: dict[int, PeerLink] = field(default_factory=dict, repr=False)
     incoming: dict[int, asyncio.Future[PeerLink]] = field(default_factory=dict, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -174,6 +176,7 @@ class SessionRuntime:
             "liveParties": list(self.live),
             "attempts": self.attempts,
             "rejectedRows": self.rejected_rows,
+            "blamedParties": list(self.blamed_parties),
             "deadline": p.deadline,
         }
 
@@ -482,6 +485,8 @@ class SessionManager:
             rt.phase = Phase.SUCCEEDED
         except MacCheckError as exc:
             self.metrics.mac_failures.inc()
+            if isinstance(exc, CommitmentMismatchError):
+                rt.blamed_parties = tuple(p for p in exc.blamed_parties if p != rt.party)
             self._fail(rt, "mac_check_failed", str(exc))
             outcome = "mac_check_failed"
         except PreprocessingMismatchError as exc:

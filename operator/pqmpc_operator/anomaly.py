@@ -184,8 +184,11 @@ class SessionEvidence:
         """Build evidence from each node's ``GET /v1/sessions/{id}`` document (``phase``, ``reason``, ``message``).
 
         The outcome is ``mac_check_failed`` if any party reports it, else the first other
-        failure reason (in party order), else ``succeeded``. A MAC-check message that names
-        ``party i`` for a commitment or broadcast mismatch blames that party's node.
+        failure reason (in party order), else ``succeeded``. In a ``mac_check_failed``
+        report the structured ``blamedParties`` (party indexes) names the culprits; when it
+        is absent, malformed or empty, a message that names ``party i`` for a commitment or
+        broadcast mismatch blames that party's node (reports of older nodes). Indexes
+        outside the session and the reporter itself are ignored.
         """
         names = tuple(parties)
         reasons: list[str] = []
@@ -196,12 +199,20 @@ class SessionEvidence:
                 continue
             reason = str(doc.get("reason") or "failed")
             reasons.append(reason)
-            message = str(doc.get("message") or "")
-            if reason == "mac_check_failed" and any(p in message for p in _CULPRIT_PHRASES):
-                named = {names[i] for i in (int(m) for m in _PARTY_NAMED.findall(message)) if i < len(names)}
-                named.discard(node)
-                if named:
-                    blamed[node] = frozenset(named)
+            if reason != "mac_check_failed":
+                continue
+            raw = doc.get("blamedParties")
+            indexes: list[int] = []
+            if isinstance(raw, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
+                indexes = list(raw)
+            if not indexes:
+                message = str(doc.get("message") or "")
+                if any(p in message for p in _CULPRIT_PHRASES):
+                    indexes = [int(m) for m in _PARTY_NAMED.findall(message)]
+            named = {names[i] for i in indexes if 0 <= i < len(names)}
+            named.discard(node)
+            if named:
+                blamed[node] = frozenset(named)
         if "mac_check_failed" in reasons:
             outcome = "mac_check_failed"
         elif reasons:

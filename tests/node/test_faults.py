@@ -1,4 +1,4 @@
-"""Faults across real node processes: a tampering party caught by the MAC check and counted, a killed node (additive aborts with the reason), replayed inputs and unauthorised recipients refused."""
+"""Faults across real node processes: a tampering party caught by the MAC check, counted and named in the honest parties' reports (``blamedParties``), a killed node (additive aborts with the reason), replayed inputs and unauthorised recipients refused."""
 
 from __future__ import annotations
 
@@ -73,6 +73,7 @@ def test_tampering_party_caught_by_mac_check(operator: Operator) -> None:
     for n in nodes[:2]:
         status = operator.wait_phase(n, "tamper-1", {"Succeeded", "Failed"})
         assert status["phase"] == "Failed" and status["reason"] == "mac_check_failed", status
+        assert status["blamedParties"] == [2], status  # the tamperer's commitment did not open
         assert operator.metric(n, "pqmpc_node_mac_check_failures_total") == 1
     with client(operator, nodes[0], "tamper-1") as c, pytest.raises(ClientError) as err:
         c.collect_result(auditor)

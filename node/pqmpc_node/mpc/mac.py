@@ -20,12 +20,19 @@ Steps of :func:`check_macs` (all pending openings in one batch):
 4. Broadcast consistency: digests of public inputs each party received are compared.
 
 Semi-honest sessions have no MAC shares and skip the check.
+
+Blame. Only a reveal that does not open its own commitment (step 1 or 3) identifies a
+cheater: the links are authenticated, so that party sent both messages. Such failures
+raise :class:`CommitmentMismatchError`, whose ``blamed_parties`` names it; every other
+failure (sigmas that do not recombine to 0, differing broadcast digests) proves that
+*someone* cheated, not who.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,7 +41,16 @@ from pqmpc_node.mpc.errors import MacCheckError
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.mpc.sharing import InconsistentSharesError
 
-__all__ = ["MacCheckError", "check_macs"]
+__all__ = ["CommitmentMismatchError", "MacCheckError", "check_macs"]
+
+
+class CommitmentMismatchError(MacCheckError):
+    """A :class:`MacCheckError` that knows the culprits: ``blamed_parties`` revealed values
+    that do not open their commitments (party indexes, ascending)."""
+
+    def __init__(self, check: str, labels: list[str], detail: str, *, blamed_parties: Sequence[int]) -> None:
+        super().__init__(check, labels, detail)
+        self.blamed_parties: tuple[int, ...] = tuple(sorted(set(blamed_parties)))
 
 
 def _commitment(party: int, tag: str, nonce: bytes, data: bytes) -> bytes:
@@ -60,10 +76,12 @@ async def _commit_reveal(ctx: MPCContext, label: str, data: bytes) -> dict[int, 
     out = {ctx.party: data}
     for peer, blob in reveals.items():
         if peer not in commits:
-            raise MacCheckError(label, [], f"party {peer} revealed a value it never committed to")
+            raise CommitmentMismatchError(label, [], f"party {peer} revealed a value it never committed to",
+                                          blamed_parties=[peer])
         their_nonce, their_data = blob[:32], blob[32:]
         if not hmac.compare_digest(_commitment(peer, tag, their_nonce, their_data), commits[peer]):
-            raise MacCheckError(label, [], f"party {peer} opened a value that does not match its commitment")
+            raise CommitmentMismatchError(label, [], f"party {peer} opened a value that does not match its commitment",
+                                          blamed_parties=[peer])
         out[peer] = their_data
     return out
 
