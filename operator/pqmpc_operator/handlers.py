@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import httpx
 import kopf
 from kubernetes.client.exceptions import ApiException
 
@@ -26,6 +27,7 @@ from pqmpc_operator import builders, pool_pki, rollout, status
 from pqmpc_operator.certification import CertificationState, certify_pods, ensure_pki
 from pqmpc_operator.kube import KubeApi
 from pqmpc_operator.nodeclient import NodeClient
+from pqmpc_operator.quarantine import PoolWatch, assess_pool
 from pqmpc_operator.session_controller import SessionDeps, reconcile_session
 from pqmpc_operator.metrics import OperatorMetrics
 from pqmpc_operator.model import API_GROUP, API_VERSION, SpecError, parse_nodepool
@@ -48,7 +50,9 @@ class OperatorContext:
     settings: OperatorSettings
     metrics: OperatorMetrics
     nodes: NodeClient
+    http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=3.0))
     certification: dict[tuple[str, str], CertificationState] = field(default_factory=dict)
+    watches: dict[tuple[str, str], PoolWatch] = field(default_factory=dict)
     triggers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     applied_children: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -110,7 +114,10 @@ async def reconcile_pool(ctx: OperatorContext, namespace: str, name: str) -> flo
         _log.info("pool %s/%s: created %s, deleted %s", namespace, name,
                   [p["metadata"]["name"] for p in plan.create], list(plan.delete))
     retry = await certify_pods(ctx.api, ctx.nodes, pool, pki, pods, cert_state)
-    new_status = status.compute_status(pool, pods, plan, body.get("status") or {}, _now(), cert_state.facts)
+    watch = ctx.watches.setdefault((namespace, name), PoolWatch())
+    behaviour = await assess_pool(ctx.api, ctx.http, pool, body, pods, watch, ctx.settings.api_port)
+    facts = {n: {**cert_state.facts.get(n, {}), **behaviour.get(n, {})} for n in set(cert_state.facts) | set(behaviour)}
+    new_status = status.compute_status(pool, pods, plan, body.get("status") or {}, _now(), facts)
     await _write_status(ctx, body, namespace, name, new_status)
     ctx.metrics.observe_pool(namespace, name, new_status)
     return 1.0 if retry else None
@@ -167,13 +174,14 @@ def register(registry: kopf.OperatorRegistry) -> None:
             ctx.triggers.pop((namespace, name), None)
             ctx.applied_children.pop((namespace, name), None)
             ctx.certification.pop((namespace, name), None)
+            ctx.watches.pop((namespace, name), None)
             ctx.metrics.forget_pool(namespace, name)
 
     @kopf.daemon(API_GROUP, API_VERSION, "mpcsessions", cancellation_timeout=5.0, registry=registry)  # type: ignore[arg-type]
     async def session_loop(name: str, namespace: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
         ctx: OperatorContext = memo["ctx"]
         deps = SessionDeps(api=ctx.api, nodes=ctx.nodes, settings=ctx.settings, metrics=ctx.metrics,
-                           certification=ctx.certification)
+                           certification=ctx.certification, watches=ctx.watches, http=ctx.http)
         backoff = 1.0
         while not stopped:
             started = time.perf_counter()
@@ -195,8 +203,10 @@ def register(registry: kopf.OperatorRegistry) -> None:
             ctx.metrics.reconciles.labels(kind="MPCSession", outcome=outcome).inc()
             ctx.metrics.reconcile_seconds.labels(kind="MPCSession").observe(time.perf_counter() - started)
             if wait is None:
+                ctx.metrics.observe_session(namespace, name, None)
                 return
             await stopped.wait(wait)
+        ctx.metrics.observe_session(namespace, name, None)
 
     @kopf.on.event(API_GROUP, API_VERSION, "nodepools", registry=registry)  # type: ignore[arg-type]
     async def pool_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:

@@ -137,6 +137,13 @@ class KubeApi:
             raise
         return dict(cm.data or {})
 
+    async def patch_pool_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
+        """Merge-patch a pool's annotations (None removes one)."""
+        await self._run(
+            self._custom.patch_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "nodepools", name,
+            {"metadata": {"annotations": dict(annotations)}}, _content_type=_MERGE,
+        )
+
     async def get_session(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The MPCSession as stored, or None when it is gone."""
         try:

@@ -5,6 +5,7 @@ Names follow ``pqmpc_<subsystem>_<what>_<unit>``; counters end in ``_total``.
 
 from __future__ import annotations
 
+import datetime as _dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,9 +54,43 @@ class OperatorMetrics:
             ["phase"], registry=self.registry,
         )
 
+        self.node_anomaly_score = Gauge(
+            "pqmpc_node_anomaly_score", "Anomaly score of a node in [0, 1] (see the operator's anomaly module).",
+            ["namespace", "pool", "node"], registry=self.registry,
+        )
+        self.node_quarantined = Gauge(
+            "pqmpc_node_quarantined", "1 while a node is quarantined (no new placements).",
+            ["namespace", "pool", "node"], registry=self.registry,
+        )
+        self.node_cert_expiry = Gauge(
+            "pqmpc_operator_node_certificate_expiry_timestamp_seconds", "When a node's certificate expires (Unix time).",
+            ["namespace", "pool", "node"], registry=self.registry,
+        )
+        self.session_phase = Gauge(
+            "pqmpc_session_phase", "1 for the phase an MPCSession is in.",
+            ["namespace", "session", "phase"], registry=self.registry,
+        )
+
+    def observe_session(self, namespace: str, session: str, phase: str | None) -> None:
+        """Set the session's phase series (all other phases to 0); None drops the session."""
+        for p in ("Pending", "Placing", "Preprocessing", "AwaitingInputs", "Computing", "Succeeded", "Failed"):
+            if phase is None:
+                try:
+                    self.session_phase.remove(namespace, session, p)
+                except KeyError:
+                    pass
+            else:
+                self.session_phase.labels(namespace, session, p).set(1 if p == phase else 0)
+
     def observe_pool(self, namespace: str, pool: str, status: Mapping[str, Any]) -> None:
         """Export the gauges of one pool's freshly computed status."""
         self.pool_replicas.labels(namespace, pool, "existing").set(status.get("replicas", 0))
+        for node in status.get("nodes") or []:
+            self.node_anomaly_score.labels(namespace, pool, node["name"]).set(float(node.get("anomalyScore", 0.0)))
+            self.node_quarantined.labels(namespace, pool, node["name"]).set(1 if node.get("quarantined") else 0)
+            if node.get("certNotAfter"):
+                when = _dt.datetime.strptime(node["certNotAfter"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
+                self.node_cert_expiry.labels(namespace, pool, node["name"]).set(when.timestamp())
         self.pool_replicas.labels(namespace, pool, "ready").set(status.get("readyReplicas", 0))
         for cond in status.get("conditions") or []:
             for value in ("True", "False", "Unknown"):

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import kopf
 
 from pqmpc_node.crypto.kemkeys import KemKeyCertificate, kem_public_key_from_bytes
@@ -40,7 +41,9 @@ from pqmpc_node.dealing import deal
 from pqmpc_node.plan import PLAN_SIGNATURE_CONTEXT, canonical_bytes, parse_signed_plan
 from pqmpc_operator import builders, placement
 from pqmpc_operator.certification import CertificationState, ensure_pki
+from pqmpc_operator.anomaly import SessionEvidence
 from pqmpc_operator.kube import KubeApi
+from pqmpc_operator.quarantine import PoolWatch
 from pqmpc_operator.metrics import OperatorMetrics
 from pqmpc_operator.model import SpecError, parse_duration, parse_nodepool
 from pqmpc_operator.nodeclient import NodeCallError, NodeClient
@@ -67,6 +70,8 @@ class SessionDeps:
     settings: OperatorSettings
     metrics: OperatorMetrics
     certification: dict[tuple[str, str], CertificationState]
+    watches: dict[tuple[str, str], PoolWatch]
+    http: httpx.AsyncClient
 
 
 def _ts(t: dt.datetime) -> str:
@@ -114,6 +119,7 @@ async def _write(deps: SessionDeps, out: _Outcome, now: dt.datetime) -> None:
     merged = {c["type"]: c for c in merge_conditions(list(conds.values()), wanted, generation, _ts(now))}
     out.new["conditions"] = [merged.get(t) or conds[t] for t in sorted(set(conds) | set(merged))]
     out.new["observedGeneration"] = generation
+    deps.metrics.observe_session(meta["namespace"], meta["name"], str(out.new.get("phase") or "Pending"))
     if out.new != out.old:
         await deps.api.patch_session_status(meta["namespace"], meta["name"], out.new)
         if out.new.get("phase") != out.old.get("phase"):
@@ -322,6 +328,12 @@ async def reconcile_session(deps: SessionDeps, namespace: str, name: str) -> flo
         fail("NodeLost", "; ".join(lost) + f" — fewer than t+1={spec.threshold + 1} parties remain")
     elif progress.phase == "Failed":
         fail(progress.reason, progress.message or f"a party failed: {progress.reason}")
+    if out.new.get("phase") in FINISHED:
+        # Behavioural evidence for the pool's anomaly scoring (who ran it, who failed how).
+        watch = deps.watches.setdefault((namespace, pool_name), PoolWatch())
+        party_nodes = [str(e["node"]) for e in sorted(placed, key=lambda e: int(e["party"]))]
+        watch.evidence.append(SessionEvidence.from_reports(
+            spec.session_id, party_nodes, {n: r for n, r in reports.items() if r is not None}, finished_at=now.timestamp()))
     elif progress.phase == "Succeeded":
         out.phase("Succeeded", "Completed", progress.message)
         out.condition("Ready", "True", "Completed", progress.message)

@@ -77,7 +77,7 @@ def _node_entry(
     problem = _pod_problem(pod)
     entry: dict[str, Any] = {
         # Key and anomaly fields belong to the session/PKI controller; keep what it wrote.
-        **{k: v for k, v in previous.get(meta["name"], {}).items() if k in {"certFingerprint", "certNotAfter", "kemEpoch", "anomalyScore", "quarantined"}},
+        **{k: v for k, v in previous.get(meta["name"], {}).items() if k in {"certFingerprint", "certNotAfter", "kemEpoch", "anomalyScore", "quarantined", "quarantinedSince"}},
         "name": meta["name"],
         "group": labels.get(LABEL_GROUP, ""),
         "region": labels.get(LABEL_REGION, ""),
@@ -88,6 +88,8 @@ def _node_entry(
         "restarts": int(cs.get("restartCount", 0)),
     }
     entry.update(facts.get(meta["name"], {}))
+    if not entry.get("quarantined"):
+        entry.pop("quarantinedSince", None)
     if problem:
         entry["message"] = problem[1]
     return entry
@@ -171,6 +173,13 @@ def compute_status(
     else:
         ready_cond = Condition("Ready", "False", "NodesNotReady", f"{ready}/{wanted} node pods ready")
 
+    quarantined = [n for n in nodes if n.get("quarantined")]
+    if quarantined:
+        quarantine = Condition("Quarantine", "True", "NodesQuarantined",
+                               "; ".join(f"{n['name']} ({n.get('message', 'anomalous behaviour')})" for n in quarantined)
+                               + f"; clear with the annotation pqmpc.io/clear-quarantine={quarantined[0]['name']}")
+    else:
+        quarantine = Condition("Quarantine", "False", "NoneQuarantined", "no node is quarantined")
     status = {k: v for k, v in previous.items() if k in {"keyRevision"}}
     status.update(
         {
@@ -180,7 +189,7 @@ def compute_status(
             "observedGeneration": pool.generation,
             "nodes": nodes,
             "conditions": merge_conditions(
-                previous.get("conditions") or [], [ready_cond, progressing, degraded], pool.generation, now
+                previous.get("conditions") or [], [ready_cond, progressing, degraded, quarantine], pool.generation, now
             ),
         }
     )
