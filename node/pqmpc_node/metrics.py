@@ -8,11 +8,17 @@ same amount per round, input rounds aside, which are symmetric over a whole sess
 so for each peer the session compares bytes received with bytes sent;
 ``pqmpc_node_peer_traffic_deviation_ratio`` is ``|received - sent| / sent`` of the last
 session — 0 for an honest peer, anything else a signal.
+
+Per-peer signals: ``pqmpc_node_handshake_failures_total{reason,peer}`` names the refused
+peer where the node knows it (the node it dialed, or the authenticated peer of an
+established link; ``""`` otherwise), and ``pqmpc_node_peer_wait_seconds{peer}`` is how
+long each round waited for that peer's message (a slow or stalling peer stands out from
+its co-parties, where ``pqmpc_node_round_latency_seconds`` only shows the slowest).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
@@ -22,26 +28,39 @@ __all__ = ["NodeMetrics"]
 
 
 class _RefusalCollector(Collector):
-    """Exports the transport's in-memory refusal counters as a labelled counter."""
+    """Exports the transport's in-memory refusal counters as a counter labelled by reason and peer."""
 
-    def __init__(self, snapshot: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, snapshot: Callable[[], Mapping[tuple[str, str], int]]) -> None:
         self._snapshot = snapshot
 
     def collect(self) -> Iterable[CounterMetricFamily]:
         family = CounterMetricFamily(
             "pqmpc_node_handshake_failures",
-            "Peer-link handshakes and frames refused, by reason (wrong_ca, wrong_identity, no_shared_group, ...).",
-            labels=["reason"],
+            "Peer-link handshakes and frames refused, by reason (wrong_ca, wrong_identity, no_shared_group, ...) "
+            "and refused peer node (\"\" when not known).",
+            labels=["reason", "peer"],
         )
-        for reason, count in sorted(self._snapshot().items()):
-            family.add_metric([reason], count)
+        for (reason, peer), count in sorted(self._snapshot().items()):
+            family.add_metric([reason, peer], count)
         yield family
+
+
+def _unattributed(snapshot: Callable[[], Mapping[str, int]]) -> Callable[[], dict[tuple[str, str], int]]:
+    return lambda: {(reason, ""): n for reason, n in snapshot().items()}
 
 
 class NodeMetrics:
     """All metrics of one node process."""
 
-    def __init__(self, registry: CollectorRegistry, *, refusals: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        refusals: Callable[[], Mapping[str, int]],
+        refusals_by_peer: Callable[[], Mapping[tuple[str, str], int]] | None = None,
+    ) -> None:
+        """``refusals_by_peer`` (``(reason, peer)`` counts) labels refusals by peer; without it
+        every refusal from ``refusals`` is exported with ``peer=""``."""
         self.registry = registry
         self.info = Gauge("pqmpc_node_info", "Static facts about this node (value is always 1).",
                           ["pool", "node", "group", "region", "zone", "trust_domain", "suite"], registry=registry)
@@ -74,11 +93,18 @@ class NodeMetrics:
         self.round_latency = Histogram(
             "pqmpc_node_round_latency_seconds", "Time a party waits for the messages of one MPC round.",
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30), registry=registry)
+        self.peer_wait = Histogram(
+            "pqmpc_node_peer_wait_seconds",
+            "Time from the start of an MPC round until this peer's message arrived, per peer node.",
+            ["peer"], buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30), registry=registry)
         self.kem_epoch = Gauge("pqmpc_node_kem_key_epoch", "Epoch of the current KEM key.", registry=registry)
         self.kem_age = Gauge("pqmpc_node_kem_key_age_seconds", "Age of the current KEM key.", registry=registry)
+        self.kem_duration = Gauge("pqmpc_node_kem_key_duration_seconds",
+                                  "Configured KEM key lifetime (PQMPC_KEM_KEY_DURATION): rotation is overdue past it.",
+                                  registry=registry)
         self.link_info = Gauge("pqmpc_node_peer_link_info",
                                "Negotiated transport per peer link (value 1): TLS group and signature algorithm.",
                                ["peer", "group", "signature_algorithm"], registry=registry)
         self.peers_lost = Counter("pqmpc_node_peers_lost_total", "Peers lost during a session.", ["peer"],
                                   registry=registry)
-        registry.register(_RefusalCollector(refusals))
+        registry.register(_RefusalCollector(refusals_by_peer or _unattributed(refusals)))

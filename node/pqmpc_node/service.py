@@ -78,7 +78,9 @@ class NodeRuntime:
         self.clock = clock
         self.registry = registry or CollectorRegistry()
         self.counters = RefusalCounters()
-        self.metrics = NodeMetrics(self.registry, refusals=self.counters.snapshot)
+        self.metrics = NodeMetrics(self.registry, refusals=self.counters.snapshot,
+                                   refusals_by_peer=self.counters.snapshot_by_peer)
+        self.metrics.kem_duration.set(config.kem_rotation.duration.total_seconds())
         self.metrics.info.labels(config.pool, config.node_id, config.group, config.region, config.zone,
                                  config.trust_domain, config.suite).set(1)
         self.keys = NodeKeys.generate(

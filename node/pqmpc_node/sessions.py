@@ -433,7 +433,7 @@ class SessionManager:
                 raise ValueError(f"party {hello.party} connected twice")
             fut.set_result(link)
         except (ValueError, KeyError, IndexError, TimeoutError, Exception) as exc:  # noqa: BLE001 - any bad hello closes the link
-            self.counters.count("unexpected_session")
+            self.counters.count("unexpected_session", link.peer_node_id)  # authenticated by the handshake
             log.warning("peer link refused after handshake: %s", exc)
             await link.close()
 
@@ -580,6 +580,10 @@ class SessionManager:
         t = channel.traffic
         for wait in t.round_waits:
             self.metrics.round_latency.observe(wait)
+        for peer, waits in t.peer_waits.items():
+            histogram = self.metrics.peer_wait.labels(plan.parties[peer].node_id)
+            for wait in waits:
+                histogram.observe(wait)
         for peer in set(t.sent) | set(t.received):
             node = plan.parties[peer].node_id
             sent, recv = t.sent.get(peer, 0), t.received.get(peer, 0)

@@ -1,5 +1,6 @@
 """PQ mutual-TLS peer links on real loopback sockets: attestation, identity checks, refusals,
-re-handshake, backpressure, frame limits, and a capture proving nothing crosses in plaintext."""
+re-handshake, backpressure, frame limits, refusals counted against the peer where it is known,
+and a capture proving nothing crosses in plaintext."""
 
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ async def test_wrong_identity_refused_by_client(netpool: Any, serve: Any) -> Non
     with pytest.raises(LinkRefused) as e:
         await dial(netpool, netpool.creds("node-b"), srv.port, expected="node-a", counters=counters)
     assert e.value.reason == "wrong_identity" and counters.get("wrong_identity") == 1
+    # The dialer knows whom it dialed: the refusal counts against that node.
+    assert counters.snapshot_by_peer() == {("wrong_identity", "node-a"): 1}
 
 
 async def test_unexpected_client_refused_by_server(netpool: Any, serve: Any) -> None:
@@ -57,6 +60,8 @@ async def test_unexpected_client_refused_by_server(netpool: Any, serve: Any) -> 
     refused = await srv.links.get()
     assert isinstance(refused, LinkRefused) and refused.reason == "wrong_identity"
     assert srv.counters.get("wrong_identity") == 1
+    # Refused before authentication: the acceptor does not know who it was.
+    assert srv.counters.snapshot_by_peer() == {("wrong_identity", ""): 1}
 
 
 async def test_wrong_ca_refused(netpool: Any, serve: Any, other_ca: Any) -> None:
@@ -158,6 +163,8 @@ async def test_oversized_frame_refused_by_receiver(netpool: Any, serve: Any) -> 
     with pytest.raises(LinkRefused) as e:
         await server.recv(1)
     assert e.value.reason == "oversized_frame" and srv.counters.get("oversized_frame") == 1
+    # Refused after authentication: counted against the authenticated peer.
+    assert srv.counters.snapshot_by_peer() == {("oversized_frame", "node-b"): 1}
     await client.close()
 
 

@@ -32,7 +32,6 @@ DASHBOARD = REPO / "helm" / "pqmpc" / "files" / "pqmpc-dashboard.json"
 ASSUMED = {
     "pqmpc_node_anomaly_score": "operator; gauge 0..1 with labels namespace, pool, node",
     "pqmpc_node_quarantined": "operator; gauge 0/1 with labels namespace, pool, node",
-    "pqmpc_node_kem_key_duration_seconds": "node; gauge, the configured KEM key lifetime (PQMPC_KEM_KEY_DURATION)",
     "pqmpc_session_phase": "operator; gauge 1 for the current phase, labels namespace, session, phase",
 }
 # Grafana's variables, replaced by values promtool accepts.

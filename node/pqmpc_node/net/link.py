@@ -248,7 +248,7 @@ class PeerLink:
         try:
             await asyncio.wait_for(self._handshake(client=self._is_client), self._config.handshake_timeout_s)
         except TimeoutError:
-            self._counters.count("handshake_timeout")
+            self._counters.count("handshake_timeout", self._refused_peer())
             await self._abort()
             raise LinkRefused("TLS handshake timed out", "handshake_timeout") from None
         except LinkRefused:
@@ -294,25 +294,25 @@ class PeerLink:
                 data = await self._reader.read(_READ_CHUNK)
                 if not data:
                     reason = verify_failure_reason(state) or "peer_aborted"
-                    self._counters.count(reason)
+                    self._counters.count(reason, self._refused_peer())
                     raise LinkRefused("peer closed the connection during the TLS handshake", reason) from None
                 conn.bio_write(data)
             except SSL.Error as exc:
                 self._flush()  # deliver our alert to the peer
                 await self._drain_quietly()
                 reason = verify_failure_reason(state) or _handshake_reason(exc)
-                self._counters.count(reason)
+                self._counters.count(reason, self._refused_peer())
                 raise LinkRefused(f"TLS handshake failed ({reason}): {exc}", reason) from None
         self._flush()
         await self._writer.drain()
         if conn.get_protocol_version_name() != "TLSv1.3" or conn.get_group_name() != self._config.tls.suite.tls_group.value:
-            self._counters.count("downgrade")
+            self._counters.count("downgrade", self._refused_peer())
             raise LinkRefused(f"negotiated {conn.get_protocol_version_name()} / {conn.get_group_name()}", "downgrade")
         try:
             self._peer = check_peer(conn, self._config.tls, expected=self._expected, log=self._config.inclusion_checker(),
                                     now=self._config.clock())
         except CertificateError as exc:
-            self._counters.count(exc.reason)
+            self._counters.count(exc.reason, self._refused_peer())
             raise LinkRefused(f"peer refused: {exc}", exc.reason) from None
         self._handshakes += 1
         self._bytes_since = 0
@@ -425,7 +425,7 @@ class PeerLink:
             f"the dialing peer did not re-handshake within {p.overdue_after_s:g}s or {p.overdue_after_bytes} bytes",
             "rekey_overdue",
         )
-        self._counters.count(exc.reason)
+        self._counters.count(exc.reason, self._refused_peer())
         await self.close(exc)
 
     # -- receiving ----------------------------------------------------------------------
@@ -513,14 +513,14 @@ class PeerLink:
                     if self._rekey_due():
                         self._rekey_in_background()
                 elif self._overdue_bytes():
-                    self._counters.count("rekey_overdue")
+                    self._counters.count("rekey_overdue", self._refused_peer())
                     p = self._config.rekey
                     raise LinkRefused(
                         f"the dialing peer did not re-handshake within {p.overdue_after_bytes} bytes", "rekey_overdue"
                     )
         except FrameError as exc:
             if not self._closing:
-                self._counters.count(exc.reason)
+                self._counters.count(exc.reason, self._refused_peer())
             self._fail(LinkRefused(str(exc), exc.reason))
         except LinkRefused as exc:
             self._fail(exc)
@@ -543,7 +543,7 @@ class PeerLink:
                     await self._write_plaintext(encode_frame(FrameKind.REKEY_ACK, 0, b""))
                     await asyncio.wait_for(self._handshake(client=False), self._config.handshake_timeout_s)
             except TimeoutError:
-                self._counters.count("handshake_timeout")
+                self._counters.count("handshake_timeout", self._refused_peer())
                 raise LinkRefused("re-handshake timed out", "handshake_timeout") from None
             finally:
                 self._rekeying = False
@@ -583,6 +583,19 @@ class PeerLink:
             peer_fingerprint=self._peer.fingerprint,
             handshakes=self._handshakes,
         )
+
+    @property
+    def peer_node_id(self) -> str:
+        """The authenticated peer's node id; ``""`` before the first handshake completed."""
+        return self._peer.node_id if self._peer is not None else ""
+
+    def _refused_peer(self) -> str:
+        """Whom a refusal counts against: the authenticated peer, else the node dialed, else unknown ("")."""
+        if self._peer is not None:
+            return self._peer.node_id
+        if self._is_client and len(self._expected) == 1:
+            return next(iter(self._expected))
+        return ""
 
     @property
     def closed(self) -> bool:

@@ -11,8 +11,8 @@ transport (integer round tags, one authenticated link per peer):
   :class:`Hello` (session id, its party index): one listener serves every session.
 * A lost link surfaces as :class:`PeerLostError` naming the party, so the session
   can abort (additive) or carry on without it (Shamir).
-* Bytes are counted per peer and direction, and the time each round waits, for the
-  node's behavioural metrics.
+* Bytes are counted per peer and direction, and the time each round waits (in all and
+  for each peer's message), for the node's behavioural metrics.
 """
 
 from __future__ import annotations
@@ -70,11 +70,16 @@ def round_tag(attempt: int, tag: str) -> int:
 
 @dataclass
 class TrafficCounters:
-    """Bytes per peer and direction, and per-round wait times, of one session attempt."""
+    """Bytes per peer and direction, and wait times per round and per peer, of one session attempt.
+
+    ``peer_waits[p]`` holds, for every round that received from ``p``, the time from the
+    start of the round until ``p``'s message was there.
+    """
 
     sent: dict[int, int] = field(default_factory=dict)
     received: dict[int, int] = field(default_factory=dict)
     round_waits: list[float] = field(default_factory=list)
+    peer_waits: dict[int, list[float]] = field(default_factory=dict)
 
 
 class PqChannel:
@@ -132,7 +137,7 @@ class PqChannel:
             return
         await asyncio.gather(*(self._send(peer, wire, payload) for peer, payload in payloads.items()))
 
-    async def _recv(self, peer: int, wire: int) -> bytes:
+    async def _recv(self, peer: int, wire: int, start: float) -> bytes:
         try:
             data = await asyncio.wait_for(self._link(peer).recv(wire), self._timeout)
         except TimeoutError:
@@ -140,13 +145,14 @@ class PqChannel:
         except (LinkClosed, LinkRefused, ConnectionError, OSError) as exc:
             raise PeerLostError(peer, str(exc)) from None
         self.traffic.received[peer] = self.traffic.received.get(peer, 0) + len(data)
+        self.traffic.peer_waits.setdefault(peer, []).append(self._clock() - start)
         return data
 
     async def receive_many(self, tag: str, peers: Iterable[int]) -> dict[int, bytes]:
         wire = round_tag(self._attempt, tag)
         wanted = list(peers)
         start = self._clock()
-        tasks = [asyncio.ensure_future(self._recv(p, wire)) for p in wanted]
+        tasks = [asyncio.ensure_future(self._recv(p, wire, start)) for p in wanted]
         try:
             results = await asyncio.gather(*tasks)
         except BaseException:
