@@ -36,7 +36,7 @@ test: venv control-plane prometheus
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
-demo: venv control-plane
+demo: venv control-plane prometheus
 	$(PY) -m pqmpc_local.demo
 
 bench: venv control-plane
