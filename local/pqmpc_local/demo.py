@@ -77,7 +77,7 @@ KEY_SERIES: tuple[tuple[str, str], ...] = (
     ("targets up", "sum(up)"),
     ("pool ready replicas", f'sum(pqmpc_pool_replicas{{pool="{POOL}",state="ready"}})'),
     ("certified nodes", "sum(pqmpc_node_certified)"),
-    ("sessions Succeeded (operator)", 'sum(pqmpc_operator_sessions{phase="Succeeded"})'),
+    ("sessions Succeeded (operator)", 'sum(pqmpc_session_phase{phase="Succeeded"})'),
     ("node sessions total (succeeded)", 'sum(pqmpc_node_sessions_total{outcome="succeeded"})'),
     ("KEM key age, max (s)", "max(pqmpc_node_kem_key_age_seconds)"),
     ("round latency p95 (s)", "histogram_quantile(0.95, sum by (le) (pqmpc_node_round_latency_seconds_bucket))"),
@@ -90,8 +90,8 @@ PANELS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("NodePool ready replicas", (("{pool}", "sum by (pool) (pqmpc_pool_replicas{state=\"ready\"})"),)),
     ("Certified nodes", (("certified", "sum(pqmpc_node_certified)"),)),
     ("Sessions by phase / node sessions", (
-        ("operator: {phase}", "sum by (phase) (pqmpc_operator_sessions)"),
-        ("nodes: {outcome}", "sum by (outcome) (pqmpc_node_sessions_total)"),
+        ("sessions {phase}", "sum by (phase) (pqmpc_session_phase == 1)"),
+        ("node sessions {outcome}", "sum by (outcome) (pqmpc_node_sessions_total)"),
     )),
     ("KEM key age (s)", (("{pod}", "max by (pod) (pqmpc_node_kem_key_age_seconds)"),)),
     ("Round latency p95 (s)", (

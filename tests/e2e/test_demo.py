@@ -167,15 +167,18 @@ def test_prometheus_scraped_the_operator_and_nodes(demo: DemoRun) -> None:
     assert series["targets up"] == 4  # the operator pod and three node pods
     assert series["pool ready replicas"] == 3
     assert series["certified nodes"] == 3
+    assert series["sessions Succeeded (operator)"] == 2
     assert series["node sessions total (succeeded)"] == 5  # 2 parties of fraud-stats + 3 of fraud-mlp
     assert series["KEM key age, max (s)"] is not None and series["KEM key age, max (s)"] > 0
     assert series["round latency p95 (s)"] is not None and series["round latency p95 (s)"] > 0
     assert series["handshake failures"] == 0 and series["MAC-check failures"] == 0
     assert {"PqmpcMacCheckFailures", "PqmpcPeerLinkNotPostQuantum", "PqmpcKeyRotationOverdue"} <= set(prom["rules"])
     assert prom["firing"] == []
-    for title in ("NodePool ready replicas", "Certified nodes", "KEM key age (s)", "Round latency p95 (s)"):
+    for title in ("NodePool ready replicas", "Certified nodes", "Sessions by phase / node sessions", "KEM key age (s)",
+                  "Round latency p95 (s)", "Handshake failures (by reason)"):
         assert prom["panels"][title] >= 1, title
     assert prom["panels"]["KEM key age (s)"] == 3
+    assert prom["panels"]["Sessions by phase / node sessions"] >= 2  # operator phases and node outcomes
 
 
 def test_panels_png_is_a_real_png(demo: DemoRun) -> None:
