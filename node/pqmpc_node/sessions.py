@@ -78,7 +78,7 @@ from pqmpc_node.mpc.programs import (
 from pqmpc_node.mpc.seeded_dealer import PreprocessingMismatchError
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.net.counters import RefusalCounters
-from pqmpc_node.net.link import LinkConfig, LinkRefused, PeerLink
+from pqmpc_node.net.link import STREAM_LIMIT, LinkConfig, LinkRefused, PeerLink
 from pqmpc_node.net.pq_channel import HELLO_TAG, Hello, PeerLostError, PqChannel
 from pqmpc_node.net.tls import TlsIdentity
 from pqmpc_node.payloads import DomainName, InputPayload, OutputPayload, OutputShare, PayloadError, domain_for
@@ -409,7 +409,7 @@ class SessionManager:
 
     async def start_listener(self, host: str, port: int) -> None:
         """Listen for peer links on ``host:port``."""
-        self._server = await asyncio.start_server(self._on_peer, host, port)
+        self._server = await asyncio.start_server(self._on_peer, host, port, limit=STREAM_LIMIT)
 
     async def _on_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         expected = self._expected_peers()

@@ -35,6 +35,7 @@ __all__ = [
     "encode_frame",
     "fragment_message",
     "iter_fragments",
+    "iter_frame_parts",
 ]
 
 _HEADER = struct.Struct(">2sBBQI")
@@ -87,38 +88,88 @@ class FrameDecoder:
     """Incremental, bounded frame parser."""
 
     def __init__(self, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
-        self._buf = bytearray()
+        self._buf = bytearray()  # the pending frame (header + payload), sized once its header is known
+        self._have = 0  # bytes of it received
         self._max = max_payload
 
     @property
     def buffered(self) -> int:
         """Bytes held for an incomplete frame."""
-        return len(self._buf)
+        return self._have
 
-    def feed(self, data: bytes) -> list[Frame]:
-        """Add bytes; return every frame now complete."""
-        self._buf += data
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Add bytes; return every frame now complete.
+
+        Frames are parsed in place (from ``data`` itself when nothing is pending) and each
+        payload copied once. A frame cut short waits in a buffer of exactly its size, so
+        a large frame arriving in many reads costs linear time, not a growing buffer's
+        repeated reallocation.
+        """
         out: list[Frame] = []
-        while len(self._buf) >= HEADER_SIZE:
-            magic, version, kind, tag, length = _HEADER.unpack_from(self._buf)
-            if magic != _MAGIC or version != _VERSION:
-                raise FrameError("frame header has bad magic or version", "bad_frame")
-            try:
-                fkind = FrameKind(kind)
-            except ValueError:
-                raise FrameError(f"unknown frame kind {kind}", "bad_frame") from None
-            if length > self._max:
-                raise FrameError(f"frame announces {length} bytes; the limit is {self._max}", "oversized_frame")
-            if len(self._buf) < HEADER_SIZE + length:
-                break
-            out.append(Frame(fkind, tag, bytes(self._buf[HEADER_SIZE : HEADER_SIZE + length])))
-            del self._buf[: HEADER_SIZE + length]
+        with memoryview(data) as src:
+            src = src.cast("B") if src.format != "B" else src
+            off = self._fill(src, out)
+            while len(src) - off >= HEADER_SIZE:
+                kind, tag, length = self._header(src, off)
+                stop = off + HEADER_SIZE + length
+                if stop > len(src):
+                    break
+                out.append(Frame(kind, tag, bytes(src[off + HEADER_SIZE : stop])))
+                off = stop
+            if off < len(src):
+                self._start_partial(src[off:])
         return out
+
+    def _header(self, buf: memoryview | bytearray, off: int) -> tuple[FrameKind, int, int]:
+        magic, version, kind, tag, length = _HEADER.unpack_from(buf, off)
+        if magic != _MAGIC or version != _VERSION:
+            raise FrameError("frame header has bad magic or version", "bad_frame")
+        try:
+            fkind = FrameKind(kind)
+        except ValueError:
+            raise FrameError(f"unknown frame kind {kind}", "bad_frame") from None
+        if length > self._max:
+            raise FrameError(f"frame announces {length} bytes; the limit is {self._max}", "oversized_frame")
+        return fkind, tag, length
+
+    def _start_partial(self, rest: memoryview) -> None:
+        # Less than a header, or a header whose frame is not complete yet.
+        if len(rest) >= HEADER_SIZE:
+            _, _, length = self._header(rest, 0)
+            self._buf = bytearray(HEADER_SIZE + length)
+        else:
+            self._buf = bytearray(HEADER_SIZE)
+        self._buf[: len(rest)] = rest
+        self._have = len(rest)
+
+    def _fill(self, src: memoryview, out: list[Frame]) -> int:
+        """Complete the pending frame from ``src``; returns how many bytes of ``src`` it used."""
+        used = 0
+        while self._buf:
+            take = min(len(self._buf) - self._have, len(src) - used)
+            self._buf[self._have : self._have + take] = src[used : used + take]
+            self._have += take
+            used += take
+            if self._have < len(self._buf):
+                return used
+            if len(self._buf) == HEADER_SIZE and self._have == HEADER_SIZE:
+                kind, tag, length = self._header(self._buf, 0)
+                if length:
+                    grown = bytearray(HEADER_SIZE + length)
+                    grown[:HEADER_SIZE] = self._buf
+                    self._buf = grown
+                    continue
+            kind, tag, _ = self._header(self._buf, 0)
+            with memoryview(self._buf) as view:
+                out.append(Frame(kind, tag, bytes(view[HEADER_SIZE:])))
+            self._buf = bytearray()
+            self._have = 0
+        return used
 
     def close(self) -> None:
         """The stream ended: refuse a partial frame (``truncated_frame``)."""
-        if self._buf:
-            raise FrameError(f"stream ended inside a frame ({len(self._buf)} bytes pending)", "truncated_frame")
+        if self._have:
+            raise FrameError(f"stream ended inside a frame ({self._have} bytes pending)", "truncated_frame")
 
 
 def iter_fragments(
@@ -147,6 +198,34 @@ def _fragments(tag: int, payload: bytes, max_payload: int) -> Iterator[bytes]:
         kind = FrameKind.DATA if i == last else FrameKind.FRAGMENT
         chunk = view[i : i + max_payload]
         yield _HEADER.pack(_MAGIC, _VERSION, kind, tag, len(chunk)) + chunk
+
+
+def iter_frame_parts(
+    tag: int, payload: bytes | bytearray | memoryview, *, max_payload: int = DEFAULT_MAX_PAYLOAD,
+    max_message: int = DEFAULT_MAX_MESSAGE,
+) -> Iterator[tuple[bytes, memoryview]]:
+    """The frames of :func:`iter_fragments` as ``(header, payload view)`` pairs: nothing is copied.
+
+    Same checks, same frames: ``header + bytes(view)`` is the encoded frame.
+    """
+    if max_payload < 1:
+        raise ValueError("max_payload must be at least 1")
+    if not 0 <= tag <= MAX_TAG:
+        raise ValueError(f"round tag {tag} out of range 0..2^64-1")
+    if len(payload) > max_message:
+        raise FrameError(f"message of {len(payload)} bytes exceeds the message limit {max_message}", "oversized_message")
+    return _frame_parts(tag, memoryview(payload).cast("B"), max_payload)
+
+
+def _frame_parts(tag: int, view: memoryview, max_payload: int) -> Iterator[tuple[bytes, memoryview]]:
+    if len(view) <= max_payload:
+        yield _HEADER.pack(_MAGIC, _VERSION, FrameKind.DATA, tag, len(view)), view
+        return
+    last = (len(view) - 1) // max_payload * max_payload
+    for i in range(0, len(view), max_payload):
+        kind = FrameKind.DATA if i == last else FrameKind.FRAGMENT
+        chunk = view[i : i + max_payload]
+        yield _HEADER.pack(_MAGIC, _VERSION, kind, tag, len(chunk)), chunk
 
 
 def fragment_message(

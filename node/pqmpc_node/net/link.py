@@ -53,6 +53,8 @@ from dataclasses import dataclass
 from typing import ClassVar, cast
 
 from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi  # pyOpenSSL's cffi binding: the record fast path, see _RecordIO
+from OpenSSL._util import lib as _lib
 
 from pqmpc_node.crypto.pki import CertificateError, InclusionChecker, NodeId, VerifiedNode
 from pqmpc_node.net.counters import RefusalCounters
@@ -64,11 +66,12 @@ from pqmpc_node.net.framing import (
     FrameKind,
     Reassembler,
     encode_frame,
-    iter_fragments,
+    iter_frame_parts,
 )
 from pqmpc_node.net.tls import TlsIdentity, VerifyState, cached_context, check_peer, verify_failure_reason
 
 __all__ = [
+    "STREAM_LIMIT",
     "LinkClosed",
     "LinkConfig",
     "LinkRefused",
@@ -78,7 +81,113 @@ __all__ = [
     "TransportAttestation",
 ]
 
-_READ_CHUNK = 1 << 18
+_READ_CHUNK = 1 << 20
+STREAM_LIMIT = 1 << 20
+"""``limit`` for the :class:`asyncio.StreamReader` under a link: reads of up to ~1 MiB per call."""
+_WRITE_CHUNK = 1 << 20  # plaintext encrypted per SSL_write (64 records) before handing ciphertext to the socket
+_COALESCE = 16 * 1024 - 64  # payload bytes sent in one record with a frame header (one small copy)
+_RECORD_SLACK = 2 * (16 * 1024 + 256)  # plaintext OpenSSL may hold beyond the pending ciphertext: a partial record
+
+
+class _RecordIO:
+    """Many TLS records per call on pyOpenSSL memory BIOs, without an exception per call.
+
+    pyOpenSSL's ``send``/``recv``/``bio_read`` handle one record or one buffer per call and
+    signal "nothing more" by raising ``WantReadError``; at 16 KiB records that dominated a
+    link's cost. Here the same OpenSSL calls are made through pyOpenSSL's own cffi
+    binding: partial writes are turned off so one ``SSL_write`` encrypts a whole chunk,
+    ciphertext is drained with one ``BIO_read`` of exactly what is pending, and
+    ``SSL_read`` is looped into one preallocated buffer until ``SSL_ERROR_WANT_READ``.
+    Any other error goes to pyOpenSSL's own error mapping, so failures raise the same
+    :class:`OpenSSL.SSL.Error` subclasses as before. Every security check (handshake,
+    certificate, record MAC) stays in OpenSSL. Where the binding lacks a piece (another
+    pyOpenSSL version), the public one-record API is used instead.
+    """
+
+    def __init__(self, conn: SSL.Connection) -> None:
+        self.conn = conn
+        self._ssl = getattr(conn, "_ssl", None)
+        self._from_ssl = getattr(conn, "_from_ssl", None)
+        self._into_ssl = getattr(conn, "_into_ssl", None)
+        self.fast = (
+            self._ssl is not None and self._from_ssl is not None and self._into_ssl is not None
+            and hasattr(conn, "_raise_ssl_error")
+            and all(hasattr(_lib, f) for f in ("SSL_clear_mode", "BIO_get_mem_data", "SSL_pending", "SSL_get_error"))
+        )
+        if self.fast:
+            _lib.SSL_clear_mode(self._ssl, _lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
+
+    def _raise(self, result: int) -> None:
+        self.conn._raise_ssl_error(self._ssl, result)
+        raise SSL.Error(f"OpenSSL call failed ({result}) without an error")  # not reached: the above raises
+
+    def ciphertext(self) -> bytes | bytearray:
+        """All ciphertext OpenSSL has produced so far (b"" when none)."""
+        if not self.fast:
+            out = bytearray()
+            while True:
+                try:
+                    chunk = self.conn.bio_read(1 << 20)
+                except SSL.WantReadError:
+                    return out
+                if not chunk:
+                    return out
+                out += chunk
+        n = int(_lib.BIO_get_mem_data(self._from_ssl, _ffi.NULL))
+        if n <= 0:
+            return b""
+        out = bytearray(n)
+        got = int(_lib.BIO_read(self._from_ssl, _ffi.from_buffer(out), n))
+        if got != n:
+            del out[max(got, 0):]
+        return out
+
+    def encrypt(self, data: memoryview) -> None:
+        """Encrypt all of ``data`` into the outgoing BIO (read it back with :meth:`ciphertext`)."""
+        if not self.fast:
+            while data:
+                n = self.conn.send(data)
+                data = data[n:]
+            return
+        with _ffi.from_buffer(data) as ptr:
+            off, total = 0, len(data)
+            while off < total:
+                n = int(_lib.SSL_write(self._ssl, ptr + off, total - off))
+                if n <= 0:
+                    self._raise(n)
+                off += n
+
+    def decrypt(self) -> tuple[bytearray, bool]:
+        """All plaintext decryptable from the ciphertext fed so far, and whether close_notify came."""
+        if not self.fast:
+            plain = bytearray()
+            while True:
+                try:
+                    plain += self.conn.recv(1 << 20)
+                except SSL.WantReadError:
+                    return plain, False
+                except SSL.ZeroReturnError:
+                    return plain, True
+        # Plaintext is never longer than the ciphertext it comes from: what waits in the
+        # BIO, plus a record OpenSSL may have started reading, plus what it has decrypted.
+        cap = int(_lib.BIO_get_mem_data(self._into_ssl, _ffi.NULL)) + int(_lib.SSL_pending(self._ssl)) + _RECORD_SLACK
+        buf = bytearray(cap)
+        off, closed = 0, False
+        with _ffi.from_buffer(buf) as ptr:
+            while off < cap:
+                n = int(_lib.SSL_read(self._ssl, ptr + off, cap - off))
+                if n > 0:
+                    off += n
+                    continue
+                err = int(_lib.SSL_get_error(self._ssl, n))
+                if err == _lib.SSL_ERROR_WANT_READ:
+                    break
+                if err == _lib.SSL_ERROR_ZERO_RETURN:
+                    closed = True
+                    break
+                self._raise(n)
+        del buf[off:]
+        return buf, closed
 
 
 class LinkRefused(Exception):
@@ -183,6 +292,7 @@ class PeerLink:
         self._is_client, self._expected = is_client, frozenset(expected)
         self._ctx = cached_context(config.tls)
         self._conn: SSL.Connection | None = None
+        self._records: _RecordIO | None = None
         self._peer: VerifiedNode | None = None
         self._decoder = FrameDecoder(max_payload=config.max_frame)
         self._reassembler = Reassembler(max_message=config.max_message)
@@ -211,7 +321,7 @@ class PeerLink:
         cls, host: str, port: int, *, config: LinkConfig, expected_peer: NodeId, counters: RefusalCounters
     ) -> PeerLink:
         """Dial ``host:port`` and authenticate; the peer must be ``expected_peer``."""
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(host, port, limit=STREAM_LIMIT)
         return await cls.connect_stream(reader, writer, config=config, expected_peer=expected_peer, counters=counters)
 
     @classmethod
@@ -267,14 +377,9 @@ class PeerLink:
     # -- TLS plumbing -----------------------------------------------------------------
 
     def _flush(self) -> None:
-        assert self._conn is not None  # set by _handshake before any flush
-        while True:
-            try:
-                out = self._conn.bio_read(1 << 20)
-            except SSL.WantReadError:
-                return
-            if not out:
-                return
+        assert self._records is not None  # set by _handshake before any flush
+        out = self._records.ciphertext()
+        if out:
             self._writer.write(out)
 
     async def _handshake(self, *, client: bool) -> None:
@@ -284,6 +389,7 @@ class PeerLink:
         conn.set_app_data(state)
         conn.set_connect_state() if client else conn.set_accept_state()
         self._conn = conn
+        self._records = _RecordIO(conn)
         while True:
             try:
                 conn.do_handshake()
@@ -326,15 +432,21 @@ class PeerLink:
 
     # -- sending ------------------------------------------------------------------------
 
-    async def _write_plaintext(self, data: bytes) -> None:
-        assert self._conn is not None  # the link is established
+    async def _write_plaintext(self, data: bytes | memoryview) -> None:
+        assert self._records is not None  # the link is established
         view = memoryview(data)
-        while view:
-            n = self._conn.send(view)
-            view = view[n:]
+        for i in range(0, len(view), _WRITE_CHUNK):
+            self._records.encrypt(view[i : i + _WRITE_CHUNK])
             self._flush()
-        await self._writer.drain()
-        self._bytes_since += len(data)
+            await self._writer.drain()
+        self._bytes_since += len(view)
+
+    async def _write_frame(self, header: bytes, body: memoryview) -> None:
+        # The header rides in the first record with the start of the body (a copy of at
+        # most one record), the rest of the body is encrypted from the caller's buffer.
+        await self._write_plaintext(header + body[:_COALESCE])
+        if len(body) > _COALESCE:
+            await self._write_plaintext(body[_COALESCE:])
 
     async def send(self, tag: int, payload: bytes) -> None:
         """Send one message under round ``tag``; waits while the peer is slow (backpressure).
@@ -343,16 +455,16 @@ class PeerLink:
         one over ``max_message`` raises :class:`FrameError` (``oversized_message``).
         """
         self._raise_if_closed()
-        frames = iter_fragments(tag, payload, max_payload=self._config.max_frame, max_message=self._config.max_message)
+        frames = iter_frame_parts(tag, payload, max_payload=self._config.max_frame, max_message=self._config.max_message)
         async with self._send_lock:
-            for frame in frames:
+            for header, body in frames:
                 self._raise_if_closed()
                 if self._is_client and self._rekey_due():
                     await self._rekey_locked()
                 elif not self._is_client and self._overdue_bytes():
                     await self._refuse_overdue()
                     self._raise_if_closed()
-                await self._write_plaintext(frame)
+                await self._write_frame(header, body)
 
     def _rekey_due(self) -> bool:
         p = self._config.rekey
@@ -464,17 +576,12 @@ class PeerLink:
         if self._buffered > self._config.max_buffered:
             self._drained.clear()
 
-    def _read_plaintext(self) -> bytes:
-        assert self._conn is not None  # established before the pump starts
-        plain = bytearray()
-        while True:
-            try:
-                plain += self._conn.recv(1 << 20)
-            except SSL.WantReadError:
-                return bytes(plain)
-            except SSL.ZeroReturnError:
-                self._peer_closed = True  # deliver what came before close_notify, then stop
-                return bytes(plain)
+    def _read_plaintext(self) -> bytearray:
+        assert self._records is not None  # established before the pump starts
+        plain, closed = self._records.decrypt()
+        if closed:
+            self._peer_closed = True  # deliver what came before close_notify, then stop
+        return plain
 
     async def _pump(self) -> None:
         try:
