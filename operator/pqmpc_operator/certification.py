@@ -97,6 +97,43 @@ async def _sync_kem_keys(nodes: NodeClient, pki: pool_pki.PoolPKI, pod: Mapping[
     return bool(added)
 
 
+async def _renew_if_due(
+    nodes: NodeClient, pki: pool_pki.PoolPKI, pool: NodePoolSpec, pod: Mapping[str, Any],
+    state: CertificationState, previous: Mapping[str, Any], busy: frozenset[str],
+) -> bool:
+    """Re-issue a certified node's certificate once it is within renewBefore of expiry (cert-manager style)."""
+    name = pod["metadata"]["name"]
+    not_after = state.facts.get(name, {}).get("certNotAfter") or previous.get("certNotAfter")
+    if not not_after:
+        return False
+    expires = dt.datetime.strptime(str(not_after), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    left = (expires - _utcnow()).total_seconds()
+    if left > pool.rotation.renew_before_s:
+        return False
+    # A renewed certificate has a new fingerprint, which running sessions' plans do not
+    # name: renew a busy node only when expiry is near (a tenth of the lifetime).
+    if name in busy and left > pool.rotation.duration_s / 10:
+        return False
+    if time.monotonic() - state.last_attempt.get(name, 0.0) < RETRY_SECONDS:
+        return False
+    state.last_attempt[name] = time.monotonic()
+    ip = pod["status"]["podIP"]
+    try:
+        doc = await nodes.csr(ip)
+        dns = f"{name}.{builders.headless_service_name(pool.name)}.{pool.namespace}.svc"
+        issued = pool_pki.certify_node(pki, doc, pod_name=name, expected_dns_name=dns, now=_utcnow(),
+                                       lifetime=dt.timedelta(seconds=pool.rotation.duration_s), rng=os.urandom)
+        answer = await nodes.install_certificate(ip, base64.b64encode(issued.certificate_der).decode(), _bundle(pki))
+    except (NodeCallError, pool_pki.CertificationRefused, CertificateError) as exc:
+        _log.warning("pool %s/%s: renewing %s's certificate failed (will retry): %s", pool.namespace, pool.name, name, exc)
+        return False
+    state.facts[name] = {**state.facts.get(name, {}), "certFingerprint": issued.fingerprint,
+                         "kemEpoch": int(answer.get("kemEpoch", 0)),
+                         "certNotAfter": issued.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    _log.info("pool %s/%s: renewed %s's certificate until %s", pool.namespace, pool.name, name, issued.not_after)
+    return True
+
+
 async def certify_pods(
     api: KubeApi,
     nodes: NodeClient,
@@ -104,14 +141,22 @@ async def certify_pods(
     pki: pool_pki.PoolPKI,
     pods: Sequence[Mapping[str, Any]],
     state: CertificationState,
+    previous: Mapping[str, Mapping[str, Any]] | None = None,
+    busy: frozenset[str] = frozenset(),
 ) -> bool:
-    """Certify running, uncertified node pods; True when one should be retried soon."""
+    """Certify running, uncertified node pods and renew due certificates; True to retry soon.
+
+    ``busy``: nodes that running sessions use (their renewal waits unless expiry is near).
+    """
+    previous = previous or {}
     retry = False
     issued_any = False
     for pod in pods:
         name = pod["metadata"]["name"]
         if is_pod_ready(pod) and not is_terminating(pod):
             if await _sync_kem_keys(nodes, pki, pod, state):
+                issued_any = True
+            if await _renew_if_due(nodes, pki, pool, pod, state, previous.get(name, {}), busy):
                 issued_any = True
             continue
         if not _wants_certificate(pod):

@@ -53,6 +53,7 @@ class OperatorContext:
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=3.0))
     certification: dict[tuple[str, str], CertificationState] = field(default_factory=dict)
     watches: dict[tuple[str, str], PoolWatch] = field(default_factory=dict)
+    busy: dict[tuple[str, str], dict[str, frozenset[str]]] = field(default_factory=dict)
     triggers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     applied_children: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -105,7 +106,8 @@ async def reconcile_pool(ctx: OperatorContext, namespace: str, name: str) -> flo
         ctx.applied_children[(namespace, name)] = digest
 
     pods, nodes = await asyncio.gather(ctx.api.list_pool_pods(namespace, name, pool.uid), ctx.api.list_nodes())
-    plan = rollout.plan_pods(pool, pods, nodes, ctx.settings)
+    busy = frozenset(n for used in ctx.busy.get((namespace, name), {}).values() for n in used)
+    plan = rollout.plan_pods(pool, pods, nodes, ctx.settings, busy)
     for pod in plan.create:
         await ctx.api.create_pod(pod)
     for pod_name in plan.delete:
@@ -113,7 +115,8 @@ async def reconcile_pool(ctx: OperatorContext, namespace: str, name: str) -> flo
     if plan.create or plan.delete:
         _log.info("pool %s/%s: created %s, deleted %s", namespace, name,
                   [p["metadata"]["name"] for p in plan.create], list(plan.delete))
-    retry = await certify_pods(ctx.api, ctx.nodes, pool, pki, pods, cert_state)
+    previous_nodes = {str(n.get("name")): n for n in (body.get("status") or {}).get("nodes") or []}
+    retry = await certify_pods(ctx.api, ctx.nodes, pool, pki, pods, cert_state, previous_nodes, busy)
     watch = ctx.watches.setdefault((namespace, name), PoolWatch())
     behaviour = await assess_pool(ctx.api, ctx.http, pool, body, pods, watch, ctx.settings.api_port)
     facts = {n: {**cert_state.facts.get(n, {}), **behaviour.get(n, {})} for n in set(cert_state.facts) | set(behaviour)}
@@ -181,7 +184,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
     async def session_loop(name: str, namespace: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
         ctx: OperatorContext = memo["ctx"]
         deps = SessionDeps(api=ctx.api, nodes=ctx.nodes, settings=ctx.settings, metrics=ctx.metrics,
-                           certification=ctx.certification, watches=ctx.watches, http=ctx.http)
+                           certification=ctx.certification, watches=ctx.watches, http=ctx.http, busy=ctx.busy)
         backoff = 1.0
         while not stopped:
             started = time.perf_counter()
@@ -203,10 +206,11 @@ def register(registry: kopf.OperatorRegistry) -> None:
             ctx.metrics.reconciles.labels(kind="MPCSession", outcome=outcome).inc()
             ctx.metrics.reconcile_seconds.labels(kind="MPCSession").observe(time.perf_counter() - started)
             if wait is None:
-                ctx.metrics.observe_session(namespace, name, None)
-                return
+                break
             await stopped.wait(wait)
         ctx.metrics.observe_session(namespace, name, None)
+        for sessions in ctx.busy.values():
+            sessions.pop(f"{namespace}/{name}", None)
 
     @kopf.on.event(API_GROUP, API_VERSION, "nodepools", registry=registry)  # type: ignore[arg-type]
     async def pool_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:

@@ -52,6 +52,9 @@ __all__ = [
 
 Rng = Callable[[int], bytes]
 CA_LIFETIME = dt.timedelta(days=3650)
+# Certificates start a minute early (clock skew between operator and nodes); the
+# lifetime still counts from now.
+CLOCK_SKEW = dt.timedelta(minutes=1)
 
 
 class CertificationRefused(ValueError):
@@ -218,7 +221,7 @@ def certify_node(
     except (KeyError, ValueError):
         raise CertificationRefused(f"node {pod_name} sent a malformed CSR document") from None
     cert = pki.ca.issue(csr, node_id=NodeId(pod_name), dns_name=expected_dns_name,
-                        now=now - dt.timedelta(minutes=1), lifetime=lifetime, rng=rng)
+                        now=now - CLOCK_SKEW, lifetime=lifetime + CLOCK_SKEW, rng=rng)
     log_kem_keys(pki, csr_document, pod_name=pod_name, now=now)
     der = cert.public_bytes(Encoding.DER)
     pki.log.append(EntryKind.NODE_CERTIFICATE, der, now=now)

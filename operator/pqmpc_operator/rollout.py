@@ -11,6 +11,8 @@ Contract: pure. Takes the parsed pool, the pods and Nodes that were read, and re
    pod goes only when every other pod of the pool exists and is Ready, one at a time.
 4. A group that no Node can host (topology labels, node selector, GPU count) gets no
    new pods and no roll-out, and is reported with an explanation.
+5. A Ready pod that a running session uses (``busy``) is not rolled out until the
+   session ends: replacing it would abort an additive session.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ def plan_pods(
     pods: Sequence[Mapping[str, Any]],
     nodes: Sequence[Mapping[str, Any]],
     settings: OperatorSettings,
+    busy: frozenset[str] = frozenset(),
 ) -> PodPlan:
     """Compute this pass's pod creations and deletions (rules in the module docstring)."""
     desired = desired_pod_names(pool)
@@ -164,7 +167,7 @@ def plan_pods(
     )
     broken = [n for n in outdated if not is_pod_ready(by_name[n])]
     delete.extend(broken)
-    healthy_outdated = [n for n in outdated if n not in broken]
+    healthy_outdated = [n for n in outdated if n not in broken and n not in busy]
     everyone_ready = (
         not terminating
         and not broken

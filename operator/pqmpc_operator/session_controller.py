@@ -72,6 +72,7 @@ class SessionDeps:
     certification: dict[tuple[str, str], CertificationState]
     watches: dict[tuple[str, str], PoolWatch]
     http: httpx.AsyncClient
+    busy: dict[tuple[str, str], dict[str, frozenset[str]]]
 
 
 def _ts(t: dt.datetime) -> str:
@@ -120,6 +121,13 @@ async def _write(deps: SessionDeps, out: _Outcome, now: dt.datetime) -> None:
     out.new["conditions"] = [merged.get(t) or conds[t] for t in sorted(set(conds) | set(merged))]
     out.new["observedGeneration"] = generation
     deps.metrics.observe_session(meta["namespace"], meta["name"], str(out.new.get("phase") or "Pending"))
+    # Which nodes running sessions use (certificate renewal and roll-outs wait for them).
+    pool_key = (meta["namespace"], str((out.body.get("spec") or {}).get("poolRef", "")))
+    me = f"{meta['namespace']}/{meta['name']}"
+    if out.new.get("phase") in ACTIVE and out.new.get("placement"):
+        deps.busy.setdefault(pool_key, {})[me] = frozenset(str(p["node"]) for p in out.new["placement"])
+    else:
+        deps.busy.get(pool_key, {}).pop(me, None)
     if out.new != out.old:
         await deps.api.patch_session_status(meta["namespace"], meta["name"], out.new)
         if out.new.get("phase") != out.old.get("phase"):

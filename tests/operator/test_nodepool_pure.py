@@ -185,6 +185,16 @@ class TestRolloutPlan:
         plan2 = rollout.plan_pods(new, pods, NODES, SETTINGS)
         assert plan2.delete == ()
 
+    def test_busy_pods_wait_for_their_sessions(self) -> None:
+        old = parse_nodepool(pool_body())
+        pods = [as_running(p) for p in rollout.plan_pods(old, [], NODES, SETTINGS).create]
+        new = parse_nodepool(pool_body(image="v2"))
+        everyone_busy = frozenset({"banks-a-0", "banks-a-1", "banks-b-0"})
+        assert rollout.plan_pods(new, pods, NODES, SETTINGS, everyone_busy).delete == ()
+        some_busy = frozenset({"banks-b-0"})
+        assert "banks-b-0" not in rollout.plan_pods(new, pods, NODES, SETTINGS, some_busy).delete
+        assert len(rollout.plan_pods(new, pods, NODES, SETTINGS, some_busy).delete) == 1
+
     def test_broken_outdated_pods_are_replaced_at_once(self) -> None:
         old = parse_nodepool(pool_body())
         pods = [as_running(p, ready=False, waiting="CrashLoopBackOff") for p in rollout.plan_pods(old, [], NODES, SETTINGS).create]

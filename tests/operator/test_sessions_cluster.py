@@ -360,3 +360,45 @@ def test_concurrent_sessions_and_ttl_cleanup(world: World, operator: Operator) -
         left = [i["metadata"]["name"] for i in get_json(world.kubectl, "mpcs")["items"]]
         return not any(n in left for n in names)
     wait_for("finished sessions deleted after their TTL", gone, timeout=90)
+
+
+def test_kem_rotation_during_a_running_session(world: World, kubectl: Kubectl) -> None:
+    groups = [{"name": g, "replicas": 1, "region": "eu-west", "zone": z, "trustDomain": f"rot-{g}"}
+              for g, z in (("a", "eu-west-1a"), ("b", "eu-west-1b"))]
+    pool = {"apiVersion": "pqmpc.io/v1alpha1", "kind": "NodePool", "metadata": {"name": "rot", "namespace": NS},
+            "spec": {"engine": {"backend": "numpy"}, "groups": groups,
+                     "keys": {"rotation": {"duration": "30s", "renewBefore": "20s", "gracePeriod": "5s"}}}}
+    world.apply(pool)
+
+    def nodes() -> dict[str, dict[str, Any]]:
+        return {n["name"]: n for n in (get_json(kubectl, "mpcpool", "rot").get("status") or {}).get("nodes") or []}
+
+    wait_for("pool rot certified", lambda: len(nodes()) == 2 and all(n.get("ready") and n.get("certFingerprint")
+                                                                     for n in nodes().values()), timeout=120)
+    trust = get_json(kubectl, "configmap", "rot-trust")["data"]
+    (world.dir / "rot-ca.pem").write_text(trust["ca.pem"])
+    spec = aggregate_spec(world, ["bank-a", "bank-b"], ["eu-west"], 2)
+    world.apply({**world.session("rotating", **spec), "spec": {**world.session("rotating", **spec)["spec"], "poolRef": "rot"}})
+    st = world.wait_phase("rotating", {"AwaitingInputs"})
+    url = st["result"]["nodes"][0]
+    with urllib.request.urlopen(f"{url}/v1/sessions/{st['sessionId']}/plan", timeout=5) as r:
+        plan_epochs = {p["nodeId"]: p["kemEpoch"] for p in json.loads(r.read())["plan"]["parties"]}
+    # Both nodes rotate to a newer KEM key (logged by the operator) while the session waits.
+    wait_for("KEM keys rotated past the plan's epochs", lambda: all(
+        int(nodes()[n].get("kemEpoch", 0)) > e for n, e in plan_epochs.items()), timeout=90)
+    time.sleep(6)  # past the grace period: an unfenced old key would be gone now
+    for owner, values in (("bank-a", [[1.0], [2.0]]), ("bank-b", [[3.0]])):
+        pqmpc("submit", "--session", st["sessionId"], "--identity", world.identity_file(owner), "--node", url,
+              "--ca", str(world.dir / "rot-ca.pem"), world.csv(f"rot-{owner}", ["amount"], np.array(values)))
+    st = world.wait_phase("rotating", {"Succeeded", "Failed"})
+    assert st["phase"] == "Succeeded", st
+    party0 = st["placement"][0]["node"]  # the node behind ``url``
+
+    def old_key_gone() -> bool:
+        with urllib.request.urlopen(f"{url}/v1/keys", timeout=5) as r:
+            epochs = {k["epoch"] for k in json.loads(r.read())["kemKeys"]}
+        return plan_epochs[party0] not in epochs
+
+    wait_for("the session's key retired once the session ended", old_key_gone, timeout=60)
+    kubectl("delete", "mpcs", "rotating", "-n", NS, "--wait=true", "--timeout=60s")
+    kubectl("delete", "mpcpool", "rot", "-n", NS, "--wait=true", "--timeout=60s")
