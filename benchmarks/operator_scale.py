@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -76,7 +77,8 @@ def main() -> int:
             while len(ready_at) < args.pools:
                 if time.monotonic() - t0 > args.timeout:
                     raise TimeoutError(f"only {len(ready_at)}/{args.pools} pools Ready after {args.timeout}s")
-                items = custom.list_namespaced_custom_object("pqmpc.io", "v1alpha1", "bench", "nodepools")["items"]
+                listing: Any = custom.list_namespaced_custom_object("pqmpc.io", "v1alpha1", "bench", "nodepools")
+                items = listing["items"]
                 now = time.monotonic() - t0
                 for pool in items:
                     name = pool["metadata"]["name"]

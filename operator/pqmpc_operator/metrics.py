@@ -41,10 +41,6 @@ class OperatorMetrics:
             ["namespace", "pool", "condition", "status"], registry=self.registry,
         )
 
-        self.sessions = Gauge(
-            "pqmpc_operator_sessions", "MPCSessions by namespace and phase.",
-            ["namespace", "phase"], registry=self.registry,
-        )
         self.placement_failures = Counter(
             "pqmpc_operator_placement_failures_total", "Placement attempts that found no valid placement, by reason.",
             ["reason"], registry=self.registry,
