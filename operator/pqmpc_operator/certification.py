@@ -41,6 +41,7 @@ class CertificationState:
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_attempt: dict[str, float] = field(default_factory=dict)
     last_sync: dict[str, float] = field(default_factory=dict)
+    grace_s: float = 3600.0  # the pool's KEM grace period, refreshed on each pass
 
 
 def _utcnow() -> dt.datetime:
@@ -91,10 +92,19 @@ async def _sync_kem_keys(nodes: NodeClient, pki: pool_pki.PoolPKI, pod: Mapping[
     except (NodeCallError, pool_pki.CertificationRefused) as exc:
         _log.info("KEM key sync with %s failed: %s", name, exc)
         return False
+    _record_schedule(state, name, doc, state.grace_s)
     if added:
-        state.facts.setdefault(name, {})["kemEpoch"] = added[-1]
-        _log.info("logged %d rotated KEM key(s) of %s", len(added), name)
+        _log.info("logged %d rotated KEM key(s) of %s (epochs %s)", len(added), name, added)
     return bool(added)
+
+
+def _record_schedule(state: CertificationState, name: str, doc: Mapping[str, Any], grace_s: float) -> None:
+    schedule = pool_pki.kem_schedule(doc, now=_utcnow(), grace_s=grace_s)
+    if schedule is not None:
+        epoch, rotates = schedule
+        facts = state.facts.setdefault(name, {})
+        facts["kemEpoch"] = epoch
+        facts["kemRotatesAt"] = rotates.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def _renew_if_due(
@@ -149,6 +159,7 @@ async def certify_pods(
     ``busy``: nodes that running sessions use (their renewal waits unless expiry is near).
     """
     previous = previous or {}
+    state.grace_s = pool.rotation.grace_period_s
     retry = False
     issued_any = False
     for pod in pods:
@@ -191,6 +202,7 @@ async def certify_pods(
             "kemEpoch": int(answer.get("kemEpoch", 0)),
             "certNotAfter": issued.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
+        _record_schedule(state, name, doc, pool.rotation.grace_period_s)
         _log.info("pool %s/%s: certified node %s (%s)", pool.namespace, pool.name, name, issued.fingerprint[:16])
     if issued_any:
         await api.apply(builders.build_keylog_configmap(pool, pool_pki.keylog_name(pool.name), pool_pki.keylog_data(pki.log)))

@@ -62,6 +62,11 @@ class OperatorMetrics:
             "pqmpc_operator_node_certificate_expiry_timestamp_seconds", "When a node's certificate expires (Unix time).",
             ["namespace", "pool", "node"], registry=self.registry,
         )
+        self.node_kem_rotation = Gauge(
+            "pqmpc_operator_node_kem_next_rotation_timestamp_seconds",
+            "When a node's current KEM key rotates (Unix time).",
+            ["namespace", "pool", "node"], registry=self.registry,
+        )
         self.session_phase = Gauge(
             "pqmpc_session_phase", "1 for the phase an MPCSession is in.",
             ["namespace", "session", "phase"], registry=self.registry,
@@ -84,6 +89,9 @@ class OperatorMetrics:
         for node in status.get("nodes") or []:
             self.node_anomaly_score.labels(namespace, pool, node["name"]).set(float(node.get("anomalyScore", 0.0)))
             self.node_quarantined.labels(namespace, pool, node["name"]).set(1 if node.get("quarantined") else 0)
+            if node.get("kemRotatesAt"):
+                rot = _dt.datetime.strptime(node["kemRotatesAt"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
+                self.node_kem_rotation.labels(namespace, pool, node["name"]).set(rot.timestamp())
             if node.get("certNotAfter"):
                 when = _dt.datetime.strptime(node["certNotAfter"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
                 self.node_cert_expiry.labels(namespace, pool, node["name"]).set(when.timestamp())

@@ -40,6 +40,7 @@ __all__ = [
     "PoolPKI",
     "certify_node",
     "keylog_data",
+    "kem_schedule",
     "log_kem_keys",
     "keylog_name",
     "new_pool_pki",
@@ -180,6 +181,27 @@ def log_kem_keys(pki: PoolPKI, csr_document: Mapping[str, Any], *, pod_name: str
             pki.log.append(EntryKind.KEM_KEY_CERTIFICATE, data, now=now)
             added.append(cert.epoch)
     return added
+
+
+def kem_schedule(csr_document: Mapping[str, Any], *, now: dt.datetime, grace_s: float) -> tuple[int, dt.datetime] | None:
+    """The node's current KEM key epoch and when it rotates, from its key certificates.
+
+    The current key is the newest whose validity has begun (a next key is published
+    ahead of its start); it rotates ``grace_s`` before it expires.
+    """
+    started = []
+    for raw in csr_document.get("kemKeyCertificates") or []:
+        try:
+            cert = KemKeyCertificate.from_bytes(base64.b64decode(str(raw), validate=True))
+        except (ValueError, WireFormatError):
+            continue
+        if cert.not_before <= now.timestamp():
+            started.append(cert)
+    if not started:
+        return None
+    current = max(started, key=lambda c: c.epoch)
+    rotates = dt.datetime.fromtimestamp(current.not_after - grace_s, dt.timezone.utc)
+    return current.epoch, rotates
 
 
 @dataclass(frozen=True)

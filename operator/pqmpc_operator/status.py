@@ -77,7 +77,8 @@ def _node_entry(
     problem = _pod_problem(pod)
     entry: dict[str, Any] = {
         # Key and anomaly fields belong to the session/PKI controller; keep what it wrote.
-        **{k: v for k, v in previous.get(meta["name"], {}).items() if k in {"certFingerprint", "certNotAfter", "kemEpoch", "anomalyScore", "quarantined", "quarantinedSince"}},
+        **{k: v for k, v in previous.get(meta["name"], {}).items() if k in {"certFingerprint", "certNotAfter", "kemEpoch", "kemRotatesAt", "anomalyScore", "quarantined",
+                     "quarantinedSince"}},
         "name": meta["name"],
         "group": labels.get(LABEL_GROUP, ""),
         "region": labels.get(LABEL_REGION, ""),

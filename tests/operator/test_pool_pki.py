@@ -110,3 +110,19 @@ def test_rotated_kem_keys_are_logged_once_and_only_for_their_node() -> None:
     with pytest.raises(pool_pki.CertificationRefused, match="KEM key certificate of 'banks-b-0'"):
         pool_pki.log_kem_keys(pki, foreign, pod_name="banks-a-0", now=NOW)
     assert len(pki.log.entries) == size
+
+
+def test_kem_schedule_picks_the_started_key_not_the_published_next_one() -> None:
+    identity = NodeIdentity.generate(SUITE, os.urandom)
+
+    def cert(epoch: int, start: dt.datetime, hours: int) -> str:
+        pair = KemKeyPair.from_seed(SUITE.envelope_kem, os.urandom(32))
+        c = KemKeyCertificate.issue(identity, node_id=NodeId("n"), epoch=epoch, keypair=pair,
+                                    not_before=start, not_after=start + dt.timedelta(hours=hours))
+        return base64.b64encode(c.to_bytes()).decode()
+
+    doc = {"kemKeyCertificates": [cert(1, NOW - dt.timedelta(hours=20), 24), cert(2, NOW + dt.timedelta(hours=3), 24)]}
+    epoch, rotates = pool_pki.kem_schedule(doc, now=NOW, grace_s=3600) or (0, NOW)
+    assert epoch == 1, "epoch 2 is published but has not started"
+    assert rotates == NOW + dt.timedelta(hours=3)
+    assert pool_pki.kem_schedule({"kemKeyCertificates": ["garbage"]}, now=NOW, grace_s=0) is None
