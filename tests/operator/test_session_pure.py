@@ -1,0 +1,118 @@
+"""MPCSession planning without a cluster: spec checks, the signed plan, folding party reports."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+from typing import Any
+
+import pytest
+
+from pqmpc_node.client import Identity
+from pqmpc_node.crypto.suites import get_suite
+from pqmpc_node.plan import PLAN_SIGNATURE_CONTEXT, canonical_bytes
+from pqmpc_operator.model import SpecError
+from pqmpc_operator.session_model import parse_mpcsession
+from pqmpc_operator.session_plan import PartyNode, build_signed_plan, session_progress
+
+SUITE = get_suite("pq-default")
+NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.timezone.utc)
+IDS = {n: Identity.generate(n).public_document() for n in ("bank-a", "bank-b", "insurer", "auditor")}
+
+
+def body(**spec: Any) -> dict[str, Any]:
+    fields = [{"name": "amount", "min": 0, "max": 100}]
+    base: dict[str, Any] = {
+        "poolRef": "banks", "parties": 2, "threshold": 1,
+        "inputs": [{"owner": o, "identity": IDS[o]["identity"], "fields": fields} for o in ("bank-a", "bank-b")],
+        "program": {"aggregate": [{"op": "mean", "field": "amount"}]},
+        "outputs": [{"recipient": "auditor", "identity": IDS["auditor"]["kemPublicKey"], "allow": ["mean(amount)"]}],
+    }
+    base.update(spec)
+    return {"metadata": {"name": "s", "namespace": "ns", "uid": "0123456789abcdef", "generation": 1}, "spec": base}
+
+
+class TestSpec:
+    def test_defaults_and_session_id(self) -> None:
+        spec = parse_mpcsession(body(), SUITE)
+        assert spec.session_id == "ns.s.01234567"
+        assert spec.sharing == "additive" and spec.security == "malicious"
+        assert [i.role for i in spec.inputs] == ["data", "data"]
+        assert spec.deadline_s == 3600
+
+    def test_model_owner_is_an_input_without_fields(self) -> None:
+        inputs = body()["spec"]["inputs"] + [{"owner": "insurer", "identity": IDS["insurer"]["identity"]}]
+        spec = parse_mpcsession(body(inputs=inputs, program={"linearScore": {"modelOwner": "insurer", "features": ["amount"]}}), SUITE)
+        assert [i.role for i in spec.inputs] == ["data", "data", "model"]
+
+    @pytest.mark.parametrize(
+        ("change", "field", "words"),
+        [
+            ({"preprocessing": "ot"}, "preprocessing", "use preprocessing: dealer"),
+            ({"program": {"mlp": {"modelOwner": "insurer", "features": ["amount"], "layers": [2, 1]}}}, "inputs", "modelOwner"),
+        ],
+    )
+    def test_unusable_specs(self, change: dict[str, Any], field: str, words: str) -> None:
+        with pytest.raises(SpecError) as err:
+            parse_mpcsession(body(**change), SUITE)
+        assert err.value.field_path == field and words in str(err.value)
+
+    def test_wrong_keys_are_named(self) -> None:
+        b = body()
+        b["spec"]["inputs"][1]["identity"] = base64.b64encode(b"short").decode()
+        with pytest.raises(SpecError, match=r"inputs\[1\]\.identity.*pqmpc identity new"):
+            parse_mpcsession(b, SUITE)
+        b = body()
+        b["spec"]["outputs"][0]["identity"] = IDS["bank-a"]["identity"]  # a signing key, not a KEM key
+        with pytest.raises(SpecError, match=r"outputs\[0\]\.identity"):
+            parse_mpcsession(b, SUITE)
+
+    def test_data_owners_must_share_columns(self) -> None:
+        b = body()
+        b["spec"]["inputs"][1]["fields"] = [{"name": "amount", "min": 0, "max": 5}]
+        with pytest.raises(SpecError, match=r"inputs\[1\]\.fields.*same min/max"):
+            parse_mpcsession(b, SUITE)
+
+
+def test_signed_plan_verifies_and_carries_no_dealer_material() -> None:
+    spec = parse_mpcsession(body(), SUITE)
+    signer = SUITE.signature.generate(os.urandom(32))
+    parties = [PartyNode(f"n{i}", f"127.0.0.{10 + i}", f"n{i}.svc", 9443, 8443, "ab" * 32, 1,
+                         base64.b64decode(IDS["auditor"]["kemPublicKey"])) for i in range(2)]
+    signed = build_signed_plan(spec, parties, suite=SUITE, signer=signer, generation=3, now=NOW,
+                               deadline_at=NOW + dt.timedelta(hours=1), rng=os.urandom)
+    doc = signed.to_json()
+    signer.public_key().verify(base64.b64decode(doc["signature"]), canonical_bytes(doc["plan"]), PLAN_SIGNATURE_CONTEXT)
+    assert [p["nodeId"] for p in doc["plan"]["parties"]] == ["n0", "n1"]
+    assert doc["plan"]["generation"] == 3 and doc["plan"]["sessionId"] == spec.session_id
+    assert not signed.plan.sealed_dealer_seeds
+
+
+class TestProgress:
+    spec = parse_mpcsession(body(), SUITE)
+
+    def report(self, phase: str, received: tuple[bool, bool], **extra: Any) -> dict[str, Any]:
+        return {"phase": phase, "inputs": [{"owner": "bank-a", "received": received[0]},
+                                           {"owner": "bank-b", "received": received[1]}], **extra}
+
+    def test_awaiting_then_dealing_then_computing(self) -> None:
+        p = session_progress(self.spec, {"n0": self.report("AwaitingInputs", (True, False)),
+                                         "n1": self.report("AwaitingInputs", (True, False))})
+        assert p.phase == "AwaitingInputs" and [i["received"] for i in p.inputs] == [True, False]
+        p = session_progress(self.spec, {"n0": self.report("AwaitingInputs", (True, True), awaitingPreprocessing=True,
+                                                           inputRows={"bank-a": 3, "bank-b": 2}),
+                                         "n1": self.report("AwaitingInputs", (True, True))})
+        assert p.phase == "Preprocessing" and p.input_rows == {"bank-a": 3, "bank-b": 2}
+        p = session_progress(self.spec, {"n0": self.report("Computing", (True, True)), "n1": None})
+        assert p.phase == "Computing"
+
+    def test_failure_wins_and_names_its_reason(self) -> None:
+        p = session_progress(self.spec, {"n0": self.report("Failed", (True, True), reason="mac_check_failed"),
+                                         "n1": self.report("Succeeded", (True, True))})
+        assert p.phase == "Failed" and p.reason == "mac_check_failed"
+
+    def test_success_needs_every_party_for_additive(self) -> None:
+        ok = self.report("Succeeded", (True, True), outputsReady=["auditor"])
+        assert session_progress(self.spec, {"n0": ok, "n1": ok}).phase == "Succeeded"
+        assert session_progress(self.spec, {"n0": ok, "n1": None}).phase != "Succeeded"
