@@ -29,6 +29,17 @@ by all parties) is deprecated: still parsed and signed for compatibility, but no
 never open it, because any node holding a shared seed could derive every party's
 triples and unmask the inputs.
 
+Cancellation (``POST /v1/sessions/{id}/cancel`` body, :func:`sign_cancel`)::
+
+    {"cancel": {"format": ..., "sessionId": ..., "planDigest": ..., "issuedAt": <unix>},
+     "signature": "<base64>", "signer": "<hex>"}
+
+signed with the same plan-signing key under :data:`CANCEL_SIGNATURE_CONTEXT` (a
+different context, so no plan signature can pass for a cancel or the other way round).
+:func:`verify_cancel` checks shape, signature, session, plan digest and age, in that
+order. A replayed cancel can only cancel the very session and plan version it names,
+within its five minutes, which is what its signer asked for anyway.
+
 Pure: no I/O; the clock is a ``now`` argument and randomness is passed in.
 """
 
@@ -38,6 +49,7 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import hmac
 import json
 import math
 import re
@@ -60,6 +72,11 @@ from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, SignatureA
 
 __all__ = [
     "BadPlanSignatureError",
+    "CANCEL_FORMAT",
+    "CANCEL_SIGNATURE_CONTEXT",
+    "CancelMismatchError",
+    "SessionCancel",
+    "StaleCancelError",
     "DEALER_SEED_INPUT_ID",
     "ExpiredPlanError",
     "FieldDecl",
@@ -87,13 +104,18 @@ __all__ = [
     "plan_signer_key_from_bytes",
     "seal_dealer_seed",
     "sign_plan",
+    "sign_cancel",
     "signer_fingerprint",
+    "verify_cancel",
     "verify_signed_plan",
 ]
 
 SessionId = NewType("SessionId", str)
 PLAN_SIGNATURE_CONTEXT = b"pqmpc/v1/session-plan"
 PLAN_FORMAT = "pqmpc.io/plan/v1"
+CANCEL_SIGNATURE_CONTEXT = b"pqmpc/v1/session-cancel"
+CANCEL_FORMAT = "pqmpc.io/cancel/v1"
+MAX_CANCEL_BYTES = 64 * 1024
 OPERATOR_SENDER = "operator"
 """Envelope sender name of the operator (it seals the dealer seed with its plan-signing key)."""
 DEALER_SEED_INPUT_ID = "dealer-seed"
@@ -150,6 +172,18 @@ class NotAPartyError(PlanError):
     """The plan does not name this node as a party."""
 
     reason = "not_a_party"
+
+
+class StaleCancelError(PlanError):
+    """A cancel request issued too long ago, or in the future."""
+
+    reason = "stale_cancel"
+
+
+class CancelMismatchError(PlanError):
+    """A cancel request for another session, or for another version of its plan."""
+
+    reason = "cancel_mismatch"
 
 
 def _b64d(value: Any, what: str) -> bytes:
@@ -614,3 +648,92 @@ def plan_signer_key_from_bytes(data: bytes, algorithm: SignatureAlgorithm = Sign
         return algorithm.public_key_from_bytes(data)
     except ValueError as exc:
         raise MalformedPlanError(f"plan-signing public key is not a raw {algorithm.label} key: {exc}") from None
+
+
+@dataclass(frozen=True)
+class SessionCancel:
+    """The operator's request to stop one session (one plan version) at its parties."""
+
+    session_id: SessionId
+    plan_digest: str
+    issued_at: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The canonical JSON object (what is signed)."""
+        return {"format": CANCEL_FORMAT, "sessionId": self.session_id, "planDigest": self.plan_digest,
+                "issuedAt": self.issued_at}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> SessionCancel:
+        """Parse; :class:`MalformedPlanError` on anything wrong."""
+        o = _obj(raw, "cancel")
+        if o.get("format") != CANCEL_FORMAT:
+            raise MalformedPlanError(f"cancel format must be {CANCEL_FORMAT!r}, got {o.get('format')!r}")
+        digest = o.get("planDigest")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise MalformedPlanError("cancel planDigest must be 64 lowercase hex digits (the session's status.planDigest)")
+        return cls(SessionId(_name(o.get("sessionId"), "cancel sessionId")), digest,
+                   _int(o.get("issuedAt"), "cancel issuedAt"))
+
+
+def sign_cancel(session_id: str, plan_digest: str, *, key: MLDSAPrivateKey, now: dt.datetime) -> bytes:
+    """The signed ``POST /v1/sessions/{id}/cancel`` body for ``session_id`` at plan ``plan_digest``."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    cancel = SessionCancel(SessionId(session_id), plan_digest, int(now.timestamp()))
+    SessionCancel.from_json(cancel.to_json())  # refuse to sign what no node would parse
+    sig = key.sign(canonical_bytes(cancel.to_json()), CANCEL_SIGNATURE_CONTEXT)
+    return canonical_bytes({"cancel": cancel.to_json(), "signature": _b64e(sig),
+                            "signer": signer_fingerprint(key.public_key())})
+
+
+def verify_cancel(
+    body: bytes,
+    *,
+    signer_key: MLDSAPublicKey,
+    session_id: str,
+    plan_digest: str,
+    now: dt.datetime,
+    max_age: dt.timedelta = dt.timedelta(minutes=5),
+    max_clock_skew: dt.timedelta = dt.timedelta(seconds=30),
+) -> SessionCancel:
+    """Check a posted cancel against the session and plan held (see the module docstring for the order).
+
+    Raises :class:`MalformedPlanError`, :class:`UnsignedPlanError`,
+    :class:`BadPlanSignatureError`, :class:`CancelMismatchError` or :class:`StaleCancelError`.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if len(body) > MAX_CANCEL_BYTES:
+        raise MalformedPlanError(f"cancel body is {len(body)} bytes; the limit is {MAX_CANCEL_BYTES}")
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedPlanError(f"cancel body is not JSON: {exc}") from None
+    o = _obj(raw, "signed cancel")
+    cancel_raw = _obj(o.get("cancel"), "cancel")
+    cancel = SessionCancel.from_json(cancel_raw)
+    if o.get("signature") in (None, ""):
+        raise UnsignedPlanError("the cancel carries no signature; only operator-signed cancels are accepted")
+    signature = _b64d(o.get("signature"), "signature")
+    try:
+        signer_key.verify(signature, canonical_bytes(cancel_raw), CANCEL_SIGNATURE_CONTEXT)
+    except InvalidSignature:
+        raise BadPlanSignatureError(
+            "cancel signature does not verify under the operator's plan-signing key (wrong signer or altered request)"
+        ) from None
+    if not hmac.compare_digest(cancel.session_id.encode(), session_id.encode()):
+        raise CancelMismatchError(f"the cancel is signed for session {cancel.session_id!r}, not {session_id!r}")
+    if not hmac.compare_digest(cancel.plan_digest.encode(), plan_digest.encode()):
+        raise CancelMismatchError(
+            f"the cancel names plan {cancel.plan_digest[:12]}, this node holds plan {plan_digest[:12]} of session "
+            f"{session_id}; sign the cancel for the plan in GET /v1/sessions/{session_id}"
+        )
+    t = now.timestamp()
+    if cancel.issued_at > t + max_clock_skew.total_seconds():
+        raise StaleCancelError(f"the cancel is issued in the future ({cancel.issued_at} > now {int(t)}); check clocks")
+    if t - cancel.issued_at > max_age.total_seconds():
+        raise StaleCancelError(
+            f"the cancel was issued at {cancel.issued_at}, more than {int(max_age.total_seconds())}s ago; sign a fresh one"
+        )
+    return cancel

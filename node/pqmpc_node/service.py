@@ -16,6 +16,7 @@ GET      /v1/sessions/{id}/plan          the signed plan as posted (clients veri
 POST     /v1/sessions/{id}/preprocessing this party's dealt material (operator; sealed + plan-signed)
 POST     /v1/sessions/{id}/inputs        one sealed input envelope (data owners)
 GET      /v1/sessions/{id}/outputs       ?recipient=NAME: sealed result shares
+POST     /v1/sessions/{id}/cancel        stop the session (operator; plan-signed, see plan.sign_cancel)
 =======  ==============================  =================================================
 
 :class:`NodeRuntime` holds the keys, sessions and metrics of the process; :func:`build_app`
@@ -52,6 +53,7 @@ __all__ = ["NodeRuntime", "build_app", "wall_clock"]
 log = logging.getLogger("pqmpc_node")
 _LOG_LIMIT = 16 << 20
 _PLAN_LIMIT = 4 << 20
+_CANCEL_LIMIT = 64 << 10
 _PREPROCESSING_LIMIT = 256 << 20
 """Largest preprocessing body (seed envelope + correction stream) a node takes."""
 
@@ -210,6 +212,12 @@ def build_app(node: NodeRuntime) -> web.Application:
             raise ApiError(400, "malformed", "empty body; post the dealer's preprocessing body (application/octet-stream)")
         return web.json_response(sessions.accept_preprocessing(sid, data), status=202)
 
+    async def post_cancel(request: web.Request) -> web.Response:
+        sid = request.match_info["id"]
+        sessions.get(sid)
+        body = await read_body(request, _CANCEL_LIMIT)
+        return web.json_response(await sessions.cancel(sid, body))
+
     async def get_output(request: web.Request) -> web.Response:
         recipient = request.query.get("recipient", "")
         if not recipient:
@@ -232,6 +240,7 @@ def build_app(node: NodeRuntime) -> web.Application:
     app.router.add_post("/v1/sessions/{id}/inputs", post_input)
     app.router.add_post("/v1/sessions/{id}/preprocessing", post_preprocessing)
     app.router.add_get("/v1/sessions/{id}/outputs", get_output)
+    app.router.add_post("/v1/sessions/{id}/cancel", post_cancel)
 
     async def on_startup(_: web.Application) -> None:
         await node.start()

@@ -23,6 +23,9 @@ Life of a session here (phases as in ``MPCSession.status.phase``):
 4. ``Succeeded``: each recipient's allowed outputs are sealed to its KEM key, signed
    with the node identity key, and served at ``/v1/sessions/{id}/outputs``; or
    ``Failed`` with a reason. Fences are released and the stored envelopes deleted.
+5. Cancelled (the MPCSession was deleted): the operator posts a cancel signed with the
+   plan-signing key (:meth:`SessionManager.cancel`, :func:`pqmpc_node.plan.verify_cancel`);
+   the run stops, and the session ends ``Failed`` with reason ``cancelled`` as in step 4.
 
 Restart: identity and KEM keys live in memory only, so a restarted node is a new node
 (new CSR) and envelopes sealed to the old KEM key cannot be opened; the operator
@@ -86,6 +89,7 @@ from pqmpc_node.plan import (
     PlanError,
     SessionPlan,
     check_supersedes,
+    verify_cancel,
     verify_signed_plan,
 )
 
@@ -148,6 +152,11 @@ class SessionRuntime:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     material: PartyMaterial | None = field(default=None, repr=False)
     material_digest: str = ""
+    cancelled_by: str = ""
+
+    def cancelled(self) -> bool:
+        """Whether the session ended on a cancel (the operator's, or the node's shutdown)."""
+        return self.phase is Phase.FAILED and self.reason == "cancelled"
 
     def input_rows(self) -> dict[str, int]:
         """Rows each data owner delivered (public: every party holds shares of this length)."""
@@ -378,6 +387,39 @@ class SessionManager:
             rt.phase = Phase.COMPUTING
             rt.task = asyncio.get_running_loop().create_task(self._run(rt))
 
+    # -- cancellation -----------------------------------------------------------------
+
+    async def cancel(self, session_id: str, body: bytes) -> dict[str, Any]:
+        """Stop a session on the operator's signed request; idempotent, a finished session stays as it is."""
+        rt = self.get(session_id)
+        try:
+            verify_cancel(body, signer_key=self.signer_key, session_id=rt.plan.session_id,
+                          plan_digest=rt.plan.digest(), now=self.clock())
+        except PlanError as exc:
+            self.metrics.plans_refused.labels(f"cancel_{exc.reason}").inc()
+            status = {"malformed": 400, "unsigned": 401, "cancel_mismatch": 409}.get(exc.reason, 403)
+            raise SessionError(f"cancel refused: {exc}", reason=exc.reason, status=status) from None
+        answer = {"sessionId": session_id, "planDigest": rt.plan.digest()}
+        if rt.phase in (Phase.SUCCEEDED, Phase.FAILED):
+            return {**answer, "cancelled": rt.cancelled(), "alreadyFinished": True, "phase": rt.phase.value,
+                    "reason": rt.reason}
+        message = "cancelled by the operator (the MPCSession was deleted)"
+        rt.cancelled_by = message
+        if rt.task is not None and not rt.task.done():
+            rt.task.cancel()
+            # _run ends the session (Failed/cancelled, fences, envelopes, metric); never
+            # await the task itself, whose CancelledError would read as this request's own.
+            await asyncio.wait([rt.task], timeout=30.0)
+        elif rt.task is None:
+            # Not started yet (awaiting inputs or preprocessing): nothing runs, end it here.
+            self._fail(rt, "cancelled", message)
+            self.metrics.sessions.labels("cancelled").inc()
+            self.metrics.session_duration.labels("cancelled").observe(time.monotonic() - rt.started)
+            self._end(rt)
+        log.info("session %s: cancelled by the operator", session_id)
+        return {**answer, "cancelled": rt.cancelled(), "alreadyFinished": False,
+                "phase": rt.phase.value, "reason": rt.reason}
+
     # -- outputs ----------------------------------------------------------------------
 
     def output_for(self, session_id: str, recipient: str) -> bytes:
@@ -499,7 +541,7 @@ class SessionManager:
             self._fail(rt, "deadline_exceeded", f"session passed its deadline ({plan.deadline})")
             outcome = "deadline_exceeded"
         except asyncio.CancelledError:
-            self._fail(rt, "cancelled", "the node is shutting down")
+            self._fail(rt, "cancelled", rt.cancelled_by or "the node is shutting down")
             outcome = "cancelled"
             raise
         except Exception as exc:  # noqa: BLE001 - any engine failure ends the session with its reason
