@@ -28,7 +28,7 @@ from pqmpc_operator.certification import CertificationState, certify_pods, ensur
 from pqmpc_operator.kube import KubeApi
 from pqmpc_operator.nodeclient import NodeClient
 from pqmpc_operator.quarantine import PoolWatch, assess_pool
-from pqmpc_operator.session_controller import SessionDeps, reconcile_session
+from pqmpc_operator.session_controller import SessionDeps, cancel_session, reconcile_session
 from pqmpc_operator.metrics import OperatorMetrics
 from pqmpc_operator.model import API_GROUP, API_VERSION, SpecError, parse_nodepool
 from pqmpc_operator.settings import OperatorSettings
@@ -211,6 +211,18 @@ def register(registry: kopf.OperatorRegistry) -> None:
         ctx.metrics.observe_session(namespace, name, None)
         for sessions in ctx.busy.values():
             sessions.pop(f"{namespace}/{name}", None)
+
+    @kopf.on.delete(API_GROUP, API_VERSION, "mpcsessions", registry=registry)  # type: ignore[arg-type]
+    async def session_deleted(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        # Best effort: a node that cannot be reached must never hold the deletion up.
+        ctx: OperatorContext = memo["ctx"]
+        deps = SessionDeps(api=ctx.api, nodes=ctx.nodes, settings=ctx.settings, metrics=ctx.metrics,
+                           certification=ctx.certification, watches=ctx.watches, http=ctx.http, busy=ctx.busy)
+        try:
+            await asyncio.wait_for(cancel_session(deps, body), timeout=15.0)
+        except Exception:  # noqa: BLE001 - log and let the deletion go on
+            _log.exception("session %s/%s deleted: cancelling it at its parties failed; they keep it until its "
+                           "deadline", namespace, name)
 
     @kopf.on.event(API_GROUP, API_VERSION, "nodepools", registry=registry)  # type: ignore[arg-type]
     async def pool_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:

@@ -1,4 +1,4 @@
-"""The operator's HTTP calls to node pods (httpx): CSR pull, certificate and log push.
+"""The operator's HTTP calls to node pods (httpx): CSR pull, certificate and log push, plans, cancels.
 
 Addresses come from the pod's status as the API server reports it, never from what a
 node says about itself. Timeouts are short: a slow node must not stall the pool's loop.
@@ -82,6 +82,22 @@ class NodeClient:
             raise NodeCallError(f"POST {url}: {type(exc).__name__}: {exc}") from None
         if resp.status_code >= 300:
             raise NodeCallError(f"POST {url}: HTTP {resp.status_code}: {resp.text[:300]}")
+
+    async def cancel(self, ip: str, session_id: str, body: bytes, *, timeout: float = 2.0) -> dict[str, Any]:
+        """``POST /v1/sessions/{id}/cancel``: a plan-signed cancel (200 also when already cancelled or finished)."""
+        url = f"http://{ip}:{self._port}/v1/sessions/{session_id}/cancel"
+        try:
+            resp = await self._http.post(url, content=body, headers={"Content-Type": "application/json"},
+                                         timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise NodeCallError(f"POST {url}: {type(exc).__name__}: {exc}") from None
+        if resp.status_code >= 300:
+            raise NodeCallError(f"POST {url}: HTTP {resp.status_code}: {resp.text[:300]}")
+        try:
+            doc = resp.json()
+        except ValueError:
+            raise NodeCallError(f"POST {url}: answer is not JSON") from None
+        return doc if isinstance(doc, dict) else {}
 
     async def session(self, ip: str, session_id: str) -> dict[str, Any]:
         """``GET /v1/sessions/{id}``: the node's view of a session."""

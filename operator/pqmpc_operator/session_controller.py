@@ -14,6 +14,9 @@ Computing -> Succeeded | Failed.
   an additive session; a Shamir session carries on while ``t + 1`` parties remain.
 - Succeeded / Failed: ``completionTime`` is set; after ``ttlSecondsAfterFinished`` the
   MPCSession is deleted.
+- Deleted before it finished: :func:`cancel_session` posts a plan-signed cancel to every
+  party (best effort, short timeouts), so they stop, release their KEM key fences and
+  delete the sealed inputs now rather than at the deadline.
 
 Every pass starts from what is stored (status carries the placement and the plan
 generation), so an operator restart resumes where it was: a plan that may or may not
@@ -38,8 +41,8 @@ import kopf
 from pqmpc_node.crypto.kemkeys import KemKeyCertificate, kem_public_key_from_bytes
 from pqmpc_node.crypto.suites import get_suite
 from pqmpc_node.dealing import deal
-from pqmpc_node.plan import PLAN_SIGNATURE_CONTEXT, canonical_bytes, parse_signed_plan
-from pqmpc_operator import builders, placement
+from pqmpc_node.plan import PLAN_SIGNATURE_CONTEXT, canonical_bytes, parse_signed_plan, sign_cancel
+from pqmpc_operator import builders, placement, pool_pki
 from pqmpc_operator.certification import CertificationState, ensure_pki
 from pqmpc_operator.anomaly import SessionEvidence
 from pqmpc_operator.kube import KubeApi
@@ -52,7 +55,7 @@ from pqmpc_operator.session_plan import PartyNode, build_signed_plan, session_pr
 from pqmpc_operator.settings import OperatorSettings
 from pqmpc_operator.status import merge_conditions
 
-__all__ = ["SessionDeps", "reconcile_session"]
+__all__ = ["SessionDeps", "cancel_session", "reconcile_session"]
 
 _log = logging.getLogger(__name__)
 ACTIVE = ("Placing", "Preprocessing", "AwaitingInputs", "Computing")
@@ -357,6 +360,49 @@ async def reconcile_session(deps: SessionDeps, namespace: str, name: str) -> flo
             out.condition("Degraded", "True", "PartyLost", "; ".join(lost))
     await _write(deps, out, now)
     return 1.0
+
+
+async def cancel_session(deps: SessionDeps, body: Mapping[str, Any], *, timeout_s: float = 2.0) -> dict[str, str]:
+    """Ask every party of a deleted, unfinished MPCSession to cancel it; best effort, never raises for a node.
+
+    Returns what each party answered (node name -> outcome line), empty when nothing
+    was to be cancelled (never placed, plan never delivered, already finished).
+    """
+    meta, status = body["metadata"], dict(body.get("status") or {})
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    session_id, digest = str(status.get("sessionId") or ""), str(status.get("planDigest") or "")
+    placed = [str(p["node"]) for p in status.get("placement") or []]
+    if status.get("phase") in FINISHED or not (session_id and digest and placed):
+        return {}
+    pool_name = str((body.get("spec") or {}).get("poolRef", ""))
+    pool_body = await deps.api.get_pool(namespace, pool_name)
+    state = deps.certification.setdefault((namespace, pool_name), CertificationState())
+    if pool_body is None or (state.pki is None and await deps.api.read_secret_data(
+            namespace, pool_pki.pki_secret_name(pool_name)) is None):
+        # Without the pool's plan signer no node would believe a cancel (and a fresh one must not be made here).
+        _log.warning("session %s/%s deleted: NodePool %s or its PKI is gone; parties keep the session until its "
+                     "deadline", namespace, name, pool_name)
+        return {}
+    pool = parse_nodepool(pool_body)
+    pki = await ensure_pki(deps.api, pool, state)
+    signed = sign_cancel(session_id, digest, key=pki.plan_signer, now=dt.datetime.now(dt.timezone.utc))
+    ips = {n: str(e.get("podIP") or "") for n, e in _pods_by_name(pool_body).items()}
+    ips.update(await _pod_ips(deps, namespace, pool_name, pool.uid))
+
+    async def one(node: str) -> str:
+        if not ips.get(node):
+            return "no pod IP (not running)"
+        try:
+            doc = await deps.nodes.cancel(ips[node], session_id, signed, timeout=timeout_s)
+        except NodeCallError as exc:
+            return f"not cancelled: {exc}"
+        return f"{doc.get('phase')}/{doc.get('reason')}" + (" (already finished)" if doc.get("alreadyFinished") else "")
+
+    outcomes = dict(zip(placed, await asyncio.gather(*(one(n) for n in placed))))
+    # No Event: the object is going away; the log is the record.
+    _log.info("session %s/%s deleted: cancel of %s at its parties: %s", namespace, name, session_id,
+              "; ".join(f"{n}: {o}" for n, o in outcomes.items()))
+    return outcomes
 
 
 async def _deal(

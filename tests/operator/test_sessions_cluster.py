@@ -386,6 +386,7 @@ def test_kem_rotation_during_a_running_session(world: World, kubectl: Kubectl) -
     # Both nodes rotate to a newer KEM key (logged by the operator) while the session waits.
     wait_for("KEM keys rotated past the plan's epochs", lambda: all(
         int(nodes()[n].get("kemEpoch", 0)) > e for n, e in plan_epochs.items()), timeout=90)
+    assert all(n.get("kemRotatesAt") for n in nodes().values()), "status shows each node's next rotation"
     time.sleep(6)  # past the grace period: an unfenced old key would be gone now
     for owner, values in (("bank-a", [[1.0], [2.0]]), ("bank-b", [[3.0]])):
         pqmpc("submit", "--session", st["sessionId"], "--identity", world.identity_file(owner), "--node", url,
@@ -402,3 +403,22 @@ def test_kem_rotation_during_a_running_session(world: World, kubectl: Kubectl) -
     wait_for("the session's key retired once the session ended", old_key_gone, timeout=60)
     kubectl("delete", "mpcs", "rotating", "-n", NS, "--wait=true", "--timeout=60s")
     kubectl("delete", "mpcpool", "rot", "-n", NS, "--wait=true", "--timeout=60s")
+
+
+def test_deleting_a_session_cancels_it_at_its_parties(world: World, kubectl: Kubectl) -> None:
+    world.apply(world.session("deleted", **aggregate_spec(world, ["bank-a", "bank-b"], ["eu-west"], 2)))
+    st = world.wait_phase("deleted", {"AwaitingInputs"})
+    sid, urls = st["sessionId"], st["result"]["nodes"]
+    world.submit(sid, "bank-a", urls[0], world.csv("d-a", ["amount"], np.ones((3, 1))))
+    kubectl("delete", "mpcs", "deleted", "-n", NS, "--wait=true", "--timeout=60s")
+    assert "deleted" not in [i["metadata"]["name"] for i in get_json(kubectl, "mpcs")["items"]]
+
+    def report(url: str) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{url}/v1/sessions/{sid}", timeout=5) as r:
+            return dict(json.loads(r.read()))
+
+    for url in urls:
+        final = wait_for(f"{url} to report {sid} cancelled",
+                         lambda: (lambda doc: doc if doc["phase"] == "Failed" else None)(report(url)), timeout=30)
+        assert final["reason"] == "cancelled" and "operator" in final["message"], final
+        assert final["inputRows"] == {} and not any(i["received"] for i in final["inputs"]), final
