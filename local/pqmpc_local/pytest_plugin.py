@@ -19,9 +19,11 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +47,20 @@ __all__ = [
     "kubeconfig",
     "kubectl",
     "node_agent",
+    "wait_for",
 ]
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0, every: float = 0.5) -> Any:
+    """Poll ``check`` until it returns something truthy and return that; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
 
 INTEGRATION_FIXTURES = frozenset({"control_plane", "kubeconfig", "kubectl", "node_agent"})
 

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -126,6 +126,45 @@ async def reconcile_pool(ctx: OperatorContext, namespace: str, name: str) -> flo
     return 1.0 if retry else None
 
 
+def _session_deps(ctx: OperatorContext) -> SessionDeps:
+    return SessionDeps(api=ctx.api, nodes=ctx.nodes, settings=ctx.settings, metrics=ctx.metrics,
+                       certification=ctx.certification, watches=ctx.watches, http=ctx.http, busy=ctx.busy)
+
+
+class _PassGuard:
+    """Runs one reconcile pass, counting it; errors are logged and retried with back-off.
+
+    API errors (conflicts, throttling, a restarting API server) and bugs alike must never
+    kill an object's loop: the next pass starts again from what is stored.
+    """
+
+    def __init__(self, metrics: OperatorMetrics, kind: str, what: str) -> None:
+        self.metrics, self.kind, self.what = metrics, kind, what
+        self.backoff = 1.0
+        self.retry_in = 1.0
+        self.failed = False
+
+    async def run(self, step: Coroutine[Any, Any, float | None]) -> float | None:
+        started = time.perf_counter()
+        result: float | None = None
+        self.failed = True
+        try:
+            result = await step
+            self.failed, self.backoff = False, 1.0
+        except ApiException as exc:
+            _log.warning("%s: API error %s %s (%s); retrying in %.0fs", self.what, exc.status, exc.reason,
+                         str(exc.body)[:500], self.backoff)
+            self.metrics.reconcile_errors.labels(reason=f"api_{exc.status}").inc()
+        except Exception:  # noqa: BLE001 - a bug must not kill the loop
+            _log.exception("%s: reconcile failed; retrying in %.0fs", self.what, self.backoff)
+            self.metrics.reconcile_errors.labels(reason="internal").inc()
+        if self.failed:
+            self.retry_in, self.backoff = self.backoff, min(self.backoff * 2, 60.0)
+        self.metrics.reconciles.labels(kind=self.kind, outcome="error" if self.failed else "ok").inc()
+        self.metrics.reconcile_seconds.labels(kind=self.kind).observe(time.perf_counter() - started)
+        return result
+
+
 def register(registry: kopf.OperatorRegistry) -> None:
     """Register every handler of the operator into ``registry``."""
 
@@ -145,30 +184,12 @@ def register(registry: kopf.OperatorRegistry) -> None:
     async def pool_loop(name: str, namespace: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
         ctx: OperatorContext = memo["ctx"]
         trigger = ctx.trigger(namespace, name)
-        backoff = 1.0
+        guard = _PassGuard(ctx.metrics, "NodePool", f"pool {namespace}/{name}")
         try:
             while not stopped:
                 trigger.clear()
-                started = time.perf_counter()
-                try:
-                    sooner = await reconcile_pool(ctx, namespace, name)
-                    backoff = 1.0
-                    wait = sooner if sooner is not None else ctx.settings.resync_seconds
-                    outcome = "ok"
-                except ApiException as exc:
-                    # Conflicts and transient API errors: retry soon, with growing back-off.
-                    _log.warning("pool %s/%s: API error %s %s (%s); retrying in %.0fs", namespace, name, exc.status,
-                                 exc.reason, str(exc.body)[:500], backoff)
-                    wait, backoff = backoff, min(backoff * 2, 60.0)
-                    outcome = "error"
-                    ctx.metrics.reconcile_errors.labels(reason=f"api_{exc.status}").inc()
-                except Exception:  # noqa: BLE001 - a bug must not kill the pool's loop
-                    _log.exception("pool %s/%s: reconcile failed; retrying in %.0fs", namespace, name, backoff)
-                    wait, backoff = backoff, min(backoff * 2, 60.0)
-                    outcome = "error"
-                    ctx.metrics.reconcile_errors.labels(reason="internal").inc()
-                ctx.metrics.reconciles.labels(kind="NodePool", outcome=outcome).inc()
-                ctx.metrics.reconcile_seconds.labels(kind="NodePool").observe(time.perf_counter() - started)
+                sooner = await guard.run(reconcile_pool(ctx, namespace, name))
+                wait = guard.retry_in if guard.failed else sooner if sooner is not None else ctx.settings.resync_seconds
                 try:
                     await asyncio.wait_for(trigger.wait(), timeout=wait)
                 except asyncio.TimeoutError:
@@ -183,28 +204,11 @@ def register(registry: kopf.OperatorRegistry) -> None:
     @kopf.daemon(API_GROUP, API_VERSION, "mpcsessions", cancellation_timeout=5.0, registry=registry)  # type: ignore[arg-type]
     async def session_loop(name: str, namespace: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
         ctx: OperatorContext = memo["ctx"]
-        deps = SessionDeps(api=ctx.api, nodes=ctx.nodes, settings=ctx.settings, metrics=ctx.metrics,
-                           certification=ctx.certification, watches=ctx.watches, http=ctx.http, busy=ctx.busy)
-        backoff = 1.0
+        guard = _PassGuard(ctx.metrics, "MPCSession", f"session {namespace}/{name}")
         while not stopped:
-            started = time.perf_counter()
-            try:
-                wait = await reconcile_session(deps, namespace, name)
-                backoff = 1.0
-                outcome = "ok"
-            except ApiException as exc:
-                _log.warning("session %s/%s: API error %s %s (%s); retrying in %.0fs", namespace, name, exc.status,
-                             exc.reason, str(exc.body)[:500], backoff)
-                wait, backoff = backoff, min(backoff * 2, 60.0)
-                outcome = "error"
-                ctx.metrics.reconcile_errors.labels(reason=f"api_{exc.status}").inc()
-            except Exception:  # noqa: BLE001 - a bug must not kill the session's loop
-                _log.exception("session %s/%s: reconcile failed; retrying in %.0fs", namespace, name, backoff)
-                wait, backoff = backoff, min(backoff * 2, 60.0)
-                outcome = "error"
-                ctx.metrics.reconcile_errors.labels(reason="internal").inc()
-            ctx.metrics.reconciles.labels(kind="MPCSession", outcome=outcome).inc()
-            ctx.metrics.reconcile_seconds.labels(kind="MPCSession").observe(time.perf_counter() - started)
+            wait = await guard.run(reconcile_session(_session_deps(ctx), namespace, name))
+            if guard.failed:
+                wait = guard.retry_in
             if wait is None:
                 break
             await stopped.wait(wait)
@@ -216,10 +220,8 @@ def register(registry: kopf.OperatorRegistry) -> None:
     async def session_deleted(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
         # Best effort: a node that cannot be reached must never hold the deletion up.
         ctx: OperatorContext = memo["ctx"]
-        deps = SessionDeps(api=ctx.api, nodes=ctx.nodes, settings=ctx.settings, metrics=ctx.metrics,
-                           certification=ctx.certification, watches=ctx.watches, http=ctx.http, busy=ctx.busy)
         try:
-            await asyncio.wait_for(cancel_session(deps, body), timeout=15.0)
+            await asyncio.wait_for(cancel_session(_session_deps(ctx), body), timeout=15.0)
         except Exception:  # noqa: BLE001 - log and let the deletion go on
             _log.exception("session %s/%s deleted: cancelling it at its parties failed; they keep it until its "
                            "deadline", namespace, name)

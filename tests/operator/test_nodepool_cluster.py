@@ -20,23 +20,13 @@ import yaml
 
 from pqmpc_local.controlplane import ControlPlane
 from pqmpc_local.operator_runner import REPO, OperatorProcess, start_operator
-from pqmpc_local.pytest_plugin import Kubectl
+from pqmpc_local.pytest_plugin import Kubectl, wait_for
 
 NAMESPACES = ("pq-apply", "pq-scale", "pq-bad", "pq-restart", "pq-gc")
 CRASH_NAMESPACE = "pq-crash"
 OPERATOR_SA = "system:serviceaccount:pqmpc-system:pqmpc-operator"
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, every: float = 0.5) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def get_json(kubectl: Kubectl, *args: str) -> Any:

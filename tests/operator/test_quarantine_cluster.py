@@ -21,7 +21,7 @@ import pytest
 
 from pqmpc_local.controlplane import ControlPlane
 from pqmpc_local.operator_runner import OperatorProcess, start_operator
-from pqmpc_local.pytest_plugin import Kubectl
+from pqmpc_local.pytest_plugin import Kubectl, wait_for
 
 NS = "pq-anomaly"
 HERE = Path(__file__).resolve().parent
@@ -29,15 +29,6 @@ PQMPC = str(Path(sys.executable).parent / "pqmpc")
 VICTIM = "q-c-0"
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def get_json(kubectl: Kubectl, *args: str) -> Any:

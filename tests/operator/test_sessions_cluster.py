@@ -25,21 +25,12 @@ import pytest
 
 from pqmpc_local.controlplane import ControlPlane
 from pqmpc_local.operator_runner import REPO, OperatorProcess, start_operator
-from pqmpc_local.pytest_plugin import Kubectl
+from pqmpc_local.pytest_plugin import Kubectl, wait_for
 
 NS = "pq-sessions"
 PQMPC = str(Path(sys.executable).parent / "pqmpc")
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def get_json(kubectl: Kubectl, *args: str) -> Any:
