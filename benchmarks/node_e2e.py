@@ -2,194 +2,180 @@
 
 Keys:
 
-* ``pq_overhead_ratio_aggregate`` / ``pq_overhead_ratio_mlp``: 3 parties computing the
-  engine benchmark's aggregate (mean and variance, over 3 x 10k values, not its 3 x 100k:
-  see ``AGGREGATE_ROWS``; messages over the frame limit go as fragments) and MLP (30-64-32-1, batch 100) workloads over PQ
-  mutual-TLS PeerLinks, divided by the same over plain TCP (TcpChannel), in the same run
-  (best of 3 after a warm-up). ``parties_run_as`` says how: tasks of one process, since
-  node processes speak only PQ links (there is no plain-TCP node to divide by); the
-  session tests and ``sessions_per_min`` run real node processes.
+* ``pq_overhead_ratio_aggregate`` / ``pq_overhead_ratio_mlp``: 3 REAL node processes
+  (``python -m pqmpc_node``, started and certified by the test harness
+  ``tests/node/harness.py``, which plays the operator and the dealer) computing the engine
+  benchmark's workloads (``benchmarks/mpc_vs_mpyc.py``): aggregate = mean and variance over
+  3 owners x 100k fixed-point values (with the plan's range check on every input), MLP =
+  30-64-32-1 at batch 100 with the model owner's parameters. Time over PQ mutual-TLS peer
+  links divided by the time over plain TCP, measured in the same run: two trios of nodes
+  run side by side and the repeats alternate between them; each figure is the median of
+  ``REPEATS`` sessions after one warm-up session per workload and mode.
 * ``envelopes_accepted_per_s``: sealed input envelopes one node process accepts over
   HTTP (verify signature, open, validate, store), 1 row each.
 * ``sessions_per_min``: small aggregate sessions, end to end across 3 node processes
   (plan post, owner submission, the harness dealing each party its own preprocessing,
   computation, recipient collection), run back to back.
 
-The single-seed engine ``Dealer`` used for the overhead figures is fine here: all three
-parties are tasks of this one process. Nodes never share a seed (``pqmpc_node.dealing``).
+What is timed. Per session: the owners' inputs are sealed and posted, the harness deals
+the preprocessing (``deal_s``, not timed) and posts each party its material at once; the
+clock starts when every party holds everything (inputs and material: the last
+preprocessing POST answered; a node starts computing on its answer) and stops when every
+party reports ``Succeeded`` (status polled every 10 ms). That covers the peer mesh (the
+handshakes of the session's links), the computation, the closing barrier and the sealing
+of outputs; node start-up and certification are outside.
 
-Run: ``.venv/bin/python benchmarks/node_e2e.py``
+The plain-TCP trio runs ``benchmarks/_plain_tcp_node.py``: a benchmark-only wrapper that
+monkeypatches the node's peer-link dial and accept to plain, unauthenticated TCP — a
+measuring stick, not a product mode. The PQ trio runs ``benchmarks/_node_main.py``, which
+is ``python -m pqmpc_node`` (with ``PQMPC_BENCH_PROFILE=<dir>``, the PQ trio's party 0 runs
+under cProfile and writes ``<dir>/pq-node0.prof``; the plain trio's to ``tcp-node0.prof``).
+
+Run: ``.venv/bin/python benchmarks/node_e2e.py`` (``PQMPC_BENCH_REPEATS``, default 3;
+``PQMPC_BENCH_SKIP_SERVICE=1`` skips the last two figures).
 """
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import json
 import os
+import platform
+import statistics
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives.serialization import Encoding
 
 REPO = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "tests" / "node"))
 
-from harness import Operator  # noqa: E402
+from harness import NodeProc, Operator  # noqa: E402
 
 from pqmpc_node.client import Identity, SessionClient  # noqa: E402
-from pqmpc_node.crypto.pki import NodeId, NodeIdentity, PoolCA  # noqa: E402
-from pqmpc_node.crypto.suites import SuiteName, get_suite  # noqa: E402
-from pqmpc_node.crypto.transparency import EntryKind, LogVerifier, TransparencyLog  # noqa: E402
-from pqmpc_node.mpc.channel import Channel  # noqa: E402
-from pqmpc_node.mpc.config import EngineConfig  # noqa: E402
-from pqmpc_node.mpc.context import MPCContext  # noqa: E402
-from pqmpc_node.mpc.fixedpoint import FixedPoint  # noqa: E402
-from pqmpc_node.mpc.preprocessing import Dealer, DealerProvider  # noqa: E402
-from pqmpc_node.mpc.programs import SessionInputs, compile_program, run_session  # noqa: E402
-from pqmpc_node.mpc.randomness import AesCtrRandom  # noqa: E402
-from pqmpc_node.mpc.shares import Shared  # noqa: E402
-from pqmpc_node.net.counters import RefusalCounters  # noqa: E402
-from pqmpc_node.net.link import STREAM_LIMIT, LinkConfig, PeerLink  # noqa: E402
-from pqmpc_node.net.pq_channel import PqChannel  # noqa: E402
-from pqmpc_node.net.tcp_channel import TcpChannel  # noqa: E402
-from pqmpc_node.net.tls import TlsIdentity  # noqa: E402
-from pqmpc_node.plan import FieldDecl  # noqa: E402
+from pqmpc_node.mpc.context import MAX_MESSAGE_BYTES  # noqa: E402
+from pqmpc_node.plan import FieldDecl, SessionPlan  # noqa: E402
 
-SUITE = get_suite(SuiteName.PQ_DEFAULT)
-N = 3
-# benchmarks/mpc_vs_mpyc.py uses 3 x 100k values; over links its range-check opening is one
-# 614 MB message, past the links' 256 MiB max_message (the engine does not chunk openings
-# yet), so this runs 3 x 10k: messages of ~61 MB, fragmented into 16 MiB frames.
-AGGREGATE_ROWS = 3 * 10_000
+AGGREGATE_ROWS = int(os.environ.get("PQMPC_BENCH_AGGREGATE_ROWS", "100000"))  # per owner, 3 owners (mpc_vs_mpyc.py: 100k)
+MLP_BATCH = 100
+MLP_LAYERS = (30, 64, 32, 1)
+REPEATS = int(os.environ.get("PQMPC_BENCH_REPEATS", "3"))
+NODE_ENV = {"PQMPC_ROUND_TIMEOUT": "300", "PQMPC_MESH_TIMEOUT": "60"}
+MODES = {
+    "pq": [sys.executable, str(BENCH / "_node_main.py")],
+    "tcp": [sys.executable, str(BENCH / "_plain_tcp_node.py")],
+}
 
 
 def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+class Workload:
+    """One of the engine benchmark's workloads as a node session: plan, owners and their inputs."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        rng = np.random.default_rng(7)
+        self.auditor = Identity.generate("auditor")
+        self.model_owner: Identity | None = None
+        self.model: dict[str, Any] | None = None
+        if name == "aggregate":
+            self.fields = [FieldDecl("amount", 0, 1000)]
+            self.program: dict[str, Any] = {
+                "aggregate": [{"op": "mean", "field": "amount"}, {"op": "variance", "field": "amount"}]}
+            self.allow = ["mean(amount)", "variance(amount)"]
+            self.owners = [Identity.generate(f"bank-{i}") for i in range(3)]
+            self.columns = [{"amount": [f"{v:.3f}" for v in rng.uniform(0, 1000, AGGREGATE_ROWS)]} for _ in self.owners]
+            return
+        d_in, *hidden = MLP_LAYERS
+        self.fields = [FieldDecl(f"f{i}", -5, 5) for i in range(d_in)]
+        self.program = {"mlp": {"modelOwner": "insurer", "features": [f.name for f in self.fields],
+                                "layers": list(hidden)}}
+        self.allow = ["score"]
+        self.owners = [Identity.generate("bank-0")]
+        self.columns = [{f.name: [f"{v:.4f}" for v in rng.uniform(-1, 1, MLP_BATCH)] for f in self.fields}]
+        self.model_owner = Identity.generate("insurer")
+        dims = list(MLP_LAYERS)
+        self.model = {}
+        for k in range(len(dims) - 1):
+            self.model[f"W{k}"] = rng.uniform(-.2, .2, (dims[k], dims[k + 1])).round(4).tolist()
+            self.model[f"b{k}"] = rng.uniform(-.2, .2, dims[k + 1]).round(4).tolist()
 
 
-async def pq_channels(host: str = "127.0.0.1") -> tuple[list[Channel], Callable[[], Awaitable[None]]]:
-    ca = PoolCA.create(SUITE, name="bench", now=now() - dt.timedelta(minutes=1), lifetime=dt.timedelta(hours=1),
-                       rng=os.urandom)
-    log = TransparencyLog(ca)
-    tls = []
-    for i in range(N):
-        ident = NodeIdentity.generate(SUITE, os.urandom)
-        cert = ca.issue(ident.build_csr(NodeId(f"p{i}")), node_id=NodeId(f"p{i}"), dns_name=f"p{i}",
-                        now=now() - dt.timedelta(minutes=1), lifetime=dt.timedelta(hours=1), rng=os.urandom)
-        log.append(EntryKind.NODE_CERTIFICATE, cert.public_bytes(Encoding.DER), now=now())
-        tls.append(TlsIdentity(ident, cert, ca.certificate))
-    verifier = LogVerifier(ca.public_key)
-    verifier.update(log.entries, log.signed_tree_head(now=now()))
-    configs = [LinkConfig(tls=t, log=verifier, clock=now) for t in tls]
-    links: dict[tuple[int, int], PeerLink] = {}
-    servers = []
-    for j in range(N):
-        accepted: asyncio.Queue[PeerLink] = asyncio.Queue()
-
-        async def on_conn(r: asyncio.StreamReader, w: asyncio.StreamWriter, j: int = j,
-                          q: asyncio.Queue[PeerLink] = accepted) -> None:
-            await q.put(await PeerLink.accept(r, w, config=configs[j], expected_peers={NodeId(f"p{i}") for i in range(N)},
-                                              counters=RefusalCounters()))
-
-        srv = await asyncio.start_server(on_conn, host, 0, limit=STREAM_LIMIT)
-        servers.append((srv, accepted))
-    for i in range(N):
-        for j in range(i + 1, N):
-            port = servers[j][0].sockets[0].getsockname()[1]
-            links[(i, j)] = await PeerLink.connect(host, port, config=configs[i], expected_peer=NodeId(f"p{j}"),
-                                                   counters=RefusalCounters())
-            links[(j, i)] = await servers[j][1].get()
-    channels: list[Channel] = [PqChannel(party=i, n=N, links={j: links[(i, j)] for j in range(N) if j != i})
-                               for i in range(N)]
-
-    async def close() -> None:
-        for link in links.values():
-            await link.close()
-        for srv, _ in servers:
-            srv.close()
-
-    return channels, close
+def wait_all_inputs(op: Operator, nodes: list[NodeProc], sid: str, timeout: float = 120.0) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [op.http.get(f"{n.url}/v1/sessions/{sid}").json() for n in nodes]
+        if all(s.get("awaitingPreprocessing") for s in states):
+            return dict(states[0]["inputRows"])
+        time.sleep(0.05)
+    raise RuntimeError(f"session {sid}: inputs not in after {timeout}s: {states}")
 
 
-async def tcp_channels() -> tuple[list[Channel], Callable[[], Awaitable[None]]]:
-    from harness import free_port
+def post_material_at_once(op: Operator, plan: SessionPlan, bodies: Mapping[str, bytes]) -> None:
+    """Each party's preprocessing POST on its own thread, so all start computing together."""
+    codes: dict[str, int] = {}
 
-    addrs = [("127.0.0.1", free_port("127.0.0.1")) for _ in range(N)]
-    chans = await asyncio.gather(*(TcpChannel.connect(i, addrs) for i in range(N)))
+    def post(node: NodeProc) -> None:
+        r = op.http.post(f"{node.url}/v1/sessions/{plan.session_id}/preprocessing", content=bodies[node.node_id],
+                         headers={"Content-Type": "application/octet-stream"}, timeout=120.0)
+        codes[node.node_id] = r.status_code
 
-    async def close() -> None:
-        for c in chans:
-            await c.close()
-
-    return list(chans), close
-
-
-def workload(name: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, np.ndarray[Any, Any]],
-                                 dict[str, np.ndarray[Any, Any]]]:
-    rng = np.random.default_rng(7)
-    if name == "aggregate":
-        fields = [{"name": "amount", "min": 0, "max": 1000}]
-        program = {"aggregate": [{"op": "mean", "field": "amount"}, {"op": "variance", "field": "amount"}]}
-        return program, fields, {"amount": rng.uniform(0, 1000, AGGREGATE_ROWS)}, {}
-    fields = [{"name": f"f{i}", "min": -5, "max": 5} for i in range(30)]
-    program = {"mlp": {"modelOwner": "m", "features": [f["name"] for f in fields], "layers": [64, 32, 1]}}
-    cols = {f["name"]: rng.uniform(-1, 1, 100) for f in fields}
-    model = {"W0": rng.uniform(-.2, .2, (30, 64)), "b0": rng.uniform(-.2, .2, 64), "W1": rng.uniform(-.2, .2, (64, 32)),
-             "b1": rng.uniform(-.2, .2, 32), "W2": rng.uniform(-.2, .2, (32, 1)), "b2": rng.uniform(-.2, .2, 1)}
-    return program, fields, cols, model
+    threads = [threading.Thread(target=post, args=(op.node_of(p.node_id),)) for p in plan.parties]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if any(c != 200 for c in codes.values()):
+        raise RuntimeError(f"preprocessing refused: {codes}")
 
 
-async def run_parties(channels: Sequence[Channel], name: str) -> float:
-    program, fields, cols, model = workload(name)
-    cfg = EngineConfig(parties=N)
-    domain, scheme = cfg.domain(), cfg.scheme()
-    dealer = Dealer(domain, scheme, b"bench-seed-0123456789", authenticated=False)
-    fx = FixedPoint(cfg.frac_bits)
-    rng = AesCtrRandom.from_os()
-    col_shares = {k: scheme.share(domain, fx.encode(v, domain), rng) for k, v in cols.items()}
-    model_shares = {k: scheme.share(domain, fx.encode(v, domain), rng) for k, v in model.items()}
-    plan = compile_program(program, fields)
+def run_session(op: Operator, nodes: list[NodeProc], w: Workload, sid: str) -> dict[str, float]:
+    """One session of ``w``; returns the timed figure and the untimed phases (seconds)."""
+    plan = op.plan(sid, nodes, program=w.program, owners=w.owners, fields=w.fields, recipients={w.auditor: w.allow},
+                   model_owner=w.model_owner, lifetime_s=1800)
+    op.post_plan(plan, nodes, dealer=False)
+    t_in = time.perf_counter()
+    with SessionClient(node_url=nodes[0].url, session_id=sid, ca_certificate=op.ca.certificate,
+                       plan_signer=op.signer.public_key()) as c:
+        for owner, cols in zip(w.owners, w.columns, strict=True):
+            c.submit_rows(owner, cols)
+        if w.model_owner is not None and w.model is not None:
+            c.submit_model(w.model_owner, w.model)
+        rows = wait_all_inputs(op, nodes, sid)
+        t_deal = time.perf_counter()
+        dealt = op.deal(plan, rows)
+        t_post = time.perf_counter()
+        post_material_at_once(op, plan, dealt.bodies)
+        t0 = time.perf_counter()
+        pending = set(range(len(nodes)))
+        while pending:
+            for i in sorted(pending):
+                st = op.http.get(f"{nodes[i].url}/v1/sessions/{sid}").json()
+                if st["phase"] == "Succeeded":
+                    pending.discard(i)
+                elif st["phase"] == "Failed":
+                    raise RuntimeError(f"session {sid} failed at {nodes[i].node_id}: {st['reason']}: {st['message']}")
+            if pending:
+                time.sleep(0.01)
+            if time.perf_counter() - t0 > 900:
+                raise RuntimeError(f"session {sid} still running after 900s")
+        t1 = time.perf_counter()
+        out = c.collect_result(w.auditor, wait_s=60)["outputs"]
+    if not all(k in out for k in w.allow):
+        raise RuntimeError(f"session {sid}: result lacks {w.allow}: {sorted(out)}")
+    return {"session_s": t1 - t0, "inputs_s": t_deal - t_in, "deal_s": t_post - t_deal, "post_material_s": t0 - t_post}
 
-    async def party(i: int) -> None:
-        ctx = MPCContext(party=i, channel=channels[i], domain=domain, scheme=scheme, provider=DealerProvider(dealer, i),
-                         rng=AesCtrRandom.from_os(), fixed=fx)
-        inputs = SessionInputs({k: Shared(v[i], None) for k, v in col_shares.items()},
-                               {k: Shared(v[i], None) for k, v in model_shares.items()})
-        await run_session(ctx, plan, inputs, reveal=name == "aggregate")
 
-    start = time.perf_counter()
-    await asyncio.gather(*(party(i) for i in range(N)))
-    return time.perf_counter() - start
-
-
-async def overhead(name: str, reps: int = 3) -> float:
-    times = {}
-    for kind, make in (("pq", pq_channels), ("tcp", tcp_channels)):
-        runs = []
-        for _ in range(reps + 1):  # fresh channels per run (round tags restart); handshakes not timed
-            chans, close = await make()
-            runs.append(await run_parties(chans, name))
-            await close()
-        times[kind] = min(runs[1:])
-        progress(f"{name} over {kind}: {times[kind]:.3f}s")
-    return times["pq"] / times["tcp"]
-
-
-def service_figures(workdir: Path) -> tuple[float, float]:
-    op = Operator(workdir)
-    try:
-        nodes = op.start_nodes(3)
-        op.certify(nodes)
+def service_figures(op: Operator, nodes: list[NodeProc]) -> tuple[float, float]:
+    """Envelopes one node accepts per second, and small sessions per minute (PQ nodes)."""
+    if True:
         fields = [FieldDecl("amount", 0, 1000)]
         owners = [Identity.generate(f"owner-{i}") for i in range(200)]
         auditor = Identity.generate("auditor")
@@ -223,27 +209,66 @@ def service_figures(workdir: Path) -> tuple[float, float]:
         per_min = count / (time.perf_counter() - start) * 60
         progress(f"sessions: {per_min:.1f}/min")
         return env_rate, per_min
-    finally:
-        op.stop_all()
 
 
 def main() -> None:
-    agg = asyncio.run(overhead("aggregate"))
-    mlp = asyncio.run(overhead("mlp"))
-    env_rate: float | None
-    per_min: float | None
-    if os.environ.get("PQMPC_BENCH_SKIP_SERVICE"):  # transport figures only
-        env_rate = per_min = None
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            env_rate, per_min = service_figures(Path(tmp))
+    profile_dir = os.environ.get("PQMPC_BENCH_PROFILE")
+    workloads = [Workload("aggregate"), Workload("mlp")]
+    times: dict[str, dict[str, list[float]]] = {w.name: {m: [] for m in MODES} for w in workloads}
+    phases: dict[str, dict[str, list[dict[str, float]]]] = {w.name: {m: [] for m in MODES} for w in workloads}
+    env_rate: float | None = None
+    per_min: float | None = None
+    with tempfile.TemporaryDirectory() as tmp:
+        op = Operator(Path(tmp))
+        try:
+            trios: dict[str, list[NodeProc]] = {}
+            for mode, cmd in MODES.items():
+                per_node = {0: {"PQMPC_BENCH_PROFILE": str(Path(profile_dir) / f"{mode}-node0.prof")}} if profile_dir else None
+                trios[mode] = op.start_nodes(3, command=cmd, extra_env=NODE_ENV, per_node_env=per_node)
+            op.certify([n for trio in trios.values() for n in trio])
+            count = 0
+            for w in workloads:
+                for rep in range(REPEATS + 1):  # the first round is a warm-up
+                    order = list(MODES) if rep % 2 == 0 else list(reversed(MODES))
+                    for mode in order:
+                        count += 1
+                        figures = run_session(op, trios[mode], w, f"{w.name}-{mode}-{rep}")
+                        progress(f"{w.name} over {mode} #{rep}{' (warm-up)' if rep == 0 else ''}: "
+                                 + ", ".join(f"{k} {v:.3f}s" for k, v in figures.items()))
+                        if rep:
+                            times[w.name][mode].append(figures["session_s"])
+                            phases[w.name][mode].append(figures)
+            if not os.environ.get("PQMPC_BENCH_SKIP_SERVICE"):
+                env_rate, per_min = service_figures(op, trios["pq"])
+        finally:
+            op.stop_all()
+    med = {w: {m: statistics.median(v) for m, v in by.items()} for w, by in times.items()}
     print(json.dumps({
-        "pq_overhead_ratio_aggregate": round(agg, 3),
-        "pq_overhead_ratio_mlp": round(mlp, 3),
-        "aggregate_values": AGGREGATE_ROWS,
-        "parties_run_as": "asyncio tasks of one process (node processes have no plain-TCP mode to compare with)",
+        "pq_overhead_ratio_aggregate": round(med["aggregate"]["pq"] / med["aggregate"]["tcp"], 3),
+        "pq_overhead_ratio_mlp": round(med["mlp"]["pq"] / med["mlp"]["tcp"], 3),
         "envelopes_accepted_per_s": None if env_rate is None else round(env_rate, 1),
         "sessions_per_min": None if per_min is None else round(per_min, 1),
+        "session_s_median": {w: {m: round(v, 3) for m, v in by.items()} for w, by in med.items()},
+        "session_s_raw": {w: {m: [round(x, 3) for x in v] for m, v in by.items()} for w, by in times.items()},
+        "untimed_s_median": {w: {m: {k: round(statistics.median(f[k] for f in v), 3) for k in ("inputs_s", "deal_s",
+                                                                                              "post_material_s")}
+                                 for m, v in by.items()} for w, by in phases.items()},
+        "setup": {
+            "parties": "3 node processes (python -m pqmpc_node) per mode on 127.0.0.x loopback, operator and dealer "
+                       "played by tests/node/harness.py; both trios up at once, repeats alternate between modes",
+            "pq": "PQ mutual-TLS PeerLinks (TLS 1.3, X25519MLKEM768, ML-DSA certificates), the product's links",
+            "tcp": "benchmarks/_plain_tcp_node.py: same node, peer links monkeypatched to plain unauthenticated TCP "
+                   "(a benchmark-only measuring stick)",
+            "aggregate": f"mean and variance over 3 owners x {AGGREGATE_ROWS} values, range [0, 1000] checked",
+            "mlp": f"MLP {'-'.join(map(str, MLP_LAYERS))} (ReLU), batch {MLP_BATCH}, model owner's parameters",
+            "timed": "from the last preprocessing POST answered (every party holds inputs and material) to Succeeded "
+                     "at every party; median of the repeats, after one warm-up per workload and mode",
+            "repeats": REPEATS,
+            "max_message_bytes": MAX_MESSAGE_BYTES,
+            "sharing": "additive, semi-honest",
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
     }))
 
 

@@ -8,12 +8,21 @@ a public constant ``c`` adds ``alpha_i * c`` to the MAC share.
 
 Communication goes through :meth:`MPCContext.open`, which allocates one round tag per
 call, so independent openings batched into one call cost one round.
+
+Large openings. A share longer than :data:`MAX_MESSAGE_BYTES` (32 MiB) goes to each peer
+as several messages of at most that size, under the sub-tags ``f"{tag}#{i}"`` of the
+round's tag; the receiver derives the same split from the length of its own share (every
+party's share of one opening has the same shape), receives the parts concurrently and
+joins them. Waits on the parts are posted before the sends, so no part sits unconsumed
+in a link's buffer while both sides are sending. One round either way; openings up to the
+bound keep their single message and tag, so a transport's per-message limit (a peer
+link's ``max_message``) never caps the size of a session.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,7 +38,10 @@ from pqmpc_node.mpc.randomness import RandomSource
 from pqmpc_node.mpc.shares import Shared
 from pqmpc_node.mpc.sharing import InconsistentSharesError, SharingScheme
 
-__all__ = ["MPCContext", "Security", "OpenedRecord", "SecurityConfigError"]
+__all__ = ["MAX_MESSAGE_BYTES", "MPCContext", "Security", "OpenedRecord", "SecurityConfigError", "part_tags"]
+
+MAX_MESSAGE_BYTES = 32 * 2**20
+"""The largest single message an opening sends; longer shares go as several (module docstring)."""
 
 Security = Literal["semi-honest", "malicious"]
 
@@ -60,6 +72,65 @@ def payload_for(channel: Channel, array: Array) -> bytes:
         host = np.ascontiguousarray(to_host(array), dtype=np.uint64)
         return host.data.cast("B")  # type: ignore[return-value]  # a bytes-like buffer
     return encode_payload(array)
+
+
+def part_tags(tag: str, nbytes: int, bound: int = MAX_MESSAGE_BYTES) -> list[str]:
+    """The tags of the messages carrying ``nbytes`` under round ``tag``: ``[tag]`` up to ``bound``."""
+    if bound < 8:
+        raise ValueError("the message bound must hold at least one element")
+    if nbytes <= bound:
+        return [tag]
+    return [f"{tag}#{i}" for i in range(-(-nbytes // bound))]
+
+
+class _PartedChannel:
+    """A view of ``channel`` where one round's message travels as several parts (see the module docstring).
+
+    Only for the round ``tag`` it was made for, of ``nbytes`` bytes per peer.
+    """
+
+    def __init__(self, channel: Channel, tag: str, nbytes: int, bound: int) -> None:
+        self._channel = channel
+        self._tag = tag
+        self._bound = bound
+        self._tags = part_tags(tag, nbytes, bound)
+
+    @property
+    def party(self) -> int:
+        return self._channel.party
+
+    @property
+    def n(self) -> int:
+        return self._channel.n
+
+    def _check(self, tag: str) -> None:
+        if tag != self._tag:
+            raise ChannelError(f"a parted view of round {self._tag!r} cannot carry round {tag!r}")
+
+    async def send_many(self, tag: str, payloads: Mapping[int, bytes]) -> None:
+        self._check(tag)
+        views = {p: memoryview(data).cast("B") for p, data in payloads.items()}
+        for i, part in enumerate(self._tags):
+            lo = i * self._bound
+            await self._channel.send_many(part, {p: v[lo : lo + self._bound] for p, v in views.items()})  # type: ignore[misc]
+
+    async def _receive_one(self, peer: int) -> bytes:
+        parts = await asyncio.gather(*(self._channel.receive_many(t, [peer]) for t in self._tags))
+        return b"".join(p[peer] for p in parts)
+
+    async def receive_many(self, tag: str, peers: Iterable[int]) -> dict[int, bytes]:
+        self._check(tag)
+        wanted = list(peers)
+        results = await asyncio.gather(*(self._receive_one(p) for p in wanted))
+        return dict(zip(wanted, results, strict=True))
+
+    def discard(self, tag: str, peers: Iterable[int]) -> None:
+        self._check(tag)
+        discard = getattr(self._channel, "discard", None)
+        if discard is not None:
+            peers = list(peers)
+            for t in self._tags:
+                discard(t, peers)
 
 
 class MPCContext:
@@ -116,6 +187,7 @@ class MPCContext:
         self._round = 0
         self._holds_constants = scheme.holds_constants(party)
         self.rounds_used = 0
+        self.max_message_bytes = MAX_MESSAGE_BYTES  # the same at every party (a protocol constant)
 
     @property
     def malicious(self) -> bool:
@@ -210,10 +282,11 @@ class MPCContext:
         return Shared(value, mac)
 
     # -- opening -----------------------------------------------------------
-    async def _receive_reachable(self, tag: str) -> dict[int, bytes]:
+    async def _receive_reachable(self, tag: str, channel: Channel | None = None) -> dict[int, bytes]:
         """Every live peer's reply, skipping peers whose link failed (at least t must answer)."""
+        chan = self.channel if channel is None else channel
         results = await asyncio.gather(
-            *(self.channel.receive_many(tag, [p]) for p in self.peers), return_exceptions=True
+            *(chan.receive_many(tag, [p]) for p in self.peers), return_exceptions=True
         )
         got: dict[int, bytes] = {}
         for peer, res in zip(self.peers, results, strict=True):
@@ -226,22 +299,36 @@ class MPCContext:
             raise ChannelError(f"only {len(got)} peers answered {tag!r}; {self.scheme.threshold} needed")
         return got
 
+    async def _receive_opening(self, channel: Channel, tag: str) -> dict[int, bytes]:
+        if self.scheme.kind == "shamir" and not self.malicious:
+            # Robust opening: the first t replies (plus our share) determine the value, so a
+            # slow or lost party does not block. Malicious mode waits for every reachable
+            # party, to check that all shares lie on one polynomial.
+            return await receive_first(channel, tag, self.peers, self.scheme.threshold)
+        if self.scheme.kind == "shamir":
+            return await self._receive_reachable(tag, channel)
+        return await channel.receive_many(tag, self.peers)
+
     async def open(self, xs: Sequence[Shared], label: str = "open") -> list[Array]:
         """Open ``xs`` in one round; in malicious mode the opening is queued for a MAC check."""
         xp = self.xp
         flat = xp.concatenate([x.value.reshape(-1) for x in xs]) if len(xs) > 1 else xs[0].value.reshape(-1)
         tag = self.next_tag(label)
         payload = payload_for(self.channel, flat)
-        await self.channel.send_many(tag, {p: payload for p in self.peers})
-        if self.scheme.kind == "shamir" and not self.malicious:
-            # Robust opening: the first t replies (plus our share) determine the value, so a
-            # slow or lost party does not block. Malicious mode waits for every reachable
-            # party, to check that all shares lie on one polynomial.
-            received = await receive_first(self.channel, tag, self.peers, self.scheme.threshold)
-        elif self.scheme.kind == "shamir":
-            received = await self._receive_reachable(tag)
+        nbytes = int(flat.size) * 8
+        if nbytes <= self.max_message_bytes:
+            await self.channel.send_many(tag, {p: payload for p in self.peers})
+            received = await self._receive_opening(self.channel, tag)
         else:
-            received = await self.channel.receive_many(tag, self.peers)
+            chan = _PartedChannel(self.channel, tag, nbytes, self.max_message_bytes)
+            receiving = asyncio.ensure_future(self._receive_opening(chan, tag))
+            try:
+                await chan.send_many(tag, {p: payload for p in self.peers})
+                received = await receiving
+            finally:
+                if not receiving.done():
+                    receiving.cancel()
+                    await asyncio.gather(receiving, return_exceptions=True)
         self.rounds_used += 1
         shares: dict[int, Array] = {self.party: flat}
         for peer, data in received.items():

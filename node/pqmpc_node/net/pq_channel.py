@@ -83,7 +83,14 @@ class TrafficCounters:
 
 
 class PqChannel:
-    """One party's channel over established links to the other live parties."""
+    """One party's channel over established links to the other live parties.
+
+    ``accepts_buffers``: payloads may be any contiguous byte buffer (a memoryview of the
+    engine's array); :meth:`PeerLink.send` encrypts straight from it and returns only
+    once all of it is written, so the engine saves a copy per message.
+    """
+
+    accepts_buffers = True
 
     def __init__(
         self,
