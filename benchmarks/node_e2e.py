@@ -132,7 +132,7 @@ def post_material_at_once(op: Operator, plan: SessionPlan, bodies: Mapping[str, 
         t.start()
     for t in threads:
         t.join()
-    if any(c != 200 for c in codes.values()):
+    if any(c not in (200, 202) for c in codes.values()):
         raise RuntimeError(f"preprocessing refused: {codes}")
 
 
