@@ -23,8 +23,8 @@ import numpy as np
 import yaml
 from kubernetes import client as k8s
 
-from pqmpc_local.agent_runner import DEFAULT_NODES, start_agent, stop_agent, wait_nodes_ready
-from pqmpc_local.controlplane import ControlPlane
+from pqmpc_local.agent_runner import DEFAULT_NODES
+from pqmpc_local.cluster import LocalCluster
 from pqmpc_local.kubeconfig import api_client
 from pqmpc_local.operator_runner import start_operator
 from pqmpc_local.pytest_plugin import Kubectl, kubectl_binary
@@ -58,13 +58,12 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pqmpc-bench-"))
-    plane = ControlPlane(work / "cp")
-    agent = operator = None
+    cluster = LocalCluster(work / "cluster")
+    operator = None
     try:
         print("starting control plane, agent, operator ...", file=sys.stderr)
-        plane.start()
-        agent = start_agent(plane.kubeconfig, work / "agent", DEFAULT_NODES)
-        wait_nodes_ready(plane.kubeconfig, agent)
+        cluster.start()
+        plane = cluster.control_plane
         operator = start_operator(plane, work)
         kubectl = Kubectl(kubeconfig=plane.kubeconfig, binary=kubectl_binary())
         kubectl("create", "namespace", "bench")
@@ -101,9 +100,7 @@ def main() -> int:
     finally:
         if operator is not None:
             operator.stop()
-        if agent is not None:
-            stop_agent(agent)
-        plane.stop()
+        cluster.stop()
 
 
 if __name__ == "__main__":

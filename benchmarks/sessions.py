@@ -31,8 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from kubernetes import client as k8s
 
-from pqmpc_local.agent_runner import DEFAULT_NODES, start_agent, stop_agent, wait_nodes_ready
-from pqmpc_local.controlplane import ControlPlane
+from pqmpc_local.cluster import LocalCluster
 from pqmpc_local.kubeconfig import api_client
 from pqmpc_local.operator_runner import REPO, start_operator
 from pqmpc_local.pytest_plugin import Kubectl, kubectl_binary
@@ -112,13 +111,12 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=10)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pqmpc-bench-sessions-"))
-    plane = ControlPlane(work / "cp")
-    agent = operator = None
+    cluster = LocalCluster(work / "cluster")
+    operator = None
     try:
         log("starting control plane, node agent, operator ...")
-        plane.start()
-        agent = start_agent(plane.kubeconfig, work / "agent", DEFAULT_NODES)
-        wait_nodes_ready(plane.kubeconfig, agent)
+        cluster.start()
+        plane = cluster.control_plane
         operator = start_operator(plane, work, args=["--namespace", NS], resync_seconds=5)
         kubectl = Kubectl(kubeconfig=plane.kubeconfig, binary=kubectl_binary())
         kubectl("create", "namespace", NS)
@@ -155,9 +153,7 @@ def main() -> int:
     finally:
         if operator is not None:
             operator.stop()
-        if agent is not None:
-            stop_agent(agent)
-        plane.stop()
+        cluster.stop()
 
 
 if __name__ == "__main__":

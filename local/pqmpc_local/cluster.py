@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 
 from pqmpc_local.agent_runner import (
     DEFAULT_NODES,
@@ -29,6 +29,7 @@ from pqmpc_local.agent_runner import (
     wait_nodes_ready,
 )
 from pqmpc_local.controlplane import ControlPlane, ControlPlaneError
+from pqmpc_local.processes import Stopped, stop_on
 
 __all__ = ["LocalCluster", "main"]
 
@@ -83,14 +84,6 @@ class LocalCluster:
         self.stop()
 
 
-class _Stop(Exception):
-    pass
-
-
-def _raise_stop(signum: int, frame: FrameType | None) -> None:
-    raise _Stop(signal.Signals(signum).name)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``up --dir D``: start a local cluster, print its kubeconfig path, run until SIGINT/SIGTERM."""
     parser = argparse.ArgumentParser(prog="python -m pqmpc_local.cluster", description=__doc__.split("\n")[0])
@@ -99,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--dir", type=Path, required=True, help="work directory (certificates, data, logs, pods)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    signal.signal(signal.SIGTERM, _raise_stop)
-    signal.signal(signal.SIGINT, _raise_stop)
+    stop_on(signal.SIGTERM, signal.SIGINT)
     try:
         with LocalCluster(args.dir) as cluster:
             print(cluster.kubeconfig, flush=True)
@@ -108,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1)
             log.error("a component exited; see the logs under %s", args.dir)
             return 1
-    except _Stop as stop:
+    except Stopped as stop:
         log.info("stopping on %s", stop)
         return 0
     except (ControlPlaneError, AgentError) as exc:

@@ -25,14 +25,14 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from pqmpc_local.kubeconfig import api_client, write_cert_kubeconfig, write_token_kubeconfig
 from pqmpc_local.pki import ClusterPKI, write_cluster_pki
-from pqmpc_local.processes import ManagedProcess, free_port
+from pqmpc_local.processes import ManagedProcess, Stopped, free_port, stop_on
 
 __all__ = [
     "CONTROLLERS",
@@ -360,14 +360,6 @@ def _http_ok(host: str, port: int, path: str, *, context: ssl.SSLContext | None 
 # -- command line ---------------------------------------------------------------------
 
 
-class _Stop(Exception):
-    pass
-
-
-def _raise_stop(signum: int, frame: FrameType | None) -> None:
-    raise _Stop(signal.Signals(signum).name)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``up --dir D``: start a control plane, print its kubeconfig path, run until SIGINT/SIGTERM."""
     parser = argparse.ArgumentParser(prog="python -m pqmpc_local.controlplane", description=__doc__.split("\n")[0])
@@ -376,8 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--dir", type=Path, required=True, help="work directory (certificates, etcd data, logs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    signal.signal(signal.SIGTERM, _raise_stop)
-    signal.signal(signal.SIGINT, _raise_stop)
+    stop_on(signal.SIGTERM, signal.SIGINT)
     plane = ControlPlane(args.dir)
     try:
         with plane:
@@ -386,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1)
             log.error("a control-plane component exited; see the logs under %s", args.dir / "logs")
             return 1
-    except _Stop as stop:
+    except Stopped as stop:
         log.info("stopping on %s", stop)
         return 0
     except ControlPlaneError as exc:

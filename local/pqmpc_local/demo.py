@@ -41,7 +41,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeVar
 
 import numpy as np
@@ -52,7 +51,7 @@ from rich.table import Table
 
 from pqmpc_local.agent_runner import DEFAULT_NODES, NodeAgentProcess, start_agent, stop_agent, wait_nodes_ready
 from pqmpc_local.controlplane import ControlPlane, binaries_dir
-from pqmpc_local.processes import ManagedProcess, free_port
+from pqmpc_local.processes import ManagedProcess, Stopped, free_port, stop_on
 from pqmpc_local.pytest_plugin import Kubectl, kubectl_binary
 
 __all__ = ["DemoError", "main"]
@@ -107,14 +106,6 @@ class DemoError(RuntimeError):
     def __init__(self, message: str, logs: str = "") -> None:
         super().__init__(message)
         self.logs = logs
-
-
-class _Interrupted(Exception):
-    pass
-
-
-def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    raise _Interrupted(signal.Signals(signum).name)
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -781,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    stop_on(signal.SIGTERM)
     started = time.monotonic()
     console.rule("[bold]pqmpc demo: post-quantum MPC on a local Kubernetes control plane")
     console.print(f"output folder: {out}")
@@ -795,10 +786,10 @@ def main(argv: list[str] | None = None) -> int:
             console.print(Panel(f"export KUBECONFIG={demo.plane.kubeconfig}\nkubectl get mpcpool,mpcs -A\n"
                                 f"Prometheus: {demo.prom_url}\nCtrl-C tears everything down.",
                                 title="up until Ctrl-C"))
-            signal.signal(signal.SIGINT, _raise_interrupted)
+            stop_on(signal.SIGINT)
             while True:
                 time.sleep(3600)
-    except (_Interrupted, KeyboardInterrupt):
+    except (Stopped, KeyboardInterrupt):
         console.print("[yellow]interrupted[/]")
     except Exception as exc:  # noqa: BLE001 - the demo reports any failure, then tears down
         logs = exc.logs if isinstance(exc, DemoError) else ""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-__all__ = ["ManagedProcess", "free_port", "kill_process_group", "pdeathsig_preexec"]
+__all__ = ["ManagedProcess", "Stopped", "free_port", "kill_process_group", "pdeathsig_preexec", "stop_on"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -24,6 +24,20 @@ _PR_SET_PDEATHSIG = 1
 def _set_pdeathsig() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class Stopped(Exception):
+    """Raised in the main thread by the handler :func:`stop_on` installs; the message names the signal."""
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
+def stop_on(*signums: signal.Signals) -> None:
+    """Turn the given signals into :class:`Stopped` so ``finally`` blocks tear everything down."""
+    for signum in signums:
+        signal.signal(signum, _raise_stopped)
 
 
 def pdeathsig_preexec() -> Callable[[], None]:

@@ -53,7 +53,7 @@ from pqmpc_operator.nodeclient import NodeCallError, NodeClient
 from pqmpc_operator.session_model import SessionSpec, parse_mpcsession, session_id_of
 from pqmpc_operator.session_plan import PartyNode, build_signed_plan, session_progress
 from pqmpc_operator.settings import OperatorSettings
-from pqmpc_operator.status import merge_conditions
+from pqmpc_operator.status import Condition, merge_conditions
 
 __all__ = ["SessionDeps", "cancel_session", "reconcile_session"]
 
@@ -114,8 +114,6 @@ class _Outcome:
 
 
 async def _write(deps: SessionDeps, out: _Outcome, now: dt.datetime) -> None:
-    from pqmpc_operator.status import Condition
-
     meta = out.body["metadata"]
     generation = int(meta.get("generation", 1))
     conds = {c["type"]: c for c in out.old.get("conditions") or []}
@@ -260,8 +258,8 @@ async def reconcile_session(deps: SessionDeps, namespace: str, name: str) -> flo
         phase = "Preprocessing"
 
     placed: list[Mapping[str, Any]] = list(out.new["placement"])
-    pod_ips = {n: str(e.get("podIP") or "") for n, e in nodes_status.items()}
-    pod_ips.update(await _pod_ips(deps, namespace, pool_name, pool.uid))
+    # Addresses come from the pods the API server reports, never from what nodes say.
+    pod_ips = await _pod_ips(deps, namespace, pool_name, pool.uid)
 
     if not status.get("planDigest"):
         pki = await ensure_pki(deps.api, pool, state)

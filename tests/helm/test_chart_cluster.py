@@ -28,7 +28,7 @@ from chart_helpers import CHART, REPO
 from pqmpc_local.agent_runner import NodeAgentProcess
 from pqmpc_local.controlplane import ControlPlane
 from pqmpc_local.processes import free_port
-from pqmpc_local.pytest_plugin import Kubectl
+from pqmpc_local.pytest_plugin import Kubectl, wait_for
 
 Helm = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -38,18 +38,6 @@ POOL_NS = "pq-helm"
 OPERATOR = f"{RELEASE}-operator"  # the chart's name for Deployment, ServiceAccount, ClusterRole
 SA_USER = f"system:serviceaccount:{SYSTEM_NS}:{OPERATOR}"
 OPERATOR_SELECTOR = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=pqmpc-operator"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0, every: float = 0.5) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def get_json(kubectl: Kubectl, *args: str) -> Any:
