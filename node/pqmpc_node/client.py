@@ -8,15 +8,20 @@ Submitting (:meth:`SessionClient.submit_rows`, :meth:`SessionClient.submit_model
    shapes — so a bad file is refused before anything is sent (nothing half-submitted).
 3. For every party: fetch ``/v1/keys`` and verify CA → node certificate → KEM key
    certificate → transparency log, and that the certificate fingerprint is the plan's.
-4. Secret-share locally (fixed point, the session's sharing and domain), seal each
-   node's share to its KEM key and sign with the owner's ML-DSA key.
+4. Secret-share locally (fixed point, the session's sharing and domain); in malicious
+   sessions also key the input (:mod:`pqmpc_node.mpc.inputs`: shares of ``k * x`` and of
+   a fresh owner key ``k``) so that no node can alter it undetected. Seal each node's
+   shares to its KEM key and sign with the owner's ML-DSA key.
 5. Post every envelope, retrying transient failures; a 409 ``replay`` with
    ``alreadyAccepted`` means an earlier attempt landed, so retries are idempotent.
 
 Collecting (:meth:`SessionClient.collect_result`): fetch the sealed output of every
 party, open each with the recipient's KEM key (sender: the node's certified identity),
-reconstruct, and check consistency (Shamir: all shares on one polynomial; public
-values equal across nodes).
+refuse unless every party (additive) or t + 1 parties (Shamir) answered, reconstruct,
+and verify: in malicious sessions each output's per-output MAC
+(:func:`pqmpc_node.mpc.outputs.verify_delivered`), Shamir shares on one polynomial, public
+values (valid-row counts) equal across nodes. A result that does not verify is refused
+whole.
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ from pqmpc_node.mpc.domain import Domain
 from pqmpc_node.mpc.fixedpoint import FixedPoint, FixedPointRangeError
 from pqmpc_node.mpc.programs import compile_program, model_shapes
 from pqmpc_node.mpc.randomness import AesCtrRandom
-from pqmpc_node.mpc.sharing import InconsistentSharesError, MissingSharesError
-from pqmpc_node.payloads import InputPayload, OutputPayload, PayloadError, domain_for
+from pqmpc_node.mpc.inputs import share_owner_input
+from pqmpc_node.mpc.outputs import DeliveredShare, OutputForgeryError, verify_delivered
+from pqmpc_node.payloads import U64, InputPayload, OutputPayload, PayloadError, domain_for
 from pqmpc_node.plan import PlanError, PlanParty, SessionPlan, parse_signed_plan, verify_signed_plan
 
 __all__ = [
@@ -334,14 +340,27 @@ class SessionClient:
             raise ClientError("the CSV has no data rows", "empty")
         return out
 
-    def _share(self, values: np.ndarray[Any, Any]) -> list[np.ndarray[Any, np.dtype[np.uint64]]]:
+    def _share(self, arrays: Mapping[str, np.ndarray[Any, Any]]) -> list[tuple[dict[str, U64], dict[str, U64] | None, U64 | None]]:
+        """Per party: shares of each array, and in malicious sessions the tags and key share.
+
+        All arrays are keyed together under one owner key (:mod:`pqmpc_node.mpc.inputs`).
+        """
         domain = self._domain()
+        names = list(arrays)
         try:
-            encoded = FixedPoint(self.plan.frac_bits).encode(values, domain)
+            encoded = [FixedPoint(self.plan.frac_bits).encode(arrays[k], domain).reshape(-1) for k in names]
         except FixedPointRangeError as exc:
             raise ClientError(str(exc), "out_of_range") from None
-        shares = self._engine().scheme().share(domain, encoded, AesCtrRandom.from_os())
-        return [np.asarray(s, dtype=np.uint64) for s in shares]
+        bounds = np.cumsum([0, *(int(e.size) for e in encoded)])
+        per_party = share_owner_input(domain, self._engine().scheme(), np.concatenate(encoded), AesCtrRandom.from_os(),
+                                      keyed=self.plan.security == "malicious")
+
+        def split(flat: Any) -> dict[str, U64]:
+            host = np.asarray(flat, dtype=np.uint64)
+            return {k: host[bounds[i]:bounds[i + 1]].reshape(arrays[k].shape) for i, k in enumerate(names)}
+
+        return [(split(x), None if t is None else split(t), None if k is None else np.asarray(k, dtype=np.uint64))
+                for x, t, k in per_party]
 
     def _seal(self, identity: Identity, party: _Party, payload: bytes) -> bytes:
         header = EnvelopeHeader(
@@ -363,9 +382,8 @@ class SessionClient:
         values = self.validate_rows(columns)
         names = [f.name for f in self.plan.data_fields()]
         rows = len(values[names[0]])
-        per_field = {f: self._share(values[f]) for f in names}
-        payloads = [InputPayload("rows", self.domain_name, {f: per_field[f][i] for f in names}, {}, rows).encode()
-                    for i in range(len(self.plan.parties))]
+        payloads = [InputPayload("rows", self.domain_name, cols, {}, rows, tags, key).encode()
+                    for cols, tags, key in self._share({f: values[f] for f in names})]
         return [(p, self._seal(identity, p, payloads[p.plan.index])) for p in self.parties()]
 
     def submit_model(self, identity: Identity, params: Mapping[str, Any],
@@ -386,9 +404,8 @@ class SessionClient:
                 raise ClientError(f"model parameter {name!r} has shape {list(a.shape)}, the session needs {list(shape)}",
                                   "bad_shape")
             arrays[name] = a
-        shared = {k: self._share(v.reshape(-1)) for k, v in arrays.items()}
-        payloads = [InputPayload("model", self.domain_name, {}, {k: shared[k][i].reshape(shapes[k]) for k in shapes}).encode()
-                    for i in range(len(self.plan.parties))]
+        payloads = [InputPayload("model", self.domain_name, {}, params_i, 0, tags, key).encode()
+                    for params_i, tags, key in self._share(arrays)]
         return [(p, self._seal(identity, p, payloads[p.plan.index])) for p in self.parties()]
 
     def post_sealed(self, sealed: Sequence[tuple[_Party, bytes]],
@@ -470,6 +487,7 @@ class SessionClient:
         return self._reconstruct(opened, out.allow, errors)
 
     def _reachable_parties(self) -> list[_Party]:
+        """Every party whose keys verify; an unreachable one is left out (the caller decides if enough remain)."""
         found = []
         for p in self.plan.parties:
             try:
@@ -480,45 +498,52 @@ class SessionClient:
         return found
 
     def _reconstruct(self, opened: Mapping[int, OutputPayload], allow: Sequence[str], errors: list[str]) -> dict[str, Any]:
-        if not opened:
-            raise ClientError(f"no node delivered an output ({'; '.join(errors) or 'none reachable'})", "no_output")
-        domain = self._domain()
+        """Verify and reconstruct: every party (additive) or t + 1 (Shamir) must have answered.
+
+        Each output is checked with its per-output MAC key in malicious sessions
+        (:func:`~pqmpc_node.mpc.outputs.verify_delivered`); public values (valid-row
+        counts) must agree across nodes. Any failure refuses the whole result.
+        """
         scheme = self._engine().scheme()
+        need = scheme.n if scheme.kind == "additive" else scheme.threshold + 1
+        if len(opened) < need:
+            missing = sorted(set(range(scheme.n)) - set(opened))
+            raise ClientError(
+                f"only {len(opened)} of {scheme.n} parties delivered their output shares (missing parties {missing}: "
+                f"{'; '.join(errors) or 'unreachable'}); {need} are needed to verify the result, so it is refused. "
+                "Retry when the nodes are reachable.", "missing_shares")
+        domain = self._domain()
         fixed = FixedPoint(self.plan.frac_bits)
-        first = next(iter(opened.values()))
+        authenticated = self.plan.security == "malicious"
         result: dict[str, Any] = {}
         for name in allow:
             publics = [o.public.get(name) for o in opened.values() if name in o.public]
-            if publics and any(json.dumps(p) != json.dumps(publics[0]) for p in publics):
+            if publics and (len(publics) != len(opened) or any(json.dumps(p) != json.dumps(publics[0]) for p in publics)):
                 raise ClientError(f"nodes disagree on the public value of {name!r}: inconsistent outputs", "inconsistent")
-            if name in first.shares:
-                shares = {i: domain.asarray(o.shares[name].values) for i, o in opened.items() if name in o.shares}
+            undefined = {name in o.undefined for o in opened.values()}
+            if len(undefined) != 1:
+                raise ClientError(f"nodes disagree on whether {name!r} is defined: inconsistent outputs", "inconsistent")
+            holders = {i: o.shares[name] for i, o in opened.items() if name in o.shares}
+            if holders and len(holders) != len(opened):
+                raise ClientError(f"only some nodes delivered {name!r}: inconsistent outputs", "inconsistent")
+            if holders:
+                kinds = {s.kind for s in holders.values()}
+                # As received (the payload refused words >= p): never reduced, so nothing non-canonical hides.
+                shares = {i: DeliveredShare(s.values, s.key, s.tag) for i, s in holders.items()}
                 try:
-                    if scheme.kind == "additive":
-                        value = scheme.reconstruct(domain, shares)
-                    else:
-                        value = scheme.reconstruct(domain, shares, check=True)
-                except MissingSharesError as exc:
-                    raise ClientError(f"cannot reconstruct {name!r}: {exc}", "missing_shares") from None
-                except InconsistentSharesError as exc:
-                    raise ClientError(f"result shares of {name!r} are inconsistent: {exc}", "inconsistent") from None
-                if first.shares[name].kind == "integer":
+                    value = verify_delivered(domain, scheme, shares, authenticated=authenticated)
+                except OutputForgeryError as exc:
+                    raise ClientError(f"the result {name!r} does not verify, refused: {exc}", "forged_output") from None
+                if undefined == {True}:
+                    result[name] = None  # no valid rows: the statistic is undefined
+                    continue
+                if kinds == {"integer"}:
                     decoded: Any = domain.to_signed(value).tolist()
                 else:
                     decoded = fixed.decode(value, domain).tolist()
                 if isinstance(decoded, list) and len(decoded) == 1 and not name.startswith("histogram("):
                     decoded = decoded[0]
-                if publics and publics[0] is not None and not _close(decoded, publics[0]):
-                    raise ClientError(f"reconstructed {name!r} differs from the value the nodes opened", "inconsistent")
                 result[name] = decoded
             elif publics:
                 result[name] = publics[0]
         return {"session": self.session_id, "parties": sorted(opened), "outputs": result, "unreachable": errors}
-
-
-def _close(a: Any, b: Any) -> bool:
-    try:
-        return bool(np.allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), atol=1e-3))
-    except (TypeError, ValueError):
-        return False
-

@@ -19,8 +19,9 @@ them as ``inputRows`` and sets ``awaitingPreprocessing`` when only the material 
 A dealer that knows the counts in advance may post earlier; a node refuses material whose
 counts disagree with inputs it holds, and inputs whose counts disagree with its material.
 
-How: :func:`deal` draws one fresh seed per party, runs the compiled program once with
-all parties simulated in this process on dummy inputs of the declared shapes (MPC control
+How: for each attempt the session may need (:func:`attempt_count`: 1 additive, n - t
+Shamir, so a restart never reuses material) :func:`deal` draws one fresh seed per party,
+runs the compiled program once with all parties simulated in this process on dummy inputs of the declared shapes (MPC control
 flow does not depend on secret data) through :class:`~pqmpc_node.mpc.seeded_dealer.DealingProvider`,
 which records each party's corrections in request order, and seals each party's
 :class:`PartyMaterial` to that party's KEM key.
@@ -31,9 +32,9 @@ Wire form of a preprocessing body::
 
 The envelope is a sealed envelope (:mod:`pqmpc_node.crypto.envelopes`) from sender
 ``operator``, signed with the plan-signing ML-DSA key (the node verifies it with the key
-it trusts for plans) and encrypted to the node's KEM key; its plaintext holds the seed,
-the manifest, the row counts, the plan digest and a fresh AES key for the (large)
-correction stream, which follows encrypted under it (nonce 0, the key is single-use;
+it trusts for plans) and encrypted to the node's KEM key; its plaintext holds the seeds
+(one per attempt), the manifest, the stream length of each attempt, the row counts, the plan digest and a fresh AES key for the (large)
+correction streams, which follow (concatenated in attempt order) encrypted under it (nonce 0, the key is single-use;
 associated data: plan digest and node id).
 """
 
@@ -70,7 +71,9 @@ from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.domain import Array
 from pqmpc_node.mpc.fixedpoint import FixedPoint
-from pqmpc_node.mpc.programs import AggregatePlan, ExecutionPlan, SessionInputs, SessionResult, compile_program, model_shapes, run_session
+from pqmpc_node.mpc.inputs import OwnerShares, authenticate_inputs, share_owner_input
+from pqmpc_node.mpc.outputs import DeliveredShare, OutputRequest, deliver_outputs
+from pqmpc_node.mpc.programs import ExecutionPlan, SessionInputs, SessionResult, compile_program, model_shapes, run_session
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.mpc.seeded_dealer import DealingProvider, Request, SplitProvider
 from pqmpc_node.mpc.shares import Shared
@@ -80,7 +83,11 @@ __all__ = [
     "DealerOutput",
     "MAGIC",
     "PREPROCESSING_INPUT_ID",
+    "PartyInputs",
     "PartyMaterial",
+    "RunOutcome",
+    "attempt_count",
+    "output_requests",
     "PreprocessingError",
     "deal",
     "deal_async",
@@ -107,7 +114,11 @@ class PreprocessingError(ValueError):
 
 @dataclass(frozen=True)
 class PartyMaterial:
-    """What one party receives from the dealer (secret: the seed and the stream)."""
+    """What one party receives from the dealer (secret: the seeds and the streams).
+
+    One seed and one correction stream per attempt (:func:`attempt_count`); every attempt
+    requests the same material in the same order (``manifest``).
+    """
 
     session_id: str
     plan_digest: str
@@ -115,8 +126,8 @@ class PartyMaterial:
     node_id: str
     rows: Mapping[str, int]
     manifest: tuple[Request, ...]
-    seed: bytes = field(repr=False)
-    stream: np.ndarray[Any, np.dtype[np.uint64]] = field(repr=False)
+    seeds: tuple[bytes, ...] = field(repr=False)
+    streams: tuple[np.ndarray[Any, np.dtype[np.uint64]], ...] = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -144,65 +155,81 @@ def _execution_plan(plan: SessionPlan) -> ExecutionPlan:
 # -- the engine run (shared by the nodes and the dealer's simulation) --------------------------
 
 
-async def _authenticate(ctx: MPCContext, local: Array) -> Shared:
-    """This party's share of an owner-shared array as an engine sharing.
+@dataclass(frozen=True)
+class PartyInputs:
+    """This party's raw shares of every owner's input, as the owners sealed them.
 
-    Semi-honest: the owner's share is used as is. Malicious: every party inputs its share
-    through the masked input protocol (MAC shares attached) and the live parties
-    recombine (additive: sum; Shamir: Lagrange weights). A party missing from a Shamir
-    restart still has its input mask drawn, so the preprocessing request order never
-    depends on which parties are live (the dealer dealt for all of them).
+    ``data``: one :class:`~pqmpc_node.mpc.inputs.OwnerShares` per data owner in plan order,
+    ``values`` of shape (len(fields), rows); ``model``: the model owner's parameters,
+    flattened in sorted name order (:func:`model_shapes`), or None.
     """
-    if not ctx.malicious:
-        return Shared(local, None)
-    d = ctx.domain
-    parts: dict[int, Shared] = {}
-    for owner in range(ctx.n):
-        if owner in ctx.live:
-            parts[owner] = await proto.share_input(ctx, owner, local if owner == ctx.party else None, tuple(local.shape))
-        else:
-            ctx.provider.input_mask(tuple(local.shape), owner)  # keep the request order (see above)
-    live = list(ctx.live)
-    if ctx.scheme.kind == "additive":
-        acc = parts[live[0]]
-        for p in live[1:]:
-            acc = ctx.add(acc, parts[p])
-        return acc
-    weights = ctx.scheme.weights(live)
-    acc = ctx.mul_public(parts[live[0]], d.scalar(weights[live[0]]))
-    for owner in live[1:]:
-        acc = ctx.add(acc, ctx.mul_public(parts[owner], d.scalar(weights[owner])))
-    return acc
+
+    data: Sequence[OwnerShares]
+    model: OwnerShares | None = None
 
 
-async def execute(ctx: MPCContext, exec_plan: ExecutionPlan, fields: Sequence[str], table: Array,
-                  params: Mapping[str, Array]) -> SessionResult:
-    """Run the session's program at one party from its local shares.
+@dataclass(frozen=True)
+class RunOutcome:
+    """A finished run at one party: the public facts and each recipient's checked output shares."""
 
-    ``table``: this party's shares of the data, shape (len(fields), rows) (owners' rows
-    concatenated in plan order); ``params``: its shares of the model parameters.
+    result: SessionResult
+    delivered: dict[str, dict[str, DeliveredShare]]
+
+
+def output_requests(plan: SessionPlan) -> list[OutputRequest]:
+    """The plan's output policy as the engine takes it."""
+    return [OutputRequest(o.recipient, tuple(o.allow)) for o in plan.outputs]
+
+
+async def execute(ctx: MPCContext, exec_plan: ExecutionPlan, fields: Sequence[str], inputs: PartyInputs,
+                  requests: Sequence[OutputRequest]) -> RunOutcome:
+    """Run the session's program at one party, from the owners' raw shares to the recipients' shares.
+
+    1. Authenticate every owner's input (:func:`~pqmpc_node.mpc.inputs.authenticate_inputs`).
+    2. Run the program (only the valid-row count is opened, after a MAC check).
+    3. Check every opening, then make each recipient's output shares
+       (:func:`~pqmpc_node.mpc.outputs.deliver_outputs`).
     """
-    xp = ctx.xp
-    tshared = await _authenticate(ctx, xp.asarray(table))
-    columns = {f: tshared[i] for i, f in enumerate(fields)}
+    owners = [*inputs.data, *([inputs.model] if inputs.model is not None else [])]
+    authed = await authenticate_inputs(ctx, owners)
+    columns: dict[str, Shared] = {}
+    if inputs.data:
+        tables = [a.reshape(*o.values.shape) for a, o in zip(authed, inputs.data, strict=False)]
+        table = ctx.concat(tables, axis=1) if len(tables) > 1 else tables[0]
+        columns = {f: table[i] for i, f in enumerate(fields)}
     model: dict[str, Shared] = {}
-    pnames = sorted(params)
-    if pnames:
-        flat = np.concatenate([np.asarray(params[k]).reshape(-1) for k in pnames])
-        pshared = await _authenticate(ctx, xp.asarray(flat))
+    if inputs.model is not None:
+        flat = authed[-1]
         offset = 0
-        for k in pnames:
-            shape = tuple(np.asarray(params[k]).shape)
+        for k, shape in sorted(model_shapes(exec_plan).items()):
             size = int(np.prod(shape))
-            model[k] = pshared[offset:offset + size].reshape(*shape)
+            model[k] = flat[offset:offset + size].reshape(*shape)
             offset += size
-    return await run_session(ctx, exec_plan, SessionInputs(columns, model), reveal=isinstance(exec_plan, AggregatePlan))
+    result = await run_session(ctx, exec_plan, SessionInputs(columns, model))
+    delivered = await deliver_outputs(ctx, result, requests)
+    return RunOutcome(result, delivered)
 
 
-def party_provider(plan: SessionPlan, material: PartyMaterial, cfg: EngineConfig, xp: Any | None = None) -> SplitProvider:
-    """A node's preprocessing provider from its material (a fresh one per attempt)."""
-    return SplitProvider(cfg.domain(xp), cfg.scheme(), material.party, seed=material.seed, stream=material.stream,
-                         manifest=material.manifest, authenticated=plan.security == "malicious")
+def attempt_count(plan: SessionPlan) -> int:
+    """How many attempts the dealer deals for: a fresh set of material for each.
+
+    Additive sessions need every party, so they run once. Shamir sessions restart with
+    the survivors after a lost party while t + 1 remain: at most n - t attempts. A
+    restart never reuses material: reused Beaver masks would open the difference of two
+    attempts' values.
+    """
+    return 1 if plan.sharing != "shamir" else len(plan.parties) - plan.threshold
+
+
+def party_provider(plan: SessionPlan, material: PartyMaterial, cfg: EngineConfig, xp: Any | None = None,
+                   *, attempt: int = 1) -> SplitProvider:
+    """A node's preprocessing provider for ``attempt`` (1-based) from its material; each attempt's is fresh."""
+    if not 1 <= attempt <= len(material.seeds):
+        raise PreprocessingError(f"the dealer dealt material for {len(material.seeds)} attempts; attempt {attempt} "
+                                 "has none (a restart never reuses an earlier attempt's material)", "attempts_exhausted")
+    return SplitProvider(cfg.domain(xp), cfg.scheme(), material.party, seed=material.seeds[attempt - 1],
+                         stream=material.streams[attempt - 1], manifest=material.manifest,
+                         authenticated=plan.security == "malicious")
 
 
 # -- dealing -----------------------------------------------------------------------------------
@@ -223,17 +250,27 @@ def _check_rows(plan: SessionPlan, rows: Mapping[str, int]) -> dict[str, int]:
 
 async def _simulate(plan: SessionPlan, rows: Mapping[str, int], seeds: Sequence[bytes], dealer_seed: bytes,
                     rng: Callable[[int], bytes]) -> list[DealingProvider]:
+    """Run the program once with every party simulated on dummy inputs of the real shapes."""
     cfg = engine_config(plan)
     domain, scheme = cfg.domain(), cfg.scheme()
     exec_plan = _execution_plan(plan)
     fx = FixedPoint(plan.frac_bits)
     fields = plan.data_fields()
-    total = sum(rows.values())
-    mids = np.array([[(f.min + f.max) / 2.0] * total for f in fields], dtype=np.float64)
+    keyed = plan.security == "malicious"
     share_rng = AesCtrRandom(rng(32))
-    table_shares = scheme.share(domain, fx.encode(mids, domain), share_rng)
+    per_party: list[list[OwnerShares]] = [[] for _ in plan.parties]
+    for owner in (i.owner for i in plan.inputs if i.role == "data"):
+        mids = np.array([[(f.min + f.max) / 2.0] * rows[owner] for f in fields], dtype=np.float64)
+        encoded = fx.encode(mids, domain)
+        for i, (x, t, k) in enumerate(share_owner_input(domain, scheme, encoded, share_rng, keyed=keyed)):
+            per_party[i].append(OwnerShares(owner, x.reshape(encoded.shape), t, k))
+    model: list[OwnerShares | None] = [None] * len(plan.parties)
     shapes = model_shapes(exec_plan)
-    param_shares = {k: scheme.share(domain, domain.zeros(shape), share_rng) for k, shape in shapes.items()}
+    if shapes:
+        owner = next(i.owner for i in plan.inputs if i.role == "model")
+        zeros = domain.zeros((sum(int(np.prod(s)) for s in shapes.values()),))
+        for i, (x, t, k) in enumerate(share_owner_input(domain, scheme, zeros, share_rng, keyed=keyed)):
+            model[i] = OwnerShares(owner, x, t, k)
     hub = InProcessHub(cfg.parties)
     providers = [DealingProvider(domain, scheme, i, seeds=seeds, dealer_seed=dealer_seed,
                                  authenticated=plan.security == "malicious") for i in range(cfg.parties)]
@@ -241,8 +278,9 @@ async def _simulate(plan: SessionPlan, rows: Mapping[str, int], seeds: Sequence[
                        rng=AesCtrRandom(rng(32)), security=plan.security, fixed=fx, session="deal")
             for i in range(cfg.parties)]
     names = [f.name for f in fields]
-    await asyncio.gather(*(execute(ctx, exec_plan, names, table_shares[ctx.party],
-                                   {k: v[ctx.party] for k, v in param_shares.items()}) for ctx in ctxs))
+    requests = output_requests(plan)
+    await asyncio.gather(*(execute(ctx, exec_plan, names, PartyInputs(per_party[ctx.party], model[ctx.party]), requests)
+                           for ctx in ctxs))
     return providers
 
 
@@ -261,18 +299,23 @@ async def deal_async(
     missing = [p.node_id for p in plan.parties if p.node_id not in node_kem_keys]
     if missing:
         raise PreprocessingError(f"no KEM key for party nodes {missing}", "missing_kem_key")
-    seeds = [rng(32) for _ in plan.parties]
-    providers = await _simulate(plan, counts, seeds, rng(32), rng)
+    runs = []
+    for _ in range(attempt_count(plan)):  # fresh, independent material per attempt
+        seeds = [rng(32) for _ in plan.parties]
+        runs.append((seeds, await _simulate(plan, counts, seeds, rng(32), rng)))
     digest = plan.digest()
     bodies: dict[str, bytes] = {}
     words: dict[str, int] = {}
-    for p, prov in zip(plan.parties, providers, strict=True):
-        material = PartyMaterial(plan.session_id, digest, p.index, p.node_id, counts, tuple(prov.requests),
-                                 seeds[p.index], prov.stream)
+    for p in plan.parties:
+        manifests = {tuple(prov[p.index].requests) for _, prov in runs}
+        if len(manifests) != 1:
+            raise PreprocessingError("the attempts' simulations requested different material", "dealing_failed")
+        material = PartyMaterial(plan.session_id, digest, p.index, p.node_id, counts, manifests.pop(),
+                                 tuple(seeds[p.index] for seeds, _ in runs), tuple(prov[p.index].stream for _, prov in runs))
         epoch, key = node_kem_keys[p.node_id]
         bodies[p.node_id] = seal_preprocessing(material, suite=suite, key_epoch=epoch, node_kem_key=key,
                                                signer_key=signer_key, rng=rng)
-        words[p.node_id] = int(material.stream.size)
+        words[p.node_id] = sum(int(st.size) for st in material.streams)
     return DealerOutput(plan.session_id, digest, counts, bodies, words)
 
 
@@ -314,8 +357,9 @@ def seal_preprocessing(
     doc = {
         "format": MATERIAL_FORMAT, "sessionId": material.session_id, "planDigest": material.plan_digest,
         "party": material.party, "nodeId": material.node_id, "rows": dict(material.rows),
-        "manifest": [list(m) for m in material.manifest], "streamWords": int(material.stream.size),
-        "seed": base64.b64encode(material.seed).decode(), "streamKey": base64.b64encode(stream_key).decode(),
+        "manifest": [list(m) for m in material.manifest], "streamWords": [int(st.size) for st in material.streams],
+        "seeds": [base64.b64encode(seed).decode() for seed in material.seeds],
+        "streamKey": base64.b64encode(stream_key).decode(),
     }
     header = EnvelopeHeader(
         suite=suite.name, session_id=material.session_id, node_id=material.node_id, party_index=material.party,
@@ -324,7 +368,8 @@ def seal_preprocessing(
     )
     env = seal_envelope(json.dumps(doc).encode(), suite=suite, header=header, recipient_key=node_kem_key,
                         sender_key=signer_key)
-    blob = AESGCM(stream_key).encrypt(_NONCE, np.ascontiguousarray(material.stream, dtype="<u8").tobytes(),
+    stream = np.concatenate([np.ascontiguousarray(st, dtype="<u8").reshape(-1) for st in material.streams])
+    blob = AESGCM(stream_key).encrypt(_NONCE, stream.tobytes(),
                                       _aad(material.plan_digest, material.node_id))
     return MAGIC + struct.pack(">I", len(env)) + env + blob
 
@@ -361,9 +406,9 @@ def open_preprocessing(
         doc = json.loads(opened.plaintext)
         if doc.get("format") != MATERIAL_FORMAT:
             raise PreprocessingError(f"material format must be {MATERIAL_FORMAT!r}", "malformed")
-        seed = base64.b64decode(doc["seed"], validate=True)
+        seeds = tuple(base64.b64decode(x, validate=True) for x in doc["seeds"])
         stream_key = base64.b64decode(doc["streamKey"], validate=True)
-        words = int(doc["streamWords"])
+        words = [int(w) for w in doc["streamWords"]]
         rows = {str(k): int(v) for k, v in dict(doc["rows"]).items()}
         manifest = tuple(tuple(m) for m in doc["manifest"])
         digest, doc_party, doc_node = str(doc["planDigest"]), int(doc["party"]), str(doc["nodeId"])
@@ -373,15 +418,18 @@ def open_preprocessing(
         raise PreprocessingError(f"malformed preprocessing material: {type(exc).__name__}", "malformed") from None
     if digest != plan.digest():
         raise PreprocessingError("the material was dealt for another version of the plan; deal again", "stale_preprocessing")
-    if doc_party != party.index or doc_node != node_id or len(seed) < 16 or len(stream_key) != 32:
+    if (doc_party != party.index or doc_node != node_id or not seeds or len(words) != len(seeds)
+            or any(len(seed) < 16 for seed in seeds) or any(w < 0 for w in words) or len(stream_key) != 32):
         raise PreprocessingError("the material names another party", "malformed")
     try:
         raw = AESGCM(stream_key).decrypt(_NONCE, body[start + env_len :], _aad(digest, node_id))
     except InvalidTag:
         raise PreprocessingError("the correction stream does not authenticate", "bad_stream") from None
-    if len(raw) != 8 * words:
+    if len(raw) != 8 * sum(words):
         raise PreprocessingError("the correction stream has the wrong length", "bad_stream")
     stream = np.frombuffer(raw, dtype="<u8").astype(np.uint64, copy=False)
+    bounds = np.cumsum([0, *words])
+    streams = tuple(stream[int(lo):int(hi)] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True))
     _check_rows(plan, rows)
-    return PartyMaterial(plan.session_id, digest, party.index, node_id, rows, manifest, seed, stream)
+    return PartyMaterial(plan.session_id, digest, party.index, node_id, rows, manifest, seeds, streams)
 

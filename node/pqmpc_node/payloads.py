@@ -3,16 +3,25 @@
 Both are JSON objects whose arrays are base64 of little-endian ``uint64`` domain
 elements (``ring64``: Z_2^64; ``mersenne61``: F_p, p = 2^61 - 1).
 
-Input (``format: pqmpc.io/input/v1``)::
+Input (``format: pqmpc.io/input/v2``)::
 
     {"format", "kind": "rows", "domain", "rows": N, "columns": {field: b64}}
     {"format", "kind": "model", "domain", "params": {name: {"shape": [...], "data": b64}}}
 
-Output (``format: pqmpc.io/output/v1``)::
+plus, in malicious sessions, the owner's input key material
+(:mod:`pqmpc_node.mpc.inputs`): ``"tags"`` (shares of ``k * x``, the same names and
+sizes as ``columns`` / ``params``' data) and ``"key"`` (the share of ``k``, one element).
+
+Output (``format: pqmpc.io/output/v2``)::
 
     {"format", "session", "party", "domain", "sharing", "threshold", "fracBits",
-     "shares": {name: {"shape": [...], "kind": "fixed"|"integer", "data": b64}},
-     "public": {name: value}}
+     "shares": {name: {"shape": [...], "kind": "fixed"|"integer", "data": b64,
+                       "key": b64, "tag": b64}},      # key/tag: malicious sessions
+     "public": {name: value}, "undefined": [name, ...]}
+
+``key`` and ``tag`` are the node's shares of a fresh per-output MAC key ``a`` and of
+``a * y`` (:mod:`pqmpc_node.mpc.outputs`); ``public`` holds only values public by design
+(valid-row counts).
 
 Pure: parsing checks every bound and raises :class:`PayloadError`.
 """
@@ -41,8 +50,8 @@ __all__ = [
     "modulus_of",
 ]
 
-INPUT_FORMAT = "pqmpc.io/input/v1"
-OUTPUT_FORMAT = "pqmpc.io/output/v1"
+INPUT_FORMAT = "pqmpc.io/input/v2"
+OUTPUT_FORMAT = "pqmpc.io/output/v2"
 MAX_ROWS = 1_000_000
 MAX_PARAMS = 4_000_000
 DomainName = Literal["ring64", "mersenne61"]
@@ -117,6 +126,8 @@ class InputPayload:
     columns: Mapping[str, U64]
     params: Mapping[str, U64]
     rows: int = 0
+    tags: Mapping[str, U64] | None = None
+    key: U64 | None = None
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"format": INPUT_FORMAT, "kind": self.kind, "domain": self.domain}
@@ -125,6 +136,9 @@ class InputPayload:
             body["columns"] = {k: _enc(v) for k, v in self.columns.items()}
         else:
             body["params"] = {k: {"shape": list(v.shape), "data": _enc(v.reshape(-1))} for k, v in self.params.items()}
+        if self.tags is not None and self.key is not None:
+            body["tags"] = {k: _enc(v.reshape(-1)) for k, v in self.tags.items()}
+            body["key"] = _enc(self.key.reshape(-1))
         return json.dumps(body).encode()
 
     @classmethod
@@ -135,8 +149,12 @@ class InputPayload:
         domain: DomainName,
         fields: Sequence[str] = (),
         model_shapes: Mapping[str, tuple[int, ...]] | None = None,
+        keyed: bool = False,
     ) -> InputPayload:
-        """Parse and check against the session: the domain, the declared fields or the model's shapes."""
+        """Parse and check against the session: the domain, the declared fields or the model's shapes.
+
+        ``keyed`` (malicious sessions) requires the owner's tags and key share.
+        """
         raw = _load(data, INPUT_FORMAT)
         if _domain(raw.get("domain")) != domain:
             raise PayloadError(f"shares are in domain {raw.get('domain')!r}; this session computes in {domain!r}")
@@ -149,7 +167,9 @@ class InputPayload:
             if not isinstance(cols, dict) or sorted(cols) != sorted(fields):
                 got = sorted(cols) if isinstance(cols, dict) else None
                 raise PayloadError(f"columns must be exactly the declared fields {sorted(fields)}, got {got}")
-            return cls("rows", domain, {f: _dec(cols[f], rows, domain, f"column {f!r}") for f in fields}, {}, rows)
+            columns = {f: _dec(cols[f], rows, domain, f"column {f!r}") for f in fields}
+            tags, key = _keyed(raw, {f: (rows,) for f in fields}, domain, keyed)
+            return cls("rows", domain, columns, {}, rows, tags, key)
         if kind == "model":
             if model_shapes is None:
                 raise PayloadError("this session takes no model parameters")
@@ -162,8 +182,24 @@ class InputPayload:
                 if not isinstance(p, dict) or _shape(p.get("shape"), name) != want:
                     raise PayloadError(f"parameter {name!r} must have shape {list(want)}")
                 out[name] = _dec(p.get("data"), math.prod(want), domain, f"parameter {name!r}").reshape(want)
-            return cls("model", domain, {}, out)
+            tags, key = _keyed(raw, dict(model_shapes), domain, keyed)
+            return cls("model", domain, {}, out, 0, tags, key)
         raise PayloadError(f"kind must be 'rows' or 'model', got {kind!r}")
+
+
+def _keyed(raw: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], domain: DomainName,
+           keyed: bool) -> tuple[dict[str, U64] | None, U64 | None]:
+    """The owner's tags and key share, required exactly when the session is ``keyed``."""
+    if not keyed:
+        if "tags" in raw or "key" in raw:
+            raise PayloadError("this session takes no input key (it is not malicious-secure); drop tags and key")
+        return None, None
+    tags = raw.get("tags")
+    if not isinstance(tags, dict) or sorted(tags) != sorted(shapes):
+        raise PayloadError("a malicious-secure session needs the owner's input tags for every column or parameter "
+                           "(submit with a pqmpc client that keys its inputs)")
+    out = {k: _dec(tags[k], math.prod(shape), domain, f"tags of {k!r}").reshape(shape) for k, shape in shapes.items()}
+    return out, _dec(raw.get("key"), 1, domain, "input key")
 
 
 @dataclass(frozen=True)
@@ -172,6 +208,8 @@ class OutputShare:
 
     kind: Literal["fixed", "integer"]
     values: U64
+    key: U64 | None = None
+    tag: U64 | None = None
 
 
 @dataclass(frozen=True)
@@ -186,14 +224,17 @@ class OutputPayload:
     frac_bits: int
     shares: Mapping[str, OutputShare]
     public: Mapping[str, Any]
+    undefined: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
         return json.dumps({
             "format": OUTPUT_FORMAT, "session": self.session, "party": self.party, "domain": self.domain,
             "sharing": self.sharing, "threshold": self.threshold, "fracBits": self.frac_bits,
-            "shares": {k: {"shape": list(v.values.shape), "kind": v.kind, "data": _enc(v.values.reshape(-1))}
+            "shares": {k: {"shape": list(v.values.shape), "kind": v.kind, "data": _enc(v.values.reshape(-1)),
+                           **({} if v.key is None or v.tag is None else
+                              {"key": _enc(v.key.reshape(-1)), "tag": _enc(v.tag.reshape(-1))})}
                        for k, v in self.shares.items()},
-            "public": dict(self.public),
+            "public": dict(self.public), "undefined": list(self.undefined),
         }).encode()
 
     @classmethod
@@ -208,9 +249,17 @@ class OutputPayload:
             if not isinstance(s, dict) or s.get("kind") not in ("fixed", "integer"):
                 raise PayloadError(f"share {name!r} must have kind 'fixed' or 'integer'")
             shape = _shape(s.get("shape"), name)
-            shares[name] = OutputShare(s["kind"], _dec(s.get("data"), math.prod(shape), domain, name).reshape(shape))
+            count = math.prod(shape)
+            key = tag = None
+            if "key" in s or "tag" in s:
+                key = _dec(s.get("key"), count, domain, f"key of {name!r}").reshape(shape)
+                tag = _dec(s.get("tag"), count, domain, f"tag of {name!r}").reshape(shape)
+            shares[name] = OutputShare(s["kind"], _dec(s.get("data"), count, domain, name).reshape(shape), key, tag)
         party, threshold, frac = raw.get("party"), raw.get("threshold"), raw.get("fracBits")
         if not all(isinstance(v, int) for v in (party, threshold, frac)) or not isinstance(raw.get("public"), dict):
             raise PayloadError("party, threshold and fracBits must be integers, public an object")
+        undefined = raw.get("undefined", [])
+        if not isinstance(undefined, list) or not all(isinstance(u, str) for u in undefined):
+            raise PayloadError("undefined must be a list of output names")
         return cls(str(raw.get("session")), int(party), domain, str(raw.get("sharing")), int(threshold),  # type: ignore[arg-type]
-                   int(frac), shares, raw["public"])  # type: ignore[arg-type]
+                   int(frac), shares, raw["public"], tuple(undefined))  # type: ignore[arg-type]

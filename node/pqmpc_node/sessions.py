@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -63,18 +63,28 @@ from pqmpc_node.crypto.envelopes import (
 from pqmpc_node.crypto.kemkeys import KeyRetiredError, kem_public_key_from_bytes
 from pqmpc_node.crypto.pki import NodeId
 from pqmpc_node.crypto.suites import MLDSAPublicKey, SignatureAlgorithm
-from pqmpc_node.dealing import PartyMaterial, PreprocessingError, engine_config, execute, open_preprocessing, party_provider
+from pqmpc_node.dealing import (
+    PartyInputs,
+    PartyMaterial,
+    PreprocessingError,
+    RunOutcome,
+    engine_config,
+    execute,
+    open_preprocessing,
+    output_requests,
+    party_provider,
+)
 from pqmpc_node.keystore import NodeKeys
 from pqmpc_node.metrics import NodeMetrics
 from pqmpc_node.mpc.backend import to_host
 from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.errors import MacCheckError
 from pqmpc_node.mpc.fixedpoint import FixedPoint
-from pqmpc_node.mpc.mac import CommitmentMismatchError
+from pqmpc_node.mpc.errors import BlamedCheckError
+from pqmpc_node.mpc.inputs import OwnerShares
 from pqmpc_node.mpc.programs import (
     ExecutionPlan,
     ProgramError,
-    SessionResult,
     compile_program,
     model_shapes,
 )
@@ -147,6 +157,7 @@ class SessionRuntime:
     live: tuple[int, ...] = ()
     rejected_rows: int | None = None
     blamed_parties: tuple[int, ...] = ()
+    failed_check: str = ""
     links: dict[int, PeerLink] = field(default_factory=dict, repr=False)
     incoming: dict[int, asyncio.Future[PeerLink]] = field(default_factory=dict, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -186,6 +197,7 @@ class SessionRuntime:
             "attempts": self.attempts,
             "rejectedRows": self.rejected_rows,
             "blamedParties": list(self.blamed_parties),
+            "failedCheck": self.failed_check,
             "deadline": p.deadline,
         }
 
@@ -306,12 +318,14 @@ class SessionManager:
             owner = plan.input_of(h.sender)
             domain: DomainName = domain_for(plan.sharing, plan.security)
             if owner.role == "data":
-                payload = InputPayload.decode(opened.plaintext, domain=domain, fields=[f.name for f in owner.fields])
+                payload = InputPayload.decode(opened.plaintext, domain=domain, fields=[f.name for f in owner.fields],
+                                              keyed=plan.security == "malicious")
                 if payload.kind != "rows":
                     raise PayloadError("a data owner must send rows")
             else:
                 shapes = model_shapes(self._execution_plan(plan))
-                payload = InputPayload.decode(opened.plaintext, domain=domain, model_shapes=shapes)
+                payload = InputPayload.decode(opened.plaintext, domain=domain, model_shapes=shapes,
+                                              keyed=plan.security == "malicious")
                 if payload.kind != "model":
                     raise PayloadError("the model owner must send model parameters")
             if rt.material is not None and payload.kind == "rows" and rt.material.rows.get(h.sender) != payload.rows:
@@ -377,7 +391,7 @@ class SessionManager:
                                reason="rows_mismatch", status=409)
         rt.material, rt.material_digest = material, digest
         log.info("session %s: preprocessing accepted (%d requests, %d correction words)", session_id,
-                 len(material.manifest), material.stream.size)
+                 len(material.manifest), sum(int(st.size) for st in material.streams))
         self._maybe_start(rt)
         return {"sessionId": session_id, "accepted": True, "phase": rt.phase.value}
 
@@ -527,7 +541,8 @@ class SessionManager:
             rt.phase = Phase.SUCCEEDED
         except MacCheckError as exc:
             self.metrics.mac_failures.inc()
-            if isinstance(exc, CommitmentMismatchError):
+            rt.failed_check = exc.check  # which check caught it (MAC, canonical element, owner input key...)
+            if isinstance(exc, BlamedCheckError):
                 rt.blamed_parties = tuple(p for p in exc.blamed_parties if p != rt.party)
             self._fail(rt, "mac_check_failed", str(exc))
             outcome = "mac_check_failed"
@@ -575,7 +590,7 @@ class SessionManager:
         while True:
             try:
                 await self._mesh(rt)
-                result, ctx, channel = await self._compute(rt)
+                outcome, ctx, channel = await self._compute(rt)
                 # Closing barrier: a peer closes its links only once every party is done, so no
                 # in-flight message is cut off by a close (PeerLink drops bytes that share a read
                 # with the peer's close_notify).
@@ -591,14 +606,17 @@ class SessionManager:
                 survivors = tuple(p for p in rt.live if p != exc.peer)
                 if plan.sharing != "shamir" or len(survivors) < plan.threshold + 1:
                     raise
+                if rt.material is None or rt.attempts >= len(rt.material.seeds):
+                    raise PeerLostError(exc.peer, f"{exc}; no fresh preprocessing is left for another attempt "
+                                        "(a restart never reuses material)") from None
                 log.warning("session %s: %s; carrying on with parties %s", plan.session_id, exc, survivors)
                 rt.live = survivors
                 rt.incoming.pop(exc.peer, None)
-        rt.rejected_rows = result.rejected_rows
-        self.metrics.rows_rejected.inc(result.rejected_rows)
-        self._seal_outputs(rt, result, ctx)
+        rt.rejected_rows = outcome.result.rejected_rows
+        self.metrics.rows_rejected.inc(outcome.result.rejected_rows)
+        self._seal_outputs(rt, outcome)
 
-    async def _compute(self, rt: SessionRuntime) -> tuple[SessionResult, MPCContext, PqChannel]:
+    async def _compute(self, rt: SessionRuntime) -> tuple[RunOutcome, MPCContext, PqChannel]:
         plan = rt.plan
         n = len(plan.parties)
         rt.attempts += 1
@@ -607,16 +625,34 @@ class SessionManager:
         domain = cfg.domain()
         channel = PqChannel(party=rt.party, n=n, links={p: rt.links[p] for p in rt.live if p != rt.party},
                             attempt=rt.attempts, round_timeout_s=self.settings.round_timeout_s)
-        ctx = MPCContext(party=rt.party, channel=channel, domain=domain, scheme=cfg.scheme(),
-                         provider=party_provider(plan, rt.material, cfg, domain.xp), rng=AesCtrRandom.from_os(),
-                         security=plan.security, fixed=FixedPoint(plan.frac_bits), live=rt.live)
+        provider = party_provider(plan, rt.material, cfg, domain.xp, attempt=rt.attempts)  # fresh per attempt
+        ctx = MPCContext(party=rt.party, channel=channel, domain=domain, scheme=cfg.scheme(), provider=provider,
+                         rng=AesCtrRandom.from_os(), security=plan.security, fixed=FixedPoint(plan.frac_bits),
+                         live=rt.live)
+        outcome = await execute(ctx, self._execution_plan(plan), [f.name for f in plan.data_fields()],
+                                self._party_inputs(rt), output_requests(plan))
+        return outcome, ctx, channel
+
+    def _party_inputs(self, rt: SessionRuntime) -> PartyInputs:
+        """The owners' raw shares held here, as the engine takes them (kept for every attempt)."""
+        plan = rt.plan
         names = [f.name for f in plan.data_fields()]
-        data = [rt.inputs[i.owner] for i in plan.inputs if i.role == "data"]
-        table = np.stack([np.concatenate([d.columns[f] for d in data]) for f in names])  # (fields, rows)
-        model_owner = [i.owner for i in plan.inputs if i.role == "model"]
-        params = dict(rt.inputs[model_owner[0]].params) if model_owner else {}
-        result = await execute(ctx, self._execution_plan(plan), names, table, params)
-        return result, ctx, channel
+        data = []
+        for i in plan.inputs:
+            if i.role != "data":
+                continue
+            p = rt.inputs[i.owner]
+            tags = None if p.tags is None else np.stack([p.tags[f] for f in names])
+            data.append(OwnerShares(i.owner, np.stack([p.columns[f] for f in names]), tags, p.key))
+        model = None
+        for i in plan.inputs:
+            if i.role == "model":
+                p = rt.inputs[i.owner]
+                keys = sorted(p.params)
+                flat = np.concatenate([p.params[k].reshape(-1) for k in keys])
+                tags = None if p.tags is None else np.concatenate([p.tags[k].reshape(-1) for k in keys])
+                model = OwnerShares(i.owner, flat, tags, p.key)
+        return PartyInputs(data, model)
 
     def _record_traffic(self, plan: SessionPlan, channel: PqChannel) -> None:
         t = channel.traffic
@@ -633,23 +669,23 @@ class SessionManager:
             self.metrics.peer_bytes.labels(node, "received").inc(recv)
             self.metrics.traffic_deviation.labels(node).set(abs(recv - sent) / max(sent, 1))
 
-    def _seal_outputs(self, rt: SessionRuntime, result: SessionResult, ctx: MPCContext) -> None:
+    def _seal_outputs(self, rt: SessionRuntime, outcome: RunOutcome) -> None:
+        """Seal each recipient's checked output shares to its KEM key; only what the policy names."""
         plan = rt.plan
         suite = self.keys.suite
         domain = domain_for(plan.sharing, plan.security)
+        result = outcome.result
         for out in plan.outputs:
             shares: dict[str, OutputShare] = {}
-            public: dict[str, Any] = {}
-            for name in out.allow:
-                if name in result.shares:
-                    values = np.asarray(to_host(result.shares[name].value), dtype=np.uint64)
-                    shares[name] = OutputShare("integer" if name.startswith("histogram(") else "fixed", values)
-                if name in result.opened:
-                    public[name] = _jsonable(result.opened[name])
-            if "count" in result.opened and "count" in out.allow:
-                public["count"] = result.opened["count"]
+            for name, share in outcome.delivered.get(out.recipient, {}).items():
+                kind: Literal["fixed", "integer"] = "integer" if name in result.integer_outputs else "fixed"
+                shares[name] = OutputShare(kind, np.asarray(to_host(share.value), dtype=np.uint64),
+                                           None if share.key is None else np.asarray(to_host(share.key), dtype=np.uint64),
+                                           None if share.tag is None else np.asarray(to_host(share.tag), dtype=np.uint64))
+            public = {name: _jsonable(v) for name, v in result.public.items() if name in out.allow}
+            undefined = tuple(sorted(n for n in result.undefined if n in out.allow))
             payload = OutputPayload(plan.session_id, rt.party, domain, plan.sharing, plan.threshold, plan.frac_bits,
-                                    shares, public)
+                                    shares, public, undefined)
             header = EnvelopeHeader(
                 suite=suite.name, session_id=plan.session_id, node_id=out.recipient, party_index=rt.party,
                 input_id=f"output/{self.node_id}", key_epoch=1, sender=self.node_id,

@@ -31,7 +31,7 @@ import numpy as np
 from pqmpc_node.mpc.backend import to_host
 from pqmpc_node.mpc.channel import Channel, ChannelError, receive_first
 from pqmpc_node.mpc.domain import Array, Domain
-from pqmpc_node.mpc.errors import MacCheckError
+from pqmpc_node.mpc.errors import MacCheckError, NonCanonicalError
 from pqmpc_node.mpc.fixedpoint import FixedPoint
 from pqmpc_node.mpc.preprocessing import PreprocessingProvider
 from pqmpc_node.mpc.randomness import RandomSource
@@ -281,6 +281,22 @@ class MPCContext:
         mac = None if x.mac is None else xp.broadcast_to(x.mac, (rows, *x.shape)).copy()
         return Shared(value, mac)
 
+    # -- received elements -------------------------------------------------
+    def elements_from(self, peer: int, data: bytes, count: int, label: str) -> Array:
+        """``peer``'s message as ``count`` domain elements, or :class:`NonCanonicalError` blaming it.
+
+        Every element that crosses a channel goes through here: a wrong length or a word
+        ``>= p`` is the sender's own authenticated message, so the sender is named.
+        """
+        if len(data) != 8 * count:
+            raise NonCanonicalError("element-format", [label], f"party {peer} sent {len(data)} bytes, expected {count} "
+                                    f"elements ({8 * count} bytes)", blamed_parties=[peer])
+        arr = self.xp.asarray(np.frombuffer(data, dtype=np.uint64))
+        if not self.domain.is_canonical(arr):
+            raise NonCanonicalError("canonical-element", [label], f"party {peer} sent a value that is not a canonical element "
+                                    f"of {self.domain.name} (a word >= the modulus)", blamed_parties=[peer])
+        return arr
+
     # -- opening -----------------------------------------------------------
     async def _receive_reachable(self, tag: str, channel: Channel | None = None) -> dict[int, bytes]:
         """Every live peer's reply, skipping peers whose link failed (at least t must answer)."""
@@ -331,11 +347,8 @@ class MPCContext:
                     await asyncio.gather(receiving, return_exceptions=True)
         self.rounds_used += 1
         shares: dict[int, Array] = {self.party: flat}
-        for peer, data in received.items():
-            arr = xp.asarray(np.frombuffer(data, dtype=np.uint64))
-            if arr.shape != flat.shape:
-                raise ValueError(f"party {peer} sent {arr.shape[0]} elements for {tag!r}, expected {flat.shape[0]}")
-            shares[peer] = arr
+        for peer, data in sorted(received.items()):
+            shares[peer] = self.elements_from(peer, data, int(flat.size), tag)
         if self.scheme.kind == "additive":
             opened = self.scheme.reconstruct(self.domain, shares)
         else:

@@ -1,8 +1,16 @@
-"""The error raised when a malicious-security check fails."""
+"""The errors raised when a malicious-security check fails.
+
+:class:`MacCheckError` proves that *someone* cheated (or a message was corrupted);
+:class:`BlamedCheckError` also names who, where the evidence is the culprit's own
+authenticated message (a non-canonical element, a wrong length, a reveal that does not
+open its commitment): the peer links are mutually authenticated, so that party sent it.
+"""
 
 from __future__ import annotations
 
-__all__ = ["MacCheckError"]
+from collections.abc import Sequence
+
+__all__ = ["BlamedCheckError", "MacCheckError", "NonCanonicalError"]
 
 
 class MacCheckError(RuntimeError):
@@ -16,3 +24,20 @@ class MacCheckError(RuntimeError):
         self.labels = labels
         shown = ", ".join(labels[:8]) + (f", ... ({len(labels)} in all)" if len(labels) > 8 else "")
         super().__init__(f"MAC check {check!r} failed over openings [{shown}]: {detail}; the session must abort")
+
+
+class BlamedCheckError(MacCheckError):
+    """A :class:`MacCheckError` whose culprits are known: ``blamed_parties`` (party indexes, ascending)."""
+
+    def __init__(self, check: str, labels: list[str], detail: str, *, blamed_parties: Sequence[int]) -> None:
+        super().__init__(check, labels, detail)
+        self.blamed_parties: tuple[int, ...] = tuple(sorted(set(blamed_parties)))
+
+
+class NonCanonicalError(BlamedCheckError):
+    """A party sent a value that is not a canonical domain element (``>= p``) or has the wrong length.
+
+    Why it matters: F_p elements travel as uint64 words; a share ``s + k*p`` is equal to
+    ``s`` modulo p, so it passes every MAC check, while comparisons, truncations and
+    signed decodings read the raw word. Every element that crosses a channel is checked.
+    """

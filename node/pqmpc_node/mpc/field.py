@@ -140,6 +140,10 @@ class MersenneField61:
         half = np.uint64(P61 // 2)
         return np.where(v > half, v.astype(np.int64) - np.int64(P61), v.astype(np.int64))
 
+    def is_canonical(self, values: Array) -> bool:
+        """Every element ``< p`` (uint64 words ``>= p`` are not field elements; see :class:`NonCanonicalError`)."""
+        return not bool(values.size) or bool((values < self._p).all())
+
     def from_words(self, words: Any) -> Array:
         # A 61-bit word equals p with probability 2^-61 and then maps to 0: bias 2^-61, negligible.
         return self._reduce(self.xp.asarray(words, dtype=self.xp.uint64) & self._p)

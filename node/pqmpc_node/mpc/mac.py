@@ -34,23 +34,18 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
-import numpy as np
-
 from pqmpc_node.mpc.context import MPCContext, encode_payload
-from pqmpc_node.mpc.errors import MacCheckError
+from pqmpc_node.mpc.domain import Array
+from pqmpc_node.mpc.errors import BlamedCheckError, MacCheckError
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.mpc.sharing import InconsistentSharesError
 
-__all__ = ["CommitmentMismatchError", "MacCheckError", "check_macs"]
+__all__ = ["CommitmentMismatchError", "MacCheckError", "check_macs", "commit_reveal", "toss_coins"]
 
 
-class CommitmentMismatchError(MacCheckError):
-    """A :class:`MacCheckError` that knows the culprits: ``blamed_parties`` revealed values
-    that do not open their commitments (party indexes, ascending)."""
-
-    def __init__(self, check: str, labels: list[str], detail: str, *, blamed_parties: Sequence[int]) -> None:
-        super().__init__(check, labels, detail)
-        self.blamed_parties: tuple[int, ...] = tuple(sorted(set(blamed_parties)))
+class CommitmentMismatchError(BlamedCheckError):
+    """A :class:`BlamedCheckError`: ``blamed_parties`` revealed values that do not open
+    their commitments (party indexes, ascending)."""
 
 
 def _commitment(party: int, tag: str, nonce: bytes, data: bytes) -> bytes:
@@ -61,7 +56,7 @@ def _commitment(party: int, tag: str, nonce: bytes, data: bytes) -> bytes:
     return h.digest()
 
 
-async def _commit_reveal(ctx: MPCContext, label: str, data: bytes) -> dict[int, bytes]:
+async def commit_reveal(ctx: MPCContext, label: str, data: bytes) -> dict[int, bytes]:
     """Commit to ``data``, then reveal; returns every live party's verified data (own included)."""
     nonce = ctx.rng.bytes(32)
     tag = ctx.next_tag(f"{label}/commit")
@@ -79,11 +74,22 @@ async def _commit_reveal(ctx: MPCContext, label: str, data: bytes) -> dict[int, 
             raise CommitmentMismatchError(label, [], f"party {peer} revealed a value it never committed to",
                                           blamed_parties=[peer])
         their_nonce, their_data = blob[:32], blob[32:]
-        if not hmac.compare_digest(_commitment(peer, tag, their_nonce, their_data), commits[peer]):
+        if len(blob) < 32 or not hmac.compare_digest(_commitment(peer, tag, their_nonce, their_data), commits[peer]):
             raise CommitmentMismatchError(label, [], f"party {peer} opened a value that does not match its commitment",
                                           blamed_parties=[peer])
         out[peer] = their_data
     return out
+
+
+async def toss_coins(ctx: MPCContext, label: str, count: int) -> Array:
+    """``count`` public uniform field elements no party can bias or predict before it committed.
+
+    Every party commits to 32 random bytes, then reveals (:func:`commit_reveal`); the
+    seed is the hash of all reveals in party order, expanded with AES-CTR.
+    """
+    seeds = await commit_reveal(ctx, label, ctx.rng.bytes(32))
+    seed = hashlib.sha256(b"".join(seeds[p] for p in sorted(seeds))).digest()
+    return ctx.domain.from_words(ctx.xp.asarray(AesCtrRandom(seed).words(count)))
 
 
 async def check_macs(ctx: MPCContext, check: str = "mac-check") -> None:
@@ -98,7 +104,7 @@ async def check_macs(ctx: MPCContext, check: str = "mac-check") -> None:
     d, xp = ctx.domain, ctx.xp
     if broadcasts:
         digest = hashlib.sha256(b"".join(hashlib.sha256(tag.encode() + data).digest() for tag, data in broadcasts)).digest()
-        digests = await _commit_reveal(ctx, f"{check}/broadcast", digest)
+        digests = await commit_reveal(ctx, f"{check}/broadcast", digest)
         for peer, theirs in digests.items():
             if not hmac.compare_digest(theirs, digest):
                 raise MacCheckError(f"{check}/broadcast", labels, f"party {peer} saw different public inputs")
@@ -106,13 +112,13 @@ async def check_macs(ctx: MPCContext, check: str = "mac-check") -> None:
         return
     values = xp.concatenate([r.values for r in records])
     macs = xp.concatenate([r.macs for r in records])
-    seeds = await _commit_reveal(ctx, f"{check}/coins", ctx.rng.bytes(32))
-    seed = hashlib.sha256(b"".join(seeds[p] for p in sorted(seeds))).digest()
-    rho = d.from_words(xp.asarray(AesCtrRandom(seed).words(int(values.size))))
+    rho = await toss_coins(ctx, f"{check}/coins", int(values.size))
     assert ctx.mac_key is not None  # invariant: malicious contexts always hold a MAC key share
     sigma = d.sum(d.mul(rho, d.sub(macs, d.mul(values, ctx.mac_key))))
-    sigmas = await _commit_reveal(ctx, f"{check}/sigma", encode_payload(sigma))
-    shares = {p: xp.asarray(np.frombuffer(b, dtype=np.uint64)) for p, b in sigmas.items()}
+    sigmas = await commit_reveal(ctx, f"{check}/sigma", encode_payload(sigma))
+    # Length and canonicity first: a short or out-of-field sigma names its sender.
+    shares = {p: sigma if p == ctx.party else ctx.elements_from(p, b, 1, f"{check}/sigma")
+              for p, b in sorted(sigmas.items())}
     try:
         if ctx.scheme.kind == "additive":
             total = ctx.scheme.reconstruct(d, shares)

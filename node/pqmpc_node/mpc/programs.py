@@ -7,7 +7,8 @@ plan; :func:`run_session` executes a plan at one party.
 Input range checks run inside MPC for every field the plan reads: a row whose value of
 any such field lies outside the field's declared ``[min, max]`` gets a shared validity
 bit 0 and is excluded (aggregates skip it, scores and MLP outputs are zeroed). Only the
-number of rejected rows is opened.
+number of valid (hence rejected) rows is opened; every other result stays shared
+until :mod:`pqmpc_node.mpc.outputs` delivers it to its recipients.
 
 Inputs (:class:`SessionInputs`): fixed-point sharings of each column, shape (N,), rows
 of all owners concatenated; model parameters of the model owner: ``weights`` (d,) and
@@ -25,7 +26,6 @@ import numpy as np
 
 from pqmpc_node.mpc import protocols as proto
 from pqmpc_node.mpc.context import MPCContext
-from pqmpc_node.mpc.domain import Array
 from pqmpc_node.mpc.mac import check_macs
 from pqmpc_node.mpc.shares import Shared
 
@@ -179,11 +179,23 @@ class SessionInputs:
 
 @dataclass(frozen=True)
 class SessionResult:
-    """Opened public results, this party's output shares, and the rejected-row count."""
+    """What a run leaves at this party: public facts, and its shares of the outputs.
 
-    opened: dict[str, Any]
-    shares: dict[str, Shared]
+    Nothing but ``public`` is ever opened to the parties: the row count that passed the
+    range checks (``count``, and ``count(field)`` ops) is public by design, and the mean
+    and variance divide by it. Every other output stays a sharing until it is delivered
+    to the recipients the policy names (:mod:`pqmpc_node.mpc.outputs`).
+
+    ``integer_outputs`` decode as integers (histogram counts), the others as fixed point;
+    ``undefined`` names statistics with no valid rows (their shares are computed anyway,
+    so the material a run consumes never depends on the data, and decode to None).
+    """
+
+    public: dict[str, Any]
+    outputs: dict[str, Shared]
     rejected_rows: int
+    integer_outputs: frozenset[str] = frozenset()
+    undefined: frozenset[str] = frozenset()
 
 
 async def _and_all(ctx: MPCContext, bits: Shared) -> Shared:
@@ -223,14 +235,26 @@ def _columns(inputs: SessionInputs, specs: Sequence[FieldSpec]) -> tuple[dict[st
     return cols, next(iter(lengths))[0]
 
 
-async def run_session(ctx: MPCContext, plan: ExecutionPlan, inputs: SessionInputs, *, reveal: bool = True) -> SessionResult:
-    """Execute ``plan`` at this party; opens aggregates (and scores when ``reveal``), MAC-checked."""
+async def run_session(ctx: MPCContext, plan: ExecutionPlan, inputs: SessionInputs) -> SessionResult:
+    """Execute ``plan`` at this party; opens only the valid-row count, returns output shares (not yet checked).
+
+    The caller must pass every output through :func:`pqmpc_node.mpc.outputs.deliver_outputs`,
+    which MAC-checks all openings before any output share leaves the engine.
+    """
     if isinstance(plan, AggregatePlan):
         return await _run_aggregate(ctx, plan, inputs)
-    return await _run_model(ctx, plan, inputs, reveal)
+    return await _run_model(ctx, plan, inputs)
 
 
 async def _open_count(ctx: MPCContext, valid: Shared) -> int:
+    """Open the number of valid rows, after a MAC check of every opening before it.
+
+    The count is the first opening of a value that no random mask hides: a party that
+    added an error to a Beaver opening of the range checks would otherwise read a
+    function of the rows in it (an error ``D_j`` on row j's product opens
+    ``count + sum_j D_j * bit_j``). The check runs first, so a cheat aborts before.
+    """
+    await check_macs(ctx, "before-count")
     (total,) = await ctx.open([ctx.sum(valid)], "valid-count")
     return int(ctx.domain.to_signed(total)[0])
 
@@ -282,25 +306,34 @@ async def _run_aggregate(ctx: MPCContext, plan: AggregatePlan, inputs: SessionIn
     masked = dict(zip(keys, prods, strict=True))
     outputs: dict[str, Shared] = {}
     integer_outputs: set[str] = set()
+    # The control flow never depends on the data: with no valid rows the statistics are
+    # computed over a divisor of 1 and reported undefined, so the material consumed (and
+    # the dealer's simulation) is the same whatever the inputs.
+    divisor = max(valid_count, 1)
+    public: dict[str, Any] = {}
+    undefined: set[str] = set()
     for i, op in enumerate(plan.ops):
         name = op.output_name
         if op.op == "count":
+            public[name] = valid_count
             continue
+        if op.op in ("mean", "variance", "min", "max") and not valid_count:
+            undefined.add(name)
         if op.op in ("sum", "mean", "variance"):
             total = ctx.sum(masked[f"v:{op.field}"])
             if op.op == "sum":
                 outputs[name] = total
-            elif valid_count:
+            else:
                 bound = max(abs(specs[op.field].min), abs(specs[op.field].max))
-                mean = await proto.divide_public(ctx, total, valid_count, quotient_bound=bound)
+                mean = await proto.divide_public(ctx, total, divisor, quotient_bound=bound)
                 if op.op == "mean":
                     outputs[name] = mean
                 else:
                     ex2 = await proto.divide_public(
-                        ctx, ctx.sum(masked[f"sq:{op.field}"]), valid_count, quotient_bound=bound * bound
+                        ctx, ctx.sum(masked[f"sq:{op.field}"]), divisor, quotient_bound=bound * bound
                     )
                     outputs[name] = ctx.sub(ex2, await proto.fx_multiply(ctx, mean, mean))
-        elif op.op in ("min", "max") and valid_count:
+        elif op.op in ("min", "max"):
             base = specs[op.field].min if op.op == "max" else specs[op.field].max
             filled = ctx.add_public(masked[f"mm{i}"], ctx.encode_fixed([base]))
             reducer = proto.max_reduce if op.op == "max" else proto.min_reduce
@@ -311,24 +344,10 @@ async def _run_aggregate(ctx: MPCContext, plan: AggregatePlan, inputs: SessionIn
             counts = [ctx.sub(sums[k], sums[k + 1]) for k in range(len(sums) - 1)]
             outputs[name] = ctx.concat(counts)
             integer_outputs.add(name)
-    names = list(outputs)
-    opened_raw = await ctx.open([outputs[k] for k in names], "outputs") if names else []
-    await check_macs(ctx, "outputs")
-    opened: dict[str, Any] = {}
-    for out_name, raw in zip(names, opened_raw, strict=True):
-        if out_name in integer_outputs:
-            opened[out_name] = [int(c) for c in d.to_signed(raw)]
-        else:
-            opened[out_name] = float(ctx.fixed.decode(raw, d).reshape(-1)[0])
-    for op in plan.ops:
-        if op.op == "count":
-            opened[op.output_name] = valid_count
-        elif op.output_name not in opened:
-            opened[op.output_name] = None  # no valid rows: undefined statistic
-    return SessionResult(opened, outputs, rejected)
+    return SessionResult(public, outputs, rejected, frozenset(integer_outputs), frozenset(undefined))
 
 
-async def _run_model(ctx: MPCContext, plan: LinearScorePlan | MlpPlan, inputs: SessionInputs, reveal: bool) -> SessionResult:
+async def _run_model(ctx: MPCContext, plan: LinearScorePlan | MlpPlan, inputs: SessionInputs) -> SessionResult:
     cols, n_rows = _columns(inputs, plan.fields)
     for name, shape in model_shapes(plan).items():
         if name not in inputs.model or inputs.model[name].shape != shape:
@@ -362,15 +381,4 @@ async def _run_model(ctx: MPCContext, plan: LinearScorePlan | MlpPlan, inputs: S
         vshape = ctx.broadcast_rows(valid, out.shape[1]).T
         vshape = Shared(ctx.xp.ascontiguousarray(vshape.value), None if vshape.mac is None else ctx.xp.ascontiguousarray(vshape.mac))
     out = await proto.multiply(ctx, out, vshape)
-    opened: dict[str, Any] = {"count": valid_count}
-    if reveal:
-        (values,) = await ctx.open([out], "outputs")
-        await check_macs(ctx, "outputs")
-        opened[name] = _decode(ctx, values)
-    else:
-        await check_macs(ctx, "outputs")
-    return SessionResult(opened, {name: out}, n_rows - valid_count)
-
-
-def _decode(ctx: MPCContext, values: Array) -> np.ndarray[Any, np.dtype[np.float64]]:
-    return ctx.fixed.decode(values, ctx.domain)
+    return SessionResult({"count": valid_count}, {name: out}, n_rows - valid_count)

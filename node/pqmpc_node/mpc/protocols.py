@@ -62,9 +62,7 @@ async def share_input(ctx: MPCContext, owner: int, values: Array | None, shape: 
         await ctx.channel.send_many(tag, {p: payload for p in ctx.peers})
     else:
         payload = (await ctx.channel.receive_many(tag, [owner]))[owner]
-        d = ctx.xp.asarray(np.frombuffer(payload, dtype=np.uint64)).reshape(shape)
-        if int(d.size) and bool(ctx.xp.any(d >= ctx.xp.uint64(ctx.domain.signed_bound * 2 - 1))):
-            raise ValueError(f"party {owner} sent an input that is not a domain element")
+        d = ctx.elements_from(owner, payload, math.prod(shape), tag).reshape(shape)
     if ctx.malicious:
         ctx.broadcasts.append((tag, payload))
     return ctx.add_public(mask.mask, d)

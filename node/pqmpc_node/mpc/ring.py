@@ -68,5 +68,9 @@ class Ring64:
 
         return to_host(values).view(np.int64)
 
+    def is_canonical(self, values: Array) -> bool:
+        """Every uint64 word is an element of Z_2^64."""
+        return True
+
     def from_words(self, words: Any) -> Array:
         return self.xp.asarray(words, dtype=self.xp.uint64)

@@ -285,9 +285,13 @@ class SplitProvider(_SplitBase):
             raise PreprocessingMismatchError(
                 f"the correction stream is exhausted ({self._stream.size} words) at request {len(self.requests)}"
             )
-        chunk = self._stream[self._cursor : self._cursor + count].reshape(shape)
+        chunk = self.domain.xp.asarray(self._stream[self._cursor : self._cursor + count].reshape(shape))
         self._cursor += count
-        return self.domain.xp.asarray(chunk)
+        if not self.domain.is_canonical(chunk):
+            raise PreprocessingMismatchError(
+                f"the correction stream holds a value that is not a canonical {self.domain.name} element "
+                f"at request {len(self.requests)}; the material is corrupt, deal again")
+        return chunk
 
     def _random(self, shape: tuple[int, ...], parts: tuple[str | int, ...]) -> tuple[Array, Callable[[], Array]]:
         if self.party in self.layout.random_seeded():
