@@ -1,0 +1,164 @@
+"""Owners' inputs no node can alter, and restarts that never reuse material (finding 3).
+
+A node that shifts its share of an owner's input (through its masked re-input, or by
+altering the raw shares the owner sealed to it, the value, the tag or the key) is caught
+by the owner-key check before the valid count (or anything else unmasked) opens, in
+additive and Shamir sessions, in a first attempt and in a restart with fewer parties.
+An owner that sends Shamir shares not on one degree-t polynomial is refused (semi-honest
+and malicious). Honest runs, restarts included, compute the plaintext answer. The dealer
+deals independent material for every attempt, so a restart opens nothing an earlier
+attempt opened.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine_cheats import OWNERS, add_to_first, label_of, owner_shares, plaintext, run  # noqa: E402
+from pqmpc_node.crypto.kemkeys import KemKeyPair  # noqa: E402
+from pqmpc_node.crypto.suites import SuiteName, get_suite  # noqa: E402
+from pqmpc_node.dealing import attempt_count, deal, engine_config, open_preprocessing, party_provider  # noqa: E402
+from pqmpc_node.mpc.config import EngineConfig  # noqa: E402
+from pqmpc_node.mpc.errors import MacCheckError  # noqa: E402
+from pqmpc_node.mpc.inputs import InconsistentInputError, InputTamperedError, OwnerShares  # noqa: E402
+from pqmpc_node.mpc.outputs import verify_delivered  # noqa: E402
+from pqmpc_node.plan import FieldDecl, PlanInput, PlanOutput, PlanParty, SessionId, SessionPlan  # noqa: E402
+
+CONFIGS = {
+    "additive": EngineConfig(3, security="malicious"),
+    "shamir": EngineConfig(3, threshold=1, sharing="shamir", security="malicious"),
+    "shamir-restart": EngineConfig(4, threshold=1, sharing="shamir", security="malicious"),
+}
+LIVE = {"additive": None, "shamir": None, "shamir-restart": [0, 1, 2]}  # party 3 was lost: attempt 2
+CHEATER = 2
+
+
+def _assert_caught(r: object, owners: tuple[str, ...] = ("bank-a", "bank-b")) -> None:
+    """Every honest party aborts on the owner-key check, before any unmasked opening."""
+    for p in r.honest(CHEATER):  # type: ignore[attr-defined]
+        err = r.error_at(p)  # type: ignore[attr-defined]
+        assert isinstance(err, InputTamperedError), err
+        assert err.check == "owner-input-key" and set(err.owners) <= set(owners) and err.owners, err
+        assert "altered its share" in str(err)
+        sent = [label_of(t) for t in r.sent[p]]  # type: ignore[attr-defined]
+        assert "valid-count" not in sent and "output-keys" not in sent, "something unmasked opened first"
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_node_lying_in_its_reinput_is_caught_by_the_owner_key(kind: str) -> None:
+    """The node re-inputs ``x_i + 1`` consistently (same ``d`` to every peer and in its own share)."""
+    r = run(CONFIGS[kind], cheater=CHEATER, shift_own_reinput=1, live=LIVE[kind])
+    _assert_caught(r)
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_self_inconsistent_reinput_is_caught(kind: str) -> None:
+    """The node sends a shifted ``d`` but keeps the true one for itself: caught before anything unmasked opens."""
+    r = run(CONFIGS[kind], cheater=CHEATER, tamper=add_to_first(f"input/{CHEATER}", 1), live=LIVE[kind])
+    for p in r.honest(CHEATER):
+        assert isinstance(r.error_at(p), MacCheckError), r.error_at(p)
+        sent = [label_of(t) for t in r.sent[p]]
+        assert "valid-count" not in sent and "output-keys" not in sent
+
+
+@pytest.mark.parametrize("part", ["values", "tags", "key"])
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_node_altering_the_owner_shares_it_holds_is_caught(kind: str, part: str) -> None:
+    """A raw share off the owner's polynomial (Shamir, more than t + 1 live) fails the degree check;
+    otherwise the owner-key check refuses it. Either names the owner, before anything unmasked opens."""
+    def alter(o: OwnerShares) -> OwnerShares:
+        bumped = getattr(o, part).copy()
+        bumped.reshape(-1)[-1] = (int(bumped.reshape(-1)[-1]) + 12345) % (2**61 - 1)
+        return replace(o, **{part: bumped})
+
+    r = run(CONFIGS[kind], cheater=CHEATER, alter_inputs=alter, live=LIVE[kind])
+    for p in r.honest(CHEATER):
+        err = r.error_at(p)
+        expected = (InputTamperedError,) if kind == "additive" or part != "values" else (InconsistentInputError,)
+        assert isinstance(err, expected), err
+        assert err.owners, err  # type: ignore[attr-defined]
+        sent = [label_of(t) for t in r.sent[p]]
+        assert "valid-count" not in sent and "output-keys" not in sent
+
+
+@pytest.mark.parametrize("security", ["semi-honest", "malicious"])
+def test_owner_with_inconsistent_shamir_shares_is_refused(security: str) -> None:
+    config = EngineConfig(4, threshold=1, sharing="shamir", security=security)  # type: ignore[arg-type]
+    inputs = owner_shares(config, OWNERS, inconsistent=("bank-b", 3))
+    r = run(config, inputs=inputs)
+    for p in r.outcomes:
+        err = r.error_at(p)
+        assert isinstance(err, InconsistentInputError), err
+        assert err.owners == ("bank-b",) and err.check == "owner-input-degree"
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_honest_runs_compute_the_plaintext_answer(kind: str) -> None:
+    r = run(CONFIGS[kind], live=LIVE[kind])
+    ctx = r.contexts[0]
+    outcomes = r.outcomes
+    assert all(not isinstance(o, BaseException) for o in outcomes.values()), outcomes
+    y = verify_delivered(ctx.domain, ctx.scheme, {p: o.delivered["analyst"]["sum(amount)"] for p, o in outcomes.items()},  # type: ignore[union-attr]
+                         authenticated=True)
+    assert float(ctx.fixed.decode(y, ctx.domain)[0]) == pytest.approx(plaintext()["sum(amount)"], abs=1e-3)
+
+
+# -- fresh material per attempt ----------------------------------------------------------------
+
+
+def _plan(n: int, t: int) -> tuple[SessionPlan, dict[str, tuple[int, object]], dict[str, KemKeyPair]]:
+    suite = get_suite(SuiteName.PQ_DEFAULT)
+    owner = suite.signature.generate(os.urandom(32))
+    auditor = KemKeyPair.from_seed(suite.envelope_kem, os.urandom(32))
+    pairs = {f"node-{i}": KemKeyPair.from_seed(suite.envelope_kem, os.urandom(32)) for i in range(n)}
+    parties = tuple(PlanParty(i, f"node-{i}", f"127.0.0.{i + 1}", f"node-{i}.pool", 7000, 8000, "ab" * 32, 1)
+                    for i in range(n))
+    plan = SessionPlan(
+        session_id=SessionId("restart-1"), pool="pool", namespace="default", generation=1, issued_at=0,
+        not_after=2**40, deadline=2**40, parties=parties, sharing="shamir", threshold=t, security="malicious",
+        program={"aggregate": [{"op": "sum", "field": "amount"}]},
+        inputs=(PlanInput("bank-a", owner.public_key().public_bytes_raw(), "data", (FieldDecl("amount", 0, 100),)),),
+        outputs=(PlanOutput("auditor", auditor.public_bytes, ("sum(amount)",)),),
+    )
+    plan = SessionPlan.from_json(plan.to_json())  # as the nodes parse it
+    return plan, {k: (1, v.public_key()) for k, v in pairs.items()}, pairs
+
+
+def test_dealer_deals_independent_material_for_every_attempt() -> None:
+    suite = get_suite(SuiteName.PQ_DEFAULT)
+    signer = suite.signature.generate(os.urandom(32))
+    plan, keys, pairs = _plan(4, 1)
+    assert attempt_count(plan) == 3
+    out = deal(plan, {"bank-a": 5}, suite=suite, signer_key=signer, node_kem_keys=keys)  # type: ignore[arg-type]
+
+    class Ring:
+        def __init__(self, pair: KemKeyPair) -> None:
+            self.pair = pair
+
+        def keypair_for(self, epoch: int, *, now: object) -> KemKeyPair:
+            return self.pair
+
+    import datetime as dt
+
+    material = open_preprocessing(out.bodies["node-1"], plan, suite=suite, node_id="node-1",
+                                  signer_key=signer.public_key(), keys=Ring(pairs["node-1"]),  # type: ignore[arg-type]
+                                  now=dt.datetime.now(dt.timezone.utc))
+    assert len(set(material.seeds)) == 3 and len(material.streams) == 3
+    cfg = engine_config(plan)
+    first = material.manifest[0]  # every attempt asks for the same material in the same order...
+    assert first[0] == "input_mask"
+    masks = [party_provider(plan, material, cfg, attempt=a).input_mask(tuple(first[2:]), first[1]) for a in (1, 2, 3)]
+    for i in range(3):  # ...but gets fresh values: a restart opens nothing an earlier attempt opened
+        for j in range(i + 1, 3):
+            assert not np.array_equal(masks[i].mask.value, masks[j].mask.value), "a restart reused material"
+            assert not np.array_equal(masks[i].mask.mac, masks[j].mask.mac)
+    with pytest.raises(ValueError, match="attempt 4 has none"):
+        party_provider(plan, material, cfg, attempt=4)
