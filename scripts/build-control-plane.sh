@@ -87,5 +87,5 @@ fi
 
 step "control plane ready in ${OUT}"
 "${OUT}/kube-apiserver" --version
-"${OUT}/etcd" --version | head -1
+"${OUT}/etcd" --version | sed -n 1p  # not head: it would SIGPIPE etcd under pipefail
 "${OUT}/helm" version --short
