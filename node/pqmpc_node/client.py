@@ -527,7 +527,12 @@ class SessionClient:
             if holders and len(holders) != len(opened):
                 raise ClientError(f"only some nodes delivered {name!r}: inconsistent outputs", "inconsistent")
             if holders:
-                kinds = {s.kind for s in holders.values()}
+                # The kind comes from the plan, never from a node: a node claiming "fixed" for a
+                # histogram would make its counts decode scaled down.
+                want_kind = "integer" if name.startswith("histogram(") else "fixed"
+                if any(s.kind != want_kind for s in holders.values()):
+                    raise ClientError(f"a node delivered {name!r} as another kind than the plan's ({want_kind}): "
+                                      "inconsistent outputs", "inconsistent")
                 # As received (the payload refused words >= p): never reduced, so nothing non-canonical hides.
                 shares = {i: DeliveredShare(s.values, s.key, s.tag) for i, s in holders.items()}
                 try:
@@ -537,7 +542,7 @@ class SessionClient:
                 if undefined == {True}:
                     result[name] = None  # no valid rows: the statistic is undefined
                     continue
-                if kinds == {"integer"}:
+                if want_kind == "integer":
                     decoded: Any = domain.to_signed(value).tolist()
                 else:
                     decoded = fixed.decode(value, domain).tolist()

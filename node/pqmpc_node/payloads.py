@@ -10,7 +10,7 @@ Input (``format: pqmpc.io/input/v2``)::
 
 plus, in malicious sessions, the owner's input key material
 (:mod:`pqmpc_node.mpc.inputs`): ``"tags"`` (shares of ``k * x``, the same names and
-sizes as ``columns`` / ``params``' data) and ``"key"`` (the share of ``k``, one element).
+sizes as ``columns`` / ``params``' data) and ``"key"`` (the shares of ``k`` and ``k^2``).
 
 Output (``format: pqmpc.io/output/v2``)::
 
@@ -199,7 +199,7 @@ def _keyed(raw: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], domain
         raise PayloadError("a malicious-secure session needs the owner's input tags for every column or parameter "
                            "(submit with a pqmpc client that keys its inputs)")
     out = {k: _dec(tags[k], math.prod(shape), domain, f"tags of {k!r}").reshape(shape) for k, shape in shapes.items()}
-    return out, _dec(raw.get("key"), 1, domain, "input key")
+    return out, _dec(raw.get("key"), 2, domain, "input key")
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,18 @@ Life of a session here (phases as in ``MPCSession.status.phase``):
 3. ``Computing``: the party with the lower index dials each peer over a PQ mutual-TLS
    :class:`~pqmpc_node.net.link.PeerLink`, the peer's certificate must name the node
    the plan names with the plan's fingerprint; the engine runs the program over a
-   :class:`~pqmpc_node.net.pq_channel.PqChannel`. A lost peer aborts an additive
-   session; a Shamir session restarts the computation (next attempt, fresh round tags)
-   with the remaining parties while at least ``t + 1`` remain. A MAC failure aborts.
-4. ``Succeeded``: each recipient's allowed outputs are sealed to its KEM key, signed
-   with the node identity key, and served at ``/v1/sessions/{id}/outputs``; or
-   ``Failed`` with a reason. Fences are released and the stored envelopes deleted.
+   :class:`~pqmpc_node.net.pq_channel.PqChannel` (:func:`pqmpc_node.dealing.execute`:
+   owners' inputs authenticated, program, every opening MAC-checked before outputs).
+   A lost peer aborts an additive session; a Shamir session restarts the computation
+   (next attempt, fresh round tags, the next attempt's fresh material) with the
+   remaining parties while at least ``t + 1`` remain and material is left. A failed
+   check aborts; the status names it (``failedCheck``) and, where the evidence is the
+   culprit's own message, the culprit (``blamedParties``).
+4. ``Succeeded``: each recipient's allowed outputs — this party's shares, with its shares
+   of per-output MAC keys and tags in malicious sessions — are sealed to its KEM key,
+   signed with the node identity key, and served at ``/v1/sessions/{id}/outputs``; no
+   node ever holds an output in the clear. Or ``Failed`` with a reason. Fences are
+   released and the stored envelopes deleted.
 5. Cancelled (the MPCSession was deleted): the operator posts a cancel signed with the
    plan-signing key (:meth:`SessionManager.cancel`, :func:`pqmpc_node.plan.verify_cancel`);
    the run stops, and the session ends ``Failed`` with reason ``cancelled`` as in step 4.

@@ -125,8 +125,12 @@ def session_progress(spec: SessionSpec, reports: Mapping[str, Mapping[str, Any] 
     succeeded = [r for r in live.values() if r.get("phase") == "Succeeded"]
     need = spec.threshold + 1 if spec.sharing == "shamir" else len(reports)
     if failed and not (spec.sharing == "shamir" and len(succeeded) >= need):
-        first = failed[0]
+        # A party whose check caught a cheat speaks for the session (a cheater's own
+        # report, e.g. a lost link once the others aborted, must not hide why).
+        first = next((r for r in failed if r.get("failedCheck")), failed[0])
         phase, reason, message = "Failed", str(first.get("reason") or "PartyFailed"), str(first.get("message") or "")
+        if first.get("failedCheck"):
+            message = f"check {first['failedCheck']!r} caught a deviation: {message}"
     elif len(succeeded) >= need and len(succeeded) == len(live):
         phase, reason, message = "Succeeded", "Completed", f"{len(succeeded)}/{len(reports)} parties finished"
     elif any(r.get("awaitingPreprocessing") for r in live.values()):

@@ -96,10 +96,10 @@ def test_doctored_sigma_is_blamed_not_an_index_error(cheating_sigma: Any, kind: 
 def test_owner_payload_with_non_canonical_share_is_refused() -> None:
     good = np.array([1, 2, 3], dtype=np.uint64)
     bad = np.array([1, 2 + P61, 3], dtype=np.uint64)
-    body = InputPayload("rows", "mersenne61", {"amount": bad}, {}, 3, {"amount": good}, np.array([5], dtype=np.uint64))
+    body = InputPayload("rows", "mersenne61", {"amount": bad}, {}, 3, {"amount": good}, np.array([5, 25], dtype=np.uint64))
     with pytest.raises(PayloadError, match="outside the field"):
         InputPayload.decode(body.encode(), domain="mersenne61", fields=["amount"], keyed=True)
-    body = InputPayload("rows", "mersenne61", {"amount": good}, {}, 3, {"amount": bad}, np.array([5], dtype=np.uint64))
+    body = InputPayload("rows", "mersenne61", {"amount": good}, {}, 3, {"amount": bad}, np.array([5, 25], dtype=np.uint64))
     with pytest.raises(PayloadError, match="outside the field"):
         InputPayload.decode(body.encode(), domain="mersenne61", fields=["amount"], keyed=True)
 

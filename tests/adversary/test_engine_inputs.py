@@ -89,6 +89,38 @@ def test_node_altering_the_owner_shares_it_holds_is_caught(kind: str, part: str)
         assert "valid-count" not in sent and "output-keys" not in sent
 
 
+@pytest.mark.parametrize("correct_guess", [True, False])
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_guessing_an_input_through_the_abort_is_impossible(kind: str, correct_guess: bool) -> None:
+    """The node shifts its key share by ``d`` and its tags by ``d * g`` for a guess ``g`` of the input.
+
+    Were the key not checked like a data element, ``z = d * sum rho (x - g)`` would abort
+    exactly when the guess is wrong: a one-bit oracle on the owners' inputs. The session
+    must abort whatever the guess.
+    """
+    config = CONFIGS[kind]
+    d = config.domain()
+    from pqmpc_node.mpc.fixedpoint import FixedPoint
+
+    fx = FixedPoint(config.frac_bits)
+    guesses = {name: fx.encode(np.asarray([values], dtype=np.float64), d).reshape(-1) for name, values in OWNERS.items()}
+    if not correct_guess:
+        guesses["bank-a"] = d.add(guesses["bank-a"], d.asarray(np.ones(guesses["bank-a"].shape, dtype=np.uint64)))
+    delta = d.asarray(np.array([777], dtype=np.uint64))
+
+    def alter(o: OwnerShares) -> OwnerShares:
+        key = o.key.copy()  # type: ignore[union-attr]
+        key[:1] = d.add(key[:1], delta)
+        tags = d.add(o.tags.reshape(-1), d.mul(guesses[o.owner], delta)).reshape(o.tags.shape)  # type: ignore[union-attr]
+        return replace(o, key=key, tags=tags)
+
+    r = run(config, cheater=CHEATER, alter_inputs=alter, live=LIVE[kind])
+    for p in r.honest(CHEATER):
+        err = r.error_at(p)
+        assert isinstance(err, InputTamperedError), err
+        assert set(err.owners) == {"bank-a", "bank-b"}, err
+
+
 @pytest.mark.parametrize("security", ["semi-honest", "malicious"])
 def test_owner_with_inconsistent_shamir_shares_is_refused(security: str) -> None:
     config = EngineConfig(4, threshold=1, sharing="shamir", security=security)  # type: ignore[arg-type]
@@ -162,3 +194,59 @@ def test_dealer_deals_independent_material_for_every_attempt() -> None:
             assert not np.array_equal(masks[i].mask.mac, masks[j].mask.mac)
     with pytest.raises(ValueError, match="attempt 4 has none"):
         party_provider(plan, material, cfg, attempt=4)
+
+
+@pytest.mark.parametrize("security", ["semi-honest", "malicious"])
+def test_restart_down_to_t_plus_one_runs_on_the_dealt_material(security: str) -> None:
+    """n = 3, t = 1 loses a party: attempt 2 runs with 2 parties on the dealer's attempt-2 material,
+    every request checked against the dealer's manifest, and computes the plaintext sum."""
+    import asyncio
+    import datetime as dt
+
+    from pqmpc_node.dealing import PartyInputs, execute, output_requests
+    from pqmpc_node.mpc.channel import InProcessHub
+    from pqmpc_node.mpc.context import MPCContext
+    from pqmpc_node.mpc.fixedpoint import FixedPoint
+    from pqmpc_node.mpc.inputs import share_owner_input
+    from pqmpc_node.mpc.programs import compile_program
+    from pqmpc_node.mpc.randomness import AesCtrRandom
+
+    suite = get_suite(SuiteName.PQ_DEFAULT)
+    signer = suite.signature.generate(os.urandom(32))
+    plan, keys, pairs = _plan(3, 1)
+    plan = SessionPlan.from_json({**plan.to_json(), "security": security})
+    out = deal(plan, {"bank-a": 5}, suite=suite, signer_key=signer, node_kem_keys=keys)  # type: ignore[arg-type]
+
+    class Ring:
+        def __init__(self, pair: KemKeyPair) -> None:
+            self.pair = pair
+
+        def keypair_for(self, epoch: int, *, now: object) -> KemKeyPair:
+            return self.pair
+
+    now = dt.datetime.now(dt.timezone.utc)
+    cfg = engine_config(plan)
+    domain, scheme, fx = cfg.domain(), cfg.scheme(), FixedPoint(plan.frac_bits)
+    values = np.array([[1.5, 20.0, 33.25, 0.0, 99.0]])
+    raw = share_owner_input(domain, scheme, fx.encode(values, domain), AesCtrRandom.from_os(), keyed=security == "malicious")
+    live = [0, 1]
+    hub = InProcessHub(3)
+    ctxs = []
+    for i in live:
+        material = open_preprocessing(out.bodies[f"node-{i}"], plan, suite=suite, node_id=f"node-{i}",
+                                      signer_key=signer.public_key(), keys=Ring(pairs[f"node-{i}"]), now=now)  # type: ignore[arg-type]
+        ctxs.append(MPCContext(party=i, channel=hub.channel(i), domain=domain, scheme=scheme,
+                               provider=party_provider(plan, material, cfg, attempt=2), rng=AesCtrRandom.from_os(),
+                               security=plan.security, fixed=fx, live=live))
+    exec_plan = compile_program(plan.program, [f.to_json() for f in plan.data_fields()])
+
+    async def main() -> list[object]:
+        return list(await asyncio.gather(*(execute(
+            c, exec_plan, ["amount"], PartyInputs([OwnerShares("bank-a", raw[c.party][0].reshape(1, 5),
+                                                               raw[c.party][1], raw[c.party][2])]),
+            output_requests(plan)) for c in ctxs)))
+
+    outcomes = asyncio.run(main())
+    shares = {c.party: o.delivered["auditor"]["sum(amount)"] for c, o in zip(ctxs, outcomes, strict=True)}  # type: ignore[attr-defined]
+    y = verify_delivered(domain, scheme, shares, authenticated=security == "malicious")
+    assert float(fx.decode(y, domain)[0]) == pytest.approx(values.sum(), abs=1e-3)

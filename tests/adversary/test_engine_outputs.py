@@ -111,3 +111,14 @@ def test_missing_key_or_tag_in_a_malicious_session_is_refused() -> None:
     stripped = {**shares, 0: DeliveredShare(shares[0].value)}
     with pytest.raises(OutputForgeryError, match="no output key"):
         verify_delivered(ctx.domain, ctx.scheme, stripped, authenticated=True)
+
+
+def test_shares_of_different_shapes_are_refused() -> None:
+    """A node whose value, key and tag carry an extra axis must not broadcast its way through."""
+    ctx, shares = _shares("additive")
+    d = ctx.domain
+    forged = dict(shares)
+    s0 = forged[0]
+    forged[0] = DeliveredShare(d.xp.stack([s0.value] * 3), d.xp.stack([s0.key] * 3), d.xp.stack([s0.tag] * 3))
+    with pytest.raises(OutputForgeryError, match="different shapes"):
+        verify_delivered(d, ctx.scheme, forged, authenticated=True)

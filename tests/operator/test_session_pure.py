@@ -112,6 +112,14 @@ class TestProgress:
                                          "n1": self.report("Succeeded", (True, True))})
         assert p.phase == "Failed" and p.reason == "mac_check_failed"
 
+    def test_the_party_whose_check_caught_a_cheat_names_the_check(self) -> None:
+        cheater = self.report("Failed", (True, True), reason="peer_lost", message="lost party 1")
+        honest = self.report("Failed", (True, True), reason="mac_check_failed", message="MAC check failed",
+                             failedCheck="owner-input-key")
+        p = session_progress(self.spec, {"n0": cheater, "n1": honest})
+        assert p.phase == "Failed" and p.reason == "mac_check_failed"
+        assert "owner-input-key" in p.message and "lost party" not in p.message
+
     def test_success_needs_every_party_for_additive(self) -> None:
         ok = self.report("Succeeded", (True, True), outputsReady=["auditor"])
         assert session_progress(self.spec, {"n0": ok, "n1": ok}).phase == "Succeeded"

@@ -13,37 +13,46 @@ for its own data (the owner is the party whose input is at stake, so it is trust
 it). Owner side (:func:`share_owner_input`, pure):
 
 1. Draw a key ``k`` uniform in F_p.
-2. Secret-share ``x`` (the flattened table), ``k * x`` (elementwise, the "tags") and ``k``;
-   node i receives ``(x_i, (kx)_i, k_i)`` sealed to its certified KEM key.
+2. Secret-share ``x`` (the flattened table), ``k * x`` (elementwise, the "tags") and the
+   key with its own tag, ``(k, k^2)``; node i receives ``(x_i, (kx)_i, (k_i, (k^2)_i))``
+   sealed to its certified KEM key.
 
 Node side (:func:`authenticate_inputs`, every owner in one batch):
 
-1. Re-input: every live party inputs its raw shares ``(x_i, (kx)_i, k_i)`` of every owner
-   with the masked input protocol (:func:`~pqmpc_node.mpc.protocols.share_input`), and the
-   parties recombine them (sum, or Lagrange weights of the live set): ``[x], [kx], [k]``
-   with SPDZ MACs. A cheater can shift these by ``(e, f, d)`` of its choice, fixed now.
-2. Coins: ``rho`` uniform in F_p^N by commit-and-reveal (:func:`~pqmpc_node.mpc.mac.toss_coins`),
-   drawn after step 1, so the shifts cannot depend on them.
+1. Re-input: every live party inputs its raw shares of every owner with the masked input
+   protocol (:func:`~pqmpc_node.mpc.protocols.share_input`), and the parties recombine
+   them (sum, or Lagrange weights of the live set): ``[x], [kx], [k], [k^2]`` with SPDZ
+   MACs. A cheater can shift these by ``(e, f, d, f_0)`` of its choice, fixed now.
+2. Coins: ``rho`` uniform in F_p^(N+1) per owner by commit-and-reveal
+   (:func:`~pqmpc_node.mpc.mac.toss_coins`), drawn after step 1, so the shifts cannot
+   depend on them. The key is checked as one more data element: ``x_0 = k`` with tag
+   ``k^2``.
 3. Shamir only, degree check (also for semi-honest sessions, whose owners may send
    inconsistent shares): each party opens ``u_i + r_i`` with ``u_i = sum_j rho_j x_ij`` of
    its *raw* shares and ``[r]`` a fresh random sharing, to every live party; all must lie
    on one degree-t polynomial (:class:`InconsistentInputError` otherwise), so every set
    of t + 1 parties reconstructs the same input (no differencing across restarts). ``r``
    masks ``u``: nothing about the data is revealed.
-4. Malicious only, key check: ``[u] = sum_j rho_j [x_j]``, ``[v] = sum_j rho_j [kx_j]``
-   (local), ``[z] = [k][u] - [v]`` (Beaver), ``[w] = [s][z]`` with ``[s]`` fresh and
-   random; every opening so far is MAC-checked, then ``w`` is opened. ``w != 0`` aborts
-   with :class:`InputTamperedError` naming the owner.
+4. Malicious only, key check: ``[u] = rho_0 [k] + sum_j rho_j [x_j]``,
+   ``[v] = rho_0 [k^2] + sum_j rho_j [kx_j]`` (local), ``[z] = [k][u] - [v]`` (Beaver),
+   ``[w] = [s][z]`` with ``[s]`` fresh and random; every opening so far is MAC-checked,
+   then ``w`` is opened and MAC-checked too; ``w != 0`` aborts with
+   :class:`InputTamperedError` naming the owner.
 
-Why the key check catches a shifted input (``e != 0``): ``z = k * sum_j rho_j e_j +
-d * sum_j rho_j (x_j + e_j) - sum_j rho_j f_j``. The shifts are fixed before ``rho``, so
-``sum_j rho_j e_j = 0`` with probability at most 1/p; otherwise ``z = 0`` needs the
-attacker to hit one value of ``k``, uniform and hidden from any set of parties that
-cannot reconstruct (additive: n - 1, Shamir: t): probability 1/p. A cheater is thus
-caught except with probability 2/p < 2^-59 per session. ``w`` reveals nothing but
-whether ``z = 0``: ``s`` is uniform and secret, so ``w = s*z`` is uniform whenever
-``z != 0``. A shift that changes no value (``e = 0``) may abort the session but never
-changes the result.
+Why the key check catches a shifted input: with ``E = sum_j rho_j e_j`` and
+``F = sum_j rho_j f_j``,
+``z = k (E + 2 rho_0 d) + d (U + E) + rho_0 d^2 - F - rho_0 f_0`` (``U = sum_j rho_j x_j``).
+If ``e != 0`` or ``d != 0``, the coefficient ``E + 2 rho_0 d`` of the secret key vanishes
+with probability at most 1/p over the coins (the shifts were fixed before them), and
+otherwise ``z = 0`` needs the attacker to hit one value of ``k``, uniform and hidden from
+any set of parties that cannot reconstruct (additive: n - 1, Shamir: t): 1/p. A cheater
+is caught except with probability 2/p < 2^-59. Checking the key like a data element
+matters: without it, shifting ``k`` by ``d`` and the tags by ``d * g`` would give
+``z = d * sum_j rho_j (x_j - g_j)``, an abort exactly when the input differs from a guess
+``g`` (a one-bit oracle); with it, whether the session aborts never depends on the data
+(up to 2/p). ``w`` reveals nothing but whether ``z = 0``: ``s`` is uniform and secret, so
+``w = s*z`` is uniform whenever ``z != 0``. A shift that changes no value (``e = 0``,
+``d = 0``) may abort the session but never changes the result.
 """
 
 from __future__ import annotations
@@ -94,9 +103,9 @@ class InconsistentInputError(MacCheckError):
 class OwnerShares:
     """This party's raw shares of one owner's input, as the owner sealed them.
 
-    ``values``: the flattened input; ``tags``: shares of ``k * values``; ``key``: the share
-    of the owner's key ``k`` (shape (1,)). ``tags`` and ``key`` are None in semi-honest
-    sessions, where owners do not key their inputs.
+    ``values``: the flattened input; ``tags``: shares of ``k * values``; ``key``: the shares
+    of the owner's key and its tag ``(k, k^2)`` (shape (2,)). ``tags`` and ``key`` are
+    None in semi-honest sessions, where owners do not key their inputs.
     """
 
     owner: str
@@ -108,7 +117,7 @@ class OwnerShares:
 def share_owner_input(
     domain: Domain, scheme: SharingScheme, values: Array, rng: RandomSource, *, keyed: bool
 ) -> list[tuple[Array, Array | None, Array | None]]:
-    """The owner's side: per party ``(x_i, (kx)_i, k_i)`` of the domain array ``values`` (flat).
+    """The owner's side: per party ``(x_i, (kx)_i, (k, k^2)_i)`` of the domain array ``values`` (flat).
 
     ``keyed`` (malicious sessions) draws the owner's key ``k`` and shares the tags and the key.
     """
@@ -118,7 +127,7 @@ def share_owner_input(
         return [(x, None, None) for x in xs]
     key = domain.from_words(domain.xp.asarray(rng.words(1)))
     tags = scheme.share(domain, domain.mul(flat, key), rng)
-    keys = scheme.share(domain, key, rng)
+    keys = scheme.share(domain, domain.xp.concatenate([key, domain.mul(key, key)]), rng)
     return list(zip(xs, tags, keys, strict=True))
 
 
@@ -165,12 +174,16 @@ def _segment_sums(ctx: MPCContext, rho: Array, flat: Array, sizes: Sequence[int]
 async def _degree_check(ctx: MPCContext, owners: Sequence[OwnerShares], rho: Array) -> None:
     """Step 3: every live party's masked raw combination lies on one degree-t polynomial."""
     scheme = ctx.scheme
-    if not isinstance(scheme, ShamirScheme) or len(ctx.live) <= scheme.threshold + 1:
+    if not isinstance(scheme, ShamirScheme):
+        return
+    # Drawn even when there is nothing to check, so the order of preprocessing requests
+    # never depends on how many parties are live (the dealer simulated all of them).
+    mask = ctx.provider.triples((len(owners),)).a.value  # a fresh uniform degree-t sharing
+    if len(ctx.live) <= scheme.threshold + 1:
         return  # t + 1 points always lie on one degree-t polynomial: nothing to check
     d = ctx.domain
     sizes = [int(o.values.size) for o in owners]
     u = _segment_sums(ctx, rho, ctx.xp.concatenate([o.values.reshape(-1) for o in owners]), sizes)
-    mask = ctx.provider.triples((len(owners),)).a.value  # a fresh uniform degree-t sharing
     mine = d.add(u, mask)
     tag = ctx.next_tag("input-degree")
     await ctx.channel.send_many(tag, {p: payload_for(ctx.channel, mine) for p in ctx.peers})
@@ -207,25 +220,26 @@ async def authenticate_inputs(ctx: MPCContext, owners: Sequence[OwnerShares]) ->
     missing = [o.owner for o in owners if o.tags is None or o.key is None]
     if missing:
         raise ValueError(f"malicious sessions need keyed inputs; {missing} sent no tags or key")
-    # Step 1: one re-input per party of [values | tags | key] of every owner.
+    # Step 1: one re-input per party of [values | tags | key, key^2] of every owner.
     local = xp.concatenate([xp.concatenate([o.values.reshape(-1), o.tags.reshape(-1), o.key.reshape(-1)])  # type: ignore[union-attr]
                             for o in owners])
     authed = await _reinput(ctx, local)
-    values, tags, keys = [], [], []
+    values, data, tags, keys = [], [], [], []
     start = 0
     for size in sizes:
         values.append(authed[start : start + size])
-        tags.append(authed[start + size : start + 2 * size])
-        keys.append(authed[start + 2 * size : start + 2 * size + 1])
-        start += 2 * size + 1
-    # Step 2: coins after every re-input is fixed.
-    total = sum(sizes)
-    rho = await toss_coins(ctx, "input-coins", total)
-    await _degree_check(ctx, owners, rho)
-    # Step 4: z = k*u - v per owner, w = s*z, opened after a MAC check.
-    all_values, all_tags = ctx.concat(values), ctx.concat(tags)
-    u = _combine_segments(ctx, rho, all_values, sizes)
-    v = _combine_segments(ctx, rho, all_tags, sizes)
+        key, key_tag = authed[start + 2 * size : start + 2 * size + 1], authed[start + 2 * size + 1 : start + 2 * size + 2]
+        data.append(ctx.concat([key, authed[start : start + size]]))  # the key is checked as element 0
+        tags.append(ctx.concat([key_tag, authed[start + size : start + 2 * size]]))
+        keys.append(key)
+        start += 2 * size + 2
+    # Step 2: coins after every re-input is fixed (one more per owner, for its key).
+    checked = [size + 1 for size in sizes]
+    rho = await toss_coins(ctx, "input-coins", sum(checked))
+    await _degree_check(ctx, owners, _without_key_coins(ctx, rho, checked))
+    # Step 4: z = k*u - v per owner, w = s*z, opened between two MAC checks.
+    u = _combine_segments(ctx, rho, ctx.concat(data), checked)
+    v = _combine_segments(ctx, rho, ctx.concat(tags), checked)
     k = ctx.concat(keys)
     (ku,) = await proto.multiply_many(ctx, [(k, u)])
     z = ctx.sub(ku, v)
@@ -233,10 +247,21 @@ async def authenticate_inputs(ctx: MPCContext, owners: Sequence[OwnerShares]) ->
     (w,) = await proto.multiply_many(ctx, [(s, z)])
     await check_macs(ctx, "before-input-check")
     (opened,) = await ctx.open([w], "input-check")
+    await check_macs(ctx, "input-check")  # a forged share of w must not make an owner look guilty
     bad = [o.owner for o, wi in zip(owners, to_host(opened).tolist(), strict=True) if int(wi) != 0]
     if bad:
         raise InputTamperedError(bad, ["input-check"])
     return values
+
+
+def _without_key_coins(ctx: MPCContext, rho: Array, checked: Sequence[int]) -> Array:
+    """The coins of the data elements only (each owner's segment starts with its key's coin)."""
+    parts = []
+    start = 0
+    for size in checked:
+        parts.append(rho[start + 1 : start + size])
+        start += size
+    return ctx.xp.concatenate(parts)
 
 
 def _combine_segments(ctx: MPCContext, rho: Array, flat: Shared, sizes: Sequence[int]) -> Shared:

@@ -68,6 +68,12 @@ async def commit_reveal(ctx: MPCContext, label: str, data: bytes) -> dict[int, b
     rtag = ctx.next_tag(f"{label}/reveal")
     await ctx.channel.send_many(rtag, {p: nonce + data for p in ctx.peers})
     reveals = await ctx._receive_reachable(rtag) if shamir else await ctx.channel.receive_many(rtag, ctx.peers)
+    withheld = sorted(set(commits) - set(reveals))
+    if withheld:
+        # A party that committed and then saw the others' reveals could otherwise choose
+        # between two outcomes of the coins by withholding its own: abort instead.
+        raise MacCheckError(label, [], f"parties {withheld} committed but did not reveal (lost, or withholding "
+                                       "to bias the coins)")
     out = {ctx.party: data}
     for peer, blob in reveals.items():
         if peer not in commits:

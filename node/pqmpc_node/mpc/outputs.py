@@ -116,6 +116,9 @@ def verify_delivered(
     need = scheme.n if scheme.kind == "additive" else scheme.threshold + 1
     if len(shares) < need:
         raise OutputForgeryError(f"{len(shares)} parties delivered; {need} are needed to verify the result")
+    shapes = {tuple(s.value.shape) for s in shares.values()}
+    if len(shapes) != 1:
+        raise OutputForgeryError(f"the parties delivered shares of different shapes {sorted(shapes)}")
     for party, s in shares.items():
         for part in (s.value, s.key, s.tag):
             if part is not None and not domain.is_canonical(part):
