@@ -65,11 +65,9 @@ from pqmpc_node.crypto.envelopes import (
 )
 from pqmpc_node.crypto.kemkeys import KemPublicKey
 from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, Suite
-from pqmpc_node.mpc import protocols as proto
 from pqmpc_node.mpc.channel import InProcessHub
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext
-from pqmpc_node.mpc.domain import Array
 from pqmpc_node.mpc.fixedpoint import FixedPoint
 from pqmpc_node.mpc.inputs import OwnerShares, authenticate_inputs, share_owner_input
 from pqmpc_node.mpc.outputs import DeliveredShare, OutputRequest, deliver_outputs

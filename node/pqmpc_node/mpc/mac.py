@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
 
 from pqmpc_node.mpc.context import MPCContext, encode_payload
 from pqmpc_node.mpc.domain import Array

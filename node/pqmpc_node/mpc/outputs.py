@@ -41,7 +41,6 @@ from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.domain import Array, Domain
 from pqmpc_node.mpc.mac import check_macs
 from pqmpc_node.mpc.programs import SessionResult
-from pqmpc_node.mpc.shares import Shared
 from pqmpc_node.mpc.sharing import AdditiveScheme, InconsistentSharesError, SharingScheme
 
 __all__ = ["DeliveredShare", "OutputForgeryError", "OutputRequest", "deliver_outputs", "verify_delivered"]

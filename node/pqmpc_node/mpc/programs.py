@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 
 from pqmpc_node.mpc import protocols as proto
 from pqmpc_node.mpc.context import MPCContext
