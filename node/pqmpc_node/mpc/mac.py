@@ -21,11 +21,19 @@ Steps of :func:`check_macs` (all pending openings in one batch):
 
 Semi-honest sessions have no MAC shares and skip the check.
 
-Blame. Only a reveal that does not open its own commitment (step 1 or 3) identifies a
-cheater: the links are authenticated, so that party sent both messages. Such failures
-raise :class:`CommitmentMismatchError`, whose ``blamed_parties`` names it; every other
-failure (sigmas that do not recombine to 0, differing broadcast digests) proves that
-*someone* cheated, not who.
+Where the checks run: before every opening that no fresh random mask hides (the
+valid-row count, the owners' input check, the outputs; see docs/mpc.md), so an error on
+an earlier opening never reaches an unmasked value.
+
+Blame. A reveal that does not open its own commitment (step 1 or 3), and a sigma of the
+wrong length or not a canonical element (:class:`~pqmpc_node.mpc.errors.NonCanonicalError`),
+identify a cheater: the links are authenticated, so that party sent the message. Such
+failures raise a :class:`~pqmpc_node.mpc.errors.BlamedCheckError` whose
+``blamed_parties`` names it; every other failure (sigmas that do not recombine to 0,
+differing broadcast digests, a committed party that never reveals) proves that
+*someone* cheated or failed, not who. A withheld reveal aborts rather than being skipped
+as a lost party: a party that saw the others' reveals could otherwise pick between two
+outcomes of the coins.
 """
 
 from __future__ import annotations
