@@ -20,14 +20,40 @@ misbehaving falls back under the release score. Counters are turned into per-pas
 increments by differencing against the previous scrape (a counter that went down means
 the node restarted: the new value is the increment).
 
+Threat model of the scoring. Every signal here is *reported by a node* — its own
+``/metrics`` and its own session reports — and a malicious node controls both. The
+scoring must therefore never let one node's word move another node's score, and never
+hold a correct refusal against the node that made it:
+
+* a node's own refusals (replayed or forged envelopes, stale or foreign plans, input
+  rows outside the declared ranges) are evidence about their *senders* — data owners or
+  the operator, never nodes — so they count against nobody here (they stay metrics, for
+  alerts): an outsider replaying a captured envelope 1,000 times moves no score;
+* an accusation of a node by a node (a handshake refusal naming the peer, a lost peer, a
+  downgraded link, traffic that departs from the protocol, being named as a culprit) is
+  *corroborated*: it counts only when at least two different nodes make it, and then
+  only as much as the weaker of the two largest accusers says (:func:`corroborated`),
+  each accuser capped per peer and signal per pass (``accusation_cap``);
+* a node that accuses too much becomes the suspect: one that accuses more distinct peers
+  in a pass than ``accusation_free`` gains ``accuses_many_peers``, and one that alone
+  reports a MAC failure in a session of three or more parties (where every honest party
+  would see it) gains ``uncorroborated_failures`` instead of the session being attributed
+  to its co-parties.
+
+What it does not stop: two colluding nodes corroborate each other (run parties of
+different trust domains; the placement's ``distinctTrustDomains`` does), and a cheater
+that always runs with the same honest node cannot be told apart from it by attribution
+(2 below) until placement rotates them.
+
 Hard signals (events; each adds evidence once):
 
-1. **Named culprits.** The MAC check aborts with "party *i* opened a value that does not
-   match its commitment" when a party's commit-and-reveal messages disagree; such a
-   message names the cheater. :meth:`SessionEvidence.from_reports` turns those into
-   ``blamed``. A node named in a failed session gets ``w.named_by_coparties * k / (n - 1)``
-   where ``k`` is the number of *distinct co-parties* that name it: a cheater can
-   accuse an honest party too, but then it is one voice of ``n - 1``.
+1. **Named culprits.** A MAC check that fails on a party's own authenticated message (a
+   reveal that does not match its commitment, a non-canonical element) names that party
+   in the structured ``blamedParties`` of the honest parties' reports;
+   :meth:`SessionEvidence.from_reports` turns those into ``blamed``. A node named in a
+   failed session by at least two distinct co-parties gets
+   ``w.named_by_coparties * k / (n - 1)`` (``k`` co-parties name it): a cheater's
+   counter-accusation is a single voice and adds nothing.
 2. **Failed sessions, attributed by participation.** The node-local counter
    ``mac_check_failures_total`` counts aborts *seen* at a node, not who caused them: in a
    3-party session every honest party sees the abort, so one session alone cannot tell
@@ -42,29 +68,28 @@ Hard signals (events; each adds evidence once):
    ``w.mac_failure * sum_s w_s gamma_is``: the expected number of failures the node
    caused. With one failed session among parties {A, B, T} each gets 1/3; with
    {A, B, T}, {A, C, T}, {B, C, T} T gets ~3 and A, B, C ~0. Only outcomes in
-   ``AnomalyPolicy.attributable_outcomes`` (``mac_check_failed``) count: a lost peer is
-   counted by 5, a preprocessing mismatch is the dealer's (the operator's) business.
+   ``AnomalyPolicy.attributable_outcomes`` (``mac_check_failed``) count, and in sessions
+   of three or more parties only failures reported by at least two parties (a lone
+   report counts against its reporter, see above): a lost peer is counted by 4, a
+   preprocessing mismatch is the dealer's (the operator's) business.
 3. **Handshake refusals** (``pqmpc_node_handshake_failures_total{reason[,peer]}``): a
-   refusal made *by* a node is evidence against the peer it refused. With a ``peer``
-   label it counts ``w.handshake[reason]`` against that peer; without one (today's
-   metric) the refused party is unknown, so ``w.unattributed_factor`` of it is spread
-   evenly over the peers the reporting node knows (from its per-peer metrics): weak.
-4. **Envelopes and plans refused** (replays, bad signatures, stale plans) and **input
-   rows rejected** count against the *reporting* node with small weights: they show
-   where an attack or a misconfiguration lands (a node refusing the operator's own
-   plans has a wrong trust anchor), not necessarily who attacks.
-5. **Peers lost** (``peers_lost_total{peer}``): against the named peer, counted once per
-   pass however many co-parties report the loss (every co-party sees one crash).
-6. **Downgraded links** (``peer_link_info``): a link whose TLS group or signature
-   algorithm is not post-quantum is held against the peer as a level (like soft signals).
+   refusal made *by* a node is an accusation of the peer it refused, weighted
+   ``w.handshake[reason]``; without a ``peer`` label the refused party is unknown, so
+   ``w.unattributed_factor`` of it is spread evenly over the peers the reporting node
+   knows (weak). Both are corroborated as above.
+4. **Peers lost** (``peers_lost_total{peer}``): an accusation of the named peer, corroborated
+   as above (every co-party sees one crash, so a real loss has several reporters).
+5. **Downgraded links** (``peer_link_info``): a link whose TLS group or signature
+   algorithm is not post-quantum is held against the peer as a level (like soft
+   signals) once two nodes report it.
 
 Soft signals (levels; robust deviation from the fleet):
 
-7. **Traffic deviation**: the protocols prescribe equal bytes both ways per peer, so
+6. **Traffic deviation**: the protocols prescribe equal bytes both ways per peer, so
    every node reports ``|received - sent| / sent`` of each peer. The value of node ``P``
-   is the *lower median* of what its peers report about it (one lying peer cannot frame
-   it in a 3-party session).
-8. **Round latency**: the node's mean wait per MPC round over the last scrape interval.
+   is the *lower median* of what at least two peers report about it (one lying peer
+   cannot frame it).
+7. **Round latency**: the node's mean wait per MPC round over the last scrape interval.
    Caveat: a slow party makes its *co-parties* wait, so this flags nodes with slow links
    or overloaded hosts rather than a slow cheater; it has a low cap and never
    quarantines alone.
@@ -116,6 +141,7 @@ __all__ = [
     "attribute_failures",
     "forget_node",
     "quarantine_decisions",
+    "corroborated",
     "robust_z",
     "score_nodes",
 ]
@@ -177,6 +203,7 @@ class SessionEvidence:
     outcome: str
     finished_at: float
     blamed: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    failure_reporters: frozenset[str] = frozenset()  # nodes that reported mac_check_failed (empty: unknown)
 
     @classmethod
     def from_reports(cls, session_id: str, parties: Iterable[str], reports: Mapping[str, Mapping[str, Any]], *,
@@ -192,6 +219,7 @@ class SessionEvidence:
         """
         names = tuple(parties)
         reasons: list[str] = []
+        reporters: set[str] = set()
         blamed: dict[str, frozenset[str]] = {}
         for node in names:
             doc = reports.get(node)
@@ -201,6 +229,7 @@ class SessionEvidence:
             reasons.append(reason)
             if reason != "mac_check_failed":
                 continue
+            reporters.add(node)
             raw = doc.get("blamedParties")
             indexes: list[int] = []
             if isinstance(raw, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
@@ -219,7 +248,7 @@ class SessionEvidence:
             outcome = reasons[0]
         else:
             outcome = "succeeded"
-        return cls(session_id, names, outcome, finished_at, blamed)
+        return cls(session_id, names, outcome, finished_at, blamed, frozenset(reporters))
 
 
 # -- policy ---------------------------------------------------------------------------------
@@ -232,10 +261,6 @@ def _handshake_weights() -> dict[str, float]:
             "not_in_log": 0.8, "no_shared_group": 0.5, "unexpected_session": 0.2}
 
 
-def _envelope_weights() -> dict[str, float]:
-    return {"replay": 0.05, "bad_signature": 0.05, "decrypt_failed": 0.1, "wrong_session": 0.02}
-
-
 @dataclass(frozen=True)
 class AnomalyWeights:
     """Evidence per event (hard signals) or per z-unit above the threshold (soft signals)."""
@@ -245,11 +270,11 @@ class AnomalyWeights:
     handshake: Mapping[str, float] = field(default_factory=_handshake_weights)
     handshake_default: float = 0.2
     unattributed_factor: float = 0.25
-    envelopes_refused: Mapping[str, float] = field(default_factory=_envelope_weights)
-    envelopes_refused_default: float = 0.02
-    plan_refused: float = 0.3
-    input_rows_rejected: float = 0.02  # times log1p(rows)
     peer_lost: float = 0.3
+    accusation_cap: float = 1.0       # one accuser's units against one peer per signal per pass
+    over_accusing: float = 0.4        # per distinct peer accused beyond accusation_free in a pass
+    accusation_free: int = 2
+    uncorroborated_failure: float = 0.3  # a failure only its reporter saw, in a session of 3+ parties
     downgraded_link: float = 1.0
     traffic_deviation: float = 0.5
     traffic_deviation_cap: float = 3.0
@@ -455,11 +480,32 @@ def _add(target: dict[str, dict[str, float]], node: str, signal: str, amount: fl
         bucket[signal] = bucket.get(signal, 0.0) + amount
 
 
+def corroborated(contributions: Mapping[str, float]) -> float:
+    """What at least two independent accusers agree on: the second-largest contribution (0 with one accuser).
+
+    One lying node can therefore add nothing on its own, and two accusers add only what
+    the weaker of them reports.
+    """
+    ranked = sorted(contributions.values(), reverse=True)
+    return ranked[1] if len(ranked) >= 2 else 0.0
+
+
 def _hard_from_samples(state: AnomalyState, samples: Iterable[NodeSample],
                        policy: AnomalyPolicy) -> dict[str, dict[str, float]]:
     w = policy.weights
     new: dict[str, dict[str, float]] = {}
-    lost: dict[str, float] = {}
+    # (accused, signal) -> accuser -> units: node-to-node accusations, corroborated below.
+    accusations: dict[tuple[str, str], dict[str, float]] = {}
+    accused_by: dict[str, set[str]] = {}
+
+    def accuse(accuser: str, accused: str, signal: str, units: float, *, named: bool = True) -> None:
+        if units <= 0 or accused == accuser:
+            return
+        bucket = accusations.setdefault((accused, signal), {})
+        bucket[accuser] = bucket.get(accuser, 0.0) + units
+        if named:
+            accused_by.setdefault(accuser, set()).add(accused)
+
     for s in samples:
         hist = state.nodes.get(s.node)
         prev = hist.last_sample if hist is not None else None
@@ -469,25 +515,22 @@ def _hard_from_samples(state: AnomalyState, samples: Iterable[NodeSample],
             d = _inc(count, prev.handshake_failures.get((reason, peer)) if prev else None)
             units = d * w.handshake.get(reason, w.handshake_default)
             if peer is not None:
-                _add(new, peer, "handshake_refusals", units)
+                accuse(s.node, peer, "handshake_refusals", units)
             else:
                 peers = s.known_peers()
                 for p in peers:
-                    _add(new, p, "handshake_refusals_unattributed", units * w.unattributed_factor / len(peers))
-        for reason, count in s.envelopes_refused.items():
-            d = _inc(count, prev.envelopes_refused.get(reason) if prev else None)
-            _add(new, s.node, "envelopes_refused", d * w.envelopes_refused.get(reason, w.envelopes_refused_default))
-        for reason, count in s.plans_refused.items():
-            d = _inc(count, prev.plans_refused.get(reason) if prev else None)
-            _add(new, s.node, "plans_refused", d * w.plan_refused)
-        rows = _inc(s.input_rows_rejected, prev.input_rows_rejected if prev else None)
-        _add(new, s.node, "input_rows_rejected", w.input_rows_rejected * math.log1p(max(rows, 0.0)))
+                    accuse(s.node, p, "handshake_refusals_unattributed", units * w.unattributed_factor / len(peers),
+                           named=False)
         for peer, count in s.peers_lost.items():
-            if peer != s.node:
-                d = _inc(count, prev.peers_lost.get(peer) if prev else None)
-                lost[peer] = max(lost.get(peer, 0.0), d)
-    for peer, d in lost.items():
-        _add(new, peer, "peers_lost", d * w.peer_lost)
+            d = _inc(count, prev.peers_lost.get(peer) if prev else None)
+            accuse(s.node, peer, "peers_lost", d * w.peer_lost)
+        # A node's own refusals (replayed or forged envelopes, stale plans, rejected input
+        # rows) are evidence about their senders, who are data owners or the operator, not
+        # nodes: they never count against the node that correctly refused.
+    for (accused, signal), by in accusations.items():
+        _add(new, accused, signal, corroborated({a: min(u, w.accusation_cap) for a, u in by.items()}))
+    for accuser, accused in accused_by.items():
+        _add(new, accuser, "accuses_many_peers", w.over_accusing * max(0, len(accused) - w.accusation_free))
     return new
 
 
@@ -504,14 +547,19 @@ def _soft_levels(state: AnomalyState, samples: list[NodeSample], policy: Anomaly
     w = policy.weights
     levels: dict[str, dict[str, float]] = {}
     reports: dict[str, list[float]] = {}
+    downgraded: dict[str, set[str]] = {}
     for s in samples:
         for peer, ratio in s.traffic_deviation.items():
             if peer != s.node and math.isfinite(ratio):
                 reports.setdefault(peer, []).append(max(ratio, 0.0))
         for peer, group, sig in s.link_info:
             if peer != s.node and (group not in PQ_GROUPS or sig not in PQ_SIGNATURES):
-                _add(levels, peer, "downgraded_link", w.downgraded_link)
-    traffic = {n: sorted(v)[(len(v) - 1) // 2] for n, v in reports.items()}  # lower median
+                downgraded.setdefault(peer, set()).add(s.node)
+    for peer, reporters in downgraded.items():
+        if len(reporters) >= 2:  # corroborated: one node's claim about a peer's link is not enough
+            _add(levels, peer, "downgraded_link", w.downgraded_link)
+    # Lower median of at least two reports: one lying peer cannot frame a node.
+    traffic = {n: sorted(v)[(len(v) - 1) // 2] for n, v in reports.items() if len(v) >= 2}
     latency: dict[str, float] = {}
     for s in samples:
         hist = state.nodes.get(s.node)
@@ -558,11 +606,20 @@ def score_nodes(state: AnomalyState, samples: Iterable[NodeSample], sessions: It
             ran_new[p] = ran_new.get(p, 0.0) + f
         if ev.outcome not in policy.attributable_outcomes:
             continue
+        reporters = ev.failure_reporters & set(parties)
+        if len(parties) >= 3 and len(reporters) == 1:
+            # Every honest party sees a cheat, so with three or more parties a real abort is
+            # reported by at least two; a lone report is an accusation nobody corroborates:
+            # it is held against its reporter, not attributed to the session's parties.
+            _add(hard_new, next(iter(reporters)), "uncorroborated_failures", f * w.uncorroborated_failure)
+            continue
         failed.append(FailedSession(ev.session_id, parties, ev.finished_at))
         if len(parties) > 1:
             for culprit in parties:
                 accusers = {r for r, named in ev.blamed.items() if culprit in named and r != culprit and r in parties}
-                _add(hard_new, culprit, "named_by_coparties", f * w.named_by_coparties * len(accusers) / (len(parties) - 1))
+                if len(accusers) >= 2:  # corroborated: one co-party's word alone names nobody
+                    _add(hard_new, culprit, "named_by_coparties",
+                         f * w.named_by_coparties * len(accusers) / (len(parties) - 1))
     # Keep failed sessions while they still weigh something, at most max_failed_sessions.
     failed = [fs for fs in failed if _decay(policy, fs.at, now) >= 0.01][-policy.max_failed_sessions:]
     horizon = now - 20 * policy.half_life_s
