@@ -529,8 +529,8 @@ def _hard_from_samples(state: AnomalyState, samples: Iterable[NodeSample],
         # nodes: they never count against the node that correctly refused.
     for (accused, signal), by in accusations.items():
         _add(new, accused, signal, corroborated({a: min(u, w.accusation_cap) for a, u in by.items()}))
-    for accuser, accused in accused_by.items():
-        _add(new, accuser, "accuses_many_peers", w.over_accusing * max(0, len(accused) - w.accusation_free))
+    for accuser, targets in accused_by.items():
+        _add(new, accuser, "accuses_many_peers", w.over_accusing * max(0, len(targets) - w.accusation_free))
     return new
 
 
