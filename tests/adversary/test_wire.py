@@ -213,6 +213,23 @@ def test_forged_output_share_refused_by_recipient(operator: Operator, start: Sta
     assert err.value.reason == "forged_output", err.value
 
 
+def test_node_lying_about_an_outputs_kind_is_refused(operator: Operator, start: Start) -> None:
+    """The decoding (integer counts or fixed point) comes from the plan, never from a node."""
+    nodes = start(3, {1: "wrong-kind"})
+    owner, auditor = Identity.generate("bank-a"), Identity.generate("auditor")
+    program = {"aggregate": [{"op": "histogram", "field": "amount", "bins": [0, 5, 10]}]}
+    plan = operator.plan("kind-1", nodes, program=program, owners=[owner], fields=FIELDS,
+                         recipients={auditor: ["histogram(amount)"]}, security="malicious")
+    operator.post_plan(plan, nodes)
+    with client(operator, nodes[0], "kind-1") as c:
+        c.submit_rows(owner, {"amount": ["1", "6", "7"]})
+    for n in nodes:
+        assert final(operator, n, "kind-1")["phase"] == "Succeeded"
+    with client(operator, nodes[0], "kind-1") as c, pytest.raises(ClientError) as err:
+        c.collect_result(auditor, wait_s=20)
+    assert err.value.reason == "inconsistent" and "another kind" in str(err.value), err.value
+
+
 def test_semi_honest_control_returns_result(operator: Operator, start: Start) -> None:
     nodes = start(3)
     (auditor,) = run(operator, nodes, "control-1", [5, 6, 7])

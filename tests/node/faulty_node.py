@@ -29,6 +29,9 @@ the first uint64 word of a payload (payloads shorter than 8 bytes are sent uncha
 ``noncanonical:<substring>``
     Add p = 2^61 - 1 to the first element under matching tags: the word stays equal
     modulo p but is not a canonical field element (``>= p``).
+``wrong-kind``
+    Seal every output as fixed point, histogram counts included (a node lying about how
+    its shares decode: counts would read 2^-f times too small).
 ``forge-output``
     After the run, add 1 (mod p) to the first element of this node's share of every
     output it seals for recipients (the key and tag shares are left alone): the nodes
@@ -114,6 +117,8 @@ async def _shifted_share_input(ctx: MPCContext, owner: int, values: Array | None
 
 
 def _forged_seal_outputs(self: SessionManager, rt: SessionRuntime, outcome: RunOutcome) -> None:
+    if any(name == "wrong-kind" for name, _ in _faults()):
+        outcome = RunOutcome(replace(outcome.result, integer_outputs=frozenset()), outcome.delivered)
     if any(name == "forge-output" for name, _ in _faults()):
         delivered: dict[str, dict[str, DeliveredShare]] = {}
         for recipient, shares in outcome.delivered.items():
