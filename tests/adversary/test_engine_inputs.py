@@ -164,19 +164,22 @@ def _plan(n: int, t: int) -> tuple[SessionPlan, dict[str, tuple[int, object]], d
     return plan, {k: (1, v.public_key()) for k, v in pairs.items()}, pairs
 
 
+class Ring:
+    """A node's KEM key ring holding one key pair (what ``open_preprocessing`` asks for)."""
+
+    def __init__(self, pair: KemKeyPair) -> None:
+        self.pair = pair
+
+    def keypair_for(self, epoch: int, *, now: object) -> KemKeyPair:
+        return self.pair
+
+
 def test_dealer_deals_independent_material_for_every_attempt() -> None:
     suite = get_suite(SuiteName.PQ_DEFAULT)
     signer = suite.signature.generate(os.urandom(32))
     plan, keys, pairs = _plan(4, 1)
     assert attempt_count(plan) == 3
     out = deal(plan, {"bank-a": 5}, suite=suite, signer_key=signer, node_kem_keys=keys)  # type: ignore[arg-type]
-
-    class Ring:
-        def __init__(self, pair: KemKeyPair) -> None:
-            self.pair = pair
-
-        def keypair_for(self, epoch: int, *, now: object) -> KemKeyPair:
-            return self.pair
 
     import datetime as dt
 
@@ -216,13 +219,6 @@ def test_restart_down_to_t_plus_one_runs_on_the_dealt_material(security: str) ->
     plan, keys, pairs = _plan(3, 1)
     plan = SessionPlan.from_json({**plan.to_json(), "security": security})
     out = deal(plan, {"bank-a": 5}, suite=suite, signer_key=signer, node_kem_keys=keys)  # type: ignore[arg-type]
-
-    class Ring:
-        def __init__(self, pair: KemKeyPair) -> None:
-            self.pair = pair
-
-        def keypair_for(self, epoch: int, *, now: object) -> KemKeyPair:
-            return self.pair
 
     now = dt.datetime.now(dt.timezone.utc)
     cfg = engine_config(plan)
