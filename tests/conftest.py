@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-VECTORS = Path(os.environ.get("PQMPC_VECTORS", REPO.parent / "shared" / "vectors"))
+VECTORS = Path(os.environ.get("PQMPC_VECTORS", REPO / "tests" / "vectors"))  # the project's own copy (README there)
 
 
 @pytest.fixture(scope="session")
