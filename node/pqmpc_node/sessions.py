@@ -83,6 +83,7 @@ from pqmpc_node.dealing import (
 from pqmpc_node.keystore import NodeKeys
 from pqmpc_node.metrics import NodeMetrics
 from pqmpc_node.mpc.backend import to_host
+from pqmpc_node.mpc.channel import LostPartyError
 from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.errors import MacCheckError
 from pqmpc_node.mpc.fixedpoint import FixedPoint
@@ -555,7 +556,7 @@ class SessionManager:
         except PreprocessingMismatchError as exc:
             self._fail(rt, "preprocessing_mismatch", str(exc))
             outcome = "preprocessing_mismatch"
-        except PeerLostError as exc:
+        except LostPartyError as exc:
             self._fail(rt, "peer_lost", str(exc))
             outcome = "peer_lost"
         except TimeoutError:
@@ -604,7 +605,7 @@ class SessionManager:
                 await channel.receive_many("session/finished", [p for p in rt.live if p != rt.party])
                 self._record_traffic(plan, channel)
                 break
-            except PeerLostError as exc:
+            except LostPartyError as exc:  # a broken link, or a party that stopped answering mid-check
                 self.metrics.peers_lost.labels(plan.parties[exc.peer].node_id).inc()
                 lost = rt.links.pop(exc.peer, None)
                 if lost is not None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pqmpc_node.dealing import PartyInputs, RunOutcome, execute
+from pqmpc_node.mpc.channel import ChannelError
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.domain import Array
@@ -73,10 +74,11 @@ def non_canonical(label: str) -> Tamper:
 class CheatingChannel:
     """The cheater's channel: every outgoing payload passes ``tamper``; every tag sent is logged."""
 
-    def __init__(self, inner: Any, tamper: Tamper | None, log: list[str]) -> None:
+    def __init__(self, inner: Any, tamper: Tamper | None, log: list[str], vanish_at: str | None = None) -> None:
         self._inner = inner
         self._tamper = tamper
         self._log = log
+        self._vanish_at = vanish_at
 
     @property
     def party(self) -> int:
@@ -87,6 +89,10 @@ class CheatingChannel:
         return int(self._inner.n)
 
     async def send_many(self, tag: str, payloads: Mapping[int, bytes]) -> None:
+        if self._vanish_at is not None and label_of(tag) == self._vanish_at:
+            # Hang up instead of sending this round (the in-process hub's simulated link loss).
+            self._inner._hub.disconnect(self.party)
+            raise ChannelError(f"party {self.party} vanished at {tag!r}")
         self._log.append(tag)
         if self._tamper is not None:
             payloads = {p: self._tamper(tag, p, bytes(d)) for p, d in payloads.items()}
@@ -178,6 +184,7 @@ def run(
     inputs: list[list[OwnerShares]] | None = None,
     alter_inputs: Callable[[OwnerShares], OwnerShares] | None = None,
     shift_own_reinput: int = 0,
+    vanish_at: str | None = None,
     program: Mapping[str, Any] = PROGRAM,
     recipients: Sequence[OutputRequest] = RECIPIENTS,
     seed: bytes = b"adversary-seed-0123456789abcdef0",
@@ -195,7 +202,9 @@ def run(
     for ctx in contexts:
         log: list[str] = []
         result.sent[ctx.party] = log
-        ctx.channel = CheatingChannel(ctx.channel, tamper if ctx.party == cheater else None, log)  # type: ignore[assignment]
+        mine = ctx.party == cheater
+        ctx.channel = CheatingChannel(ctx.channel, tamper if mine else None, log,  # type: ignore[assignment]
+                                      vanish_at if mine else None)
         opened: list[tuple[str, Array]] = []
         result.opened[ctx.party] = opened
         original = ctx.open

@@ -143,6 +143,20 @@ def test_honest_runs_compute_the_plaintext_answer(kind: str) -> None:
     assert float(ctx.fixed.decode(y, ctx.domain)[0]) == pytest.approx(plaintext()["sum(amount)"], abs=1e-3)
 
 
+@pytest.mark.parametrize("label", ["input-coins/reveal", "before-count/coins/reveal", "before-outputs/sigma/reveal"])
+def test_party_that_commits_then_withholds_its_reveal_ends_the_attempt(label: str) -> None:
+    """Withholding a reveal after seeing the others' would choose between two outcomes of the
+    coins: the honest parties discard them and end the attempt (a Shamir node restarts without it)."""
+    from pqmpc_node.mpc.channel import LostPartyError
+
+    r = run(EngineConfig(4, threshold=1, sharing="shamir", security="malicious"), cheater=3, vanish_at=label)
+    for p in r.honest(3):
+        err = r.error_at(p)
+        assert isinstance(err, LostPartyError) and err.peer == 3, err
+        sent = [label_of(t) for t in r.sent[p]]
+        assert "output-keys" not in sent
+
+
 # -- fresh material per attempt ----------------------------------------------------------------
 
 

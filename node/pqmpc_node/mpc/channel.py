@@ -17,11 +17,23 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-__all__ = ["Channel", "ChannelError", "Mailbox", "InProcessHub", "InProcessChannel", "receive_all", "receive_first"]
+__all__ = ["Channel", "ChannelError", "LostPartyError", "Mailbox", "InProcessHub", "InProcessChannel", "receive_all", "receive_first"]
 
 
 class ChannelError(RuntimeError):
     """A message could not be delivered or was delivered twice (replay)."""
+
+
+class LostPartyError(ChannelError):
+    """Party ``peer`` is gone for this attempt (its link broke, or it stopped answering mid-protocol).
+
+    A Shamir session may restart without it (fresh material, fresh coins); an additive
+    session ends.
+    """
+
+    def __init__(self, peer: int, detail: str) -> None:
+        super().__init__(f"lost party {peer}: {detail}")
+        self.peer = peer
 
 
 class Channel(Protocol):

@@ -30,10 +30,11 @@ wrong length or not a canonical element (:class:`~pqmpc_node.mpc.errors.NonCanon
 identify a cheater: the links are authenticated, so that party sent the message. Such
 failures raise a :class:`~pqmpc_node.mpc.errors.BlamedCheckError` whose
 ``blamed_parties`` names it; every other failure (sigmas that do not recombine to 0,
-differing broadcast digests, a committed party that never reveals) proves that
-*someone* cheated or failed, not who. A withheld reveal aborts rather than being skipped
-as a lost party: a party that saw the others' reveals could otherwise pick between two
-outcomes of the coins.
+differing broadcast digests) proves that *someone* cheated, not who. A committed party
+that never reveals is not skipped like a party lost earlier: a party that saw the
+others' reveals could otherwise pick between two outcomes of the coins. The attempt
+ends with :class:`~pqmpc_node.mpc.channel.LostPartyError` instead, and a Shamir session
+restarts without that party.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from pqmpc_node.mpc.channel import LostPartyError
 from pqmpc_node.mpc.context import MPCContext, encode_payload
 from pqmpc_node.mpc.domain import Array
 from pqmpc_node.mpc.errors import BlamedCheckError, MacCheckError
@@ -78,9 +80,11 @@ async def commit_reveal(ctx: MPCContext, label: str, data: bytes) -> dict[int, b
     withheld = sorted(set(commits) - set(reveals))
     if withheld:
         # A party that committed and then saw the others' reveals could otherwise choose
-        # between two outcomes of the coins by withholding its own: abort instead.
-        raise MacCheckError(label, [], f"parties {withheld} committed but did not reveal (lost, or withholding "
-                                       "to bias the coins)")
+        # between two outcomes of the coins by withholding its own. These coins are never
+        # used: the attempt ends, and a Shamir session restarts without that party (fresh
+        # material and coins), where it has no say any more.
+        raise LostPartyError(withheld[0], f"committed in {label!r} but never revealed (lost, or withholding to "
+                                          "bias the coins); this attempt's coins are discarded")
     out = {ctx.party: data}
     for peer, blob in reveals.items():
         if peer not in commits:

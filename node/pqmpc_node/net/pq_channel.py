@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from pqmpc_node.mpc.channel import ChannelError
+from pqmpc_node.mpc.channel import ChannelError, LostPartyError
 from pqmpc_node.net.link import LinkClosed, LinkRefused, PeerLink
 
 __all__ = ["HELLO_TAG", "Hello", "PeerLostError", "PqChannel", "TrafficCounters", "round_tag"]
@@ -33,12 +33,8 @@ HELLO_TAG = 1
 _MAX_HELLO = 1024
 
 
-class PeerLostError(ChannelError):
+class PeerLostError(LostPartyError):
     """The link to party ``peer`` broke or timed out."""
-
-    def __init__(self, peer: int, detail: str) -> None:
-        super().__init__(f"lost party {peer}: {detail}")
-        self.peer = peer
 
 
 @dataclass(frozen=True)
