@@ -34,16 +34,25 @@ hold a correct refusal against the node that made it:
   *corroborated*: it counts only when at least two different nodes make it, and then
   only as much as the weaker of the two largest accusers says (:func:`corroborated`),
   each accuser capped per peer and signal per pass (``accusation_cap``);
-* a node that accuses too much becomes the suspect: one that accuses more distinct peers
-  in a pass than ``accusation_free`` gains ``accuses_many_peers``, and one that alone
-  reports a MAC failure in a session of three or more parties (where every honest party
-  would see it) gains ``uncorroborated_failures`` instead of the session being attributed
-  to its co-parties.
+* a node that accuses too much becomes a suspect: one that alone accuses more distinct
+  peers in a pass than ``accusation_free`` (accusations no other node makes; a real
+  outage is seen by many) gains ``accuses_many_peers``, capped below the quarantine
+  score;
+* a failed session that only one of its parties reports is not attributed at all: a
+  liar could fabricate it, and a cheater can make one honest party abort alone (nodes do
+  not tell each other why they stop), so it is held against nobody;
+* only a node's own authenticated message names it (``blamedParties`` from a reveal that
+  does not open its commitment, or a non-canonical element): "party i saw different
+  public inputs" names a victim of someone's inconsistent broadcast, never a culprit.
 
-What it does not stop: two colluding nodes corroborate each other (run parties of
-different trust domains; the placement's ``distinctTrustDomains`` does), and a cheater
-that always runs with the same honest node cannot be told apart from it by attribution
-(2 below) until placement rotates them.
+What it does not stop (known gaps): two colluding nodes corroborate each other (run
+parties of different trust domains; the placement's ``distinctTrustDomains`` does); a
+cheater that always runs with the same honest node cannot be told apart from it by
+attribution (2 below) until placement rotates them; attribution divides by sessions run,
+so a cheater with many clean sessions that fails only sessions with a newer node shifts
+the blame towards that node; failures in two-party sessions are never attributed (one
+party's word against the other's); round latency (7) is measured by the co-parties a
+slow cheater makes wait (capped below the quarantine score).
 
 Hard signals (events; each adds evidence once):
 
@@ -73,10 +82,10 @@ Hard signals (events; each adds evidence once):
    report counts against its reporter, see above): a lost peer is counted by 4, a
    preprocessing mismatch is the dealer's (the operator's) business.
 3. **Handshake refusals** (``pqmpc_node_handshake_failures_total{reason[,peer]}``): a
-   refusal made *by* a node is an accusation of the peer it refused, weighted
-   ``w.handshake[reason]``; without a ``peer`` label the refused party is unknown, so
-   ``w.unattributed_factor`` of it is spread evenly over the peers the reporting node
-   knows (weak). Both are corroborated as above.
+   refusal made *by* a node of an authenticated peer is an accusation of that peer,
+   weighted ``w.handshake[reason]`` and corroborated as above. A refusal before the peer
+   authenticated (no ``peer`` label, or an empty one) names nobody and scores nothing:
+   anyone who can open a connection can cause it at every node.
 4. **Peers lost** (``peers_lost_total{peer}``): an accusation of the named peer, corroborated
    as above (every co-party sees one crash, so a real loss has several reporters).
 5. **Downgraded links** (``peer_link_info``): a link whose TLS group or signature
@@ -186,7 +195,9 @@ class NodeSample:
 
 
 _PARTY_NAMED = re.compile(r"\bparty (\d+)\b")
-_CULPRIT_PHRASES = ("does not match its commitment", "never committed to", "saw different public inputs")
+# Only messages that name the sender of a bad message of its own; "party i saw different
+# public inputs" names a *victim* of someone else's inconsistent broadcast, never a culprit.
+_CULPRIT_PHRASES = ("does not match its commitment",)
 
 
 @dataclass(frozen=True)
@@ -213,8 +224,8 @@ class SessionEvidence:
         The outcome is ``mac_check_failed`` if any party reports it, else the first other
         failure reason (in party order), else ``succeeded``. In a ``mac_check_failed``
         report the structured ``blamedParties`` (party indexes) names the culprits; when it
-        is absent, malformed or empty, a message that names ``party i`` for a commitment or
-        broadcast mismatch blames that party's node (reports of older nodes). Indexes
+        is absent or malformed, a message that names ``party i`` for a commitment mismatch
+        blames that party's node (reports of older nodes); an empty list names nobody. Indexes
         outside the session and the reporter itself are ignored.
         """
         names = tuple(parties)
@@ -234,7 +245,7 @@ class SessionEvidence:
             indexes: list[int] = []
             if isinstance(raw, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
                 indexes = list(raw)
-            if not indexes:
+            if not isinstance(raw, list) or indexes != raw:  # absent or malformed: an older node's message
                 message = str(doc.get("message") or "")
                 if any(p in message for p in _CULPRIT_PHRASES):
                     indexes = [int(m) for m in _PARTY_NAMED.findall(message)]
@@ -269,12 +280,11 @@ class AnomalyWeights:
     mac_failure: float = 1.0          # per failed session attributed (expected count)
     handshake: Mapping[str, float] = field(default_factory=_handshake_weights)
     handshake_default: float = 0.2
-    unattributed_factor: float = 0.25
     peer_lost: float = 0.3
     accusation_cap: float = 1.0       # one accuser's units against one peer per signal per pass
-    over_accusing: float = 0.4        # per distinct peer accused beyond accusation_free in a pass
+    over_accusing: float = 0.4        # per distinct peer accused alone beyond accusation_free in a pass
+    over_accusing_cap: float = 1.5    # 1 - e^-1.5 = 0.78: never quarantines alone
     accusation_free: int = 2
-    uncorroborated_failure: float = 0.3  # a failure only its reporter saw, in a session of 3+ parties
     downgraded_link: float = 1.0
     traffic_deviation: float = 0.5
     traffic_deviation_cap: float = 3.0
@@ -514,23 +524,27 @@ def _hard_from_samples(state: AnomalyState, samples: Iterable[NodeSample],
         for (reason, peer), count in s.handshake_failures.items():
             d = _inc(count, prev.handshake_failures.get((reason, peer)) if prev else None)
             units = d * w.handshake.get(reason, w.handshake_default)
-            if peer is not None:
+            if peer:
                 accuse(s.node, peer, "handshake_refusals", units)
-            else:
-                peers = s.known_peers()
-                for p in peers:
-                    accuse(s.node, p, "handshake_refusals_unattributed", units * w.unattributed_factor / len(peers),
-                           named=False)
+            # A refusal before the peer authenticated names nobody: anyone who can open a
+            # connection can cause it at every node, so it stays a metric and scores nothing.
         for peer, count in s.peers_lost.items():
             d = _inc(count, prev.peers_lost.get(peer) if prev else None)
             accuse(s.node, peer, "peers_lost", d * w.peer_lost)
         # A node's own refusals (replayed or forged envelopes, stale plans, rejected input
         # rows) are evidence about their senders, who are data owners or the operator, not
         # nodes: they never count against the node that correctly refused.
+    lone: dict[str, set[str]] = {}
     for (accused, signal), by in accusations.items():
         _add(new, accused, signal, corroborated({a: min(u, w.accusation_cap) for a, u in by.items()}))
-    for accuser, targets in accused_by.items():
-        _add(new, accuser, "accuses_many_peers", w.over_accusing * max(0, len(targets) - w.accusation_free))
+        if len(by) == 1:
+            lone.setdefault(next(iter(by)), set()).add(accused)
+    # Breadth counts only accusations no other node made (a real outage is seen by many),
+    # and is capped below the quarantine score: it raises suspicion, never quarantines alone.
+    for accuser, targets in lone.items():
+        if accuser in accused_by:
+            _add(new, accuser, "accuses_many_peers",
+                 min(w.over_accusing_cap, w.over_accusing * max(0, len(targets) - w.accusation_free)))
     return new
 
 
@@ -607,11 +621,10 @@ def score_nodes(state: AnomalyState, samples: Iterable[NodeSample], sessions: It
         if ev.outcome not in policy.attributable_outcomes:
             continue
         reporters = ev.failure_reporters & set(parties)
-        if len(parties) >= 3 and len(reporters) == 1:
-            # Every honest party sees a cheat, so with three or more parties a real abort is
-            # reported by at least two; a lone report is an accusation nobody corroborates:
-            # it is held against its reporter, not attributed to the session's parties.
-            _add(hard_new, next(iter(reporters)), "uncorroborated_failures", f * w.uncorroborated_failure)
+        if len(parties) >= 2 and len(reporters) == 1:
+            # One party's word: a liar could fabricate it against its co-parties, and a cheater
+            # can make a single honest party abort alone (nodes do not tell each other why
+            # they stop), so neither its co-parties nor the reporter are held to it.
             continue
         failed.append(FailedSession(ev.session_id, parties, ev.finished_at))
         if len(parties) > 1:

@@ -3,8 +3,11 @@
 A malicious node controls its own ``/metrics`` and its own session reports. It tries to
 get an honest peer quarantined by lying in every signal it owns — handshake refusals of
 every kind naming the peer, lost-peer counts, traffic deviation, a downgraded link, and
-failed-session reports that name the peer — for hours of scrapes: the honest peer never
-reaches the quarantine score, and the liar becomes the suspect. An outsider replaying a
+failed-session reports that name the peer — for hours of scrapes: the honest peer's score
+does not move. A victim of an inconsistent broadcast is not named; refusals of
+unauthenticated connections (which anyone can cause at every node) score nothing; a node
+that alone accuses many peers becomes a suspect, one of two that see a real outage does
+not. An outsider replaying a
 captured envelope 1,000 times at a real node does not move that node's score (it refused
 correctly). A real tampering node is still quarantined: tests/anomaly/test_real_nodes.py.
 """
@@ -67,7 +70,6 @@ def test_one_malicious_nodes_metrics_and_reports_cannot_quarantine_an_honest_pee
     policy = AnomalyPolicy()
     state = AnomalyState()
     worst_honest = 0.0
-    liar_quarantined = False
     for k in range(1, 241):  # four hours of one-minute scrapes, one lying session report each
         at = 60.0 * k
         samples = [_liar(at, k), *(_honest(n, at) for n in FLEET if n != LIAR)]
@@ -75,12 +77,49 @@ def test_one_malicious_nodes_metrics_and_reports_cannot_quarantine_an_honest_pee
         state, decisions = quarantine_decisions(state, scores, policy, at)
         assert HONEST not in {d.node for d in decisions.enter}, scores[HONEST].explain()
         worst_honest = max(worst_honest, scores[HONEST].score)
-        liar_quarantined |= LIAR in state.quarantined()
-    assert worst_honest < policy.quarantine_score
     assert worst_honest < 0.05, f"uncorroborated accusations still moved the honest peer: {worst_honest}"
-    assert liar_quarantined, "the node that accuses everyone and reports lone failures must become the suspect"
-    assert scores[LIAR].evidence.get("uncorroborated_failures", 0) > 0
-    assert scores[LIAR].evidence.get("accuses_many_peers", 0) == 0  # it named one peer only: not 'many'
+
+
+def test_a_victims_report_of_an_inconsistent_broadcast_names_nobody() -> None:
+    """M sends different masked inputs to H1 and H2: each honest party reports that the
+    *other* saw different public inputs. Victims must not become culprits."""
+    parties = ["m", "h1", "h2"]
+    msg = "MAC check 'before-count/broadcast' failed over openings [1:input/0]: party {} saw different public inputs"
+    reports = {"m": {"phase": "Failed", "reason": "mac_check_failed", "blamedParties": [], "message": msg.format(1)},
+               "h1": {"phase": "Failed", "reason": "mac_check_failed", "blamedParties": [], "message": msg.format(2)},
+               "h2": {"phase": "Failed", "reason": "mac_check_failed", "blamedParties": [], "message": msg.format(1)}}
+    ev = SessionEvidence.from_reports("bc-1", parties, reports, finished_at=0.0)
+    assert not ev.blamed
+    _, scores = score_nodes(AnomalyState(), [], [ev], AnomalyPolicy(), 0.0)
+    assert all("named_by_coparties" not in scores[p].evidence for p in parties)
+    assert all(scores[p].score < 0.9 for p in parties)
+
+
+def test_anyone_connecting_to_every_node_cannot_quarantine_the_fleet() -> None:
+    policy = AnomalyPolicy()
+    state = AnomalyState()
+    for k in range(1, 31):
+        at = 60.0 * k
+        samples = [NodeSample(**{**_honest(n, at).__dict__,
+                                 "handshake_failures": {("bad_certificate", ""): 100.0 * k, ("wrong_ca", None): 100.0 * k}})
+                   for n in FLEET]
+        state, scores = score_nodes(state, samples, [], policy, at)
+        state, decisions = quarantine_decisions(state, scores, policy, at)
+        assert not decisions.enter
+    assert all(s.score == 0.0 for s in scores.values())
+
+
+def test_an_honest_node_seeing_a_real_outage_is_not_quarantined() -> None:
+    """Two nodes both lose five peers (a zone outage): corroborated losses, no 'accuses many'."""
+    nodes = [f"n{i}" for i in range(8)]
+    at = 60.0
+    down = nodes[3:]
+    samples = [NodeSample(node=n, at=at, peers_lost={p: 1.0 for p in down}) for n in nodes[:2]]
+    _, scores = score_nodes(AnomalyState(), samples, [], AnomalyPolicy(), at)
+    assert all("accuses_many_peers" not in scores[n].evidence for n in nodes[:2])
+    # Alone, the same report raises suspicion of the reporter but never quarantines it.
+    _, scores = score_nodes(AnomalyState(), samples[:1], [], AnomalyPolicy(), at)
+    assert 0 < scores["n0"].score < AnomalyPolicy().quarantine_score
 
 
 def test_two_independent_accusers_are_heard() -> None:

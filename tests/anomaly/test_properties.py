@@ -77,7 +77,13 @@ def test_monotone_in_hard_counts(ss: list[NodeSample], ev: list[SessionEvidence]
                 s = NodeSample(**{**s.__dict__, "peers_lost": {**s.peers_lost, peer: s.peers_lost.get(peer, 0) + extra}})
         bumped.append(s)
     _, after = score_nodes(AnomalyState(), bumped, ev, POLICY, 10.0)
-    assert all(after[n].score >= before[n].score - 1e-12 for n in before)
+    for n in before:
+        # Scores only grow, except that an accusation another node now corroborates no
+        # longer counts as that accuser's lone accusation (its 'accuses_many_peers' may drop).
+        if after[n].score < before[n].score - 1e-12:
+            rest = {k: v for k, v in after[n].evidence.items() if k != "accuses_many_peers"}
+            was = {k: v for k, v in before[n].evidence.items() if k != "accuses_many_peers"}
+            assert sum(rest.values()) >= sum(was.values()) - 1e-9, (n, before[n], after[n])
     # A node's own refusals never count against it; an accusation against a peer never
     # lowers the peer's evidence (it counts once corroborated by a second accuser).
     peer = "n0" if who != "n0" else "n1"

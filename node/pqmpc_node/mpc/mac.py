@@ -88,8 +88,8 @@ async def commit_reveal(ctx: MPCContext, label: str, data: bytes) -> dict[int, b
     out = {ctx.party: data}
     for peer, blob in reveals.items():
         if peer not in commits:
-            raise CommitmentMismatchError(label, [], f"party {peer} revealed a value it never committed to",
-                                          blamed_parties=[peer])
+            # Its commitment was skipped as lost (a timeout): a slow party, not a proven cheat.
+            raise LostPartyError(peer, f"its commitment in {label!r} never arrived in time, its reveal did")
         their_nonce, their_data = blob[:32], blob[32:]
         if len(blob) < 32 or not hmac.compare_digest(_commitment(peer, tag, their_nonce, their_data), commits[peer]):
             raise CommitmentMismatchError(label, [], f"party {peer} opened a value that does not match its commitment",
