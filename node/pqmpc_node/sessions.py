@@ -85,7 +85,7 @@ from pqmpc_node.metrics import NodeMetrics
 from pqmpc_node.mpc.backend import to_host
 from pqmpc_node.mpc.channel import LostPartyError
 from pqmpc_node.mpc.context import MPCContext
-from pqmpc_node.mpc.errors import MacCheckError
+from pqmpc_node.mpc.errors import MacCheckError, PeerAbortedError
 from pqmpc_node.mpc.fixedpoint import FixedPoint
 from pqmpc_node.mpc.errors import BlamedCheckError
 from pqmpc_node.mpc.inputs import OwnerShares
@@ -603,6 +603,7 @@ class SessionManager:
                 # with the peer's close_notify).
                 await channel.send_many("session/finished", {p: b"" for p in rt.live if p != rt.party})
                 await channel.receive_many("session/finished", [p for p in rt.live if p != rt.party])
+                channel.release()
                 self._record_traffic(plan, channel)
                 break
             except LostPartyError as exc:  # a broken link, or a party that stopped answering mid-check
@@ -636,8 +637,18 @@ class SessionManager:
         ctx = MPCContext(party=rt.party, channel=channel, domain=domain, scheme=cfg.scheme(), provider=provider,
                          rng=AesCtrRandom.from_os(), security=plan.security, fixed=FixedPoint(plan.frac_bits),
                          live=rt.live)
-        outcome = await execute(ctx, self._execution_plan(plan), [f.name for f in plan.data_fields()],
-                                self._party_inputs(rt), output_requests(plan))
+        try:
+            outcome = await execute(ctx, self._execution_plan(plan), [f.name for f in plan.data_fields()],
+                                    self._party_inputs(rt), output_requests(plan))
+        except MacCheckError as exc:
+            # Tell the others (so they stop on a check too, not on a lost party); a notice
+            # received is answered with one, so nobody closes a link under a notice in flight.
+            await channel.abort("peer-abort" if isinstance(exc, PeerAbortedError) else exc.check)
+            channel.release()
+            raise
+        except BaseException:
+            channel.release()
+            raise
         return outcome, ctx, channel
 
     def _party_inputs(self, rt: SessionRuntime) -> PartyInputs:

@@ -39,8 +39,8 @@ hold a correct refusal against the node that made it:
   outage is seen by many) gains ``accuses_many_peers``, capped below the quarantine
   score;
 * a failed session that only one of its parties reports is not attributed at all: a
-  liar could fabricate it, and a cheater can make one honest party abort alone (nodes do
-  not tell each other why they stop), so it is held against nobody;
+  liar could fabricate it (an honest detector's abort notice makes its co-parties report
+  the failure too, so real aborts have several reporters), so it is held against nobody;
 * only a node's own authenticated message names it (``blamedParties`` from a reveal that
   does not open its commitment, or a non-canonical element): "party i saw different
   public inputs" names a victim of someone's inconsistent broadcast, never a culprit.

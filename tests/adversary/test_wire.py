@@ -155,6 +155,19 @@ def test_equivocating_input_broadcast_caught_by_broadcast_check(operator: Operat
     assert_no_result(operator, nodes[1], "split-1", auditor)
 
 
+def test_a_lone_detector_tells_the_others_to_stop(operator: Operator, start: Start) -> None:
+    """Party 2 sends a wrong share of the valid count to party 0 only (Shamir n = 3): party 0's opening sees
+    it off the polynomial; party 1's view is consistent, so party 1 learns of the cheat from
+    party 0's abort notice and fails on a check too, instead of restarting without party 0."""
+    nodes = start(3, {2: "split:valid-count"})
+    (auditor,) = run(operator, nodes, "lone-1", [5, 6, 7], security="malicious", sharing="shamir", threshold=1)
+    assert_caught(final(operator, nodes[0], "lone-1"), "opening-consistency", [])
+    told = final(operator, nodes[1], "lone-1")
+    assert_caught(told, "peer-abort", [])
+    assert "party 0 stopped the session" in told["message"] and told["attempts"] == 1, told
+    assert_no_result(operator, nodes[1], "lone-1", auditor)
+
+
 def test_shifted_input_caught_by_owner_key_shamir(operator: Operator, start: Start) -> None:
     nodes = start(3, {2: "shift-input"})
     (auditor,) = run(operator, nodes, "shift-sh-1", [5, 6, 7], security="malicious", sharing="shamir", threshold=1)

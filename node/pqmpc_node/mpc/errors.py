@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["BlamedCheckError", "MacCheckError", "NonCanonicalError"]
+__all__ = ["BlamedCheckError", "MacCheckError", "NonCanonicalError", "PeerAbortedError"]
 
 
 class MacCheckError(RuntimeError):
@@ -41,3 +41,18 @@ class NonCanonicalError(BlamedCheckError):
     ``s`` modulo p, so it passes every MAC check, while comparisons, truncations and
     signed decodings read the raw word. Every element that crosses a channel is checked.
     """
+
+
+class PeerAbortedError(MacCheckError):
+    """Party ``peer`` stopped the attempt because one of its checks caught a deviation.
+
+    Honest parties that detect a cheat tell their peers (an abort notice) instead of just
+    hanging up, so every honest party ends with the same kind of failure rather than
+    seeing a lost party. The notice is one party's word: it names no culprit.
+    """
+
+    def __init__(self, peer: int, their_check: str) -> None:
+        self.peer = peer
+        self.their_check = their_check
+        super().__init__("peer-abort", [], f"party {peer} stopped the session: its check {their_check!r} "
+                                            "caught a deviation")

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pqmpc_node.mpc.channel import ChannelError, LostPartyError
+from pqmpc_node.mpc.errors import PeerAbortedError
 from pqmpc_node.net.link import LinkClosed, LinkRefused, PeerLink
 
 __all__ = ["HELLO_TAG", "Hello", "PeerLostError", "PqChannel", "TrafficCounters", "round_tag"]
@@ -56,6 +57,16 @@ class Hello:
         if not isinstance(raw, dict) or not isinstance(raw.get("session"), str) or not isinstance(raw.get("party"), int):
             raise ValueError("hello must be {session: str, party: int}")
         return cls(raw["session"], raw["party"])
+
+
+ABORT_TAG = "session/abort"
+"""The round an abort notice travels in (payload: the name of the check that caught a deviation)."""
+
+
+def _consume(fut: asyncio.Future[bytes]) -> None:
+    """Retrieve a finished abort wait's outcome so a closed link is not reported as unhandled."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def round_tag(attempt: int, tag: str) -> int:
@@ -104,6 +115,7 @@ class PqChannel:
         self._attempt = attempt
         self._timeout = round_timeout_s
         self._clock = clock
+        self._aborts: dict[int, asyncio.Future[bytes]] = {}
         self.traffic = TrafficCounters()
 
     @property
@@ -140,16 +152,63 @@ class PqChannel:
             return
         await asyncio.gather(*(self._send(peer, wire, payload) for peer, payload in payloads.items()))
 
+    def _abort_notice(self, peer: int) -> asyncio.Future[bytes]:
+        """The (lazily started) wait for ``peer``'s abort notice in this attempt."""
+        fut = self._aborts.get(peer)
+        if fut is None:
+            fut = asyncio.ensure_future(self._link(peer).recv(round_tag(self._attempt, ABORT_TAG)))
+            fut.add_done_callback(_consume)
+            self._aborts[peer] = fut
+        return fut
+
     async def _recv(self, peer: int, wire: int, start: float) -> bytes:
+        link = self._link(peer)
+        data_task = asyncio.ensure_future(link.recv(wire))
+        abort = self._abort_notice(peer)
         try:
-            data = await asyncio.wait_for(self._link(peer).recv(wire), self._timeout)
-        except TimeoutError:
-            raise PeerLostError(peer, f"no message within {self._timeout:.0f}s") from None
+            done, _ = await asyncio.wait({data_task, abort}, timeout=self._timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if data_task not in done and abort in done and not abort.cancelled() and abort.exception() is None:
+                raise PeerAbortedError(peer, abort.result()[:200].decode("utf-8", "replace"))
+            if data_task not in done and abort in done:  # the link failed: the data wait says how
+                done, _ = await asyncio.wait({data_task}, timeout=max(0.0, self._timeout - (self._clock() - start)))
+            if data_task not in done:
+                raise PeerLostError(peer, f"no message within {self._timeout:.0f}s")
+            data = data_task.result()
         except (LinkClosed, LinkRefused, ConnectionError, OSError) as exc:
             raise PeerLostError(peer, str(exc)) from None
+        finally:
+            if not data_task.done():
+                data_task.cancel()
         self.traffic.received[peer] = self.traffic.received.get(peer, 0) + len(data)
         self.traffic.peer_waits.setdefault(peer, []).append(self._clock() - start)
         return data
+
+    async def abort(self, check: str, timeout_s: float = 2.0) -> None:
+        """Tell every peer this party stops because its check ``check`` caught a deviation (best effort).
+
+        Every party that stops on a check sends one (one that stops on a peer's notice sends
+        ``peer-abort``), so each waits, at most ``timeout_s``, until every peer's notice is
+        in before the links close: a close right behind the notice could cut it off.
+        """
+        wire = round_tag(self._attempt, ABORT_TAG)
+
+        async def one(link: PeerLink) -> None:
+            try:
+                await asyncio.wait_for(link.send(wire, check.encode()[:200]), timeout_s)
+            except (TimeoutError, LinkClosed, LinkRefused, ConnectionError, OSError):
+                pass  # the peer is gone anyway
+
+        await asyncio.gather(*(one(link) for link in self._links.values()))
+        notices = [self._abort_notice(p) for p in self._links]
+        if notices:
+            await asyncio.wait(notices, timeout=timeout_s)
+
+    def release(self) -> None:
+        """Stop waiting for abort notices of this attempt (the links live on for the next one)."""
+        for fut in self._aborts.values():
+            fut.cancel()
+        self._aborts.clear()
 
     async def receive_many(self, tag: str, peers: Iterable[int]) -> dict[int, bytes]:
         wire = round_tag(self._attempt, tag)
