@@ -22,7 +22,8 @@ Life of a session here (phases as in ``MPCSession.status.phase``):
    A lost peer aborts an additive session; a Shamir session restarts the computation
    (next attempt, fresh round tags, the next attempt's fresh material) with the
    remaining parties while at least ``t + 1`` remain and material is left. A failed
-   check aborts; the status names it (``failedCheck``) and, where the evidence is the
+   check aborts and sends the peers an abort notice (they stop with ``peer-abort``);
+   the status names the check (``failedCheck``) and, where the evidence is the
    culprit's own message, the culprit (``blamedParties``).
 4. ``Succeeded``: each recipient's allowed outputs — this party's shares, with its shares
    of per-output MAC keys and tags in malicious sessions — are sealed to its KEM key,
