@@ -322,6 +322,24 @@ def run_parties(cmds: list[list[str]], env: dict[str, str], timeout: float) -> s
     return outs[0].decode()
 
 
+def run_pq_parties(script: Path, env: dict[str, str], *, cwd: Path, timeout: float,
+                   party0_stderr: bool = False) -> dict[str, Any]:
+    """Run the pqmpc party role of ``script`` as 3 processes (``env`` sets role, mode and ports); party 0's JSON."""
+    procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                              stderr=None if i == 0 and party0_stderr else subprocess.DEVNULL,
+                              env=dict(env, PQMPC_PARTY=str(i)), cwd=cwd) for i in range(3)]
+    try:
+        out = procs[0].communicate(timeout=timeout)[0]
+        for p in procs[1:]:
+            p.wait(timeout=60)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return dict(json.loads(out.decode()))
+
+
 def main() -> None:
     role = os.environ.get("PQMPC_BENCH_ROLE")
     if role == "pqmpc":
@@ -343,24 +361,7 @@ def main() -> None:
         # worker threads make small GEMMs ~15x slower when oversubscribed.
         env = dict(os.environ, PQMPC_BENCH_ROLE="pqmpc", PQMPC_MODE=mode, PQMPC_PORTS=",".join(map(str, ports)),
                    OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        cmds = [[py, me] for _ in range(3)]
-        envs = []
-        out = None
-        procs = []
-        for i in range(3):
-            e = dict(env, PQMPC_PARTY=str(i))
-            envs.append(e)
-            procs.append(subprocess.Popen(cmds[i], stdout=subprocess.PIPE, stderr=None if i == 0 else subprocess.DEVNULL, env=e, cwd=ROOT))
-        try:
-            out = procs[0].communicate(timeout=300)[0]
-            for p in procs[1:]:
-                p.wait(timeout=60)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-        pq[mode] = json.loads(out.decode())
+        pq[mode] = run_pq_parties(Path(me), env, cwd=ROOT, timeout=300, party0_stderr=True)
     base = free_ports(1)[0]
     mpyc_note = "MPyC 0.11, 3 parties as subprocesses with -M3 on loopback, SecInt(64)/SecFxp(64)"
     try:

@@ -109,22 +109,11 @@ def mpc_rows(tree: Path) -> dict[str, Any]:
     """The malicious pqmpc rows of the tree's own mpc_vs_mpyc.py (its party role, 3 processes)."""
     script = tree / "benchmarks" / "mpc_vs_mpyc.py"
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from mpc_vs_mpyc import free_ports  # the same helper in both trees
+    from mpc_vs_mpyc import free_ports, run_pq_parties  # this tree's launcher; the party role is the same in both
 
-    ports = free_ports(3)
-    base = dict(tree_env(tree), PQMPC_BENCH_ROLE="pqmpc", PQMPC_MODE="malicious", PQMPC_PORTS=",".join(map(str, ports)))
-    procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              env=dict(base, PQMPC_PARTY=str(i)), cwd=tree) for i in range(3)]
-    try:
-        out = procs[0].communicate(timeout=600)[0]
-        for p in procs[1:]:
-            p.wait(timeout=60)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return dict(json.loads(out.decode()))
+    env = dict(tree_env(tree), PQMPC_BENCH_ROLE="pqmpc", PQMPC_MODE="malicious",
+               PQMPC_PORTS=",".join(map(str, free_ports(3))))
+    return run_pq_parties(script, env, cwd=tree, timeout=600)
 
 
 def session_rows(tree: Path, rows: int) -> dict[str, float]:

@@ -20,6 +20,7 @@ from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.domain import Array
 from pqmpc_node.mpc.field import P61, MersenneField61
+from pqmpc_node.mpc.fixedpoint import FixedPoint
 from pqmpc_node.mpc.inputs import OwnerShares, share_owner_input
 from pqmpc_node.mpc.outputs import OutputRequest
 from pqmpc_node.mpc.preprocessing import InputMask
@@ -128,7 +129,7 @@ class LyingMaskProvider:
         mask = self._inner.input_mask(shape, owner)
         if owner != self._party or mask.clear is None:
             return mask
-        d = MersenneField61(mask.clear.__array_namespace__() if hasattr(mask.clear, "__array_namespace__") else np)
+        d = MersenneField61()  # the adversarial runs compute on numpy
         return InputMask(mask.mask, d.sub(mask.clear, d.asarray(np.full(shape, self._delta, dtype=np.uint64))))
 
 
@@ -160,8 +161,6 @@ def owner_shares(config: EngineConfig, owners: Mapping[str, Sequence[float]], *,
     set of Shamir shares that is not one degree-t polynomial).
     """
     domain, scheme = config.domain(), config.scheme()
-    from pqmpc_node.mpc.fixedpoint import FixedPoint
-
     fx = FixedPoint(config.frac_bits)
     rng = AesCtrRandom(seed)
     per_party: list[list[OwnerShares]] = [[] for _ in range(config.parties)]

@@ -122,22 +122,18 @@ def verify_delivered(
         for part in (s.value, s.key, s.tag):
             if part is not None and not domain.is_canonical(part):
                 raise OutputForgeryError(f"party {party} delivered a value that is not a {domain.name} element")
+        if authenticated and (s.key is None or s.tag is None or s.key.shape != s.value.shape
+                              or s.tag.shape != s.value.shape):
+            raise OutputForgeryError(f"party {party} delivered no output key or tag of the output's shape")
     try:
         y = _reconstruct(domain, scheme, {p: s.value for p, s in shares.items()})
         if not authenticated:
             return y
-        keys, tags = {}, {}
-        for p, s in shares.items():
-            if s.key is None or s.tag is None or s.key.shape != s.value.shape or s.tag.shape != s.value.shape:
-                raise OutputForgeryError(f"party {p} delivered no output key or tag of the output's shape")
-            keys[p], tags[p] = s.key, s.tag
-        a = _reconstruct(domain, scheme, keys)
-        t = _reconstruct(domain, scheme, tags)
+        a = _reconstruct(domain, scheme, {p: s.key for p, s in shares.items() if s.key is not None})
+        t = _reconstruct(domain, scheme, {p: s.tag for p, s in shares.items() if s.tag is not None})
     except InconsistentSharesError as exc:
         raise OutputForgeryError(f"the delivered shares are inconsistent: {exc}") from None
     except ValueError as exc:
-        if isinstance(exc, OutputForgeryError):
-            raise
         raise OutputForgeryError(f"the delivered shares do not fit together: {exc}") from None
     expected = to_host(domain.mul(a, y)).tobytes()
     if not hmac.compare_digest(expected, to_host(t).tobytes()):
