@@ -53,14 +53,24 @@ CONFIGS = {"additive": EngineConfig(3, security="malicious"),
            "shamir": EngineConfig(3, threshold=1, sharing="shamir", security="malicious")}
 
 def one(config, program, n_rows):
-    plan = compile_program(program, FIELDS)
+    from pqmpc_node.mpc import programs
+    exact = hasattr(programs, "encode_column")  # trees with compile-time numerics (per-field encodings, row bounds)
+    if exact:
+        from pqmpc_node.mpc.numerics import RowBound
+        plan = compile_program(program, FIELDS, rows=RowBound(3, n_rows))
+    else:
+        plan = compile_program(program, FIELDS)
     contexts, _ = make_contexts(config, seed=b"security-cost-seed-0123456789abc")
     d, scheme, fx = contexts[0].domain, contexts[0].scheme, FixedPoint(config.frac_bits)
     rng = np.random.default_rng(1)
     rng_s = AesCtrRandom(b"s" * 32)
-    tables = [fx.encode(np.stack([rng.uniform(0, 1e4, n_rows), rng.uniform(18, 100, n_rows)]), d) for _ in range(3)]
+    def enc(name, v):
+        return programs.encode_column(plan, name, v, d) if exact else fx.encode(v, d)
+    tables = [np.stack([enc("amount", rng.uniform(0, 1e4, n_rows)), enc("age", rng.uniform(18, 100, n_rows))])
+              for _ in range(3)]
     shapes = model_shapes(plan)
-    params = {k: fx.encode(np.full(s, 0.01), d) for k, s in shapes.items()}
+    params = {k: (programs.encode_model(plan, k, np.full(s, 0.01), d) if exact else fx.encode(np.full(s, 0.01), d))
+              for k, s in shapes.items()}
     names = sorted(params)
     if NEW:
         from pqmpc_node.mpc.inputs import OwnerShares, share_owner_input

@@ -50,8 +50,8 @@ from pqmpc_node.crypto.transparency import LogVerifier
 from pqmpc_node.keystore import CertificationError, LogBundle
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.domain import Domain
-from pqmpc_node.mpc.fixedpoint import FixedPoint, FixedPointRangeError
-from pqmpc_node.mpc.programs import compile_program, model_shapes
+from pqmpc_node.mpc.numerics import decode_exact
+from pqmpc_node.mpc.programs import encode_column, encode_model, model_shapes, output_decodings
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.mpc.inputs import share_owner_input
 from pqmpc_node.mpc.outputs import DeliveredShare, OutputForgeryError, verify_delivered
@@ -340,16 +340,21 @@ class SessionClient:
             raise ClientError("the CSV has no data rows", "empty")
         return out
 
-    def _share(self, arrays: Mapping[str, np.ndarray[Any, Any]]) -> list[tuple[dict[str, U64], dict[str, U64] | None, U64 | None]]:
+    def _share(self, arrays: Mapping[str, np.ndarray[Any, Any]], model: bool = False
+               ) -> list[tuple[dict[str, U64], dict[str, U64] | None, U64 | None]]:
         """Per party: shares of each array, and in malicious sessions the tags and key share.
 
-        All arrays are keyed together under one owner key (:mod:`pqmpc_node.mpc.inputs`).
+        Columns are encoded as the compiled program says (units of each field's decimals,
+        or fixed point for models); all arrays are keyed together under one owner key
+        (:mod:`pqmpc_node.mpc.inputs`).
         """
         domain = self._domain()
         names = list(arrays)
+        plan = self.plan.execution_plan()
+        encode = encode_model if model else encode_column
         try:
-            encoded = [FixedPoint(self.plan.frac_bits).encode(arrays[k], domain).reshape(-1) for k in names]
-        except FixedPointRangeError as exc:
+            encoded = [encode(plan, k, arrays[k], domain).reshape(-1) for k in names]
+        except ValueError as exc:
             raise ClientError(str(exc), "out_of_range") from None
         bounds = np.cumsum([0, *(int(e.size) for e in encoded)])
         per_party = share_owner_input(domain, self._engine().scheme(), np.concatenate(encoded), AesCtrRandom.from_os(),
@@ -382,6 +387,10 @@ class SessionClient:
         values = self.validate_rows(columns)
         names = [f.name for f in self.plan.data_fields()]
         rows = len(values[names[0]])
+        if rows > self.plan.max_rows_per_owner:
+            raise ClientError(f"the table has {rows} rows; the session accepts at most {self.plan.max_rows_per_owner} "
+                              "per owner (spec.maxRowsPerOwner): split the data or ask for a session with a larger "
+                              "maxRowsPerOwner", "too_many_rows")
         payloads = [InputPayload("rows", self.domain_name, cols, {}, rows, tags, key).encode()
                     for cols, tags, key in self._share({f: values[f] for f in names})]
         return [(p, self._seal(identity, p, payloads[p.plan.index])) for p in self.parties()]
@@ -394,7 +403,7 @@ class SessionClient:
     def seal_model(self, identity: Identity, params: Mapping[str, Any]) -> list[tuple[_Party, bytes]]:
         """Validate, share and seal model parameters: one envelope per party, nothing sent yet."""
         self._owner(identity, "model")
-        shapes = model_shapes(compile_program(self.plan.program, [f.to_json() for f in self.plan.data_fields()]))
+        shapes = model_shapes(self.plan.execution_plan())
         arrays: dict[str, np.ndarray[Any, Any]] = {}
         for name, shape in shapes.items():
             if name not in params:
@@ -405,7 +414,7 @@ class SessionClient:
                                   "bad_shape")
             arrays[name] = a
         payloads = [InputPayload("model", self.domain_name, {}, params_i, 0, tags, key).encode()
-                    for params_i, tags, key in self._share(arrays)]
+                    for params_i, tags, key in self._share(arrays, model=True)]
         return [(p, self._seal(identity, p, payloads[p.plan.index])) for p in self.parties()]
 
     def post_sealed(self, sealed: Sequence[tuple[_Party, bytes]],
@@ -513,7 +522,11 @@ class SessionClient:
                 f"{'; '.join(errors) or 'unreachable'}); {need} are needed to verify the result, so it is refused. "
                 "Retry when the nodes are reachable.", "missing_shares")
         domain = self._domain()
-        fixed = FixedPoint(self.plan.frac_bits)
+        decodings = output_decodings(self.plan.execution_plan())
+        valid_rows = {o.valid_rows for o in opened.values()}
+        if len(valid_rows) != 1:
+            raise ClientError(f"nodes disagree on the number of valid rows ({sorted(valid_rows)}): inconsistent outputs",
+                              "inconsistent")
         authenticated = self.plan.security == "malicious"
         result: dict[str, Any] = {}
         for name in allow:
@@ -542,10 +555,13 @@ class SessionClient:
                 if undefined == {True}:
                     result[name] = None  # no valid rows: the statistic is undefined
                     continue
-                if want_kind == "integer":
-                    decoded: Any = domain.to_signed(value).tolist()
-                else:
-                    decoded = fixed.decode(value, domain).tolist()
+                # Exact: the integers divided by the output's scale (and the public count for
+                # mean and variance) as a fraction, then an int or the nearest float.
+                signed = [int(v) for v in domain.to_signed(value).reshape(-1).tolist()]
+                flat = decode_exact(decodings[name], signed, next(iter(valid_rows)))
+                decoded: Any = flat
+                if name == "score":
+                    decoded = np.asarray(flat, dtype=np.float64).reshape(value.shape).tolist()
                 if isinstance(decoded, list) and len(decoded) == 1 and not name.startswith("histogram("):
                     decoded = decoded[0]
                 result[name] = decoded

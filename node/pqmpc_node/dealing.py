@@ -71,7 +71,7 @@ from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.fixedpoint import FixedPoint
 from pqmpc_node.mpc.inputs import OwnerShares, authenticate_inputs, share_owner_input
 from pqmpc_node.mpc.outputs import DeliveredShare, OutputRequest, deliver_outputs
-from pqmpc_node.mpc.programs import ExecutionPlan, SessionInputs, SessionResult, compile_program, model_shapes, run_session
+from pqmpc_node.mpc.programs import ExecutionPlan, SessionInputs, SessionResult, encode_column, model_shapes, run_session
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.mpc.seeded_dealer import DealingProvider, Request, SplitProvider
 from pqmpc_node.mpc.shares import Shared
@@ -144,10 +144,6 @@ def engine_config(plan: SessionPlan, backend: str = "numpy") -> EngineConfig:
     return EngineConfig(parties=len(plan.parties), threshold=plan.threshold if plan.sharing == "shamir" else 1,
                         sharing=plan.sharing, security=plan.security, frac_bits=plan.frac_bits,
                         backend="cupy" if backend == "cupy" else ("auto" if backend == "auto" else "numpy"))
-
-
-def _execution_plan(plan: SessionPlan) -> ExecutionPlan:
-    return compile_program(plan.program, [f.to_json() for f in plan.data_fields()])
 
 
 # -- the engine run (shared by the nodes and the dealer's simulation) --------------------------
@@ -251,15 +247,15 @@ async def _simulate(plan: SessionPlan, rows: Mapping[str, int], seeds: Sequence[
     """Run the program once with every party simulated on dummy inputs of the real shapes."""
     cfg = engine_config(plan)
     domain, scheme = cfg.domain(), cfg.scheme()
-    exec_plan = _execution_plan(plan)
+    exec_plan = plan.execution_plan()
     fx = FixedPoint(plan.frac_bits)
     fields = plan.data_fields()
     keyed = plan.security == "malicious"
     share_rng = AesCtrRandom(rng(32))
     per_party: list[list[OwnerShares]] = [[] for _ in plan.parties]
     for owner in (i.owner for i in plan.inputs if i.role == "data"):
-        mids = np.array([[(f.min + f.max) / 2.0] * rows[owner] for f in fields], dtype=np.float64)
-        encoded = fx.encode(mids, domain)
+        encoded = np.stack([encode_column(exec_plan, f.name, np.full(rows[owner], (f.min + f.max) / 2.0), domain)
+                            for f in fields])
         for i, (x, t, k) in enumerate(share_owner_input(domain, scheme, encoded, share_rng, keyed=keyed)):
             per_party[i].append(OwnerShares(owner, x.reshape(encoded.shape), t, k))
     model: list[OwnerShares | None] = [None] * len(plan.parties)

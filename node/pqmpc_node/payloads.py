@@ -12,16 +12,18 @@ plus, in malicious sessions, the owner's input key material
 (:mod:`pqmpc_node.mpc.inputs`): ``"tags"`` (shares of ``k * x``, the same names and
 sizes as ``columns`` / ``params``' data) and ``"key"`` (the shares of ``k`` and ``k^2``).
 
-Output (``format: pqmpc.io/output/v2``)::
+Output (``format: pqmpc.io/output/v3``)::
 
     {"format", "session", "party", "domain", "sharing", "threshold", "fracBits",
      "shares": {name: {"shape": [...], "kind": "fixed"|"integer", "data": b64,
                        "key": b64, "tag": b64}},      # key/tag: malicious sessions
-     "public": {name: value}, "undefined": [name, ...]}
+     "public": {name: value}, "undefined": [name, ...], "validRows": int}
 
 ``key`` and ``tag`` are the node's shares of a fresh per-output MAC key ``a`` and of
 ``a * y`` (:mod:`pqmpc_node.mpc.outputs`); ``public`` holds only values public by design
-(valid-row counts).
+(valid-row counts); ``validRows`` is the number of rows that passed the range checks,
+which the recipient divides the mean's sum and the variance's numerator by
+(:func:`pqmpc_node.mpc.programs.output_decodings`).
 
 Pure: parsing checks every bound and raises :class:`PayloadError`.
 """
@@ -51,7 +53,7 @@ __all__ = [
 ]
 
 INPUT_FORMAT = "pqmpc.io/input/v2"
-OUTPUT_FORMAT = "pqmpc.io/output/v2"
+OUTPUT_FORMAT = "pqmpc.io/output/v3"
 MAX_ROWS = 1_000_000
 MAX_PARAMS = 4_000_000
 DomainName = Literal["ring64", "mersenne61"]
@@ -225,6 +227,8 @@ class OutputPayload:
     shares: Mapping[str, OutputShare]
     public: Mapping[str, Any]
     undefined: tuple[str, ...] = ()
+    valid_rows: int = 0
+    """Rows that passed the range checks (public to the parties); the mean and variance divide by it."""
 
     def encode(self) -> bytes:
         return json.dumps({
@@ -234,7 +238,7 @@ class OutputPayload:
                            **({} if v.key is None or v.tag is None else
                               {"key": _enc(v.key.reshape(-1)), "tag": _enc(v.tag.reshape(-1))})}
                        for k, v in self.shares.items()},
-            "public": dict(self.public), "undefined": list(self.undefined),
+            "public": dict(self.public), "undefined": list(self.undefined), "validRows": self.valid_rows,
         }).encode()
 
     @classmethod
@@ -258,8 +262,11 @@ class OutputPayload:
         party, threshold, frac = raw.get("party"), raw.get("threshold"), raw.get("fracBits")
         if not all(isinstance(v, int) for v in (party, threshold, frac)) or not isinstance(raw.get("public"), dict):
             raise PayloadError("party, threshold and fracBits must be integers, public an object")
+        valid_rows = raw.get("validRows")
+        if isinstance(valid_rows, bool) or not isinstance(valid_rows, int) or valid_rows < 0:
+            raise PayloadError("validRows must be a non-negative integer")
         undefined = raw.get("undefined", [])
         if not isinstance(undefined, list) or not all(isinstance(u, str) for u in undefined):
             raise PayloadError("undefined must be a list of output names")
         return cls(str(raw.get("session")), int(party), domain, str(raw.get("sharing")), int(threshold),  # type: ignore[arg-type]
-                   int(frac), shares, raw["public"], tuple(undefined))  # type: ignore[arg-type]
+                   int(frac), shares, raw["public"], tuple(undefined), valid_rows)  # type: ignore[arg-type]

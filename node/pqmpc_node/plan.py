@@ -69,6 +69,8 @@ from pqmpc_node.crypto.envelopes import (
 )
 from pqmpc_node.crypto.kemkeys import KemPublicKey
 from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, SignatureAlgorithm, Suite
+from pqmpc_node.mpc.numerics import DEFAULT_MAX_ROWS_PER_OWNER, RowBound
+from pqmpc_node.mpc.programs import ExecutionPlan, compile_program
 
 __all__ = [
     "BadPlanSignatureError",
@@ -285,14 +287,21 @@ class FieldDecl:
     name: str
     min: float
     max: float
+    decimals: int | None = None
+    """Units of ``10^-decimals`` (aggregates); the operator resolves an automatic choice before signing."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "min": self.min, "max": self.max}
+        out: dict[str, Any] = {"name": self.name, "min": self.min, "max": self.max}
+        if self.decimals is not None:
+            out["decimals"] = self.decimals
+        return out
 
     @classmethod
     def from_json(cls, raw: Any) -> FieldDecl:
         o = _obj(raw, "field")
-        f = cls(_name(o.get("name"), "field name"), _num(o.get("min"), "field min"), _num(o.get("max"), "field max"))
+        dec = o.get("decimals")
+        f = cls(_name(o.get("name"), "field name"), _num(o.get("min"), "field min"), _num(o.get("max"), "field max"),
+                None if dec is None else _int(dec, "field decimals", 0, 9))
         if f.min > f.max:
             raise MalformedPlanError(f"field {f.name!r} has min {f.min} > max {f.max}")
         return f
@@ -365,6 +374,7 @@ class SessionPlan:
     outputs: tuple[PlanOutput, ...]
     sealed_dealer_seeds: Mapping[str, bytes] = field(default_factory=dict, hash=False, repr=False)
     frac_bits: int = 16
+    max_rows_per_owner: int = DEFAULT_MAX_ROWS_PER_OWNER
 
     # -- derived views ------------------------------------------------------------
     def party_of(self, node_id: str) -> PlanParty:
@@ -395,6 +405,18 @@ class SessionPlan:
                 return i.fields
         return ()
 
+    def execution_plan(self) -> ExecutionPlan:
+        """The program compiled against the plan's fields, row bound and domain (the one place it is compiled).
+
+        Raises :class:`~pqmpc_node.mpc.programs.ProgramError` (or its
+        :class:`~pqmpc_node.mpc.numerics.NumericsError`) when the numbers cannot be exact.
+        """
+        owners = sum(1 for i in self.inputs if i.role == "data")
+        return compile_program(self.program, [f.to_json() for f in self.data_fields()],
+                               rows=RowBound(owners, self.max_rows_per_owner),
+                               ring=self.sharing == "additive" and self.security == "semi-honest",
+                               frac_bits=None if "aggregate" in self.program else self.frac_bits)
+
     def digest(self) -> str:
         """SHA-256 of the canonical bytes, hex (identifies a plan version)."""
         return hashlib.sha256(canonical_bytes(self.to_json())).hexdigest()
@@ -416,6 +438,7 @@ class SessionPlan:
             "threshold": self.threshold,
             "security": self.security,
             "fracBits": self.frac_bits,
+            "maxRowsPerOwner": self.max_rows_per_owner,
             "program": json.loads(canonical_bytes(self.program)),
             "inputs": [i.to_json() for i in self.inputs],
             "outputs": [o.to_json() for o in self.outputs],
@@ -457,6 +480,7 @@ class SessionPlan:
             threshold=_int(o.get("threshold"), "threshold", 0, 1023),
             security=cast(Security, security),
             frac_bits=_int(o.get("fracBits", 16), "fracBits", 0, 40),
+            max_rows_per_owner=_int(o.get("maxRowsPerOwner", DEFAULT_MAX_ROWS_PER_OWNER), "maxRowsPerOwner", 1, 10_000_000),
             program=json.loads(canonical_bytes(program)),
             inputs=tuple(PlanInput.from_json(i) for i in _list(o.get("inputs"), "inputs")),
             outputs=tuple(PlanOutput.from_json(x) for x in _list(o.get("outputs"), "outputs")),

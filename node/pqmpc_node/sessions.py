@@ -90,12 +90,7 @@ from pqmpc_node.mpc.errors import MacCheckError, PeerAbortedError
 from pqmpc_node.mpc.fixedpoint import FixedPoint
 from pqmpc_node.mpc.errors import BlamedCheckError
 from pqmpc_node.mpc.inputs import OwnerShares
-from pqmpc_node.mpc.programs import (
-    ExecutionPlan,
-    ProgramError,
-    compile_program,
-    model_shapes,
-)
+from pqmpc_node.mpc.programs import ModelOutOfRangeError, ProgramError, model_shapes
 from pqmpc_node.mpc.seeded_dealer import PreprocessingMismatchError
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.net.counters import RefusalCounters
@@ -330,8 +325,13 @@ class SessionManager:
                                               keyed=plan.security == "malicious")
                 if payload.kind != "rows":
                     raise PayloadError("a data owner must send rows")
+                if payload.rows > plan.max_rows_per_owner:
+                    raise InputRejected(
+                        f"{h.sender!r} sent {payload.rows} rows; the session accepts at most {plan.max_rows_per_owner} "
+                        "per owner (spec.maxRowsPerOwner, which the program's numbers are proven for): split the data "
+                        "or ask for a session with a larger maxRowsPerOwner", reason="too_many_rows", status=422)
             else:
-                shapes = model_shapes(self._execution_plan(plan))
+                shapes = model_shapes(plan.execution_plan())
                 payload = InputPayload.decode(opened.plaintext, domain=domain, model_shapes=shapes,
                                               keyed=plan.security == "malicious")
                 if payload.kind != "model":
@@ -362,10 +362,6 @@ class SessionManager:
         self._maybe_start(rt)
         return {"sessionId": session_id, "owner": h.sender, "inputId": h.input_id, "keyEpoch": h.key_epoch,
                 "accepted": True, "phase": rt.phase.value}
-
-    @staticmethod
-    def _execution_plan(plan: SessionPlan) -> ExecutionPlan:
-        return compile_program(plan.program, [f.to_json() for f in plan.data_fields()])
 
     # -- preprocessing ----------------------------------------------------------------
 
@@ -563,6 +559,9 @@ class SessionManager:
         except TimeoutError:
             self._fail(rt, "deadline_exceeded", f"session passed its deadline ({plan.deadline})")
             outcome = "deadline_exceeded"
+        except ModelOutOfRangeError as exc:  # the model owner's parameters break the program's proven bounds
+            self._fail(rt, "model_out_of_range", str(exc))
+            outcome = "model_out_of_range"
         except asyncio.CancelledError:
             self._fail(rt, "cancelled", rt.cancelled_by or "the node is shutting down")
             outcome = "cancelled"
@@ -639,7 +638,7 @@ class SessionManager:
                          rng=AesCtrRandom.from_os(), security=plan.security, fixed=FixedPoint(plan.frac_bits),
                          live=rt.live)
         try:
-            outcome = await execute(ctx, self._execution_plan(plan), [f.name for f in plan.data_fields()],
+            outcome = await execute(ctx, plan.execution_plan(), [f.name for f in plan.data_fields()],
                                     self._party_inputs(rt), output_requests(plan))
         except MacCheckError as exc:
             # Tell the others (so they stop on a check too, not on a lost party); a notice
@@ -704,7 +703,7 @@ class SessionManager:
             public = {name: _jsonable(v) for name, v in result.public.items() if name in out.allow}
             undefined = tuple(sorted(n for n in result.undefined if n in out.allow))
             payload = OutputPayload(plan.session_id, rt.party, domain, plan.sharing, plan.threshold, plan.frac_bits,
-                                    shares, public, undefined)
+                                    shares, public, undefined, result.valid_rows)
             header = EnvelopeHeader(
                 suite=suite.name, session_id=plan.session_id, node_id=out.recipient, party_index=rt.party,
                 input_id=f"output/{self.node_id}", key_epoch=1, sender=self.node_id,

@@ -2,8 +2,11 @@
 
 Contract: pure. The API server already enforced the CRD schema and its CEL rules; this
 module checks what they cannot (key encodings and sizes, that every data owner shares
-the same table columns, that the model owner supplies the model) and raises
-:class:`~pqmpc_operator.model.SpecError` naming the field and the fix.
+the same table columns, that the model owner supplies the model), compiles the program
+against the declared ranges and row bound (:mod:`pqmpc_node.mpc.numerics`: a program
+whose numbers could wrap is refused here, before any data arrives, and automatic
+decimals and model precision are resolved into the spec the plan is built from) and
+raises :class:`~pqmpc_operator.model.SpecError` naming the field and the fix.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any, Literal
 
 from pqmpc_node.crypto.kemkeys import kem_public_key_from_bytes
 from pqmpc_node.crypto.suites import Suite
+from pqmpc_node.mpc.numerics import DEFAULT_MAX_ROWS_PER_OWNER, NumericsError, RowBound
+from pqmpc_node.mpc.programs import AggregatePlan, ExecutionPlan, ProgramError, compile_program
 from pqmpc_operator.model import SpecError, parse_duration
 from pqmpc_operator.placement import PlacementRequest, placement_request_from_spec
 
@@ -32,7 +37,8 @@ class InputSpec:
     owner: str
     identity: bytes = field(repr=False)
     role: Literal["data", "model"]
-    fields: tuple[tuple[str, float, float], ...]
+    fields: tuple[tuple[str, float, float, int | None], ...]
+    """(name, min, max, decimals); decimals resolved by :func:`parse_mpcsession` for the fields the program reads."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,8 @@ class SessionSpec:
     placement: PlacementRequest = field(default_factory=lambda: PlacementRequest(parties=2))
     deadline_s: float = 3600.0
     ttl_after_finished_s: int = 3600
+    max_rows_per_owner: int = DEFAULT_MAX_ROWS_PER_OWNER
+    frac_bits: int = 16
 
     @property
     def session_id(self) -> str:
@@ -115,7 +123,8 @@ def parse_mpcsession(body: Mapping[str, Any], suite: Suite) -> SessionSpec:
     for i, raw in enumerate(spec.get("inputs") or []):
         owner = str(raw.get("owner", ""))
         identity = _key(raw.get("identity"), f"inputs[{i}].identity", sig_size, f"{suite.signature.label} public key")
-        fields = tuple((str(f["name"]), float(f["min"]), float(f["max"])) for f in raw.get("fields") or [])
+        fields = tuple((str(f["name"]), float(f["min"]), float(f["max"]),
+                        None if f.get("decimals") is None else int(f["decimals"])) for f in raw.get("fields") or [])
         if owner == model_owner and not fields:
             inputs.append(InputSpec(owner, identity, "model", ()))
         elif owner == model_owner:
@@ -139,12 +148,19 @@ def parse_mpcsession(body: Mapping[str, Any], suite: Suite) -> SessionSpec:
     if model_owner is not None and not any(inp.role == "model" for inp in inputs):
         raise SpecError("inputs", f"the modelOwner {model_owner!r} is not among the inputs",
                         f"add an input with owner {model_owner} and its identity, without fields")
+    sharing = spec.get("sharing", "additive")
+    security = spec.get("security", "malicious")
+    max_rows = int(spec.get("maxRowsPerOwner", DEFAULT_MAX_ROWS_PER_OWNER))
+    compiled = _compile(program, data[0].fields, RowBound(len(data), max_rows),
+                        ring=sharing == "additive" and security == "semi-honest")
+    if isinstance(compiled, AggregatePlan):
+        inputs = [InputSpec(i.owner, i.identity, i.role, tuple(
+            (n, lo, hi, compiled.numerics[n].decimals if n in compiled.numerics else d) for n, lo, hi, d in i.fields))
+            for i in inputs]
     outputs = []
     for i, raw in enumerate(spec.get("outputs") or []):
         kem = _kem_key(raw.get("identity"), f"outputs[{i}].identity", suite)
         outputs.append(OutputSpec(str(raw.get("recipient", "")), kem, tuple(str(a) for a in raw.get("allow") or [])))
-    sharing = spec.get("sharing", "additive")
-    security = spec.get("security", "malicious")
     if sharing not in ("additive", "shamir") or security not in ("semi-honest", "malicious"):
         raise SpecError("sharing", f"{sharing!r}/{security!r} is unknown", "use additive|shamir and semi-honest|malicious")
     return SessionSpec(
@@ -163,4 +179,18 @@ def parse_mpcsession(body: Mapping[str, Any], suite: Suite) -> SessionSpec:
         placement=placement_request_from_spec(spec),
         deadline_s=parse_duration(spec.get("deadline", "1h"), "deadline"),
         ttl_after_finished_s=int(spec.get("ttlSecondsAfterFinished", 3600)),
+        max_rows_per_owner=max_rows,
+        frac_bits=16 if isinstance(compiled, AggregatePlan) else compiled.frac_bits,
     )
+
+
+def _compile(program: Mapping[str, Any], fields: tuple[tuple[str, float, float, int | None], ...], rows: RowBound, *,
+             ring: bool) -> ExecutionPlan:
+    """The program compiled as the nodes will compile it; its refusals become :class:`SpecError`."""
+    declared = [{"name": n, "min": lo, "max": hi, **({} if d is None else {"decimals": d})} for n, lo, hi, d in fields]
+    try:
+        return compile_program(program, declared, rows=rows, ring=ring)
+    except NumericsError as exc:
+        raise SpecError(exc.path, exc.problem, exc.fix) from None
+    except ProgramError as exc:
+        raise SpecError("program", str(exc), "fix the program so it only uses declared fields and valid ops") from None

@@ -74,7 +74,7 @@ def build_signed_plan(
         for i, p in enumerate(parties)
     )
     inputs = tuple(
-        PlanInput(i.owner, i.identity, i.role, tuple(FieldDecl(n, lo, hi) for n, lo, hi in i.fields))
+        PlanInput(i.owner, i.identity, i.role, tuple(FieldDecl(n, lo, hi, d) for n, lo, hi, d in i.fields))
         for i in spec.inputs
     )
     outputs = tuple(PlanOutput(o.recipient, o.kem_public_key, o.allow) for o in spec.outputs)
@@ -94,6 +94,8 @@ def build_signed_plan(
         program=dict(spec.program),
         inputs=inputs,
         outputs=outputs,
+        frac_bits=spec.frac_bits,
+        max_rows_per_owner=spec.max_rows_per_owner,
     )
     return sign_plan(plan, signer)
 

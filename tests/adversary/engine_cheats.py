@@ -20,21 +20,22 @@ from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.domain import Array
 from pqmpc_node.mpc.field import P61, MersenneField61
-from pqmpc_node.mpc.fixedpoint import FixedPoint
 from pqmpc_node.mpc.inputs import OwnerShares, share_owner_input
 from pqmpc_node.mpc.outputs import OutputRequest
 from pqmpc_node.mpc.preprocessing import InputMask
-from pqmpc_node.mpc.programs import compile_program
+from pqmpc_node.mpc.numerics import decode_exact
+from pqmpc_node.mpc.programs import compile_program, encode_column, output_decodings
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.mpc.simulation import make_contexts
 
 FIELDS = [{"name": "amount", "min": 0, "max": 1000}]
 PROGRAM = {"aggregate": [{"op": "count", "field": "amount"}, {"op": "sum", "field": "amount"},
-                         {"op": "mean", "field": "amount"}, {"op": "max", "field": "amount"},
+                         {"op": "mean", "field": "amount"}, {"op": "variance", "field": "amount"},
+                         {"op": "max", "field": "amount"},
                          {"op": "histogram", "field": "amount", "bins": [0, 100, 1000]}]}
 OWNERS = {"bank-a": [5.0, 250.5, 999.0, 1200.0], "bank-b": [17.25, 400.0, -3.0]}
-RECIPIENTS = [OutputRequest("auditor", ("sum(amount)", "mean(amount)", "max(amount)", "histogram(amount)",
-                                        "count(amount)")),
+RECIPIENTS = [OutputRequest("auditor", ("sum(amount)", "mean(amount)", "variance(amount)", "max(amount)",
+                                        "histogram(amount)", "count(amount)")),
               OutputRequest("analyst", ("sum(amount)",))]
 
 current_party: contextvars.ContextVar[int] = contextvars.ContextVar("current_party", default=-1)
@@ -161,11 +162,11 @@ def owner_shares(config: EngineConfig, owners: Mapping[str, Sequence[float]], *,
     set of Shamir shares that is not one degree-t polynomial).
     """
     domain, scheme = config.domain(), config.scheme()
-    fx = FixedPoint(config.frac_bits)
+    plan = compile_program(PROGRAM, FIELDS)
     rng = AesCtrRandom(seed)
     per_party: list[list[OwnerShares]] = [[] for _ in range(config.parties)]
     for name, values in owners.items():
-        encoded = fx.encode(np.asarray([values], dtype=np.float64), domain)
+        encoded = encode_column(plan, "amount", np.asarray([values], dtype=np.float64), domain)
         parts = share_owner_input(domain, scheme, encoded, rng, keyed=config.security == "malicious")
         for i, (x, t, k) in enumerate(parts):
             if inconsistent == (name, i):
@@ -241,6 +242,21 @@ def run(
 
     asyncio.run(main())
     return result
+
+
+def decoded(name: str, y: Any, domain: Any, program: Mapping[str, Any] = PROGRAM) -> Any:
+    """An output's reconstructed elements as the recipient decodes them (exactly, as the client does)."""
+    plan = compile_program(program, FIELDS)
+    values = decode_exact(output_decodings(plan)[name], [int(v) for v in domain.to_signed(y).reshape(-1).tolist()],
+                          plaintext()["count(amount)"])
+    return values if name.startswith("histogram(") else values[0]
+
+
+def output_units(name: str) -> int:
+    """The integer an output's sharing holds for :data:`OWNERS` (the sum for sum and mean, the max for max)."""
+    num = compile_program(PROGRAM, FIELDS).numerics["amount"]  # type: ignore[union-attr]
+    units = [num.units(v, "row") for v in np.array([v for vs in OWNERS.values() for v in vs]) if 0 <= v <= 1000]
+    return max(units) if name == "max(amount)" else sum(units)
 
 
 def plaintext() -> dict[str, Any]:

@@ -3,7 +3,7 @@
 F_p elements travel as uint64 words; ``s + p`` equals ``s`` mod p, so it passes a MAC
 check, while comparisons, truncations and signed decodings read the raw word. A cheating
 party sends ``s + p`` in each kind of round of a real session run (Beaver openings,
-comparison and truncation masks, its own masked input, the owners' degree check, the valid
+comparison masks and the exact splits of the variance's limbs, its own masked input, the owners' degree check, the valid
 count, the output keys, the MAC check's sigma): every honest party aborts with a
 :class:`NonCanonicalError` that names the sender. A short sigma is blamed the same way.
 Owners' inputs, recipients' outputs and the dealer's stream are checked at their parsers.
@@ -36,7 +36,7 @@ CONFIGS = {
     "shamir-semi-honest": EngineConfig(4, threshold=1, sharing="shamir"),
 }
 CHEATER = 2
-LABELS = ["beaver", "ltz", "trunc", f"input/{CHEATER}", "input-degree", "input-check", "valid-count", "output-keys"]
+LABELS = ["beaver", "ltz", "split", f"input/{CHEATER}", "input-degree", "input-check", "valid-count", "output-keys"]
 
 
 def _cases() -> list[Any]:

@@ -22,7 +22,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine_cheats import OWNERS, add_to_first, label_of, owner_shares, plaintext, run  # noqa: E402
+from engine_cheats import (  # noqa: E402
+    FIELDS,
+    OWNERS,
+    PROGRAM,
+    add_to_first,
+    decoded,
+    label_of,
+    owner_shares,
+    plaintext,
+    run,
+)
+from pqmpc_node.mpc.numerics import decode_exact  # noqa: E402
+from pqmpc_node.mpc.programs import compile_program, encode_column, output_decodings  # noqa: E402
 from pqmpc_node.crypto.kemkeys import KemKeyPair  # noqa: E402
 from pqmpc_node.crypto.suites import SuiteName, get_suite  # noqa: E402
 from pqmpc_node.dealing import attempt_count, deal, engine_config, open_preprocessing, party_provider  # noqa: E402
@@ -100,10 +112,9 @@ def test_guessing_an_input_through_the_abort_is_impossible(kind: str, correct_gu
     """
     config = CONFIGS[kind]
     d = config.domain()
-    from pqmpc_node.mpc.fixedpoint import FixedPoint
-
-    fx = FixedPoint(config.frac_bits)
-    guesses = {name: fx.encode(np.asarray([values], dtype=np.float64), d).reshape(-1) for name, values in OWNERS.items()}
+    plan = compile_program(PROGRAM, FIELDS)
+    guesses = {name: encode_column(plan, "amount", np.asarray([values], dtype=np.float64), d).reshape(-1)
+               for name, values in OWNERS.items()}
     if not correct_guess:
         guesses["bank-a"] = d.add(guesses["bank-a"], d.asarray(np.ones(guesses["bank-a"].shape, dtype=np.uint64)))
     delta = d.asarray(np.array([777], dtype=np.uint64))
@@ -140,7 +151,7 @@ def test_honest_runs_compute_the_plaintext_answer(kind: str) -> None:
     assert all(not isinstance(o, BaseException) for o in outcomes.values()), outcomes
     y = verify_delivered(ctx.domain, ctx.scheme, {p: o.delivered["analyst"]["sum(amount)"] for p, o in outcomes.items()},  # type: ignore[union-attr]
                          authenticated=True)
-    assert float(ctx.fixed.decode(y, ctx.domain)[0]) == pytest.approx(plaintext()["sum(amount)"], abs=1e-3)
+    assert decoded("sum(amount)", y, ctx.domain) == plaintext()["sum(amount)"]
 
 
 @pytest.mark.parametrize("label", ["input-coins/reveal", "before-count/coins/reveal", "before-outputs/sigma/reveal"])
@@ -225,7 +236,6 @@ def test_restart_down_to_t_plus_one_runs_on_the_dealt_material(security: str) ->
     from pqmpc_node.mpc.context import MPCContext
     from pqmpc_node.mpc.fixedpoint import FixedPoint
     from pqmpc_node.mpc.inputs import share_owner_input
-    from pqmpc_node.mpc.programs import compile_program
     from pqmpc_node.mpc.randomness import AesCtrRandom
 
     suite = get_suite(SuiteName.PQ_DEFAULT)
@@ -238,7 +248,8 @@ def test_restart_down_to_t_plus_one_runs_on_the_dealt_material(security: str) ->
     cfg = engine_config(plan)
     domain, scheme, fx = cfg.domain(), cfg.scheme(), FixedPoint(plan.frac_bits)
     values = np.array([[1.5, 20.0, 33.25, 0.0, 99.0]])
-    raw = share_owner_input(domain, scheme, fx.encode(values, domain), AesCtrRandom.from_os(), keyed=security == "malicious")
+    raw = share_owner_input(domain, scheme, encode_column(plan.execution_plan(), "amount", values, domain),
+                            AesCtrRandom.from_os(), keyed=security == "malicious")
     live = [0, 1]
     hub = InProcessHub(3)
     ctxs = []
@@ -248,7 +259,7 @@ def test_restart_down_to_t_plus_one_runs_on_the_dealt_material(security: str) ->
         ctxs.append(MPCContext(party=i, channel=hub.channel(i), domain=domain, scheme=scheme,
                                provider=party_provider(plan, material, cfg, attempt=2), rng=AesCtrRandom.from_os(),
                                security=plan.security, fixed=fx, live=live))
-    exec_plan = compile_program(plan.program, [f.to_json() for f in plan.data_fields()])
+    exec_plan = plan.execution_plan()
 
     async def main() -> list[object]:
         return list(await asyncio.gather(*(execute(
@@ -259,4 +270,5 @@ def test_restart_down_to_t_plus_one_runs_on_the_dealt_material(security: str) ->
     outcomes = asyncio.run(main())
     shares = {c.party: o.delivered["auditor"]["sum(amount)"] for c, o in zip(ctxs, outcomes, strict=True)}  # type: ignore[attr-defined]
     y = verify_delivered(domain, scheme, shares, authenticated=security == "malicious")
-    assert float(fx.decode(y, domain)[0]) == pytest.approx(values.sum(), abs=1e-3)
+    got = decode_exact(output_decodings(exec_plan)["sum(amount)"], [int(v) for v in domain.to_signed(y).tolist()], 5)
+    assert got == [pytest.approx(values.sum(), abs=1e-6)]

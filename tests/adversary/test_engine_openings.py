@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine_cheats import add_to_first, label_of, plaintext, run  # noqa: E402
+from engine_cheats import add_to_first, decoded, label_of, plaintext, run  # noqa: E402
 from pqmpc_node.mpc.config import EngineConfig  # noqa: E402
 from pqmpc_node.mpc.errors import MacCheckError  # noqa: E402
 from pqmpc_node.mpc.outputs import verify_delivered  # noqa: E402
@@ -81,7 +81,7 @@ def test_honest_run_delivers_correct_verified_outputs(kind: str) -> None:
     for name in ("sum(amount)", "mean(amount)", "max(amount)"):
         y = verify_delivered(ctx.domain, ctx.scheme, {p: o.delivered["auditor"][name] for p, o in outcomes.items()},  # type: ignore[union-attr]
                              authenticated=config.security == "malicious")
-        assert float(ctx.fixed.decode(y, ctx.domain)[0]) == pytest.approx(want[name], abs=1e-3)
+        assert decoded(name, y, ctx.domain) == want[name]  # exact
     hist = verify_delivered(ctx.domain, ctx.scheme, {p: o.delivered["auditor"]["histogram(amount)"]  # type: ignore[union-attr]
                                                      for p, o in outcomes.items()}, authenticated=config.security == "malicious")
     assert ctx.domain.to_signed(hist).tolist() == want["histogram(amount)"]

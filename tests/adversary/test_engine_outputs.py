@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine_cheats import plaintext, run  # noqa: E402
+from engine_cheats import decoded, output_units, plaintext, run  # noqa: E402
 from pqmpc_node.mpc.config import EngineConfig  # noqa: E402
 from pqmpc_node.mpc.outputs import DeliveredShare, OutputForgeryError, verify_delivered  # noqa: E402
 
@@ -37,7 +37,7 @@ def test_no_party_opens_an_output(kind: str) -> None:
     r = run(config)
     want = plaintext()
     ctx = r.contexts[0]
-    encoded = {name: int(ctx.fixed.encode([want[name]], ctx.domain)[0]) for name in ("sum(amount)", "mean(amount)", "max(amount)")}
+    encoded = {name: output_units(name) for name in ("sum(amount)", "mean(amount)", "max(amount)")}
     for p, opened in r.opened.items():
         labels = {label for label, _ in opened}
         assert "outputs" not in labels and labels & UNMASKED == UNMASKED, labels
@@ -73,7 +73,7 @@ def _shares(kind: str, name: str = "sum(amount)") -> tuple[Any, dict[int, Delive
 def test_forged_output_share_is_refused(kind: str, part: str) -> None:
     ctx, shares = _shares(kind)
     y = verify_delivered(ctx.domain, ctx.scheme, shares, authenticated=True)
-    assert float(ctx.fixed.decode(y, ctx.domain)[0]) == pytest.approx(plaintext()["sum(amount)"], abs=1e-3)
+    assert decoded("sum(amount)", y, ctx.domain) == plaintext()["sum(amount)"]
     forged = dict(shares)
     victim = forged[1]
     bumped = ctx.domain.add(getattr(victim, part), ctx.domain.asarray(np.ones(1, dtype=np.uint64)))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # program_run, the in-process program runner
 
 from pqmpc_node.mpc.backend import BackendUnavailableError, select_namespace
 

@@ -5,22 +5,18 @@ to the parties); malformed programs are rejected with precise errors."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 
 from pqmpc_node.mpc.config import EngineConfig
-from pqmpc_node.mpc.context import MPCContext
-from pqmpc_node.mpc.outputs import OutputRequest, deliver_outputs, verify_delivered
-from pqmpc_node.mpc.programs import ProgramError, SessionInputs, compile_program, model_shapes, run_session
-from pqmpc_node.mpc.simulation import make_contexts, run_local
+from pqmpc_node.mpc.programs import ProgramError, compile_program, model_shapes
+from program_run import Revealed, run_compiled
 
-FIELDS = [{"name": "amount", "min": 0, "max": 1000, "scale": 16}, {"name": "age", "min": 18, "max": 100}]
+FIELDS = [{"name": "amount", "min": 0, "max": 1000}, {"name": "age", "min": 18, "max": 100}]
 
 
 def owner_csv(seed: int, rows: int) -> str:
@@ -42,40 +38,10 @@ def load_tables(count: int) -> dict[str, np.ndarray[Any, Any]]:
     return {k: np.array(v) for k, v in cols.items()}
 
 
-@dataclass
-class Revealed:
-    """What one recipient allowed every output gets: the verified, decoded outputs."""
-
-    rejected_rows: int
-    opened: dict[str, Any]
-
-
 def run_plan(config: EngineConfig, program: dict[str, Any], model: dict[str, np.ndarray[Any, Any]] | None = None) -> tuple[Revealed, dict[str, np.ndarray[Any, Any]]]:
     table = load_tables(3)
-    plan = compile_program(program, FIELDS)
-    contexts, dealer = make_contexts(config, seed=b"programs-seed-0123456789abcdef01")
-    d, fx = contexts[0].domain, contexts[0].fixed
-
-    async def party(ctx: MPCContext) -> Any:
-        cols = {k: dealer.share_input(ctx.party, fx.encode(v, d), k) for k, v in table.items()}
-        params = {k: dealer.share_input(ctx.party, fx.encode(v, d), k) for k, v in (model or {}).items()}
-        result = await run_session(ctx, plan, SessionInputs(cols, params))
-        delivered = await deliver_outputs(ctx, result, [OutputRequest("r", tuple(result.outputs))])
-        return result, delivered["r"]
-
-    runs = asyncio.run(run_local(contexts, party))
-    results = [r for r, _ in runs]
-    assert all(r.rejected_rows == results[0].rejected_rows for r in results)
-    opened: dict[str, Any] = dict(results[0].public)
-    for name in results[0].outputs:
-        y = verify_delivered(d, contexts[0].scheme, {i: dl[name] for i, (_, dl) in enumerate(runs)},
-                             authenticated=config.security == "malicious")
-        if name in results[0].integer_outputs:
-            opened[name] = d.to_signed(y).tolist()
-        else:
-            decoded = fx.decode(y, d)
-            opened[name] = float(decoded.reshape(-1)[0]) if name != "score" else decoded
-    return Revealed(results[0].rejected_rows, opened), table
+    plan = compile_program(program, FIELDS, ring=config.domain().name == "ring64")
+    return run_compiled(config, plan, table, model), table
 
 
 def valid_mask(table: dict[str, np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:

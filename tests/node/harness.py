@@ -216,7 +216,7 @@ class Operator:
              owners: list[Identity], fields: list[FieldDecl], recipients: dict[Identity, list[str]],
              sharing: str = "additive", threshold: int = 1, security: str = "semi-honest",
              model_owner: Identity | None = None, generation: int = 1, pool: str | None = None,
-             lifetime_s: int = 600) -> SessionPlan:
+             lifetime_s: int = 600, max_rows_per_owner: int | None = None) -> SessionPlan:
         parties = []
         keys = {}
         for i, n in enumerate(nodes):
@@ -235,6 +235,7 @@ class Operator:
             sharing=sharing,  # type: ignore[arg-type]
             threshold=threshold, security=security,  # type: ignore[arg-type]
             program=program, inputs=tuple(inputs), outputs=tuple(outputs),
+            **({} if max_rows_per_owner is None else {"max_rows_per_owner": max_rows_per_owner}),
         )
 
     def signed_body(self, plan: SessionPlan) -> bytes:

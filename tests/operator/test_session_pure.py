@@ -75,6 +75,43 @@ class TestSpec:
             parse_mpcsession(b, SUITE)
 
 
+class TestNumbersAtAdmission:
+    """The operator compiles the program against the ranges and the row bound before anything is placed."""
+
+    def test_a_program_that_could_overflow_is_refused_with_what_to_change(self) -> None:
+        fields = [{"name": "amount", "min": -1e9, "max": 1e9}]
+        b = body(maxRowsPerOwner=100_000, program={"aggregate": [{"op": "variance", "field": "amount"}]},
+                 outputs=[{"recipient": "auditor", "identity": IDS["auditor"]["kemPublicKey"],
+                           "allow": ["variance(amount)"]}])
+        for i in b["spec"]["inputs"]:
+            i["fields"] = fields
+        with pytest.raises(SpecError) as err:
+            parse_mpcsession(b, SUITE)
+        assert err.value.field_path == "program.aggregate[variance(amount)]"
+        assert str(err.value) == (
+            "spec.program.aggregate[variance(amount)]: the variance of up to 200000 rows (2 owners x maxRowsPerOwner "
+            "100000) of amount spanning 2000000000 units of 10^-0 ([-1e+09, 1e+09]) needs (rows x span)^2 / 4 = "
+            "2^95.0, beyond what two 60-bit limbs carry exactly; set spec.maxRowsPerOwner to at most 6002, or narrow "
+            "[min, max] of amount")
+
+    def test_automatic_decimals_and_the_row_bound_are_signed_into_the_plan(self) -> None:
+        spec = parse_mpcsession(body(maxRowsPerOwner=500), SUITE)
+        assert spec.inputs[0].fields == (("amount", 0.0, 100.0, 6),) and spec.max_rows_per_owner == 500
+        signer = SUITE.signature.generate(os.urandom(32))
+        parties = [PartyNode(f"n{i}", f"127.0.0.{10 + i}", f"n{i}.svc", 9443, 8443, "ab" * 32, 1,
+                             base64.b64decode(IDS["auditor"]["kemPublicKey"])) for i in range(2)]
+        plan = build_signed_plan(spec, parties, suite=SUITE, signer=signer, generation=1, now=NOW,
+                                 deadline_at=NOW + dt.timedelta(hours=1), rng=os.urandom).plan
+        assert plan.max_rows_per_owner == 500 and plan.data_fields()[0].decimals == 6
+        assert plan.execution_plan().numerics["amount"].decimals == 6  # type: ignore[union-attr]
+
+    def test_model_precision_is_resolved_at_admission(self) -> None:
+        inputs = body()["spec"]["inputs"] + [{"owner": "insurer", "identity": IDS["insurer"]["identity"]}]
+        spec = parse_mpcsession(body(inputs=inputs, program={"mlp": {"modelOwner": "insurer", "features": ["amount"],
+                                                                     "layers": [256, 256, 1], "weightBound": 16}}), SUITE)
+        assert 8 <= spec.frac_bits < 16
+
+
 def test_signed_plan_verifies_and_carries_no_dealer_material() -> None:
     spec = parse_mpcsession(body(), SUITE)
     signer = SUITE.signature.generate(os.urandom(32))

@@ -10,26 +10,49 @@ bit 0 and is excluded (aggregates skip it, scores and MLP outputs are zeroed). O
 number of valid (hence rejected) rows is opened; every other result stays shared
 until :mod:`pqmpc_node.mpc.outputs` delivers it to its recipients.
 
-Inputs (:class:`SessionInputs`): fixed-point sharings of each column, shape (N,), rows
-of all owners concatenated; model parameters of the model owner: ``weights`` (d,) and
-``bias`` (1,) for ``linearScore``, ``W{i}`` and ``b{i}`` per layer for ``mlp``
-(:func:`model_shapes`).
+Inputs (:class:`SessionInputs`): sharings of each column, shape (N,), rows of all
+owners concatenated, encoded as :func:`encode_column` says (aggregates: integers in
+units of the field's decimals; models: fixed point); model parameters of the model
+owner: ``weights`` (d,) and ``bias`` (1,) for ``linearScore``, ``W{i}`` and ``b{i}``
+per layer for ``mlp`` (:func:`model_shapes`).
+
+Compilation bounds every intermediate against the declared ranges, the row bound and
+the model's shapes, and refuses what could wrap (:mod:`pqmpc_node.mpc.numerics`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+import numpy as np
 
 from pqmpc_node.mpc import protocols as proto
 from pqmpc_node.mpc.context import MPCContext
+from pqmpc_node.mpc.domain import Array, Domain
+from pqmpc_node.mpc.fixedpoint import FixedPoint
 from pqmpc_node.mpc.mac import check_macs
+from pqmpc_node.mpc.numerics import (
+    AUTO_MAX_DECIMALS,
+    DEFAULT_WEIGHT_BOUND,
+    MODEL_FRAC_BITS,
+    FieldNumerics,
+    NumericsError,
+    OutputDecoding,
+    RowBound,
+    VarianceLimbs,
+    bits_text,
+    capacity_bits,
+    decimals_needed,
+    variance_limbs,
+)
 from pqmpc_node.mpc.shares import Shared
 
 __all__ = [
     "ProgramError",
+    "ModelOutOfRangeError",
     "FieldSpec",
     "AggregateOp",
     "AggregatePlan",
@@ -40,6 +63,9 @@ __all__ = [
     "SessionResult",
     "compile_program",
     "model_shapes",
+    "encode_column",
+    "encode_model",
+    "output_decodings",
     "run_session",
 ]
 
@@ -51,13 +77,18 @@ class ProgramError(ValueError):
     """The program of an MPCSession is malformed."""
 
 
+class ModelOutOfRangeError(ProgramError):
+    """The model owner's parameters lie outside the declared ``weightBound`` (checked inside MPC)."""
+
+
 @dataclass(frozen=True)
 class FieldSpec:
-    """A declared input field with its accepted range."""
+    """A declared input field with its accepted range and, optionally, its decimals."""
 
     name: str
     min: float
     max: float
+    decimals: int | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +108,8 @@ class AggregateOp:
 class AggregatePlan:
     fields: tuple[FieldSpec, ...]
     ops: tuple[AggregateOp, ...]
+    numerics: Mapping[str, FieldNumerics] = field(default_factory=dict, hash=False)
+    rows: RowBound = RowBound()
 
 
 @dataclass(frozen=True)
@@ -84,12 +117,18 @@ class LinearScorePlan:
     fields: tuple[FieldSpec, ...]
     output: Literal["score", "sigmoid", "threshold"]
     threshold: float = 0.0
+    weight_bound: float = DEFAULT_WEIGHT_BOUND
+    frac_bits: int = MODEL_FRAC_BITS[0]
+    rows: RowBound = RowBound()
 
 
 @dataclass(frozen=True)
 class MlpPlan:
     fields: tuple[FieldSpec, ...]
     layers: tuple[int, ...]
+    weight_bound: float = DEFAULT_WEIGHT_BOUND
+    frac_bits: int = MODEL_FRAC_BITS[0]
+    rows: RowBound = RowBound()
 
 
 ExecutionPlan = AggregatePlan | LinearScorePlan | MlpPlan
@@ -99,11 +138,14 @@ def _fields(specs: Sequence[Mapping[str, Any]]) -> dict[str, FieldSpec]:
     out: dict[str, FieldSpec] = {}
     for raw in specs:
         try:
-            spec = FieldSpec(str(raw["name"]), float(raw["min"]), float(raw["max"]))
+            dec = raw.get("decimals")
+            spec = FieldSpec(str(raw["name"]), float(raw["min"]), float(raw["max"]), None if dec is None else int(dec))
         except (KeyError, TypeError, ValueError) as exc:
             raise ProgramError(f"input field {raw!r} needs name, min and max ({exc})") from exc
-        if not spec.min <= spec.max:
-            raise ProgramError(f"field {spec.name!r} has min {spec.min} > max {spec.max}")
+        if not (math.isfinite(spec.min) and math.isfinite(spec.max)) or not spec.min <= spec.max:
+            raise ProgramError(f"field {spec.name!r} has min {spec.min} > max {spec.max} (or a bound that is not finite)")
+        if spec.decimals is not None and not 0 <= spec.decimals <= 9:
+            raise ProgramError(f"field {spec.name!r} declares decimals {spec.decimals}; use 0..9")
         out[spec.name] = spec
     return out
 
@@ -115,8 +157,15 @@ def _pick(fields: dict[str, FieldSpec], names: Sequence[str]) -> tuple[FieldSpec
     return tuple(fields[n] for n in dict.fromkeys(names))
 
 
-def compile_program(program: Mapping[str, Any], fields: Sequence[Mapping[str, Any]]) -> ExecutionPlan:
-    """Validate ``program`` against the declared ``fields`` and return an execution plan."""
+def compile_program(program: Mapping[str, Any], fields: Sequence[Mapping[str, Any]], *,
+                    rows: RowBound = RowBound(), ring: bool = False, frac_bits: int | None = None) -> ExecutionPlan:
+    """Validate ``program`` against the declared ``fields`` and bound its numbers.
+
+    ``rows`` bounds the rows the session can hold, ``ring`` says the domain is Z_2^64
+    (additive semi-honest) rather than F_p. Field ``decimals`` left out, and model
+    ``frac_bits`` left None, are chosen automatically; a program whose numbers cannot
+    be exact raises :class:`~pqmpc_node.mpc.numerics.NumericsError`.
+    """
     kinds = [k for k in ("aggregate", "linearScore", "mlp") if k in program]
     if len(kinds) != 1 or len(program) != 1:
         raise ProgramError(f"program must have exactly one of aggregate, linearScore, mlp; got {sorted(program)}")
@@ -134,24 +183,164 @@ def compile_program(program: Mapping[str, Any], fields: Sequence[Mapping[str, An
             if op == "histogram" and (len(bins) < 2 or any(b2 <= b1 for b1, b2 in zip(bins, bins[1:], strict=False))):
                 raise ProgramError(f"histogram of {item.get('field')!r} needs at least 2 increasing bin edges")
             ops.append(AggregateOp(op, str(item.get("field")), bins))
-        return AggregatePlan(_pick(declared, [o.field for o in ops]), tuple(ops))
+        used = _pick(declared, [o.field for o in ops])
+        numerics = {s.name: _resolve_field(s, ops, rows, ring) for s in used}
+        return AggregatePlan(used, tuple(ops), numerics, rows)
     features = body.get("features")
     if not isinstance(features, list) or not features:
         raise ProgramError(f"{kinds[0]} needs a non-empty list of features")
     chosen = _pick(declared, [str(f) for f in features])
     if len(chosen) != len(features):
         raise ProgramError(f"{kinds[0]} features must be distinct, got {features}")
+    bound = float(body.get("weightBound", DEFAULT_WEIGHT_BOUND))
+    if not (math.isfinite(bound) and bound > 0):
+        raise ProgramError(f"{kinds[0]} weightBound must be a positive number, got {body.get('weightBound')!r}")
     if kinds[0] == "linearScore":
-        if "threshold" in body:
-            return LinearScorePlan(chosen, "threshold", float(body["threshold"]))
         output = body.get("output", "score")
-        if output not in ("score", "sigmoid"):
+        threshold = float(body["threshold"]) if "threshold" in body else 0.0
+        if "threshold" in body:
+            output = "threshold"
+        elif output not in ("score", "sigmoid"):
             raise ProgramError(f"linearScore output must be 'score', 'sigmoid' or a threshold, got {output!r}")
-        return LinearScorePlan(chosen, output)
+        f = _model_frac_bits(kinds[0], chosen, (1,), bound, output, threshold, ring, frac_bits)
+        return LinearScorePlan(chosen, output, threshold, bound, f, rows)
     layers = body.get("layers")
     if not isinstance(layers, list) or not layers or not all(isinstance(w, int) and w > 0 for w in layers):
         raise ProgramError(f"mlp layers must be a non-empty list of positive widths, got {layers!r}")
-    return MlpPlan(chosen, tuple(layers))
+    f = _model_frac_bits(kinds[0], chosen, tuple(layers), bound, "score", 0.0, ring, frac_bits)
+    return MlpPlan(chosen, tuple(layers), bound, f, rows)
+
+
+def _resolve_field(spec: FieldSpec, ops: Sequence[AggregateOp], rows: RowBound, ring: bool) -> FieldNumerics:
+    """The field's encoding: its declared decimals, or the most that fit (see :mod:`~pqmpc_node.mpc.numerics`)."""
+    mine = [o for o in ops if o.field == spec.name]
+    edges = [b for o in mine for b in o.bins]
+    if spec.decimals is not None:
+        candidates = [spec.decimals]
+    else:
+        needed = []
+        for what, x in [("min", spec.min), ("max", spec.max), *(("histogram bin edge", b) for b in edges)]:
+            d = decimals_needed(x)
+            if d is None:
+                raise NumericsError(f"inputs[].fields[{spec.name}]", f"{what} {x!r} has more than 9 decimals",
+                                    "round it to at most 9 decimals")
+            needed.append(d)
+        d0 = max(needed)
+        candidates = list(range(max(d0, AUTO_MAX_DECIMALS), d0 - 1, -1))
+    error: NumericsError | None = None
+    for d in candidates:
+        num = FieldNumerics(spec.name, spec.min, spec.max, d)
+        try:
+            limbs = _check_field(num, {o.op for o in mine}, edges, rows, capacity_bits(ring))
+            return replace(num, variance=limbs)
+        except NumericsError as exc:
+            error = exc  # the last candidate is the most permissive: report its reason
+    assert error is not None  # invariant: candidates is never empty
+    raise error
+
+
+def _fits_fix(name: str, per_owner: int, decimals: int) -> str:
+    fewer = " declare fewer decimals," if decimals else ""
+    if per_owner >= 1:
+        return f"set spec.maxRowsPerOwner to at most {per_owner},{fewer} or narrow [min, max] of {name}"
+    return f"narrow [min, max] of {name}{' or declare fewer decimals' if decimals else ''}"
+
+
+def _check_field(num: FieldNumerics, ops: set[str], edges: Sequence[float], rows: RowBound,
+                 cap: int) -> VarianceLimbs | None:
+    """Refuse the field's encoding unless every intermediate of its ops stays exact; the variance's limbs."""
+    name, d = num.name, num.decimals
+    unit = f"units of 10^-{d}"
+    for b in edges:
+        num.units(b, "histogram bin edge")
+    lo, hi, big_u = num.lo, num.hi, num.magnitude
+    path = f"inputs[].fields[{name}]"
+    if big_u >= 2**53:
+        raise NumericsError(path, f"[{num.min:g}, {num.max:g}] at {d} decimals reaches {bits_text(big_u)} {unit}, more "
+                            "than the 2^53 a float64 encodes exactly", "declare fewer decimals or narrow the range")
+    if hi - lo >= 2 ** (cap - 1):
+        raise NumericsError(path, f"[{num.min:g}, {num.max:g}] spans {bits_text(hi - lo)} {unit}, more than the 2^{cap - 1} "
+                            "that comparisons handle", "declare fewer decimals or narrow the range")
+    n = rows.total
+    for op in ("sum", "mean"):
+        if op in ops and n * big_u >= 2**cap:
+            per_owner = (2**cap - 1) // max(big_u, 1) // rows.owners
+            raise NumericsError(
+                f"program.aggregate[{op}({name})]",
+                f"the sum of up to {rows.describe()} of |{name}| <= {big_u} {unit} can reach {bits_text(n * big_u)}, "
+                f"beyond the exact range 2^{cap}", _fits_fix(name, per_owner, d))
+    if "variance" in ops:
+        span = hi - lo
+        limbs = variance_limbs(n, span, cap)
+        if limbs is None:
+            fits = _most_rows(lambda rows_: variance_limbs(rows_, span, cap) is not None, n)
+            raise NumericsError(
+                f"program.aggregate[variance({name})]",
+                f"the variance of up to {rows.describe()} of {name} spanning {span} {unit} ([{num.min:g}, {num.max:g}]) "
+                f"needs (rows x span)^2 / 4 = {bits_text((n * span) ** 2 / 4)}, beyond what two {cap}-bit limbs carry "
+                "exactly", _fits_fix(name, fits // rows.owners, d))
+        return limbs
+    return None
+
+
+def _most_rows(fits: Callable[[int], bool], upper: int) -> int:
+    """The largest row count below ``upper`` for which ``fits`` holds (0 if none); ``fits`` is monotone."""
+    lo, hi = 0, upper
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _model_frac_bits(kind: str, features: Sequence[FieldSpec], layers: Sequence[int], bound: float, output: str,
+                     threshold: float, ring: bool, frac_bits: int | None) -> int:
+    """The fixed-point precision of a model: ``frac_bits`` checked, or the most in 16..8 that fit."""
+    tb = 62 if ring else 59
+    candidates = [frac_bits] if frac_bits is not None else list(range(MODEL_FRAC_BITS[0], MODEL_FRAC_BITS[1] - 1, -1))
+    error: NumericsError | None = None
+    for f in candidates:
+        try:
+            _check_model(kind, features, layers, bound, output, threshold, tb, f)
+            return f
+        except NumericsError as exc:
+            error = exc
+    assert error is not None  # invariant: candidates is never empty
+    raise error
+
+
+def _check_model(kind: str, features: Sequence[FieldSpec], layers: Sequence[int], bound: float, output: str,
+                 threshold: float, tb: int, f: int) -> None:
+    """Every product a model's layers accumulate must stay below ``2^(tb-1)`` with ``2f`` fractional bits."""
+    limit = 2.0 ** (tb - 1)
+    for s in features:
+        if max(abs(s.min), abs(s.max)) * 2.0**f >= 2.0 ** (tb - f):
+            raise NumericsError(f"inputs[].fields[{s.name}]", f"[{s.min:g}, {s.max:g}] does not fit {f}-bit fixed point",
+                                "narrow the feature's range (rescale the data)")
+    if bound * 2.0**f >= 2.0 ** (tb - f):
+        raise NumericsError(f"program.{kind}.weightBound", f"{bound:g} does not fit {f}-bit fixed point", "lower weightBound")
+    acc = bound * sum(max(abs(s.min), abs(s.max)) for s in features)
+    fan_in, h = len(features), 0.0
+    for i, width in enumerate(layers):
+        if i:
+            acc = fan_in * h * bound
+        what = "the linear score" if kind == "linearScore" else f"layers[{i}] of the mlp"
+        if acc * 4.0**f >= limit:
+            raise NumericsError(
+                f"program.{kind}.weightBound",
+                f"{what} can accumulate |sum| <= {acc:.6g} ({fan_in} inputs, weightBound {bound:g}), and products need "
+                f"|sum| x 2^(2f) < 2^{tb - 1} (here {bits_text(acc * 4.0**f)} with f = {f} fractional bits)",
+                "lower weightBound, narrow the features' ranges, or use narrower layers")
+        h = acc + bound
+        fan_in = width
+    if output == "sigmoid" and (h + 8) * 4.0**f >= limit:
+        raise NumericsError(f"program.{kind}", f"the sigmoid of a score up to {h:.6g} needs {bits_text((h + 8) * 4.0**f)} "
+                            f"with f = {f} fractional bits, beyond 2^{tb - 1}", "lower weightBound or narrow the features")
+    if output == "threshold" and (h + abs(threshold)) * 2.0**f >= limit:
+        raise NumericsError(f"program.{kind}.threshold", f"{threshold:g} is too far from the score's range",
+                            "choose a threshold within the reachable scores")
 
 
 def model_shapes(plan: ExecutionPlan) -> dict[str, tuple[int, ...]]:
@@ -168,9 +357,53 @@ def model_shapes(plan: ExecutionPlan) -> dict[str, tuple[int, ...]]:
     return {}
 
 
+def encode_column(plan: ExecutionPlan, name: str, values: Any, domain: Domain) -> Array:
+    """A column as the engine takes it: units of the field's decimals (aggregates) or fixed point (models).
+
+    Raises :class:`ValueError` naming the field on NaN, infinity or a value too large to encode.
+    """
+    if isinstance(plan, AggregatePlan):
+        if name not in plan.numerics:  # declared but unused: any encoding will do, the program never reads it
+            return domain.from_signed(domain.xp.asarray(FieldNumerics(name, 0, 0, 0).encode(values)))
+        return domain.from_signed(domain.xp.asarray(plan.numerics[name].encode(values)))
+    return FixedPoint(plan.frac_bits).encode(values, domain)
+
+
+def encode_model(plan: ExecutionPlan, name: str, values: Any, domain: Domain) -> Array:
+    """A model parameter in the model's fixed point; refuses values outside ``[-weightBound, weightBound]``."""
+    if isinstance(plan, AggregatePlan):
+        raise ProgramError("an aggregate program takes no model")
+    v = np.asarray(values, dtype=np.float64)
+    if v.size and (not np.all(np.isfinite(v)) or float(np.max(np.abs(v))) > plan.weight_bound):
+        worst = float(np.max(np.abs(np.nan_to_num(v, nan=np.inf))))
+        raise ModelOutOfRangeError(f"model parameter {name!r} holds {worst:g}, outside the program's weightBound "
+                                   f"[-{plan.weight_bound:g}, {plan.weight_bound:g}]; rescale the model or raise weightBound")
+    return FixedPoint(plan.frac_bits).encode(v, domain)
+
+
+def output_decodings(plan: ExecutionPlan) -> dict[str, OutputDecoding]:
+    """How the recipient turns each output's integers into numbers (see :mod:`~pqmpc_node.mpc.numerics`)."""
+    if not isinstance(plan, AggregatePlan):
+        return {"score": OutputDecoding(1 << plan.frac_bits)}
+    out: dict[str, OutputDecoding] = {}
+    for op in plan.ops:
+        if op.op in ("count", "histogram"):
+            out[op.output_name] = OutputDecoding(1)
+            continue
+        scale = plan.numerics[op.field].scale
+        if op.op == "mean":
+            out[op.output_name] = OutputDecoding(scale, 1)
+        elif op.op == "variance":
+            limbs = plan.numerics[op.field].variance
+            out[op.output_name] = OutputDecoding(scale * scale, 2, 0 if limbs is None else limbs.k)
+        else:
+            out[op.output_name] = OutputDecoding(scale)
+    return out
+
+
 @dataclass(frozen=True)
 class SessionInputs:
-    """This party's shares: input columns (fixed point, shape (N,)) and model parameters."""
+    """This party's shares: input columns (shape (N,), :func:`encode_column`) and model parameters."""
 
     columns: Mapping[str, Shared]
     model: Mapping[str, Shared] = field(default_factory=dict)
@@ -185,7 +418,8 @@ class SessionResult:
     and variance divide by it. Every other output stays a sharing until it is delivered
     to the recipients the policy names (:mod:`pqmpc_node.mpc.outputs`).
 
-    ``integer_outputs`` decode as integers (histogram counts), the others as fixed point;
+    ``valid_rows`` is that count (the mean and variance divide by it at the recipient,
+    :func:`output_decodings`); ``integer_outputs`` are counts (histograms);
     ``undefined`` names statistics with no valid rows (their shares are computed anyway,
     so the material a run consumes never depends on the data, and decode to None).
     """
@@ -195,6 +429,7 @@ class SessionResult:
     rejected_rows: int
     integer_outputs: frozenset[str] = frozenset()
     undefined: frozenset[str] = frozenset()
+    valid_rows: int = 0
 
 
 async def _and_all(ctx: MPCContext, bits: Shared) -> Shared:
@@ -206,21 +441,31 @@ async def _and_all(ctx: MPCContext, bits: Shared) -> Shared:
     return bits[0]
 
 
+def _const(ctx: MPCContext, value: int) -> Array:
+    """A signed integer constant as a domain element (shape (1,))."""
+    return ctx.domain.from_signed(ctx.xp.asarray([value], dtype=ctx.xp.int64))
+
+
 async def _validity(
-    ctx: MPCContext, plan_fields: Sequence[FieldSpec], columns: Mapping[str, Shared], extra: Sequence[tuple[Shared, float]]
+    ctx: MPCContext, bounds: Sequence[tuple[Shared, int, int]], extra: Sequence[tuple[Shared, int]]
 ) -> tuple[Shared, list[Shared]]:
-    """Validity bits of the rows and ``[v < c]`` for each extra (column, constant), in one comparison batch."""
+    """Validity bits of the rows (every ``lo <= col <= hi``) and ``[col < c]`` per extra, in one comparison batch.
+
+    Bounds and constants are already encoded. For any element ``u`` (even one a cheating
+    owner picked) both ``u - lo`` and ``hi - u`` read as non-negative only when
+    ``lo <= u <= hi``: their sum is ``hi - lo`` modulo the domain, which is below half
+    of it (:mod:`~pqmpc_node.mpc.numerics` refuses wider ranges).
+    """
     rows: list[Shared] = []
-    for spec in plan_fields:
-        col = columns[spec.name]
-        rows.append(ctx.add_public(col, ctx.encode_fixed([-spec.min])))  # v - min < 0 -> invalid
-        rows.append(ctx.add_public(ctx.neg(col), ctx.encode_fixed([spec.max])))  # max - v < 0 -> invalid
-    for col, const in extra:
-        rows.append(ctx.add_public(col, ctx.encode_fixed([-const])))
+    for col, lo, hi in bounds:
+        rows.append(ctx.add_public(col, _const(ctx, -lo)))  # v - min < 0 -> invalid
+        rows.append(ctx.add_public(ctx.neg(col), _const(ctx, hi)))  # max - v < 0 -> invalid
+    for col, c in extra:
+        rows.append(ctx.add_public(col, _const(ctx, -c)))
     below = await proto.less_than_zero(ctx, ctx.stack(rows))
-    ok = ctx.add_public(ctx.neg(below[: 2 * len(plan_fields)]), ctx.domain.scalar(1))
+    ok = ctx.add_public(ctx.neg(below[: 2 * len(bounds)]), ctx.domain.scalar(1))
     valid = await _and_all(ctx, ok)
-    return valid, [below[2 * len(plan_fields) + i] for i in range(len(extra))]
+    return valid, [below[2 * len(bounds) + i] for i in range(len(extra))]
 
 
 def _columns(inputs: SessionInputs, specs: Sequence[FieldSpec]) -> tuple[dict[str, Shared], int]:
@@ -231,7 +476,15 @@ def _columns(inputs: SessionInputs, specs: Sequence[FieldSpec]) -> tuple[dict[st
     lengths = {c.shape for c in cols.values()}
     if len(lengths) != 1 or len(next(iter(lengths))) != 1:
         raise ProgramError(f"input columns must be one-dimensional and equally long, got shapes {sorted(lengths)}")
-    return cols, next(iter(lengths))[0]
+    n_rows = next(iter(lengths))[0]
+    return cols, n_rows
+
+
+def _check_rows(plan: ExecutionPlan, n_rows: int) -> None:
+    """The compile-time bounds hold only up to the declared rows: refuse more before computing."""
+    if n_rows > plan.rows.total:
+        raise ProgramError(f"the inputs hold {n_rows} rows, more than the {plan.rows.describe()} the program was "
+                           "compiled for; results could overflow, so nothing is computed")
 
 
 async def run_session(ctx: MPCContext, plan: ExecutionPlan, inputs: SessionInputs) -> SessionResult:
@@ -259,56 +512,56 @@ async def _open_count(ctx: MPCContext, valid: Shared) -> int:
 
 
 async def _run_aggregate(ctx: MPCContext, plan: AggregatePlan, inputs: SessionInputs) -> SessionResult:
+    """Integer statistics over the fields' units (exact; see :mod:`~pqmpc_node.mpc.numerics`).
+
+    1. Range checks and histogram comparisons in one batch; open the valid count.
+    2. One round: ``valid * x`` for every field, ``valid * [x >= edge]`` per histogram
+       edge, ``valid * (x - base)`` for min/max.
+    3. Variance: ``y = valid (x - min)`` in two limbs (:func:`_variance_numerator`).
+    4. Min/max by tournament trees; histogram counts by differences of the sums.
+    """
     cols, n_rows = _columns(inputs, plan.fields)
-    specs = {s.name: s for s in plan.fields}
-    extra: list[tuple[Shared, float]] = []
+    _check_rows(plan, n_rows)
+    num = plan.numerics
+    extra: list[tuple[Shared, int]] = []
     for op in plan.ops:
         if op.op == "histogram":
-            extra.extend((cols[op.field], b) for b in op.bins[:-1])
-    hist_top = [(ctx.neg(cols[op.field]), -op.bins[-1]) for op in plan.ops if op.op == "histogram"]
-    valid, below = await _validity(ctx, plan.fields, cols, extra + hist_top)
+            extra.extend((cols[op.field], num[op.field].units(b, "bin")) for b in op.bins[:-1])
+    hist_top = [(ctx.neg(cols[op.field]), -num[op.field].units(op.bins[-1], "bin"))
+                for op in plan.ops if op.op == "histogram"]
+    bounds = [(cols[s.name], num[s.name].lo, num[s.name].hi) for s in plan.fields]
+    valid, below = await _validity(ctx, bounds, extra + hist_top)
     valid_count = await _open_count(ctx, valid)
     rejected = n_rows - valid_count
-    d = ctx.domain
-    one = d.scalar(1)
-    # Products with the validity bit, all in one round.
-    needs_sq = sorted({op.field for op in plan.ops if op.op == "variance"})
-    squares = {}
-    if needs_sq:
-        sq = await proto.fx_multiply(ctx, ctx.stack([cols[f] for f in needs_sq]), ctx.stack([cols[f] for f in needs_sq]))
-        squares = {f: sq[i] for i, f in enumerate(needs_sq)}
-    terms: dict[str, Shared] = {}
-    for name in specs:
-        terms[f"v:{name}"] = cols[name]
-    for f, s in squares.items():
-        terms[f"sq:{f}"] = s
+    one = ctx.domain.scalar(1)
+    terms: dict[str, Shared] = {f"v:{s.name}": cols[s.name] for s in plan.fields}
     cursor = 0
     hist_rows: dict[int, list[str]] = {}
     for i, op in enumerate(plan.ops):
         if op.op == "histogram":
-            ge = [ctx.add_public(ctx.neg(below[cursor + k]), one) for k in range(len(op.bins) - 1)]
-            cursor += len(op.bins) - 1
             hist_rows[i] = []
-            for k, g in enumerate(ge):
-                terms[f"h{i}:{k}"] = g
+            for k in range(len(op.bins) - 1):
+                terms[f"h{i}:{k}"] = ctx.add_public(ctx.neg(below[cursor + k]), one)  # [x >= edge k]
                 hist_rows[i].append(f"h{i}:{k}")
+            cursor += len(op.bins) - 1
     for i, op in enumerate(plan.ops):
         if op.op == "histogram":
-            gt_top = below[cursor]
+            terms[f"h{i}:top"] = below[cursor]  # [x > last edge]
             cursor += 1
-            terms[f"h{i}:top"] = gt_top
         if op.op in ("min", "max"):
-            base = specs[op.field].min if op.op == "max" else specs[op.field].max
-            terms[f"mm{i}"] = ctx.add_public(cols[op.field], ctx.encode_fixed([-base]))
+            base = num[op.field].lo if op.op == "max" else num[op.field].hi
+            terms[f"mm{i}"] = ctx.add_public(cols[op.field], _const(ctx, -base))
+        if op.op == "variance":
+            terms[f"var:{op.field}"] = ctx.add_public(cols[op.field], _const(ctx, -num[op.field].lo))  # y = x - min
     keys = list(terms)
-    prods = await proto.multiply_many(ctx, [(valid, terms[k]) for k in keys])
-    masked = dict(zip(keys, prods, strict=True))
+    masked = dict(zip(keys, await proto.multiply_many(ctx, [(valid, terms[k]) for k in keys]), strict=True))
+    variance_num = {f: await _variance_numerator(ctx, masked[f"var:{f}"], valid_count, num[f])
+                    for f in dict.fromkeys(op.field for op in plan.ops if op.op == "variance")}
+    # The control flow never depends on the data: with no valid rows the statistics are
+    # still computed (and reported undefined), so the material a run consumes is the same
+    # whatever the inputs.
     outputs: dict[str, Shared] = {}
     integer_outputs: set[str] = set()
-    # The control flow never depends on the data: with no valid rows the statistics are
-    # computed over a divisor of 1 and reported undefined, so the material consumed (and
-    # the dealer's simulation) is the same whatever the inputs.
-    divisor = max(valid_count, 1)
     public: dict[str, Any] = {}
     undefined: set[str] = set()
     for i, op in enumerate(plan.ops):
@@ -318,41 +571,88 @@ async def _run_aggregate(ctx: MPCContext, plan: AggregatePlan, inputs: SessionIn
             continue
         if op.op in ("mean", "variance", "min", "max") and not valid_count:
             undefined.add(name)
-        if op.op in ("sum", "mean", "variance"):
-            total = ctx.sum(masked[f"v:{op.field}"])
-            if op.op == "sum":
-                outputs[name] = total
-            else:
-                bound = max(abs(specs[op.field].min), abs(specs[op.field].max))
-                mean = await proto.divide_public(ctx, total, divisor, quotient_bound=bound)
-                if op.op == "mean":
-                    outputs[name] = mean
-                else:
-                    ex2 = await proto.divide_public(
-                        ctx, ctx.sum(masked[f"sq:{op.field}"]), divisor, quotient_bound=bound * bound
-                    )
-                    outputs[name] = ctx.sub(ex2, await proto.fx_multiply(ctx, mean, mean))
+        if op.op in ("sum", "mean"):
+            outputs[name] = ctx.sum(masked[f"v:{op.field}"])  # the mean divides by the public count at the recipient
+        elif op.op == "variance":
+            outputs[name] = variance_num[op.field]
         elif op.op in ("min", "max"):
-            base = specs[op.field].min if op.op == "max" else specs[op.field].max
-            filled = ctx.add_public(masked[f"mm{i}"], ctx.encode_fixed([base]))
+            base = num[op.field].lo if op.op == "max" else num[op.field].hi
+            filled = ctx.add_public(masked[f"mm{i}"], _const(ctx, base))
             reducer = proto.max_reduce if op.op == "max" else proto.min_reduce
             outputs[name] = await reducer(ctx, filled)
         elif op.op == "histogram":
-            rows = hist_rows[i] + [f"h{i}:top"]
-            sums = [ctx.sum(masked[r]) for r in rows]
-            counts = [ctx.sub(sums[k], sums[k + 1]) for k in range(len(sums) - 1)]
-            outputs[name] = ctx.concat(counts)
+            hist = [ctx.sum(masked[r]) for r in [*hist_rows[i], f"h{i}:top"]]
+            outputs[name] = ctx.concat([ctx.sub(hist[k], hist[k + 1]) for k in range(len(hist) - 1)])
             integer_outputs.add(name)
-    return SessionResult(public, outputs, rejected, frozenset(integer_outputs), frozenset(undefined))
+    return SessionResult(public, outputs, rejected, frozenset(integer_outputs), frozenset(undefined), valid_count)
+
+
+async def _variance_numerator(ctx: MPCContext, y: Shared, n_valid: int, num: FieldNumerics) -> Shared:
+    """Digits ``[floor(V / 2^2k), d1, d0]`` (base ``2^k``) of ``V = N sum y^2 - (sum y)^2``, exact.
+
+    ``y`` (shape (rows,)) is 0 on invalid rows and in ``[0, max - min]`` on valid ones.
+    Steps (bounds in :func:`~pqmpc_node.mpc.numerics.variance_limbs`):
+
+    1. Split every ``y = a 2^k + b`` exactly (:func:`~pqmpc_node.mpc.protocols.split_low`).
+    2. One round: ``a^2, ab, b^2`` per row; sum them and ``a``, ``b``.
+    3. One round: ``A^2, AB, B^2`` of the sums; ``C2 = N sum a^2 - A^2``,
+       ``C1 = N sum ab - AB``, ``C0 = N sum b^2 - B^2`` with the public count ``N``,
+       so ``V = C2 2^2k + 2 C1 2^k + C0``.
+    4. Carry: split ``C0`` into ``(c0, d0)``; split ``2 C1 + c0 + K 2^k`` (``K`` makes it
+       non-negative) into ``(c1, d1)``; the top digit is ``C2 + c1 - K``.
+    """
+    limbs = num.variance
+    if limbs is None:
+        raise ProgramError(f"the plan computes variance({num.name}) without its limb parameters")
+    k = limbs.k
+    a, b = await proto.split_low(ctx, y, k)
+    a2, ab, b2 = await proto.multiply_many(ctx, [(a, a), (a, b), (b, b)])
+    sums = ctx.stack([ctx.sum(v) for v in (a, b, a2, ab, b2)])  # shape (5, 1)
+    sa, sb = sums[0], sums[1]
+    big_a2, big_ab, big_b2 = await proto.multiply_many(ctx, [(sa, sa), (sa, sb), (sb, sb)])
+    n = _const(ctx, n_valid)
+    c2 = ctx.sub(ctx.mul_public(sums[2], n), big_a2)
+    c1 = ctx.sub(ctx.mul_public(sums[3], n), big_ab)
+    c0 = ctx.sub(ctx.mul_public(sums[4], n), big_b2)
+    carry0, d0 = await proto.split_low(ctx, c0, k)
+    middle = ctx.add_public(ctx.add(ctx.mul_public(c1, ctx.domain.scalar(2)), carry0), _const(ctx, limbs.offset << k))
+    carry1, d1 = await proto.split_low(ctx, middle, k)
+    top = ctx.add_public(ctx.add(c2, carry1), _const(ctx, -limbs.offset))
+    return ctx.concat([top, d1, d0])
+
+
+async def _check_model_bounds(ctx: MPCContext, plan: LinearScorePlan | MlpPlan, params: Sequence[Shared]) -> None:
+    """Open one bit: are all model parameters within ``[-weightBound, weightBound]``? Abort if not.
+
+    The compile-time bounds assume it; a model owner that shares larger weights would
+    make products wrap. Only the single AND of all checks is opened, after a MAC check.
+    """
+    flat = ctx.concat([p.reshape(-1) for p in params])
+    w = FixedPoint(plan.frac_bits).encode_int([plan.weight_bound], ctx.domain)[0]
+    valid, _ = await _validity(ctx, [(flat, -int(w), int(w))], [])
+    await check_macs(ctx, "before-model-bound")
+    (all_ok,) = await ctx.open([ctx.sum(valid)], "model-bound")
+    inside = int(ctx.domain.to_signed(all_ok)[0])
+    if inside != flat.shape[0]:
+        raise ModelOutOfRangeError(
+            f"{flat.shape[0] - inside} of the model owner's {flat.shape[0]} parameters lie outside weightBound "
+            f"[-{plan.weight_bound:g}, {plan.weight_bound:g}]; nothing was computed: the model owner must resubmit "
+            "a model within the bound (or the session must declare a larger one)")
 
 
 async def _run_model(ctx: MPCContext, plan: LinearScorePlan | MlpPlan, inputs: SessionInputs) -> SessionResult:
     cols, n_rows = _columns(inputs, plan.fields)
-    for name, shape in model_shapes(plan).items():
+    _check_rows(plan, n_rows)
+    shapes = model_shapes(plan)
+    for name, shape in shapes.items():
         if name not in inputs.model or inputs.model[name].shape != shape:
             got = inputs.model[name].shape if name in inputs.model else None
             raise ProgramError(f"model parameter {name!r} must have shape {shape}, got {got}")
-    valid, _ = await _validity(ctx, plan.fields, cols, [])
+    await _check_model_bounds(ctx, plan, [inputs.model[k] for k in shapes])
+    fx = FixedPoint(plan.frac_bits)
+    bounds = [(cols[s.name], int(fx.encode_int([s.min], ctx.domain)[0]), int(fx.encode_int([s.max], ctx.domain)[0]))
+              for s in plan.fields]
+    valid, _ = await _validity(ctx, bounds, [])
     valid_count = await _open_count(ctx, valid)
     x = ctx.stack([cols[s.name] for s in plan.fields]).T  # (N, d)
     x = Shared(ctx.xp.ascontiguousarray(x.value), None if x.mac is None else ctx.xp.ascontiguousarray(x.mac))
@@ -366,7 +666,6 @@ async def _run_model(ctx: MPCContext, plan: LinearScorePlan | MlpPlan, inputs: S
             below = await proto.less_than_zero(ctx, ctx.add_public(out, ctx.encode_fixed([-plan.threshold])))
             # a 0/1 decision encoded in fixed point so every output decodes the same way
             out = ctx.mul_public(ctx.add_public(ctx.neg(below), ctx.domain.scalar(1)), ctx.domain.scalar(ctx.fixed.scale))
-        name = "score"
     else:
         h = x
         for i in range(len(plan.layers)):
@@ -374,10 +673,10 @@ async def _run_model(ctx: MPCContext, plan: LinearScorePlan | MlpPlan, inputs: S
             if i < len(plan.layers) - 1:
                 h = await proto.relu(ctx, h)
         out = h
-        name = "score"  # the MPCSession API publishes model results as "score"
-    vshape = valid.reshape(n_rows, 1) if len(out.shape) == 2 else valid
+    vshape = valid
     if len(out.shape) == 2:
         vshape = ctx.broadcast_rows(valid, out.shape[1]).T
         vshape = Shared(ctx.xp.ascontiguousarray(vshape.value), None if vshape.mac is None else ctx.xp.ascontiguousarray(vshape.mac))
     out = await proto.multiply(ctx, out, vshape)
-    return SessionResult({"count": valid_count}, {name: out}, n_rows - valid_count)
+    # the MPCSession API publishes model results as "score"
+    return SessionResult({"count": valid_count}, {"score": out}, n_rows - valid_count, valid_rows=valid_count)

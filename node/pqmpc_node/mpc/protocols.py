@@ -32,6 +32,8 @@ __all__ = [
     "dot",
     "truncate",
     "bit_less_than_public",
+    "bit_compare_public",
+    "split_low",
     "less_than_zero",
     "less_than",
     "relu",
@@ -212,6 +214,18 @@ async def bit_less_than_public(ctx: MPCContext, c: Array, r_bits: Shared) -> Sha
     ``eq_i = 1 - (c_i XOR r_i)`` are linear; pairs merge as
     ``lt = lt_hi + eq_hi lt_lo``, ``eq = eq_hi eq_lo``: ceil(log2 K) rounds, 2K products.
     """
+    lt, _ = await _compare_tree(ctx, c, r_bits, want_eq=False)
+    return lt
+
+
+async def bit_compare_public(ctx: MPCContext, c: Array, r_bits: Shared) -> tuple[Shared, Shared]:
+    """``([c < r], [c == r])`` by the same tree as :func:`bit_less_than_public` (no extra round)."""
+    lt, eq = await _compare_tree(ctx, c, r_bits, want_eq=True)
+    assert eq is not None  # invariant: want_eq keeps eq
+    return lt, eq
+
+
+async def _compare_tree(ctx: MPCContext, c: Array, r_bits: Shared, *, want_eq: bool) -> tuple[Shared, Shared | None]:
     d, xp = ctx.domain, ctx.xp
     k = r_bits.shape[0]
     flat_r = r_bits.reshape(k, -1)
@@ -226,13 +240,63 @@ async def bit_less_than_public(ctx: MPCContext, c: Array, r_bits: Shared) -> Sha
             lt = ctx.concat([lt, ctx.constant(d.zeros((1, width)))])
             eq = ctx.concat([eq, ctx.constant(d.from_signed(xp.ones((1, width), dtype=xp.int64)))])
         lo_lt, hi_lt, lo_eq, hi_eq = lt[0::2], lt[1::2], eq[0::2], eq[1::2]
-        if lt.shape[0] == 2:
+        if lt.shape[0] == 2 and not want_eq:
             (prod,) = await multiply_many(ctx, [(hi_eq, lo_lt)])
             lt = ctx.add(hi_lt, prod)
         else:
             prod_lt, eq = await multiply_many(ctx, [(hi_eq, lo_lt), (hi_eq, lo_eq)])
             lt = ctx.add(hi_lt, prod_lt)
-    return lt.reshape(*r_bits.shape[1:])
+    shape = r_bits.shape[1:]
+    return lt.reshape(*shape), (eq.reshape(*shape) if want_eq else None)
+
+
+async def split_low(ctx: MPCContext, x: Shared, k: int) -> tuple[Shared, Shared]:
+    """Exact ``(x >> k, x mod 2^k)`` of shared integers ``0 <= x < 2^62`` (ring) or ``< p`` (field).
+
+    Unlike :func:`truncate` (off by up to one unit), both parts are exact, so sums of
+    them can be carried from one limb into the next (exact Mod2m after [CdH10], with a
+    full-domain mask as in :func:`truncate`, so the opening hides ``x`` perfectly):
+
+    1. Take edaBits ``[r_i]``, ``[r] = sum 2^i [r_i]``; open ``c = x + r``.
+    2. In one comparison tree: ``w = [c < r]`` (so ``x = c - r + M w`` with ``M`` the
+       modulus) and ``u = [c_lo < r_lo]``, ``e = [c_lo == r_lo]`` on the low ``k`` bits.
+    3. Ring: ``lo = c_lo - r_lo + 2^k u``; ``hi = (c >> k) - (r >> k) - u + 2^(64-k) w``.
+       Field (``p = -1 mod 2^k``): ``x mod 2^k = (c_lo - r_lo - w) mod 2^k``, whose borrow
+       is ``b = u + e w`` (``u`` and ``e`` exclude each other), so
+       ``lo = c_lo - r_lo - w + 2^k b`` and ``hi = (x - lo) / 2^k`` (exact division).
+
+    Rounds: 1 opening, the comparison tree, and (field) one product for ``e w``.
+    """
+    d, xp = ctx.domain, ctx.xp
+    if not 0 < k < d.bits - 1:
+        raise ValueError(f"split_low needs 0 < k < {d.bits - 1}, got {k}")
+    flat = x.reshape(-1)
+    n = flat.shape[0]
+    bits_r = ctx.provider.edabits(flat.shape)
+    nbits = bits_r.shape[0]
+    weights = xp.asarray([(1 << i) % (1 << 64) for i in range(nbits)], dtype=xp.uint64)[:, None]
+    r = ctx.sum(ctx.mul_public(bits_r, weights), axis=0)
+    r_lo = ctx.sum(ctx.mul_public(bits_r[:k], weights[:k]), axis=0)
+    (c,) = await ctx.open([ctx.add(flat, r)], "split")
+    low_mask = xp.uint64((1 << k) - 1)
+    c_lo = c & low_mask
+    # One tree for both comparisons: the low-k comparison pads r's bits with shared zeros.
+    padded = ctx.concat([bits_r[:k], ctx.constant(d.zeros((nbits - k, n)))])
+    lt, eq = await bit_compare_public(ctx, xp.concatenate([c, c_lo]), ctx.concat([bits_r, padded], axis=1))
+    w, u, e = lt[:n], lt[n:], eq[n:]
+    two_k = d.scalar(1 << k)
+    if d.name == "ring64":
+        lo = ctx.add_public(ctx.sub(ctx.mul_public(u, two_k), r_lo), c_lo)
+        r_hi = ctx.sum(ctx.mul_public(bits_r[k:], weights[: nbits - k]), axis=0)
+        hi = ctx.sub(ctx.add(ctx.neg(r_hi), ctx.mul_public(w, d.scalar(1 << (64 - k)))), u)
+        hi = ctx.add_public(hi, c >> xp.uint64(k))
+    else:
+        (ew,) = await multiply_many(ctx, [(e, w)])
+        borrow = ctx.add(u, ew)
+        lo = ctx.add_public(ctx.sub(ctx.sub(ctx.mul_public(borrow, two_k), r_lo), w), c_lo)
+        inv = d.scalar(pow(1 << k, -1, P61))
+        hi = ctx.mul_public(ctx.sub(flat, lo), inv)
+    return hi.reshape(*x.shape), lo.reshape(*x.shape)
 
 
 async def _xor(ctx: MPCContext, a: Shared, b: Shared) -> Shared:
