@@ -143,7 +143,8 @@ def post_material_at_once(op: Operator, plan: SessionPlan, bodies: Mapping[str, 
 def run_session(op: Operator, nodes: list[NodeProc], w: Workload, sid: str) -> dict[str, float]:
     """One session of ``w``; returns the timed figure and the untimed phases (seconds)."""
     plan = op.plan(sid, nodes, program=w.program, owners=w.owners, fields=w.fields, recipients={w.auditor: w.allow},
-                   model_owner=w.model_owner, lifetime_s=1800)
+                   model_owner=w.model_owner, lifetime_s=1800,
+                   max_rows_per_owner=max(len(next(iter(c.values()))) for c in w.columns))
     op.post_plan(plan, nodes, dealer=False)
     t_in = time.perf_counter()
     with SessionClient(node_url=nodes[0].url, session_id=sid, ca_certificate=op.ca.certificate,

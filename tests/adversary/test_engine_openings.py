@@ -86,3 +86,13 @@ def test_honest_run_delivers_correct_verified_outputs(kind: str) -> None:
                                                      for p, o in outcomes.items()}, authenticated=config.security == "malicious")
     assert ctx.domain.to_signed(hist).tolist() == want["histogram(amount)"]
     assert outcomes[0].result.public == {"count(amount)": want["count(amount)"]}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", list(MALICIOUS))
+def test_error_on_the_variance_limb_split_is_caught_before_outputs(kind: str) -> None:
+    """D on the opening of an exact limb split (``c = y + r``) would shift a limb, and the variance with it."""
+    r = run(MALICIOUS[kind], cheater=1, tamper=add_to_first("split", 1 << 7))
+    for p in r.honest(1):
+        err = r.error_at(p)
+        assert isinstance(err, MacCheckError) and err.check in ("before-outputs", "opening-consistency"), err
+        assert not any(label_of(t) == "output-keys" for t in r.sent[p]), "an honest party started delivering outputs"

@@ -121,7 +121,7 @@ INVALID: list[tuple[str, Body, Callable[[Body], Any], tuple[str, ...]]] = [
     ("session-allow-score-on-aggregate", STATS, lambda b: b["spec"]["outputs"][0].update(allow=["score"]),
      ("spec.outputs", "may only name results")),
     ("session-allow-malformed", STATS, lambda b: b["spec"]["outputs"][0]["allow"].append("avg(amount)"),
-     ("spec.outputs[0].allow[3]",)),
+     ("spec.outputs[0].allow[4]",)),
     ("session-histogram-no-bins", STATS, lambda b: b["spec"]["program"]["aggregate"][3].pop("bins"),
      ("spec.program.aggregate[3].bins", "is required for a histogram")),
     ("session-bins-on-mean", STATS, lambda b: b["spec"]["program"]["aggregate"][1].update(bins=[1, 2]),
@@ -216,7 +216,8 @@ def test_mpcsession_defaults_are_applied(kubectl: Any, namespace: str) -> None:
     assert spec["placement"] == {"distinctTrustDomains": True, "maxSharesPerZone": 1, "requireGPU": False}
     assert spec["deadline"] == "1h"
     assert spec["ttlSecondsAfterFinished"] == 3600
-    assert spec["inputs"][0]["fields"][0]["scale"] == 16
+    assert spec["maxRowsPerOwner"] == 10000
+    assert "decimals" not in spec["inputs"][0]["fields"][0]  # left out: the operator picks the most that fit
 
 
 def test_session_spec_is_immutable_except_ttl(kubectl: Any, namespace: str) -> None:
@@ -228,6 +229,7 @@ def test_session_spec_is_immutable_except_ttl(kubectl: Any, namespace: str) -> N
         ({"spec": {"deadline": "2h"}}, "spec.deadline"),
         ({"spec": {"placement": {"requireGPU": True}}}, "spec.placement"),
         ({"spec": {"outputs": None}}, "spec.outputs"),
+        ({"spec": {"maxRowsPerOwner": 5}}, "spec.maxRowsPerOwner"),
     ]:
         result = kubectl("patch", "-n", namespace, "mpcs", name, "--type=merge", "-p", json.dumps(patch), check=False)
         assert result.returncode != 0, patch

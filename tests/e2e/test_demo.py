@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +139,13 @@ def test_fraud_stats_result_equals_numpy_on_the_submitted_csvs(demo: DemoRun) ->
     amounts = np.concatenate([_csv(data / f"fraud-stats.{bank}.csv")[:, 0] for bank in ("bank-a", "bank-b")])
     assert len(amounts) > 10
     got = demo.summary["sessions"]["fraud-stats"]["results"]
-    assert set(got) == {"count(amount)", "mean(amount)", "histogram(amount)"}  # exactly what the auditor may see
+    # exactly what the auditor may see
+    assert set(got) == {"count(amount)", "mean(amount)", "variance(amount)", "histogram(amount)"}
     assert got["count(amount)"] == len(amounts)
-    assert got["mean(amount)"] == pytest.approx(amounts.mean(), rel=1e-4)
+    cents = [int(round(v * 100)) for v in amounts]  # the example declares decimals: 2, so the result is exact
+    n, total, squares = len(cents), sum(cents), sum(c * c for c in cents)
+    assert got["mean(amount)"] == float(Fraction(total, n * 100))
+    assert got["variance(amount)"] == float(Fraction(n * squares - total * total, n * n * 100**2))
     assert got["histogram(amount)"] == np.histogram(amounts, bins=[0, 100, 1000, 10000, 100000])[0].tolist()
     # The printed comparison agrees.
     assert demo.stdout.count("matches the plaintext answer") == 2 and "does not match" not in demo.stdout

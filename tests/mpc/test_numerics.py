@@ -134,12 +134,13 @@ def test_every_aggregate_is_exact_or_refused_at_compile_time(
 @pytest.mark.parametrize(
     ("config", "lo", "hi", "rows", "ops"),
     [
-        # 100 000 rows of [-1e7, 1e7]: sums up to 2^60 units, a variance numerator of 2^90.
-        (EngineConfig(2), -1e7, 1e7, 100_000, ["count", "sum", "mean", "variance", "min", "max"]),
-        # 20 000 rows of amounts in [0, 1e6]: malicious field arithmetic at its two-limb bound.
+        # 100 000 rows of [-1e9, 1e9] at 4 decimals: sums of 2^59.8 units, a variance numerator
+        # of 2^119 in four limbs.
+        (EngineConfig(2), -1e9, 1e9, 100_000, ["count", "sum", "mean", "variance", "min", "max"]),
+        # 20 000 rows of amounts in [0, 1e6] at 6 decimals: malicious field arithmetic, three limbs.
         (EngineConfig(2, security="malicious"), 0.0, 1e6, 20_000, ["sum", "mean", "variance"]),
     ],
-    ids=["ring-100k-rows", "field-20k-rows"],
+    ids=["ring-100k-rows-1e9", "field-20k-rows"],
 )
 def test_exact_at_the_row_bound_with_extreme_values(config: EngineConfig, lo: float, hi: float, rows: int,
                                                     ops: list[str]) -> None:
@@ -176,10 +177,12 @@ def test_the_issues_failing_cases_are_exact(config: EngineConfig) -> None:
 @pytest.mark.parametrize(
     ("field", "program", "rows", "message"),
     [
-        ({"name": "x", "min": -1e9, "max": 1e9}, program_of(["variance"], -1e9, 1e9), RowBound(1, 100_000),
-         "spec.program.aggregate[variance(x)]: the variance of up to 100000 rows (1 owners x maxRowsPerOwner 100000) "
-         "of x spanning 2000000000 units of 10^-0 ([-1e+09, 1e+09]) needs (rows x span)^2 / 4 = 2^93.0, beyond what "
-         "two 60-bit limbs carry exactly; set spec.maxRowsPerOwner to at most 12004, or narrow [min, max] of x"),
+        ({"name": "x", "min": -1e9, "max": 1e9, "decimals": 6}, program_of(["variance"], -1e9, 1e9),
+         RowBound(1, 100_000),
+         "spec.program.aggregate[variance(x)]: the variance of up to 100000 rows (1 owner x maxRowsPerOwner 100000) "
+         "of x spanning 2000000000000000 units of 10^-6 ([-1e+09, 1e+09]) needs (rows x span)^2 / 4 = 2^132.9, "
+         "beyond what 4 60-bit limbs carry exactly; set spec.maxRowsPerOwner to at most 54540, declare fewer "
+         "decimals, or narrow [min, max] of x"),
         ({"name": "x", "min": -1e9, "max": 1e9, "decimals": 6}, program_of(["sum"], -1e9, 1e9), RowBound(2, 100_000),
          "spec.program.aggregate[sum(x)]: the sum of up to 200000 rows (2 owners x maxRowsPerOwner 100000) of |x| <= "
          "1000000000000000 units of 10^-6 can reach 2^67.4, beyond the exact range 2^60; set spec.maxRowsPerOwner to "
@@ -202,14 +205,18 @@ def test_refusals_say_what_is_wrong_and_what_to_change(field: dict[str, Any], pr
 
 
 def test_automatic_decimals_take_the_most_that_fit() -> None:
-    plan = compile_program(program_of(["sum", "variance"], 0, 1e6), [{"name": "x", "min": 0, "max": 1e6}],
-                           rows=RowBound(2, 10_000))
+    fields = [{"name": "x", "min": -1e9, "max": 1e9}]
+    plan = compile_program(program_of(["sum", "variance"], -1e9, 1e9), fields, rows=RowBound(1, 100_000))
     assert isinstance(plan, AggregatePlan)
     num = plan.numerics["x"]
-    assert num.decimals == 2  # cents fit; 3 decimals would not for the variance of 20 000 rows
-    with pytest.raises(NumericsError):
-        compile_program(program_of(["sum", "variance"], 0, 1e6), [{"name": "x", "min": 0, "max": 1e6, "decimals": 3}],
-                        rows=RowBound(2, 10_000))
+    assert num.decimals == 4  # 100 000 sums of 1e13 units fit 2^60; at 5 decimals they would not
+    assert num.variance is not None and num.variance.limbs == 4
+    with pytest.raises(NumericsError, match=r"^spec\.program\.aggregate\[sum\(x\)\]"):
+        compile_program(program_of(["sum", "variance"], -1e9, 1e9), [{**fields[0], "decimals": 5}],
+                        rows=RowBound(1, 100_000))
+    small = compile_program(program_of(["variance"], 0, 1e6), [{"name": "x", "min": 0, "max": 1e6}],
+                            rows=RowBound(2, 10_000))
+    assert small.numerics["x"].decimals == 6 and small.numerics["x"].variance.limbs == 3  # type: ignore[union-attr]
 
 
 # -- models ---------------------------------------------------------------------------------------

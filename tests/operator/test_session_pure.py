@@ -79,7 +79,7 @@ class TestNumbersAtAdmission:
     """The operator compiles the program against the ranges and the row bound before anything is placed."""
 
     def test_a_program_that_could_overflow_is_refused_with_what_to_change(self) -> None:
-        fields = [{"name": "amount", "min": -1e9, "max": 1e9}]
+        fields = [{"name": "amount", "min": -1e9, "max": 1e9, "decimals": 6}]
         b = body(maxRowsPerOwner=100_000, program={"aggregate": [{"op": "variance", "field": "amount"}]},
                  outputs=[{"recipient": "auditor", "identity": IDS["auditor"]["kemPublicKey"],
                            "allow": ["variance(amount)"]}])
@@ -90,9 +90,9 @@ class TestNumbersAtAdmission:
         assert err.value.field_path == "program.aggregate[variance(amount)]"
         assert str(err.value) == (
             "spec.program.aggregate[variance(amount)]: the variance of up to 200000 rows (2 owners x maxRowsPerOwner "
-            "100000) of amount spanning 2000000000 units of 10^-0 ([-1e+09, 1e+09]) needs (rows x span)^2 / 4 = "
-            "2^95.0, beyond what two 60-bit limbs carry exactly; set spec.maxRowsPerOwner to at most 6002, or narrow "
-            "[min, max] of amount")
+            "100000) of amount spanning 2000000000000000 units of 10^-6 ([-1e+09, 1e+09]) needs (rows x span)^2 / 4 = "
+            "2^134.9, beyond what 4 60-bit limbs carry exactly; set spec.maxRowsPerOwner to at most 27270, declare "
+            "fewer decimals, or narrow [min, max] of amount")
 
     def test_automatic_decimals_and_the_row_bound_are_signed_into_the_plan(self) -> None:
         spec = parse_mpcsession(body(maxRowsPerOwner=500), SUITE)

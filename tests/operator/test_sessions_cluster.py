@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from fractions import Fraction
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -193,10 +194,12 @@ def test_aggregate_session_end_to_end(world: World) -> None:
     assert st.get("completionTime") and st.get("observedGeneration") == 1
 
     res = world.result(session_id, "auditor", node_url)["outputs"]
-    both = np.concatenate([a, b])[:, 0]
-    assert res["count(amount)"] == pytest.approx(len(both))
-    assert res["mean(amount)"] == pytest.approx(both.mean(), rel=1e-3, abs=0.01)
-    assert res["variance(amount)"] == pytest.approx(both.var(), rel=1e-2)
+    both = [int(v) for v in np.concatenate([a, b])[:, 0]]
+    n, total, squares = len(both), sum(both), sum(v * v for v in both)
+    assert res["count(amount)"] == n
+    # exact: the operator proved the program's numbers at admission; the recipient divides exactly
+    assert res["mean(amount)"] == float(Fraction(total, n))
+    assert res["variance(amount)"] == float(Fraction(n * squares - total * total, n * n))
 
     # The wrong recipient cannot read the outputs.
     denied = pqmpc("result", "--session", session_id, "--identity", world.identity_file("bank-a"), "--node", node_url,
@@ -236,6 +239,21 @@ def test_invalid_identity_fails_the_session_with_the_field(world: World) -> None
     st = world.wait_phase("bad-key", {"Failed"})
     assert st["reason"] == "InvalidSpec"
     assert "spec.inputs[1].identity" in st["message"] and "pqmpc identity new" in st["message"]
+
+
+def test_a_program_whose_numbers_could_overflow_fails_at_admission(world: World) -> None:
+    """Refused before placement, with the field, the bound and what to change (word for word)."""
+    spec = aggregate_spec(world, ["bank-a", "bank-b"], None, 2)
+    for i in spec["inputs"]:
+        i["fields"] = [{"name": "amount", "min": -1e9, "max": 1e9, "decimals": 6}]
+    spec["maxRowsPerOwner"] = 100_000
+    world.apply(world.session("too-wide", **spec))
+    st = world.wait_phase("too-wide", {"Failed"})
+    assert st["reason"] == "InvalidSpec" and not st.get("placement"), st
+    assert st["message"] == (
+        "spec.program.aggregate[mean(amount)]: the sum of up to 200000 rows (2 owners x maxRowsPerOwner 100000) of "
+        "|amount| <= 1000000000000000 units of 10^-6 can reach 2^67.4, beyond the exact range 2^60; set "
+        "spec.maxRowsPerOwner to at most 576, declare fewer decimals, or narrow [min, max] of amount"), st["message"]
 
 
 def test_mlp_session_with_model_owner(world: World) -> None:

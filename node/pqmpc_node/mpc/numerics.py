@@ -21,19 +21,17 @@ arithmetic, so the results are exact:
   ``V = N sum(y^2) - (sum y)^2`` over the valid rows (``y = x - min``, shifted into
   ``[0, R]``), divided by ``N^2`` at the recipient; ``V`` is a function of the variance
   and the public ``N``, so it reveals nothing more. ``V`` reaches ``(N R)^2 / 4``, far
-  beyond one element (2^92 for 100 000 rows of cents in ``[0, 10^6]``), so it is
-  computed in **two-limb arithmetic** (:class:`VarianceLimbs`): each ``y`` is split
-  exactly into ``a 2^k + b`` (:func:`~pqmpc_node.mpc.protocols.split_low`), the three
-  limb products are summed, and ``V = C2 2^(2k) + 2 C1 2^k + C0`` with
-  ``C2 = N sum a^2 - (sum a)^2``, ``C1 = N sum ab - (sum a)(sum b)``,
-  ``C0 = N sum b^2 - (sum b)^2``, each of which fits; carrying ``C0`` and ``2 C1``
-  into the next limb with exact splits gives the canonical digits
-  ``[floor(V / 2^2k), digit 1, digit 0]`` (a function of ``V`` alone), which is what the
-  recipient receives.
+  beyond one element (2^93 for 100 000 rows in ``[-10^9, 10^9]``), so it is computed in
+  **multi-limb arithmetic** (:class:`VarianceLimbs`): each ``y`` is split exactly into
+  limbs ``a_j`` of ``k`` bits (:func:`~pqmpc_node.mpc.protocols.split_limbs`), the limb
+  products are summed, and ``V = sum_m 2^(mk) T_m`` with
+  ``T_m = sum_(i+j=m) w_ij (N sum a_i a_j - A_i A_j)`` (``A_i = sum a_i``), each of which
+  fits; carrying each ``T_m`` into the next position with exact splits gives the
+  canonical base-``2^k`` digits of ``V`` (a function of ``V`` alone), most significant
+  first, which is what the recipient receives. Two limbs when they fit, up to four.
 
-Bounds (``N`` rows at most, ``U = max(|min|, |max|)``, ``R = max - min`` and
-``H = ceil(R / 2)``, all in units; ``2^cap`` the exact signed range, cap = 60 in the
-field, 63 in the ring):
+Bounds (``N`` rows at most, ``U = max(|min|, |max|)`` and ``R = max - min``, all in
+units; ``2^cap`` the exact signed range, cap = 60 in the field, 63 in the ring):
 
 * comparisons (range checks, min/max, histogram): ``R < 2^(cap-1)``;
 * ``sum`` and ``mean``: ``N U < 2^cap``;
@@ -130,39 +128,62 @@ class RowBound:
         return self.owners * self.per_owner
 
     def describe(self) -> str:
-        return f"{self.total} rows ({self.owners} owners x maxRowsPerOwner {self.per_owner})"
+        return f"{self.total} rows ({self.owners} owner{'' if self.owners == 1 else 's'} x maxRowsPerOwner {self.per_owner})"
 
 
 @dataclass(frozen=True)
 class VarianceLimbs:
-    """Two-limb variance parameters: limb size ``k`` bits and the public offset ``K`` that
-    makes the middle limb non-negative before its carry is split off."""
+    """Multi-limb variance parameters: ``limbs`` limbs of ``k`` bits, and the public
+    offsets ``K_m`` that make digit position ``m`` non-negative before its carry is split off."""
 
     k: int
-    offset: int
+    limbs: int
+    offsets: tuple[int, ...]
+
+
+MAX_VARIANCE_LIMBS = 4
 
 
 def variance_limbs(rows: int, span: int, cap: int) -> VarianceLimbs | None:
-    """The limb size with the most headroom for ``rows`` values in ``[0, span]``, or None if none fits.
+    """The fewest limbs (then the limb size with the most headroom) that keep every digit exact.
 
-    Bounds (``aM = span >> k``, ``bM = min(2^k - 1, span)``, ``N = rows``):
-    ``0 <= C2 <= N^2 aM^2``, ``|C1| <= N^2 aM bM``, ``0 <= C0 <= N^2 bM^2``; the middle
-    limb ``T1 = 2 C1 + (C0 >> k) + K 2^k`` with ``K 2^k >= 2 N^2 aM bM`` lies in
-    ``[0, 2^cap)``, and the top digit ``C2 + (T1 >> k) - K`` too.
+    With ``y = sum a_j 2^(jk)`` (``a_j <= aM_j``: ``2^k - 1`` below the top limb,
+    ``span >> (L-1)k`` for it), ``V = sum_m 2^(mk) T_m`` with
+    ``T_m = sum_(i+j=m) w_ij (N sum a_i a_j - A_i A_j)`` (``w_ii = 1``, ``w_ij = 2``):
+    diagonal terms lie in ``[0, N^2 aM_i^2]``, cross terms in ``+-2 N^2 aM_i aM_j``.
+    Carrying position ``m`` splits ``X_m = T_m + carry_(m-1) + K_m 2^k``, with ``K_m``
+    the least offset making ``X_m >= 0``; every ``X_m`` and the top digit must stay
+    below ``2^cap``. None if no ``L <= 4``, ``k`` fits.
     """
-    best: tuple[int, VarianceLimbs] | None = None
     n2 = rows * rows
-    for k in range(1, cap - 1):
-        beta = 1 << k
-        a_max, b_max = span >> k, min(beta - 1, span)
-        c2, c1, c0 = n2 * a_max * a_max, n2 * a_max * b_max, n2 * b_max * b_max
-        offset = (2 * c1 + beta - 1) // beta + 1
-        t1 = 2 * c1 + (c0 >> k) + offset * beta
-        t2 = c2 + (t1 >> k)
-        worst = max(c2, c1, c0, t1, t2)
-        if worst < 2**cap and (best is None or worst < best[0]):
-            best = (worst, VarianceLimbs(k, offset))
-    return None if best is None else best[1]
+    for limbs in range(2, MAX_VARIANCE_LIMBS + 1):
+        best: tuple[int, VarianceLimbs] | None = None
+        for k in range(1, cap - 1):
+            if k * (limbs - 1) >= cap - 1 or (limbs > 2 and span >> (k * (limbs - 2)) < (1 << k)):
+                break  # past the domain, or fewer limbs would do
+            beta = 1 << k
+            a_max = [min(beta - 1, span >> (k * j)) for j in range(limbs - 1)] + [span >> (k * (limbs - 1))]
+            pos, neg = [0] * (2 * limbs - 1), [0] * (2 * limbs - 1)
+            for i in range(limbs):
+                for j in range(i, limbs):
+                    term = n2 * a_max[i] * a_max[j] * (1 if i == j else 2)
+                    pos[i + j] += term
+                    if i != j:
+                        neg[i + j] += term
+            offsets, worst, carry_lo, carry_hi = [], 0, 0, 0
+            for m in range(2 * limbs - 2):
+                low = carry_lo - neg[m]
+                offset = max(0, -(low // beta))  # K_m: the least with low + K_m 2^k >= 0
+                high = pos[m] + carry_hi + offset * beta
+                worst = max(worst, high, neg[m])
+                carry_lo, carry_hi = (low + offset * beta) // beta - offset, high // beta - offset
+                offsets.append(offset)
+            worst = max(worst, pos[-1] + carry_hi)
+            if worst < 2**cap and (best is None or worst < best[0]):
+                best = (worst, VarianceLimbs(k, limbs, tuple(offsets)))
+        if best is not None:
+            return best[1]
+    return None
 
 
 @dataclass(frozen=True)
@@ -199,15 +220,6 @@ class FieldNumerics:
     @property
     def hi(self) -> int:
         return self.units(self.max, "max")
-
-    @property
-    def center(self) -> int:
-        return (self.lo + self.hi) // 2
-
-    @property
-    def half_range(self) -> int:
-        """``H``: every in-range value is within ``H`` units of :attr:`center`."""
-        return max(self.hi - self.center, self.center - self.lo)
 
     @property
     def magnitude(self) -> int:

@@ -37,6 +37,7 @@ from pqmpc_node.mpc.mac import check_macs
 from pqmpc_node.mpc.numerics import (
     AUTO_MAX_DECIMALS,
     DEFAULT_WEIGHT_BOUND,
+    MAX_VARIANCE_LIMBS,
     MODEL_FRAC_BITS,
     FieldNumerics,
     NumericsError,
@@ -277,8 +278,8 @@ def _check_field(num: FieldNumerics, ops: set[str], edges: Sequence[float], rows
             raise NumericsError(
                 f"program.aggregate[variance({name})]",
                 f"the variance of up to {rows.describe()} of {name} spanning {span} {unit} ([{num.min:g}, {num.max:g}]) "
-                f"needs (rows x span)^2 / 4 = {bits_text((n * span) ** 2 / 4)}, beyond what two {cap}-bit limbs carry "
-                "exactly", _fits_fix(name, fits // rows.owners, d))
+                f"needs (rows x span)^2 / 4 = {bits_text((n * span) ** 2 / 4)}, beyond what {MAX_VARIANCE_LIMBS} "
+                f"{cap}-bit limbs carry exactly", _fits_fix(name, fits // rows.owners, d))
         return limbs
     return None
 
@@ -517,7 +518,7 @@ async def _run_aggregate(ctx: MPCContext, plan: AggregatePlan, inputs: SessionIn
     1. Range checks and histogram comparisons in one batch; open the valid count.
     2. One round: ``valid * x`` for every field, ``valid * [x >= edge]`` per histogram
        edge, ``valid * (x - base)`` for min/max.
-    3. Variance: ``y = valid (x - min)`` in two limbs (:func:`_variance_numerator`).
+    3. Variance: ``y = valid (x - min)`` in exact limbs (:func:`_variance_numerator`).
     4. Min/max by tournament trees; histogram counts by differences of the sums.
     """
     cols, n_rows = _columns(inputs, plan.fields)
@@ -588,37 +589,47 @@ async def _run_aggregate(ctx: MPCContext, plan: AggregatePlan, inputs: SessionIn
 
 
 async def _variance_numerator(ctx: MPCContext, y: Shared, n_valid: int, num: FieldNumerics) -> Shared:
-    """Digits ``[floor(V / 2^2k), d1, d0]`` (base ``2^k``) of ``V = N sum y^2 - (sum y)^2``, exact.
+    """Base-``2^k`` digits of ``V = N sum y^2 - (sum y)^2``, most significant first, exact.
 
     ``y`` (shape (rows,)) is 0 on invalid rows and in ``[0, max - min]`` on valid ones.
-    Steps (bounds in :func:`~pqmpc_node.mpc.numerics.variance_limbs`):
+    Steps (bounds and offsets in :func:`~pqmpc_node.mpc.numerics.variance_limbs`):
 
-    1. Split every ``y = a 2^k + b`` exactly (:func:`~pqmpc_node.mpc.protocols.split_low`).
-    2. One round: ``a^2, ab, b^2`` per row; sum them and ``a``, ``b``.
-    3. One round: ``A^2, AB, B^2`` of the sums; ``C2 = N sum a^2 - A^2``,
-       ``C1 = N sum ab - AB``, ``C0 = N sum b^2 - B^2`` with the public count ``N``,
-       so ``V = C2 2^2k + 2 C1 2^k + C0``.
-    4. Carry: split ``C0`` into ``(c0, d0)``; split ``2 C1 + c0 + K 2^k`` (``K`` makes it
-       non-negative) into ``(c1, d1)``; the top digit is ``C2 + c1 - K``.
+    1. Split every ``y = sum_j a_j 2^(jk)`` exactly (:func:`~pqmpc_node.mpc.protocols.split_limbs`).
+    2. One round: ``a_i a_j`` (i <= j) per row; sum them and the limbs (``A_i``).
+    3. One round: ``A_i A_j`` of the sums; ``T_m = sum_(i+j=m) w_ij (N sum a_i a_j - A_i A_j)``
+       with the public count ``N`` (``w_ii = 1``, ``w_ij = 2``), so ``V = sum_m 2^(mk) T_m``.
+    4. Carry from the lowest position up: split ``T_m + carry + K_m 2^k`` (``K_m`` makes it
+       non-negative) into its digit and the next carry; the top digit is what remains.
     """
     limbs = num.variance
     if limbs is None:
         raise ProgramError(f"the plan computes variance({num.name}) without its limb parameters")
-    k = limbs.k
-    a, b = await proto.split_low(ctx, y, k)
-    a2, ab, b2 = await proto.multiply_many(ctx, [(a, a), (a, b), (b, b)])
-    sums = ctx.stack([ctx.sum(v) for v in (a, b, a2, ab, b2)])  # shape (5, 1)
-    sa, sb = sums[0], sums[1]
-    big_a2, big_ab, big_b2 = await proto.multiply_many(ctx, [(sa, sa), (sa, sb), (sb, sb)])
+    k, count = limbs.k, limbs.limbs
+    parts = await proto.split_limbs(ctx, y, k, count)
+    pairs = [(i, j) for i in range(count) for j in range(i, count)]
+    row_products = await proto.multiply_many(ctx, [(parts[i], parts[j]) for i, j in pairs])
+    sums = ctx.stack([ctx.sum(v) for v in [*parts, *row_products]])  # shape (L + pairs, 1)
+    sum_products = await proto.multiply_many(ctx, [(sums[i], sums[j]) for i, j in pairs])
     n = _const(ctx, n_valid)
-    c2 = ctx.sub(ctx.mul_public(sums[2], n), big_a2)
-    c1 = ctx.sub(ctx.mul_public(sums[3], n), big_ab)
-    c0 = ctx.sub(ctx.mul_public(sums[4], n), big_b2)
-    carry0, d0 = await proto.split_low(ctx, c0, k)
-    middle = ctx.add_public(ctx.add(ctx.mul_public(c1, ctx.domain.scalar(2)), carry0), _const(ctx, limbs.offset << k))
-    carry1, d1 = await proto.split_low(ctx, middle, k)
-    top = ctx.add_public(ctx.add(c2, carry1), _const(ctx, -limbs.offset))
-    return ctx.concat([top, d1, d0])
+    positions: list[Shared | None] = [None] * (2 * count - 1)
+    for idx, (i, j) in enumerate(pairs):
+        term = ctx.sub(ctx.mul_public(sums[count + idx], n), sum_products[idx])
+        if i != j:
+            term = ctx.mul_public(term, ctx.domain.scalar(2))
+        held = positions[i + j]
+        positions[i + j] = term if held is None else ctx.add(held, term)
+    digits: list[Shared] = []
+    carry: Shared | None = None
+    for m, offset in enumerate(limbs.offsets):
+        position = positions[m]
+        assert position is not None  # invariant: every position below the top has a term
+        x = position if carry is None else ctx.add(position, carry)
+        low, high = await proto.split_limbs(ctx, ctx.add_public(x, _const(ctx, offset << k)), k, 2)
+        digits.append(low)
+        carry = ctx.add_public(high, _const(ctx, -offset))
+    top = positions[-1]
+    assert top is not None and carry is not None  # invariant: at least two limbs
+    return ctx.concat([ctx.add(top, carry), *reversed(digits)])
 
 
 async def _check_model_bounds(ctx: MPCContext, plan: LinearScorePlan | MlpPlan, params: Sequence[Shared]) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "bit_less_than_public",
     "bit_compare_public",
     "split_low",
+    "split_limbs",
     "less_than_zero",
     "less_than",
     "relu",
@@ -251,52 +252,76 @@ async def _compare_tree(ctx: MPCContext, c: Array, r_bits: Shared, *, want_eq: b
 
 
 async def split_low(ctx: MPCContext, x: Shared, k: int) -> tuple[Shared, Shared]:
-    """Exact ``(x >> k, x mod 2^k)`` of shared integers ``0 <= x < 2^62`` (ring) or ``< p`` (field).
+    """Exact ``(x >> k, x mod 2^k)``; :func:`split_limbs` with two limbs."""
+    lo, hi = await split_limbs(ctx, x, k, 2)
+    return hi, lo
 
-    Unlike :func:`truncate` (off by up to one unit), both parts are exact, so sums of
-    them can be carried from one limb into the next (exact Mod2m after [CdH10], with a
-    full-domain mask as in :func:`truncate`, so the opening hides ``x`` perfectly):
+
+async def split_limbs(ctx: MPCContext, x: Shared, k: int, limbs: int) -> list[Shared]:
+    """Exact base-``2^k`` limbs of shared integers ``0 <= x < 2^63`` (ring) or ``< p`` (field).
+
+    Returns ``[a_0, ..., a_(L-1)]`` (least significant first) with ``x = sum a_j 2^(jk)``,
+    ``0 <= a_j < 2^k`` below the top limb. Unlike :func:`truncate` (off by up to one
+    unit) every limb is exact, so sums of limbs can be carried from one into the next.
+    An exact Mod2m [CdH10] at each boundary ``m = k, 2k, ...``, all from one opening with
+    a full-domain edaBit mask (as in :func:`truncate`, so the opening hides ``x``
+    perfectly) and one comparison tree:
 
     1. Take edaBits ``[r_i]``, ``[r] = sum 2^i [r_i]``; open ``c = x + r``.
-    2. In one comparison tree: ``w = [c < r]`` (so ``x = c - r + M w`` with ``M`` the
-       modulus) and ``u = [c_lo < r_lo]``, ``e = [c_lo == r_lo]`` on the low ``k`` bits.
-    3. Ring: ``lo = c_lo - r_lo + 2^k u``; ``hi = (c >> k) - (r >> k) - u + 2^(64-k) w``.
-       Field (``p = -1 mod 2^k``): ``x mod 2^k = (c_lo - r_lo - w) mod 2^k``, whose borrow
-       is ``b = u + e w`` (``u`` and ``e`` exclude each other), so
-       ``lo = c_lo - r_lo - w + 2^k b`` and ``hi = (x - lo) / 2^k`` (exact division).
+    2. In one tree: ``w = [c < r]`` (so ``x = c - r + M w``, ``M`` the modulus) and, per
+       boundary, ``u_m = [c mod 2^m < r mod 2^m]``, ``e_m = [c mod 2^m == r mod 2^m]``.
+    3. Ring: ``x mod 2^m = c_m - r_m + 2^m u_m`` and
+       ``x >> m = (c >> m) - (r >> m) - u_m + 2^(64-m) w``. Field (``p = -1 mod 2^m``):
+       ``x mod 2^m = (c_m - r_m - w) mod 2^m``, whose borrow is ``u_m + e_m w`` (``u_m``
+       and ``e_m`` exclude each other), and ``x >> m = (x - x mod 2^m) / 2^m`` (exact).
+    4. ``a_0 = x mod 2^k``, ``a_j = (x >> jk) - 2^k (x >> (j+1)k)``, top ``x >> (L-1)k``.
 
-    Rounds: 1 opening, the comparison tree, and (field) one product for ``e w``.
+    Rounds: 1 opening, the comparison tree, and (field) one product for every ``e_m w``.
     """
     d, xp = ctx.domain, ctx.xp
-    if not 0 < k < d.bits - 1:
-        raise ValueError(f"split_low needs 0 < k < {d.bits - 1}, got {k}")
+    bounds = [k * j for j in range(1, limbs)]
+    if limbs < 2 or not 0 < k or bounds[-1] >= d.bits - 1:
+        raise ValueError(f"split_limbs needs 2 or more limbs of k > 0 bits below {d.bits - 1} bits, got {limbs} x {k}")
     flat = x.reshape(-1)
     n = flat.shape[0]
     bits_r = ctx.provider.edabits(flat.shape)
     nbits = bits_r.shape[0]
     weights = xp.asarray([(1 << i) % (1 << 64) for i in range(nbits)], dtype=xp.uint64)[:, None]
     r = ctx.sum(ctx.mul_public(bits_r, weights), axis=0)
-    r_lo = ctx.sum(ctx.mul_public(bits_r[:k], weights[:k]), axis=0)
     (c,) = await ctx.open([ctx.add(flat, r)], "split")
-    low_mask = xp.uint64((1 << k) - 1)
-    c_lo = c & low_mask
-    # One tree for both comparisons: the low-k comparison pads r's bits with shared zeros.
-    padded = ctx.concat([bits_r[:k], ctx.constant(d.zeros((nbits - k, n)))])
-    lt, eq = await bit_compare_public(ctx, xp.concatenate([c, c_lo]), ctx.concat([bits_r, padded], axis=1))
-    w, u, e = lt[:n], lt[n:], eq[n:]
-    two_k = d.scalar(1 << k)
+    # One tree for every comparison: a low-m comparison pads r's bits with shared zeros.
+    publics, shared = [c], [bits_r]
+    for m in bounds:
+        publics.append(c & xp.uint64((1 << m) - 1))
+        shared.append(ctx.concat([bits_r[:m], ctx.constant(d.zeros((nbits - m, n)))]))
+    lt, eq = await bit_compare_public(ctx, xp.concatenate(publics), ctx.concat(shared, axis=1))
+    w = lt[:n]
+    per = [(lt[(i + 1) * n:(i + 2) * n], eq[(i + 1) * n:(i + 2) * n]) for i in range(len(bounds))]
+    highs: list[Shared] = []
+    low_first: Shared | None = None
     if d.name == "ring64":
-        lo = ctx.add_public(ctx.sub(ctx.mul_public(u, two_k), r_lo), c_lo)
-        r_hi = ctx.sum(ctx.mul_public(bits_r[k:], weights[: nbits - k]), axis=0)
-        hi = ctx.sub(ctx.add(ctx.neg(r_hi), ctx.mul_public(w, d.scalar(1 << (64 - k)))), u)
-        hi = ctx.add_public(hi, c >> xp.uint64(k))
+        for m, (u, _) in zip(bounds, per, strict=True):
+            r_hi = ctx.sum(ctx.mul_public(bits_r[m:], weights[: nbits - m]), axis=0)
+            hi = ctx.sub(ctx.add(ctx.neg(r_hi), ctx.mul_public(w, d.scalar(1 << (64 - m)))), u)
+            highs.append(ctx.add_public(hi, c >> xp.uint64(m)))
+            if low_first is None:
+                r_lo = ctx.sum(ctx.mul_public(bits_r[:m], weights[:m]), axis=0)
+                low_first = ctx.add_public(ctx.sub(ctx.mul_public(u, d.scalar(1 << m)), r_lo), publics[1])
     else:
-        (ew,) = await multiply_many(ctx, [(e, w)])
-        borrow = ctx.add(u, ew)
-        lo = ctx.add_public(ctx.sub(ctx.sub(ctx.mul_public(borrow, two_k), r_lo), w), c_lo)
-        inv = d.scalar(pow(1 << k, -1, P61))
-        hi = ctx.mul_public(ctx.sub(flat, lo), inv)
-    return hi.reshape(*x.shape), lo.reshape(*x.shape)
+        ews = await multiply_many(ctx, [(e, w) for _, e in per])
+        for i, (m, (u, _)) in enumerate(zip(bounds, per, strict=True)):
+            r_lo = ctx.sum(ctx.mul_public(bits_r[:m], weights[:m]), axis=0)
+            lo = ctx.add_public(ctx.sub(ctx.sub(ctx.mul_public(ctx.add(u, ews[i]), d.scalar(1 << m)), r_lo), w),
+                                publics[i + 1])
+            highs.append(ctx.mul_public(ctx.sub(flat, lo), d.scalar(pow(1 << m, -1, P61))))
+            if low_first is None:
+                low_first = lo
+    assert low_first is not None  # invariant: at least one boundary
+    out = [low_first]
+    for j in range(len(highs) - 1):
+        out.append(ctx.sub(highs[j], ctx.mul_public(highs[j + 1], d.scalar(1 << k))))
+    out.append(highs[-1])
+    return [a.reshape(*x.shape) for a in out]
 
 
 async def _xor(ctx: MPCContext, a: Shared, b: Shared) -> Shared:
