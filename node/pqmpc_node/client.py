@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import csv
 import datetime as dt
+import decimal
 import json
 import math
 import os
@@ -51,7 +52,7 @@ from pqmpc_node.keystore import CertificationError, LogBundle
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.domain import Domain
 from pqmpc_node.mpc.numerics import decode_exact
-from pqmpc_node.mpc.programs import encode_column, encode_model, model_shapes, output_decodings
+from pqmpc_node.mpc.programs import AggregatePlan, encode_column, encode_model, model_shapes, output_decodings
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.mpc.inputs import share_owner_input
 from pqmpc_node.mpc.outputs import DeliveredShare, OutputForgeryError, verify_delivered
@@ -318,7 +319,14 @@ class SessionClient:
                               "wrong_key")
 
     def validate_rows(self, columns: Mapping[str, Sequence[str]]) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
-        """Check the CSV against the declared fields and ranges; all errors before anything is sent."""
+        """Check the CSV against the declared fields, ranges and resolutions; all errors before anything is sent.
+
+        In an aggregate session a value with more decimals than its field's resolution is
+        refused rather than rounded: the results are exact in those units, so silently
+        rounding would change the answer.
+        """
+        compiled = self.plan.execution_plan()
+        numerics = compiled.numerics if isinstance(compiled, AggregatePlan) else {}
         out: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
         for f in self.plan.data_fields():
             if f.name not in columns:
@@ -333,6 +341,11 @@ class SessionClient:
                 if not math.isfinite(v) or not f.min <= v <= f.max:
                     raise ClientError(f"line {row}, column {f.name!r}: {raw} is outside the declared range "
                                       f"[{f.min:g}, {f.max:g}]", "out_of_range")
+                if f.name in numerics and _decimals_of(raw) > numerics[f.name].decimals:
+                    d = numerics[f.name].decimals
+                    raise ClientError(f"line {row}, column {f.name!r}: {raw.strip()} has more decimals than the field's "
+                                      f"{d} (results are exact in units of 10^-{d}); round the value, or ask for a "
+                                      "session that declares more decimals for this field", "too_many_decimals")
                 values.append(v)
             out[f.name] = np.asarray(values, dtype=np.float64)
         lengths = {len(v) for v in out.values()}
@@ -568,3 +581,12 @@ class SessionClient:
             elif publics:
                 result[name] = publics[0]
         return {"session": self.session_id, "parties": sorted(opened), "outputs": result, "unreachable": errors}
+
+
+def _decimals_of(raw: str) -> int:
+    """Decimal places a CSV number is written with (``"12.50"`` -> 1, ``"1e-3"`` -> 3, ``"7"`` -> 0)."""
+    try:
+        exponent = decimal.Decimal(raw.strip()).normalize().as_tuple().exponent
+    except decimal.InvalidOperation:
+        return 0  # float() accepted it (e.g. "inf"); the range check has the last word
+    return max(0, -exponent) if isinstance(exponent, int) else 0

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import pytest
 
 from harness import Operator
-from pqmpc_node.client import Identity, SessionClient, read_csv
+from pqmpc_node.client import ClientError, Identity, SessionClient, read_csv
 from pqmpc_node.plan import FieldDecl
 
 FIELDS = [FieldDecl("amount", 0, 1000), FieldDecl("age", 18, 100)]
@@ -47,9 +49,36 @@ def test_aggregate_from_csv_to_result(operator: Operator, trio: Any, tmp_path: P
     with SessionClient(node_url=trio[1].url, session_id="agg-1", ca_certificate=operator.ca.certificate,
                        plan_signer=operator.signer.public_key()) as client:
         result = client.collect_result(auditor, wait_s=10)["outputs"]
-    amounts = np.array([r[0] for r in rows_a + rows_b])
-    assert abs(result["mean(amount)"] - amounts.mean()) < 1e-2
-    assert abs(result["sum(age)"] - sum(r[1] for r in rows_a + rows_b)) < 1e-2
+    cents = [round(r[0] * 100) for r in rows_a + rows_b]
+    assert result["mean(amount)"] == float(Fraction(sum(cents), 100 * len(cents)))  # exact
+    assert result["sum(age)"] == sum(r[1] for r in rows_a + rows_b)
     assert result["count(amount)"] == 5
     assert operator.metric(trio[0], "pqmpc_node_sessions_total") >= 1
     assert operator.metric(trio[0], "pqmpc_node_peer_link_info") >= 1
+
+
+def test_rows_beyond_the_bound_or_the_resolution_are_refused(operator: Operator, trio: Any, tmp_path: Path) -> None:
+    """The client refuses before sealing; a node refuses an owner that bypasses the client (422 too_many_rows)."""
+    a, auditor = Identity.generate("bank-a"), Identity.generate("auditor")
+    plan = operator.plan("bound-1", trio, program={"aggregate": [{"op": "sum", "field": "amount"}]}, owners=[a],
+                         fields=[FieldDecl("amount", 0, 1000, 1)], recipients={auditor: ["sum(amount)"]},
+                         max_rows_per_owner=3)
+    operator.post_plan(plan, trio)
+    with SessionClient(node_url=trio[0].url, session_id="bound-1", ca_certificate=operator.ca.certificate,
+                       plan_signer=operator.signer.public_key()) as client:
+        with pytest.raises(ClientError) as err:
+            client.submit_rows(a, {"amount": ["1.5", "2.25"]})
+        assert err.value.reason == "too_many_decimals"
+        assert str(err.value) == ("line 3, column 'amount': 2.25 has more decimals than the field's 1 (results are "
+                                  "exact in units of 10^-1); round the value, or ask for a session that declares "
+                                  "more decimals for this field")
+        with pytest.raises(ClientError) as err:
+            client.submit_rows(a, {"amount": ["1", "2", "3", "4"]})
+        assert err.value.reason == "too_many_rows"
+        # A hostile owner whose client ignores the bound: every node refuses the envelope.
+        client.plan = replace(client.plan, max_rows_per_owner=100)
+        sealed = client.seal_rows(a, {"amount": ["1", "2", "3", "4"]})
+        for party, envelope in sealed:
+            r = operator.http.post(f"{trio[party.plan.index].url}/v1/sessions/bound-1/inputs", content=envelope,
+                                   headers={"Content-Type": "application/octet-stream"})
+            assert r.status_code == 422 and r.json()["error"]["reason"] == "too_many_rows", r.text
