@@ -18,16 +18,13 @@ cents (``max_abs_error`` per op; after: 0 by construction, which the run checks)
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from security_cost import ROOT, log, tree_env  # noqa: E402  (one worktree/env recipe for both before/after benchmarks)
+from security_cost import ROOT, baseline_tree, log, run_in_tree  # noqa: E402  (one before/after recipe for both)
 
 RUNNER = r'''
 import asyncio, json, sys, time
@@ -102,27 +99,15 @@ print(json.dumps(out))
 '''
 
 
-def tree_rows(tree: Path, rows: int) -> dict[str, Any]:
-    res = subprocess.run([sys.executable, "-c", RUNNER, str(rows)], env=tree_env(tree), cwd=tree,
-                         capture_output=True, text=True, timeout=3600, check=False)
-    if res.returncode:
-        raise SystemExit(f"the runner failed in {tree}:\n{res.stderr[-3000:]}")
-    return dict(json.loads(res.stdout.strip().splitlines()[-1]))
-
-
 def main() -> None:
     args = sys.argv[1:]
     baseline = args[args.index("--baseline") + 1] if "--baseline" in args else "4f5f253"
     rows = int(args[args.index("--rows") + 1]) if "--rows" in args else 2000
-    tmp = Path(tempfile.mkdtemp(prefix="pqmpc-baseline-"))
-    before = tmp / "tree"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before), baseline],
-                   check=True, capture_output=True)
-    try:
+    with baseline_tree(baseline) as before:
         got: dict[str, dict[str, Any]] = {}
         for name, tree in {"before": before, "after": ROOT}.items():
             log(f"== {name}: 3 owners x {rows} rows, all aggregate ops ({tree})")
-            got[name] = tree_rows(tree, rows)
+            got[name] = run_in_tree(tree, RUNNER, str(rows), timeout=3600)
         table = []
         for config, after in got["after"].items():
             b = got["before"][config]
@@ -131,9 +116,6 @@ def main() -> None:
                           "before_max_abs_error": b["max_abs_error"], "after_max_abs_error": after["max_abs_error"]})
         exact = all(e == 0.0 for row in table for e in row["after_max_abs_error"].values())
         print(json.dumps({"baseline": baseline, "rows_per_owner": rows, "after_exact": exact, "configs": table}, indent=1))
-    finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

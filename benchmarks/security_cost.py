@@ -25,6 +25,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,21 +128,39 @@ def mpc_rows(tree: Path) -> dict[str, Any]:
     return run_pq_parties(script, env, cwd=tree, timeout=600)
 
 
-def session_rows(tree: Path, rows: int) -> dict[str, float]:
-    res = subprocess.run([sys.executable, "-c", SESSION_RUNNER, str(rows)], env=tree_env(tree), cwd=tree,
-                         capture_output=True, text=True, timeout=1800, check=True)
+def run_in_tree(tree: Path, code: str, *args: str, timeout: float = 1800) -> dict[str, Any]:
+    """Run ``code`` with ``tree``'s packages; its last stdout line is the JSON result."""
+    res = subprocess.run([sys.executable, "-c", code, *args], env=tree_env(tree), cwd=tree,
+                         capture_output=True, text=True, timeout=timeout, check=False)
+    if res.returncode:
+        raise SystemExit(f"the runner failed in {tree}:\n{res.stderr[-3000:]}")
     return dict(json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+@contextmanager
+def baseline_tree(rev: str) -> Iterator[Path]:
+    """``rev`` checked out into a temporary git worktree, removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="pqmpc-baseline-"))
+    before = tmp / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before), rev],
+                   check=True, capture_output=True)
+    try:
+        yield before
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], capture_output=True,
+                       check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def session_rows(tree: Path, rows: int) -> dict[str, float]:
+    return run_in_tree(tree, SESSION_RUNNER, str(rows))
 
 
 def main() -> None:
     args = sys.argv[1:]
     baseline = args[args.index("--baseline") + 1] if "--baseline" in args else "d4a292d"
     rows = int(args[args.index("--rows") + 1]) if "--rows" in args else 5000
-    tmp = Path(tempfile.mkdtemp(prefix="pqmpc-baseline-"))
-    before = tmp / "tree"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before), baseline],
-                   check=True, capture_output=True)
-    try:
+    with baseline_tree(baseline) as before:
         trees = {"before": before, "after": ROOT}
         mpc: dict[str, dict[str, Any]] = {}
         sessions: dict[str, dict[str, float]] = {}
@@ -159,9 +179,6 @@ def main() -> None:
             b = sessions["before"][w]
             table.append({"name": f"session_{w}", "before_s": round(b, 4), "after_s": round(a, 4), "ratio": round(a / b, 3)})
         print(json.dumps({"baseline": baseline, "rows_per_owner": rows, "workloads": table}, indent=1))
-    finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -177,7 +177,8 @@ def result(session: Session, identity: IdentityFile, node: Node, ca: Ca, plan_si
     table.add_column("output")
     table.add_column("value")
     for name, value in res["outputs"].items():
-        table.add_row(name, json.dumps(value))
+        text = res.get("exact", {}).get(name)  # the exact decimal when the value has one (a float has 53 bits)
+        table.add_row(name, text if isinstance(text, str) and "/" not in text else json.dumps(value))
     out.print(table)
 
 

@@ -51,7 +51,7 @@ from pqmpc_node.crypto.transparency import LogVerifier
 from pqmpc_node.keystore import CertificationError, LogBundle
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.domain import Domain
-from pqmpc_node.mpc.numerics import decode_exact
+from pqmpc_node.mpc.numerics import decode_fractions, exact_text
 from pqmpc_node.mpc.programs import AggregatePlan, encode_column, encode_model, model_shapes, output_decodings
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.mpc.inputs import share_owner_input
@@ -525,6 +525,11 @@ class SessionClient:
         Each output is checked with its per-output MAC key in malicious sessions
         (:func:`~pqmpc_node.mpc.outputs.verify_delivered`); public values (valid-row
         counts) must agree across nodes. Any failure refuses the whole result.
+
+        ``outputs`` holds numbers (an ``int`` when the exact value is integral, else the
+        nearest float); ``exact`` holds, for every non-integral aggregate output, its exact
+        value as text (a terminating decimal such as ``"2309.1583"``, or ``"p/q"``), since
+        a float carries only 53 bits.
         """
         scheme = self._engine().scheme()
         need = scheme.n if scheme.kind == "additive" else scheme.threshold + 1
@@ -542,6 +547,7 @@ class SessionClient:
                               "inconsistent")
         authenticated = self.plan.security == "malicious"
         result: dict[str, Any] = {}
+        exact: dict[str, Any] = {}
         for name in allow:
             publics = [o.public.get(name) for o in opened.values() if name in o.public]
             if publics and (len(publics) != len(opened) or any(json.dumps(p) != json.dumps(publics[0]) for p in publics)):
@@ -571,7 +577,12 @@ class SessionClient:
                 # Exact: the integers divided by the output's scale (and the public count for
                 # mean and variance) as a fraction, then an int or the nearest float.
                 signed = [int(v) for v in domain.to_signed(value).reshape(-1).tolist()]
-                flat = decode_exact(decodings[name], signed, next(iter(valid_rows)))
+                fractions = decode_fractions(decodings[name], signed, next(iter(valid_rows)))
+                flat: list[int | float] = [int(q) if q.denominator == 1 else float(q) for q in fractions]
+                if name != "score" and any(q.denominator != 1 for q in fractions):
+                    # A float carries 53 bits; the exact value, to every unit of the field's scale:
+                    texts = [exact_text(q) for q in fractions]
+                    exact[name] = texts[0] if len(texts) == 1 else texts
                 decoded: Any = flat
                 if name == "score":
                     decoded = np.asarray(flat, dtype=np.float64).reshape(value.shape).tolist()
@@ -580,7 +591,8 @@ class SessionClient:
                 result[name] = decoded
             elif publics:
                 result[name] = publics[0]
-        return {"session": self.session_id, "parties": sorted(opened), "outputs": result, "unreachable": errors}
+        return {"session": self.session_id, "parties": sorted(opened), "outputs": result, "exact": exact,
+                "unreachable": errors}
 
 
 def _decimals_of(raw: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from fractions import Fraction
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext
-from pqmpc_node.mpc.numerics import decode_exact
+from pqmpc_node.mpc.numerics import decode_fractions
 from pqmpc_node.mpc.outputs import OutputRequest, deliver_outputs, verify_delivered
 from pqmpc_node.mpc.programs import (
     AggregatePlan,
@@ -37,6 +38,8 @@ class Revealed:
     rejected_rows: int
     valid_rows: int
     opened: dict[str, Any]
+    exact: dict[str, list[Fraction]]
+    """Every output's exact values (what the client's ``exact`` texts write out)."""
 
 
 def run_compiled(config: EngineConfig, plan: ExecutionPlan, table: Mapping[str, Any],
@@ -61,14 +64,17 @@ def run_compiled(config: EngineConfig, plan: ExecutionPlan, table: Mapping[str, 
     first = results[0]
     decodings = output_decodings(plan)
     opened: dict[str, Any] = dict(first.public)
+    exact: dict[str, list[Fraction]] = {}
     for name in first.outputs:
         y = verify_delivered(d, contexts[0].scheme, {i: dl[name] for i, (_, dl) in enumerate(runs)},
                              authenticated=config.security == "malicious")
-        values = decode_exact(decodings[name], [int(v) for v in d.to_signed(y).reshape(-1).tolist()], first.valid_rows)
+        exact[name] = decode_fractions(decodings[name], [int(v) for v in d.to_signed(y).reshape(-1).tolist()],
+                                       first.valid_rows)
+        values = [int(q) if q.denominator == 1 else float(q) for q in exact[name]]
         if name == "score":
             opened[name] = np.asarray(values, dtype=np.float64).reshape(y.shape)
         elif name.startswith("histogram("):
             opened[name] = values
         else:
             opened[name] = None if name in first.undefined else values[0]
-    return Revealed(first.rejected_rows, first.valid_rows, opened)
+    return Revealed(first.rejected_rows, first.valid_rows, opened, exact)

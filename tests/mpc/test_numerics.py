@@ -43,6 +43,18 @@ CONFIGS = {
 }
 
 
+def exact_fractions(plan: AggregatePlan, values: np.ndarray[Any, Any]) -> dict[str, Fraction]:
+    """The exact value of every scalar statistic of ``values`` (one field ``x``) over its valid rows."""
+    num = plan.numerics["x"]
+    valid = [u for u in (int(v) for v in np.rint(values * num.scale)) if num.lo <= u <= num.hi]
+    n, s, q = len(valid), sum(valid), sum(u * u for u in valid)
+    if not n:
+        return {}
+    return {"sum(x)": Fraction(s, num.scale), "mean(x)": Fraction(s, n * num.scale),
+            "variance(x)": Fraction(n * q - s * s, n * n * num.scale**2),
+            "min(x)": Fraction(min(valid), num.scale), "max(x)": Fraction(max(valid), num.scale)}
+
+
 def exact_answers(plan: AggregatePlan, values: np.ndarray[Any, Any]) -> dict[str, Any]:
     """What every op must return for ``values`` (one field ``x``), by exact rational arithmetic."""
     num = plan.numerics["x"]
@@ -126,6 +138,9 @@ def test_every_aggregate_is_exact_or_refused_at_compile_time(
     want = exact_answers(plan, values)
     for op_name, value in want.items():
         assert revealed.opened[op_name] == value, (op_name, revealed.opened[op_name], value, plan.numerics)
+    for op_name, fraction in exact_fractions(plan, values).items():
+        if op_name in revealed.exact:  # the exact rational itself, not only its nearest float
+            assert revealed.exact[op_name] == [fraction], (op_name, revealed.exact[op_name], fraction)
 
 
 # -- at the row bound, with the values that maximise every intermediate ---------------------
@@ -153,6 +168,8 @@ def test_exact_at_the_row_bound_with_extreme_values(config: EngineConfig, lo: fl
     revealed = run_compiled(config, plan, {"x": values})
     want = exact_answers(plan, values)
     assert {k: revealed.opened[k] for k in want} == want
+    assert {k: revealed.exact[k] for k in exact_fractions(plan, values) if k in revealed.exact} == {
+        k: [f] for k, f in exact_fractions(plan, values).items() if k in revealed.exact}
 
 
 @pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))

@@ -78,6 +78,8 @@ __all__ = [
     "capacity_bits",
     "decimals_needed",
     "decode_exact",
+    "decode_fractions",
+    "exact_text",
 ]
 
 MAX_DECIMALS = 9
@@ -255,16 +257,35 @@ class OutputDecoding:
     """Non-zero: the output's integers are digits, most significant first, in base ``2^limb_bits``."""
 
 
-def decode_exact(decoding: OutputDecoding, values: list[int], valid_rows: int) -> list[int | float]:
-    """Apply ``decoding`` to signed integers; a zero count (undefined statistic) divides by 1."""
+def decode_fractions(decoding: OutputDecoding, values: list[int], valid_rows: int) -> list[Fraction]:
+    """The exact values of an output's signed integers; a zero count (undefined statistic) divides by 1."""
     denominator = decoding.scale * max(valid_rows, 1) ** decoding.count_power
     if decoding.limb_bits:
         whole = 0
         for digit in values:
             whole = (whole << decoding.limb_bits) + digit
         values = [whole]
-    out: list[int | float] = []
-    for v in values:
-        q = Fraction(v, denominator)
-        out.append(int(q) if q.denominator == 1 else float(q))
-    return out
+    return [Fraction(v, denominator) for v in values]
+
+
+def decode_exact(decoding: OutputDecoding, values: list[int], valid_rows: int) -> list[int | float]:
+    """:func:`decode_fractions` as numbers: an ``int`` when integral, else the nearest float."""
+    return [int(q) if q.denominator == 1 else float(q) for q in decode_fractions(decoding, values, valid_rows)]
+
+
+def exact_text(q: Fraction) -> str:
+    """``q`` written exactly: a terminating decimal when it has one (``"12.345"``), else ``"p/q"``."""
+    den, twos, fives = q.denominator, 0, 0
+    while den % 2 == 0:
+        den, twos = den // 2, twos + 1
+    while den % 5 == 0:
+        den, fives = den // 5, fives + 1
+    if den != 1:
+        return f"{q.numerator}/{q.denominator}"
+    places = max(twos, fives)
+    scaled = abs(q.numerator) * (10**places // q.denominator)
+    sign = "-" if q < 0 else ""
+    if not places:
+        return f"{sign}{scaled}"
+    digits = str(scaled).rjust(places + 1, "0")
+    return f"{sign}{digits[:-places]}.{digits[-places:]}"
