@@ -479,7 +479,7 @@ class SessionPlan:
             sharing=cast(Sharing, sharing),
             threshold=_int(o.get("threshold"), "threshold", 0, 1023),
             security=cast(Security, security),
-            frac_bits=_int(o.get("fracBits", 16), "fracBits", 0, 40),
+            frac_bits=_int(o.get("fracBits", 16), "fracBits", 0, 28),  # FixedPoint's own range
             max_rows_per_owner=_int(o.get("maxRowsPerOwner", DEFAULT_MAX_ROWS_PER_OWNER), "maxRowsPerOwner", 1, 10_000_000),
             program=json.loads(canonical_bytes(program)),
             inputs=tuple(PlanInput.from_json(i) for i in _list(o.get("inputs"), "inputs")),

@@ -301,11 +301,17 @@ class SessionManager:
         try:
             env = SealedEnvelope.from_bytes(data)
             h = env.header
-            if self.replay.seen(plan.session_id, h.sender, h.input_id):
-                again = rt.input_digests.get(h.sender) == hashlib.sha256(data).hexdigest()
+            if rt.input_digests.get(h.sender) == hashlib.sha256(data).hexdigest():
+                # The very envelope accepted before (a client's retry, even after the session ended
+                # and its replay ids were forgotten): idempotent, nothing changes.
                 raise InputRejected(
                     f"input {h.input_id!r} from {h.sender!r} was already accepted in session {session_id!r}",
-                    reason=ReplayError.reason, status=409, extra={"alreadyAccepted": again},
+                    reason=ReplayError.reason, status=409, extra={"alreadyAccepted": True},
+                )
+            if self.replay.seen(plan.session_id, h.sender, h.input_id):  # the same id, other bytes
+                raise InputRejected(
+                    f"input {h.input_id!r} from {h.sender!r} was already accepted in session {session_id!r}",
+                    reason=ReplayError.reason, status=409, extra={"alreadyAccepted": False},
                 )
             if rt.phase is not Phase.AWAITING_INPUTS:
                 raise InputRejected(f"session {session_id} is {rt.phase.value}; inputs are closed",
@@ -590,6 +596,7 @@ class SessionManager:
             self.keys.ring.release(self._fence_id(plan.session_id, epoch))
         shutil.rmtree(self._session_dir(plan.session_id) / "inputs", ignore_errors=True)
         rt.inputs.clear()
+        self.replay.forget_session(plan.session_id)  # inputs are closed for good; the guard stays bounded
         rt.material = None  # the seed and corrections are single-use
 
     async def _attempts(self, rt: SessionRuntime) -> None:
