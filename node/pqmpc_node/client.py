@@ -44,8 +44,8 @@ import numpy as np
 from cryptography import x509
 
 from pqmpc_node.crypto.envelopes import EnvelopeError, EnvelopeHeader, ReplayGuard, key_fingerprint, open_envelope, seal_envelope
-from pqmpc_node.crypto.kemkeys import KemKeyPair, UnknownEpochError, VerifiedKemKey, verify_kem_key_certificate
-from pqmpc_node.crypto.pki import CertificateError, NodeId, verify_node_certificate
+from pqmpc_node.crypto.kemkeys import KemKeyPair, UnknownEpochError, VerifiedKemKey, verify_keys_document
+from pqmpc_node.crypto.pki import CertificateError, NodeId
 from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, Suite, SuiteName, get_suite
 from pqmpc_node.crypto.transparency import LogVerifier
 from pqmpc_node.keystore import CertificationError, LogBundle
@@ -212,21 +212,13 @@ def fetch_verified_keys(
         bundle = LogBundle.from_json(doc["log"])
         verifier = LogVerifier(ca_certificate.public_key())  # type: ignore[arg-type]
         verifier.update(bundle.entries, bundle.tree_head)
-        cert_der = base64.b64decode(doc["certificate"])
-        node = verify_node_certificate(cert_der, ca_certificate=ca_certificate, suite=suite, now=now,
-                                       expected_node_ids={NodeId(party.node_id)}, log=verifier)
-        if node.fingerprint != party.cert_fingerprint:
-            raise ClientError(f"node {party.node_id} presents a certificate other than the plan's", "wrong_certificate")
-        current = [k for k in doc["kemKeys"] if k["state"] == "current"]
-        if not current:
-            raise ClientError(f"node {party.node_id} publishes no current KEM key", "no_kem_key")
-        kem = verify_kem_key_certificate(
-            base64.b64decode(current[-1]["certificate"]), node_certificate=cert_der, ca_certificate=ca_certificate,
-            suite=suite, expected_node_id=NodeId(party.node_id), log=verifier, now=now)
+        keys = verify_keys_document(doc, node_id=NodeId(party.node_id), ca_certificate=ca_certificate, suite=suite,
+                                    log=verifier, now=now, fingerprint=party.cert_fingerprint)
     except (CertificateError, CertificationError) as exc:
         raise ClientError(f"keys of node {party.node_id} do not verify: {exc}", getattr(exc, "reason", "bad_keys")) from None
     except (KeyError, TypeError, ValueError) as exc:
         raise ClientError(f"keys document of node {party.node_id} is malformed: {exc}", "bad_keys") from None
+    kem, node = keys.kem, keys.node
     return _Party(party, client, kem, node.public_key)
 
 

@@ -32,7 +32,7 @@ from pqmpc_node.crypto.kemkeys import KemKeyCertificate
 from pqmpc_node.crypto.wire import WireFormatError
 from pqmpc_node.crypto.pki import NodeId, PoolCA, certificate_fingerprint
 from pqmpc_node.crypto.suites import MLDSAPrivateKey, Suite
-from pqmpc_node.crypto.transparency import EntryKind, LogEntry, TransparencyLog
+from pqmpc_node.crypto.transparency import EntryKind, LogEntry, LogVerifier, TransparencyLog
 
 __all__ = [
     "CertificationRefused",
@@ -157,6 +157,13 @@ def trust_bundle_data(pki: PoolPKI) -> dict[str, str]:
         "ca.pem": pki.ca.certificate.public_bytes(Encoding.PEM).decode(),
         "plan-signer.pub": pki.plan_signer.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode(),
     }
+
+
+def own_log_verifier(pki: PoolPKI, *, now: dt.datetime) -> LogVerifier:
+    """A verifier over the operator's own log: the authoritative copy, which no node can fork."""
+    verifier = LogVerifier(pki.ca.public_key)
+    verifier.update(pki.log.entries, pki.log.signed_tree_head(now=now))
+    return verifier
 
 
 def log_kem_keys(pki: PoolPKI, csr_document: Mapping[str, Any], *, pod_name: str, now: dt.datetime) -> list[int]:

@@ -26,7 +26,6 @@ have reached every node is re-sent with the next generation, which supersedes it
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import logging
 import os
@@ -38,11 +37,13 @@ from typing import Any
 import httpx
 import kopf
 
-from pqmpc_node.crypto.kemkeys import KemKeyCertificate, kem_public_key_from_bytes
-from pqmpc_node.crypto.suites import get_suite
+from pqmpc_node.crypto.kemkeys import VerifiedKeys, verify_keys_document
+from pqmpc_node.crypto.pki import CertificateError, NodeId
+from pqmpc_node.crypto.suites import Suite, get_suite
 from pqmpc_node.dealing import deal
 from pqmpc_node.plan import PLAN_SIGNATURE_CONTEXT, canonical_bytes, parse_signed_plan, sign_cancel
 from pqmpc_operator import builders, placement, pool_pki
+from pqmpc_operator.pool_pki import PoolPKI, own_log_verifier
 from pqmpc_operator.certification import CertificationState, ensure_pki
 from pqmpc_operator.anomaly import SessionEvidence
 from pqmpc_operator.kube import KubeApi
@@ -152,8 +153,25 @@ async def _loads(deps: SessionDeps, namespace: str, me: str) -> dict[str, int]:
     return loads
 
 
+def _verified_kem_key(doc: Mapping[str, Any], node: str, pki: PoolPKI, suite: Suite, *, now: dt.datetime,
+                      epoch: int | None = None) -> VerifiedKeys:
+    """A node's keys document verified against the pool CA and the operator's own log, or NodeCallError.
+
+    Whoever answers at a pod IP could serve the document; nothing is sealed to a KEM key
+    until CA -> node certificate -> KEM key certificate -> log inclusion holds
+    (:func:`~pqmpc_node.crypto.kemkeys.verify_keys_document`).
+    """
+    try:
+        return verify_keys_document(doc, node_id=NodeId(node), ca_certificate=pki.ca.certificate, suite=suite,
+                                    log=own_log_verifier(pki, now=now), now=now, epoch=epoch)
+    except CertificateError as exc:
+        raise NodeCallError(f"node {node}'s keys do not verify ({getattr(exc, 'reason', 'bad_keys')}): {exc}; "
+                            "nothing was sealed to them") from None
+
+
 async def _party_nodes(
-    deps: SessionDeps, pool_ns: str, pool_name: str, placed: list[Mapping[str, Any]], pod_ips: Mapping[str, str]
+    deps: SessionDeps, pool_ns: str, pool_name: str, placed: list[Mapping[str, Any]], pod_ips: Mapping[str, str],
+    pki: PoolPKI, suite: Suite, now: dt.datetime,
 ) -> list[PartyNode]:
     parties = []
     for p in placed:
@@ -161,18 +179,12 @@ async def _party_nodes(
         ip = pod_ips.get(node)
         if not ip:
             raise NodeCallError(f"node {node} has no pod IP (not running)")
-        doc = await deps.nodes.keys(ip)
-        current = [k for k in doc.get("kemKeys") or [] if k.get("state") == "current"]
-        if not current:
-            raise NodeCallError(f"node {node} has no current logged KEM key yet")
-        cert = KemKeyCertificate.from_bytes(base64.b64decode(current[-1]["certificate"]))
-        if cert.node_id != node:
-            raise NodeCallError(f"node at {ip} offers a KEM key certified for {cert.node_id!r}, not {node!r}")
+        keys = _verified_kem_key(await deps.nodes.keys(ip), node, pki, suite, now=now)
         parties.append(PartyNode(
             node_id=node, address=ip,
             dns_name=f"{node}.{builders.headless_service_name(pool_name)}.{pool_ns}.svc",
             peer_port=deps.settings.peer_port, api_port=deps.settings.api_port,
-            cert_fingerprint=str(doc.get("certFingerprint")), kem_epoch=cert.epoch, kem_public_key=cert.public_key,
+            cert_fingerprint=keys.node.fingerprint, kem_epoch=keys.kem.epoch, kem_public_key=keys.kem.public_bytes,
         ))
     return parties
 
@@ -270,7 +282,7 @@ async def reconcile_session(deps: SessionDeps, namespace: str, name: str) -> flo
         await _write(deps, out, now)
         out = _Outcome({**body, "status": out.new})
         try:
-            parties = await _party_nodes(deps, namespace, pool_name, placed, pod_ips)
+            parties = await _party_nodes(deps, namespace, pool_name, placed, pod_ips, pki, suite, now)
             signed = build_signed_plan(
                 spec, parties, suite=suite, signer=pki.plan_signer, generation=generation, now=now,
                 deadline_at=deadline_at, rng=os.urandom,
@@ -419,13 +431,13 @@ async def _deal(
         raise ValueError(f"party 0 holds plan {plan.digest()[:12]}, status says {digest[:12]}; re-planning")
     pki.plan_signer.public_key().verify(signature, canonical_bytes(raw), PLAN_SIGNATURE_CONTEXT)
     keys = {}
+    now = dt.datetime.now(dt.timezone.utc)
     for party in plan.parties:
         doc = await deps.nodes.keys(pod_ips.get(party.node_id, ""))
-        current = [k for k in doc.get("kemKeys") or [] if k.get("epoch") == party.kem_epoch]
-        if not current:
-            raise NodeCallError(f"node {party.node_id} no longer offers KEM key epoch {party.kem_epoch}")
-        cert = KemKeyCertificate.from_bytes(base64.b64decode(current[-1]["certificate"]))
-        keys[party.node_id] = (cert.epoch, kem_public_key_from_bytes(suite.envelope_kem, cert.public_key))
+        verified = _verified_kem_key(doc, party.node_id, pki, suite, now=now, epoch=party.kem_epoch)
+        if verified.node.fingerprint != party.cert_fingerprint:
+            raise NodeCallError(f"node {party.node_id} presents a certificate other than the plan's; nothing was sealed")
+        keys[party.node_id] = (verified.kem.epoch, verified.kem.public_key)
     started = time.perf_counter()
     dealt = await asyncio.to_thread(deal, plan, dict(rows), suite=suite, signer_key=pki.plan_signer, node_kem_keys=keys)
     _log.info("session %s: dealt preprocessing for rows %s in %.2fs", spec.session_id, dict(rows), time.perf_counter() - started)

@@ -18,11 +18,13 @@ Private keys stay in memory only: nothing here serialises them.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import enum
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, Union
+from typing import Any, ClassVar, Protocol, Union
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hpke
@@ -39,6 +41,7 @@ from pqmpc_node.crypto.pki import (
     NodeIdentity,
     NotYetValidError,
     Rng,
+    VerifiedNode,
     WrongIdentityError,
     verify_node_certificate,
 )
@@ -54,6 +57,7 @@ __all__ = [
     "KemLogChecker",
     "KemPrivateKey",
     "KemPublicKey",
+    "MissingKemKeyError",
     "KeyRetiredError",
     "KeyRotationPolicy",
     "KeyState",
@@ -61,8 +65,10 @@ __all__ = [
     "RotationReport",
     "SessionId",
     "VerifiedKemKey",
+    "VerifiedKeys",
     "kem_public_key_from_bytes",
     "verify_kem_key_certificate",
+    "verify_keys_document",
 ]
 
 KEM_KEY_CERT_CONTEXT = b"pqmpc/v1/kem-key-certificate"
@@ -282,6 +288,71 @@ def verify_kem_key_certificate(
     except ValueError as exc:
         raise MalformedCertificateError(f"KEM public key: {exc}") from None
     return VerifiedKemKey(kc.node_id, kc.epoch, suite, public, kc.public_key, kc.not_after)
+
+
+class MissingKemKeyError(CertificateError):
+    """The node publishes no KEM key of the wanted epoch (or no current one)."""
+
+    reason = "no_kem_key"
+
+
+@dataclass(frozen=True)
+class VerifiedKeys:
+    """A node's keys document, verified: its certificate and the KEM key to seal to."""
+
+    node: VerifiedNode
+    kem: VerifiedKemKey
+
+
+def verify_keys_document(
+    doc: Mapping[str, Any],
+    *,
+    node_id: NodeId,
+    ca_certificate: x509.Certificate,
+    suite: Suite,
+    log: KemLogChecker,
+    now: dt.datetime,
+    epoch: int | None = None,
+    fingerprint: str | None = None,
+) -> VerifiedKeys:
+    """Verify a node's ``GET /v1/keys`` document before anything is sealed to its KEM key.
+
+    Whoever answers at a node's address may serve this document, so nothing in it is
+    trusted until checked (the certificate and key certificate are public, so an
+    impostor can relay them, but cannot open what is sealed to the verified key):
+
+    1. the node certificate chains to the pool CA, names ``node_id``, is valid at ``now``
+       and is in ``log`` (:func:`~pqmpc_node.crypto.pki.verify_node_certificate`); when
+       ``fingerprint`` is given (a plan's), it is that certificate;
+    2. the KEM key certificate of ``epoch`` (default: the newest ``current`` one) is
+       signed by that certificate's key, names ``node_id``, is valid and is in ``log``
+       (:func:`verify_kem_key_certificate`).
+
+    Raises a :class:`~pqmpc_node.crypto.pki.CertificateError` whose ``reason`` names the
+    failed step.
+    """
+    try:
+        cert_der = base64.b64decode(str(doc["certificate"]), validate=True)
+        entries = [k for k in doc["kemKeys"] if isinstance(k, Mapping)]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedCertificateError(f"the keys document of {node_id} is malformed ({exc})") from None
+    node = verify_node_certificate(cert_der, ca_certificate=ca_certificate, suite=suite, now=now,
+                                   expected_node_ids={node_id}, log=log)
+    if fingerprint is not None and node.fingerprint != fingerprint:
+        raise WrongIdentityError(f"node {node_id} presents a certificate other than the plan's")
+    wanted = [k for k in entries if (k.get("epoch") == epoch if epoch is not None else k.get("state") == "current")]
+    if not wanted:
+        what = f"KEM key epoch {epoch}" if epoch is not None else "current KEM key"
+        raise MissingKemKeyError(f"node {node_id} publishes no {what}")
+    try:
+        data = base64.b64decode(str(wanted[-1]["certificate"]), validate=True)
+    except (KeyError, ValueError) as exc:
+        raise MalformedCertificateError(f"the KEM key certificate of {node_id} is malformed ({exc})") from None
+    kem = verify_kem_key_certificate(data, node_certificate=cert_der, ca_certificate=ca_certificate, suite=suite,
+                                     expected_node_id=node_id, log=log, now=now)
+    if epoch is not None and kem.epoch != epoch:
+        raise WrongIdentityError(f"node {node_id} labels KEM key epoch {kem.epoch} as epoch {epoch}")
+    return VerifiedKeys(node, kem)
 
 
 @dataclass(frozen=True)
