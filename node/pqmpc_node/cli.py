@@ -5,8 +5,8 @@ Commands::
     pqmpc identity new NAME --out NAME.identity.json
     pqmpc keys fetch --node URL [--out keys.json]
     pqmpc keys verify --node URL --ca ca.pem [--node-id ID]
-    pqmpc submit --session ID --identity FILE --node URL --ca ca.pem [--plan-signer FILE] data.csv|model.json
-    pqmpc result --session ID --identity FILE --node URL --ca ca.pem [--plan-signer FILE] [--json]
+    pqmpc submit --session ID --identity FILE --node URL --ca ca.pem --plan-signer FILE data.csv|model.json
+    pqmpc result --session ID --identity FILE --node URL --ca ca.pem --plan-signer FILE [--json]
 
 Every failure prints one line saying what was wrong and exits 1; nothing is sent
 before the whole input has been validated.
@@ -70,6 +70,8 @@ def _trust(ca: Path, plan_signer: Path | None) -> tuple[x509.Certificate, MLDSAP
 Node = Annotated[str, typer.Option("--node", help="API URL of one node of the session, e.g. http://10.0.0.5:8443")]
 Ca = Annotated[Path, typer.Option("--ca", help="The pool CA certificate (PEM) you trust")]
 Signer = Annotated[Path | None, typer.Option("--plan-signer", help="The operator's plan-signing public key (PEM)")]
+Insecure = Annotated[bool, typer.Option("--insecure-skip-plan-verification",
+                                        help="Do not check the plan's signature (experiments only; dangerous)")]
 Session = Annotated[str, typer.Option("--session", help="The MPCSession name")]
 IdentityFile = Annotated[Path, typer.Option("--identity", help="Your identity file from `pqmpc identity new`")]
 
@@ -122,22 +124,24 @@ def keys_verify(node: Node, ca: Ca, node_id: Annotated[str | None, typer.Option(
               f"(certificate {doc['certFingerprint'][:16]}…)")
 
 
-def _client(node: str, session: str, ca: Path, plan_signer: Path | None) -> SessionClient:
+def _client(node: str, session: str, ca: Path, plan_signer: Path | None, insecure: bool = False) -> SessionClient:
     ca_cert, signer = _trust(ca, plan_signer)
-    if signer is None:
-        err.print("[yellow]warning:[/yellow] no --plan-signer: the session plan's signature is not checked")
+    if signer is None and insecure:
+        err.print("[yellow]warning:[/yellow] --insecure-skip-plan-verification: the session plan's signature is not "
+                  "checked (experiments only)")
     try:
-        return SessionClient(node_url=node, session_id=session, ca_certificate=ca_cert, plan_signer=signer)
+        return SessionClient(node_url=node, session_id=session, ca_certificate=ca_cert, plan_signer=signer,
+                             insecure_skip_plan_verification=insecure)
     except ClientError as exc:
         raise _fail(str(exc)) from None
 
 
 @app.command()
 def submit(session: Session, identity: IdentityFile, node: Node, ca: Ca, data: Path,
-           plan_signer: Signer = None) -> None:
+           plan_signer: Signer = None, insecure: Insecure = False) -> None:
     """Validate, secret-share, seal per node and post DATA (a CSV, or a model JSON for model owners)."""
     ident = Identity.load(identity)
-    client = _client(node, session, ca, plan_signer)
+    client = _client(node, session, ca, plan_signer, insecure)
     try:
         if data.suffix == ".json":
             try:
@@ -160,10 +164,11 @@ def submit(session: Session, identity: IdentityFile, node: Node, ca: Ca, data: P
 @app.command()
 def result(session: Session, identity: IdentityFile, node: Node, ca: Ca, plan_signer: Signer = None,
            as_json: Annotated[bool, typer.Option("--json")] = False,
-           wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the outputs")] = 0.0) -> None:
+           wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the outputs")] = 0.0,
+           insecure: Insecure = False) -> None:
     """Collect the sealed result shares, reconstruct, check consistency, print."""
     ident = Identity.load(identity)
-    client = _client(node, session, ca, plan_signer)
+    client = _client(node, session, ca, plan_signer, insecure)
     try:
         res = client.collect_result(ident, wait_s=wait)
     except ClientError as exc:

@@ -235,7 +235,12 @@ class SessionClient:
         http: httpx.Client | None = None,
         clock: Callable[[], dt.datetime] = _now,
         url_of: Callable[[PlanParty], str] | None = None,
+        insecure_skip_plan_verification: bool = False,
     ) -> None:
+        if plan_signer is None and not insecure_skip_plan_verification:
+            raise ClientError("the session plan must be verified: pass the operator's plan-signing key (--plan-signer, "
+                              "the plan-signer.pub of the pool's <pool>-trust ConfigMap); only for experiments, "
+                              "--insecure-skip-plan-verification skips it", "plan_signer_required")
         self._own_http = http is None
         self.http = http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
         self.session_id = session_id
@@ -256,6 +261,11 @@ class SessionClient:
         except PlanError as exc:
             self.close()
             raise ClientError(f"the session plan is not acceptable: {exc}", exc.reason) from None
+        try:
+            self._bind_plan(node_url)
+        except ClientError:
+            self.close()
+            raise
         self.suite = get_suite(SuiteName.PQ_DEFAULT)
         self.domain_name = domain_for(self.plan.sharing, self.plan.security)
         self._parties: list[_Party] | None = None
@@ -270,6 +280,38 @@ class SessionClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _bind_plan(self, entry_url: str) -> None:
+        """The plan is this session's, and a second party holds the very same plan (digest and generation).
+
+        A node could otherwise serve a validly signed plan of another session, or an
+        older generation of this one (other parties, other keys); one node's word is not
+        enough, so the plan is fetched again from a party other than the entry node.
+        """
+        if self.plan.session_id != self.session_id:
+            raise ClientError(f"the node served the plan of session {self.plan.session_id!r}, not {self.session_id!r}",
+                              "wrong_session")
+        others = [p for p in self.plan.parties if self.url_of(p).rstrip("/") != entry_url.rstrip("/")]
+        for party in others:
+            try:
+                body = NodeClient(self.url_of(party), http=self.http).get_bytes(f"/v1/sessions/{self.session_id}/plan")
+            except ClientError as exc:
+                if exc.reason == "unreachable":
+                    continue  # try the next party
+                raise
+            try:
+                other = parse_signed_plan(body)[2]
+            except PlanError as exc:
+                raise ClientError(f"party {party.node_id} serves a plan that does not parse: {exc}", exc.reason) from None
+            if (other.digest(), other.generation) != (self.plan.digest(), self.plan.generation):
+                raise ClientError(
+                    f"party {party.node_id} holds plan {other.digest()[:12]} (generation {other.generation}) but the "
+                    f"entry node served {self.plan.digest()[:12]} (generation {self.plan.generation}): the parties "
+                    "disagree on the session, so nothing is submitted; retry once the operator has re-planned",
+                    "plans_disagree")
+            return
+        raise ClientError("no second party could be reached to confirm the session plan; retry when the nodes are "
+                          "reachable", "unreachable")
 
     def _verify_plan(self, body: bytes, signer: MLDSAPublicKey) -> SessionPlan:
         plan = parse_signed_plan(body)[2]

@@ -394,6 +394,7 @@ def test_kem_rotation_during_a_running_session(world: World, kubectl: Kubectl) -
                                                                      for n in nodes().values()), timeout=120)
     trust = get_json(kubectl, "configmap", "rot-trust")["data"]
     (world.dir / "rot-ca.pem").write_text(trust["ca.pem"])
+    (world.dir / "rot-plan-signer.pub").write_text(trust["plan-signer.pub"])
     spec = aggregate_spec(world, ["bank-a", "bank-b"], ["eu-west"], 2)
     world.apply({**world.session("rotating", **spec), "spec": {**world.session("rotating", **spec)["spec"], "poolRef": "rot"}})
     st = world.wait_phase("rotating", {"AwaitingInputs"})
@@ -407,7 +408,8 @@ def test_kem_rotation_during_a_running_session(world: World, kubectl: Kubectl) -
     time.sleep(6)  # past the grace period: an unfenced old key would be gone now
     for owner, values in (("bank-a", [[1.0], [2.0]]), ("bank-b", [[3.0]])):
         pqmpc("submit", "--session", st["sessionId"], "--identity", world.identity_file(owner), "--node", url,
-              "--ca", str(world.dir / "rot-ca.pem"), world.csv(f"rot-{owner}", ["amount"], np.array(values)))
+              "--ca", str(world.dir / "rot-ca.pem"), "--plan-signer", str(world.dir / "rot-plan-signer.pub"),
+              world.csv(f"rot-{owner}", ["amount"], np.array(values)))
     st = world.wait_phase("rotating", {"Succeeded", "Failed"})
     assert st["phase"] == "Succeeded", st
     party0 = st["placement"][0]["node"]  # the node behind ``url``
