@@ -2,7 +2,7 @@
 
 Commands::
 
-    pqmpc identity new NAME --out NAME.identity.json
+    pqmpc identity new NAME --out NAME.identity.json [--suite pq-default|pq-high]
     pqmpc keys fetch --node URL [--out keys.json]
     pqmpc keys verify --node URL --ca ca.pem [--node-id ID]
     pqmpc submit --session ID --identity FILE --node URL --ca ca.pem --plan-signer FILE data.csv|model.json
@@ -28,8 +28,7 @@ from rich.table import Table
 
 from pqmpc_node.client import ClientError, Identity, NodeClient, SessionClient, fetch_verified_keys, read_csv
 from pqmpc_node.config import ConfigError, Trust, load_trust
-from pqmpc_node.crypto.suites import SuiteName, get_suite
-from pqmpc_node.crypto.suites import MLDSAPublicKey
+from pqmpc_node.crypto.suites import MLDSAPublicKey, SuiteName, get_suite, signature_algorithm_of
 from pqmpc_node.plan import PlanParty
 
 __all__ = ["app", "main"]
@@ -48,6 +47,18 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+def _suite_of(ca_cert: x509.Certificate) -> SuiteName:
+    """The suite whose signature algorithm the pool CA uses (pq-default: ML-DSA-65, pq-high: ML-DSA-87)."""
+    try:
+        algorithm = signature_algorithm_of(ca_cert.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise _fail(f"the pool CA certificate does not hold an ML-DSA key: {exc}") from None
+    for name in SuiteName:
+        if get_suite(name).signature is algorithm:
+            return name
+    raise _fail(f"no suite uses the CA's {algorithm.label}")
+
+
 def _trust(ca: Path, plan_signer: Path | None) -> tuple[x509.Certificate, MLDSAPublicKey | None]:
     try:
         ca_cert = x509.load_pem_x509_certificate(ca.read_bytes())
@@ -58,7 +69,7 @@ def _trust(ca: Path, plan_signer: Path | None) -> tuple[x509.Certificate, MLDSAP
     from pqmpc_node.config import NodeConfig
 
     cfg = NodeConfig(pool="-", node_id="-", namespace="-", group="", region="", zone="", trust_domain="", backend="numpy",
-                     suite="pq-default", listen_host="", api_port=1, peer_port=1, dns_name="", state_dir="",
+                     suite=_suite_of(ca_cert).value, listen_host="", api_port=1, peer_port=1, dns_name="", state_dir="",
                      ca_pem=ca.read_text(), plan_signer_pub=plan_signer.read_text())
     try:
         trust: Trust = load_trust(cfg)
@@ -77,10 +88,12 @@ IdentityFile = Annotated[Path, typer.Option("--identity", help="Your identity fi
 
 
 @identity_app.command("new")
-def identity_new(name: str, out_file: Annotated[Path | None, typer.Option("--out")] = None) -> None:
-    """Create an identity (ML-DSA signing key + X-Wing KEM key) and print its public part."""
+def identity_new(name: str, out_file: Annotated[Path | None, typer.Option("--out")] = None,
+                 suite: Annotated[SuiteName, typer.Option("--suite", help="The pool's suite (spec.keys.suite)")]
+                 = SuiteName.PQ_DEFAULT) -> None:
+    """Create an identity (the suite's ML-DSA signing key + envelope KEM key) and print its public part."""
     path = out_file or Path(f"{name}.identity.json")
-    ident = Identity.generate(name)
+    ident = Identity.generate(name, suite)
     try:
         ident.save(path)
     except FileExistsError:
@@ -115,7 +128,7 @@ def keys_verify(node: Node, ca: Ca, node_id: Annotated[str | None, typer.Option(
             nid = node_id or doc["nodeId"]
             party = PlanParty(0, nid, "-", "", 1, 1, doc["certFingerprint"], 1)
             verified = fetch_verified_keys(NodeClient(node, http=http), party, ca_certificate=ca_cert,
-                                           suite=get_suite(SuiteName.PQ_DEFAULT), now=dt.datetime.now(dt.timezone.utc))
+                                           suite=get_suite(_suite_of(ca_cert)), now=dt.datetime.now(dt.timezone.utc))
     except ClientError as exc:
         raise _fail(str(exc)) from None
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:

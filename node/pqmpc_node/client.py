@@ -266,7 +266,7 @@ class SessionClient:
         except ClientError:
             self.close()
             raise
-        self.suite = get_suite(SuiteName.PQ_DEFAULT)
+        self.suite = get_suite(self.plan.suite)  # signed into the plan: every algorithm follows from it
         self.domain_name = domain_for(self.plan.sharing, self.plan.security)
         self._parties: list[_Party] | None = None
 
@@ -348,9 +348,16 @@ class SessionClient:
                               "not_an_owner") from None
         if entry.role != role:
             raise ClientError(f"{identity.name!r} supplies {entry.role} input in this session, not {role}", "wrong_role")
+        self._same_suite(identity)
         if entry.identity != identity.signing_key.public_key().public_bytes_raw():
             raise ClientError(f"the identity file's key is not the key the session registered for {identity.name!r}",
                               "wrong_key")
+
+    def _same_suite(self, identity: Identity) -> None:
+        if identity.suite.name is not self.suite.name:
+            raise ClientError(f"the identity {identity.name!r} is a {identity.suite.name.value} identity, but session "
+                              f"{self.session_id} runs suite {self.suite.name.value}; create one with `pqmpc identity "
+                              f"new --suite {self.suite.name.value}`", "wrong_suite")
 
     def validate_rows(self, columns: Mapping[str, Sequence[str]]) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
         """Check the CSV against the declared fields, ranges and resolutions; all errors before anything is sent.
@@ -510,6 +517,7 @@ class SessionClient:
         except KeyError:
             raise ClientError(f"{identity.name!r} is not an output recipient of session {self.session_id}",
                               "not_a_recipient") from None
+        self._same_suite(identity)
         if out.kem_public_key != identity.kem.public_bytes:
             raise ClientError(f"the identity file's KEM key is not the key registered for {identity.name!r}", "wrong_key")
         opened: dict[int, OutputPayload] = {}

@@ -68,7 +68,7 @@ from pqmpc_node.crypto.envelopes import (
     seal_envelope,
 )
 from pqmpc_node.crypto.kemkeys import KemPublicKey
-from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, SignatureAlgorithm, Suite
+from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, SignatureAlgorithm, Suite, SuiteName
 from pqmpc_node.mpc.numerics import DEFAULT_MAX_ROWS_PER_OWNER, RowBound
 from pqmpc_node.mpc.programs import ExecutionPlan, compile_program
 
@@ -375,6 +375,8 @@ class SessionPlan:
     sealed_dealer_seeds: Mapping[str, bytes] = field(default_factory=dict, hash=False, repr=False)
     frac_bits: int = 16
     max_rows_per_owner: int = DEFAULT_MAX_ROWS_PER_OWNER
+    suite: SuiteName = SuiteName.PQ_DEFAULT
+    """The pool's algorithm suite: owners sign inputs and nodes certify keys with its algorithms."""
 
     # -- derived views ------------------------------------------------------------
     def party_of(self, node_id: str) -> PlanParty:
@@ -439,6 +441,7 @@ class SessionPlan:
             "security": self.security,
             "fracBits": self.frac_bits,
             "maxRowsPerOwner": self.max_rows_per_owner,
+            "suite": self.suite.value,
             "program": json.loads(canonical_bytes(self.program)),
             "inputs": [i.to_json() for i in self.inputs],
             "outputs": [o.to_json() for o in self.outputs],
@@ -481,6 +484,7 @@ class SessionPlan:
             security=cast(Security, security),
             frac_bits=_int(o.get("fracBits", 16), "fracBits", 0, 28),  # FixedPoint's own range
             max_rows_per_owner=_int(o.get("maxRowsPerOwner", DEFAULT_MAX_ROWS_PER_OWNER), "maxRowsPerOwner", 1, 10_000_000),
+            suite=_suite_name(o.get("suite", SuiteName.PQ_DEFAULT.value)),
             program=json.loads(canonical_bytes(program)),
             inputs=tuple(PlanInput.from_json(i) for i in _list(o.get("inputs"), "inputs")),
             outputs=tuple(PlanOutput.from_json(x) for x in _list(o.get("outputs"), "outputs")),
@@ -524,6 +528,13 @@ class SessionPlan:
         unknown = sorted(set(self.sealed_dealer_seeds) - {p.node_id for p in self.parties})
         if unknown:
             raise MalformedPlanError(f"sealed dealer seeds for nodes that are not parties: {unknown}")
+
+
+def _suite_name(raw: Any) -> SuiteName:
+    try:
+        return SuiteName(raw)
+    except ValueError:
+        raise MalformedPlanError(f"suite must be one of {[n.value for n in SuiteName]}, got {raw!r}") from None
 
 
 def output_names(plan: SessionPlan) -> tuple[str, ...]:

@@ -69,7 +69,7 @@ from pqmpc_node.crypto.envelopes import (
 )
 from pqmpc_node.crypto.kemkeys import KeyRetiredError, kem_public_key_from_bytes
 from pqmpc_node.crypto.pki import NodeId
-from pqmpc_node.crypto.suites import MLDSAPublicKey, SignatureAlgorithm
+from pqmpc_node.crypto.suites import MLDSAPublicKey
 from pqmpc_node.dealing import (
     PartyInputs,
     PartyMaterial,
@@ -258,6 +258,10 @@ class SessionManager:
         except PlanError as exc:
             self.metrics.plans_refused.labels(exc.reason).inc()
             raise
+        if plan.suite is not self.keys.suite.name:
+            self.metrics.plans_refused.labels("wrong_suite").inc()
+            raise SessionError(f"the plan is for suite {plan.suite.value}, but this node's pool runs "
+                               f"{self.keys.suite.name.value}", reason="wrong_suite", status=422)
         if held is not None and held.phase is not Phase.AWAITING_INPUTS:
             raise SessionError(f"session {plan.session_id} is already {held.phase.value}; a re-plan cannot replace it",
                                reason="session_running", status=409)
@@ -319,7 +323,7 @@ class SessionManager:
             if h.sender in rt.inputs:
                 raise InputRejected(f"{h.sender!r} already delivered its input to session {session_id}",
                                     reason="duplicate_input", status=409, extra={"alreadyAccepted": True})
-            senders = {i.owner: SignatureAlgorithm.ML_DSA_65.public_key_from_bytes(i.identity) for i in plan.inputs}
+            senders = {i.owner: self.keys.suite.signature.public_key_from_bytes(i.identity) for i in plan.inputs}
             opened = open_envelope(
                 data, suite=self.keys.suite, session_id=plan.session_id, node_id=self.node_id, party_index=rt.party,
                 senders=senders, keys=self.keys.ring, replay_guard=ReplayGuard(), now=self.clock(),

@@ -96,6 +96,7 @@ def build_signed_plan(
         outputs=outputs,
         frac_bits=spec.frac_bits,
         max_rows_per_owner=spec.max_rows_per_owner,
+        suite=suite.name,
     )
     return sign_plan(plan, signer)
 

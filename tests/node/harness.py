@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pqmpc_node.crypto.kemkeys import KemKeyCertificate, kem_public_key_from_bytes
 from pqmpc_node.crypto.pki import NodeId, PoolCA
-from pqmpc_node.crypto.suites import SuiteName, get_suite
+from pqmpc_node.crypto.suites import Suite, SuiteName, get_suite
 from pqmpc_node.crypto.transparency import EntryKind, TransparencyLog
 from pqmpc_node.client import Identity
 from pqmpc_node.keystore import LogBundle
@@ -78,15 +78,16 @@ class Operator:
 
     workdir: Path
     pool: str = "banks"
+    suite: Suite = SUITE
     ca: PoolCA = field(init=False)
     log: TransparencyLog = field(init=False)
     nodes: list[NodeProc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.ca = PoolCA.create(SUITE, name="banks-ca", now=now() - dt.timedelta(minutes=5),
+        self.ca = PoolCA.create(self.suite, name="banks-ca", now=now() - dt.timedelta(minutes=5),
                                 lifetime=dt.timedelta(days=1), rng=os.urandom)
         self.log = TransparencyLog(self.ca)
-        self.signer = SUITE.signature.generate(os.urandom(32))
+        self.signer = self.suite.signature.generate(os.urandom(32))
         self.trust_dir = self.workdir / "trust"
         self.trust_dir.mkdir(parents=True, exist_ok=True)
         (self.trust_dir / "ca.pem").write_bytes(self.ca.certificate.public_bytes(Encoding.PEM))
@@ -115,7 +116,7 @@ class Operator:
                 **os.environ,
                 "PQMPC_POOL": self.pool, "PQMPC_NODE_ID": node_id, "PQMPC_NAMESPACE": "default",
                 "PQMPC_POD_IP": host, "PQMPC_GROUP": "g", "PQMPC_REGION": "eu-west", "PQMPC_ZONE": f"z{i}",
-                "PQMPC_TRUST_DOMAIN": f"td{i}", "PQMPC_BACKEND": "numpy", "PQMPC_SUITE": "pq-default",
+                "PQMPC_TRUST_DOMAIN": f"td{i}", "PQMPC_BACKEND": "numpy", "PQMPC_SUITE": self.suite.name.value,
                 "PQMPC_API_PORT": str(api), "PQMPC_PEER_PORT": str(peer), "PQMPC_DNS_NAME": f"{node_id}.pool.svc",
                 "PQMPC_STATE_DIR": str(state), "PQMPC_TRUST_DIR": str(self.trust_dir),
                 "PQMPC_MESH_TIMEOUT": "15", "PQMPC_ROUND_TIMEOUT": "20",
@@ -210,7 +211,7 @@ class Operator:
         doc = self.http.get(node.url + "/v1/keys").json()
         current = [k for k in doc["kemKeys"] if k["state"] == "current"][-1]
         kc = KemKeyCertificate.from_bytes(base64.b64decode(current["certificate"]))
-        return kc.epoch, kem_public_key_from_bytes(SUITE.envelope_kem, kc.public_key)
+        return kc.epoch, kem_public_key_from_bytes(self.suite.envelope_kem, kc.public_key)
 
     def plan(self, session_id: str, nodes: list[NodeProc], *, program: dict[str, Any],
              owners: list[Identity], fields: list[FieldDecl], recipients: dict[Identity, list[str]],
@@ -234,7 +235,7 @@ class Operator:
             issued_at=t0 - 1, not_after=t0 + lifetime_s, deadline=t0 + lifetime_s, parties=tuple(parties),
             sharing=sharing,  # type: ignore[arg-type]
             threshold=threshold, security=security,  # type: ignore[arg-type]
-            program=program, inputs=tuple(inputs), outputs=tuple(outputs),
+            program=program, inputs=tuple(inputs), outputs=tuple(outputs), suite=self.suite.name,
             **({} if max_rows_per_owner is None else {"max_rows_per_owner": max_rows_per_owner}),
         )
 
@@ -267,8 +268,8 @@ class Operator:
             doc = client.get(self.node_of(p.node_id).url + "/v1/keys").json()
             current = [k for k in doc["kemKeys"] if k["state"] == "current"][-1]
             kc = KemKeyCertificate.from_bytes(base64.b64decode(current["certificate"]))
-            keys[p.node_id] = (kc.epoch, kem_public_key_from_bytes(SUITE.envelope_kem, kc.public_key))
-        out = deal(plan, rows, suite=SUITE, signer_key=self.signer, node_kem_keys=keys)
+            keys[p.node_id] = (kc.epoch, kem_public_key_from_bytes(self.suite.envelope_kem, kc.public_key))
+        out = deal(plan, rows, suite=self.suite, signer_key=self.signer, node_kem_keys=keys)
         self.dealt[plan.session_id] = out
         return out
 

@@ -441,3 +441,55 @@ def test_deleting_a_session_cancels_it_at_its_parties(world: World, kubectl: Kub
                          lambda: (lambda doc: doc if doc["phase"] == "Failed" else None)(report(url)), timeout=30)
         assert final["reason"] == "cancelled" and "operator" in final["message"], final
         assert final["inputRows"] == {} and not any(i["received"] for i in final["inputs"]), final
+
+
+def test_a_pq_high_pool_runs_a_session_end_to_end(world: World, kubectl: Kubectl) -> None:
+    """keys.suite pq-high: ML-DSA-87 CA, certificates and plan signer, ML-KEM-1024 + P-384 envelopes;
+    owners and the recipient made with `pqmpc identity new --suite pq-high`; the CLI learns the suite
+    from the pool CA and the signed plan."""
+    groups = [{"name": g, "replicas": 1, "region": "eu-west", "zone": z, "trustDomain": f"high-{g}"}
+              for g, z in (("a", "eu-west-1a"), ("b", "eu-west-1b"))]
+    world.apply({"apiVersion": "pqmpc.io/v1alpha1", "kind": "NodePool", "metadata": {"name": "high", "namespace": NS},
+                 "spec": {"engine": {"backend": "numpy"}, "groups": groups, "keys": {"suite": "pq-high"}}})
+
+    def nodes() -> list[dict[str, Any]]:
+        return list((get_json(kubectl, "mpcpool", "high").get("status") or {}).get("nodes") or [])
+
+    wait_for("pool high certified", lambda: len(nodes()) == 2 and all(n.get("ready") and n.get("certFingerprint")
+                                                                      for n in nodes()), timeout=120)
+    trust = get_json(kubectl, "configmap", "high-trust")["data"]
+    (world.dir / "high-ca.pem").write_text(trust["ca.pem"])
+    (world.dir / "high-plan-signer.pub").write_text(trust["plan-signer.pub"])
+    ids = {}
+    for name in ("hi-bank-a", "hi-bank-b", "hi-auditor"):
+        out = pqmpc("identity", "new", name, "--suite", "pq-high", "--out", str(world.dir / f"{name}.identity.json"))
+        ids[name] = json.loads(out.stdout)
+        assert ids[name]["suite"] == "pq-high"
+    fields = [{"name": "amount", "min": 0, "max": 1000, "decimals": 2}]
+    spec = {
+        "poolRef": "high", "parties": 2, "threshold": 1, "sharing": "additive", "security": "malicious",
+        "inputs": [{"owner": o, "identity": ids[o]["identity"], "fields": fields} for o in ("hi-bank-a", "hi-bank-b")],
+        "program": {"aggregate": [{"op": "mean", "field": "amount"}, {"op": "variance", "field": "amount"}]},
+        "outputs": [{"recipient": "hi-auditor", "identity": ids["hi-auditor"]["kemPublicKey"],
+                     "allow": ["mean(amount)", "variance(amount)"]}],
+        "placement": {"distinctTrustDomains": True, "maxSharesPerZone": 1}, "deadline": "10m",
+    }
+    world.apply({"apiVersion": "pqmpc.io/v1alpha1", "kind": "MPCSession", "metadata": {"name": "high-stats", "namespace": NS},
+                 "spec": spec})
+    st = world.wait_phase("high-stats", {"AwaitingInputs", "Failed"})
+    assert st["phase"] == "AwaitingInputs", st
+    url, sid = st["result"]["nodes"][0], st["sessionId"]
+    trust_args = ["--ca", str(world.dir / "high-ca.pem"), "--plan-signer", str(world.dir / "high-plan-signer.pub")]
+    for owner, values in (("hi-bank-a", [[1.25], [2.5]]), ("hi-bank-b", [[10.0]])):
+        pqmpc("submit", "--session", sid, "--identity", world.identity_file(owner), "--node", url, *trust_args,
+              world.csv(f"high-{owner}", ["amount"], np.array(values)))
+    st = world.wait_phase("high-stats", {"Succeeded", "Failed"})
+    assert st["phase"] == "Succeeded", st
+    out = json.loads(pqmpc("result", "--session", sid, "--identity", world.identity_file("hi-auditor"), "--node", url,
+                           *trust_args, "--json", "--wait", "60").stdout)
+    cents = [125, 250, 1000]
+    n, total, squares = len(cents), sum(cents), sum(c * c for c in cents)
+    assert out["outputs"]["mean(amount)"] == float(Fraction(total, n * 100))
+    assert out["exact"]["variance(amount)"] == str(Fraction(n * squares - total * total, n * n * 100**2))
+    kubectl("delete", "mpcs", "high-stats", "-n", NS, "--wait=true", "--timeout=60s")
+    kubectl("delete", "mpcpool", "high", "-n", NS, "--wait=true", "--timeout=60s")
