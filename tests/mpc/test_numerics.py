@@ -27,6 +27,7 @@ from pqmpc_node.mpc.numerics import NumericsError, RowBound
 from pqmpc_node.mpc.programs import (
     AggregatePlan,
     ModelOutOfRangeError,
+    ProgramError,
     SessionInputs,
     compile_program,
     encode_column,
@@ -236,6 +237,16 @@ def test_automatic_decimals_take_the_most_that_fit() -> None:
     assert small.numerics["x"].decimals == 6 and small.numerics["x"].variance.limbs == 3  # type: ignore[union-attr]
 
 
+def test_histogram_edges_far_outside_the_range_count_exactly() -> None:
+    """An edge far beyond [min, max] (2e18 units here) is clamped, not allowed to wrap the comparison."""
+    fields = [{"name": "x", "min": 0, "max": 1}]
+    plan = compile_program({"aggregate": [{"op": "histogram", "field": "x", "bins": [-5e12, 0.5, 2e12]}]}, fields)
+    out = run_compiled(EngineConfig(3, security="malicious"), plan, {"x": np.array([0.0, 0.25, 0.5, 1.0])}).opened
+    assert out["histogram(x)"] == [2, 2]
+    with pytest.raises(ProgramError, match="not a finite number"):
+        compile_program({"aggregate": [{"op": "histogram", "field": "x", "bins": [0, float("inf")]}]}, fields)
+
+
 # -- models ---------------------------------------------------------------------------------------
 
 
@@ -278,6 +289,6 @@ def test_model_weights_outside_their_bound_abort_inside_mpc(inside: bool) -> Non
         assert not any(isinstance(o, BaseException) for o in outcomes)
     else:
         assert all(isinstance(o, ModelOutOfRangeError) for o in outcomes)
-        assert str(outcomes[0]) == ("1 of the model owner's 2 parameters lie outside weightBound [-4, 4]; nothing was "
-                                    "computed: the model owner must resubmit a model within the bound (or the session "
-                                    "must declare a larger one)")
+        assert str(outcomes[0]) == ("some of the model owner's 2 parameters lie outside weightBound [-4, 4]; nothing "
+                                    "was computed: the model owner must resubmit a model within the bound (or the "
+                                    "session must declare a larger one)")

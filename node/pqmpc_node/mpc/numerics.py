@@ -55,6 +55,7 @@ layers: the previous bound ``fan_in |h| W + W``) and ``W`` the declared
 
 from __future__ import annotations
 
+import decimal
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -65,6 +66,7 @@ import numpy as np
 __all__ = [
     "AUTO_MAX_DECIMALS",
     "MAX_DECIMALS",
+    "MAX_VARIANCE_LIMBS",
     "DEFAULT_MAX_ROWS_PER_OWNER",
     "DEFAULT_WEIGHT_BOUND",
     "MODEL_FRAC_BITS",
@@ -110,12 +112,16 @@ def bits_text(x: int | float) -> str:
 
 
 def decimals_needed(x: float) -> int | None:
-    """Fewest decimals that write ``x`` exactly (up to :data:`MAX_DECIMALS`); None if more."""
-    for d in range(MAX_DECIMALS + 1):
-        scaled = x * 10**d
-        if abs(scaled - round(scaled)) <= 1e-9 * max(1.0, abs(scaled)):
-            return d
-    return None
+    """Fewest decimals that write ``x`` exactly (up to :data:`MAX_DECIMALS`); None if more.
+
+    Judged on the shortest decimal that round-trips the float (``repr``), i.e. what the
+    user wrote: ``1e9 + 0.5`` needs 1, ``123456789.25`` needs 2, ``1e-10`` more than 9.
+    """
+    if not math.isfinite(x):
+        return None
+    exponent = decimal.Decimal(repr(float(x))).normalize().as_tuple().exponent
+    needed = max(0, -exponent) if isinstance(exponent, int) else 0
+    return needed if needed <= MAX_DECIMALS else None
 
 
 @dataclass(frozen=True)
@@ -204,16 +210,19 @@ class FieldNumerics:
         return int(10**self.decimals)
 
     def units(self, value: float, what: str) -> int:
-        """``value`` in units, refused unless it is a whole number of units (a bound, a bin edge)."""
-        scaled = value * self.scale
-        exact = int(round(scaled))
-        if abs(scaled - exact) > 1e-9 * max(1.0, abs(scaled)):
+        """``value`` in units, refused unless it is a whole number of units (a bound, a bin edge).
+
+        Exact: decided on the decimal the float stands for (its ``repr``), not with a tolerance.
+        """
+        needed = decimals_needed(value)
+        if needed is None or needed > self.decimals:
             raise NumericsError(
                 f"inputs[].fields[{self.name}].decimals",
                 f"{what} {value!r} is not a whole number of units 10^-{self.decimals}",
-                f"declare decimals: {decimals_needed(value) or MAX_DECIMALS} (or leave decimals out to choose automatically)",
+                f"declare decimals: {needed if needed is not None else MAX_DECIMALS} (or leave decimals out to choose "
+                "automatically)" if needed is not None else "round it to at most 9 decimals",
             )
-        return exact
+        return int(decimal.Decimal(repr(float(value))).scaleb(self.decimals))
 
     @property
     def lo(self) -> int:

@@ -140,7 +140,9 @@ def _fields(specs: Sequence[Mapping[str, Any]]) -> dict[str, FieldSpec]:
     for raw in specs:
         try:
             dec = raw.get("decimals")
-            spec = FieldSpec(str(raw["name"]), float(raw["min"]), float(raw["max"]), None if dec is None else int(dec))
+            if dec is not None and (isinstance(dec, bool) or not isinstance(dec, int)):
+                raise ValueError(f"decimals must be a whole number, got {dec!r}")
+            spec = FieldSpec(str(raw["name"]), float(raw["min"]), float(raw["max"]), dec)
         except (KeyError, TypeError, ValueError) as exc:
             raise ProgramError(f"input field {raw!r} needs name, min and max ({exc})") from exc
         if not (math.isfinite(spec.min) and math.isfinite(spec.max)) or not spec.min <= spec.max:
@@ -181,6 +183,8 @@ def compile_program(program: Mapping[str, Any], fields: Sequence[Mapping[str, An
             if op not in _AGG_KINDS:
                 raise ProgramError(f"aggregate op {op!r} is not one of {list(_AGG_KINDS)}")
             bins = tuple(float(b) for b in item.get("bins", ()))
+            if not all(math.isfinite(b) for b in bins):
+                raise ProgramError(f"histogram of {item.get('field')!r} has a bin edge that is not a finite number")
             if op == "histogram" and (len(bins) < 2 or any(b2 <= b1 for b1, b2 in zip(bins, bins[1:], strict=False))):
                 raise ProgramError(f"histogram of {item.get('field')!r} needs at least 2 increasing bin edges")
             ops.append(AggregateOp(op, str(item.get("field")), bins))
@@ -512,6 +516,12 @@ async def _open_count(ctx: MPCContext, valid: Shared) -> int:
     return int(ctx.domain.to_signed(total)[0])
 
 
+def _edge(num: FieldNumerics, edge: float) -> int:
+    """A bin edge in units, clamped to ``[min - 1, max + 1]``: the same comparisons for every in-range value
+    (so the same counts), and every comparison stays far inside the exact range however far out the edge is."""
+    return min(max(num.units(edge, "histogram bin edge"), num.lo - 1), num.hi + 1)
+
+
 async def _run_aggregate(ctx: MPCContext, plan: AggregatePlan, inputs: SessionInputs) -> SessionResult:
     """Integer statistics over the fields' units (exact; see :mod:`~pqmpc_node.mpc.numerics`).
 
@@ -527,8 +537,8 @@ async def _run_aggregate(ctx: MPCContext, plan: AggregatePlan, inputs: SessionIn
     extra: list[tuple[Shared, int]] = []
     for op in plan.ops:
         if op.op == "histogram":
-            extra.extend((cols[op.field], num[op.field].units(b, "bin")) for b in op.bins[:-1])
-    hist_top = [(ctx.neg(cols[op.field]), -num[op.field].units(op.bins[-1], "bin"))
+            extra.extend((cols[op.field], _edge(num[op.field], b)) for b in op.bins[:-1])
+    hist_top = [(ctx.neg(cols[op.field]), -_edge(num[op.field], op.bins[-1]))
                 for op in plan.ops if op.op == "histogram"]
     bounds = [(cols[s.name], num[s.name].lo, num[s.name].hi) for s in plan.fields]
     valid, below = await _validity(ctx, bounds, extra + hist_top)
@@ -641,12 +651,12 @@ async def _check_model_bounds(ctx: MPCContext, plan: LinearScorePlan | MlpPlan, 
     flat = ctx.concat([p.reshape(-1) for p in params])
     w = FixedPoint(plan.frac_bits).encode_int([plan.weight_bound], ctx.domain)[0]
     valid, _ = await _validity(ctx, [(flat, -int(w), int(w))], [])
+    every = await _and_all(ctx, valid.reshape(flat.shape[0], 1))  # one bit: all inside, not how many
     await check_macs(ctx, "before-model-bound")
-    (all_ok,) = await ctx.open([ctx.sum(valid)], "model-bound")
-    inside = int(ctx.domain.to_signed(all_ok)[0])
-    if inside != flat.shape[0]:
+    (all_ok,) = await ctx.open([every], "model-bound")
+    if int(ctx.domain.to_signed(all_ok)[0]) != 1:
         raise ModelOutOfRangeError(
-            f"{flat.shape[0] - inside} of the model owner's {flat.shape[0]} parameters lie outside weightBound "
+            f"some of the model owner's {flat.shape[0]} parameters lie outside weightBound "
             f"[-{plan.weight_bound:g}, {plan.weight_bound:g}]; nothing was computed: the model owner must resubmit "
             "a model within the bound (or the session must declare a larger one)")
 

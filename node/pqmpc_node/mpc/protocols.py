@@ -33,7 +33,6 @@ __all__ = [
     "truncate",
     "bit_less_than_public",
     "bit_compare_public",
-    "split_low",
     "split_limbs",
     "less_than_zero",
     "less_than",
@@ -251,21 +250,16 @@ async def _compare_tree(ctx: MPCContext, c: Array, r_bits: Shared, *, want_eq: b
     return lt.reshape(*shape), (eq.reshape(*shape) if want_eq else None)
 
 
-async def split_low(ctx: MPCContext, x: Shared, k: int) -> tuple[Shared, Shared]:
-    """Exact ``(x >> k, x mod 2^k)``; :func:`split_limbs` with two limbs."""
-    lo, hi = await split_limbs(ctx, x, k, 2)
-    return hi, lo
-
-
 async def split_limbs(ctx: MPCContext, x: Shared, k: int, limbs: int) -> list[Shared]:
-    """Exact base-``2^k`` limbs of shared integers ``0 <= x < 2^63`` (ring) or ``< p`` (field).
+    """Exact base-``2^k`` limbs of shared integers ``0 <= x < 2^64`` (ring) or ``< p`` (field).
 
     Returns ``[a_0, ..., a_(L-1)]`` (least significant first) with ``x = sum a_j 2^(jk)``,
     ``0 <= a_j < 2^k`` below the top limb. Unlike :func:`truncate` (off by up to one
     unit) every limb is exact, so sums of limbs can be carried from one into the next.
     An exact Mod2m [CdH10] at each boundary ``m = k, 2k, ...``, all from one opening with
-    a full-domain edaBit mask (as in :func:`truncate`, so the opening hides ``x``
-    perfectly) and one comparison tree:
+    a full-width edaBit mask (as in :func:`truncate`; the opening hides ``x`` perfectly in
+    the ring and up to statistical distance about 2^-60 in the field, whose mask spans
+    61 uniform bits) and one comparison tree:
 
     1. Take edaBits ``[r_i]``, ``[r] = sum 2^i [r_i]``; open ``c = x + r``.
     2. In one tree: ``w = [c < r]`` (so ``x = c - r + M w``, ``M`` the modulus) and, per
