@@ -82,6 +82,7 @@ def test_tampering_node_is_quarantined_and_released(operator: OperatorProcess, k
     ids = {n: json.loads(run("identity", "new", n, "--out", str(tmp_path / f"{n}.json"))) for n in ("o", "r")}
     trust = get_json(kubectl, "configmap", "q-trust")["data"]
     (tmp_path / "ca.pem").write_text(trust["ca.pem"])
+    (tmp_path / "plan-signer.pub").write_text(trust["plan-signer.pub"])
     kubectl("apply", "-f", "-", input=json.dumps(session("tampered", ids, 3)))
 
     def phase(name: str, phases: set[str]) -> Callable[[], Any]:
@@ -94,7 +95,7 @@ def test_tampering_node_is_quarantined_and_released(operator: OperatorProcess, k
     csv = tmp_path / "rows.csv"
     csv.write_text("x\n" + "\n".join(str(v) for v in np.arange(1, 9)) + "\n")
     run("submit", "--session", st["sessionId"], "--identity", str(tmp_path / "o.json"), "--node", st["result"]["nodes"][0],
-        "--ca", str(tmp_path / "ca.pem"), str(csv))
+        "--ca", str(tmp_path / "ca.pem"), "--plan-signer", str(tmp_path / "plan-signer.pub"), str(csv))
     st = wait_for("the session to end", phase("tampered", {"Failed", "Succeeded"}), timeout=120)
     assert st["phase"] == "Failed", "a tampered share must abort a malicious session"
     assert "mac" in (st["reason"] + st["message"]).lower(), st
