@@ -30,6 +30,7 @@ import base64
 import csv
 import datetime as dt
 import decimal
+import hashlib
 import json
 import math
 import os
@@ -42,12 +43,13 @@ from typing import Any
 import httpx
 import numpy as np
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from pqmpc_node.crypto.envelopes import EnvelopeError, EnvelopeHeader, ReplayGuard, key_fingerprint, open_envelope, seal_envelope
 from pqmpc_node.crypto.kemkeys import KemKeyPair, UnknownEpochError, VerifiedKemKey, verify_keys_document
 from pqmpc_node.crypto.pki import CertificateError, NodeId
 from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, Suite, SuiteName, get_suite
-from pqmpc_node.crypto.transparency import LogVerifier
+from pqmpc_node.crypto.transparency import LogForkError, LogVerifier, require_same_history
 from pqmpc_node.keystore import CertificationError, LogBundle
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.domain import Domain
@@ -201,6 +203,54 @@ class _Party:
     client: NodeClient
     kem: VerifiedKemKey
     identity_key: MLDSAPublicKey
+    log_chain: tuple[bytes, ...] = ()
+    """The entry hashes of the (verified) log this node served."""
+
+
+class LogHistory:
+    """The transparency-log history this machine has seen for one pool CA, kept across runs.
+
+    Stored as the chain of entry hashes in ``<config dir>/transparency/<CA fingerprint>.json``
+    (config dir: ``$PQMPC_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/pqmpc``, else
+    ``~/.config/pqmpc``). Every node's view must share history with it
+    (:func:`~pqmpc_node.crypto.transparency.require_same_history`), so a forked log is
+    caught even when the two forks are shown to this machine on different days.
+    """
+
+    def __init__(self, ca_certificate: x509.Certificate, directory: Path | None = None) -> None:
+        fingerprint = hashlib.sha256(ca_certificate.public_bytes(Encoding.DER)).hexdigest()[:32]
+        base = directory or _config_dir()
+        self.path = base / "transparency" / f"{fingerprint}.json"
+        self.chain: tuple[bytes, ...] = ()
+        try:
+            doc = json.loads(self.path.read_text())
+            self.chain = tuple(bytes.fromhex(h) for h in doc["entryHashes"])
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ClientError(f"the stored log history {self.path} is unreadable ({exc}); move it away to start "
+                              "over (you lose fork detection against what it recorded)", "bad_history") from None
+
+    def observe(self, node_id: str, chain: tuple[bytes, ...]) -> None:
+        """Check ``chain`` against the history and remember the longer one; ClientError ``log_fork`` on a fork."""
+        try:
+            merged = require_same_history(self.chain, chain, what=f"node {node_id}")
+        except LogForkError as exc:
+            raise ClientError(str(exc), exc.reason) from None
+        if merged != self.chain:
+            self.chain = merged
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"entryHashes": [h.hex() for h in merged]}))
+            tmp.replace(self.path)
+
+
+def _config_dir() -> Path:
+    if os.environ.get("PQMPC_CONFIG_DIR"):
+        return Path(os.environ["PQMPC_CONFIG_DIR"])
+    if os.environ.get("XDG_CONFIG_HOME"):
+        return Path(os.environ["XDG_CONFIG_HOME"]) / "pqmpc"
+    return Path.home() / ".config" / "pqmpc"
 
 
 def fetch_verified_keys(
@@ -219,7 +269,8 @@ def fetch_verified_keys(
     except (KeyError, TypeError, ValueError) as exc:
         raise ClientError(f"keys document of node {party.node_id} is malformed: {exc}", "bad_keys") from None
     kem, node = keys.kem, keys.node
-    return _Party(party, client, kem, node.public_key)
+    chain = tuple(e.entry_hash for e in bundle.entries)
+    return _Party(party, client, kem, node.public_key, chain)
 
 
 class SessionClient:
@@ -236,6 +287,7 @@ class SessionClient:
         clock: Callable[[], dt.datetime] = _now,
         url_of: Callable[[PlanParty], str] | None = None,
         insecure_skip_plan_verification: bool = False,
+        history_dir: Path | None = None,
     ) -> None:
         if plan_signer is None and not insecure_skip_plan_verification:
             raise ClientError("the session plan must be verified: pass the operator's plan-signing key (--plan-signer, "
@@ -247,6 +299,7 @@ class SessionClient:
         self.ca = ca_certificate
         self.clock = clock
         self.url_of = url_of or (lambda p: f"http://{p.address}:{p.api_port}")
+        self.history = LogHistory(ca_certificate, history_dir)
         entry = NodeClient(node_url, http=self.http)
         try:
             body = entry.get_bytes(f"/v1/sessions/{session_id}/plan")
@@ -321,9 +374,11 @@ class SessionClient:
     # -- keys -------------------------------------------------------------------------
 
     def verify_node(self, party: PlanParty) -> _Party:
-        """Fetch and verify one party's keys against the CA, the log and the plan."""
-        return fetch_verified_keys(NodeClient(self.url_of(party), http=self.http), party, ca_certificate=self.ca,
-                                   suite=self.suite, now=self.clock())
+        """Fetch and verify one party's keys against the CA, the log, the plan and the log history seen so far."""
+        verified = fetch_verified_keys(NodeClient(self.url_of(party), http=self.http), party, ca_certificate=self.ca,
+                                       suite=self.suite, now=self.clock())
+        self.history.observe(party.node_id, verified.log_chain)
+        return verified
 
     def parties(self) -> list[_Party]:
         if self._parties is None:

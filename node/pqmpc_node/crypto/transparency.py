@@ -31,11 +31,13 @@ from pqmpc_node.crypto.wire import Reader, WireFormatError, put_bytes, put_u8, p
 __all__ = [
     "EntryKind",
     "LogEntry",
+    "LogForkError",
     "LogIntegrityError",
     "LogVerifier",
     "STH_CONTEXT",
     "SignedTreeHead",
     "TransparencyLog",
+    "require_same_history",
 ]
 
 STH_CONTEXT = b"pqmpc/v1/transparency-tree-head"
@@ -225,3 +227,26 @@ class LogVerifier:
         """Raise :class:`NotInLogError` unless this KEM key certificate was logged."""
         if not self.contains(EntryKind.KEM_KEY_CERTIFICATE, data):
             raise NotInLogError("KEM key certificate is not in the transparency log")
+
+
+class LogForkError(LogIntegrityError):
+    """Two CA-signed views of the log disagree on their common history (a split view)."""
+
+    reason = "log_fork"
+
+
+def require_same_history(seen: Sequence[bytes], other: Sequence[bytes], *, what: str) -> tuple[bytes, ...]:
+    """Two verified views of the log, as their chains of entry hashes, must share history.
+
+    Each entry's hash covers its predecessor's, so two chains agree on their common
+    prefix exactly when they agree at its last index. A CA that signs two different
+    logs (or a node that serves a fork) shows two valid views that differ there; a view
+    that is merely older or newer is fine. Returns the longer chain (the history to
+    remember); raises :class:`LogForkError` naming ``what`` otherwise.
+    """
+    common = min(len(seen), len(other))
+    if common and not hmac.compare_digest(seen[common - 1], other[common - 1]):
+        raise LogForkError(f"{what}: the transparency log forks at entry {common - 1} from the log seen before "
+                           "(the pool CA signed two different histories); refusing to trust either. Report it to "
+                           "the pool's operators")
+    return tuple(seen if len(seen) >= len(other) else other)
