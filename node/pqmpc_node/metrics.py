@@ -105,6 +105,9 @@ class NodeMetrics:
         self.link_info = Gauge("pqmpc_node_peer_link_info",
                                "Negotiated transport per peer link (value 1): TLS group and signature algorithm.",
                                ["peer", "group", "signature_algorithm"], registry=registry)
+        self.log_forks = Counter("pqmpc_node_log_forks_total",
+                                 "Peers whose CA-signed transparency log forks from this node's (link refused).",
+                                 ["peer"], registry=registry)
         self.peers_lost = Counter("pqmpc_node_peers_lost_total", "Peers lost during a session.", ["peer"],
                                   registry=registry)
         registry.register(_RefusalCollector(refusals_by_peer or _unattributed(refusals)))

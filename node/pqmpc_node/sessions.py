@@ -94,7 +94,8 @@ from pqmpc_node.mpc.programs import ModelOutOfRangeError, ProgramError, model_sh
 from pqmpc_node.mpc.seeded_dealer import PreprocessingMismatchError
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.net.counters import RefusalCounters
-from pqmpc_node.net.link import STREAM_LIMIT, LinkConfig, LinkRefused, PeerLink
+from pqmpc_node.net.link import STREAM_LIMIT, LinkClosed, LinkConfig, LinkRefused, PeerLink
+from pqmpc_node.crypto.transparency import LogForkError, require_same_history
 from pqmpc_node.net.pq_channel import HELLO_TAG, Hello, PeerLostError, PqChannel
 from pqmpc_node.net.tls import TlsIdentity
 from pqmpc_node.payloads import DomainName, InputPayload, OutputPayload, OutputShare, PayloadError, domain_for
@@ -140,6 +141,10 @@ class UnknownSessionError(SessionError):
 
 class InputRejected(SessionError):
     """An input envelope was refused."""
+
+
+class ForkedPeerError(ValueError):
+    """A peer's CA-signed transparency log forks from this node's: the two were shown different histories."""
 
 
 @dataclass
@@ -498,14 +503,38 @@ class SessionManager:
             att = link.attestation()
             if att.peer_node_id != party.node_id or att.peer_fingerprint != party.cert_fingerprint:
                 raise ValueError(f"peer {att.peer_node_id} is not party {hello.party} of the plan")
+            self._same_log(party.node_id, hello)
+            await link.send(HELLO_TAG, self._hello(rt))
             fut = rt.incoming.setdefault(hello.party, asyncio.get_running_loop().create_future())
             if fut.done():
                 raise ValueError(f"party {hello.party} connected twice")
             fut.set_result(link)
         except (ValueError, KeyError, IndexError, TimeoutError, Exception) as exc:  # noqa: BLE001 - any bad hello closes the link
-            self.counters.count("unexpected_session", link.peer_node_id)  # authenticated by the handshake
+            reason = "log_fork" if isinstance(exc, ForkedPeerError) else "unexpected_session"
+            self.counters.count(reason, link.peer_node_id)  # authenticated by the handshake
             log.warning("peer link refused after handshake: %s", exc)
             await link.close()
+
+    def _hello(self, rt: SessionRuntime) -> bytes:
+        chain = self.keys.log.chain()
+        return Hello(rt.plan.session_id, rt.party, len(chain), chain[-1] if chain else b"").encode()
+
+    def _same_log(self, peer_node: str, hello: Hello) -> None:
+        """Refuse a peer whose log head is not in this node's history (when this node's log is at least as long).
+
+        A longer peer log is checked by the peer itself (it receives this node's head).
+        """
+        chain = self.keys.log.chain()
+        if not hello.log_size or hello.log_size > len(chain):
+            return
+        try:
+            require_same_history(chain, chain[: hello.log_size - 1] + (hello.log_head,), what=f"peer {peer_node}")
+        except LogForkError:
+            self.metrics.log_forks.labels(peer_node).inc()
+            log.error("peer %s shows a transparency log that forks from this node's at entry %d: link refused",
+                      peer_node, hello.log_size - 1)
+            raise ForkedPeerError(f"peer {peer_node}'s transparency log forks from this node's at entry "
+                                  f"{hello.log_size - 1} (the pool CA signed two histories)") from None
 
     async def _dial(self, rt: SessionRuntime, peer: int, deadline: float) -> PeerLink:
         p = rt.plan.parties[peer]
@@ -517,7 +546,18 @@ class SessionManager:
                 if link.attestation().peer_fingerprint != p.cert_fingerprint:
                     await link.close()
                     raise LinkRefused(f"peer {p.node_id} presents a certificate other than the plan's", "wrong_fingerprint")
-                await link.send(HELLO_TAG, Hello(rt.plan.session_id, rt.party).encode())
+                await link.send(HELLO_TAG, self._hello(rt))
+                try:
+                    answer = Hello.decode(await asyncio.wait_for(link.recv(HELLO_TAG), 10.0))
+                    if answer.session_id != rt.plan.session_id:
+                        raise ValueError(f"peer {p.node_id} answered for session {answer.session_id!r}")
+                    self._same_log(p.node_id, answer)
+                except ForkedPeerError as exc:
+                    await link.close()
+                    raise PeerLostError(peer, str(exc)) from None  # no retry: the histories will not converge
+                except (ValueError, TimeoutError, LinkClosed) as exc:
+                    await link.close()
+                    raise LinkRefused(f"peer {p.node_id}: {exc}", "bad_hello") from None
                 return link
             except (LinkRefused, ConnectionError, OSError) as exc:
                 if time.monotonic() + delay > deadline:

@@ -56,19 +56,27 @@ def serving(real: httpx.HTTPTransport, logs: dict[str, dict[str, Any]]) -> httpx
     return httpx.MockTransport(handle)
 
 
-def test_a_forked_log_is_refused_across_nodes_and_across_runs(operator: Operator, trio: Any, tmp_path: Path) -> None:
+def test_a_forked_log_is_refused_across_nodes_and_across_runs(operator: Operator, trio: Any, tmp_path: Path,
+                                                              request: pytest.FixtureRequest) -> None:
     owner, auditor = Identity.generate("bank-a"), Identity.generate("auditor")
     plan = operator.plan("fork-1", trio, program={"aggregate": [{"op": "sum", "field": "amount"}]}, owners=[owner],
                          fields=[FieldDecl("amount", 0, 10)], recipients={auditor: ["sum(amount)"]})
     operator.post_plan(plan, trio, dealer=False)
     history = tmp_path / "config"
     real = httpx.HTTPTransport()
+    https: list[httpx.Client] = []
 
     def client(transport: httpx.BaseTransport) -> SessionClient:
+        https.append(httpx.Client(transport=transport))
         return SessionClient(node_url=trio[0].url, session_id="fork-1", ca_certificate=operator.ca.certificate,
-                             plan_signer=operator.signer.public_key(), http=httpx.Client(transport=transport),
-                             history_dir=history)
+                             plan_signer=operator.signer.public_key(), http=https[-1], history_dir=history)
 
+    def close_all() -> None:
+        for h in https:
+            h.close()
+        real.close()
+
+    request.addfinalizer(close_all)
     # One run sees the honest log at every node: accepted, and remembered on disk.
     with client(real) as c:
         assert len(c.parties()) == 3
@@ -95,12 +103,33 @@ def test_two_nodes_showing_different_forks_in_one_run_are_refused(operator: Oper
     plan = operator.plan("fork-2", trio, program={"aggregate": [{"op": "sum", "field": "amount"}]}, owners=[owner],
                          fields=[FieldDecl("amount", 0, 10)], recipients={auditor: ["sum(amount)"]})
     operator.post_plan(plan, trio, dealer=False)
-    real = httpx.HTTPTransport()
     a, b = forked_bundle(operator, b"for node 0's audience"), forked_bundle(operator, b"for node 1's audience")
 
-    with SessionClient(node_url=trio[0].url, session_id="fork-2", ca_certificate=operator.ca.certificate,
-                       plan_signer=operator.signer.public_key(),
-                       http=httpx.Client(transport=serving(real, {trio[0].url: a, trio[1].url: b})),
-                       history_dir=tmp_path / "fresh") as c, pytest.raises(ClientError) as err:
+    with httpx.HTTPTransport() as real, httpx.Client(transport=serving(real, {trio[0].url: a, trio[1].url: b})) as http, \
+            SessionClient(node_url=trio[0].url, session_id="fork-2", ca_certificate=operator.ca.certificate,
+                          plan_signer=operator.signer.public_key(), http=http, history_dir=tmp_path / "fresh") as c, \
+            pytest.raises(ClientError) as err:
         c.parties()
     assert err.value.reason == "log_fork"
+
+
+def test_nodes_shown_different_histories_refuse_to_link(operator: Operator) -> None:
+    """Node-side: each link's hellos carry the sender's log head; a fork refuses the link and is counted."""
+    nodes = operator.start_nodes(2, extra_env={"PQMPC_MESH_TIMEOUT": "5"})
+    operator.certify(nodes)
+    for node, marker in ((nodes[0], b"history shown to node 0"), (nodes[1], b"history shown to node 1")):
+        r = operator.http.post(node.url + "/v1/log", json=forked_bundle(operator, marker))
+        assert r.status_code == 200, r.text  # each is a valid, CA-signed extension of that node's own view
+    owner, auditor = Identity.generate("bank-a"), Identity.generate("auditor")
+    plan = operator.plan("fork-3", nodes, program={"aggregate": [{"op": "sum", "field": "amount"}]}, owners=[owner],
+                         fields=[FieldDecl("amount", 0, 10)], recipients={auditor: ["sum(amount)"]})
+    operator.post_plan(plan, nodes)
+    with SessionClient(node_url=nodes[0].url, session_id="fork-3", ca_certificate=operator.ca.certificate,
+                       plan_signer=operator.signer.public_key()) as c:
+        # An owner who met each node from a different machine never saw both views at once.
+        c.history.observe = lambda node_id, chain: None  # type: ignore[method-assign]
+        c.submit_rows(owner, {"amount": ["1", "2"]})
+    for n in nodes:
+        st = operator.wait_phase(n, "fork-3", {"Succeeded", "Failed"}, timeout=120)
+        assert st["phase"] == "Failed" and st["reason"] == "peer_lost", st
+    assert sum(operator.metric(n, "pqmpc_node_log_forks_total") for n in nodes) >= 1

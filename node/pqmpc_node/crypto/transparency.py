@@ -187,6 +187,10 @@ class LogVerifier:
         """How many entries have been verified."""
         return len(self._entries)
 
+    def chain(self) -> tuple[bytes, ...]:
+        """The entry hashes of the verified log, in order (its history, for fork checks)."""
+        return tuple(e.entry_hash for e in self._entries)
+
     def update(self, entries: Sequence[LogEntry], tree_head: SignedTreeHead) -> None:
         """Accept a longer log that extends the one already verified (append-only).
 

@@ -40,13 +40,23 @@ class PeerLostError(LostPartyError):
 
 @dataclass(frozen=True)
 class Hello:
-    """The dialer's first message: which session and which party it is."""
+    """The first message each way on a link: which session and party, and the sender's view of the log.
+
+    The dialer sends it; the acceptor answers with its own (same session). ``log_size``
+    and ``log_head`` are the sender's verified transparency log (entry count, hash of the
+    last entry): the side whose log is at least as long checks that the other's head is
+    in its own history, so two nodes shown different CA-signed histories never link
+    (:func:`~pqmpc_node.crypto.transparency.require_same_history`).
+    """
 
     session_id: str
     party: int
+    log_size: int = 0
+    log_head: bytes = b""
 
     def encode(self) -> bytes:
-        return json.dumps({"session": self.session_id, "party": self.party}).encode()
+        return json.dumps({"session": self.session_id, "party": self.party, "logSize": self.log_size,
+                           "logHead": self.log_head.hex()}).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> Hello:
@@ -55,8 +65,11 @@ class Hello:
             raise ValueError("hello message too long")
         raw = json.loads(data)
         if not isinstance(raw, dict) or not isinstance(raw.get("session"), str) or not isinstance(raw.get("party"), int):
-            raise ValueError("hello must be {session: str, party: int}")
-        return cls(raw["session"], raw["party"])
+            raise ValueError("hello must be {session: str, party: int, logSize: int, logHead: hex}")
+        size, head = raw.get("logSize", 0), raw.get("logHead", "")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0 or not isinstance(head, str):
+            raise ValueError("hello logSize must be a non-negative integer and logHead hex")
+        return cls(raw["session"], raw["party"], size, bytes.fromhex(head))
 
 
 ABORT_TAG = "session/abort"
