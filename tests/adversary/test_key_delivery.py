@@ -59,6 +59,15 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def _with_fresh_kem_key(doc: dict[str, Any], signer: NodeIdentity, *, epoch: int) -> dict[str, Any]:
+    """``doc`` offering a fresh KEM key for banks-a-0 signed by ``signer`` instead of its logged ones."""
+    cert = KemKeyCertificate.issue(signer, node_id=NodeId("banks-a-0"), epoch=epoch,
+                                   keypair=KemKeyPair.from_seed(SUITE.envelope_kem, os.urandom(32)),
+                                   not_before=NOW, not_after=NOW + 24 * H)
+    doc["kemKeys"] = [{"epoch": epoch, "state": "current", "certificate": b64(cert.to_bytes())}]
+    return doc
+
+
 def test_the_genuine_nodes_document_verifies(world: Any) -> None:
     pki, a, _ = world
     keys = _verified_kem_key(a.keys_document(), "banks-a-0", pki, SUITE, now=NOW)
@@ -70,23 +79,13 @@ def test_an_impostor_with_its_own_kem_key_gets_nothing(world: Any) -> None:
     """It relays the node's public certificate but offers its own KEM key, signed by its own identity."""
     pki, a, _ = world
     impostor = NodeIdentity.generate(SUITE, os.urandom)
-    forged = KemKeyCertificate.issue(impostor, node_id=NodeId("banks-a-0"), epoch=1,
-                                     keypair=KemKeyPair.from_seed(SUITE.envelope_kem, os.urandom(32)),
-                                     not_before=NOW, not_after=NOW + 24 * H)
-    doc = a.keys_document()
-    doc["kemKeys"] = [{"epoch": 1, "state": "current", "certificate": b64(forged.to_bytes())}]
-    refused(doc, "banks-a-0", pki, "bad_signature")
+    refused(_with_fresh_kem_key(a.keys_document(), impostor, epoch=1), "banks-a-0", pki, "bad_signature")
 
 
 def test_a_key_certificate_missing_from_the_operators_log_is_refused(world: Any) -> None:
     """Validly signed by the node, but never logged: a key the pool cannot audit."""
     pki, a, _ = world
-    unlogged = KemKeyCertificate.issue(a.identity, node_id=NodeId("banks-a-0"), epoch=2,
-                                       keypair=KemKeyPair.from_seed(SUITE.envelope_kem, os.urandom(32)),
-                                       not_before=NOW, not_after=NOW + 24 * H)
-    doc = a.keys_document()
-    doc["kemKeys"] = [{"epoch": 2, "state": "current", "certificate": b64(unlogged.to_bytes())}]
-    refused(doc, "banks-a-0", pki, "not_in_log")
+    refused(_with_fresh_kem_key(a.keys_document(), a.identity, epoch=2), "banks-a-0", pki, "not_in_log")
 
 
 def test_another_nodes_genuine_document_at_this_ip_is_refused(world: Any) -> None:
