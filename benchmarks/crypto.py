@@ -2,7 +2,14 @@
 
 Run: .venv/bin/python benchmarks/crypto.py
 Keys: handshakes_per_s, handshake_vs_primitives_ratio, link_mib_per_s, link_vs_tcp_ratio,
-envelopes_sealed_per_s, envelopes_opened_per_s, backends.
+node_api (the node API's PQ-TLS handshake), envelopes_sealed_per_s, envelopes_opened_per_s, backends.
+
+``node_api``: what a client (CLI, operator) pays to reach a node API — a GET over a fresh
+PQ-TLS connection (TLS 1.3, X25519MLKEM768, server-authenticated ML-DSA-65, the client's
+node-certificate and log check) through the node's TLS front to its aiohttp app, against
+the same GET on a kept-alive connection; their difference is the handshake, compared
+with the public-key operations it performs (``NODE_API_PRIMITIVES``), measured in the
+same rounds.
 
 What the handshake figure measures (the issue's definition): one full peer-link
 handshake, both sides in this one thread — ``PeerLink.connect_stream`` and
@@ -27,10 +34,13 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -41,8 +51,10 @@ from pqmpc_node.crypto.pki import NodeId, NodeIdentity, PoolCA
 from pqmpc_node.crypto.suites import MLKemParameterSet, SignatureAlgorithm, SuiteName, get_suite
 from pqmpc_node.crypto.transparency import EntryKind, LogVerifier, TransparencyLog
 from pqmpc_node.net.counters import RefusalCounters
+from pqmpc_node.crypto.pki import verify_node_certificate
+from pqmpc_node.net.https import TlsFront, async_pq_transport
 from pqmpc_node.net.link import LinkConfig, PeerLink
-from pqmpc_node.net.tls import TlsIdentity
+from pqmpc_node.net.tls import TlsIdentity, server_context
 
 SUITE = get_suite(SuiteName.PQ_DEFAULT)
 MIB = 1 << 20
@@ -205,7 +217,79 @@ HANDSHAKE_PRIMITIVES = {
 }
 
 
-def primitive_seconds(seconds: float = 0.5) -> tuple[float, dict[str, float], float]:
+# The public-key operations of one node-API handshake (server-authenticated; both sides).
+NODE_API_PRIMITIVES = {
+    "x25519_keygen": (2, "client key share; server key share"),
+    "x25519_exchange": (2, "shared secret on each side"),
+    "ml_kem_768_keygen": (1, "client key share (X25519MLKEM768)"),
+    "ml_kem_768_encaps": (1, "server"),
+    "ml_kem_768_decaps": (1, "client"),
+    "ml_dsa_65_sign": (1, "server CertificateVerify"),
+    "ml_dsa_65_verify": (3, "client: CertificateVerify, CA signature (OpenSSL chain), CA signature again in "
+                            "verify_node_certificate (identity + log)"),
+}
+
+
+async def node_api(a: TlsIdentity, v: LogVerifier, rounds: int, per_round: int) -> dict[str, Any]:
+    """Fresh-connection vs kept-alive GETs through the node's TLS front, interleaved with the primitives."""
+    app = web.Application()
+
+    async def keys(_: web.Request) -> web.Response:
+        return web.json_response({"nodeId": "node-a"})
+
+    app.router.add_get("/v1/keys", keys)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = os.path.join(tempfile.mkdtemp(prefix="pqmpc-bench-"), "api.sock")
+    await web.UnixSite(runner, sock).start()
+    ctx = server_context(a)
+    front = TlsFront(lambda _sni: ctx, sock)
+    await front.start("127.0.0.1", 0)
+    url = f"https://127.0.0.1:{front.port}/v1/keys"
+
+    def check(cert: Any, _host: str) -> None:
+        verify_node_certificate(cert, ca_certificate=a.ca_certificate, suite=SUITE, now=now(), expected_node_ids=None,
+                                log=v)
+
+    fresh: list[float] = []
+    kept: list[float] = []
+    prims: list[float] = []
+    per_op: dict[str, float] = {}
+    try:
+        async with httpx.AsyncClient(transport=async_pq_transport(a.ca_certificate, SUITE, verify_peer=check)) as c:
+            await c.get(url)
+            for _ in range(rounds):
+                wall, per_op, _cpu = primitive_seconds(0.1, NODE_API_PRIMITIVES)
+                prims.append(wall)
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    r = await c.get(url, headers={"Connection": "close"})  # the next GET needs a new handshake
+                    fresh.append(time.perf_counter() - t0)
+                    r.raise_for_status()
+                await c.get(url)
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    (await c.get(url)).raise_for_status()
+                    kept.append(time.perf_counter() - t0)
+    finally:
+        await front.close()
+        await runner.cleanup()
+    handshake = statistics.median(fresh) - statistics.median(kept)
+    primitives = statistics.fmean(prims)
+    return {
+        "get_fresh_connection_median_ms": round(statistics.median(fresh) * 1000, 3),
+        "get_kept_alive_median_ms": round(statistics.median(kept) * 1000, 3),
+        "handshake_ms": round(handshake * 1000, 3),
+        "handshakes_per_s": round(1 / statistics.median(fresh), 1),
+        "primitives_ms": round(primitives * 1000, 3),
+        "primitives": {op: {"count": n, "what": what, "each_ms": round(per_op[op] * 1000, 4)}
+                       for op, (n, what) in NODE_API_PRIMITIVES.items()},
+        "handshake_vs_primitives_ratio": round(handshake / primitives, 2),
+        "measured": len(fresh),
+    }
+
+
+def primitive_seconds(seconds: float = 0.5, ops: dict[str, tuple[int, str]] | None = None) -> tuple[float, dict[str, float], float]:
     """Summed single-thread wall time of HANDSHAKE_PRIMITIVES (pyca backend), each op's wall time, summed CPU time."""
     b = available_backends()[0][0]
     pk, sk = b.kem_keypair(MLKemParameterSet.ML_KEM_768)
@@ -223,8 +307,9 @@ def primitive_seconds(seconds: float = 0.5) -> tuple[float, dict[str, float], fl
         "ml_dsa_65_verify": op_seconds(lambda: b.verify(SignatureAlgorithm.ML_DSA_65, vk, b"m" * 64, sig, b""), seconds),
     }
     per = {op: w for op, (w, _) in both.items()}
-    wall = sum(n * both[op][0] for op, (n, _) in HANDSHAKE_PRIMITIVES.items())
-    cpu = sum(n * both[op][1] for op, (n, _) in HANDSHAKE_PRIMITIVES.items())
+    counted = HANDSHAKE_PRIMITIVES if ops is None else ops
+    wall = sum(n * both[op][0] for op, (n, _) in counted.items())
+    cpu = sum(n * both[op][1] for op, (n, _) in counted.items())
     return wall, per, cpu
 
 
@@ -289,6 +374,9 @@ def main() -> None:
     h = net["handshakes"]
     times, prims = h["times"], h["primitives"]
     hs, prim = statistics.fmean(times), statistics.fmean(prims)
+    print("node API handshakes ...", file=sys.stderr)
+    api = asyncio.run(node_api(a, v, rounds=int(os.environ.get("BENCH_ROUNDS", "10")),
+                               per_round=int(os.environ.get("BENCH_HANDSHAKES_PER_ROUND", "20"))))
     print("envelopes ...", file=sys.stderr)
     sealed, opened = envelope_rates()
     print("backends ...", file=sys.stderr)
@@ -311,6 +399,7 @@ def main() -> None:
         "link_mib_per_s": round(net["link_mib_per_s"], 1),
         "tcp_mib_per_s": round(net["tcp_mib_per_s"], 1),
         "link_vs_tcp_ratio": round(net["link_mib_per_s"] / net["tcp_mib_per_s"], 3),
+        "node_api": api,
         "envelopes_sealed_per_s": round(sealed, 1),
         "envelopes_opened_per_s": round(opened, 1),
         "envelope_plaintext_bytes": 1024,

@@ -382,11 +382,14 @@ class Demo:
         assert self.plane is not None and self.agent is not None
         self.helm = helm_binary()
         # The operator binds 0.0.0.0 on this shared machine: free ports avoid clashes.
-        self.ports = {"liveness": free_port(), "metrics": free_port()}
+        self.ports = {"liveness": free_port(), "metrics": free_port(), "bootstrap": free_port()}
         _run([self.helm, "install", RELEASE, str(CHART), "--kubeconfig", str(self.plane.kubeconfig),
               "--namespace", SYSTEM_NS, "--create-namespace",
               "--set", f"operator.livenessPort={self.ports['liveness']}",
               "--set", f"operator.metricsPort={self.ports['metrics']}",
+              # No cluster DNS here: node processes dial the operator's bootstrap port on this host.
+              "--set", f"operator.bootstrapPort={self.ports['bootstrap']}",
+              "--set", f"operator.bootstrapUrl=https://127.0.0.1:{self.ports['bootstrap']}",
               "--set", "operator.resyncSeconds=5",
               "--set", "operator.livenessProbe.initialDelaySeconds=2",
               "--set", "operator.livenessProbe.periodSeconds=5"], "helm install")
@@ -457,7 +460,7 @@ class Demo:
                  "static_configs": [{"targets": [f"{op['ip']}:{op['metricsPort']}"],
                                      "labels": {"namespace": SYSTEM_NS, "pod": op["pod"]}}]},
                 {"job_name": "pqmpc-nodes",
-                 "static_configs": [{"targets": [f"{p['status']['podIP']}:8443"],
+                 "static_configs": [{"targets": [f"{p['status']['podIP']}:9100"],  # plain-HTTP metrics port
                                      "labels": {"namespace": NS, "pod": p["metadata"]["name"]}} for p in pods]},
             ],
         }

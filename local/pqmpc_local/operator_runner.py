@@ -34,11 +34,13 @@ OPERATOR_SA = "pqmpc-operator"
 
 @dataclass
 class OperatorProcess:
-    """A running operator, its health port and its metrics port."""
+    """A running operator, its health, metrics and node-bootstrap ports."""
 
     process: ManagedProcess
     liveness_port: int
     metrics_port: int
+    bootstrap_port: int = 0
+    """The node-bootstrap port (PQ-TLS) on 127.0.0.1."""
 
     def healthy(self) -> bool:
         """True when kopf's liveness endpoint answers 200."""
@@ -130,12 +132,16 @@ def start_operator(
     install_crds(plane.kubeconfig)
     install_operator_rbac(plane.kubeconfig, namespace)
     kubeconfig = plane.kubeconfig_for_service_account(namespace, OPERATOR_SA, path=workdir / "operator.kubeconfig")
-    live, metrics = free_port(), free_port()
+    live, metrics, bootstrap = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
         "PQMPC_LIVENESS_PORT": str(live),
         "PQMPC_METRICS_PORT": str(metrics),
+        # Node processes run on this host: they reach the operator's bootstrap port directly.
+        "PQMPC_BOOTSTRAP_HOST": "127.0.0.1",
+        "PQMPC_BOOTSTRAP_PORT": str(bootstrap),
+        "PQMPC_BOOTSTRAP_URL": f"https://127.0.0.1:{bootstrap}",
         "PQMPC_RESYNC_SECONDS": str(resync_seconds),
         **(extra_env or {}),
     }
@@ -144,7 +150,7 @@ def start_operator(
     proc = ManagedProcess(
         "operator", [sys.executable, "-m", "pqmpc_operator", *args], log_path=workdir / "operator.log", env=env, cwd=REPO
     )
-    op = OperatorProcess(proc, live, metrics)
+    op = OperatorProcess(proc, live, metrics, bootstrap)
     deadline = time.monotonic() + wait
     while not op.healthy():
         if proc.poll() is not None:

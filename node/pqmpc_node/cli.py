@@ -3,8 +3,8 @@
 Commands::
 
     pqmpc identity new NAME --out NAME.identity.json [--suite pq-default|pq-high]
-    pqmpc keys fetch --node URL [--out keys.json]
-    pqmpc keys verify --node URL --ca ca.pem [--node-id ID]
+    pqmpc keys fetch --node https://IP:8443 --ca ca.pem [--out keys.json]
+    pqmpc keys verify --node https://IP:8443 --ca ca.pem [--node-id ID]
     pqmpc submit --session ID --identity FILE --node URL --ca ca.pem --plan-signer FILE data.csv|model.json
     pqmpc result --session ID --identity FILE --node URL --ca ca.pem --plan-signer FILE [--json]
 
@@ -26,9 +26,18 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from pqmpc_node.client import ClientError, Identity, NodeClient, SessionClient, fetch_verified_keys, read_csv
+from pqmpc_node.client import (
+    ClientError,
+    Identity,
+    NodeClient,
+    SessionClient,
+    fetch_verified_keys,
+    node_http_client,
+    read_csv,
+)
 from pqmpc_node.config import ConfigError, Trust, load_trust
-from pqmpc_node.crypto.suites import MLDSAPublicKey, SuiteName, get_suite, signature_algorithm_of
+from pqmpc_node.crypto.pki import CertificateError, suite_of_ca
+from pqmpc_node.crypto.suites import MLDSAPublicKey, SuiteName, get_suite
 from pqmpc_node.plan import PlanParty
 
 __all__ = ["app", "main"]
@@ -50,13 +59,9 @@ def _fail(message: str) -> typer.Exit:
 def _suite_of(ca_cert: x509.Certificate) -> SuiteName:
     """The suite whose signature algorithm the pool CA uses (pq-default: ML-DSA-65, pq-high: ML-DSA-87)."""
     try:
-        algorithm = signature_algorithm_of(ca_cert.public_key())  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise _fail(f"the pool CA certificate does not hold an ML-DSA key: {exc}") from None
-    for name in SuiteName:
-        if get_suite(name).signature is algorithm:
-            return name
-    raise _fail(f"no suite uses the CA's {algorithm.label}")
+        return suite_of_ca(ca_cert).name
+    except CertificateError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _trust(ca: Path, plan_signer: Path | None) -> tuple[x509.Certificate, MLDSAPublicKey | None]:
@@ -104,10 +109,14 @@ def identity_new(name: str, out_file: Annotated[Path | None, typer.Option("--out
 
 
 @keys_app.command("fetch")
-def keys_fetch(node: Node, out_file: Annotated[Path | None, typer.Option("--out")] = None) -> None:
-    """Download a node's key document (certificate, KEM keys, transparency log)."""
+def keys_fetch(node: Node, ca: Ca, out_file: Annotated[Path | None, typer.Option("--out")] = None) -> None:
+    """Download a node's key document (certificate, KEM keys, transparency log) over PQ-TLS."""
+    ca_cert, _ = _trust(ca, None)
     try:
-        r = httpx.get(node.rstrip("/") + "/v1/keys", timeout=30)
+        with node_http_client(ca_cert) as http:
+            r = http.get(node.rstrip("/") + "/v1/keys")
+    except ClientError as exc:
+        raise _fail(str(exc)) from None
     except httpx.HTTPError as exc:
         raise _fail(f"{node}: {exc}") from None
     if r.status_code != 200:
@@ -123,7 +132,7 @@ def keys_verify(node: Node, ca: Ca, node_id: Annotated[str | None, typer.Option(
     """Verify CA → node certificate → KEM key certificate → transparency log."""
     ca_cert, _ = _trust(ca, None)
     try:
-        with httpx.Client(timeout=30) as http:
+        with node_http_client(ca_cert) as http:
             doc = http.get(node.rstrip("/") + "/v1/keys").json()
             nid = node_id or doc["nodeId"]
             party = PlanParty(0, nid, "-", "", 1, 1, doc["certFingerprint"], 1)

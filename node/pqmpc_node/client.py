@@ -47,10 +47,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from pqmpc_node.crypto.envelopes import EnvelopeError, EnvelopeHeader, ReplayGuard, key_fingerprint, open_envelope, seal_envelope
 from pqmpc_node.crypto.kemkeys import KemKeyPair, UnknownEpochError, VerifiedKemKey, verify_keys_document
-from pqmpc_node.crypto.pki import CertificateError, NodeId
+from pqmpc_node.crypto.pki import CertificateError, NodeId, suite_of_ca, verify_node_certificate
 from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, Suite, SuiteName, get_suite
 from pqmpc_node.crypto.transparency import LogForkError, LogVerifier, require_same_history
 from pqmpc_node.keystore import CertificationError, LogBundle
+from pqmpc_node.net.https import peer_certificate, pq_transport
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.domain import Domain
 from pqmpc_node.mpc.numerics import decode_fractions, exact_text
@@ -67,6 +68,7 @@ __all__ = [
     "NodeClient",
     "SessionClient",
     "fetch_verified_keys",
+    "node_http_client",
     "read_csv",
 ]
 
@@ -158,6 +160,38 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def node_http_client(
+    ca_certificate: x509.Certificate,
+    *,
+    expected_at: Callable[[str], str | None] = lambda _host: None,
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    timeout: httpx.Timeout = httpx.Timeout(30.0, connect=5.0),
+) -> httpx.Client:
+    """An HTTP client for node APIs: PQ-TLS only, the server must hold a node certificate of the pool CA.
+
+    ``expected_at(host)`` names the node that must answer at ``host`` once the caller
+    knows it (from the signed plan); until then any node of the pool passes the
+    handshake, and :func:`fetch_verified_keys` binds the certificate to the keys document.
+    """
+    try:
+        suite = suite_of_ca(ca_certificate)
+    except CertificateError as exc:
+        raise ClientError(str(exc), exc.reason) from None
+
+    def check(cert: x509.Certificate, host: str) -> None:
+        node = expected_at(host)
+        verify_node_certificate(cert, ca_certificate=ca_certificate, suite=suite, now=clock(),
+                                expected_node_ids=None if node is None else {NodeId(node)}, log=None)
+
+    return httpx.Client(transport=pq_transport(ca_certificate, suite, verify_peer=check), timeout=timeout)
+
+
+def _require_https(url: str) -> None:
+    if not url.startswith("https://"):
+        raise ClientError(f"{url}: node URLs are https:// (the node API speaks post-quantum TLS only; metrics and "
+                          "probes are on the separate metrics port)", "bad_url")
+
+
 class NodeClient:
     """HTTP calls to one node's API (timeouts on; errors become :class:`ClientError`)."""
 
@@ -181,10 +215,17 @@ class NodeClient:
             return ClientError(f"{r.request.url}: HTTP {r.status_code}", f"http_{r.status_code}")
 
     def get_json(self, path: str) -> Any:
+        return self.get_json_with_peer(path)[0]
+
+    def get_json_with_peer(self, path: str) -> tuple[Any, x509.Certificate | None]:
+        """The JSON answer and the TLS certificate the server presented (None without PQ-TLS)."""
         r = self._call("GET", path)
         if r.status_code != 200:
             raise self._error(r)
-        return r.json()
+        try:
+            return r.json(), peer_certificate(r)
+        except ValueError:
+            raise ClientError(f"{r.request.url}: the answer is not JSON", "malformed") from None
 
     def get_bytes(self, path: str, params: Mapping[str, str] | None = None) -> bytes:
         r = self._call("GET", path, params=params)
@@ -256,8 +297,12 @@ def _config_dir() -> Path:
 def fetch_verified_keys(
     client: NodeClient, party: PlanParty, *, ca_certificate: x509.Certificate, suite: Suite, now: dt.datetime
 ) -> _Party:
-    """``GET /v1/keys`` of one node, verified: CA → certificate (the plan's fingerprint) → KEM key → log."""
-    doc = client.get_json("/v1/keys")
+    """``GET /v1/keys`` of one node, verified: CA → certificate (the plan's fingerprint) → KEM key → log.
+
+    Over PQ-TLS the certificate the node presented in the handshake must be the one its
+    keys document names: whoever answers at the address is the node the plan names.
+    """
+    doc, tls_cert = client.get_json_with_peer("/v1/keys")
     try:
         bundle = LogBundle.from_json(doc["log"])
         verifier = LogVerifier(ca_certificate.public_key())  # type: ignore[arg-type]
@@ -269,6 +314,9 @@ def fetch_verified_keys(
     except (KeyError, TypeError, ValueError) as exc:
         raise ClientError(f"keys document of node {party.node_id} is malformed: {exc}", "bad_keys") from None
     kem, node = keys.kem, keys.node
+    if tls_cert is not None and tls_cert.public_bytes(Encoding.DER) != node.certificate.public_bytes(Encoding.DER):
+        raise ClientError(f"the server at {client.base_url} holds another certificate than node {party.node_id}'s keys "
+                          "document names; refusing it", "wrong_identity")
     chain = tuple(e.entry_hash for e in bundle.entries)
     return _Party(party, client, kem, node.public_key, chain)
 
@@ -294,11 +342,14 @@ class SessionClient:
                               "the plan-signer.pub of the pool's <pool>-trust ConfigMap); only for experiments, "
                               "--insecure-skip-plan-verification skips it", "plan_signer_required")
         self._own_http = http is None
-        self.http = http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
+        self._expected_at: dict[str, str] = {}
+        if http is None:
+            _require_https(node_url)
+        self.http = http or node_http_client(ca_certificate, expected_at=self._expected_at.get, clock=clock)
         self.session_id = session_id
         self.ca = ca_certificate
         self.clock = clock
-        self.url_of = url_of or (lambda p: f"http://{p.address}:{p.api_port}")
+        self.url_of = url_of or (lambda p: f"https://{p.address}:{p.api_port}")
         self.history = LogHistory(ca_certificate, history_dir)
         entry = NodeClient(node_url, http=self.http)
         try:
@@ -314,6 +365,8 @@ class SessionClient:
         except PlanError as exc:
             self.close()
             raise ClientError(f"the session plan is not acceptable: {exc}", exc.reason) from None
+        # From here on, the node at each party's address must be that party.
+        self._expected_at.update({p.address: p.node_id for p in self.plan.parties})
         try:
             self._bind_plan(node_url)
         except ClientError:

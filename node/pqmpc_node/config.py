@@ -53,6 +53,9 @@ class NodeConfig:
     peer_port: int
     dns_name: str
     state_dir: str
+    metrics_port: int = 9100
+    bootstrap_url: str = ""
+    bootstrap_token_path: str = "/var/run/secrets/pqmpc.io/bootstrap/token"
     trust_dir: str = "/etc/pqmpc/trust"
     ca_pem: str = field(default="", repr=False)
     plan_signer_pub: str = field(default="", repr=False)
@@ -109,6 +112,17 @@ def _port(env: Mapping[str, str], key: str, default: int) -> int:
     return value
 
 
+def _bootstrap_url(env: Mapping[str, str]) -> str:
+    raw = env.get("PQMPC_BOOTSTRAP_URL", "").strip().rstrip("/")
+    if not raw:
+        raise ConfigError("PQMPC_BOOTSTRAP_URL not set: the node pushes its CSR to the operator there "
+                          "(https://<operator service>:<bootstrap port>); the operator's pod template sets it")
+    if not raw.startswith("https://"):
+        raise ConfigError(f"PQMPC_BOOTSTRAP_URL={raw!r} must be an https:// URL: the CSR and the attestation "
+                          "token travel only over post-quantum TLS to the operator")
+    return raw
+
+
 def config_from_env(env: Mapping[str, str] | None = None) -> NodeConfig:
     """Build the node's configuration from ``PQMPC_*`` variables."""
     env = os.environ if env is None else env
@@ -145,6 +159,9 @@ def config_from_env(env: Mapping[str, str] | None = None) -> NodeConfig:
         api_port=_port(env, "PQMPC_API_PORT", 8443),
         peer_port=_port(env, "PQMPC_PEER_PORT", 9443),
         dns_name=env.get("PQMPC_DNS_NAME", ""),
+        metrics_port=_port(env, "PQMPC_METRICS_PORT", 9100),
+        bootstrap_url=_bootstrap_url(env),
+        bootstrap_token_path=env.get("PQMPC_BOOTSTRAP_TOKEN") or NodeConfig.bootstrap_token_path,
         state_dir=env.get("PQMPC_STATE_DIR", "/var/lib/pqmpc"),
         trust_dir=env.get("PQMPC_TRUST_DIR", "/etc/pqmpc/trust"),
         ca_pem=env.get("PQMPC_CA_PEM", ""),

@@ -37,7 +37,8 @@ class _RefusalCollector(Collector):
         family = CounterMetricFamily(
             "pqmpc_node_handshake_failures",
             "Peer-link handshakes and frames refused, by reason (wrong_ca, wrong_identity, no_shared_group, ...) "
-            "and refused peer node (\"\" when not known).",
+            "and refused peer node (\"\" when not known); node-API handshakes refused count as api_<reason> "
+            "(e.g. api_no_shared_group: a classical-only client).",
             labels=["reason", "peer"],
         )
         for (reason, peer), count in sorted(self._snapshot().items()):

@@ -1,13 +1,20 @@
 """The node's HTTP API (aiohttp) and the process runtime behind it.
 
-Endpoints (docs/node.md has bodies and answers):
+Two listeners (docs/node.md has bodies and answers):
+
+- the **API** on ``PQMPC_API_PORT``: post-quantum TLS only (TLS 1.3, the suite's hybrid
+  group, the node's ML-DSA certificate; :class:`~pqmpc_node.net.https.TlsFront` pipes
+  the plaintext to this app on a private Unix socket). Before the node is certified
+  the port refuses every handshake: the node has nothing to serve until the operator
+  has certified it (it pushes its CSR there itself, :mod:`pqmpc_node.bootstrap`).
+- **metrics and probes** on ``PQMPC_METRICS_PORT``, plain HTTP: Prometheus and kubelets
+  speak neither ML-DSA nor a PQ-only group, and these answers carry no secret.
+
+API routes:
 
 =======  ==============================  =================================================
-GET      /healthz                        200 while the process is healthy
-GET      /readyz                         200 once certified, else 503 with a JSON reason
-GET      /metrics                        Prometheus text
-GET      /v1/csr                         CSR and KEM key certificates (operator pulls)
-POST     /v1/certificate                 certificate + transparency log (operator pushes)
+GET      /v1/csr                         CSR and KEM key certificates (operator: KEM sync, renewal)
+POST     /v1/certificate                 a renewed certificate + transparency log (operator)
 POST     /v1/log                         a longer transparency log (operator pushes)
 GET      /v1/keys                        certificate, CA, logged KEM keys, log (clients)
 POST     /v1/sessions                    signed session plan (operator)
@@ -19,8 +26,12 @@ GET      /v1/sessions/{id}/outputs       ?recipient=NAME: sealed result shares
 POST     /v1/sessions/{id}/cancel        stop the session (operator; plan-signed, see plan.sign_cancel)
 =======  ==============================  =================================================
 
+Metrics routes: ``GET /healthz`` (200 while the process is healthy), ``GET /readyz``
+(200 once certified, else 503 with a JSON reason), ``GET /metrics`` (Prometheus text).
+
 :class:`NodeRuntime` holds the keys, sessions and metrics of the process; :func:`build_app`
-wires the routes. Private keys stay in memory; nothing secret is ever in a response.
+and :func:`build_metrics_app` wire the routes. Private keys stay in memory; nothing
+secret is ever in a response.
 """
 
 from __future__ import annotations
@@ -36,19 +47,22 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from OpenSSL import SSL
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from pqmpc_node.api_errors import ApiError, error_middleware, read_body, read_json
+from pqmpc_node.bootstrap import bootstrap_until_certified
 from pqmpc_node.config import NodeConfig, Trust
 from pqmpc_node.crypto.pki import NodeId, Rng
 from pqmpc_node.crypto.suites import get_suite
 from pqmpc_node.keystore import LogBundle, NodeKeys
 from pqmpc_node.metrics import NodeMetrics
 from pqmpc_node.net.counters import RefusalCounters
+from pqmpc_node.net.tls import TlsIdentity, server_context
 from pqmpc_node.sessions import SessionManager, SessionSettings
 
-__all__ = ["NodeRuntime", "build_app", "wall_clock"]
+__all__ = ["NodeRuntime", "build_app", "build_metrics_app", "wall_clock"]
 
 log = logging.getLogger("pqmpc_node")
 _LOG_LIMIT = 16 << 20
@@ -96,7 +110,29 @@ class NodeRuntime:
                                      backend=config.backend),
         )
         self._rotation: asyncio.Task[None] | None = None
+        self._bootstrap: asyncio.Task[None] | None = None
+        self._api_context: tuple[str, SSL.Context] | None = None
         self._update_key_metrics()
+
+    def api_context(self, server_name: str | None) -> SSL.Context | None:
+        """The API's TLS context (any SNI): the node's current certificate, or None before certification."""
+        if not self.keys.certified:
+            return None
+        cert = self.keys.certificate
+        if self._api_context is None or self._api_context[0] != cert.fingerprint:
+            tls = TlsIdentity(self.keys.identity, cert.certificate, self.keys.ca_certificate)
+            self._api_context = (cert.fingerprint, server_context(tls))
+        return self._api_context[1]
+
+    def api_refused(self, reason: str) -> None:
+        """Count a refused API handshake (``api_<reason>``, e.g. a classical-only client)."""
+        self.counters.count(f"api_{reason}")
+
+    async def _bootstrap_then_report(self) -> None:
+        await bootstrap_until_certified(
+            self.keys, url=self.config.bootstrap_url, namespace=self.config.namespace, pool=self.config.pool,
+            token_path=self.config.bootstrap_token_path, clock=self.clock)
+        self.metrics.certified.set(1)
 
     def _update_key_metrics(self) -> None:
         self.metrics.kem_epoch.set(self.keys.current_epoch())
@@ -114,11 +150,14 @@ class NodeRuntime:
         """Start the peer listener and the KEM rotation loop."""
         await self.sessions.start_listener(self.config.listen_host, self.config.peer_port)
         self._rotation = asyncio.get_running_loop().create_task(self._rotate_forever())
+        if not self.keys.certified:
+            self._bootstrap = asyncio.get_running_loop().create_task(self._bootstrap_then_report())
 
     async def stop(self) -> None:
         """Stop background work."""
-        if self._rotation is not None:
-            self._rotation.cancel()
+        for task in (self._rotation, self._bootstrap):
+            if task is not None:
+                task.cancel()
         await self.sessions.close()
 
 
@@ -137,9 +176,9 @@ def _object(raw: Any) -> dict[str, Any]:
     return raw
 
 
-def build_app(node: NodeRuntime) -> web.Application:
-    """The node's aiohttp application (see the module docstring for the routes)."""
-    keys, sessions, config = node.keys, node.sessions, node.config
+def build_metrics_app(node: NodeRuntime) -> web.Application:
+    """Probes and Prometheus metrics: plain HTTP on their own port, nothing secret."""
+    keys, config = node.keys, node.config
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -148,13 +187,25 @@ def build_app(node: NodeRuntime) -> web.Application:
         if not keys.certified:
             return web.json_response(
                 {"status": "not_ready", "reason": "awaiting_certificate",
-                 "message": "the operator has not answered this node's CSR yet (GET /v1/csr, POST /v1/certificate)"},
+                 "message": "the operator has not certified this node yet (it pushes its CSR with its attestation "
+                            f"token to {config.bootstrap_url}; see the node's log)"},
                 status=503)
         return web.json_response({"status": "ready", "node": config.node_id, "kemEpoch": keys.current_epoch()})
 
     async def metrics(_: web.Request) -> web.Response:
         node._update_key_metrics()
         return web.Response(body=generate_latest(node.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def build_app(node: NodeRuntime) -> web.Application:
+    """The node's API application, served behind PQ-TLS (see the module docstring for the routes)."""
+    keys, sessions, config = node.keys, node.sessions, node.config
 
     async def get_csr(_: web.Request) -> web.Response:
         return web.json_response(keys.csr_document())
@@ -227,9 +278,6 @@ def build_app(node: NodeRuntime) -> web.Application:
 
     app = web.Application(client_max_size=max(config.max_input_bytes, _PREPROCESSING_LIMIT) + (1 << 16),
                           middlewares=[error_middleware])
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/csr", get_csr)
     app.router.add_post("/v1/certificate", post_certificate)
     app.router.add_post("/v1/log", post_log)

@@ -10,6 +10,7 @@ import sys
 import kopf
 from prometheus_client import start_http_server
 
+from pqmpc_operator.certification import CertificationState, pod_directory
 from pqmpc_operator.handlers import OperatorContext, register
 from pqmpc_operator.kube import KubeApi, load_api_client
 from pqmpc_operator.metrics import OperatorMetrics
@@ -39,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics = OperatorMetrics()
     start_http_server(settings.metrics_port, registry=metrics.registry)
+    certification: dict[tuple[str, str], CertificationState] = {}
     ctx = OperatorContext(
-        api=KubeApi(load_api_client()), settings=settings, metrics=metrics, nodes=NodeClient(settings.api_port)
+        api=KubeApi(load_api_client()), settings=settings, metrics=metrics,
+        nodes=NodeClient(settings.api_port, pod_directory(certification)), certification=certification,
     )
     registry = kopf.OperatorRegistry()
     register(registry)

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from pqmpc_node.crypto.pki import BOOTSTRAP_AUDIENCE
 from pqmpc_operator.model import API_GROUP, API_VERSION, GroupSpec, NodePoolSpec
 from pqmpc_operator.settings import OperatorSettings
 
@@ -52,6 +53,8 @@ MANAGED_BY = "pqmpc-operator"
 GPU_RESOURCE = "nvidia.com/gpu"
 STATE_DIR = "/var/lib/pqmpc"
 TRUST_DIR = "/etc/pqmpc/trust"
+BOOTSTRAP_TOKEN_DIR = "/var/run/secrets/pqmpc.io/bootstrap"
+BOOTSTRAP_TOKEN_SECONDS = 600
 
 
 def trust_configmap_name(pool: str) -> str:
@@ -145,6 +148,10 @@ def _pod_spec(pool: NodePoolSpec, group: GroupSpec, name: str, settings: Operato
         {"name": "PQMPC_SUITE", "value": pool.suite.value},
         {"name": "PQMPC_API_PORT", "value": str(settings.api_port)},
         {"name": "PQMPC_PEER_PORT", "value": str(settings.peer_port)},
+        {"name": "PQMPC_METRICS_PORT", "value": str(settings.node_metrics_port)},
+        # Workload-attested bootstrap: the node pushes its CSR with the bound token here.
+        {"name": "PQMPC_BOOTSTRAP_URL", "value": settings.bootstrap_url},
+        {"name": "PQMPC_BOOTSTRAP_TOKEN", "value": f"{BOOTSTRAP_TOKEN_DIR}/token"},
         {
             "name": "PQMPC_DNS_NAME",
             "value": f"{name}.{headless_service_name(pool.name)}.{pool.namespace}.svc",
@@ -156,9 +163,10 @@ def _pod_spec(pool: NodePoolSpec, group: GroupSpec, name: str, settings: Operato
         {"name": "PQMPC_KEM_RENEW_BEFORE", "value": f"{int(pool.rotation.renew_before_s)}s"},
         {"name": "PQMPC_KEM_GRACE_PERIOD", "value": f"{int(pool.rotation.grace_period_s)}s"},
     ]
-    probe = {"httpGet": {"path": "/readyz", "port": "api"}, "periodSeconds": 2, "failureThreshold": 3}
+    # Probes use the plain-HTTP metrics port: the API port speaks PQ-TLS only.
+    probe = {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 2, "failureThreshold": 3}
     liveness = {
-        "httpGet": {"path": "/healthz", "port": "api"},
+        "httpGet": {"path": "/healthz", "port": "metrics"},
         "periodSeconds": 10,
         "failureThreshold": 3,
         "initialDelaySeconds": 5,
@@ -195,6 +203,7 @@ def _pod_spec(pool: NodePoolSpec, group: GroupSpec, name: str, settings: Operato
                 "ports": [
                     {"name": "api", "containerPort": settings.api_port, "protocol": "TCP"},
                     {"name": "peer", "containerPort": settings.peer_port, "protocol": "TCP"},
+                    {"name": "metrics", "containerPort": settings.node_metrics_port, "protocol": "TCP"},
                 ],
                 "readinessProbe": probe,
                 "livenessProbe": liveness,
@@ -207,6 +216,7 @@ def _pod_spec(pool: NodePoolSpec, group: GroupSpec, name: str, settings: Operato
                 "volumeMounts": [
                     {"name": "state", "mountPath": STATE_DIR},
                     {"name": "trust", "mountPath": TRUST_DIR, "readOnly": True},
+                    {"name": "bootstrap-token", "mountPath": BOOTSTRAP_TOKEN_DIR, "readOnly": True},
                 ],
             }
         ],
@@ -215,6 +225,11 @@ def _pod_spec(pool: NodePoolSpec, group: GroupSpec, name: str, settings: Operato
             {"name": "state", "emptyDir": {}},
             # Public trust anchors: the pool CA certificate and the plan signer's key.
             {"name": "trust", "configMap": {"name": trust_configmap_name(pool.name)}},
+            # A short-lived token bound to this pod and to the bootstrap audience only (the
+            # kubelet rotates it); the node sends it to the operator with its CSR and to no
+            # one else. The ServiceAccount has no API rights; its API token is not mounted.
+            {"name": "bootstrap-token", "projected": {"sources": [{"serviceAccountToken": {
+                "audience": BOOTSTRAP_AUDIENCE, "expirationSeconds": BOOTSTRAP_TOKEN_SECONDS, "path": "token"}}]}},
         ],
     }
     if group.node_selector:
@@ -263,6 +278,7 @@ def build_headless_service(pool: NodePoolSpec, settings: OperatorSettings) -> di
             "ports": [
                 {"name": "api", "port": settings.api_port, "targetPort": "api", "protocol": "TCP"},
                 {"name": "peer", "port": settings.peer_port, "targetPort": "peer", "protocol": "TCP"},
+                {"name": "metrics", "port": settings.node_metrics_port, "targetPort": "metrics", "protocol": "TCP"},
             ],
         },
     }
@@ -325,6 +341,9 @@ def build_network_policy(pool: NodePoolSpec, settings: OperatorSettings) -> dict
             "ports": [{"protocol": "TCP", "port": settings.api_port}],
         },
     ]
+    # Metrics and probes: plain HTTP, nothing secret (Prometheus and kubelets cannot speak PQ-TLS).
+    ingress.append({"from": [{"namespaceSelector": {}}],
+                    "ports": [{"protocol": "TCP", "port": settings.node_metrics_port}]})
     if pool.client_cidrs:
         ingress.append(
             {

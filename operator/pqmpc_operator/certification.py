@@ -1,36 +1,45 @@
 """Reconcile steps for the pool's trust root and node certification (I/O shell).
 
 ``ensure_pki`` loads the pool's CA, plan signer and log from their Secret and ConfigMap
-(making them on first use); ``certify_pods`` certifies node pods that run but are not
-certified yet. The decisions and the cryptography are in :mod:`pqmpc_operator.pool_pki`.
+(making them on first use) and gives the operator its bootstrap certificate for the pool;
+``certify_attested`` issues a node's first certificate once the bootstrap server has
+attested the pod (:mod:`pqmpc_operator.attestation`); ``certify_pods`` logs rotated KEM
+keys, renews certificates that are due and pushes the grown log — all over PQ-TLS to
+nodes that already hold a certificate. Nothing is ever certified because of what answers
+at a pod IP. The decisions and the cryptography are in :mod:`pqmpc_operator.pool_pki`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pqmpc_node.crypto.pki import CertificateError
+from pqmpc_node.crypto.pki import CertificateError, NodeId, NodeIdentity, bootstrap_server_name
 from pqmpc_node.crypto.suites import get_suite
 from pqmpc_node.keystore import LogBundle
+from pqmpc_node.net.tls import TlsIdentity
 from pqmpc_operator import builders, pool_pki
 from pqmpc_operator.kube import KubeApi
 from pqmpc_operator.model import NodePoolSpec
-from pqmpc_operator.nodeclient import NodeCallError, NodeClient
+from pqmpc_operator.nodeclient import NodeCallError, NodeClient, PoolTrust
 from pqmpc_operator.rollout import is_pod_ready, is_terminating
 
-__all__ = ["CertificationState", "certify_pods", "ensure_pki"]
+__all__ = ["CertificationState", "certify_attested", "certify_pods", "ensure_pki", "pod_directory"]
 
 _log = logging.getLogger(__name__)
 RETRY_SECONDS = 1.0
 # How often a certified node is asked for KEM keys it rotated in since.
 KEM_SYNC_SECONDS = 5.0
+# The operator's bootstrap certificate (key in memory only) and when it is re-issued.
+OPERATOR_CERT_LIFETIME = dt.timedelta(days=30)
+OPERATOR_CERT_RENEW_BEFORE = dt.timedelta(days=1)
 
 
 @dataclass
@@ -38,19 +47,60 @@ class CertificationState:
     """Per-pool memory of the operator: the loaded PKI and what each node was given."""
 
     pki: pool_pki.PoolPKI | None = None
+    pool: NodePoolSpec | None = None
+    """The pool's spec as the last reconcile pass parsed it (the bootstrap server reads it)."""
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_attempt: dict[str, float] = field(default_factory=dict)
     last_sync: dict[str, float] = field(default_factory=dict)
     grace_s: float = 3600.0  # the pool's KEM grace period, refreshed on each pass
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held while the log grows (bootstrap server and reconcile pass alike)."""
+    operator_tls: TlsIdentity | None = None
+    """The operator's own bootstrap certificate for this pool (its key never leaves this process)."""
+    pods_by_ip: dict[str, str] = field(default_factory=dict)
+    """Pod IP → pod name as the API server last reported them (checked against node certificates)."""
+    pushed_log_size: int = 0
+
+    def trust_for(self, ip: str) -> PoolTrust | None:
+        """What the node at ``ip`` must present over TLS (None: no pod of this pool there)."""
+        name = self.pods_by_ip.get(ip)
+        if name is None or self.pki is None:
+            return None
+        pki = self.pki
+        return PoolTrust(pki.ca.certificate, pki.ca.suite, lambda: pool_pki.own_log_verifier(pki, now=_utcnow()), name)
+
+
+def pod_directory(states: Mapping[tuple[str, str], CertificationState]) -> Callable[[str], PoolTrust | None]:
+    """Pod IP → pool trust across every pool the operator runs (the :class:`NodeClient`'s directory)."""
+    def lookup(ip: str) -> PoolTrust | None:
+        for state in list(states.values()):
+            trust = state.trust_for(ip)
+            if trust is not None:
+                return trust
+        return None
+    return lookup
 
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def _ensure_operator_tls(pool: NodePoolSpec, state: CertificationState) -> None:
+    pki = state.pki
+    now = _utcnow()
+    if pki is None or (state.operator_tls is not None and
+                       state.operator_tls.certificate.not_valid_after_utc - now > OPERATOR_CERT_RENEW_BEFORE):
+        return
+    identity = NodeIdentity.generate(pki.ca.suite, os.urandom)
+    cert = pki.ca.issue_operator(identity.public_key, server_name=bootstrap_server_name(pool.name, pool.namespace),
+                                 now=now - pool_pki.CLOCK_SKEW, lifetime=OPERATOR_CERT_LIFETIME, rng=os.urandom)
+    state.operator_tls = TlsIdentity(identity, cert, pki.ca.certificate)
+
+
 async def ensure_pki(api: KubeApi, pool: NodePoolSpec, state: CertificationState) -> pool_pki.PoolPKI:
-    """The pool's PKI, loaded from (or created into) its Secret and keylog ConfigMap."""
+    """The pool's PKI, loaded from (or created into) its Secret and keylog ConfigMap, and the bootstrap certificate."""
     if state.pki is not None:
+        _ensure_operator_tls(pool, state)
         return state.pki
     suite = get_suite(pool.suite.value)
     secret_name = pool_pki.pki_secret_name(pool.name)
@@ -67,17 +117,13 @@ async def ensure_pki(api: KubeApi, pool: NodePoolSpec, state: CertificationState
     logged = await api.read_configmap_data(pool.namespace, pool_pki.keylog_name(pool.name)) or {}
     entries = [line for line in logged.get("entries", "").splitlines() if line]
     state.pki = pool_pki.pki_from_secret(data, suite, entries)
+    state.pushed_log_size = 0
+    _ensure_operator_tls(pool, state)
     return state.pki
 
 
 def _bundle(pki: pool_pki.PoolPKI) -> dict[str, Any]:
     return LogBundle(pki.log.entries, pki.log.signed_tree_head(now=_utcnow())).to_json()
-
-
-def _wants_certificate(pod: Mapping[str, Any]) -> bool:
-    st = pod.get("status") or {}
-    running = any("running" in (cs.get("state") or {}) for cs in st.get("containerStatuses") or [])
-    return bool(st.get("podIP")) and running and not is_pod_ready(pod) and not is_terminating(pod)
 
 
 async def _sync_kem_keys(nodes: NodeClient, pki: pool_pki.PoolPKI, pod: Mapping[str, Any], state: CertificationState) -> bool:
@@ -130,8 +176,7 @@ async def _renew_if_due(
     ip = pod["status"]["podIP"]
     try:
         doc = await nodes.csr(ip)
-        dns = f"{name}.{builders.headless_service_name(pool.name)}.{pool.namespace}.svc"
-        issued = pool_pki.certify_node(pki, doc, pod_name=name, expected_dns_name=dns, now=_utcnow(),
+        issued = pool_pki.certify_node(pki, doc, pod_name=name, expected_dns_name=_dns_name(pool, name), now=_utcnow(),
                                        lifetime=dt.timedelta(seconds=pool.rotation.duration_s), rng=os.urandom)
         answer = await nodes.install_certificate(ip, base64.b64encode(issued.certificate_der).decode(), _bundle(pki))
     except (NodeCallError, pool_pki.CertificationRefused, CertificateError) as exc:
@@ -144,6 +189,39 @@ async def _renew_if_due(
     return True
 
 
+def _dns_name(pool: NodePoolSpec, name: str) -> str:
+    return f"{name}.{builders.headless_service_name(pool.name)}.{pool.namespace}.svc"
+
+
+async def certify_attested(
+    api: KubeApi, pool: NodePoolSpec, state: CertificationState, csr_document: Mapping[str, Any], *, pod_name: str,
+) -> dict[str, Any]:
+    """Issue an attested node's first certificate; returns the answer the node installs.
+
+    The caller (the bootstrap server) has proven that the request comes from pod
+    ``pod_name`` of this pool. Under the pool's lock: certify and log, persist the log
+    ConfigMap *before* answering (a certificate is never out while its log entry could
+    be lost), record the node's facts. The reconcile pass pushes the grown log to the
+    other nodes.
+    """
+    pki = state.pki
+    if pki is None:
+        raise pool_pki.CertificationRefused(f"pool {pool.namespace}/{pool.name} has no PKI loaded yet; retry")
+    async with state.lock:
+        issued = pool_pki.certify_node(pki, csr_document, pod_name=pod_name, expected_dns_name=_dns_name(pool, pod_name),
+                                       now=_utcnow(), lifetime=dt.timedelta(seconds=pool.rotation.duration_s),
+                                       rng=os.urandom)
+        await api.apply(builders.build_keylog_configmap(pool, pool_pki.keylog_name(pool.name), pool_pki.keylog_data(pki.log)))
+        bundle = _bundle(pki)
+    state.facts[pod_name] = {
+        "certFingerprint": issued.fingerprint,
+        "certNotAfter": issued.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    _record_schedule(state, pod_name, csr_document, pool.rotation.grace_period_s)
+    _log.info("pool %s/%s: certified attested node %s (%s)", pool.namespace, pool.name, pod_name, issued.fingerprint[:16])
+    return {"certificate": base64.b64encode(issued.certificate_der).decode(), "log": bundle}
+
+
 async def certify_pods(
     api: KubeApi,
     nodes: NodeClient,
@@ -154,64 +232,49 @@ async def certify_pods(
     previous: Mapping[str, Mapping[str, Any]] | None = None,
     busy: frozenset[str] = frozenset(),
 ) -> bool:
-    """Certify running, uncertified node pods and renew due certificates; True to retry soon.
+    """Log rotated KEM keys, renew due certificates and push a grown log; True to retry soon.
 
-    ``busy``: nodes that running sessions use (their renewal waits unless expiry is near).
+    First certificates come only from :func:`certify_attested`. ``busy``: nodes that
+    running sessions use (their renewal waits unless expiry is near).
     """
     previous = previous or {}
     state.grace_s = pool.rotation.grace_period_s
-    retry = False
+    state.pods_by_ip = {str(p["status"]["podIP"]): p["metadata"]["name"] for p in pods
+                        if (p.get("status") or {}).get("podIP") and not is_terminating(p)}
     issued_any = False
-    for pod in pods:
-        name = pod["metadata"]["name"]
-        if is_pod_ready(pod) and not is_terminating(pod):
+    async with state.lock:
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            if not (is_pod_ready(pod) and not is_terminating(pod)):
+                continue
             if await _sync_kem_keys(nodes, pki, pod, state):
                 issued_any = True
             if await _renew_if_due(nodes, pki, pool, pod, state, previous.get(name, {}), busy):
                 issued_any = True
-            continue
-        if not _wants_certificate(pod):
-            continue
-        if time.monotonic() - state.last_attempt.get(name, 0.0) < RETRY_SECONDS:
-            retry = True
-            continue
-        state.last_attempt[name] = time.monotonic()
-        ip = pod["status"]["podIP"]
-        try:
-            doc = await nodes.csr(ip)
-            if doc.get("certified"):
-                continue
-            dns = f"{name}.{builders.headless_service_name(pool.name)}.{pool.namespace}.svc"
-            issued = pool_pki.certify_node(
-                pki, doc, pod_name=name, expected_dns_name=dns, now=_utcnow(),
-                lifetime=dt.timedelta(seconds=pool.rotation.duration_s), rng=os.urandom,
-            )
-            issued_any = True
-            answer = await nodes.install_certificate(ip, base64.b64encode(issued.certificate_der).decode(), _bundle(pki))
-        except NodeCallError as exc:
-            # Usually the node is still starting; try again shortly.
-            _log.info("pool %s/%s: node %s not certifiable yet: %s", pool.namespace, pool.name, name, exc)
-            retry = True
-            continue
-        except (pool_pki.CertificationRefused, CertificateError) as exc:
-            _log.warning("pool %s/%s: refused to certify %s: %s", pool.namespace, pool.name, name, exc)
-            retry = True
-            continue
-        state.facts[name] = {
-            "certFingerprint": issued.fingerprint,
-            "kemEpoch": int(answer.get("kemEpoch", 0)),
-            "certNotAfter": issued.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-        _record_schedule(state, name, doc, pool.rotation.grace_period_s)
-        _log.info("pool %s/%s: certified node %s (%s)", pool.namespace, pool.name, name, issued.fingerprint[:16])
-    if issued_any:
-        await api.apply(builders.build_keylog_configmap(pool, pool_pki.keylog_name(pool.name), pool_pki.keylog_data(pki.log)))
+        if issued_any:
+            await api.apply(builders.build_keylog_configmap(pool, pool_pki.keylog_name(pool.name),
+                                                            pool_pki.keylog_data(pki.log)))
+        size = len(pki.log.entries)
+        if size == state.pushed_log_size:
+            return False
         bundle = _bundle(pki)
-        for pod in pods:
-            ip = (pod.get("status") or {}).get("podIP")
-            if ip and not is_terminating(pod):
-                try:
-                    await nodes.push_log(ip, bundle)
-                except NodeCallError as exc:
-                    _log.info("pool %s/%s: log push to %s failed: %s", pool.namespace, pool.name, pod["metadata"]["name"], exc)
-    return retry
+    # Certified nodes (Ready, or certified by this operator a moment ago) get the grown log;
+    # a failed push is retried on the next pass.
+    delivered = True
+    for pod in pods:
+        ip = (pod.get("status") or {}).get("podIP")
+        name = pod["metadata"]["name"]
+        if ip and not is_terminating(pod) and (is_pod_ready(pod) or name_certified(state, name)):
+            try:
+                await nodes.push_log(ip, bundle)
+            except NodeCallError as exc:
+                delivered = False
+                _log.info("pool %s/%s: log push to %s failed: %s", pool.namespace, pool.name, name, exc)
+    if delivered:
+        state.pushed_log_size = size
+    return not delivered
+
+
+def name_certified(state: CertificationState, name: str) -> bool:
+    """Whether this operator has certified ``name`` (it then serves its API over PQ-TLS)."""
+    return bool(state.facts.get(name, {}).get("certFingerprint"))

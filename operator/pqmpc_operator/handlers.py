@@ -24,6 +24,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from pqmpc_operator import builders, pool_pki, rollout, status
+from pqmpc_operator.bootstrap_server import BootstrapServer
 from pqmpc_operator.certification import CertificationState, certify_pods, ensure_pki
 from pqmpc_operator.kube import KubeApi
 from pqmpc_operator.nodeclient import NodeClient
@@ -56,6 +57,7 @@ class OperatorContext:
     busy: dict[tuple[str, str], dict[str, frozenset[str]]] = field(default_factory=dict)
     triggers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     applied_children: dict[tuple[str, str], str] = field(default_factory=dict)
+    bootstrap: BootstrapServer | None = None
 
     def trigger(self, namespace: str, name: str) -> asyncio.Event:
         """The wake-up flag of one pool's reconcile loop."""
@@ -91,6 +93,7 @@ async def reconcile_pool(ctx: OperatorContext, namespace: str, name: str) -> flo
         return None
 
     cert_state = ctx.certification.setdefault((namespace, name), CertificationState())
+    cert_state.pool = pool
     pki = await ensure_pki(ctx.api, pool, cert_state)
     children = [
         builders.build_trust_configmap(pool, pool_pki.trust_bundle_data(pki)),
@@ -118,7 +121,7 @@ async def reconcile_pool(ctx: OperatorContext, namespace: str, name: str) -> flo
     previous_nodes = {str(n.get("name")): n for n in (body.get("status") or {}).get("nodes") or []}
     retry = await certify_pods(ctx.api, ctx.nodes, pool, pki, pods, cert_state, previous_nodes, busy)
     watch = ctx.watches.setdefault((namespace, name), PoolWatch())
-    behaviour = await assess_pool(ctx.api, ctx.http, pool, body, pods, watch, ctx.settings.api_port)
+    behaviour = await assess_pool(ctx.api, ctx.http, pool, body, pods, watch, ctx.settings.node_metrics_port)
     facts = {n: {**cert_state.facts.get(n, {}), **behaviour.get(n, {})} for n in set(cert_state.facts) | set(behaviour)}
     new_status = status.compute_status(pool, pods, plan, body.get("status") or {}, _now(), facts)
     await _write_status(ctx, body, namespace, name, new_status)
@@ -174,11 +177,22 @@ def register(registry: kopf.OperatorRegistry) -> None:
         return kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(registry=registry)
-    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         settings.persistence.finalizer = f"{API_GROUP}/operator"
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 270
         settings.watching.client_timeout = 300
+        ctx: OperatorContext = memo["ctx"]
+        ctx.bootstrap = BootstrapServer(ctx.api, ctx.certification, ctx.metrics,
+                                        wake=lambda namespace, name: ctx.trigger(namespace, name).set())
+        await ctx.bootstrap.start(ctx.settings.bootstrap_host, ctx.settings.bootstrap_port)
+
+    @kopf.on.cleanup(registry=registry)
+    async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+        ctx: OperatorContext = memo["ctx"]
+        if ctx.bootstrap is not None:
+            await ctx.bootstrap.close()
+        await ctx.nodes.aclose()
 
     @kopf.daemon(API_GROUP, API_VERSION, "nodepools", cancellation_timeout=5.0, registry=registry)  # type: ignore[arg-type]
     async def pool_loop(name: str, namespace: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:

@@ -43,6 +43,7 @@ class KubeApi:
         self._custom = client.CustomObjectsApi(api_client)
         self._policy = client.PolicyV1Api(api_client)
         self._net = client.NetworkingV1Api(api_client)
+        self._authn = client.AuthenticationV1Api(api_client)
         self._client = api_client
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -69,6 +70,23 @@ class KubeApi:
         return [
             p for p in pods if any(ref.get("uid") == uid for ref in (p["metadata"].get("ownerReferences") or []))
         ]
+
+    async def review_token(self, token: str, audiences: list[str]) -> dict[str, Any]:
+        """TokenReview: the API server's ``status`` for ``token`` presented for ``audiences``."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token, "audiences": audiences}}
+        result = await self._run(self._authn.create_token_review, body)
+        return dict(self._plain(result).get("status") or {})
+
+    async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One pod as stored, or None when it does not exist."""
+        try:
+            pod = await self._run(self._core.read_namespaced_pod, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(self._plain(pod))
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         """All Nodes (to tell whether a group can be scheduled at all)."""

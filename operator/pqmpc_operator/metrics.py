@@ -41,6 +41,11 @@ class OperatorMetrics:
             ["namespace", "pool", "condition", "status"], registry=self.registry,
         )
 
+        self.bootstrap_requests = Counter(
+            "pqmpc_operator_bootstrap_requests_total",
+            "Node bootstrap requests (CSR + attestation token) by outcome: certified or the refusal reason.",
+            ["outcome"], registry=self.registry,
+        )
         self.placement_failures = Counter(
             "pqmpc_operator_placement_failures_total", "Placement attempts that found no valid placement, by reason.",
             ["reason"], registry=self.registry,

@@ -1,17 +1,77 @@
-"""The operator's HTTP calls to node pods (httpx): CSR pull, certificate and log push, plans, cancels.
+"""The operator's HTTPS calls to node pods (httpx over PQ-TLS): KEM sync, renewal, log push, plans, cancels.
 
-Addresses come from the pod's status as the API server reports it, never from what a
-node says about itself. Timeouts are short: a slow node must not stall the pool's loop.
+Every call runs over TLS 1.3 with the pool suite's hybrid group only, and the node must
+present *its* certificate: issued by its pool's CA, in that pool's transparency log, and
+naming the pod that the API server reports at the address dialled
+(:class:`PodDirectory`). Addresses come from the pod's status as the API server reports
+it, never from what a node says about itself. Timeouts are short: a slow node must not
+stall the pool's loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
-__all__ = ["NodeCallError", "NodeClient"]
+from pqmpc_node.crypto.pki import InclusionChecker, NodeId, verify_node_certificate
+from pqmpc_node.crypto.suites import Suite
+from pqmpc_node.net.https import async_pq_transport
+
+__all__ = ["NodeCallError", "NodeClient", "PodDirectory", "PoolTrust"]
+
+
+@dataclass(frozen=True)
+class PoolTrust:
+    """What a node pod's TLS certificate is checked against: its pool's CA, suite and current log."""
+
+    ca_certificate: x509.Certificate
+    suite: Suite
+    log: Callable[[], InclusionChecker]
+    pod_name: str
+
+
+PodDirectory = Callable[[str], "PoolTrust | None"]
+"""Pod IP → the trust of the pool whose pod the API server reports there (None: none of ours)."""
+
+
+class _PodRouting(httpx.AsyncBaseTransport):
+    """Routes each request to the PQ-TLS transport of the pool the pod IP belongs to."""
+
+    def __init__(self, directory: PodDirectory) -> None:
+        self._directory = directory
+        self._transports: dict[bytes, httpx.AsyncBaseTransport] = {}
+
+    def _verify(self, cert: x509.Certificate, host: str) -> None:
+        trust = self._directory(host)
+        if trust is None:
+            raise httpx.ConnectError(f"no node pod is known at {host} any more")
+        verify_node_certificate(cert, ca_certificate=trust.ca_certificate, suite=trust.suite,
+                                now=dt.datetime.now(dt.timezone.utc), expected_node_ids={NodeId(trust.pod_name)},
+                                log=trust.log())
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        trust = self._directory(request.url.host)
+        if trust is None:
+            raise httpx.ConnectError(f"{request.url.host} is not the address of a node pod this operator runs",
+                                     request=request)
+        key = hashlib.sha256(trust.ca_certificate.public_bytes(Encoding.DER)).digest()
+        transport = self._transports.get(key)
+        if transport is None:
+            transport = async_pq_transport(trust.ca_certificate, trust.suite, verify_peer=self._verify)
+            self._transports[key] = transport
+        return await transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for transport in self._transports.values():
+            await transport.aclose()
+        self._transports.clear()
 
 
 class NodeCallError(RuntimeError):
@@ -19,18 +79,27 @@ class NodeCallError(RuntimeError):
 
 
 class NodeClient:
-    """Calls to the node API (``http://<podIP>:<api port>``)."""
+    """Calls to the node API (``https://<podIP>:<api port>``, PQ-TLS, see the module docstring)."""
 
-    def __init__(self, api_port: int, timeout: float = 3.0) -> None:
+    def __init__(self, api_port: int, directory: PodDirectory, timeout: float = 3.0) -> None:
         self._port = api_port
-        self._http = httpx.AsyncClient(timeout=timeout)
+        self._http = httpx.AsyncClient(timeout=timeout, transport=_PodRouting(directory))
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The underlying client (``https://<podIP>:<port>`` URLs only), for callers that build their own requests."""
+        return self._http
+
+    def url(self, ip: str) -> str:
+        """The API base URL of the pod at ``ip``."""
+        return f"https://{ip}:{self._port}"
 
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._http.aclose()
 
     async def _call(self, method: str, ip: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        url = f"http://{ip}:{self._port}{path}"
+        url = f"{self.url(ip)}{path}"
         try:
             resp = await self._http.request(method, url, json=body)
         except httpx.HTTPError as exc:
@@ -51,7 +120,7 @@ class NodeClient:
 
     async def post_plan(self, ip: str, body: bytes) -> dict[str, Any]:
         """``POST /v1/sessions``: a signed plan (201 new, 200 already held)."""
-        url = f"http://{ip}:{self._port}/v1/sessions"
+        url = f"{self.url(ip)}/v1/sessions"
         try:
             resp = await self._http.post(url, content=body, headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
@@ -63,7 +132,7 @@ class NodeClient:
 
     async def plan(self, ip: str, session_id: str) -> bytes:
         """``GET /v1/sessions/{id}/plan``: the signed plan the node holds."""
-        url = f"http://{ip}:{self._port}/v1/sessions/{session_id}/plan"
+        url = f"{self.url(ip)}/v1/sessions/{session_id}/plan"
         try:
             resp = await self._http.get(url)
         except httpx.HTTPError as exc:
@@ -74,7 +143,7 @@ class NodeClient:
 
     async def post_preprocessing(self, ip: str, session_id: str, body: bytes) -> None:
         """``POST /v1/sessions/{id}/preprocessing``: this party's sealed, signed material."""
-        url = f"http://{ip}:{self._port}/v1/sessions/{session_id}/preprocessing"
+        url = f"{self.url(ip)}/v1/sessions/{session_id}/preprocessing"
         try:
             resp = await self._http.post(url, content=body, headers={"Content-Type": "application/octet-stream"},
                                          timeout=120.0)
@@ -85,7 +154,7 @@ class NodeClient:
 
     async def cancel(self, ip: str, session_id: str, body: bytes, *, timeout: float = 2.0) -> dict[str, Any]:
         """``POST /v1/sessions/{id}/cancel``: a plan-signed cancel (200 also when already cancelled or finished)."""
-        url = f"http://{ip}:{self._port}/v1/sessions/{session_id}/cancel"
+        url = f"{self.url(ip)}/v1/sessions/{session_id}/cancel"
         try:
             resp = await self._http.post(url, content=body, headers={"Content-Type": "application/json"},
                                          timeout=timeout)

@@ -74,9 +74,12 @@ async def assess_pool(
     body: Mapping[str, Any],
     pods: Sequence[Mapping[str, Any]],
     watch: PoolWatch,
-    api_port: int,
+    metrics_port: int,
 ) -> dict[str, dict[str, Any]]:
-    """Score the pool's nodes, act on quarantine decisions; returns per-node status facts."""
+    """Score the pool's nodes, act on quarantine decisions; returns per-node status facts.
+
+    Metrics are scraped from each node's plain-HTTP ``metrics_port`` (they carry no secret).
+    """
     status = body.get("status") or {}
     if watch.state is None:
         watch.state = _restore(status.get("nodes") or [])
@@ -90,7 +93,7 @@ async def assess_pool(
             ip = (pod.get("status") or {}).get("podIP")
             if not ip or is_terminating(pod):
                 continue
-            sample, why = await scrape_node(http, pod["metadata"]["name"], f"http://{ip}:{api_port}", at=now)
+            sample, why = await scrape_node(http, pod["metadata"]["name"], f"http://{ip}:{metrics_port}", at=now)
             if sample is not None:
                 samples.append(sample)
             else:

@@ -455,7 +455,7 @@ async def _pod_ips(deps: SessionDeps, namespace: str, pool: str, uid: str) -> di
 
 def _result_hint(spec: SessionSpec, placed: list[Mapping[str, Any]], ips: Mapping[str, str], port: int) -> dict[str, Any]:
     """Where each recipient fetches its sealed outputs (results never appear in status)."""
-    urls = [f"http://{ips.get(str(p['node']), '')}:{port}" for p in placed]
+    urls = [f"https://{ips.get(str(p['node']), '')}:{port}" for p in placed]
     return {
         "sessionId": spec.session_id,
         "nodes": urls,

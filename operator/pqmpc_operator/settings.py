@@ -25,6 +25,13 @@ class OperatorSettings:
     resync_seconds: float = 30.0
     liveness_port: int = 8080
     metrics_port: int = 9090
+    node_metrics_port: int = 9100
+    """Nodes' plain-HTTP port for /metrics and probes (their API port is PQ-TLS only)."""
+    bootstrap_port: int = 8444
+    """Where the operator serves node bootstrap (CSR + attestation token) over PQ-TLS."""
+    bootstrap_host: str = "0.0.0.0"
+    bootstrap_url: str = "https://pqmpc-operator.pqmpc-system.svc:8444"
+    """How node pods reach that port (the chart's Service); set into every node pod."""
 
     def operator_pod_labels(self) -> dict[str, str]:
         """Labels of the operator's own pods, which the NetworkPolicy lets in."""
@@ -61,4 +68,16 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         resync_seconds=resync_s,
         liveness_port=_int_env(env, "PQMPC_LIVENESS_PORT", OperatorSettings.liveness_port),
         metrics_port=_int_env(env, "PQMPC_METRICS_PORT", OperatorSettings.metrics_port),
+        node_metrics_port=_int_env(env, "PQMPC_NODE_METRICS_PORT", OperatorSettings.node_metrics_port),
+        bootstrap_port=_int_env(env, "PQMPC_BOOTSTRAP_PORT", OperatorSettings.bootstrap_port),
+        bootstrap_host=env.get("PQMPC_BOOTSTRAP_HOST") or OperatorSettings.bootstrap_host,
+        bootstrap_url=_https_url(env.get("PQMPC_BOOTSTRAP_URL") or OperatorSettings.bootstrap_url),
     )
+
+
+def _https_url(raw: str) -> str:
+    url = raw.strip().rstrip("/")
+    if not url.startswith("https://"):
+        raise ValueError(f"PQMPC_BOOTSTRAP_URL={raw!r} must be https://<operator service>:<port>: nodes send their "
+                         "attestation token only over post-quantum TLS")
+    return url

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from harness import Operator, now
+from pqmpc_node.net.https import pq_transport
 from pqmpc_node.client import ClientError, Identity, SessionClient
 from pqmpc_node.crypto.transparency import EntryKind, TransparencyLog
 from pqmpc_node.keystore import LogBundle
@@ -40,7 +41,7 @@ def forked_bundle(operator: Operator, marker: bytes) -> dict[str, Any]:
     return LogBundle(fork.entries, fork.signed_tree_head(now=now())).to_json()
 
 
-def serving(real: httpx.HTTPTransport, logs: dict[str, dict[str, Any]]) -> httpx.MockTransport:
+def serving(real: httpx.BaseTransport, logs: dict[str, dict[str, Any]]) -> httpx.MockTransport:
     """Every request goes to the real nodes, except that the node at each URL of ``logs`` serves that log."""
 
     def handle(request: httpx.Request) -> httpx.Response:
@@ -63,7 +64,7 @@ def test_a_forked_log_is_refused_across_nodes_and_across_runs(operator: Operator
                          fields=[FieldDecl("amount", 0, 10)], recipients={auditor: ["sum(amount)"]})
     operator.post_plan(plan, trio, dealer=False)
     history = tmp_path / "config"
-    real = httpx.HTTPTransport()
+    real = pq_transport(operator.ca.certificate, operator.suite)
     https: list[httpx.Client] = []
 
     def client(transport: httpx.BaseTransport) -> SessionClient:
@@ -105,7 +106,7 @@ def test_two_nodes_showing_different_forks_in_one_run_are_refused(operator: Oper
     operator.post_plan(plan, trio, dealer=False)
     a, b = forked_bundle(operator, b"for node 0's audience"), forked_bundle(operator, b"for node 1's audience")
 
-    with httpx.HTTPTransport() as real, httpx.Client(transport=serving(real, {trio[0].url: a, trio[1].url: b})) as http, \
+    with pq_transport(operator.ca.certificate, operator.suite) as real, httpx.Client(transport=serving(real, {trio[0].url: a, trio[1].url: b})) as http, \
             SessionClient(node_url=trio[0].url, session_id="fork-2", ca_certificate=operator.ca.certificate,
                           plan_signer=operator.signer.public_key(), http=http, history_dir=tmp_path / "fresh") as c, \
             pytest.raises(ClientError) as err:

@@ -43,7 +43,7 @@ def test_an_entry_node_serving_another_sessions_plan_is_refused(operator: Operat
     owner, auditor = Identity.generate("bank-a"), Identity.generate("auditor")
     for sid in ("bind-a", "bind-b"):
         operator.post_plan(plan_for(operator, trio, sid, owner, auditor), trio, dealer=False)
-    other = httpx.get(f"{trio[0].url}/v1/sessions/bind-b/plan").content
+    other = operator.http.get(f"{trio[0].url}/v1/sessions/bind-b/plan").content
 
     def hostile(request: httpx.Request) -> httpx.Response:
         """The entry node answers every plan request with session bind-b's (validly signed) plan."""

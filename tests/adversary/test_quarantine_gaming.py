@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from pqmpc_node.net.https import async_pq_transport
 from pqmpc_node.client import Identity, SessionClient
 from pqmpc_node.plan import FieldDecl
 from pqmpc_operator.anomaly import (
@@ -162,8 +163,10 @@ async def test_replayed_envelopes_do_not_move_the_receiving_nodes_score(operator
     party, envelope = sealed[0]
     victim = nodes[party.plan.index]
     policy = AnomalyPolicy()
-    async with httpx.AsyncClient(timeout=30.0) as http:
-        before = [await scrape_node(http, n.node_id, n.url, at=time.time()) for n in nodes]
+    # An outsider reaches the node API over PQ-TLS like anyone (it needs no certificate of its own).
+    async with httpx.AsyncClient(timeout=30.0) as plain, httpx.AsyncClient(
+            timeout=30.0, transport=async_pq_transport(operator.ca.certificate, operator.suite)) as http:
+        before = [await scrape_node(plain, n.node_id, n.metrics_url, at=time.time()) for n in nodes]
         state, _ = score_nodes(AnomalyState(), [s for s, _ in before if s is not None], [], policy, time.time())
         refused = 0
         for _ in range(1000):  # an outsider replaying the captured envelope
@@ -171,7 +174,7 @@ async def test_replayed_envelopes_do_not_move_the_receiving_nodes_score(operator
                                 headers={"Content-Type": "application/octet-stream"})
             refused += r.status_code == 409
         assert refused == 1000
-        after = [await scrape_node(http, n.node_id, n.url, at=time.time()) for n in nodes]
+        after = [await scrape_node(plain, n.node_id, n.metrics_url, at=time.time()) for n in nodes]
     samples = [s for s, _ in after if s is not None]
     assert len(samples) == 3
     mine = next(s for s in samples if s.node == victim.node_id)

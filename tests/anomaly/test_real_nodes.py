@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from pqmpc_node.net.https import async_pq_transport
 from pqmpc_operator.anomaly import AnomalyPolicy, AnomalyState, quarantine_decisions, score_nodes
 from pqmpc_operator.node_signals import fetch_session_evidence, scrape_node
 
@@ -67,6 +68,11 @@ def run_session(operator: Any, sid: str, nodes: list[Any]) -> set[str]:
 FAULTY = [sys.executable, str(NODE_TESTS / "faulty_node.py")]
 
 
+def _pq_client(operator: Any) -> httpx.AsyncClient:
+    """An async PQ-TLS client for the node APIs of the harness's pool."""
+    return httpx.AsyncClient(transport=async_pq_transport(operator.ca.certificate, operator.suite))
+
+
 async def test_tampering_node_is_quarantined(operator: Any) -> None:
     nodes = operator.start_nodes(3, command=FAULTY, per_node_env={2: {"PQMPC_TEST_FAULT": "tamper"}})
     operator.certify(nodes)
@@ -75,8 +81,8 @@ async def test_tampering_node_is_quarantined(operator: Any) -> None:
 
     now = time.time()
     urls = {n.node_id: n.url for n in nodes}
-    async with httpx.AsyncClient() as client:
-        scraped = [await scrape_node(client, n.node_id, n.url, at=now) for n in nodes]
+    async with httpx.AsyncClient() as plain, _pq_client(operator) as client:
+        scraped = [await scrape_node(plain, n.node_id, n.metrics_url, at=now) for n in nodes]
         evidence = await fetch_session_evidence(client, "tamper-a", [n.node_id for n in nodes], urls, finished_at=now)
     assert all(s is not None for s, _ in scraped), [why for _, why in scraped]
     samples = [s for s, _ in scraped if s is not None]
@@ -105,7 +111,7 @@ async def test_unnamed_cheater_singled_out_across_rotated_sessions(operator: Any
     urls = {n.node_id: n.url for n in nodes}
     policy = AnomalyPolicy.from_spec({})
     evidence = []
-    async with httpx.AsyncClient() as client:
+    async with _pq_client(operator) as client:
         for sid, parties in rotation.items():
             phases = run_session(operator, sid, parties)
             assert phases == ({"Failed"} if t in parties else {"Succeeded"}), (sid, phases)

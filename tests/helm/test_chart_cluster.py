@@ -86,12 +86,15 @@ def release(
     """The chart installed (watching only the test namespace), until the module ends."""
     kube = ["--kubeconfig", str(control_plane.kubeconfig)]
     # The operator binds 0.0.0.0: free ports keep it clear of anything else on this machine.
-    ports = {"liveness": free_port(), "metrics": free_port()}
+    ports = {"liveness": free_port(), "metrics": free_port(), "bootstrap": free_port()}
     kubectl("create", "namespace", POOL_NS)
     install = helm(
         "install", RELEASE, str(CHART), *kube, "--namespace", SYSTEM_NS, "--create-namespace",
         "--set", f"operator.watchNamespaces={{{POOL_NS}}}",
         "--set", f"operator.livenessPort={ports['liveness']}", "--set", f"operator.metricsPort={ports['metrics']}",
+        # No cluster DNS or kube-proxy locally: node processes dial the operator pod's port on this host.
+        "--set", f"operator.bootstrapPort={ports['bootstrap']}",
+        "--set", f"operator.bootstrapUrl=https://127.0.0.1:{ports['bootstrap']}",
         "--set", "operator.resyncSeconds=5", "--set", "operator.livenessProbe.initialDelaySeconds=2",
         "--set", "operator.livenessProbe.periodSeconds=5",
     )
@@ -183,7 +186,7 @@ def test_prometheus_scrapes_operator_and_nodes(
         pytest.skip("prometheus not installed (make prometheus)")
     operator = wait_for("the operator pod", ready_operator_pod(kubectl), 60)
     nodes = get_json(kubectl, "pods", "-n", POOL_NS, "-l", "app.kubernetes.io/name=pqmpc-node")["items"]
-    node_targets = [f"{p['status']['podIP']}:8443" for p in nodes]
+    node_targets = [f"{p['status']['podIP']}:9100" for p in nodes]  # the plain-HTTP metrics port
     assert len(node_targets) == 3
     rules = REPO / "deploy" / "prometheus" / "pqmpc-alerts.yaml"
     config = {

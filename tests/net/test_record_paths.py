@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pqmpc_node.crypto.pki import NodeId
-from pqmpc_node.net import link as linkmod
+from pqmpc_node.net import records as recmod
 from pqmpc_node.net.counters import RefusalCounters
 from pqmpc_node.net.framing import HEADER_SIZE, FrameDecoder, FrameKind, iter_fragments, iter_frame_parts
 from pqmpc_node.net.link import LinkClosed, LinkRefused, PeerLink
@@ -31,7 +31,7 @@ async def pair(netpool: Any, serve: Any, **cfg: Any) -> tuple[PeerLink, PeerLink
 
 async def test_bulk_messages_use_the_record_fast_path(netpool: Any, serve: Any, monkeypatch: Any) -> None:
     calls = {"SSL_read": 0, "SSL_write": 0}
-    real_read, real_write = linkmod._lib.SSL_read, linkmod._lib.SSL_write
+    real_read, real_write = recmod._lib.SSL_read, recmod._lib.SSL_write
 
     def counting_read(*a: Any) -> Any:
         calls["SSL_read"] += 1
@@ -43,7 +43,7 @@ async def test_bulk_messages_use_the_record_fast_path(netpool: Any, serve: Any, 
 
     client, server = await pair(netpool, serve, max_frame=1 << 20)
     assert client._records is not None and client._records.fast and server._records is not None and server._records.fast
-    monkeypatch.setattr(linkmod, "_lib", _Shim(linkmod._lib, counting_read, counting_write))
+    monkeypatch.setattr(recmod, "_lib", _Shim(recmod._lib, counting_read, counting_write))
     big = os.urandom(5 * 2**20 + 123)  # fragments into 6 frames of at most 1 MiB
     await client.send(7, big)
     assert await asyncio.wait_for(server.recv(7), 10) == big

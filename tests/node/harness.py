@@ -1,18 +1,26 @@
 """A test harness that plays the operator for real node processes on 127.0.0.x loopback addresses.
 
 It holds the pool CA, the transparency log and the plan-signing key, starts
-``python -m pqmpc_node`` processes with the operator's env variables, answers their
-CSRs, pushes certificates and logs, signs and posts session plans, and plays the
-trusted dealer: once a session's inputs are in (a node reports ``awaitingPreprocessing``
-and the ``inputRows``), a background thread calls :func:`pqmpc_node.dealing.deal` and
-posts each party its own sealed material.
+``python -m pqmpc_node`` processes with the operator's env variables, certifies them
+through the operator's real bootstrap server (:class:`pqmpc_operator.bootstrap_server.BootstrapServer`,
+PQ-TLS) — with :class:`FakeAttestationApi` in place of the API server's TokenReview, our
+own seam; the real TokenReview path runs in the cluster tests — pushes logs, signs and
+posts session plans over the nodes' PQ-TLS API, and plays the trusted dealer: once a
+session's inputs are in (a node reports ``awaitingPreprocessing`` and the ``inputRows``),
+a background thread calls :func:`pqmpc_node.dealing.deal` and posts each party its own
+sealed material.
+
+A node's attestation token file is written only when :meth:`Operator.certify` admits
+it, the way a kubelet mounts the projected token: before that the node cannot bootstrap.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -33,6 +41,14 @@ from pqmpc_node.client import Identity
 from pqmpc_node.keystore import LogBundle
 from pqmpc_node.dealing import DealerOutput, deal
 from pqmpc_node.plan import PlanInput, PlanOutput, PlanParty, SessionId, SessionPlan, FieldDecl, sign_plan
+from pqmpc_node.client import node_http_client
+from pqmpc_operator.attestation import POD_NAME_CLAIM, POD_UID_CLAIM
+from pqmpc_operator.bootstrap_server import BootstrapServer
+from pqmpc_operator.builders import LABEL_POOL
+from pqmpc_operator.certification import CertificationState
+from pqmpc_operator.metrics import OperatorMetrics
+from pqmpc_operator.model import parse_nodepool
+from pqmpc_operator.pool_pki import PoolPKI
 
 SUITE = get_suite(SuiteName.PQ_DEFAULT)
 HERE = Path(__file__).resolve().parent
@@ -56,15 +72,28 @@ class NodeProc:
     peer_port: int
     proc: subprocess.Popen[bytes]
     log_path: Path
+    metrics_port: int = 0
+    token_path: Path = Path()
+    pool: str = "banks"
     fingerprint: str = ""
     kem_epoch: int = 1
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.api_port}"
+        """The PQ-TLS node API."""
+        return f"https://{self.host}:{self.api_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Plain-HTTP /metrics, /healthz, /readyz."""
+        return f"http://{self.host}:{self.metrics_port}"
+
+    @property
+    def dns_name(self) -> str:
+        return f"{self.node_id}.{self.pool}-nodes.default.svc"
 
     def party(self, index: int) -> PlanParty:
-        return PlanParty(index=index, node_id=self.node_id, address=self.host, dns_name=f"{self.node_id}.pool.svc",
+        return PlanParty(index=index, node_id=self.node_id, address=self.host, dns_name=self.dns_name,
                          peer_port=self.peer_port, api_port=self.api_port, cert_fingerprint=self.fingerprint,
                          kem_epoch=self.kem_epoch)
 
@@ -93,7 +122,10 @@ class Operator:
         (self.trust_dir / "ca.pem").write_bytes(self.ca.certificate.public_bytes(Encoding.PEM))
         (self.trust_dir / "plan-signer.pub").write_bytes(
             self.signer.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
-        self.http = httpx.Client(timeout=30.0)
+        self.http = self.client()
+        self.plain = httpx.Client(timeout=30.0)  # metrics port only
+        self.attestation = FakeAttestationApi(self.pool)
+        self.bootstrap = _BootstrapThread(self)
         self._next_ip = 10
         self._stop = threading.Event()
         self._dealers: dict[str, threading.Thread] = {}
@@ -109,7 +141,7 @@ class Operator:
             host = f"127.0.0.{self._next_ip}"
             self._next_ip += 1
             node_id = f"node-{host.rsplit('.', 1)[1]}"
-            api, peer = free_port(host), free_port(host)
+            api, peer, metrics = free_port(host), free_port(host), free_port(host)
             state = self.workdir / node_id
             state.mkdir(exist_ok=True)
             env = {
@@ -117,7 +149,9 @@ class Operator:
                 "PQMPC_POOL": self.pool, "PQMPC_NODE_ID": node_id, "PQMPC_NAMESPACE": "default",
                 "PQMPC_POD_IP": host, "PQMPC_GROUP": "g", "PQMPC_REGION": "eu-west", "PQMPC_ZONE": f"z{i}",
                 "PQMPC_TRUST_DOMAIN": f"td{i}", "PQMPC_BACKEND": "numpy", "PQMPC_SUITE": self.suite.name.value,
-                "PQMPC_API_PORT": str(api), "PQMPC_PEER_PORT": str(peer), "PQMPC_DNS_NAME": f"{node_id}.pool.svc",
+                "PQMPC_API_PORT": str(api), "PQMPC_PEER_PORT": str(peer), "PQMPC_METRICS_PORT": str(metrics),
+                "PQMPC_DNS_NAME": f"{node_id}.{self.pool}-nodes.default.svc",
+                "PQMPC_BOOTSTRAP_URL": self.bootstrap.url, "PQMPC_BOOTSTRAP_TOKEN": str(state / "token"),
                 "PQMPC_STATE_DIR": str(state), "PQMPC_TRUST_DIR": str(self.trust_dir),
                 "PQMPC_MESH_TIMEOUT": "15", "PQMPC_ROUND_TIMEOUT": "20",
                 **(extra_env or {}), **((per_node_env or {}).get(i, {})),
@@ -126,7 +160,7 @@ class Operator:
             cmd = command or [sys.executable, "-m", "pqmpc_node"]
             with log_path.open("wb") as out:
                 proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-            started.append(NodeProc(node_id, host, api, peer, proc, log_path))
+            started.append(NodeProc(node_id, host, api, peer, proc, log_path, metrics, state / "token", self.pool))
         for n in started:
             self._wait_healthy(n)
         self.nodes.extend(started)
@@ -138,7 +172,7 @@ class Operator:
             if node.proc.poll() is not None:
                 raise RuntimeError(f"{node.node_id} exited with {node.proc.returncode}:\n{node.log_text()}")
             try:
-                if self.http.get(node.url + "/healthz", timeout=1.0).status_code == 200:
+                if self.plain.get(node.metrics_url + "/healthz", timeout=1.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -159,6 +193,8 @@ class Operator:
                 n.proc.kill()
                 n.proc.wait()
         self.http.close()
+        self.plain.close()
+        self.bootstrap.stop()
 
     # -- certification ----------------------------------------------------------------
 
@@ -174,27 +210,31 @@ class Operator:
                 self.log.append(EntryKind.KEM_KEY_CERTIFICATE, data, now=now())
         return dict(doc)
 
-    def certify(self, nodes: list[NodeProc]) -> None:
-        """Pull CSRs, issue and log certificates, then push certificate + full log to each node."""
-        certs = {}
+    def client(self, **kw: Any) -> httpx.Client:
+        """A PQ-TLS client for the node APIs (trusting this pool's CA)."""
+        return node_http_client(self.ca.certificate, **kw)
+
+    def certify(self, nodes: list[NodeProc], timeout: float = 60.0) -> None:
+        """Admit the nodes (write their bound tokens) and wait until the bootstrap server has certified them."""
         for n in nodes:
-            doc = self._log_kem_keys(n)
-            cert = self.ca.issue(base64.b64decode(doc["csr"]), node_id=NodeId(n.node_id), dns_name=doc["dnsName"],
-                                 now=now() - dt.timedelta(minutes=1), lifetime=dt.timedelta(hours=2), rng=os.urandom)
-            der = cert.public_bytes(Encoding.DER)
-            self.log.append(EntryKind.NODE_CERTIFICATE, der, now=now())
-            certs[n.node_id] = der
+            token = self.attestation.admit(n.node_id)
+            n.token_path.write_text(token)
+        deadline = time.monotonic() + timeout
         for n in nodes:
-            r = self.http.post(n.url + "/v1/certificate",
-                               json={"certificate": base64.b64encode(certs[n.node_id]).decode(), "log": self.bundle()})
-            assert r.status_code == 200, r.text
-            n.fingerprint = r.json()["certFingerprint"]
-            n.kem_epoch = r.json()["kemEpoch"]
+            while self.plain.get(n.metrics_url + "/readyz").status_code != 200:
+                if n.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"{n.node_id} was not certified:\n{n.log_text()[-3000:]}")
+                time.sleep(0.05)
+            doc = self.http.get(n.url + "/v1/keys").json()
+            n.fingerprint = doc["certFingerprint"]
+            n.kem_epoch = [k for k in doc["kemKeys"] if k["state"] == "current"][-1]["epoch"]
         self.push_log()
 
     def push_log(self) -> None:
         for n in self.nodes:
             if n.proc.poll() is None:
+                if not n.fingerprint:
+                    continue  # not certified: its API is not up
                 r = self.http.post(n.url + "/v1/log", json=self.bundle())
                 assert r.status_code == 200, r.text
 
@@ -291,7 +331,7 @@ class Operator:
         """Wait until some party reports all inputs in, then deal and post (like the operator would)."""
         digest = SessionPlan.from_json(plan.to_json()).digest()  # as the nodes parse it
         deadline = time.monotonic() + min(300.0, plan.deadline - now().timestamp())
-        with httpx.Client(timeout=60.0) as client:
+        with self.client(timeout=httpx.Timeout(60.0)) as client:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 rows = None
                 for p in plan.parties:
@@ -329,9 +369,80 @@ class Operator:
                              f"{self.dealer_errors}):\n{node.log_text()[-3000:]}")
 
     def metric(self, node: NodeProc, name: str) -> float:
-        text = self.http.get(node.url + "/metrics").text
+        text = self.plain.get(node.metrics_url + "/metrics").text
         total = 0.0
         for line in text.splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+
+class FakeAttestationApi:
+    """The operator's API seam for bootstrap: TokenReview and pod reads, answered from admitted tokens.
+
+    ``admit(node)`` mints a random token bound to that node's "pod" (as the kubelet's
+    TokenRequest would); review answers like the API server does for a pod-bound
+    projected token, and anything else is not authenticated.
+    """
+
+    def __init__(self, pool: str) -> None:
+        self.pool = pool
+        self.pool_uid = "pool-uid-" + secrets.token_hex(4)
+        self._tokens: dict[str, str] = {}
+        self.reviews = 0
+
+    def admit(self, node_id: str) -> str:
+        token = secrets.token_urlsafe(32)
+        self._tokens[token] = node_id
+        return token
+
+    def _uid(self, node_id: str) -> str:
+        return f"uid-{node_id}"
+
+    async def review_token(self, token: str, audiences: list[str]) -> dict[str, Any]:
+        self.reviews += 1
+        node = self._tokens.get(token)
+        if node is None:
+            return {"authenticated": False, "error": "token not admitted by the harness"}
+        return {"authenticated": True, "audiences": audiences, "user": {
+            "username": f"system:serviceaccount:default:{self.pool}-node",
+            "extra": {POD_NAME_CLAIM: [node], POD_UID_CLAIM: [self._uid(node)]}}}
+
+    async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return {"metadata": {"name": name, "namespace": namespace, "uid": self._uid(name),
+                             "labels": {LABEL_POOL: self.pool}, "ownerReferences": [{"uid": self.pool_uid}]}}
+
+    async def apply(self, obj: Any) -> None:
+        return None  # the harness keeps its log in memory
+
+
+class _BootstrapThread:
+    """The operator's real BootstrapServer on its own event loop thread, serving the harness's pool."""
+
+    def __init__(self, op: Operator) -> None:
+        body = {"metadata": {"name": op.pool, "namespace": "default", "uid": op.attestation.pool_uid},
+                "spec": {"groups": [{"name": "g", "replicas": 1, "region": "eu-west", "zone": "z0",
+                                     "trustDomain": "td0"}], "keys": {"suite": op.suite.name.value}}}
+        state = CertificationState(pki=PoolPKI(op.ca, op.signer, op.log, b""), pool=parse_nodepool(body))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="bootstrap", daemon=True)
+        self.thread.start()
+
+        async def start() -> BootstrapServer:
+            st = CertificationState(pki=state.pki, pool=state.pool)  # locks bind to this loop
+            from pqmpc_operator.certification import _ensure_operator_tls
+
+            _ensure_operator_tls(st.pool, st)  # type: ignore[arg-type]
+            server = BootstrapServer(op.attestation, {("default", op.pool): st}, OperatorMetrics(),  # type: ignore[arg-type]
+                                     wake=lambda _ns, _name: None)
+            await server.start("127.0.0.1", 0)
+            return server
+
+        self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(timeout=30)
+        self.url = f"https://127.0.0.1:{self.server.port}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()

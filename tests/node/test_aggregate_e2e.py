@@ -7,6 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from harness import Operator
@@ -22,12 +23,14 @@ def write_csv(path: Path, rows: list[tuple[float, float]]) -> Path:
 
 
 def test_readyz_before_and_after_certificate(operator: Operator) -> None:
+    """Before the operator certifies it (no attestation token yet), the node's PQ-TLS API answers no one."""
     (node,) = operator.start_nodes(1)
-    r = operator.http.get(node.url + "/readyz")
+    r = operator.plain.get(node.metrics_url + "/readyz")
     assert r.status_code == 503 and r.json()["reason"] == "awaiting_certificate"
-    assert operator.http.get(node.url + "/v1/keys").status_code == 503
+    with pytest.raises(httpx.ConnectError, match="unrecognized name"):
+        operator.http.get(node.url + "/v1/keys")
     operator.certify([node])
-    assert operator.http.get(node.url + "/readyz").status_code == 200
+    assert operator.plain.get(node.metrics_url + "/readyz").status_code == 200
     assert operator.http.get(node.url + "/v1/keys").json()["kemKeys"][0]["state"] == "current"
 
 

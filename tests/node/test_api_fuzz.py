@@ -38,4 +38,4 @@ def test_oversized_and_unknown(operator: Operator, trio: Any) -> None:
     assert operator.http.get(trio[0].url + "/v1/nothing").status_code == 404
     assert operator.http.get(trio[0].url + "/v1/sessions/nope").json()["error"]["reason"] == "unknown_session"
     assert trio[0].proc.poll() is None
-    assert httpx.get(trio[0].url + "/healthz").status_code == 200
+    assert httpx.get(trio[0].metrics_url + "/healthz").status_code == 200

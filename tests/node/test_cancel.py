@@ -129,7 +129,7 @@ def _epochs(op: Operator, node: NodeProc) -> set[int]:
 
 
 def _current_epoch(op: Operator, node: NodeProc) -> int:
-    return int(op.http.get(node.url + "/readyz").json()["kemEpoch"])
+    return int(op.plain.get(node.metrics_url + "/readyz").json()["kemEpoch"])
 
 
 def _submit(op: Operator, nodes: list[NodeProc], session_id: str, owner: Identity) -> None:

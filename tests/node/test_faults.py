@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from harness import HERE, Operator
@@ -62,7 +61,7 @@ def test_replayed_input_and_unauthorised_recipient_refused(operator: Operator, t
         with pytest.raises(ClientError) as err:
             c.collect_result(mallory)
         assert err.value.reason == "not_a_recipient"
-    r = httpx.get(f"{trio[0].url}/v1/sessions/replay-1/outputs", params={"recipient": "mallory"})
+    r = operator.http.get(f"{trio[0].url}/v1/sessions/replay-1/outputs", params={"recipient": "mallory"})
     assert r.status_code == 403 and r.json()["error"]["reason"] == "not_a_recipient"
     with client(operator, trio[2], "replay-1") as c:
         assert c.collect_result(auditor, wait_s=10)["outputs"]["sum(amount)"] == 6  # exact

@@ -43,7 +43,7 @@ def test_peer_wait_histogram_and_kem_duration_from_a_real_session(operator: Oper
 
     nodes = operator.start_nodes(3, extra_env={"PQMPC_KEM_KEY_DURATION": "12h"})
     operator.certify(nodes)
-    text = operator.http.get(nodes[0].url + "/metrics").text
+    text = operator.plain.get(nodes[0].metrics_url + "/metrics").text
     assert "pqmpc_node_kem_key_duration_seconds 43200.0" in text
     assert "pqmpc_node_peer_wait_seconds_count" not in text  # no session yet: no per-peer series
     owner, auditor = Identity.generate("bank-a"), Identity.generate("auditor")
@@ -55,7 +55,7 @@ def test_peer_wait_histogram_and_kem_duration_from_a_real_session(operator: Oper
         c.submit_rows(owner, {"amount": ["1", "2"]})
     for n in nodes:
         assert operator.wait_phase(n, "waits-1", {"Succeeded", "Failed"})["phase"] == "Succeeded"
-    text = operator.http.get(nodes[0].url + "/metrics").text
+    text = operator.plain.get(nodes[0].metrics_url + "/metrics").text
     rounds = operator.metric(nodes[0], "pqmpc_node_round_latency_seconds_count")
     for peer in (nodes[1], nodes[2]):
         line = next(ln for ln in text.splitlines()

@@ -34,7 +34,7 @@ def test_kem_rotation_during_session(operator: Operator) -> None:
         # Wait until every node rotated past the sealed epoch and its grace period is over.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            epochs = [operator.http.get(n.url + "/readyz").json()["kemEpoch"] for n in nodes]
+            epochs = [operator.plain.get(n.metrics_url + "/readyz").json()["kemEpoch"] for n in nodes]
             if all(e >= first[n.node_id] + 2 for e, n in zip(epochs, nodes)):
                 break
             time.sleep(0.25)

@@ -98,11 +98,12 @@ class TestApplyAndReady:
             for obj in items:
                 refs = obj["metadata"].get("ownerReferences") or []
                 assert [r["uid"] for r in refs] == [uid], f"{kind} {obj['metadata']['name']} not owned by the pool"
-        # Each pod is a real process serving its readiness endpoint on its own loopback IP.
+        # Each pod is a real process serving its readiness endpoint on its own loopback IP
+        # (plain HTTP on the metrics port; the API port speaks PQ-TLS only).
         for pod in pods:
             ip = pod["status"]["podIP"]
             assert ip.startswith("127.0.0.")
-            with urllib.request.urlopen(f"http://{ip}:8443/readyz", timeout=5) as resp:
+            with urllib.request.urlopen(f"http://{ip}:9100/readyz", timeout=5) as resp:
                 assert json.loads(resp.read())["node"] == pod["metadata"]["name"]
         events = get_json(kubectl, "events", "-n", ns, "--field-selector", "involvedObject.name=banks")["items"]
         assert any(e["reason"] == "PoolReady" for e in events)

@@ -15,7 +15,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from fractions import Fraction
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 from pqmpc_local.controlplane import ControlPlane
 from pqmpc_local.operator_runner import REPO, OperatorProcess, start_operator
 from pqmpc_local.pytest_plugin import Kubectl, wait_for
+from pqmpc_node.client import node_http_client
 
 NS = "pq-sessions"
 PQMPC = str(Path(sys.executable).parent / "pqmpc")
@@ -43,6 +43,16 @@ def pqmpc(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and result.returncode != 0:
         raise AssertionError(f"pqmpc {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def node_get(ca_pem: Path, url: str) -> bytes:
+    """GET from a node API over PQ-TLS, trusting the pool CA in ``ca_pem`` (what the pqmpc CLI does)."""
+    from cryptography import x509 as _x509
+
+    with node_http_client(_x509.load_pem_x509_certificate(ca_pem.read_bytes())) as http:
+        r = http.get(url, timeout=5)
+        r.raise_for_status()
+        return r.content
 
 
 class World:
@@ -83,9 +93,8 @@ class World:
         reports = []
         for url in (st.get("result") or {}).get("nodes") or []:
             try:
-                with urllib.request.urlopen(f"{url}/v1/sessions/{st.get('sessionId')}", timeout=5) as r:
-                    reports.append(r.read().decode())
-            except OSError as exc:
+                reports.append(node_get(self.dir / "ca.pem", f"{url}/v1/sessions/{st.get('sessionId')}").decode())
+            except Exception as exc:  # noqa: BLE001 - diagnostics only
                 reports.append(f"{url}: {exc}")
         pytest.fail(f"session {name} not in {phases} after {timeout}s; status: {json.dumps(st)}; parties: {reports}")
 
@@ -399,8 +408,8 @@ def test_kem_rotation_during_a_running_session(world: World, kubectl: Kubectl) -
     world.apply({**world.session("rotating", **spec), "spec": {**world.session("rotating", **spec)["spec"], "poolRef": "rot"}})
     st = world.wait_phase("rotating", {"AwaitingInputs"})
     url = st["result"]["nodes"][0]
-    with urllib.request.urlopen(f"{url}/v1/sessions/{st['sessionId']}/plan", timeout=5) as r:
-        plan_epochs = {p["nodeId"]: p["kemEpoch"] for p in json.loads(r.read())["plan"]["parties"]}
+    plan_doc = json.loads(node_get(world.dir / "rot-ca.pem", f"{url}/v1/sessions/{st['sessionId']}/plan"))
+    plan_epochs = {p["nodeId"]: p["kemEpoch"] for p in plan_doc["plan"]["parties"]}
     # Both nodes rotate to a newer KEM key (logged by the operator) while the session waits.
     wait_for("KEM keys rotated past the plan's epochs", lambda: all(
         int(nodes()[n].get("kemEpoch", 0)) > e for n, e in plan_epochs.items()), timeout=90)
@@ -415,8 +424,7 @@ def test_kem_rotation_during_a_running_session(world: World, kubectl: Kubectl) -
     party0 = st["placement"][0]["node"]  # the node behind ``url``
 
     def old_key_gone() -> bool:
-        with urllib.request.urlopen(f"{url}/v1/keys", timeout=5) as r:
-            epochs = {k["epoch"] for k in json.loads(r.read())["kemKeys"]}
+        epochs = {k["epoch"] for k in json.loads(node_get(world.dir / "rot-ca.pem", f"{url}/v1/keys"))["kemKeys"]}
         return plan_epochs[party0] not in epochs
 
     wait_for("the session's key retired once the session ended", old_key_gone, timeout=60)
@@ -433,8 +441,7 @@ def test_deleting_a_session_cancels_it_at_its_parties(world: World, kubectl: Kub
     assert "deleted" not in [i["metadata"]["name"] for i in get_json(kubectl, "mpcs")["items"]]
 
     def report(url: str) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{url}/v1/sessions/{sid}", timeout=5) as r:
-            return dict(json.loads(r.read()))
+        return dict(json.loads(node_get(world.dir / "ca.pem", f"{url}/v1/sessions/{sid}")))
 
     for url in urls:
         final = wait_for(f"{url} to report {sid} cancelled",

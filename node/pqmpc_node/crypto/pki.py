@@ -34,10 +34,17 @@ from pqmpc_node.crypto.suites import (
     MLDSAPrivateKey,
     MLDSAPublicKey,
     Suite,
+    SuiteName,
+    get_suite,
     signature_algorithm_of,
 )
 
 __all__ = [
+    "suite_of_ca",
+    "BOOTSTRAP_AUDIENCE",
+    "OPERATOR_URI",
+    "bootstrap_server_name",
+    "verify_operator_certificate",
     "CertificateError",
     "ExpiredCertificateError",
     "InclusionChecker",
@@ -66,6 +73,10 @@ Rng = Callable[[int], bytes]
 """Randomness source: ``rng(n)`` returns ``n`` uniformly random bytes (``os.urandom`` in production)."""
 
 NODE_URI_PREFIX = "urn:pqmpc:node:"
+BOOTSTRAP_AUDIENCE = "pqmpc.io/node-bootstrap"
+"""The only token audience the operator's bootstrap accepts (a token for the API server is refused)."""
+OPERATOR_URI = "urn:pqmpc:operator"
+"""URI SAN of the operator's bootstrap certificate (never in a node certificate)."""
 MAX_CERTIFICATE_BYTES = 32 * 1024
 _DER = Encoding.DER
 _NODE_ID = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -326,6 +337,96 @@ class PoolCA:
             .sign(self._key, None)
         )
 
+
+    def issue_operator(
+        self, public_key: MLDSAPublicKey, *, server_name: str, now: dt.datetime, lifetime: dt.timedelta, rng: Rng
+    ) -> x509.Certificate:
+        """The operator's bootstrap server certificate for this pool.
+
+        Nodes push their CSR to the operator over PQ-TLS before they hold a certificate
+        themselves; this certificate is how they know they talk to the operator of their
+        pool: issued by the pool CA, SANs ``server_name`` (DNS, see
+        :func:`bootstrap_server_name`) and :data:`OPERATOR_URI`, server-auth only, so no
+        node certificate can pass for it and it cannot pass for a node's.
+        """
+        _check_now(now)
+        if signature_algorithm_of(public_key) is not self.suite.signature:
+            raise WrongAlgorithmError(f"the operator key must be {self.suite.signature.label}")
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, server_name)])
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)
+            .serial_number(int.from_bytes(rng(16), "big") >> 1 or 1)
+            .not_valid_before(now)
+            .not_valid_after(now + lifetime)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(server_name), x509.UniformResourceIdentifier(OPERATOR_URI)]),
+                critical=False,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(self._key, None)
+        )
+
+
+def suite_of_ca(ca_certificate: x509.Certificate) -> Suite:
+    """The suite whose signature algorithm the pool CA uses (pq-default: ML-DSA-65, pq-high: ML-DSA-87).
+
+    Raises :class:`WrongAlgorithmError` when the CA holds no suite's key.
+    """
+    try:
+        algorithm = signature_algorithm_of(ca_certificate.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise WrongAlgorithmError(f"the pool CA certificate does not hold an ML-DSA key: {exc}") from None
+    for name in SuiteName:
+        if get_suite(name).signature is algorithm:
+            return get_suite(name)
+    raise WrongAlgorithmError(f"no suite uses the CA's {algorithm.label}")
+
+
+def bootstrap_server_name(pool: str, namespace: str) -> str:
+    """The TLS server name (SNI) under which the operator serves ``namespace/pool``'s node bootstrap."""
+    return f"{pool}.{namespace}.bootstrap.pqmpc"
+
+
+def verify_operator_certificate(
+    cert: x509.Certificate, *, ca_certificate: x509.Certificate, suite: Suite, server_name: str, now: dt.datetime
+) -> None:
+    """The operator's bootstrap certificate, as a node checks it before sending its token.
+
+    Steps: pool CA signature (``wrong_ca``); the suite's algorithm; validity; not a CA;
+    the :data:`OPERATOR_URI` SAN and no node URI, and ``server_name`` among the DNS SANs
+    (``wrong_identity``). OpenSSL has checked the chain already; this repeats it so the
+    function stands alone, and adds what OpenSSL cannot know.
+    """
+    _check_now(now)
+    if cert.issuer != ca_certificate.subject:
+        raise WrongCAError(f"issued by {cert.issuer.rfc4514_string()!r}, not by the pool CA")
+    try:
+        cert.verify_directly_issued_by(ca_certificate)
+        public = cert.public_key()
+        alg = signature_algorithm_of(public)  # type: ignore[arg-type]
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (InvalidSignature, ValueError, TypeError):
+        raise WrongCAError("the certificate does not verify under the pool CA key") from None
+    except x509.ExtensionNotFound:
+        raise MalformedCertificateError("the operator certificate lacks subjectAltName or basicConstraints") from None
+    if alg is not suite.signature:
+        raise WrongAlgorithmError(f"operator key is {alg.label}; suite {suite.name.value} needs {suite.signature.label}")
+    if now > cert.not_valid_after_utc:
+        raise ExpiredCertificateError(f"operator certificate expired at {cert.not_valid_after_utc.isoformat()}")
+    if now < cert.not_valid_before_utc:
+        raise NotYetValidError(f"operator certificate is valid only from {cert.not_valid_before_utc.isoformat()}")
+    if bc.ca:
+        raise MalformedCertificateError("a CA certificate cannot act as the operator's")
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    if OPERATOR_URI not in uris or any(u.startswith(NODE_URI_PREFIX) for u in uris):
+        raise WrongIdentityError(f"the peer is not the pool's operator (URIs {uris})")
+    if server_name not in san.get_values_for_type(x509.DNSName):
+        raise WrongIdentityError(f"the operator certificate does not name {server_name!r}")
 
 def verify_node_certificate(
     cert: x509.Certificate | bytes,

@@ -53,8 +53,6 @@ from dataclasses import dataclass
 from typing import ClassVar, cast
 
 from OpenSSL import SSL
-from OpenSSL._util import ffi as _ffi  # pyOpenSSL's cffi binding: the record fast path, see _RecordIO
-from OpenSSL._util import lib as _lib
 
 from pqmpc_node.crypto.pki import CertificateError, InclusionChecker, NodeId, VerifiedNode
 from pqmpc_node.net.counters import RefusalCounters
@@ -68,6 +66,9 @@ from pqmpc_node.net.framing import (
     encode_frame,
     iter_frame_parts,
 )
+from pqmpc_node.net.records import READ_CHUNK as _READ_CHUNK
+from pqmpc_node.net.records import WRITE_CHUNK as _WRITE_CHUNK
+from pqmpc_node.net.records import RecordIO, handshake_reason
 from pqmpc_node.net.tls import TlsIdentity, VerifyState, cached_context, check_peer, verify_failure_reason
 
 __all__ = [
@@ -81,113 +82,9 @@ __all__ = [
     "TransportAttestation",
 ]
 
-_READ_CHUNK = 1 << 20
 STREAM_LIMIT = 1 << 20
 """``limit`` for the :class:`asyncio.StreamReader` under a link: reads of up to ~1 MiB per call."""
-_WRITE_CHUNK = 1 << 20  # plaintext encrypted per SSL_write (64 records) before handing ciphertext to the socket
 _COALESCE = 16 * 1024 - 64  # payload bytes sent in one record with a frame header (one small copy)
-_RECORD_SLACK = 2 * (16 * 1024 + 256)  # plaintext OpenSSL may hold beyond the pending ciphertext: a partial record
-
-
-class _RecordIO:
-    """Many TLS records per call on pyOpenSSL memory BIOs, without an exception per call.
-
-    pyOpenSSL's ``send``/``recv``/``bio_read`` handle one record or one buffer per call and
-    signal "nothing more" by raising ``WantReadError``; at 16 KiB records that dominated a
-    link's cost. Here the same OpenSSL calls are made through pyOpenSSL's own cffi
-    binding: partial writes are turned off so one ``SSL_write`` encrypts a whole chunk,
-    ciphertext is drained with one ``BIO_read`` of exactly what is pending, and
-    ``SSL_read`` is looped into one preallocated buffer until ``SSL_ERROR_WANT_READ``.
-    Any other error goes to pyOpenSSL's own error mapping, so failures raise the same
-    :class:`OpenSSL.SSL.Error` subclasses as before. Every security check (handshake,
-    certificate, record MAC) stays in OpenSSL. Where the binding lacks a piece (another
-    pyOpenSSL version), the public one-record API is used instead.
-    """
-
-    def __init__(self, conn: SSL.Connection) -> None:
-        self.conn = conn
-        self._ssl = getattr(conn, "_ssl", None)
-        self._from_ssl = getattr(conn, "_from_ssl", None)
-        self._into_ssl = getattr(conn, "_into_ssl", None)
-        self.fast = (
-            self._ssl is not None and self._from_ssl is not None and self._into_ssl is not None
-            and hasattr(conn, "_raise_ssl_error")
-            and all(hasattr(_lib, f) for f in ("SSL_clear_mode", "BIO_get_mem_data", "SSL_pending", "SSL_get_error"))
-        )
-        if self.fast:
-            _lib.SSL_clear_mode(self._ssl, _lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
-
-    def _raise(self, result: int) -> None:
-        self.conn._raise_ssl_error(self._ssl, result)
-        raise SSL.Error(f"OpenSSL call failed ({result}) without an error")  # not reached: the above raises
-
-    def ciphertext(self) -> bytes | bytearray:
-        """All ciphertext OpenSSL has produced so far (b"" when none)."""
-        if not self.fast:
-            out = bytearray()
-            while True:
-                try:
-                    chunk = self.conn.bio_read(1 << 20)
-                except SSL.WantReadError:
-                    return out
-                if not chunk:
-                    return out
-                out += chunk
-        n = int(_lib.BIO_get_mem_data(self._from_ssl, _ffi.NULL))
-        if n <= 0:
-            return b""
-        out = bytearray(n)
-        got = int(_lib.BIO_read(self._from_ssl, _ffi.from_buffer(out), n))
-        if got != n:
-            del out[max(got, 0):]
-        return out
-
-    def encrypt(self, data: memoryview) -> None:
-        """Encrypt all of ``data`` into the outgoing BIO (read it back with :meth:`ciphertext`)."""
-        if not self.fast:
-            while data:
-                n = self.conn.send(data)
-                data = data[n:]
-            return
-        with _ffi.from_buffer(data) as ptr:
-            off, total = 0, len(data)
-            while off < total:
-                n = int(_lib.SSL_write(self._ssl, ptr + off, total - off))
-                if n <= 0:
-                    self._raise(n)
-                off += n
-
-    def decrypt(self) -> tuple[bytearray, bool]:
-        """All plaintext decryptable from the ciphertext fed so far, and whether close_notify came."""
-        if not self.fast:
-            plain = bytearray()
-            while True:
-                try:
-                    plain += self.conn.recv(1 << 20)
-                except SSL.WantReadError:
-                    return plain, False
-                except SSL.ZeroReturnError:
-                    return plain, True
-        # Plaintext is never longer than the ciphertext it comes from: what waits in the
-        # BIO, plus a record OpenSSL may have started reading, plus what it has decrypted.
-        cap = int(_lib.BIO_get_mem_data(self._into_ssl, _ffi.NULL)) + int(_lib.SSL_pending(self._ssl)) + _RECORD_SLACK
-        buf = bytearray(cap)
-        off, closed = 0, False
-        with _ffi.from_buffer(buf) as ptr:
-            while off < cap:
-                n = int(_lib.SSL_read(self._ssl, ptr + off, cap - off))
-                if n > 0:
-                    off += n
-                    continue
-                err = int(_lib.SSL_get_error(self._ssl, n))
-                if err == _lib.SSL_ERROR_WANT_READ:
-                    break
-                if err == _lib.SSL_ERROR_ZERO_RETURN:
-                    closed = True
-                    break
-                self._raise(n)
-        del buf[off:]
-        return buf, closed
 
 
 class LinkRefused(Exception):
@@ -292,7 +189,7 @@ class PeerLink:
         self._is_client, self._expected = is_client, frozenset(expected)
         self._ctx = cached_context(config.tls)
         self._conn: SSL.Connection | None = None
-        self._records: _RecordIO | None = None
+        self._records: RecordIO | None = None
         self._peer: VerifiedNode | None = None
         self._decoder = FrameDecoder(max_payload=config.max_frame)
         self._reassembler = Reassembler(max_message=config.max_message)
@@ -389,7 +286,7 @@ class PeerLink:
         conn.set_app_data(state)
         conn.set_connect_state() if client else conn.set_accept_state()
         self._conn = conn
-        self._records = _RecordIO(conn)
+        self._records = RecordIO(conn)
         while True:
             try:
                 conn.do_handshake()
@@ -406,7 +303,7 @@ class PeerLink:
             except SSL.Error as exc:
                 self._flush()  # deliver our alert to the peer
                 await self._drain_quietly()
-                reason = verify_failure_reason(state) or _handshake_reason(exc)
+                reason = verify_failure_reason(state) or handshake_reason(exc)
                 self._counters.count(reason, self._refused_peer())
                 raise LinkRefused(f"TLS handshake failed ({reason}): {exc}", reason) from None
         self._flush()
@@ -750,14 +647,3 @@ class PeerLink:
                     pass
         self._fail(self._closed)
         await self._abort()
-
-
-def _handshake_reason(exc: SSL.Error) -> str:
-    text = str(exc).lower()
-    if "key share" in text or "shared group" in text or "no suitable" in text or "handshake failure" in text:
-        return "no_shared_group"
-    if "unknown ca" in text or "certificate verify failed" in text or "bad certificate" in text:
-        return "peer_rejected_certificate"
-    if "expired" in text:
-        return "peer_rejected_expired"
-    return "handshake_failed"

@@ -38,10 +38,13 @@ __all__ = [
     "CONTEXT_CACHE_SIZE",
     "TlsIdentity",
     "VerifyState",
+    "base_context",
     "cached_context",
     "check_peer",
     "clear_context_cache",
+    "client_context",
     "make_context",
+    "server_context",
     "verify_failure_reason",
 ]
 
@@ -99,11 +102,11 @@ def _check(ok: int, what: str) -> None:
         raise SSL.Error(f"OpenSSL refused {what}")
 
 
-def make_context(tls: TlsIdentity, *, offer_groups: Sequence[str] | None = None) -> SSL.Context:
-    """A context for either role: TLS 1.3 only, the suite's group only, peer cert required.
+def base_context(groups: Sequence[str], sigalgs: Sequence[str]) -> SSL.Context:
+    """The protocol settings every context here shares, without credentials or peer policy.
 
-    ``offer_groups`` overrides the group list; it exists so tests can play a classical-only
-    peer and must never be set in production.
+    TLS 1.3 only, exactly ``groups`` for the key exchange and ``sigalgs`` for signatures,
+    no session tickets, and only the leaf certificate sent (``SSL_MODE_NO_AUTO_CHAIN``).
     """
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
@@ -113,9 +116,22 @@ def make_context(tls: TlsIdentity, *, offer_groups: Sequence[str] | None = None)
     # rebuilds (and re-verifies, one ML-DSA verify) our own chain at every handshake
     # and sends the CA certificate along.
     ctx.set_mode(_SSL_MODE_NO_AUTO_CHAIN)
-    groups = ":".join(offer_groups) if offer_groups is not None else tls.suite.tls_group.value
-    _check(_lib.SSL_CTX_set1_curves_list(ctx._context, groups.encode()), f"groups {groups}")
-    _check(_lib.SSL_CTX_set1_sigalgs_list(ctx._context, tls.suite.signature.value.encode()), "sigalgs")
+    group_list = ":".join(groups)
+    _check(_lib.SSL_CTX_set1_curves_list(ctx._context, group_list.encode()), f"groups {group_list}")
+    sigalg_list = ":".join(sigalgs)
+    _check(_lib.SSL_CTX_set1_sigalgs_list(ctx._context, sigalg_list.encode()), f"sigalgs {sigalg_list}")
+    return ctx
+
+
+def _suite_context(suite: Suite, offer_groups: Sequence[str] | None) -> SSL.Context:
+    groups = list(offer_groups) if offer_groups is not None else [suite.tls_group.value]
+    ctx = base_context(groups, [suite.signature.value])
+    ctx.set_app_data(suite)  # which suite a context serves (the HTTPS front checks the group against it)
+    return ctx
+
+
+def _use_identity(ctx: SSL.Context, tls: TlsIdentity) -> None:
+    """Install the node certificate and its ML-DSA key (DER in memory, see the module docstring)."""
     ctx.use_certificate(tls.certificate)
     der = tls.identity.private_key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
     bio = _lib.BIO_new_mem_buf(der, len(der))
@@ -133,9 +149,49 @@ def make_context(tls: TlsIdentity, *, offer_groups: Sequence[str] | None = None)
     finally:
         _lib.EVP_PKEY_free(pkey)
     ctx.check_privatekey()
-    ctx.get_cert_store().add_cert(crypto.X509.from_cryptography(tls.ca_certificate))  # type: ignore[union-attr]
-    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_cb)
+
+
+def _trust_only(ctx: SSL.Context, ca_certificate: x509.Certificate, mode: int) -> None:
+    ctx.get_cert_store().add_cert(crypto.X509.from_cryptography(ca_certificate))  # type: ignore[union-attr]
+    ctx.set_verify(mode, _verify_cb)
     ctx.set_verify_depth(1)
+
+
+def make_context(tls: TlsIdentity, *, offer_groups: Sequence[str] | None = None) -> SSL.Context:
+    """A context for either role: TLS 1.3 only, the suite's group only, peer cert required.
+
+    ``offer_groups`` overrides the group list; it exists so tests can play a classical-only
+    peer and must never be set in production.
+    """
+    ctx = _suite_context(tls.suite, offer_groups)
+    _use_identity(ctx, tls)
+    _trust_only(ctx, tls.ca_certificate, SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
+    return ctx
+
+
+def server_context(tls: TlsIdentity, *, offer_groups: Sequence[str] | None = None) -> SSL.Context:
+    """A TLS server context for HTTPS: as :func:`make_context` but no client certificate asked.
+
+    The context's app data is the suite (see :mod:`pqmpc_node.net.https`). ``offer_groups``
+    is for tests only, as in :func:`make_context`.
+    """
+    ctx = _suite_context(tls.suite, offer_groups)
+    _use_identity(ctx, tls)
+    ctx.set_verify(SSL.VERIFY_NONE)
+    return ctx
+
+
+def client_context(
+    ca_certificate: x509.Certificate, suite: Suite, *, offer_groups: Sequence[str] | None = None
+) -> SSL.Context:
+    """A TLS client context for HTTPS: no own certificate, trusts ``ca_certificate`` only.
+
+    TLS 1.3 only, the suite's group and signature algorithm only, the server's certificate
+    must chain (depth 1) to ``ca_certificate``; failures land in the connection's
+    :class:`VerifyState` app data. ``offer_groups`` is for tests only (a classical client).
+    """
+    ctx = _suite_context(suite, offer_groups)
+    _trust_only(ctx, ca_certificate, SSL.VERIFY_PEER)
     return ctx
 
 
