@@ -30,7 +30,7 @@ class OperatorSettings:
     bootstrap_port: int = 8444
     """Where the operator serves node bootstrap (CSR + attestation token) over PQ-TLS."""
     bootstrap_host: str = "0.0.0.0"
-    bootstrap_url: str = "https://pqmpc-operator.pqmpc-system.svc:8444"
+    bootstrap_url: str = "https://pqmpc-operator-bootstrap.pqmpc-system.svc:8444"
     """How node pods reach that port (the chart's Service); set into every node pod."""
 
     def operator_pod_labels(self) -> dict[str, str]:

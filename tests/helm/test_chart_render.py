@@ -23,6 +23,8 @@ import pytest
 import yaml
 
 from chart_helpers import CHART, KUBE_VERSION, REPO, by_kind, load_manifests, one
+from pqmpc_operator.builders import build_node_pod
+from pqmpc_operator.model import parse_nodepool
 from pqmpc_operator.settings import OperatorSettings, settings_from_env
 
 Render = Callable[..., list[dict[str, Any]]]
@@ -197,7 +199,7 @@ def test_operator_pods_carry_the_labels_node_network_policies_admit(render: Rend
 
 def test_metrics_service_selects_the_operator_pod(render: Render) -> None:
     docs = render()
-    service = one(docs, "Service")
+    service = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"].endswith("-metrics"))
     pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
@@ -206,10 +208,29 @@ def test_metrics_service_selects_the_operator_pod(render: Render) -> None:
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
 
 
-def test_node_pod_monitor_scrapes_the_nodes_api_port(render: Render) -> None:
+def test_bootstrap_service_reaches_the_operators_bootstrap_port(render: Render) -> None:
+    """Nodes push their CSR to PQMPC_BOOTSTRAP_URL: by default this Service, on the operator's named port."""
+    docs = render()
+    service = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"].endswith("-bootstrap"))
+    deployment = one(docs, "Deployment")
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    c = container(docs)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert service["spec"]["ports"][0]["targetPort"] == "bootstrap" and ports["bootstrap"] == 8444
+    settings = settings_from_env(env_of(c))
+    assert settings.bootstrap_url == f"https://{service['metadata']['name']}.pqmpc-system.svc:8444"
+    assert settings.bootstrap_port == 8444
+
+
+def test_node_pod_monitor_scrapes_the_nodes_metrics_port(render: Render) -> None:
+    """The node API speaks PQ-TLS only; Prometheus scrapes the plain-HTTP metrics port the node pods name."""
     monitor = one(render(monitoring=True), "PodMonitor")
     assert monitor["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "pqmpc-node"}
-    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "api"
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    pool = parse_nodepool(yaml.safe_load((REPO / "examples" / "nodepool.yaml").read_text()) | {
+        "metadata": {"name": "banks", "namespace": "default", "uid": "u"}})
+    pod = build_node_pod(pool, pool.groups[0], 0, OperatorSettings())
+    assert "metrics" in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
 
 
 def test_binding_ties_the_role_to_the_service_account(render: Render) -> None:
