@@ -58,6 +58,7 @@ from pqmpc_node.net.tls import TlsIdentity, server_context
 
 SUITE = get_suite(SuiteName.PQ_DEFAULT)
 MIB = 1 << 20
+PLAN = bytes(range(32))  # the plan digest envelopes are bound to (any 32 bytes here)
 
 
 def now() -> dt.datetime:
@@ -327,7 +328,8 @@ def envelope_rates() -> tuple[float, float]:
     counter = iter(range(10**9))
 
     def header() -> E.EnvelopeHeader:
-        return E.EnvelopeHeader(SUITE.name, "s", "node-a", 0, f"in-{next(counter)}", kc.epoch, "bank-a", fp)
+        return E.EnvelopeHeader(SUITE.name, "s", "node-a", 0, f"in-{next(counter)}", kc.epoch, "bank-a", fp,
+                                PLAN, 1)
 
     def seal() -> bytes:
         return E.seal_envelope(b"x" * 1024, suite=SUITE, header=header(), recipient_key=pk, sender_key=owner)
@@ -339,7 +341,7 @@ def envelope_rates() -> tuple[float, float]:
     t0 = time.perf_counter()
     n = 0
     for env in it:
-        E.open_envelope(env, suite=SUITE, session_id="s", node_id="node-a", party_index=0, senders={"bank-a": owner.public_key()},
+        E.open_envelope(env, suite=SUITE, session_id="s", plan=(PLAN, 1), node_id="node-a", party_index=0, senders={"bank-a": owner.public_key()},
                         keys=ring, replay_guard=guard, now=t)
         n += 1
     return sealed_rate, n / (time.perf_counter() - t0)

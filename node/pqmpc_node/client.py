@@ -534,6 +534,7 @@ class SessionClient:
             suite=self.suite.name, session_id=self.session_id, node_id=party.plan.node_id,
             party_index=party.plan.index, input_id=f"input/{identity.name}", key_epoch=party.kem.epoch,
             sender=identity.name, sender_key_fingerprint=key_fingerprint(identity.signing_key.public_key()),
+            plan_digest=self.plan.binding()[0], generation=self.plan.generation,
         )
         return seal_envelope(payload, suite=self.suite, header=header, recipient_key=party.kem.public_key,
                              sender_key=identity.signing_key)
@@ -649,7 +650,8 @@ class SessionClient:
             if not sealed:
                 continue
             try:
-                env = open_envelope(sealed, suite=self.suite, session_id=self.session_id, node_id=identity.name,
+                env = open_envelope(sealed, suite=self.suite, session_id=self.session_id, plan=self.plan.binding(),
+                                    node_id=identity.name,
                                     party_index=party.plan.index, senders={party.plan.node_id: party.identity_key},
                                     keys=identity, replay_guard=ReplayGuard(), now=self.clock())
                 opened[party.plan.index] = OutputPayload.decode(env.plaintext)

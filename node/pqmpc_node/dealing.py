@@ -308,7 +308,7 @@ async def deal_async(
                                  tuple(seeds[p.index] for seeds, _ in runs), tuple(prov[p.index].stream for _, prov in runs))
         epoch, key = node_kem_keys[p.node_id]
         bodies[p.node_id] = seal_preprocessing(material, suite=suite, key_epoch=epoch, node_kem_key=key,
-                                               signer_key=signer_key, rng=rng)
+                                               signer_key=signer_key, generation=plan.generation, rng=rng)
         words[p.node_id] = sum(int(st.size) for st in material.streams)
     return DealerOutput(plan.session_id, digest, counts, bodies, words)
 
@@ -344,9 +344,13 @@ def seal_preprocessing(
     key_epoch: int,
     node_kem_key: KemPublicKey,
     signer_key: MLDSAPrivateKey,
+    generation: int,
     rng: Callable[[int], bytes] = os.urandom,
 ) -> bytes:
-    """One party's preprocessing body, sealed to its KEM key and signed with the plan-signing key."""
+    """One party's preprocessing body, sealed to its KEM key and signed with the plan-signing key.
+
+    The envelope is bound to the plan version it was dealt for (digest and ``generation``).
+    """
     stream_key = rng(32)
     doc = {
         "format": MATERIAL_FORMAT, "sessionId": material.session_id, "planDigest": material.plan_digest,
@@ -359,6 +363,7 @@ def seal_preprocessing(
         suite=suite.name, session_id=material.session_id, node_id=material.node_id, party_index=material.party,
         input_id=PREPROCESSING_INPUT_ID, key_epoch=key_epoch, sender=OPERATOR_SENDER,
         sender_key_fingerprint=key_fingerprint(signer_key.public_key()),
+        plan_digest=bytes.fromhex(material.plan_digest), generation=generation,
     )
     env = seal_envelope(json.dumps(doc).encode(), suite=suite, header=header, recipient_key=node_kem_key,
                         sender_key=signer_key)
@@ -391,7 +396,7 @@ def open_preprocessing(
         raise PreprocessingError("truncated preprocessing body", "malformed")
     party = plan.party_of(node_id)
     opened = open_envelope(
-        body[start : start + env_len], suite=suite, session_id=plan.session_id, node_id=node_id,
+        body[start : start + env_len], suite=suite, session_id=plan.session_id, plan=plan.binding(), node_id=node_id,
         party_index=party.index, senders={OPERATOR_SENDER: signer_key}, keys=keys, replay_guard=ReplayGuard(), now=now,
     )
     if opened.header.input_id != PREPROCESSING_INPUT_ID:

@@ -24,10 +24,10 @@ a plan already held (:class:`StalePlanError`) is :func:`check_supersedes`.
 Preprocessing (a trusted dealer: the operator) does not travel in the plan: the dealer
 posts each party its *own* material, sealed to that party's KEM key and signed with the
 plan-signing key (:func:`pqmpc_node.dealing.deal`), so no node ever holds another
-party's seed. ``preprocessing.sealedSeeds`` (:func:`seal_dealer_seed`, one seed shared
-by all parties) is deprecated: still parsed and signed for compatibility, but nodes
-never open it, because any node holding a shared seed could derive every party's
-triples and unmask the inputs.
+party's seed. ``preprocessing.sealedSeeds`` (one seed shared by all parties, from an
+earlier version) is still parsed and signed for compatibility, but nothing seals or
+opens it any more: any node holding a shared seed could derive every party's triples
+and unmask the inputs.
 
 Cancellation (``POST /v1/sessions/{id}/cancel`` body, :func:`sign_cancel`)::
 
@@ -59,15 +59,6 @@ from typing import Any, ClassVar, Literal, NewType, cast
 
 from cryptography.exceptions import InvalidSignature
 
-from pqmpc_node.crypto.envelopes import (
-    EnvelopeHeader,
-    KemKeySource,
-    ReplayGuard,
-    key_fingerprint,
-    open_envelope,
-    seal_envelope,
-)
-from pqmpc_node.crypto.kemkeys import KemPublicKey
 from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, SignatureAlgorithm, Suite, SuiteName
 from pqmpc_node.mpc.numerics import DEFAULT_MAX_ROWS_PER_OWNER, RowBound
 from pqmpc_node.mpc.programs import ExecutionPlan, compile_program
@@ -79,7 +70,6 @@ __all__ = [
     "CancelMismatchError",
     "SessionCancel",
     "StaleCancelError",
-    "DEALER_SEED_INPUT_ID",
     "ExpiredPlanError",
     "FieldDecl",
     "ForeignPlanError",
@@ -100,11 +90,9 @@ __all__ = [
     "UnsignedPlanError",
     "canonical_bytes",
     "check_supersedes",
-    "open_dealer_seed",
     "output_names",
     "parse_signed_plan",
     "plan_signer_key_from_bytes",
-    "seal_dealer_seed",
     "sign_plan",
     "sign_cancel",
     "signer_fingerprint",
@@ -119,8 +107,7 @@ CANCEL_SIGNATURE_CONTEXT = b"pqmpc/v1/session-cancel"
 CANCEL_FORMAT = "pqmpc.io/cancel/v1"
 MAX_CANCEL_BYTES = 64 * 1024
 OPERATOR_SENDER = "operator"
-"""Envelope sender name of the operator (it seals the dealer seed with its plan-signing key)."""
-DEALER_SEED_INPUT_ID = "dealer-seed"
+"""Envelope sender name of the operator (it seals dealt preprocessing with its plan-signing key)."""
 MAX_PLAN_BYTES = 4 * 1024 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,126}[A-Za-z0-9])?$")
 InputRole = Literal["data", "model"]
@@ -423,6 +410,19 @@ class SessionPlan:
         """SHA-256 of the canonical bytes, hex (identifies a plan version)."""
         return hashlib.sha256(canonical_bytes(self.to_json())).hexdigest()
 
+    def binding(self) -> tuple[bytes, int]:
+        """(raw digest, generation): what every envelope of this session is bound to."""
+        return bytes.fromhex(self.digest()), self.generation
+
+    def terms_digest(self) -> str:
+        """SHA-256 of everything an input owner consents to: the plan without its generation and times.
+
+        A re-plan with equal terms (the operator re-sending after a restart) may keep the
+        inputs already accepted; any change of parties, program, fields or outputs may not.
+        """
+        terms = {k: v for k, v in self.to_json().items() if k not in ("generation", "issuedAt", "notAfter", "deadline")}
+        return hashlib.sha256(canonical_bytes(terms)).hexdigest()
+
     # -- JSON ---------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         """The canonical JSON object (what is signed)."""
@@ -636,45 +636,6 @@ def check_supersedes(new: SessionPlan, held: SessionPlan | None) -> bool:
             raise StalePlanError(f"a different plan with generation {new.generation} is already held; bump the generation")
         return False
     return True
-
-
-def seal_dealer_seed(
-    seed: bytes,
-    *,
-    suite: Suite,
-    session_id: str,
-    party: PlanParty,
-    node_kem_key: KemPublicKey,
-    signer_key: MLDSAPrivateKey,
-) -> bytes:
-    """Deprecated, ignored by nodes: seal a shared dealer seed to one party's KEM key.
-
-    A seed shared by all parties lets any one node derive every party's preprocessing;
-    deal per party with :func:`pqmpc_node.dealing.deal` instead.
-    """
-    header = EnvelopeHeader(
-        suite=suite.name, session_id=session_id, node_id=party.node_id, party_index=party.index,
-        input_id=DEALER_SEED_INPUT_ID, key_epoch=party.kem_epoch, sender=OPERATOR_SENDER,
-        sender_key_fingerprint=key_fingerprint(signer_key.public_key()),
-    )
-    return seal_envelope(seed, suite=suite, header=header, recipient_key=node_kem_key, sender_key=signer_key)
-
-
-def open_dealer_seed(
-    plan: SessionPlan, *, suite: Suite, node_id: str, signer_key: MLDSAPublicKey, keys: KemKeySource, now: dt.datetime
-) -> bytes:
-    """Deprecated (nodes no longer call it): open this node's sealed shared dealer seed."""
-    party = plan.party_of(node_id)
-    sealed = plan.sealed_dealer_seeds.get(node_id)
-    if sealed is None:
-        raise MalformedPlanError(f"plan carries no sealed dealer seed for node {node_id!r}")
-    opened = open_envelope(
-        sealed, suite=suite, session_id=plan.session_id, node_id=node_id, party_index=party.index,
-        senders={OPERATOR_SENDER: signer_key}, keys=keys, replay_guard=ReplayGuard(), now=now,
-    )
-    if opened.header.input_id != DEALER_SEED_INPUT_ID or len(opened.plaintext) < 16:
-        raise MalformedPlanError("the sealed dealer seed is not a seed of at least 16 bytes")
-    return opened.plaintext
 
 
 def plan_signer_key_from_bytes(data: bytes, algorithm: SignatureAlgorithm = SignatureAlgorithm.ML_DSA_65) -> MLDSAPublicKey:

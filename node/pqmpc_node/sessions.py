@@ -277,8 +277,16 @@ class SessionManager:
             raise SessionError(str(exc), reason=exc.reason, status=409) from None
         rt = SessionRuntime(plan=plan, body=body, party=party.index, started=time.monotonic(),
                             live=tuple(range(len(plan.parties))))
-        if held is not None:
+        if held is not None and held.plan.terms_digest() == plan.terms_digest():
+            # Same parties, program, fields and outputs (the operator re-sent the plan): the
+            # owners consented to these terms, so the inputs accepted under the old version stay.
             rt.inputs, rt.input_digests = held.inputs, held.input_digests
+        elif held is not None and held.inputs:
+            # Other terms: an input is valid only under the plan its owner sealed it for.
+            log.info("session %s: plan generation %d changes the session's terms; dropping the %d input(s) "
+                     "accepted under generation %d (their owners must submit again)", plan.session_id,
+                     plan.generation, len(held.inputs), held.plan.generation)
+            self.replay.forget_session(plan.session_id)
         self.sessions[plan.session_id] = rt
         sdir = self._session_dir(plan.session_id)
         sdir.mkdir(parents=True, exist_ok=True)
@@ -330,7 +338,8 @@ class SessionManager:
                                     reason="duplicate_input", status=409, extra={"alreadyAccepted": True})
             senders = {i.owner: self.keys.suite.signature.public_key_from_bytes(i.identity) for i in plan.inputs}
             opened = open_envelope(
-                data, suite=self.keys.suite, session_id=plan.session_id, node_id=self.node_id, party_index=rt.party,
+                data, suite=self.keys.suite, session_id=plan.session_id, plan=plan.binding(), node_id=self.node_id,
+                party_index=rt.party,
                 senders=senders, keys=self.keys.ring, replay_guard=ReplayGuard(), now=self.clock(),
             )
             owner = plan.input_of(h.sender)
@@ -759,6 +768,7 @@ class SessionManager:
                 suite=suite.name, session_id=plan.session_id, node_id=out.recipient, party_index=rt.party,
                 input_id=f"output/{self.node_id}", key_epoch=1, sender=self.node_id,
                 sender_key_fingerprint=key_fingerprint(self.keys.identity.public_key),
+                plan_digest=plan.binding()[0], generation=plan.generation,
             )
             recipient_key = kem_public_key_from_bytes(suite.envelope_kem, out.kem_public_key)
             sealed = seal_envelope(payload.encode(), suite=suite, header=header, recipient_key=recipient_key,

@@ -71,3 +71,43 @@ def test_parties_holding_different_plans_are_refused(operator: Operator, trio: A
     with SessionClient(node_url=trio[1].url, session_id="bind-gen", ca_certificate=operator.ca.certificate,
                        plan_signer=operator.signer.public_key()) as client:
         assert client.plan.generation == 2
+
+
+def test_an_envelope_sealed_under_another_plan_version_is_refused(operator: Operator, trio: Any) -> None:
+    """The owner sealed for generation 1; the session now runs generation 2 with another output policy."""
+    owner, auditor, mallory = Identity.generate("bank-a"), Identity.generate("auditor"), Identity.generate("mallory")
+    operator.post_plan(plan_for(operator, trio, "bind-env", owner, auditor, 1), trio, dealer=False)
+    with SessionClient(node_url=trio[0].url, session_id="bind-env", ca_certificate=operator.ca.certificate,
+                       plan_signer=operator.signer.public_key()) as client:
+        sealed = client.seal_rows(owner, {"amount": ["1", "2"]})
+    # A re-plan that adds a recipient: the owner never agreed to mallory learning the sum.
+    widened = operator.plan("bind-env", trio, program=PROGRAM, owners=[owner], fields=FIELDS,
+                            recipients={auditor: ["sum(amount)"], mallory: ["sum(amount)"]}, generation=2)
+    operator.post_plan(widened, trio, dealer=False)
+    party, envelope = sealed[0]
+    r = operator.http.post(f"{trio[party.plan.index].url}/v1/sessions/bind-env/inputs", content=envelope,
+                           headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 403 and r.json()["error"]["reason"] == "wrong_plan", r.text
+    assert "generation 1" in r.json()["error"]["message"] and "generation 2" in r.json()["error"]["message"]
+    assert operator.metric(trio[party.plan.index], "pqmpc_node_envelopes_refused_total") >= 1
+
+
+def test_a_replan_with_other_terms_drops_the_inputs_accepted_before(operator: Operator, trio: Any) -> None:
+    """Inputs accepted under generation 1 are not carried into a generation 2 that widens the outputs;
+    a re-sent plan with the same terms keeps them (an operator restart must not cost owners a resubmit)."""
+    owner, auditor, mallory = Identity.generate("bank-a"), Identity.generate("auditor"), Identity.generate("mallory")
+    operator.post_plan(plan_for(operator, trio, "bind-keep", owner, auditor, 1), trio, dealer=False)
+    with SessionClient(node_url=trio[0].url, session_id="bind-keep", ca_certificate=operator.ca.certificate,
+                       plan_signer=operator.signer.public_key()) as client:
+        client.submit_rows(owner, {"amount": ["1", "2"]})
+
+    def inputs_held() -> list[dict[str, int]]:
+        return [operator.http.get(f"{n.url}/v1/sessions/bind-keep").json()["inputRows"] for n in trio]
+
+    assert inputs_held() == [{"bank-a": 2}] * 3
+    operator.post_plan(plan_for(operator, trio, "bind-keep", owner, auditor, 2), trio, dealer=False)
+    assert inputs_held() == [{"bank-a": 2}] * 3  # same terms, re-sent: kept
+    widened = operator.plan("bind-keep", trio, program=PROGRAM, owners=[owner], fields=FIELDS,
+                            recipients={auditor: ["sum(amount)"], mallory: ["sum(amount)"]}, generation=3)
+    operator.post_plan(widened, trio, dealer=False)
+    assert inputs_held() == [{}] * 3  # other terms: dropped, the owner must consent again

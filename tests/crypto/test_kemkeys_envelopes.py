@@ -91,6 +91,9 @@ def test_kem_keypair_round_trip(name: SuiteName, pool_factory: Any) -> None:
     assert suite.hpke_suite().decrypt(ct, kp.private_key, b"info") == b"x"
 
 
+PLAN_DIGEST = bytes(range(32))  # the plan version every envelope here is bound to
+
+
 class Scenario:
     """One data owner, one node with a key ring, and helpers to seal and open."""
 
@@ -105,7 +108,8 @@ class Scenario:
     def header(self, **over: Any) -> E.EnvelopeHeader:
         base = dict(suite=self.pool.suite.name, session_id="sess-1", node_id="node-a", party_index=0,
                     input_id="in-1", key_epoch=self.kc.epoch, sender="bank-a",
-                    sender_key_fingerprint=E.key_fingerprint(self.owner.public_key()))
+                    sender_key_fingerprint=E.key_fingerprint(self.owner.public_key()),
+                    plan_digest=PLAN_DIGEST, generation=1)
         base.update(over)
         return E.EnvelopeHeader(**base)
 
@@ -116,8 +120,8 @@ class Scenario:
                                sender_key=key or self.owner)
 
     def open(self, data: bytes, now: dt.datetime | None = None, **over: Any) -> E.OpenedEnvelope:
-        kw: dict[str, Any] = dict(suite=self.pool.suite, session_id="sess-1", node_id="node-a", party_index=0,
-                                  senders={"bank-a": self.owner.public_key()}, keys=self.ring,
+        kw: dict[str, Any] = dict(suite=self.pool.suite, session_id="sess-1", plan=(PLAN_DIGEST, 1), node_id="node-a",
+                                  party_index=0, senders={"bank-a": self.owner.public_key()}, keys=self.ring,
                                   replay_guard=self.guard, now=now or self.now)
         kw.update(over)
         return E.open_envelope_counted(data, counters=self.counters, **kw)
@@ -139,7 +143,8 @@ def test_envelope_round_trip_and_replay(sc: Scenario) -> None:
 
 def test_uncounted_open_still_raises_and_counted_open_counts_once(sc: Scenario) -> None:
     env = sc.seal(session_id="sess-2")
-    kw: dict[str, Any] = dict(suite=sc.pool.suite, session_id="sess-1", node_id="node-a", party_index=0,
+    kw: dict[str, Any] = dict(suite=sc.pool.suite, session_id="sess-1", plan=(PLAN_DIGEST, 1), node_id="node-a",
+                              party_index=0,
                               senders={"bank-a": sc.owner.public_key()}, keys=sc.ring, replay_guard=sc.guard, now=sc.now)
     with pytest.raises(E.WrongSessionError):
         E.open_envelope(env, **kw)
@@ -155,6 +160,8 @@ def test_uncounted_open_still_raises_and_counted_open_counts_once(sc: Scenario) 
     ("over", "err"),
     [
         ({"session_id": "sess-2"}, E.WrongSessionError),
+        ({"plan_digest": bytes(32)}, E.WrongPlanError),  # sealed under another plan of this session
+        ({"generation": 2}, E.WrongPlanError),  # or another generation of it
         ({"node_id": "node-b"}, E.WrongNodeError),
         ({"party_index": 3}, E.WrongPartyError),
         ({"key_epoch": 99}, E.WrongEpochError),

@@ -6,7 +6,10 @@ suite's KEM (X-Wing for ``pq-default``), sealed to the recipient's certified KEM
 Steps of :func:`seal_envelope`:
 
 1. Encode the header (suite, session id, node id, party index, input id, key epoch,
-   sender id and the SHA-256 fingerprint of the sender's ML-DSA key).
+   sender id, the SHA-256 fingerprint of the sender's ML-DSA key, and the digest and
+   generation of the signed session plan the sender verified: an envelope is valid
+   under that plan only, so a re-plan with other parties, program or output policy
+   cannot reuse it).
 2. HPKE-seal the plaintext with the encoded header as HPKE ``info``. pyca's public
    single-shot API has no AAD parameter; ``info`` enters the key schedule (RFC 9180
    §5.1), so any change to the header makes decryption fail, which is the binding AAD
@@ -14,7 +17,7 @@ Steps of :func:`seal_envelope`:
 3. Sign ``header ‖ ciphertext`` with the sender's ML-DSA key under
    :data:`ENVELOPE_SIGNATURE_CONTEXT`.
 
-:func:`open_envelope` checks, in order: size and format, session / node / party,
+:func:`open_envelope` checks, in order: size and format, session / plan / node / party,
 known sender, signature, key epoch, replay, decryption; each refusal is an
 :class:`EnvelopeError` with a ``reason`` label. :func:`open_envelope_counted` does the
 same and counts every refusal's reason into a :class:`RefusalSink` (the node's
@@ -59,6 +62,7 @@ __all__ = [
     "WrongEpochError",
     "WrongNodeError",
     "WrongPartyError",
+    "WrongPlanError",
     "WrongSessionError",
     "key_fingerprint",
     "open_envelope",
@@ -68,7 +72,7 @@ __all__ = [
 
 ENVELOPE_SIGNATURE_CONTEXT = b"pqmpc/v1/envelope-signature"
 ENVELOPE_INFO_PREFIX = b"pqmpc/v1/envelope"
-_MAGIC = b"PQE1"
+_MAGIC = b"PQE2"  # PQE2: the header binds the plan digest and generation
 MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
 _MAX_ID = 256
 _MAX_SIG = 8 * 1024
@@ -96,6 +100,12 @@ class WrongSessionError(EnvelopeError):
     """Sealed for another session."""
 
     reason = "wrong_session"
+
+
+class WrongPlanError(EnvelopeError):
+    """Sealed under another version of the session's plan (another digest or generation)."""
+
+    reason = "wrong_plan"
 
 
 class WrongNodeError(EnvelopeError):
@@ -169,6 +179,9 @@ class EnvelopeHeader:
     key_epoch: int
     sender: str
     sender_key_fingerprint: bytes
+    plan_digest: bytes
+    """SHA-256 of the canonical signed plan (:meth:`~pqmpc_node.plan.SessionPlan.digest`), raw."""
+    generation: int
 
     def encode(self) -> bytes:
         """Canonical encoding."""
@@ -177,12 +190,14 @@ class EnvelopeHeader:
                 raise ValueError(f"envelope {name} must be 1..{_MAX_ID} bytes")
         if not 0 <= self.party_index < 2**32 or not 0 <= self.key_epoch < 2**64:
             raise ValueError("party_index or key_epoch out of range")
-        if len(self.sender_key_fingerprint) != 32:
-            raise ValueError("sender_key_fingerprint must be 32 bytes")
+        if len(self.sender_key_fingerprint) != 32 or len(self.plan_digest) != 32:
+            raise ValueError("sender_key_fingerprint and plan_digest must be 32 bytes")
+        if not 0 < self.generation < 2**64:
+            raise ValueError("generation out of range")
         return (
             _MAGIC + put_str(self.suite.value) + put_str(self.session_id) + put_str(self.node_id)
             + put_u32(self.party_index) + put_str(self.input_id) + put_u64(self.key_epoch)
-            + put_str(self.sender) + self.sender_key_fingerprint
+            + put_str(self.sender) + self.sender_key_fingerprint + self.plan_digest + put_u64(self.generation)
         )
 
     @classmethod
@@ -199,10 +214,14 @@ class EnvelopeHeader:
         epoch = r.u64()
         sender = r.str(_MAX_ID, "sender")
         fp = r.fixed(32)
+        plan_digest = r.fixed(32)
+        generation = r.u64()
         for name, v in (("session_id", session), ("node_id", node), ("input_id", input_id), ("sender", sender)):
             if not v:
                 raise WireFormatError(f"envelope {name} is empty")
-        return cls(suite, session, node, party, input_id, epoch, sender, fp)
+        if generation == 0:
+            raise WireFormatError("envelope plan generation is 0")
+        return cls(suite, session, node, party, input_id, epoch, sender, fp, plan_digest, generation)
 
 
 @dataclass(frozen=True)
@@ -306,6 +325,7 @@ def open_envelope(
     *,
     suite: Suite,
     session_id: str,
+    plan: tuple[bytes, int],
     node_id: str,
     party_index: int | None,
     senders: Mapping[str, MLDSAPublicKey],
@@ -314,7 +334,9 @@ def open_envelope(
     now: dt.datetime,
     max_bytes: int = MAX_ENVELOPE_BYTES,
 ) -> OpenedEnvelope:
-    """Check and open an envelope addressed to (``session_id``, ``node_id``, ``party_index``).
+    """Check and open an envelope addressed to (``session_id``, ``plan``, ``node_id``, ``party_index``).
+
+    ``plan`` is the (raw digest, generation) of the plan the receiver holds.
 
     ``senders`` maps each expected sender id to its registered ML-DSA public key
     (``MPCSession.spec.inputs[].identity``). ``party_index=None`` accepts any index
@@ -326,6 +348,11 @@ def open_envelope(
         raise MalformedEnvelopeError(f"envelope uses suite {h.suite.value}; this pool uses {suite.name.value}")
     if h.session_id != session_id:
         raise WrongSessionError(f"envelope is for session {h.session_id!r}, not {session_id!r}")
+    if not hmac.compare_digest(h.plan_digest, plan[0]) or h.generation != plan[1]:
+        raise WrongPlanError(
+            f"envelope was sealed under plan {h.plan_digest.hex()[:12]} (generation {h.generation}) of session "
+            f"{session_id!r}, which now runs plan {plan[0].hex()[:12]} (generation {plan[1]}); seal it again "
+            "under the current plan (re-run the submit)")
     if h.node_id != node_id:
         raise WrongNodeError(f"envelope is for node {h.node_id!r}, not {node_id!r}")
     if party_index is not None and h.party_index != party_index:
@@ -371,6 +398,7 @@ def open_envelope_counted(
     counters: RefusalSink,
     suite: Suite,
     session_id: str,
+    plan: tuple[bytes, int],
     node_id: str,
     party_index: int | None,
     senders: Mapping[str, MLDSAPublicKey],
@@ -382,7 +410,7 @@ def open_envelope_counted(
     """:func:`open_envelope`, counting the reason of any refusal into ``counters`` (once) before re-raising it."""
     try:
         return open_envelope(
-            data, suite=suite, session_id=session_id, node_id=node_id, party_index=party_index, senders=senders,
+            data, suite=suite, session_id=session_id, plan=plan, node_id=node_id, party_index=party_index, senders=senders,
             keys=keys, replay_guard=replay_guard, now=now, max_bytes=max_bytes,
         )
     except EnvelopeError as exc:
