@@ -118,6 +118,22 @@ def install_operator_rbac(kubeconfig: Path, namespace: str = OPERATOR_NAMESPACE)
             _create_or_replace(api, doc)
 
 
+def _bootstrap_port(plane: ControlPlane) -> int:
+    """One bootstrap port per control plane, kept across operator restarts.
+
+    Node pods carry the bootstrap URL in their spec (as a cluster's pods carry the stable
+    Service name): a new port at every restart would change the pod template and roll
+    every pool.
+    """
+    record = plane.workdir / "operator-bootstrap-port"
+    try:
+        return int(record.read_text())
+    except (OSError, ValueError):
+        port = free_port()
+        record.write_text(str(port))
+        return port
+
+
 def start_operator(
     plane: ControlPlane,
     workdir: Path,
@@ -132,7 +148,7 @@ def start_operator(
     install_crds(plane.kubeconfig)
     install_operator_rbac(plane.kubeconfig, namespace)
     kubeconfig = plane.kubeconfig_for_service_account(namespace, OPERATOR_SA, path=workdir / "operator.kubeconfig")
-    live, metrics, bootstrap = free_port(), free_port(), free_port()
+    live, metrics, bootstrap = free_port(), free_port(), _bootstrap_port(plane)
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
