@@ -9,6 +9,7 @@ with a kubeconfig that carries only that token — never the admin credentials.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 import urllib.request
@@ -123,15 +124,22 @@ def _bootstrap_port(plane: ControlPlane) -> int:
 
     Node pods carry the bootstrap URL in their spec (as a cluster's pods carry the stable
     Service name): a new port at every restart would change the pod template and roll
-    every pool.
+    every pool. A second operator running at the same time (another namespace set) gets a port of its own.
     """
     record = plane.workdir / "operator-bootstrap-port"
     try:
-        return int(record.read_text())
+        port = int(record.read_text())
     except (OSError, ValueError):
         port = free_port()
         record.write_text(str(port))
         return port
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the operator's listener binds
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()  # held by an operator still running
+    return port
 
 
 def start_operator(

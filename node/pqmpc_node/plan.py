@@ -59,7 +59,7 @@ from typing import Any, ClassVar, Literal, NewType, cast
 
 from cryptography.exceptions import InvalidSignature
 
-from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, SignatureAlgorithm, Suite, SuiteName
+from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, SignatureAlgorithm, SuiteName
 from pqmpc_node.mpc.numerics import DEFAULT_MAX_ROWS_PER_OWNER, RowBound
 from pqmpc_node.mpc.programs import ExecutionPlan, compile_program
 

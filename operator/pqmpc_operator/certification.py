@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pqmpc_node.crypto.pki import CertificateError, NodeId, NodeIdentity, bootstrap_server_name
+from pqmpc_node.crypto.pki import CertificateError, NodeIdentity, bootstrap_server_name
 from pqmpc_node.crypto.suites import get_suite
 from pqmpc_node.keystore import LogBundle
 from pqmpc_node.net.tls import TlsIdentity

@@ -7,7 +7,6 @@ import os
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import given, settings, strategies as st
 
 from pqmpc_node.crypto import envelopes as E

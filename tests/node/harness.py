@@ -34,7 +34,7 @@ import httpx
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pqmpc_node.crypto.kemkeys import KemKeyCertificate, kem_public_key_from_bytes
-from pqmpc_node.crypto.pki import NodeId, PoolCA
+from pqmpc_node.crypto.pki import PoolCA
 from pqmpc_node.crypto.suites import Suite, SuiteName, get_suite
 from pqmpc_node.crypto.transparency import EntryKind, TransparencyLog
 from pqmpc_node.client import Identity

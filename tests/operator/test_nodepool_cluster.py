@@ -245,6 +245,8 @@ class TestLeastPrivilege:
             ("patch", "nodepools.pqmpc.io/status", True),
             ("list", "nodes", True),
             ("create", "secrets", True),
+            ("create", "tokenreviews.authentication.k8s.io", True),  # node bootstrap (workload attestation)
+            ("create", "serviceaccounts --subresource=token", False),  # it checks tokens, never mints them
             ("list", "secrets", False),
             ("watch", "secrets", False),
             ("update", "secrets", False),

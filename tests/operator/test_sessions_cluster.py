@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from fractions import Fraction
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
