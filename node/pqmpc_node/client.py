@@ -295,12 +295,14 @@ def _config_dir() -> Path:
 
 
 def fetch_verified_keys(
-    client: NodeClient, party: PlanParty, *, ca_certificate: x509.Certificate, suite: Suite, now: dt.datetime
+    client: NodeClient, party: PlanParty, *, ca_certificate: x509.Certificate, suite: Suite, now: dt.datetime,
+    require_tls: bool = True,
 ) -> _Party:
     """``GET /v1/keys`` of one node, verified: CA → certificate (the plan's fingerprint) → KEM key → log.
 
     Over PQ-TLS the certificate the node presented in the handshake must be the one its
     keys document names: whoever answers at the address is the node the plan names.
+    ``require_tls=False`` only for callers that bring their own transport (tests).
     """
     doc, tls_cert = client.get_json_with_peer("/v1/keys")
     try:
@@ -314,6 +316,9 @@ def fetch_verified_keys(
     except (KeyError, TypeError, ValueError) as exc:
         raise ClientError(f"keys document of node {party.node_id} is malformed: {exc}", "bad_keys") from None
     kem, node = keys.kem, keys.node
+    if tls_cert is None and require_tls:
+        raise ClientError(f"{client.base_url} answered without a PQ-TLS server certificate; refusing its keys",
+                          "no_tls")
     if tls_cert is not None and tls_cert.public_bytes(Encoding.DER) != node.certificate.public_bytes(Encoding.DER):
         raise ClientError(f"the server at {client.base_url} holds another certificate than node {party.node_id}'s keys "
                           "document names; refusing it", "wrong_identity")
@@ -365,8 +370,12 @@ class SessionClient:
         except PlanError as exc:
             self.close()
             raise ClientError(f"the session plan is not acceptable: {exc}", exc.reason) from None
-        # From here on, the node at each party's address must be that party.
+        # From here on, the node at each party's address must be that party; a connection
+        # opened before the plan was known is not reused.
         self._expected_at.update({p.address: p.node_id for p in self.plan.parties})
+        if self._own_http:
+            self.http.close()
+            self.http = node_http_client(ca_certificate, expected_at=self._expected_at.get, clock=clock)
         try:
             self._bind_plan(node_url)
         except ClientError:
@@ -429,7 +438,7 @@ class SessionClient:
     def verify_node(self, party: PlanParty) -> _Party:
         """Fetch and verify one party's keys against the CA, the log, the plan and the log history seen so far."""
         verified = fetch_verified_keys(NodeClient(self.url_of(party), http=self.http), party, ca_certificate=self.ca,
-                                       suite=self.suite, now=self.clock())
+                                       suite=self.suite, now=self.clock(), require_tls=self._own_http)
         self.history.observe(party.node_id, verified.log_chain)
         return verified
 

@@ -182,6 +182,12 @@ class NodeKeys:
             raise CertificationError(f"certificate refused: {exc}", exc.reason) from None
         if verified.public_key != self.identity.public_key:
             raise CertificationError("certificate is for another identity key than this node's", "wrong_key")
+        if self._certificate is not None and verified.not_after <= self._certificate.not_after:
+            # Anyone who reaches the API could post back an older logged certificate of this
+            # node: a renewal must extend the validity, never roll it back.
+            raise CertificationError(
+                f"certificate valid until {verified.not_after.isoformat()} does not extend the installed one "
+                f"(until {self._certificate.not_after.isoformat()}); only a renewal replaces it", "stale_certificate")
         current = self.ring.certificate(KeyState.CURRENT)
         if current is not None and not self.log.contains(EntryKind.KEM_KEY_CERTIFICATE, current.to_bytes()):
             raise CertificationError(

@@ -111,6 +111,8 @@ class NodeRuntime:
         )
         self._rotation: asyncio.Task[None] | None = None
         self._bootstrap: asyncio.Task[None] | None = None
+        self.broken = ""
+        """Non-empty when a background duty died for good (``/healthz`` answers 503 with it)."""
         self._api_context: tuple[str, SSL.Context] | None = None
         self._update_key_metrics()
 
@@ -129,9 +131,16 @@ class NodeRuntime:
         self.counters.count(f"api_{reason}")
 
     async def _bootstrap_then_report(self) -> None:
-        await bootstrap_until_certified(
-            self.keys, url=self.config.bootstrap_url, namespace=self.config.namespace, pool=self.config.pool,
-            token_path=self.config.bootstrap_token_path, clock=self.clock)
+        try:
+            await bootstrap_until_certified(
+                self.keys, url=self.config.bootstrap_url, namespace=self.config.namespace, pool=self.config.pool,
+                token_path=self.config.bootstrap_token_path, clock=self.clock)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a node that can never be certified must say so and fail liveness
+            log.exception("bootstrap stopped for good; /healthz now fails so the kubelet restarts the node")
+            self.broken = "bootstrap_failed"
+            return
         self.metrics.certified.set(1)
 
     def _update_key_metrics(self) -> None:
@@ -181,6 +190,8 @@ def build_metrics_app(node: NodeRuntime) -> web.Application:
     keys, config = node.keys, node.config
 
     async def healthz(_: web.Request) -> web.Response:
+        if node.broken:
+            return web.json_response({"status": "broken", "reason": node.broken}, status=503)
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:

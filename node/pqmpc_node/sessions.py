@@ -277,9 +277,10 @@ class SessionManager:
             raise SessionError(str(exc), reason=exc.reason, status=409) from None
         rt = SessionRuntime(plan=plan, body=body, party=party.index, started=time.monotonic(),
                             live=tuple(range(len(plan.parties))))
-        if held is not None and held.plan.terms_digest() == plan.terms_digest():
-            # Same parties, program, fields and outputs (the operator re-sent the plan): the
-            # owners consented to these terms, so the inputs accepted under the old version stay.
+        if (held is not None and held.plan.terms_digest() == plan.terms_digest()
+                and plan.deadline <= held.plan.deadline and plan.not_after <= held.plan.not_after):
+            # Same parties, program, fields and outputs, no later deadline (the operator re-sent
+            # the plan): the owners consented to these terms, so the inputs accepted stay.
             rt.inputs, rt.input_digests = held.inputs, held.input_digests
         elif held is not None and held.inputs:
             # Other terms: an input is valid only under the plan its owner sealed it for.
@@ -325,6 +326,9 @@ class SessionManager:
                     f"input {h.input_id!r} from {h.sender!r} was already accepted in session {session_id!r}",
                     reason=ReplayError.reason, status=409, extra={"alreadyAccepted": True},
                 )
+            if h.sender in rt.inputs:
+                raise InputRejected(f"{h.sender!r} already delivered its input to session {session_id}",
+                                    reason="duplicate_input", status=409, extra={"alreadyAccepted": True})
             if self.replay.seen(plan.session_id, h.sender, h.input_id):  # the same id, other bytes
                 raise InputRejected(
                     f"input {h.input_id!r} from {h.sender!r} was already accepted in session {session_id!r}",
@@ -333,9 +337,6 @@ class SessionManager:
             if rt.phase is not Phase.AWAITING_INPUTS:
                 raise InputRejected(f"session {session_id} is {rt.phase.value}; inputs are closed",
                                     reason="inputs_closed", status=409)
-            if h.sender in rt.inputs:
-                raise InputRejected(f"{h.sender!r} already delivered its input to session {session_id}",
-                                    reason="duplicate_input", status=409, extra={"alreadyAccepted": True})
             senders = {i.owner: self.keys.suite.signature.public_key_from_bytes(i.identity) for i in plan.inputs}
             opened = open_envelope(
                 data, suite=self.keys.suite, session_id=plan.session_id, plan=plan.binding(), node_id=self.node_id,

@@ -8,13 +8,15 @@ knows it hands its token to its operator and to no one else. Steps per request:
 
 1. parse the request (400 ``malformed``); the pool must be one this operator runs (404
    ``unknown_pool``);
-2. TokenReview of the token for :data:`~pqmpc_node.crypto.pki.BOOTSTRAP_AUDIENCE` and a
-   read of the pod it names; :func:`~pqmpc_operator.attestation.attest` decides (403 with
-   the reason: ``token_rejected``, ``wrong_service_account``, ``unbound_token``,
-   ``wrong_pod``, ``foreign_pod``, ``pod_gone``);
+2. TokenReview of the token for :data:`~pqmpc_node.crypto.pki.BOOTSTRAP_AUDIENCE`
+   (:func:`~pqmpc_operator.attestation.attest_token`), and only then a read of the pod it
+   names (:func:`~pqmpc_operator.attestation.attest_pod`); 403 with the reason:
+   ``token_rejected``, ``wrong_service_account``, ``unbound_token``, ``wrong_pod``,
+   ``foreign_pod``, ``pod_gone``;
 3. :func:`~pqmpc_operator.certification.certify_attested` checks the CSR's proof of
    possession, issues, logs and persists (403 ``bad_csr`` when the CSR does not check
-   out); the answer carries the certificate and the log;
+   out or the pod was certified too often); the answer carries the certificate and the
+   log; the same pod and key asking again get the same certificate;
 4. the pool's loop is woken to push the grown log to the other nodes.
 
 Every outcome is counted in ``pqmpc_operator_bootstrap_requests_total{outcome}`` and
@@ -39,7 +41,7 @@ from pqmpc_node.crypto.pki import BOOTSTRAP_AUDIENCE, CertificateError, bootstra
 from pqmpc_node.net.https import TlsFront
 from pqmpc_node.net.tls import server_context
 from pqmpc_operator import pool_pki
-from pqmpc_operator.attestation import AttestationRefused, attest
+from pqmpc_operator.attestation import AttestationRefused, attest_pod, attest_token
 from pqmpc_operator.certification import CertificationState, certify_attested
 from pqmpc_operator.kube import KubeApi
 from pqmpc_operator.metrics import OperatorMetrics
@@ -110,10 +112,13 @@ class BootstrapServer:
         pool = state.pool
         try:
             review = await self._api.review_token(req.token, [BOOTSTRAP_AUDIENCE])
-            pod = await self._api.read_pod(req.namespace, req.node_id)
-            attest(review, pod, namespace=req.namespace, pool=req.pool, pool_uid=pool.uid, node_id=req.node_id,
-                   csr_node_id=req.csr_document.get("nodeId"))
-            answer = await certify_attested(self._api, pool, state, req.csr_document, pod_name=req.node_id)
+            bound = attest_token(review, namespace=req.namespace, pool=req.pool, node_id=req.node_id,
+                                 csr_node_id=req.csr_document.get("nodeId"))  # before any pod is read
+            pod = await self._api.read_pod(req.namespace, bound.name)
+            attest_pod(bound, pod, namespace=req.namespace, pool=pool, created_uids=state.created_uids,
+                       started_at=state.started_at)
+            answer = await certify_attested(self._api, pool, state, req.csr_document, pod_name=bound.name,
+                                            pod_uid=bound.uid)
         except AttestationRefused as exc:
             self._count(exc.reason)
             _log.warning("bootstrap for %s/%s (claims %s) refused: %s: %s", req.namespace, req.pool, req.node_id,
@@ -127,6 +132,10 @@ class BootstrapServer:
             self._count("api_error")
             _log.warning("bootstrap of %s/%s: API server error %s %s", req.namespace, req.node_id, exc.status, exc.reason)
             return _refusal(503, "api_error", "the operator could not reach the API server; retry")
+        except Exception:  # noqa: BLE001 - a bug or an unexpected answer must not escape uncounted
+            self._count("internal")
+            _log.exception("bootstrap of %s/%s failed unexpectedly", req.namespace, req.node_id)
+            return _refusal(500, "internal", "the operator failed to process the request; retry")
         self._count("certified")
         self._wake(req.namespace, req.pool)
         return web.json_response(answer)

@@ -21,6 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from pqmpc_node.crypto.pki import CertificateError, NodeIdentity, bootstrap_server_name
 from pqmpc_node.crypto.suites import get_suite
 from pqmpc_node.keystore import LogBundle
@@ -37,6 +40,9 @@ _log = logging.getLogger(__name__)
 RETRY_SECONDS = 1.0
 # How often a certified node is asked for KEM keys it rotated in since.
 KEM_SYNC_SECONDS = 5.0
+# Certificates one pod (uid) may get from one operator process: container restarts re-attest
+# with a new key; a pod that keeps asking is refused rather than growing the log without end.
+MAX_ISSUANCES_PER_POD = 16
 # The operator's bootstrap certificate (key in memory only) and when it is re-issued.
 OPERATOR_CERT_LIFETIME = dt.timedelta(days=30)
 OPERATOR_CERT_RENEW_BEFORE = dt.timedelta(days=1)
@@ -57,9 +63,21 @@ class CertificationState:
     """Held while the log grows (bootstrap server and reconcile pass alike)."""
     operator_tls: TlsIdentity | None = None
     """The operator's own bootstrap certificate for this pool (its key never leaves this process)."""
+    created_uids: set[str] = field(default_factory=set)
+    """Uids of the node pods this operator process created (the API server's answers to its creates)."""
+    started_at: str = field(default_factory=lambda: _utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"))
+    """When this operator began managing the pool (RFC 3339): older pods may be a predecessor's."""
     pods_by_ip: dict[str, str] = field(default_factory=dict)
+    previous_fingerprints: dict[str, str] = field(default_factory=dict)
+    """Pod name → the certificate replaced by the latest one (still accepted while the node switches)."""
     """Pod IP → pod name as the API server last reported them (checked against node certificates)."""
     pushed_log_size: int = 0
+    persisted_log_size: int = 0
+    """Entries known to be in the keylog ConfigMap: nothing beyond it ever leaves the operator."""
+    issued: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
+    """Pod uid → (CSR public key, the certificate answer): a repeated bootstrap with the same key gets it again."""
+    issuances: dict[str, int] = field(default_factory=dict)
+    """Pod uid → certificates issued to it by this operator (capped: MAX_ISSUANCES_PER_POD)."""
 
     def trust_for(self, ip: str) -> PoolTrust | None:
         """What the node at ``ip`` must present over TLS (None: no pod of this pool there)."""
@@ -67,7 +85,10 @@ class CertificationState:
         if name is None or self.pki is None:
             return None
         pki = self.pki
-        return PoolTrust(pki.ca.certificate, pki.ca.suite, lambda: pool_pki.own_log_verifier(pki, now=_utcnow()), name)
+        pinned = frozenset(fp for fp in (self.facts.get(name, {}).get("certFingerprint"),
+                                         self.previous_fingerprints.get(name)) if fp)
+        return PoolTrust(pki.ca.certificate, pki.ca.suite, lambda: pool_pki.own_log_verifier(pki, now=_utcnow()),
+                         name, pinned)
 
 
 def pod_directory(states: Mapping[tuple[str, str], CertificationState]) -> Callable[[str], PoolTrust | None]:
@@ -118,15 +139,29 @@ async def ensure_pki(api: KubeApi, pool: NodePoolSpec, state: CertificationState
     entries = [line for line in logged.get("entries", "").splitlines() if line]
     state.pki = pool_pki.pki_from_secret(data, suite, entries)
     state.pushed_log_size = 0
+    state.persisted_log_size = len(state.pki.log.entries)
     _ensure_operator_tls(pool, state)
     return state.pki
+
+
+async def _persist(api: KubeApi, pool: NodePoolSpec, pki: pool_pki.PoolPKI, state: CertificationState) -> None:
+    """Write the log to its ConfigMap if it grew (call under ``state.lock``, before any bundle leaves).
+
+    A log head handed out but lost at an operator restart would fork the pool's log for
+    good: every certificate, tree head and push is preceded by this write.
+    """
+    size = len(pki.log.entries)
+    if size != state.persisted_log_size:
+        await api.apply(builders.build_keylog_configmap(pool, pool_pki.keylog_name(pool.name), pool_pki.keylog_data(pki.log)))
+        state.persisted_log_size = size
 
 
 def _bundle(pki: pool_pki.PoolPKI) -> dict[str, Any]:
     return LogBundle(pki.log.entries, pki.log.signed_tree_head(now=_utcnow())).to_json()
 
 
-async def _sync_kem_keys(nodes: NodeClient, pki: pool_pki.PoolPKI, pod: Mapping[str, Any], state: CertificationState) -> bool:
+async def _sync_kem_keys(api: KubeApi, nodes: NodeClient, pool: NodePoolSpec, pki: pool_pki.PoolPKI,
+                         pod: Mapping[str, Any], state: CertificationState) -> bool:
     """Log KEM key certificates a certified node made since (rotation); True if any was new."""
     name = pod["metadata"]["name"]
     if time.monotonic() - state.last_sync.get(name, 0.0) < KEM_SYNC_SECONDS:
@@ -134,7 +169,9 @@ async def _sync_kem_keys(nodes: NodeClient, pki: pool_pki.PoolPKI, pod: Mapping[
     state.last_sync[name] = time.monotonic()
     try:
         doc = await nodes.csr(pod["status"]["podIP"])
-        added = pool_pki.log_kem_keys(pki, doc, pod_name=name, now=_utcnow())
+        async with state.lock:
+            added = pool_pki.log_kem_keys(pki, doc, pod_name=name, now=_utcnow())
+            await _persist(api, pool, pki, state)
     except (NodeCallError, pool_pki.CertificationRefused) as exc:
         _log.info("KEM key sync with %s failed: %s", name, exc)
         return False
@@ -154,7 +191,7 @@ def _record_schedule(state: CertificationState, name: str, doc: Mapping[str, Any
 
 
 async def _renew_if_due(
-    nodes: NodeClient, pki: pool_pki.PoolPKI, pool: NodePoolSpec, pod: Mapping[str, Any],
+    api: KubeApi, nodes: NodeClient, pki: pool_pki.PoolPKI, pool: NodePoolSpec, pod: Mapping[str, Any],
     state: CertificationState, previous: Mapping[str, Any], busy: frozenset[str],
 ) -> bool:
     """Re-issue a certified node's certificate once it is within renewBefore of expiry (cert-manager style)."""
@@ -176,12 +213,18 @@ async def _renew_if_due(
     ip = pod["status"]["podIP"]
     try:
         doc = await nodes.csr(ip)
-        issued = pool_pki.certify_node(pki, doc, pod_name=name, expected_dns_name=_dns_name(pool, name), now=_utcnow(),
-                                       lifetime=dt.timedelta(seconds=pool.rotation.duration_s), rng=os.urandom)
-        answer = await nodes.install_certificate(ip, base64.b64encode(issued.certificate_der).decode(), _bundle(pki))
+        async with state.lock:
+            issued = pool_pki.certify_node(pki, doc, pod_name=name, expected_dns_name=_dns_name(pool, name),
+                                           now=_utcnow(), lifetime=dt.timedelta(seconds=pool.rotation.duration_s),
+                                           rng=os.urandom)
+            await _persist(api, pool, pki, state)
+            bundle = _bundle(pki)
+        answer = await nodes.install_certificate(ip, base64.b64encode(issued.certificate_der).decode(), bundle)
     except (NodeCallError, pool_pki.CertificationRefused, CertificateError) as exc:
         _log.warning("pool %s/%s: renewing %s's certificate failed (will retry): %s", pool.namespace, pool.name, name, exc)
         return False
+    if state.facts.get(name, {}).get("certFingerprint"):
+        state.previous_fingerprints[name] = state.facts[name]["certFingerprint"]
     state.facts[name] = {**state.facts.get(name, {}), "certFingerprint": issued.fingerprint,
                          "kemEpoch": int(answer.get("kemEpoch", 0)),
                          "certNotAfter": issued.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -195,31 +238,54 @@ def _dns_name(pool: NodePoolSpec, name: str) -> str:
 
 async def certify_attested(
     api: KubeApi, pool: NodePoolSpec, state: CertificationState, csr_document: Mapping[str, Any], *, pod_name: str,
+    pod_uid: str,
 ) -> dict[str, Any]:
     """Issue an attested node's first certificate; returns the answer the node installs.
 
     The caller (the bootstrap server) has proven that the request comes from pod
-    ``pod_name`` of this pool. Under the pool's lock: certify and log, persist the log
-    ConfigMap *before* answering (a certificate is never out while its log entry could
-    be lost), record the node's facts. The reconcile pass pushes the grown log to the
-    other nodes.
+    ``pod_name`` (uid ``pod_uid``) of this pool. Under the pool's lock: certify and log,
+    persist the log ConfigMap *before* answering (a certificate is never out while its log
+    entry could be lost), record the node's facts. The same pod asking again with the same
+    key gets the same certificate; a pod is certified at most MAX_ISSUANCES_PER_POD times.
+    The reconcile pass pushes the grown log to the other nodes.
     """
     pki = state.pki
     if pki is None:
         raise pool_pki.CertificationRefused(f"pool {pool.namespace}/{pool.name} has no PKI loaded yet; retry")
+    try:
+        csr_key = x509.load_der_x509_csr(base64.b64decode(str(csr_document.get("csr")), validate=True)).public_key()
+        key = csr_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    except (ValueError, TypeError):
+        raise pool_pki.CertificationRefused(f"node {pod_name} sent a malformed CSR") from None
     async with state.lock:
+        held = state.issued.get(pod_uid)
+        if held is not None and held[0] == key and held[1]["notAfter"] > _utcnow().timestamp() + 60:
+            # The same pod asking again with the same key (its first answer was lost): the
+            # same certificate, with the current log; nothing new is logged.
+            await _persist(api, pool, pki, state)
+            return {**held[1], "log": _bundle(pki)}
+        if state.issuances.get(pod_uid, 0) >= MAX_ISSUANCES_PER_POD:
+            raise pool_pki.CertificationRefused(
+                f"pod {pod_name} (uid {pod_uid}) was certified {MAX_ISSUANCES_PER_POD} times by this operator; "
+                "refusing more (delete the pod to start afresh)")
         issued = pool_pki.certify_node(pki, csr_document, pod_name=pod_name, expected_dns_name=_dns_name(pool, pod_name),
                                        now=_utcnow(), lifetime=dt.timedelta(seconds=pool.rotation.duration_s),
                                        rng=os.urandom)
-        await api.apply(builders.build_keylog_configmap(pool, pool_pki.keylog_name(pool.name), pool_pki.keylog_data(pki.log)))
+        await _persist(api, pool, pki, state)
         bundle = _bundle(pki)
+        answer = {"certificate": base64.b64encode(issued.certificate_der).decode(),
+                  "notAfter": issued.not_after.timestamp()}
+        state.issued[pod_uid] = (key, answer)
+        state.issuances[pod_uid] = state.issuances.get(pod_uid, 0) + 1
+    if state.facts.get(pod_name, {}).get("certFingerprint"):
+        state.previous_fingerprints[pod_name] = state.facts[pod_name]["certFingerprint"]
     state.facts[pod_name] = {
         "certFingerprint": issued.fingerprint,
         "certNotAfter": issued.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     _record_schedule(state, pod_name, csr_document, pool.rotation.grace_period_s)
     _log.info("pool %s/%s: certified attested node %s (%s)", pool.namespace, pool.name, pod_name, issued.fingerprint[:16])
-    return {"certificate": base64.b64encode(issued.certificate_der).decode(), "log": bundle}
+    return {**answer, "log": bundle}
 
 
 async def certify_pods(
@@ -241,19 +307,14 @@ async def certify_pods(
     state.grace_s = pool.rotation.grace_period_s
     state.pods_by_ip = {str(p["status"]["podIP"]): p["metadata"]["name"] for p in pods
                         if (p.get("status") or {}).get("podIP") and not is_terminating(p)}
-    issued_any = False
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        if not (is_pod_ready(pod) and not is_terminating(pod)):
+            continue
+        await _sync_kem_keys(api, nodes, pool, pki, pod, state)
+        await _renew_if_due(api, nodes, pki, pool, pod, state, previous.get(name, {}), busy)
     async with state.lock:
-        for pod in pods:
-            name = pod["metadata"]["name"]
-            if not (is_pod_ready(pod) and not is_terminating(pod)):
-                continue
-            if await _sync_kem_keys(nodes, pki, pod, state):
-                issued_any = True
-            if await _renew_if_due(nodes, pki, pool, pod, state, previous.get(name, {}), busy):
-                issued_any = True
-        if issued_any:
-            await api.apply(builders.build_keylog_configmap(pool, pool_pki.keylog_name(pool.name),
-                                                            pool_pki.keylog_data(pki.log)))
+        await _persist(api, pool, pki, state)
         size = len(pki.log.entries)
         if size == state.pushed_log_size:
             return False

@@ -112,7 +112,9 @@ async def reconcile_pool(ctx: OperatorContext, namespace: str, name: str) -> flo
     busy = frozenset(n for used in ctx.busy.get((namespace, name), {}).values() for n in used)
     plan = rollout.plan_pods(pool, pods, nodes, ctx.settings, busy)
     for pod in plan.create:
-        await ctx.api.create_pod(pod)
+        uid = await ctx.api.create_pod(pod)
+        if uid:
+            cert_state.created_uids.add(uid)  # only pods it made itself may attest (see attestation)
     for pod_name in plan.delete:
         await ctx.api.delete_pod(namespace, pod_name)
     if plan.create or plan.delete:

@@ -93,13 +93,17 @@ class KubeApi:
         result = await self._run(self._core.list_node)
         return [self._plain(n) for n in result.items]
 
-    async def create_pod(self, pod: Mapping[str, Any]) -> None:
-        """Create a pod; one that already exists is left alone (another pass made it)."""
+    async def create_pod(self, pod: Mapping[str, Any]) -> str | None:
+        """Create a pod and return its uid; one that already exists is left alone (another pass made it): None."""
         try:
-            await self._run(self._core.create_namespaced_pod, pod["metadata"]["namespace"], pod, field_manager=FIELD_MANAGER)
+            created = await self._run(self._core.create_namespaced_pod, pod["metadata"]["namespace"], pod,
+                                      field_manager=FIELD_MANAGER)
         except ApiException as exc:
             if exc.status != 409:
                 raise
+            return None
+        uid = getattr(getattr(created, "metadata", None), "uid", None)
+        return str(uid) if uid else None
 
     async def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a pod with its grace period; one already gone is fine."""

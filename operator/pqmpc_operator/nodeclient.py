@@ -20,7 +20,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from pqmpc_node.crypto.pki import InclusionChecker, NodeId, verify_node_certificate
+from pqmpc_node.crypto.pki import InclusionChecker, NodeId, WrongIdentityError, verify_node_certificate
 from pqmpc_node.crypto.suites import Suite
 from pqmpc_node.net.https import async_pq_transport
 
@@ -35,6 +35,9 @@ class PoolTrust:
     suite: Suite
     log: Callable[[], InclusionChecker]
     pod_name: str
+    fingerprints: frozenset[str] = frozenset()
+    """The certificates this operator issued to that pod (current and the one it renewed); empty
+    when it issued none (after a restart): then any logged certificate naming the pod passes."""
 
 
 PodDirectory = Callable[[str], "PoolTrust | None"]
@@ -52,9 +55,12 @@ class _PodRouting(httpx.AsyncBaseTransport):
         trust = self._directory(host)
         if trust is None:
             raise httpx.ConnectError(f"no node pod is known at {host} any more")
-        verify_node_certificate(cert, ca_certificate=trust.ca_certificate, suite=trust.suite,
-                                now=dt.datetime.now(dt.timezone.utc), expected_node_ids={NodeId(trust.pod_name)},
-                                log=trust.log())
+        verified = verify_node_certificate(cert, ca_certificate=trust.ca_certificate, suite=trust.suite,
+                                           now=dt.datetime.now(dt.timezone.utc),
+                                           expected_node_ids={NodeId(trust.pod_name)}, log=trust.log())
+        if trust.fingerprints and verified.fingerprint not in trust.fingerprints:
+            raise WrongIdentityError(f"{host} presents a certificate of {trust.pod_name} ({verified.fingerprint[:16]}) "
+                                     "that is not the one the operator issued to the pod there")
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         trust = self._directory(request.url.host)

@@ -166,17 +166,19 @@ def own_log_verifier(pki: PoolPKI, *, now: dt.datetime) -> LogVerifier:
     return verifier
 
 
-def log_kem_keys(pki: PoolPKI, csr_document: Mapping[str, Any], *, pod_name: str, now: dt.datetime) -> list[int]:
-    """Log the KEM key certificates a certified node offers that are not logged yet.
+MAX_KEM_CERTIFICATES = 8
+"""Most KEM key certificates one document may offer (a node holds current, next and retiring keys)."""
 
-    Each must be a key certificate for ``pod_name`` (a node cannot get another node's key
-    logged); returns the epochs newly logged.
-    """
-    if csr_document.get("nodeId") != pod_name:
-        raise CertificationRefused(f"the node at this pod's IP says it is {csr_document.get('nodeId')!r}, not {pod_name!r}")
+
+def _new_kem_entries(pki: PoolPKI, csr_document: Mapping[str, Any], pod_name: str) -> list[tuple[bytes, int]]:
+    """The KEM key certificates of ``csr_document`` not logged yet, every one checked (nothing is appended)."""
+    offered = csr_document.get("kemKeyCertificates") or []
+    if not isinstance(offered, list) or len(offered) > MAX_KEM_CERTIFICATES:
+        raise CertificationRefused(f"node {pod_name} must offer a list of at most {MAX_KEM_CERTIFICATES} KEM key "
+                                   "certificates")
     logged = {e.payload for e in pki.log.entries}
-    added: list[int] = []
-    for raw in csr_document.get("kemKeyCertificates") or []:
+    new: list[tuple[bytes, int]] = []
+    for raw in offered:
         try:
             data = base64.b64decode(str(raw), validate=True)
             cert = KemKeyCertificate.from_bytes(data)
@@ -184,10 +186,24 @@ def log_kem_keys(pki: PoolPKI, csr_document: Mapping[str, Any], *, pod_name: str
             raise CertificationRefused(f"node {pod_name} offers a malformed KEM key certificate") from None
         if cert.node_id != pod_name:
             raise CertificationRefused(f"node {pod_name} offers a KEM key certificate of {cert.node_id!r}")
-        if data not in logged:
-            pki.log.append(EntryKind.KEM_KEY_CERTIFICATE, data, now=now)
-            added.append(cert.epoch)
-    return added
+        if data not in logged and all(data != d for d, _ in new):
+            new.append((data, cert.epoch))
+    return new
+
+
+def log_kem_keys(pki: PoolPKI, csr_document: Mapping[str, Any], *, pod_name: str, now: dt.datetime) -> list[int]:
+    """Log the KEM key certificates a certified node offers that are not logged yet.
+
+    Each must be a key certificate for ``pod_name`` (a node cannot get another node's key
+    logged); all are checked before the first is logged, so a refusal leaves the log as
+    it was. Returns the epochs newly logged.
+    """
+    if csr_document.get("nodeId") != pod_name:
+        raise CertificationRefused(f"the node at this pod's IP says it is {csr_document.get('nodeId')!r}, not {pod_name!r}")
+    new = _new_kem_entries(pki, csr_document, pod_name)
+    for data, _ in new:
+        pki.log.append(EntryKind.KEM_KEY_CERTIFICATE, data, now=now)
+    return [epoch for _, epoch in new]
 
 
 def kem_schedule(csr_document: Mapping[str, Any], *, now: dt.datetime, grace_s: float) -> tuple[int, dt.datetime] | None:
@@ -233,9 +249,10 @@ def certify_node(
     """Check a node's CSR document against the pod it came from, issue and log its certificate.
 
     Steps: (1) the document names the pod the operator asked (node id = pod name) and
-    the DNS name the pod template gave it; (2) each KEM key certificate the node offers
-    is logged once; (3) the CSR's proof of possession is checked and a certificate with
-    ``lifetime`` issued; (4) the certificate is logged.
+    the DNS name the pod template gave it; (2) the KEM key certificates the node offers
+    are checked; (3) the CSR's proof of possession is checked and a certificate with
+    ``lifetime`` issued; (4) the new KEM key certificates and the certificate are logged.
+    Every check comes before the first append: a refused document leaves the log as it was.
     """
     if csr_document.get("nodeId") != pod_name:
         raise CertificationRefused(
@@ -249,9 +266,11 @@ def certify_node(
         csr = base64.b64decode(str(csr_document["csr"]), validate=True)
     except (KeyError, ValueError):
         raise CertificationRefused(f"node {pod_name} sent a malformed CSR document") from None
+    kem = _new_kem_entries(pki, csr_document, pod_name)
     cert = pki.ca.issue(csr, node_id=NodeId(pod_name), dns_name=expected_dns_name,
                         now=now - CLOCK_SKEW, lifetime=lifetime + CLOCK_SKEW, rng=rng)
-    log_kem_keys(pki, csr_document, pod_name=pod_name, now=now)
+    for data, _ in kem:
+        pki.log.append(EntryKind.KEM_KEY_CERTIFICATE, data, now=now)
     der = cert.public_bytes(Encoding.DER)
     pki.log.append(EntryKind.NODE_CERTIFICATE, der, now=now)
     return Issued(der, certificate_fingerprint(cert), cert.not_valid_after_utc)

@@ -447,10 +447,15 @@ async def _deal(
 
 async def _pod_ips(deps: SessionDeps, namespace: str, pool: str, uid: str) -> dict[str, str]:
     pods = await deps.api.list_pool_pods(namespace, pool, uid)
-    return {
+    ips = {
         p["metadata"]["name"]: str((p.get("status") or {}).get("podIP") or "")
         for p in pods if not p["metadata"].get("deletionTimestamp")
     }
+    # The node client checks the node at each address against this map (after a restart
+    # the pool loop may not have filled it yet).
+    state = deps.certification.setdefault((namespace, pool), CertificationState())
+    state.pods_by_ip.update({ip: name for name, ip in ips.items() if ip})
+    return ips
 
 
 def _result_hint(spec: SessionSpec, placed: list[Mapping[str, Any]], ips: Mapping[str, str], port: int) -> dict[str, Any]:

@@ -140,7 +140,7 @@ class Operator:
         for i in range(count):
             host = f"127.0.0.{self._next_ip}"
             self._next_ip += 1
-            node_id = f"node-{host.rsplit('.', 1)[1]}"
+            node_id = f"{self.pool}-g-{host.rsplit('.', 1)[1]}"  # a pod name of the pool's group g
             api, peer, metrics = free_port(host), free_port(host), free_port(host)
             state = self.workdir / node_id
             state.mkdir(exist_ok=True)
@@ -410,6 +410,7 @@ class FakeAttestationApi:
 
     async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return {"metadata": {"name": name, "namespace": namespace, "uid": self._uid(name),
+                             "creationTimestamp": "2000-01-01T00:00:00Z",  # made by "a predecessor"
                              "labels": {LABEL_POOL: self.pool}, "ownerReferences": [{"uid": self.pool_uid}]}}
 
     async def apply(self, obj: Any) -> None:
@@ -421,7 +422,7 @@ class _BootstrapThread:
 
     def __init__(self, op: Operator) -> None:
         body = {"metadata": {"name": op.pool, "namespace": "default", "uid": op.attestation.pool_uid},
-                "spec": {"groups": [{"name": "g", "replicas": 1, "region": "eu-west", "zone": "z0",
+                "spec": {"groups": [{"name": "g", "replicas": 100, "region": "eu-west", "zone": "z0",
                                      "trustDomain": "td0"}], "keys": {"suite": op.suite.name.value}}}
         state = CertificationState(pki=PoolPKI(op.ca, op.signer, op.log, b""), pool=parse_nodepool(body))
         self.loop = asyncio.new_event_loop()

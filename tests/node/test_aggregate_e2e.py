@@ -12,7 +12,7 @@ import pytest
 
 from harness import Operator
 from pqmpc_node.client import ClientError, Identity, SessionClient, read_csv
-from pqmpc_node.plan import FieldDecl
+from pqmpc_node.plan import FieldDecl, SessionPlan
 
 FIELDS = [FieldDecl("amount", 0, 1000), FieldDecl("age", 18, 100)]
 
@@ -60,7 +60,8 @@ def test_aggregate_from_csv_to_result(operator: Operator, trio: Any, tmp_path: P
     assert operator.metric(trio[0], "pqmpc_node_peer_link_info") >= 1
 
 
-def test_rows_beyond_the_bound_or_the_resolution_are_refused(operator: Operator, trio: Any, tmp_path: Path) -> None:
+def test_rows_beyond_the_bound_or_the_resolution_are_refused(operator: Operator, trio: Any, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The client refuses before sealing; a node refuses an owner that bypasses the client (422 too_many_rows)."""
     a, auditor = Identity.generate("bank-a"), Identity.generate("auditor")
     plan = operator.plan("bound-1", trio, program={"aggregate": [{"op": "sum", "field": "amount"}]}, owners=[a],
@@ -78,7 +79,10 @@ def test_rows_beyond_the_bound_or_the_resolution_are_refused(operator: Operator,
         with pytest.raises(ClientError) as err:
             client.submit_rows(a, {"amount": ["1", "2", "3", "4"]})
         assert err.value.reason == "too_many_rows"
-        # A hostile owner whose client ignores the bound: every node refuses the envelope.
+        # A hostile owner whose client ignores the bound (but seals under the real plan's digest,
+        # or the node would refuse it as wrong_plan first): every node refuses the envelope.
+        binding = client.plan.binding()
+        monkeypatch.setattr(SessionPlan, "binding", lambda _self: binding)
         client.plan = replace(client.plan, max_rows_per_owner=100)
         sealed = client.seal_rows(a, {"amount": ["1", "2", "3", "4"]})
         for party, envelope in sealed:

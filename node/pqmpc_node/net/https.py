@@ -118,6 +118,11 @@ class TlsFront:
     None when the client sent none) and returns the context to serve (build it with
     :func:`~pqmpc_node.net.tls.server_context`), or None to refuse. Refusals call
     ``on_refusal(reason)`` and are logged at INFO; they never stop the server.
+
+    Resource bounds: at most ``max_connections`` connections at once (beyond that a new
+    one is closed at once, reason ``too_many_connections``); a client that sends nothing
+    for ``idle_timeout_s`` after the handshake is disconnected; the handshake itself must
+    finish within ``handshake_timeout_s``.
     """
 
     def __init__(
@@ -127,8 +132,12 @@ class TlsFront:
         *,
         on_refusal: Callable[[str], None] | None = None,
         handshake_timeout_s: float = 10.0,
+        max_connections: int = 256,
+        idle_timeout_s: float = 300.0,
     ) -> None:
         self._context_for = context_for
+        self._max_connections = max_connections
+        self._idle_timeout_s = idle_timeout_s
         self._upstream_path = upstream_path
         self._on_refusal = on_refusal
         self._handshake_timeout_s = handshake_timeout_s
@@ -216,6 +225,9 @@ class TlsFront:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else "?"
         try:
+            if len(self._tasks) > self._max_connections:
+                self._refuse(peer, "too_many_connections", f"{self._max_connections} connections are open")
+                return
             await self._serve(reader, writer, peer)
         except asyncio.CancelledError:
             raise
@@ -303,7 +315,8 @@ class TlsFront:
         up_reader: asyncio.StreamReader,
         up_writer: asyncio.StreamWriter,
     ) -> None:
-        inbound = asyncio.create_task(self._client_to_upstream(conn, records, reader, writer, up_writer))
+        inbound = asyncio.create_task(self._client_to_upstream(conn, records, reader, writer, up_writer,
+                                                               self._idle_timeout_s))
         outbound = asyncio.create_task(self._upstream_to_client(conn, records, up_reader, writer))
         try:
             done, _ = await asyncio.wait({inbound, outbound}, return_when=asyncio.FIRST_COMPLETED)
@@ -335,6 +348,7 @@ class TlsFront:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         up_writer: asyncio.StreamWriter,
+        idle_timeout_s: float,
     ) -> None:
         while True:
             plain, closed = records.decrypt()
@@ -345,7 +359,10 @@ class TlsFront:
                 continue
             if closed:
                 break  # close_notify
-            data = await reader.read(READ_CHUNK)
+            try:
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), idle_timeout_s)
+            except TimeoutError:
+                break  # an idle client: end it like a close
             if not data:
                 break  # TCP FIN without close_notify: pass the end on all the same
             conn.bio_write(data)
