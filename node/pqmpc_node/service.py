@@ -14,7 +14,7 @@ API routes:
 
 =======  ==============================  =================================================
 GET      /v1/csr                         CSR and KEM key certificates (operator: KEM sync, renewal)
-POST     /v1/certificate                 a renewed certificate + transparency log (operator)
+POST     /v1/certificate                 a renewed certificate + log (only a later-expiring one is taken)
 POST     /v1/log                         a longer transparency log (operator pushes)
 GET      /v1/keys                        certificate, CA, logged KEM keys, log (clients)
 POST     /v1/sessions                    signed session plan (operator)
