@@ -638,8 +638,8 @@ class _SyncTlsStream(httpcore.NetworkStream):
         return _tls_info(self._conn, self._cert, info)
 
 
-class PqNetworkBackend(httpcore.NetworkBackend):
-    """httpcore's blocking backend with PQ TLS at ``start_tls`` (see the module docstring)."""
+class _ClientTls:
+    """What both backends hold: the client context (pool CA, suite group) and the peer check."""
 
     def __init__(
         self,
@@ -652,6 +652,10 @@ class PqNetworkBackend(httpcore.NetworkBackend):
         self.suite = suite
         self.verify_peer = verify_peer
         self.context = client_context(ca_certificate, suite, offer_groups=offer_groups)
+
+
+class PqNetworkBackend(_ClientTls, httpcore.NetworkBackend):
+    """httpcore's blocking backend with PQ TLS at ``start_tls`` (see the module docstring)."""
 
     def connect_tcp(
         self,
@@ -837,20 +841,8 @@ class _AsyncTlsStream(httpcore.AsyncNetworkStream):
         return _tls_info(self._conn, self._cert, info)
 
 
-class PqAsyncNetworkBackend(httpcore.AsyncNetworkBackend):
+class PqAsyncNetworkBackend(_ClientTls, httpcore.AsyncNetworkBackend):
     """httpcore's asyncio backend with PQ TLS at ``start_tls`` (see the module docstring)."""
-
-    def __init__(
-        self,
-        ca_certificate: x509.Certificate,
-        suite: Suite,
-        *,
-        verify_peer: PeerVerifier | None = None,
-        offer_groups: Sequence[str] | None = None,
-    ) -> None:
-        self.suite = suite
-        self.verify_peer = verify_peer
-        self.context = client_context(ca_certificate, suite, offer_groups=offer_groups)
 
     async def connect_tcp(
         self,
