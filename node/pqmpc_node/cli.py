@@ -15,14 +15,17 @@ before the whole input has been validated.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, cast
 
 import httpx
 import typer
 from cryptography import x509
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -52,8 +55,25 @@ out = Console()
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
+
+
+_Command = TypeVar("_Command", bound=Callable[..., None])
+
+
+def _friendly(command: _Command) -> _Command:
+    """One clear line and exit 1 for every user mistake the command meets, never a traceback."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except ClientError as exc:
+            raise _fail(str(exc)) from None
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise _fail(f"{where}{exc.strerror or exc}") from None
+    return cast(_Command, run)
 
 
 def _suite_of(ca_cert: x509.Certificate) -> SuiteName:
@@ -68,9 +88,13 @@ def _trust(ca: Path, plan_signer: Path | None) -> tuple[x509.Certificate, MLDSAP
     try:
         ca_cert = x509.load_pem_x509_certificate(ca.read_bytes())
     except (OSError, ValueError) as exc:
-        raise _fail(f"cannot read the pool CA certificate {ca}: {exc}") from None
+        raise _fail(f"cannot read the pool CA certificate {ca}: {exc}; it is ca.pem of the pool's <pool>-trust "
+                    "ConfigMap") from None
     if plan_signer is None:
         return ca_cert, None
+    if not plan_signer.is_file():
+        raise _fail(f"--plan-signer {plan_signer}: no such file; it is plan-signer.pub of the pool's <pool>-trust "
+                    "ConfigMap")
     from pqmpc_node.config import NodeConfig
 
     cfg = NodeConfig(pool="-", node_id="-", namespace="-", group="", region="", zone="", trust_domain="", backend="numpy",
@@ -93,6 +117,7 @@ IdentityFile = Annotated[Path, typer.Option("--identity", help="Your identity fi
 
 
 @identity_app.command("new")
+@_friendly
 def identity_new(name: str, out_file: Annotated[Path | None, typer.Option("--out")] = None,
                  suite: Annotated[SuiteName, typer.Option("--suite", help="The pool's suite (spec.keys.suite)")]
                  = SuiteName.PQ_DEFAULT) -> None:
@@ -109,6 +134,7 @@ def identity_new(name: str, out_file: Annotated[Path | None, typer.Option("--out
 
 
 @keys_app.command("fetch")
+@_friendly
 def keys_fetch(node: Node, ca: Ca, out_file: Annotated[Path | None, typer.Option("--out")] = None) -> None:
     """Download a node's key document (certificate, KEM keys, transparency log) over PQ-TLS."""
     ca_cert, _ = _trust(ca, None)
@@ -128,6 +154,7 @@ def keys_fetch(node: Node, ca: Ca, out_file: Annotated[Path | None, typer.Option
 
 
 @keys_app.command("verify")
+@_friendly
 def keys_verify(node: Node, ca: Ca, node_id: Annotated[str | None, typer.Option("--node-id")] = None) -> None:
     """Verify CA → node certificate → KEM key certificate → transparency log."""
     ca_cert, _ = _trust(ca, None)
@@ -159,6 +186,7 @@ def _client(node: str, session: str, ca: Path, plan_signer: Path | None, insecur
 
 
 @app.command()
+@_friendly
 def submit(session: Session, identity: IdentityFile, node: Node, ca: Ca, data: Path,
            plan_signer: Signer = None, insecure: Insecure = False) -> None:
     """Validate, secret-share, seal per node and post DATA (a CSV, or a model JSON for model owners)."""
@@ -184,6 +212,7 @@ def submit(session: Session, identity: IdentityFile, node: Node, ca: Ca, data: P
 
 
 @app.command()
+@_friendly
 def result(session: Session, identity: IdentityFile, node: Node, ca: Ca, plan_signer: Signer = None,
            as_json: Annotated[bool, typer.Option("--json")] = False,
            wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the outputs")] = 0.0,

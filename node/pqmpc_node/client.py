@@ -45,7 +45,15 @@ import numpy as np
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from pqmpc_node.crypto.envelopes import EnvelopeError, EnvelopeHeader, ReplayGuard, key_fingerprint, open_envelope, seal_envelope
+from pqmpc_node.crypto.envelopes import (
+    MAX_ENVELOPE_BYTES,
+    EnvelopeError,
+    EnvelopeHeader,
+    ReplayGuard,
+    key_fingerprint,
+    open_envelope,
+    seal_envelope,
+)
 from pqmpc_node.crypto.kemkeys import KemKeyPair, UnknownEpochError, VerifiedKemKey, verify_keys_document
 from pqmpc_node.crypto.pki import CertificateError, NodeId, suite_of_ca, verify_node_certificate
 from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, Suite, SuiteName, get_suite
@@ -486,6 +494,13 @@ class SessionClient:
         compiled = self.plan.execution_plan()
         numerics = compiled.numerics if isinstance(compiled, AggregatePlan) else {}
         out: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
+        declared = [x.name for x in self.plan.data_fields()]
+        extra = sorted(set(columns) - set(declared))
+        if extra and all(name in columns for name in declared):  # a missing column is the better message
+            # Refused, not ignored: an extra column usually means the wrong file.
+            raise ClientError(f"column(s) {extra} are not fields of session {self.session_id} (it declares "
+                              f"{declared}); remove them, or check that this is the file you meant to submit",
+                              "unknown_column")
         for f in self.plan.data_fields():
             if f.name not in columns:
                 raise ClientError(f"column {f.name!r} is missing; the session declares {[x.name for x in self.plan.data_fields()]}",
@@ -539,6 +554,10 @@ class SessionClient:
                 for x, t, k in per_party]
 
     def _seal(self, identity: Identity, party: _Party, payload: bytes) -> bytes:
+        if len(payload) > MAX_ENVELOPE_BYTES - 64 * 1024:
+            raise ClientError(f"the share for node {party.plan.node_id} is {len(payload) / 2**20:.1f} MiB; one input "
+                              f"envelope holds at most {MAX_ENVELOPE_BYTES >> 20} MiB and a session takes one input "
+                              "per owner: submit fewer rows (or fewer columns) to this session", "too_large")
         header = EnvelopeHeader(
             suite=self.suite.name, session_id=self.session_id, node_id=party.plan.node_id,
             party_index=party.plan.index, input_id=f"input/{identity.name}", key_epoch=party.kem.epoch,

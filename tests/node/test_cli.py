@@ -51,3 +51,43 @@ def test_cli_round_trip(operator: Operator, trio: Any, tmp_path: Path) -> None:
     assert abs(json.loads(r.stdout)["outputs"]["max(amount)"] - 42.5) < 1e-2
     r = runner.invoke(app, ["result", *common, "--identity", str(tmp_path / "bank-a.json")])
     assert r.exit_code == 1 and "not an output recipient" in r.output
+
+
+def test_user_mistakes_get_one_line_and_no_traceback(operator: Operator, trio: Any, tmp_path: Path) -> None:
+    """Missing or broken files and a CSV with an undeclared column: exit 1, one clear line, nothing sent."""
+    runner = CliRunner()
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(operator.ca.certificate.public_bytes(Encoding.PEM))
+    signer = tmp_path / "plan-signer.pub"
+    signer.write_bytes(operator.signer.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    assert runner.invoke(app, ["identity", "new", "bank-a", "--out", str(tmp_path / "bank-a.json")]).exit_code == 0
+    owner, auditor = Identity.load(tmp_path / "bank-a.json"), Identity.generate("auditor")
+    plan = operator.plan("cli-2", trio, program={"aggregate": [{"op": "sum", "field": "amount"}]}, owners=[owner],
+                         fields=[FieldDecl("amount", 0, 100)], recipients={auditor: ["sum(amount)"]})
+    operator.post_plan(plan, trio, dealer=False)
+    data = tmp_path / "data.csv"
+    data.write_text("amount,ssn\n3,123-45-6789\n")
+    (tmp_path / "broken.json").write_text("{not json")
+    common = ["submit", "--session", "cli-2", "--node", trio[0].url, "--ca", str(ca)]
+    cases = {
+        "missing identity": ([*common, "--plan-signer", str(signer), "--identity", str(tmp_path / "nope.json"),
+                              str(data)], "cannot read identity file"),
+        "identity not JSON": ([*common, "--plan-signer", str(signer), "--identity", str(tmp_path / "broken.json"),
+                               str(data)], "create one with `pqmpc identity new`"),
+        "missing plan signer": ([*common, "--plan-signer", str(tmp_path / "nope.pub"), "--identity",
+                                 str(tmp_path / "bank-a.json"), str(data)], "no such file"),
+        "undeclared column": ([*common, "--plan-signer", str(signer), "--identity", str(tmp_path / "bank-a.json"),
+                               str(data)], "column(s) ['ssn'] are not fields of session cli-2"),
+        "missing CSV": ([*common, "--plan-signer", str(signer), "--identity", str(tmp_path / "bank-a.json"),
+                         str(tmp_path / "nope.csv")], "nope.csv"),
+        "http URL": (["submit", "--session", "cli-2", "--node", trio[0].url.replace("https", "http"), "--ca", str(ca),
+                      "--plan-signer", str(signer), "--identity", str(tmp_path / "bank-a.json"), str(data)],
+                     "node URLs are https://"),
+    }
+    for what, (args, says) in cases.items():
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1, (what, r.output, r.exception)
+        assert isinstance(r.exception, SystemExit) and "Traceback" not in r.output, (what, r.output, r.exception)
+        assert says in " ".join(r.output.split()), (what, r.output)
+    status = operator.http.get(f"{trio[0].url}/v1/sessions/cli-2").json()
+    assert status["inputs"][0]["received"] is False  # nothing was sent
