@@ -367,8 +367,13 @@ class SessionClient:
         entry = NodeClient(node_url, http=self.http)
         try:
             body = entry.get_bytes(f"/v1/sessions/{session_id}/plan")
-        except ClientError:
+        except ClientError as exc:
             self.close()
+            if exc.reason == "unknown_session":
+                raise ClientError(
+                    f"{node_url} holds no session {session_id!r}. --session takes the session id, not the MPCSession "
+                    f"name: kubectl get mpcs NAME -n NAMESPACE -o jsonpath='{{.status.sessionId}}' (it looks like "
+                    "<namespace>.<name>.<hash>); the session's nodes are in .status.result.nodes", exc.reason) from None
             raise
         try:
             if plan_signer is None:
