@@ -417,8 +417,9 @@ class SessionPlan:
     def terms_digest(self) -> str:
         """SHA-256 of everything an input owner consents to: the plan without its generation and times.
 
-        A re-plan with equal terms (the operator re-sending after a restart) may keep the
-        inputs already accepted; any change of parties, program, fields or outputs may not.
+        A re-plan with equal terms and no later ``deadline`` (the operator re-sending after a
+        restart: same deadline, a fresh signature window) may keep the inputs already
+        accepted; any change of parties, program, fields or outputs may not.
         """
         terms = {k: v for k, v in self.to_json().items() if k not in ("generation", "issuedAt", "notAfter", "deadline")}
         return hashlib.sha256(canonical_bytes(terms)).hexdigest()

@@ -277,8 +277,7 @@ class SessionManager:
             raise SessionError(str(exc), reason=exc.reason, status=409) from None
         rt = SessionRuntime(plan=plan, body=body, party=party.index, started=time.monotonic(),
                             live=tuple(range(len(plan.parties))))
-        if (held is not None and held.plan.terms_digest() == plan.terms_digest()
-                and plan.deadline <= held.plan.deadline and plan.not_after <= held.plan.not_after):
+        if held is not None and held.plan.terms_digest() == plan.terms_digest() and plan.deadline <= held.plan.deadline:
             # Same parties, program, fields and outputs, no later deadline (the operator re-sent
             # the plan): the owners consented to these terms, so the inputs accepted stay.
             rt.inputs, rt.input_digests = held.inputs, held.input_digests

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dataclasses import replace
+
 import httpx
 import pytest
 
@@ -96,7 +98,8 @@ def test_a_replan_with_other_terms_drops_the_inputs_accepted_before(operator: Op
     """Inputs accepted under generation 1 are not carried into a generation 2 that widens the outputs;
     a re-sent plan with the same terms keeps them (an operator restart must not cost owners a resubmit)."""
     owner, auditor, mallory = Identity.generate("bank-a"), Identity.generate("auditor"), Identity.generate("mallory")
-    operator.post_plan(plan_for(operator, trio, "bind-keep", owner, auditor, 1), trio, dealer=False)
+    first = plan_for(operator, trio, "bind-keep", owner, auditor, 1)
+    operator.post_plan(first, trio, dealer=False)
     with SessionClient(node_url=trio[0].url, session_id="bind-keep", ca_certificate=operator.ca.certificate,
                        plan_signer=operator.signer.public_key()) as client:
         client.submit_rows(owner, {"amount": ["1", "2"]})
@@ -105,9 +108,17 @@ def test_a_replan_with_other_terms_drops_the_inputs_accepted_before(operator: Op
         return [operator.http.get(f"{n.url}/v1/sessions/bind-keep").json()["inputRows"] for n in trio]
 
     assert inputs_held() == [{"bank-a": 2}] * 3
-    operator.post_plan(plan_for(operator, trio, "bind-keep", owner, auditor, 2), trio, dealer=False)
+    # The operator re-sending after a restart: same terms and deadline, a fresh signature window.
+    operator.post_plan(replace(first, generation=2, issued_at=first.issued_at + 5, not_after=first.not_after + 5),
+                       trio, dealer=False)
     assert inputs_held() == [{"bank-a": 2}] * 3  # same terms, re-sent: kept
+    later = replace(first, generation=3, deadline=first.deadline + 3600)
+    operator.post_plan(later, trio, dealer=False)
+    assert inputs_held() == [{}] * 3  # a later deadline is other terms: the owner did not agree to wait longer
+    with SessionClient(node_url=trio[0].url, session_id="bind-keep", ca_certificate=operator.ca.certificate,
+                       plan_signer=operator.signer.public_key()) as client:
+        client.submit_rows(owner, {"amount": ["1", "2"]})  # the owner consents again, under generation 3
     widened = operator.plan("bind-keep", trio, program=PROGRAM, owners=[owner], fields=FIELDS,
-                            recipients={auditor: ["sum(amount)"], mallory: ["sum(amount)"]}, generation=3)
+                            recipients={auditor: ["sum(amount)"], mallory: ["sum(amount)"]}, generation=4)
     operator.post_plan(widened, trio, dealer=False)
     assert inputs_held() == [{}] * 3  # other terms: dropped, the owner must consent again
