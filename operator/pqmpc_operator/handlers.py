@@ -125,7 +125,8 @@ async def reconcile_pool(ctx: OperatorContext, namespace: str, name: str) -> flo
     watch = ctx.watches.setdefault((namespace, name), PoolWatch())
     behaviour = await assess_pool(ctx.api, ctx.http, pool, body, pods, watch, ctx.settings.node_metrics_port)
     facts = {n: {**cert_state.facts.get(n, {}), **behaviour.get(n, {})} for n in set(cert_state.facts) | set(behaviour)}
-    new_status = status.compute_status(pool, pods, plan, body.get("status") or {}, _now(), facts)
+    new_status = status.compute_status(pool, pods, plan, body.get("status") or {}, _now(), facts,
+                                       key_revision=cert_state.pushed_log_size or None)
     await _write_status(ctx, body, namespace, name, new_status)
     ctx.metrics.observe_pool(namespace, name, new_status)
     return 1.0 if retry else None

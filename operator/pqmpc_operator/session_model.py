@@ -161,6 +161,9 @@ def parse_mpcsession(body: Mapping[str, Any], suite: Suite) -> SessionSpec:
     for i, raw in enumerate(spec.get("outputs") or []):
         kem = _kem_key(raw.get("identity"), f"outputs[{i}].identity", suite)
         outputs.append(OutputSpec(str(raw.get("recipient", "")), kem, tuple(str(a) for a in raw.get("allow") or [])))
+    if not outputs:
+        raise SpecError("outputs", "is empty", "name at least one recipient and the results it may receive: "
+                                               "without outputs nobody can ever read the session's result")
     if sharing not in ("additive", "shamir") or security not in ("semi-honest", "malicious"):
         raise SpecError("sharing", f"{sharing!r}/{security!r} is unknown", "use additive|shamir and semi-honest|malicious")
     return SessionSpec(

@@ -139,8 +139,13 @@ def compute_status(
     previous: Mapping[str, Any],
     now: str,
     node_facts: Mapping[str, Mapping[str, Any]] | None = None,
+    key_revision: int | None = None,
 ) -> dict[str, Any]:
-    """The pool's new status from its pods, this pass's plan and what certification learnt."""
+    """The pool's new status from its pods, this pass's plan and what certification learnt.
+
+    ``key_revision``: the size of the transparency log the nodes hold (it grows with every
+    certificate and every rotated KEM key), shown in ``kubectl get mpcpool -o wide``.
+    """
     wanted = sum(pool.effective_replicas().values())
     live = [p for p in pods if not is_terminating(p)]
     ready = sum(1 for p in live if is_pod_ready(p))
@@ -169,6 +174,11 @@ def compute_status(
 
     if wanted == 0:
         ready_cond = Condition("Ready", "True", "ScaledToZero", "pool has no node pods")
+    elif ready >= wanted and not plan.outdated and len(live) == wanted and any(n.get("quarantined") for n in nodes):
+        # Running and ready, but not all placeable: STATUS must not read healthy.
+        names = ", ".join(n["name"] for n in nodes if n.get("quarantined"))
+        ready_cond = Condition("Ready", "True", "NodesQuarantined",
+                               f"{ready}/{wanted} node pods ready; quarantined (no new sessions): {names}")
     elif ready >= wanted and not plan.outdated and len(live) == wanted:
         ready_cond = Condition("Ready", "True", "AllNodesReady", f"{ready}/{wanted} node pods ready")
     else:
@@ -182,6 +192,8 @@ def compute_status(
     else:
         quarantine = Condition("Quarantine", "False", "NoneQuarantined", "no node is quarantined")
     status = {k: v for k, v in previous.items() if k in {"keyRevision"}}
+    if key_revision:
+        status["keyRevision"] = key_revision
     status.update(
         {
             "replicas": len(live),
@@ -206,7 +218,8 @@ def condition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Poo
         if prior is not None and prior.get("status") == cond["status"] and prior.get("reason") == cond["reason"]:
             continue
         if cond["type"] == "Ready" and cond["status"] == "True":
-            events.append(PoolEvent("Normal", "PoolReady", cond["message"]))
+            if prior is None or prior.get("status") != "True":  # a reason change (quarantine) has its own Events
+                events.append(PoolEvent("Normal", "PoolReady", cond["message"]))
         elif cond["type"] == "Ready" and prior is not None and prior.get("status") == "True":
             events.append(PoolEvent("Warning", "PoolNotReady", cond["message"]))
         elif cond["type"] == "Degraded" and cond["status"] == "True":

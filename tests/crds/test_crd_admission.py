@@ -151,6 +151,8 @@ INVALID: list[tuple[str, Body, Callable[[Body], Any], tuple[str, ...]]] = [
     ("session-no-layers", MLP, lambda b: b["spec"]["program"]["mlp"].update(layers=[]),
      ("spec.program.mlp.layers",)),
     ("session-no-inputs", STATS, lambda b: b["spec"].pop("inputs"), ("spec.inputs", "Required")),
+    ("session-no-outputs", STATS, lambda b: b["spec"].pop("outputs"), ("spec.outputs", "Required")),
+    ("session-empty-outputs", STATS, lambda b: b["spec"].update(outputs=[]), ("spec.outputs", "at least 1")),
 ]
 
 
@@ -208,6 +210,7 @@ def test_mpcsession_defaults_are_applied(kubectl: Any, namespace: str) -> None:
             "threshold": 1,
             "inputs": [{"owner": "a", "identity": IDENTITY, "fields": [{"name": "x", "min": 0, "max": 10}]}],
             "program": {"aggregate": [{"op": "sum", "field": "x"}]},
+            "outputs": [{"recipient": "r", "identity": IDENTITY, "allow": ["sum(x)"]}],
         },
     }
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(minimal))
@@ -228,7 +231,7 @@ def test_session_spec_is_immutable_except_ttl(kubectl: Any, namespace: str) -> N
         ({"spec": {"poolRef": "other"}}, "spec.poolRef"),
         ({"spec": {"deadline": "2h"}}, "spec.deadline"),
         ({"spec": {"placement": {"requireGPU": True}}}, "spec.placement"),
-        ({"spec": {"outputs": None}}, "spec.outputs"),
+        ({"spec": {"outputs": [{**STATS["spec"]["outputs"][0], "recipient": "someone-else"}]}}, "spec.outputs"),
         ({"spec": {"maxRowsPerOwner": 5}}, "spec.maxRowsPerOwner"),
     ]:
         result = kubectl("patch", "-n", namespace, "mpcs", name, "--type=merge", "-p", json.dumps(patch), check=False)

@@ -251,6 +251,20 @@ class TestStatus:
         events = status.condition_events(first, flipped)
         assert [e.reason for e in events] == ["PoolNotReady"]
 
+    def test_a_quarantined_node_shows_in_status_and_the_key_revision_is_reported(self) -> None:
+        """`kubectl get mpcpool` must not read healthy while a node is quarantined; KEYS shows the log size."""
+        pool = parse_nodepool(pool_body())
+        pods = [as_running(p) for p in rollout.plan_pods(pool, [], NODES, SETTINGS).create]
+        plan = rollout.plan_pods(pool, pods, NODES, SETTINGS)
+        healthy = status.compute_status(pool, pods, plan, {}, NOW, key_revision=7)
+        assert healthy["keyRevision"] == 7
+        st = status.compute_status(pool, pods, plan, healthy, NOW, {"banks-a-1": {"quarantined": True}})
+        ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+        assert (ready["status"], ready["reason"]) == ("True", "NodesQuarantined")
+        assert ready["message"] == "3/3 node pods ready; quarantined (no new sessions): banks-a-1"
+        assert st["keyRevision"] == 7  # kept when this pass learnt nothing new
+        assert status.condition_events(healthy, st) == []  # the quarantine itself posts its Warning
+
     def test_invalid_spec_status(self) -> None:
         body = pool_body(keys={"suite": "rsa"})
         with pytest.raises(SpecError) as err:

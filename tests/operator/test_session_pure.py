@@ -68,6 +68,12 @@ class TestSpec:
         with pytest.raises(SpecError, match=r"outputs\[0\]\.identity"):
             parse_mpcsession(b, SUITE)
 
+    def test_a_session_nobody_can_read_is_refused(self) -> None:
+        b = body()
+        b["spec"]["outputs"] = []
+        with pytest.raises(SpecError, match=r"outputs.*is empty.*nobody can ever read"):
+            parse_mpcsession(b, SUITE)
+
     def test_data_owners_must_share_columns(self) -> None:
         b = body()
         b["spec"]["inputs"][1]["fields"] = [{"name": "amount", "min": 0, "max": 5}]
