@@ -15,12 +15,18 @@ from pqmpc_node.client import Identity
 from pqmpc_node.plan import FieldDecl
 
 
-def test_cli_round_trip(operator: Operator, trio: Any, tmp_path: Path) -> None:
-    runner = CliRunner()
+def trust_files(operator: Operator, tmp_path: Path) -> tuple[Path, Path]:
+    """The pool's ca.pem and plan-signer.pub, as a user extracts them from the <pool>-trust ConfigMap."""
     ca = tmp_path / "ca.pem"
     ca.write_bytes(operator.ca.certificate.public_bytes(Encoding.PEM))
     signer = tmp_path / "plan-signer.pub"
     signer.write_bytes(operator.signer.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    return ca, signer
+
+
+def test_cli_round_trip(operator: Operator, trio: Any, tmp_path: Path) -> None:
+    runner = CliRunner()
+    ca, signer = trust_files(operator, tmp_path)
     for name in ("bank-a", "auditor"):
         r = runner.invoke(app, ["identity", "new", name, "--out", str(tmp_path / f"{name}.json")])
         assert r.exit_code == 0, r.output
@@ -56,10 +62,7 @@ def test_cli_round_trip(operator: Operator, trio: Any, tmp_path: Path) -> None:
 def test_user_mistakes_get_one_line_and_no_traceback(operator: Operator, trio: Any, tmp_path: Path) -> None:
     """Missing or broken files and a CSV with an undeclared column: exit 1, one clear line, nothing sent."""
     runner = CliRunner()
-    ca = tmp_path / "ca.pem"
-    ca.write_bytes(operator.ca.certificate.public_bytes(Encoding.PEM))
-    signer = tmp_path / "plan-signer.pub"
-    signer.write_bytes(operator.signer.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    ca, signer = trust_files(operator, tmp_path)
     assert runner.invoke(app, ["identity", "new", "bank-a", "--out", str(tmp_path / "bank-a.json")]).exit_code == 0
     owner, auditor = Identity.load(tmp_path / "bank-a.json"), Identity.generate("auditor")
     plan = operator.plan("cli-2", trio, program={"aggregate": [{"op": "sum", "field": "amount"}]}, owners=[owner],
