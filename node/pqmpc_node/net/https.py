@@ -498,7 +498,36 @@ def _map_sync(exc: OSError, timeout_exc: type[Exception], other: type[Exception]
     return timeout_exc(str(exc) or "timed out") if isinstance(exc, socket.timeout) else other(str(exc))
 
 
-class _SyncTcpStream(httpcore.NetworkStream):
+class _TcpInfo:
+    """``get_extra_info`` of both plain-TCP streams (before ``start_tls``)."""
+
+    _sock: socket.socket
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "socket":
+            return self._sock
+        if info == "is_readable":
+            return _socket_readable(self._sock)
+        return None
+
+
+class _TlsState:
+    """State and ``get_extra_info`` of both PQ-TLS streams (sync and async share them)."""
+
+    def __init__(self, sock: socket.socket, conn: SSL.Connection, records: RecordIO, cert: x509.Certificate) -> None:
+        self._sock, self._conn, self._records, self._cert = sock, conn, records, cert
+        self._plain = _Plaintext()
+        self._eof = False
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "socket":
+            return self._sock
+        if info == "is_readable":
+            return bool(self._plain) or self._eof or _socket_readable(self._sock)
+        return _tls_info(self._conn, self._cert, info)
+
+
+class _SyncTcpStream(_TcpInfo, httpcore.NetworkStream):
     """Plain TCP until :meth:`start_tls`."""
 
     def __init__(self, sock: socket.socket, backend: PqNetworkBackend) -> None:
@@ -562,19 +591,9 @@ class _SyncTcpStream(httpcore.NetworkStream):
             self._sock.settimeout(None if deadline is None else max(deadline - time.monotonic(), 1e-3))
             self._sock.sendall(out)
 
-    def get_extra_info(self, info: str) -> Any:
-        if info == "socket":
-            return self._sock
-        if info == "is_readable":
-            return _socket_readable(self._sock)
-        return None
 
-
-class _SyncTlsStream(httpcore.NetworkStream):
-    def __init__(self, sock: socket.socket, conn: SSL.Connection, records: RecordIO, cert: x509.Certificate) -> None:
-        self._sock, self._conn, self._records, self._cert = sock, conn, records, cert
-        self._plain = _Plaintext()
-        self._eof = False
+class _SyncTlsStream(_TlsState, httpcore.NetworkStream):
+    """Blocking PQ-TLS stream: records on the socket, plaintext buffered for httpcore."""
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         try:
@@ -629,13 +648,6 @@ class _SyncTlsStream(httpcore.NetworkStream):
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.NetworkStream:
         raise httpcore.ConnectError("TLS in TLS is not supported by the PQ transport")
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "socket":
-            return self._sock
-        if info == "is_readable":
-            return bool(self._plain) or self._eof or _socket_readable(self._sock)
-        return _tls_info(self._conn, self._cert, info)
 
 
 class _ClientTls:
@@ -704,7 +716,7 @@ async def _with_timeout(aw: Any, timeout: float | None, timeout_exc: type[Except
         raise other(str(exc)) from exc
 
 
-class _AsyncTcpStream(httpcore.AsyncNetworkStream):
+class _AsyncTcpStream(_TcpInfo, httpcore.AsyncNetworkStream):
     """Plain TCP until :meth:`start_tls`."""
 
     def __init__(self, sock: socket.socket, backend: PqAsyncNetworkBackend) -> None:
@@ -764,19 +776,9 @@ class _AsyncTcpStream(httpcore.AsyncNetworkStream):
         if out:
             await loop.sock_sendall(self._sock, out)
 
-    def get_extra_info(self, info: str) -> Any:
-        if info == "socket":
-            return self._sock
-        if info == "is_readable":
-            return _socket_readable(self._sock)
-        return None
 
-
-class _AsyncTlsStream(httpcore.AsyncNetworkStream):
-    def __init__(self, sock: socket.socket, conn: SSL.Connection, records: RecordIO, cert: x509.Certificate) -> None:
-        self._sock, self._conn, self._records, self._cert = sock, conn, records, cert
-        self._plain = _Plaintext()
-        self._eof = False
+class _AsyncTlsStream(_TlsState, httpcore.AsyncNetworkStream):
+    """asyncio PQ-TLS stream: records on the socket, plaintext buffered for httpcore."""
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         if not self._plain and not self._eof:
@@ -832,13 +834,6 @@ class _AsyncTlsStream(httpcore.AsyncNetworkStream):
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.AsyncNetworkStream:
         raise httpcore.ConnectError("TLS in TLS is not supported by the PQ transport")
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "socket":
-            return self._sock
-        if info == "is_readable":
-            return bool(self._plain) or self._eof or _socket_readable(self._sock)
-        return _tls_info(self._conn, self._cert, info)
 
 
 class PqAsyncNetworkBackend(_ClientTls, httpcore.AsyncNetworkBackend):
