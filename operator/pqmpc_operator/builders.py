@@ -77,6 +77,11 @@ def node_service_account_name(pool: str) -> str:
     return f"{pool}-node"
 
 
+def node_dns_name(pool: NodePoolSpec, pod: str) -> str:
+    """The stable DNS name of node pod ``pod`` (headless Service), which its certificate names."""
+    return f"{pod}.{headless_service_name(pool.name)}.{pool.namespace}.svc"
+
+
 def pool_selector(pool: str) -> dict[str, str]:
     """Labels that select every node pod of a pool."""
     return {"app.kubernetes.io/name": "pqmpc-node", LABEL_POOL: pool}
@@ -154,7 +159,7 @@ def _pod_spec(pool: NodePoolSpec, group: GroupSpec, name: str, settings: Operato
         {"name": "PQMPC_BOOTSTRAP_TOKEN", "value": f"{BOOTSTRAP_TOKEN_DIR}/token"},
         {
             "name": "PQMPC_DNS_NAME",
-            "value": f"{name}.{headless_service_name(pool.name)}.{pool.namespace}.svc",
+            "value": node_dns_name(pool, name),
         },
         {"name": "PQMPC_STATE_DIR", "value": STATE_DIR},
         {"name": "PQMPC_TRUST_DIR", "value": TRUST_DIR},

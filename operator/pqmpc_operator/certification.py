@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pqmpc_node.crypto.pki import CertificateError, NodeIdentity, bootstrap_server_name
 from pqmpc_node.crypto.suites import get_suite
+from pqmpc_node.crypto.transparency import LogVerifier
 from pqmpc_node.keystore import LogBundle
 from pqmpc_node.net.tls import TlsIdentity
 from pqmpc_operator import builders, pool_pki
@@ -34,7 +35,8 @@ from pqmpc_operator.model import NodePoolSpec
 from pqmpc_operator.nodeclient import NodeCallError, NodeClient, PoolTrust
 from pqmpc_operator.rollout import is_pod_ready, is_terminating
 
-__all__ = ["CertificationState", "certify_attested", "certify_pods", "ensure_pki", "pod_directory"]
+__all__ = ["CertificationState", "certify_attested", "certify_pods", "ensure_operator_tls", "ensure_pki",
+           "pod_directory"]
 
 _log = logging.getLogger(__name__)
 RETRY_SECONDS = 1.0
@@ -69,6 +71,7 @@ class CertificationState:
     """When this operator began managing the pool (RFC 3339): older pods may be a predecessor's."""
     pods_by_ip: dict[str, str] = field(default_factory=dict)
     previous_fingerprints: dict[str, str] = field(default_factory=dict)
+    _log_checker: tuple[int, LogVerifier] | None = field(default=None, repr=False)
     """Pod name → the certificate replaced by the latest one (still accepted while the node switches)."""
     """Pod IP → pod name as the API server last reported them (checked against node certificates)."""
     pushed_log_size: int = 0
@@ -87,8 +90,20 @@ class CertificationState:
         pki = self.pki
         pinned = frozenset(fp for fp in (self.facts.get(name, {}).get("certFingerprint"),
                                          self.previous_fingerprints.get(name)) if fp)
-        return PoolTrust(pki.ca.certificate, pki.ca.suite, lambda: pool_pki.own_log_verifier(pki, now=_utcnow()),
-                         name, pinned)
+        return PoolTrust(pki.ca.certificate, pki.ca.suite, self.log_checker, name, pinned)
+
+    def log_checker(self) -> LogVerifier:
+        """A verifier over the operator's own log, rebuilt only when the log grew.
+
+        Building one signs a tree head and re-hashes every entry: not once per TLS
+        connection to a node.
+        """
+        if self.pki is None:
+            raise RuntimeError("the pool's PKI is not loaded")
+        size = len(self.pki.log.entries)
+        if self._log_checker is None or self._log_checker[0] != size:
+            self._log_checker = (size, pool_pki.own_log_verifier(self.pki, now=_utcnow()))
+        return self._log_checker[1]
 
 
 def pod_directory(states: Mapping[tuple[str, str], CertificationState]) -> Callable[[str], PoolTrust | None]:
@@ -106,7 +121,8 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _ensure_operator_tls(pool: NodePoolSpec, state: CertificationState) -> None:
+def ensure_operator_tls(pool: NodePoolSpec, state: CertificationState) -> None:
+    """Give the operator its bootstrap certificate for ``pool`` (fresh key in memory), re-issued before it expires."""
     pki = state.pki
     now = _utcnow()
     if pki is None or (state.operator_tls is not None and
@@ -121,7 +137,7 @@ def _ensure_operator_tls(pool: NodePoolSpec, state: CertificationState) -> None:
 async def ensure_pki(api: KubeApi, pool: NodePoolSpec, state: CertificationState) -> pool_pki.PoolPKI:
     """The pool's PKI, loaded from (or created into) its Secret and keylog ConfigMap, and the bootstrap certificate."""
     if state.pki is not None:
-        _ensure_operator_tls(pool, state)
+        ensure_operator_tls(pool, state)
         return state.pki
     suite = get_suite(pool.suite.value)
     secret_name = pool_pki.pki_secret_name(pool.name)
@@ -140,7 +156,7 @@ async def ensure_pki(api: KubeApi, pool: NodePoolSpec, state: CertificationState
     state.pki = pool_pki.pki_from_secret(data, suite, entries)
     state.pushed_log_size = 0
     state.persisted_log_size = len(state.pki.log.entries)
-    _ensure_operator_tls(pool, state)
+    ensure_operator_tls(pool, state)
     return state.pki
 
 
@@ -214,7 +230,8 @@ async def _renew_if_due(
     try:
         doc = await nodes.csr(ip)
         async with state.lock:
-            issued = pool_pki.certify_node(pki, doc, pod_name=name, expected_dns_name=_dns_name(pool, name),
+            issued = pool_pki.certify_node(pki, doc, pod_name=name,
+                                           expected_dns_name=builders.node_dns_name(pool, name),
                                            now=_utcnow(), lifetime=dt.timedelta(seconds=pool.rotation.duration_s),
                                            rng=os.urandom)
             await _persist(api, pool, pki, state)
@@ -230,10 +247,6 @@ async def _renew_if_due(
                          "certNotAfter": issued.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")}
     _log.info("pool %s/%s: renewed %s's certificate until %s", pool.namespace, pool.name, name, issued.not_after)
     return True
-
-
-def _dns_name(pool: NodePoolSpec, name: str) -> str:
-    return f"{name}.{builders.headless_service_name(pool.name)}.{pool.namespace}.svc"
 
 
 async def certify_attested(
@@ -268,7 +281,8 @@ async def certify_attested(
             raise pool_pki.CertificationRefused(
                 f"pod {pod_name} (uid {pod_uid}) was certified {MAX_ISSUANCES_PER_POD} times by this operator; "
                 "refusing more (delete the pod to start afresh)")
-        issued = pool_pki.certify_node(pki, csr_document, pod_name=pod_name, expected_dns_name=_dns_name(pool, pod_name),
+        issued = pool_pki.certify_node(pki, csr_document, pod_name=pod_name,
+                                       expected_dns_name=builders.node_dns_name(pool, pod_name),
                                        now=_utcnow(), lifetime=dt.timedelta(seconds=pool.rotation.duration_s),
                                        rng=os.urandom)
         await _persist(api, pool, pki, state)

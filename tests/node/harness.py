@@ -45,7 +45,7 @@ from pqmpc_node.client import node_http_client
 from pqmpc_operator.attestation import POD_NAME_CLAIM, POD_UID_CLAIM
 from pqmpc_operator.bootstrap_server import BootstrapServer
 from pqmpc_operator.builders import LABEL_POOL
-from pqmpc_operator.certification import CertificationState
+from pqmpc_operator.certification import CertificationState, ensure_operator_tls
 from pqmpc_operator.metrics import OperatorMetrics
 from pqmpc_operator.model import parse_nodepool
 from pqmpc_operator.pool_pki import PoolPKI
@@ -424,16 +424,14 @@ class _BootstrapThread:
         body = {"metadata": {"name": op.pool, "namespace": "default", "uid": op.attestation.pool_uid},
                 "spec": {"groups": [{"name": "g", "replicas": 100, "region": "eu-west", "zone": "z0",
                                      "trustDomain": "td0"}], "keys": {"suite": op.suite.name.value}}}
-        state = CertificationState(pki=PoolPKI(op.ca, op.signer, op.log, b""), pool=parse_nodepool(body))
+        pool = parse_nodepool(body)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="bootstrap", daemon=True)
         self.thread.start()
 
         async def start() -> BootstrapServer:
-            st = CertificationState(pki=state.pki, pool=state.pool)  # locks bind to this loop
-            from pqmpc_operator.certification import _ensure_operator_tls
-
-            _ensure_operator_tls(st.pool, st)  # type: ignore[arg-type]
+            st = CertificationState(pki=PoolPKI(op.ca, op.signer, op.log, b""), pool=pool)
+            ensure_operator_tls(pool, st)
             server = BootstrapServer(op.attestation, {("default", op.pool): st}, OperatorMetrics(),  # type: ignore[arg-type]
                                      wake=lambda _ns, _name: None)
             await server.start("127.0.0.1", 0)
