@@ -303,6 +303,7 @@ async def reconcile_session(deps: SessionDeps, namespace: str, name: str) -> flo
                   f"data owners can submit to session {spec.session_id}")
         out.condition("PlanDelivered", "True", "PlanDelivered", out.new["message"])
         out.new["inputs"] = [{"owner": i.owner, "role": i.role, "received": False, "parties": 0} for i in spec.inputs]
+        out.new["preprocessing"] = _preprocessing_status(spec)
         out.new["result"] = _result_hint(spec, placed, pod_ips, deps.settings.api_port)
         await _write(deps, out, now)
         return 1.0
@@ -413,6 +414,14 @@ async def cancel_session(deps: SessionDeps, body: Mapping[str, Any], *, timeout_
     _log.info("session %s/%s deleted: cancel of %s at its parties: %s", namespace, name, session_id,
               "; ".join(f"{n}: {o}" for n, o in outcomes.items()))
     return outcomes
+
+
+def _preprocessing_status(spec: SessionSpec) -> dict[str, str]:
+    """``status.preprocessing``: which provider runs and, for ``auto``, why."""
+    dealer = spec.preprocessing == "dealer"
+    return {"provider": spec.preprocessing, "dealerFree": "false" if dealer else "true",
+            "note": spec.preprocessing_note or ("the operator deals (trusted dealer)" if dealer
+                                                else "made by the parties; the operator sees no key, seed or triple")}
 
 
 async def _deal(
