@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
+from pathlib import Path
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pqmpc_node.dealing import PartyInputs, RunOutcome, execute
-from pqmpc_node.mpc.channel import ChannelError
+from pqmpc_node.mpc.channel import ChannelError, InProcessHub
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.domain import Array
@@ -27,6 +29,9 @@ from pqmpc_node.mpc.numerics import decode_exact
 from pqmpc_node.mpc.programs import compile_program, encode_column, output_decodings
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.mpc.simulation import make_contexts
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "mpc"))
+from hm_run import hm_context  # noqa: E402  (tests/mpc: in-process dealer-free parties)
 
 FIELDS = [{"name": "amount", "min": 0, "max": 1000}]
 PROGRAM = {"aggregate": [{"op": "count", "field": "amount"}, {"op": "sum", "field": "amount"},
@@ -189,34 +194,24 @@ def run(
     recipients: Sequence[OutputRequest] = RECIPIENTS,
     seed: bytes = b"adversary-seed-0123456789abcdef0",
     timeout: float = 120.0,
+    dealer_free: bool = False,
 ) -> Run:
     """Run the session program at every live party with ``cheater`` tampering; collect outcomes.
 
     Honest parties that detect the attack raise; the cheater (and anyone stuck waiting on a
     party that stopped) is cancelled once every honest party has finished.
     """
-    contexts, _ = make_contexts(config, seed=seed, live=live)
     plan = compile_program(program, FIELDS)
     shares = inputs if inputs is not None else owner_shares(config, OWNERS)
     result = Run(config, {})
+    contexts = [] if dealer_free else make_contexts(config, seed=seed, live=live)[0]
     for ctx in contexts:
         log: list[str] = []
         result.sent[ctx.party] = log
         mine = ctx.party == cheater
         ctx.channel = CheatingChannel(ctx.channel, tamper if mine else None, log,  # type: ignore[assignment]
                                       vanish_at if mine else None)
-        opened: list[tuple[str, Array]] = []
-        result.opened[ctx.party] = opened
-        original = ctx.open
-
-        async def spy(xs: Any, label: str = "open", _orig: Any = original, _rec: list[Any] = opened) -> Any:
-            values = await _orig(xs, label)
-            _rec.extend((label, v) for v in values)
-            return values
-
-        ctx.open = spy  # type: ignore[method-assign]
-        if shift_own_reinput and ctx.party == cheater:
-            ctx.provider = LyingMaskProvider(ctx.provider, ctx.party, shift_own_reinput)
+        _spy_openings(ctx, result, shift_own_reinput if mine else 0)
     result.contexts = list(contexts)
 
     async def party(ctx: MPCContext) -> RunOutcome:
@@ -226,8 +221,25 @@ def run(
             mine = [alter_inputs(o) for o in mine]
         return await execute(ctx, plan, ["amount"], PartyInputs(mine), recipients)
 
+    async def dealer_free_party(i: int, hub: InProcessHub, parties: Sequence[int]) -> RunOutcome:
+        """Agree PRSS keys over the (cheater's) channel, then run: nothing is dealt."""
+        current_party.set(i)
+        log: list[str] = []
+        result.sent[i] = log
+        mine = i == cheater
+        channel = CheatingChannel(hub.channel(i), tamper if mine else None, log, vanish_at if mine else None)
+        ctx = await hm_context(config, channel, live=parties, seed=seed)
+        _spy_openings(ctx, result, 0)
+        result.contexts.append(ctx)
+        return await party(ctx)
+
     async def main() -> None:
-        tasks = {ctx.party: asyncio.ensure_future(party(ctx)) for ctx in contexts}
+        if dealer_free:
+            hub = InProcessHub(config.parties)
+            parties = list(range(config.parties)) if live is None else sorted(live)
+            tasks = {i: asyncio.ensure_future(dealer_free_party(i, hub, parties)) for i in parties}
+        else:
+            tasks = {ctx.party: asyncio.ensure_future(party(ctx)) for ctx in contexts}
         honest = [t for p, t in tasks.items() if p != cheater]
         await asyncio.wait(honest, timeout=timeout)
         for p, t in tasks.items():
@@ -242,6 +254,22 @@ def run(
 
     asyncio.run(main())
     return result
+
+
+def _spy_openings(ctx: MPCContext, result: Run, shift_own_reinput: int) -> None:
+    """Record every value ``ctx`` opens; a cheater shifting its re-input gets the lying provider."""
+    opened: list[tuple[str, Array]] = []
+    result.opened[ctx.party] = opened
+    original = ctx.open
+
+    async def spy(xs: Any, label: str = "open", _orig: Any = original, _rec: list[Any] = opened) -> Any:
+        values = await _orig(xs, label)
+        _rec.extend((label, v) for v in values)
+        return values
+
+    ctx.open = spy  # type: ignore[method-assign]
+    if shift_own_reinput:
+        ctx.provider = LyingMaskProvider(ctx.provider, ctx.party, shift_own_reinput)
 
 
 def decoded(name: str, y: Any, domain: Any, program: Mapping[str, Any] = PROGRAM) -> Any:
