@@ -215,7 +215,7 @@ def test_mpcsession_defaults_are_applied(kubectl: Any, namespace: str) -> None:
     }
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(minimal))
     spec = get(kubectl, namespace, "mpcsession", "minimal")["spec"]
-    assert (spec["sharing"], spec["security"], spec["preprocessing"]) == ("additive", "malicious", "dealer")
+    assert (spec["sharing"], spec["security"], spec["preprocessing"]) == ("additive", "malicious", "auto")
     assert spec["placement"] == {"distinctTrustDomains": True, "maxSharesPerZone": 1, "requireGPU": False}
     assert spec["deadline"] == "1h"
     assert spec["ttlSecondsAfterFinished"] == 3600

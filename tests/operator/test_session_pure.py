@@ -49,7 +49,9 @@ class TestSpec:
     @pytest.mark.parametrize(
         ("change", "field", "words"),
         [
-            ({"preprocessing": "ot"}, "preprocessing", "use preprocessing: dealer"),
+            ({"preprocessing": "ot"}, "preprocessing", "additive sessions use the dealer"),
+            ({"preprocessing": "prss"}, "preprocessing", "needs Shamir sharing with an honest majority"),
+            ({"preprocessing": "sometimes"}, "preprocessing", "use auto (the default), prss, or dealer"),
             ({"program": {"mlp": {"modelOwner": "insurer", "features": ["amount"], "layers": [2, 1]}}}, "inputs", "modelOwner"),
         ],
     )
@@ -57,6 +59,22 @@ class TestSpec:
         with pytest.raises(SpecError) as err:
             parse_mpcsession(body(**change), SUITE)
         assert err.value.field_path == field and words in str(err.value)
+
+    @pytest.mark.parametrize(
+        ("change", "provider", "note"),
+        [
+            ({}, "dealer", "dealer-free OT preprocessing is not available yet"),  # additive: auto keeps the dealer
+            ({"sharing": "shamir", "parties": 3, "threshold": 1}, "prss", "dealer-free (prss)"),
+            ({"sharing": "shamir", "parties": 5, "threshold": 2, "preprocessing": "prss"}, "prss", ""),
+            ({"sharing": "shamir", "parties": 3, "threshold": 1, "preprocessing": "dealer"}, "dealer", ""),
+            ({"sharing": "shamir", "parties": 4, "threshold": 2}, "dealer", "trusted dealer"),  # 2t = n: no honest majority
+        ],
+    )
+    def test_preprocessing_provider_is_resolved_at_admission(self, change: dict[str, Any], provider: str,
+                                                             note: str) -> None:
+        spec = parse_mpcsession(body(**change), SUITE)
+        assert spec.preprocessing == provider
+        assert note in spec.preprocessing_note and (note != "" or spec.preprocessing_note == "")
 
     def test_wrong_keys_are_named(self) -> None:
         b = body()

@@ -265,7 +265,8 @@ def test_a_program_whose_numbers_could_overflow_fails_at_admission(world: World)
         "spec.maxRowsPerOwner to at most 576, declare fewer decimals, or narrow [min, max] of amount"), st["message"]
 
 
-def test_mlp_session_with_model_owner(world: World) -> None:
+def test_mlp_session_with_model_owner(world: World, operator: Operator) -> None:
+    """The Shamir (n = 3, t = 1) MLP session runs dealer-free on ``auto`` and gives the plaintext scores."""
     fields = [{"name": "amount", "min": 0, "max": 100000}, {"name": "txPerDay", "min": 0, "max": 1000},
               {"name": "chargebacks", "min": 0, "max": 100}]
     inputs = [{"owner": o, "identity": world.ids[o]["identity"], "fields": fields} for o in ("bank-a", "bank-b", "bank-c")]
@@ -298,6 +299,33 @@ def test_mlp_session_with_model_owner(world: World) -> None:
     expected = (np.maximum(rows @ w0 + b0, 0) @ w1 + b1).reshape(-1)
     assert scores.shape == expected.shape
     assert np.allclose(np.sort(scores), np.sort(expected), atol=5e-2)
+    assert_dealer_free(world, operator, st)
+
+
+def assert_dealer_free(world: World, operator: Operator, st: dict[str, Any]) -> None:
+    """Trust model of a dealer-free session: the operator dealt nothing and holds nothing.
+
+    Inspects what the operator sends (the signed plan each party holds: no seed; no
+    preprocessing ever posted to a party), what it stores (the MPCSession status, every
+    Secret and ConfigMap in the cluster: nothing names the session), and what it logs.
+    The PRSS keys are drawn in the node processes and travel only on the peer links, so
+    the operator has nothing to leak; the nodes' counters prove the material was made there.
+    """
+    sid = st["sessionId"]
+    assert st["preprocessing"]["provider"] == "prss" and st["preprocessing"]["dealerFree"] == "true", st
+    assert "dealtDigest" not in st
+    for url in st["result"]["nodes"]:
+        report = json.loads(node_get(world.dir / "ca.pem", f"{url}/v1/sessions/{sid}"))
+        assert report["preprocessing"] == "prss" and report["preprocessingReceived"] is False, report
+        plan = json.loads(node_get(world.dir / "ca.pem", f"{url}/v1/sessions/{sid}/plan"))
+        doc = plan.get("plan", plan)
+        assert doc["preprocessing"] == {"provider": "prss", "sealedSeeds": {}}, doc["preprocessing"]
+    for kind in ("secrets", "configmaps"):
+        items = json.loads(world.kubectl("get", kind, "-A", "-o", "json").stdout)["items"]
+        assert not [i["metadata"]["name"] for i in items if sid in json.dumps(i)], f"a {kind[:-1]} names {sid}"
+    log = Path(operator.proc.process.log_path).read_text(errors="replace")
+    assert sid in log  # the operator did run it
+    assert not [line for line in log.splitlines() if sid in line and "dealt" in line], "the operator dealt"
 
 
 def test_operator_restart_mid_session(world: World, operator: Operator) -> None:
