@@ -346,6 +346,11 @@ async def reconcile_session(deps: SessionDeps, namespace: str, name: str) -> flo
     if lost and spec.sharing == "additive" and progress.phase not in FINISHED:
         fail("NodeLost", "; ".join(lost) + " — additive sharing needs every party; create a new session "
              "(owners resubmit their inputs)")
+    elif lost and spec.sharing == "shamir" and spec.preprocessing == "prss" and progress.phase not in FINISHED \
+            and len(placed) - len(lost) < 2 * spec.threshold + 1:
+        fail("NodeLost", "; ".join(lost) + f" — fewer than 2t+1={2 * spec.threshold + 1} parties remain, and "
+             "dealer-free multiplication needs that many (a session survives a lost node only where n >= 2t+2); "
+             "create a new session (owners resubmit their inputs)")
     elif lost and spec.sharing == "shamir" and len(placed) - len(lost) < spec.threshold + 1:
         fail("NodeLost", "; ".join(lost) + f" — fewer than t+1={spec.threshold + 1} parties remain")
     elif progress.phase == "Failed":

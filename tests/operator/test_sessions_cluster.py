@@ -361,6 +361,26 @@ def test_party_killed_mid_session_fails_additive_session(world: World, kubectl: 
     wait_for("the killed node to be replaced and certified", healed, timeout=120)
 
 
+def test_party_killed_fails_a_dealer_free_session_at_n_2t_plus_1(world: World, kubectl: Kubectl) -> None:
+    """n = 3, t = 1, dealer-free: losing a node leaves 2 < 2t + 1 parties, so the session fails and says why."""
+    spec = aggregate_spec(world, ["bank-a", "bank-b"], None, 3)
+    spec.update(sharing="shamir", threshold=1)
+    world.apply(world.session("killed-hm", **spec))
+    st = world.wait_phase("killed-hm", {"AwaitingInputs", "Failed"})
+    assert st["phase"] == "AwaitingInputs" and st["preprocessing"]["provider"] == "prss", st
+    world.submit(st["sessionId"], "bank-a", st["result"]["nodes"][0], world.csv("kh-a", ["amount"], np.ones((3, 1))))
+    victim = st["placement"][2]["node"]
+    kubectl("delete", "pod", victim, "-n", NS, "--grace-period=0", "--force", check=False)
+    st = world.wait_phase("killed-hm", {"Failed", "Succeeded"}, timeout=180)
+    assert st["phase"] == "Failed" and st["reason"] == "NodeLost", st
+    assert victim in st["message"] and "2t+1=3" in st["message"] and "n >= 2t+2" in st["message"], st["message"]
+
+    def healed() -> bool:
+        nodes = (get_json(kubectl, "mpcpool", "banks").get("status") or {}).get("nodes") or []
+        return any(n["name"] == victim and n.get("ready") and n.get("certFingerprint") for n in nodes)
+    wait_for("the killed node to be replaced and certified", healed, timeout=120)
+
+
 def test_concurrent_sessions_and_ttl_cleanup(world: World, operator: Operator) -> None:
     from pqmpc_node.client import Identity, SessionClient
     from cryptography import x509
