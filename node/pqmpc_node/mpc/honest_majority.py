@@ -81,7 +81,11 @@ from pqmpc_node.mpc.sharing import InconsistentSharesError, ShamirScheme
 if TYPE_CHECKING:
     from pqmpc_node.mpc.context import MPCContext
 
-__all__ = ["HonestMajorityProvider", "ProviderStats", "TooFewPartiesError", "TripleCheckError", "BitCheckError"]
+__all__ = ["MAX_BATCH", "HonestMajorityProvider", "ProviderStats", "TooFewPartiesError", "TripleCheckError", "BitCheckError"]
+
+
+MAX_BATCH = 1 << 16
+"""The most triples one refill of the pool makes beyond what the request needs (memory bound)."""
 
 
 class TooFewPartiesError(LostPartyError):
@@ -117,6 +121,8 @@ class HonestMajorityProvider:
     stats: ProviderStats = field(default_factory=ProviderStats)
     _alpha: Array | None = field(default=None, repr=False)
     _ctx: MPCContext | None = field(default=None, repr=False)
+    _pool: Triple | None = field(default=None, repr=False)
+    _used: int = 0
 
     def __post_init__(self) -> None:
         if not self.scheme.honest_majority:
@@ -222,7 +228,35 @@ class HonestMajorityProvider:
 
     # -- material -----------------------------------------------------------------
     async def triples(self, shape: tuple[int, ...]) -> Triple:
-        """Verified elementwise triples (module docstring, "Verified triples")."""
+        """Verified elementwise triples (module docstring, "Verified triples"), served from a bounded pool.
+
+        Every request takes the next triples of a pool that is refilled, when short, with
+        ``max(need, min(MAX_BATCH, made so far))`` fresh ones: many small requests (the
+        rounds of a comparison) then share one generation and one sacrifice, the pool
+        grows with demand (never more than :data:`MAX_BATCH` beyond a request), and a
+        small session makes little more than it uses. Every party makes the same requests
+        in the same order, so the pools stay in step.
+        """
+        count = math.prod(shape)
+        available = 0 if self._pool is None else self._pool.a.size - self._used
+        if available < count:
+            fresh = await self._make_triples((max(count - available, min(MAX_BATCH, self.stats.triples)),))
+            if self._pool is None or available == 0:
+                self._pool = fresh
+            else:
+                rest = self._pool
+                self._pool = Triple(*(self.ctx.concat([getattr(rest, k)[self._used:], getattr(fresh, k)])
+                                      for k in ("a", "b", "c")))
+            self._used = 0
+        pool = self._pool
+        if pool is None:  # invariant: filled above
+            raise RuntimeError("triple pool empty")
+        lo, hi = self._used, self._used + count
+        self._used = hi
+        return Triple(pool.a[lo:hi].reshape(*shape), pool.b[lo:hi].reshape(*shape), pool.c[lo:hi].reshape(*shape))
+
+    async def _make_triples(self, shape: tuple[int, ...]) -> Triple:
+        """Make and verify ``shape`` fresh triples."""
         d = self.domain
         a, b = self._random(shape), self._random(shape)
         if not self.authenticated:
