@@ -151,7 +151,7 @@ async def pq_party(party: int, ports: list[int], mode: str) -> dict[str, Any]:
     from pqmpc_node.mpc.mac import check_macs
     from pqmpc_node.mpc.preprocessing import Dealer, DealerProvider
     from pqmpc_node.mpc.randomness import AesCtrRandom, derive_key
-    from pqmpc_node.net.tcp_channel import TcpChannel
+    from pqmpc_local.tcp_channel import TcpChannel  # benchmarks only: plain TCP, not shipped
 
     from pqmpc_node.mpc.backend import tune_allocator
 

@@ -56,7 +56,8 @@ from pqmpc_node.bootstrap import bootstrap_until_certified
 from pqmpc_node.config import NodeConfig, Trust
 from pqmpc_node.crypto.pki import NodeId, Rng
 from pqmpc_node.crypto.suites import get_suite
-from pqmpc_node.keystore import LogBundle, NodeKeys
+from pqmpc_node.crypto.transparency import LogBundle
+from pqmpc_node.keystore import NodeKeys
 from pqmpc_node.metrics import NodeMetrics
 from pqmpc_node.net.counters import RefusalCounters
 from pqmpc_node.net.tls import TlsIdentity, server_context

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pqmpc_local.mpc_simulation import make_contexts
 from pqmpc_node.dealing import PartyInputs, RunOutcome, execute
 from pqmpc_node.mpc.channel import ChannelError
 from pqmpc_node.mpc.config import EngineConfig
@@ -26,7 +27,6 @@ from pqmpc_node.mpc.preprocessing import InputMask
 from pqmpc_node.mpc.numerics import decode_exact
 from pqmpc_node.mpc.programs import compile_program, encode_column, output_decodings
 from pqmpc_node.mpc.randomness import AesCtrRandom
-from pqmpc_node.mpc.simulation import make_contexts
 
 FIELDS = [{"name": "amount", "min": 0, "max": 1000}]
 PROGRAM = {"aggregate": [{"op": "count", "field": "amount"}, {"op": "sum", "field": "amount"},
