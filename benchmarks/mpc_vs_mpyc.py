@@ -151,7 +151,7 @@ async def pq_party(party: int, ports: list[int], mode: str) -> dict[str, Any]:
     from pqmpc_node.mpc.mac import check_macs
     from pqmpc_node.mpc.preprocessing import Dealer, DealerProvider
     from pqmpc_node.mpc.randomness import AesCtrRandom, derive_key
-    from pqmpc_node.net.tcp_channel import TcpChannel
+    from pqmpc_local.tcp_channel import TcpChannel  # benchmarks only: plain TCP, not shipped
 
     from pqmpc_node.mpc.backend import tune_allocator
 
@@ -340,20 +340,8 @@ def run_pq_parties(script: Path, env: dict[str, str], *, cwd: Path, timeout: flo
     return dict(json.loads(out.decode()))
 
 
-def main() -> None:
-    role = os.environ.get("PQMPC_BENCH_ROLE")
-    if role == "pqmpc":
-        party, mode = int(os.environ["PQMPC_PARTY"]), os.environ["PQMPC_MODE"]
-        ports = [int(p) for p in os.environ["PQMPC_PORTS"].split(",")]
-        res = asyncio.run(pq_party(party, ports, mode))
-        if party == 0:
-            print(json.dumps(res))
-        return
-    if role == "mpyc":
-        mpyc_main()
-        return
-    py = sys.executable
-    me = str(Path(__file__).resolve())
+def _pqmpc_runs(me: Path) -> dict[str, Any]:
+    """Every pqmpc workload, semi-honest and malicious, 3 party processes each (party 0's figures)."""
     pq: dict[str, Any] = {}
     for mode in ("semi-honest", "malicious"):
         ports = free_ports(3)
@@ -361,18 +349,27 @@ def main() -> None:
         # worker threads make small GEMMs ~15x slower when oversubscribed.
         env = dict(os.environ, PQMPC_BENCH_ROLE="pqmpc", PQMPC_MODE=mode, PQMPC_PORTS=",".join(map(str, ports)),
                    OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        pq[mode] = run_pq_parties(Path(me), env, cwd=ROOT, timeout=300, party0_stderr=True)
+        pq[mode] = run_pq_parties(me, env, cwd=ROOT, timeout=300, party0_stderr=True)
+    return pq
+
+
+def _mpyc_runs(me: Path) -> tuple[dict[str, float], str]:
+    """MPyC's figures with 3 parties (-M3), or with one (-M1) if that fails; and a note saying which."""
+    py = sys.executable
     base = free_ports(1)[0]
-    mpyc_note = "MPyC 0.11, 3 parties as subprocesses with -M3 on loopback, SecInt(64)/SecFxp(64)"
+    env = dict(os.environ, PQMPC_BENCH_ROLE="mpyc")
     try:
-        env = dict(os.environ, PQMPC_BENCH_ROLE="mpyc")
-        cmds = [[py, me, "-M3", f"-I{i}", f"-B{base}", "--no-log"] for i in range(3)]
+        cmds = [[py, str(me), "-M3", f"-I{i}", f"-B{base}", "--no-log"] for i in range(3)]
         mp = json.loads(run_parties(cmds, env, 240).strip().splitlines()[-1])
+        return mp, "MPyC 0.11, 3 parties as subprocesses with -M3 on loopback, SecInt(64)/SecFxp(64)"
     except Exception as exc:  # noqa: BLE001 - fall back to one party, and say so
         log(f"MPyC -M3 failed ({exc}); running -M1")
-        mpyc_note = f"MPyC 0.11 with -M1 (multi-party run failed: {exc})"
-        env = dict(os.environ, PQMPC_BENCH_ROLE="mpyc")
-        mp = json.loads(run_parties([[py, me, "-M1", "--no-log"]], env, 240).strip().splitlines()[-1])
+        mp = json.loads(run_parties([[py, str(me), "-M1", "--no-log"]], env, 240).strip().splitlines()[-1])
+        return mp, f"MPyC 0.11 with -M1 (multi-party run failed: {exc})"
+
+
+def _side_by_side(pq: dict[str, Any], mp: dict[str, float]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per workload, mode and phase (pqmpc vs MPyC, scaled where MPyC ran a smaller size)."""
     measured = {
         "mult_10k": "mult_10k", "mult_100k": "mult_10k", "seq_100x1k_mult": "seq_100x1k_mult",
         "fx_matmul_64": "fx_matmul_64", "fx_matmul_128": "fx_matmul_64", "cmp_1k": "cmp_1k", "cmp_10k": "cmp_1k",
@@ -394,17 +391,42 @@ def main() -> None:
                     "mpyc_s": round(mpyc_s, 4),
                     "speedup": round(mpyc_s / t, 1),
                 })
-    # Plaintext reference for the 1024x1024 product, measured in this run: numpy float64
-    # GEMM (what BLAS does for the plaintext model) and, for the exact analogue of the
-    # secure product, numpy's own uint64 matmul would be far slower, so float64 is the
-    # fair "plain" baseline.
+    return workloads, mpyc_scaling
+
+
+def _plain_matmul_1024_s() -> float:
+    """Plaintext reference for the 1024x1024 product, measured in this run.
+
+    numpy float64 GEMM (what BLAS does for the plaintext model); numpy's own uint64
+    matmul, the exact analogue of the secure product, would be far slower, so float64
+    is the fair "plain" baseline.
+    """
     a = np.random.default_rng(0).standard_normal((1024, 1024))
     a @ a
     reps = 5
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ a
-    plain = (time.perf_counter() - t0) / reps
+    return (time.perf_counter() - t0) / reps
+
+
+def main() -> None:
+    role = os.environ.get("PQMPC_BENCH_ROLE")
+    if role == "pqmpc":
+        party, mode = int(os.environ["PQMPC_PARTY"]), os.environ["PQMPC_MODE"]
+        ports = [int(p) for p in os.environ["PQMPC_PORTS"].split(",")]
+        res = asyncio.run(pq_party(party, ports, mode))
+        if party == 0:
+            print(json.dumps(res))
+        return
+    if role == "mpyc":
+        mpyc_main()
+        return
+    me = Path(__file__).resolve()
+    pq = _pqmpc_runs(me)
+    mp, mpyc_note = _mpyc_runs(me)
+    workloads, mpyc_scaling = _side_by_side(pq, mp)
+    plain = _plain_matmul_1024_s()
     secure = pq["semi-honest"]["fx_matmul_1024"]["online_s"]
     secure_dealer = pq["semi-honest"]["fx_matmul_1024"]["with_dealer_s"]
     beaver = {f"{mode}/{phase}": round(1e6 / pq[mode]["beaver_1M"][key])

@@ -37,7 +37,10 @@ from pqmpc_node.mpc.fixedpoint import FixedPoint
 from pqmpc_node.mpc.inputs import OwnerShares, share_owner_input
 from pqmpc_node.mpc.outputs import OutputRequest, verify_delivered
 from pqmpc_node.mpc.randomness import AesCtrRandom
-from pqmpc_node.mpc.simulation import make_contexts
+try:  # trees from before the simulation left the shipped package
+    from pqmpc_node.mpc.simulation import make_contexts
+except ImportError:
+    from pqmpc_local.mpc_simulation import make_contexts
 
 rows = int(sys.argv[1])
 EXACT = hasattr(programs, "encode_column")

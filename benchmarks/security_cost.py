@@ -39,7 +39,10 @@ from pqmpc_node import dealing
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.programs import compile_program, model_shapes
 from pqmpc_node.mpc.randomness import AesCtrRandom
-from pqmpc_node.mpc.simulation import make_contexts
+try:  # trees from before the simulation left the shipped package
+    from pqmpc_node.mpc.simulation import make_contexts
+except ImportError:
+    from pqmpc_local.mpc_simulation import make_contexts
 from pqmpc_node.mpc.fixedpoint import FixedPoint
 
 rows = int(sys.argv[1])
@@ -112,7 +115,7 @@ def log(msg: str) -> None:
 
 
 def tree_env(tree: Path) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=f"{tree / 'node'}{os.pathsep}{tree / 'operator'}",
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(tree / d) for d in ("node", "operator", "local")),
                OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return env
 

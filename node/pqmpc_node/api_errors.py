@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pqmpc_node.crypto.transparency import MalformedLogError
 from pqmpc_node.keystore import CertificationError, NotCertifiedError
 from pqmpc_node.plan import PlanError
 from pqmpc_node.sessions import SessionError
@@ -92,6 +93,8 @@ async def error_middleware(
         return error_response(_PLAN_STATUS.get(exc.reason, 400), exc.reason, str(exc))
     except CertificationError as exc:
         return error_response(400 if exc.reason == "malformed" else 422, exc.reason, str(exc))
+    except MalformedLogError as exc:
+        return error_response(400, exc.reason, str(exc))
     except NotCertifiedError as exc:
         return error_response(503, "not_certified", str(exc))
     except web.HTTPException as exc:

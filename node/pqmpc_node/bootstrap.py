@@ -13,7 +13,8 @@ belongs to and checks the pod it names. Here:
    ``PQMPC_BOOTSTRAP_URL`` with SNI :func:`~pqmpc_node.crypto.pki.bootstrap_server_name`
    and checks that the server certificate is the *operator's* for this pool
    (:func:`~pqmpc_node.crypto.pki.verify_operator_certificate`) before sending anything.
-3. It posts :class:`BootstrapRequest`: its CSR document (CSR with proof of possession,
+3. It posts :class:`~pqmpc_node.bootstrap_request.BootstrapRequest` (the wire format the
+   operator parses too, in its own module so the operator imports nothing of this one): its CSR document (CSR with proof of possession,
    KEM key certificates) and the token. The token goes to the operator only; the node
    serves it to no one.
 4. The operator answers with the certificate and the transparency log, which the node
@@ -31,71 +32,27 @@ import base64
 import binascii
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 from cryptography import x509
 
+from pqmpc_node.bootstrap_request import BOOTSTRAP_PATH, BootstrapRequest
 from pqmpc_node.crypto.pki import (
     BOOTSTRAP_AUDIENCE,
     CertificateError,
     bootstrap_server_name,
     verify_operator_certificate,
 )
-from pqmpc_node.keystore import CertificationError, LogBundle, NodeKeys
+from pqmpc_node.crypto.transparency import LogBundle
+from pqmpc_node.keystore import CertificationError, NodeKeys
 from pqmpc_node.net.https import async_pq_transport
 
-__all__ = [
-    "BOOTSTRAP_AUDIENCE",
-    "BOOTSTRAP_PATH",
-    "BootstrapFormatError",
-    "BootstrapRequest",
-    "MAX_TOKEN_BYTES",
-    "bootstrap_until_certified",
-]
-
-BOOTSTRAP_PATH = "/v1/bootstrap"
-MAX_TOKEN_BYTES = 16 * 1024
-MAX_REQUEST_BYTES = 256 * 1024
+__all__ = ["bootstrap_until_certified"]
 
 _log = logging.getLogger("pqmpc_node.bootstrap")
-
-
-class BootstrapFormatError(ValueError):
-    """A bootstrap request that is not the documented JSON object."""
-
-
-@dataclass(frozen=True)
-class BootstrapRequest:
-    """What a node sends the operator: who it says it is, its CSR document, and its bound token."""
-
-    namespace: str
-    pool: str
-    node_id: str
-    csr_document: Mapping[str, Any]
-    token: str = field(repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        """The request body."""
-        return {"namespace": self.namespace, "pool": self.pool, "nodeId": self.node_id,
-                "csr": dict(self.csr_document), "token": self.token}
-
-    @classmethod
-    def from_json(cls, raw: Any) -> BootstrapRequest:
-        """Parse a request body; :class:`BootstrapFormatError` says which field is wrong."""
-        if not isinstance(raw, dict):
-            raise BootstrapFormatError("the body must be a JSON object")
-        for key in ("namespace", "pool", "nodeId", "token"):
-            if not isinstance(raw.get(key), str) or not raw[key]:
-                raise BootstrapFormatError(f"{key} must be a non-empty string")
-        if len(raw["token"]) > MAX_TOKEN_BYTES:
-            raise BootstrapFormatError(f"token is longer than {MAX_TOKEN_BYTES} bytes")
-        if not isinstance(raw.get("csr"), dict):
-            raise BootstrapFormatError("csr must be the node's CSR document (a JSON object)")
-        return cls(raw["namespace"], raw["pool"], raw["nodeId"], raw["csr"], raw["token"])
 
 
 def _operator_check(keys: NodeKeys, server_name: str, clock: Callable[[], dt.datetime]) -> Callable[[x509.Certificate, str], None]:

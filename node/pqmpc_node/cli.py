@@ -38,9 +38,9 @@ from pqmpc_node.client import (
     node_http_client,
     read_csv,
 )
-from pqmpc_node.config import ConfigError, Trust, load_trust
 from pqmpc_node.crypto.pki import CertificateError, suite_of_ca
 from pqmpc_node.crypto.suites import MLDSAPublicKey, SuiteName, get_suite
+from pqmpc_node.crypto.trust_anchors import TrustAnchorError, parse_ca_certificate, parse_plan_signer
 from pqmpc_node.plan import PlanParty
 
 __all__ = ["app", "main"]
@@ -85,26 +85,23 @@ def _suite_of(ca_cert: x509.Certificate) -> SuiteName:
 
 
 def _trust(ca: Path, plan_signer: Path | None) -> tuple[x509.Certificate, MLDSAPublicKey | None]:
+    """The pool CA certificate and (when named) the plan-signing key, parsed as the node parses them."""
     try:
-        ca_cert = x509.load_pem_x509_certificate(ca.read_bytes())
-    except (OSError, ValueError) as exc:
+        ca_cert = parse_ca_certificate(ca.read_bytes())
+    except OSError as exc:
         raise _fail(f"cannot read the pool CA certificate {ca}: {exc}; it is ca.pem of the pool's <pool>-trust "
                     "ConfigMap") from None
+    except TrustAnchorError as exc:
+        raise _fail(f"--ca {ca}: {exc}; it is ca.pem of the pool's <pool>-trust ConfigMap") from None
     if plan_signer is None:
         return ca_cert, None
     if not plan_signer.is_file():
         raise _fail(f"--plan-signer {plan_signer}: no such file; it is plan-signer.pub of the pool's <pool>-trust "
                     "ConfigMap")
-    from pqmpc_node.config import NodeConfig
-
-    cfg = NodeConfig(pool="-", node_id="-", namespace="-", group="", region="", zone="", trust_domain="", backend="numpy",
-                     suite=_suite_of(ca_cert).value, listen_host="", api_port=1, peer_port=1, dns_name="", state_dir="",
-                     ca_pem=ca.read_text(), plan_signer_pub=plan_signer.read_text())
     try:
-        trust: Trust = load_trust(cfg)
-    except (ConfigError, OSError) as exc:
-        raise _fail(str(exc)) from None
-    return ca_cert, trust.plan_signer
+        return ca_cert, parse_plan_signer(plan_signer.read_bytes(), get_suite(_suite_of(ca_cert)))
+    except (OSError, TrustAnchorError) as exc:
+        raise _fail(f"--plan-signer {plan_signer}: {exc}") from None
 
 
 Node = Annotated[str, typer.Option("--node", help="API URL of one node of the session, e.g. http://10.0.0.5:8443")]

@@ -57,8 +57,7 @@ from pqmpc_node.crypto.envelopes import (
 from pqmpc_node.crypto.kemkeys import KemKeyPair, UnknownEpochError, VerifiedKemKey, verify_keys_document
 from pqmpc_node.crypto.pki import CertificateError, NodeId, suite_of_ca, verify_node_certificate
 from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, Suite, SuiteName, get_suite
-from pqmpc_node.crypto.transparency import LogForkError, LogVerifier, require_same_history
-from pqmpc_node.keystore import CertificationError, LogBundle
+from pqmpc_node.crypto.transparency import LogBundle, LogForkError, LogVerifier, require_same_history
 from pqmpc_node.net.https import peer_certificate, pq_transport
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.domain import Domain
@@ -319,7 +318,7 @@ def fetch_verified_keys(
         verifier.update(bundle.entries, bundle.tree_head)
         keys = verify_keys_document(doc, node_id=NodeId(party.node_id), ca_certificate=ca_certificate, suite=suite,
                                     log=verifier, now=now, fingerprint=party.cert_fingerprint)
-    except (CertificateError, CertificationError) as exc:
+    except CertificateError as exc:
         raise ClientError(f"keys of node {party.node_id} do not verify: {exc}", getattr(exc, "reason", "bad_keys")) from None
     except (KeyError, TypeError, ValueError) as exc:
         raise ClientError(f"keys document of node {party.node_id} is malformed: {exc}", "bad_keys") from None

@@ -7,14 +7,12 @@ Contract: :func:`config_from_env` is the only reader of the environment and
 Trust anchors (docs/node.md): the pool CA certificate and the operator's plan-signing
 public key come from ``PQMPC_CA_PEM`` / ``PQMPC_PLAN_SIGNER_PUB`` when set (the file
 contents), else from ``$PQMPC_TRUST_DIR/ca.pem`` and ``$PQMPC_TRUST_DIR/plan-signer.pub``
-(default ``/etc/pqmpc/trust``, the trust-bundle ConfigMap). ``plan-signer.pub`` is a PEM
-``PUBLIC KEY`` (SubjectPublicKeyInfo of an ML-DSA key) or the raw key in base64.
+(default ``/etc/pqmpc/trust``, the trust-bundle ConfigMap); their formats are
+:mod:`pqmpc_node.crypto.trust_anchors`, which the ``pqmpc`` CLI parses them with too.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import os
 import re
@@ -23,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from pqmpc_node.crypto.kemkeys import KeyRotationPolicy
-from pqmpc_node.crypto.suites import MLDSAPublicKey, get_suite, signature_algorithm_of
+from pqmpc_node.crypto.suites import MLDSAPublicKey, get_suite
+from pqmpc_node.crypto.trust_anchors import TrustAnchorError, parse_ca_certificate, parse_plan_signer
 
 __all__ = ["ConfigError", "NodeConfig", "Trust", "config_from_env", "load_trust", "parse_duration"]
 
@@ -184,25 +182,12 @@ def _read(config_value: str, path: Path, what: str, env_key: str) -> bytes:
 
 
 def load_trust(config: NodeConfig) -> Trust:
-    """Read and parse the CA certificate and the plan-signing public key (see the module docstring)."""
+    """Read the CA certificate and the plan-signing public key and parse them (:mod:`pqmpc_node.crypto.trust_anchors`)."""
     trust = Path(config.trust_dir)
-    ca_raw = _read(config.ca_pem, trust / "ca.pem", "pool CA certificate", "PQMPC_CA_PEM")
     try:
-        ca = x509.load_pem_x509_certificate(ca_raw)
-    except ValueError as exc:
-        raise ConfigError(f"the pool CA certificate is not PEM X.509: {exc}") from None
-    signer_raw = _read(config.plan_signer_pub, trust / "plan-signer.pub", "plan-signing public key",
-                       "PQMPC_PLAN_SIGNER_PUB")
-    expected = get_suite(config.suite).signature
-    try:
-        if b"-----BEGIN" in signer_raw:
-            key = load_pem_public_key(signer_raw)
-            alg = signature_algorithm_of(key)  # type: ignore[arg-type]
-            if alg is not expected:
-                raise ValueError(f"it is {alg.label}, the suite needs {expected.label}")
-            signer: MLDSAPublicKey = key  # type: ignore[assignment]
-        else:
-            signer = expected.public_key_from_bytes(base64.b64decode(signer_raw.strip(), validate=True))
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise ConfigError(f"the plan-signing public key is not a PEM or base64 {expected.label} key: {exc}") from None
-    return Trust(ca, signer)
+        ca = parse_ca_certificate(_read(config.ca_pem, trust / "ca.pem", "pool CA certificate", "PQMPC_CA_PEM"))
+        signer_raw = _read(config.plan_signer_pub, trust / "plan-signer.pub", "plan-signing public key",
+                           "PQMPC_PLAN_SIGNER_PUB")
+        return Trust(ca, parse_plan_signer(signer_raw, get_suite(config.suite)))
+    except TrustAnchorError as exc:
+        raise ConfigError(str(exc)) from None

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -38,10 +37,9 @@ from pqmpc_node.crypto.pki import (
     verify_node_certificate,
 )
 from pqmpc_node.crypto.suites import Suite
-from pqmpc_node.crypto.transparency import EntryKind, LogEntry, LogVerifier, SignedTreeHead
-from pqmpc_node.crypto.wire import WireFormatError
+from pqmpc_node.crypto.transparency import EntryKind, LogBundle, LogVerifier
 
-__all__ = ["CertificationError", "LogBundle", "NodeKeys", "NotCertifiedError"]
+__all__ = ["CertificationError", "NodeKeys", "NotCertifiedError"]
 
 
 class CertificationError(ValueError):
@@ -54,33 +52,6 @@ class CertificationError(ValueError):
 
 class NotCertifiedError(RuntimeError):
     """The node has no certificate yet (the operator has not answered its CSR)."""
-
-
-@dataclass(frozen=True)
-class LogBundle:
-    """A copy of the transparency log as the operator pushes it and clients fetch it."""
-
-    entries: tuple[LogEntry, ...]
-    tree_head: SignedTreeHead
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "entries": [base64.b64encode(e.to_bytes()).decode() for e in self.entries],
-            "treeHead": base64.b64encode(self.tree_head.to_bytes()).decode(),
-        }
-
-    @classmethod
-    def from_json(cls, raw: Any, *, max_entries: int = 100_000) -> LogBundle:
-        """Strict parse; :class:`CertificationError` (reason ``malformed``) on anything wrong."""
-        try:
-            entries_raw = raw["entries"]
-            if not isinstance(entries_raw, list) or len(entries_raw) > max_entries:
-                raise TypeError("entries must be a list")
-            entries = tuple(LogEntry.from_bytes(base64.b64decode(e, validate=True)) for e in entries_raw)
-            head = SignedTreeHead.from_bytes(base64.b64decode(raw["treeHead"], validate=True))
-        except (KeyError, TypeError, ValueError, WireFormatError) as exc:
-            raise CertificationError(f"log must be {{entries: [base64], treeHead: base64}}: {exc}", "malformed") from None
-        return cls(entries, head)
 
 
 class NodeKeys:

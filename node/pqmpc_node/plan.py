@@ -59,7 +59,7 @@ from typing import Any, ClassVar, Literal, NewType, cast
 
 from cryptography.exceptions import InvalidSignature
 
-from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, SignatureAlgorithm, SuiteName
+from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, SuiteName
 from pqmpc_node.mpc.numerics import DEFAULT_MAX_ROWS_PER_OWNER, RowBound
 from pqmpc_node.mpc.programs import ExecutionPlan, compile_program
 
@@ -90,9 +90,7 @@ __all__ = [
     "UnsignedPlanError",
     "canonical_bytes",
     "check_supersedes",
-    "output_names",
     "parse_signed_plan",
-    "plan_signer_key_from_bytes",
     "sign_plan",
     "sign_cancel",
     "signer_fingerprint",
@@ -548,17 +546,6 @@ def _suite_name(raw: Any) -> SuiteName:
         raise MalformedPlanError(f"suite must be one of {[n.value for n in SuiteName]}, got {raw!r}") from None
 
 
-def output_names(plan: SessionPlan) -> tuple[str, ...]:
-    """The names a recipient's ``allow`` list may use for this plan's program."""
-    if "aggregate" in plan.program:
-        body = plan.program["aggregate"]
-        ops = body if isinstance(body, list) else []
-        return tuple(f"{op.get('op')}({op.get('field')})" for op in ops if isinstance(op, Mapping))
-    if "linearScore" in plan.program:
-        return ("score", "count")
-    return ("score", "count")
-
-
 def signer_fingerprint(public_key: MLDSAPublicKey) -> str:
     """SHA-256 of the raw plan-signing public key, hex."""
     return hashlib.sha256(public_key.public_bytes_raw()).hexdigest()
@@ -647,14 +634,6 @@ def check_supersedes(new: SessionPlan, held: SessionPlan | None) -> bool:
             raise StalePlanError(f"a different plan with generation {new.generation} is already held; bump the generation")
         return False
     return True
-
-
-def plan_signer_key_from_bytes(data: bytes, algorithm: SignatureAlgorithm = SignatureAlgorithm.ML_DSA_65) -> MLDSAPublicKey:
-    """Parse a raw plan-signing public key; :class:`MalformedPlanError` when invalid."""
-    try:
-        return algorithm.public_key_from_bytes(data)
-    except ValueError as exc:
-        raise MalformedPlanError(f"plan-signing public key is not a raw {algorithm.label} key: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ from pqmpc_node.bootstrap import bootstrap_until_certified
 from pqmpc_node.config import NodeConfig, Trust
 from pqmpc_node.crypto.pki import NodeId, Rng
 from pqmpc_node.crypto.suites import get_suite
-from pqmpc_node.keystore import LogBundle, NodeKeys
+from pqmpc_node.crypto.transparency import LogBundle
+from pqmpc_node.keystore import NodeKeys
 from pqmpc_node.metrics import NodeMetrics
 from pqmpc_node.net.counters import RefusalCounters
 from pqmpc_node.net.tls import TlsIdentity, server_context
@@ -214,9 +215,9 @@ def build_metrics_app(node: NodeRuntime) -> web.Application:
     return app
 
 
-def build_app(node: NodeRuntime) -> web.Application:
-    """The node's API application, served behind PQ-TLS (see the module docstring for the routes)."""
-    keys, sessions, config = node.keys, node.sessions, node.config
+def _key_routes(node: NodeRuntime) -> list[web.RouteDef]:
+    """Certification and key directory: ``/v1/csr``, ``/v1/certificate``, ``/v1/log``, ``/v1/keys``."""
+    keys = node.keys
 
     async def get_csr(_: web.Request) -> web.Response:
         return web.json_response(keys.csr_document())
@@ -238,6 +239,14 @@ def build_app(node: NodeRuntime) -> web.Application:
 
     async def get_keys(_: web.Request) -> web.Response:
         return web.json_response(keys.keys_document())
+
+    return [web.get("/v1/csr", get_csr), web.post("/v1/certificate", post_certificate), web.post("/v1/log", post_log),
+            web.get("/v1/keys", get_keys)]
+
+
+def _session_routes(node: NodeRuntime) -> list[web.RouteDef]:
+    """Sessions: plans, inputs, preprocessing, outputs and cancels under ``/v1/sessions``."""
+    keys, sessions, config = node.keys, node.sessions, node.config
 
     def _require_certified() -> None:
         if not keys.certified:
@@ -287,19 +296,23 @@ def build_app(node: NodeRuntime) -> web.Application:
         sealed = sessions.output_for(request.match_info["id"], recipient)
         return web.Response(body=sealed, content_type="application/octet-stream")
 
-    app = web.Application(client_max_size=max(config.max_input_bytes, _PREPROCESSING_LIMIT) + (1 << 16),
+    return [
+        web.post("/v1/sessions", post_session),
+        web.get("/v1/sessions/{id}", get_session),
+        web.get("/v1/sessions/{id}/plan", get_plan),
+        web.post("/v1/sessions/{id}/inputs", post_input),
+        web.post("/v1/sessions/{id}/preprocessing", post_preprocessing),
+        web.get("/v1/sessions/{id}/outputs", get_output),
+        web.post("/v1/sessions/{id}/cancel", post_cancel),
+    ]
+
+
+def build_app(node: NodeRuntime) -> web.Application:
+    """The node's API application, served behind PQ-TLS (see the module docstring for the routes)."""
+    app = web.Application(client_max_size=max(node.config.max_input_bytes, _PREPROCESSING_LIMIT) + (1 << 16),
                           middlewares=[error_middleware])
-    app.router.add_get("/v1/csr", get_csr)
-    app.router.add_post("/v1/certificate", post_certificate)
-    app.router.add_post("/v1/log", post_log)
-    app.router.add_get("/v1/keys", get_keys)
-    app.router.add_post("/v1/sessions", post_session)
-    app.router.add_get("/v1/sessions/{id}", get_session)
-    app.router.add_get("/v1/sessions/{id}/plan", get_plan)
-    app.router.add_post("/v1/sessions/{id}/inputs", post_input)
-    app.router.add_post("/v1/sessions/{id}/preprocessing", post_preprocessing)
-    app.router.add_get("/v1/sessions/{id}/outputs", get_output)
-    app.router.add_post("/v1/sessions/{id}/cancel", post_cancel)
+    app.add_routes(_key_routes(node))
+    app.add_routes(_session_routes(node))
 
     async def on_startup(_: web.Application) -> None:
         await node.start()

@@ -1,6 +1,6 @@
 """The operator's node-bootstrap endpoint (I/O shell): PQ-TLS, TokenReview, then certification.
 
-``POST /v1/bootstrap`` (body: :class:`~pqmpc_node.bootstrap.BootstrapRequest`) on
+``POST /v1/bootstrap`` (body: :class:`~pqmpc_node.bootstrap_request.BootstrapRequest`) on
 ``PQMPC_BOOTSTRAP_PORT``. TLS 1.3 with the pool suite's hybrid group only; the server
 name (SNI, :func:`~pqmpc_node.crypto.pki.bootstrap_server_name`) selects the pool, and the
 operator answers with its certificate for that pool, issued by the pool CA, so a node
@@ -36,7 +36,7 @@ from aiohttp import web
 from kubernetes.client.exceptions import ApiException
 from OpenSSL import SSL
 
-from pqmpc_node.bootstrap import BOOTSTRAP_PATH, MAX_REQUEST_BYTES, BootstrapFormatError, BootstrapRequest
+from pqmpc_node.bootstrap_request import BOOTSTRAP_PATH, MAX_REQUEST_BYTES, BootstrapFormatError, BootstrapRequest
 from pqmpc_node.crypto.pki import BOOTSTRAP_AUDIENCE, CertificateError, bootstrap_server_name
 from pqmpc_node.net.https import TlsFront
 from pqmpc_node.net.tls import server_context

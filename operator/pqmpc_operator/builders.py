@@ -139,8 +139,9 @@ def _resources(group: GroupSpec) -> dict[str, Any]:
     return resources
 
 
-def _pod_spec(pool: NodePoolSpec, group: GroupSpec, name: str, settings: OperatorSettings) -> dict[str, Any]:
-    env: list[dict[str, Any]] = [
+def _node_env(pool: NodePoolSpec, group: GroupSpec, name: str, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """The node's ``PQMPC_*`` environment (:func:`pqmpc_node.config.config_from_env` reads it)."""
+    return [
         {"name": "PQMPC_POOL", "value": pool.name},
         {"name": "PQMPC_NODE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "PQMPC_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -168,6 +169,10 @@ def _pod_spec(pool: NodePoolSpec, group: GroupSpec, name: str, settings: Operato
         {"name": "PQMPC_KEM_RENEW_BEFORE", "value": f"{int(pool.rotation.renew_before_s)}s"},
         {"name": "PQMPC_KEM_GRACE_PERIOD", "value": f"{int(pool.rotation.grace_period_s)}s"},
     ]
+
+
+def _node_container(pool: NodePoolSpec, group: GroupSpec, name: str, settings: OperatorSettings) -> dict[str, Any]:
+    """The one container of a node pod: image, command, ports, probes, resources, hardening, mounts."""
     # Probes use the plain-HTTP metrics port: the API port speaks PQ-TLS only.
     probe = {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 2, "failureThreshold": 3}
     liveness = {
@@ -176,6 +181,67 @@ def _pod_spec(pool: NodePoolSpec, group: GroupSpec, name: str, settings: Operato
         "failureThreshold": 3,
         "initialDelaySeconds": 5,
     }
+    return {
+        "name": "node",
+        "image": pool.image or settings.default_image,
+        "command": list(settings.node_command),
+        "env": _node_env(pool, group, name, settings),
+        "ports": [
+            {"name": "api", "containerPort": settings.api_port, "protocol": "TCP"},
+            {"name": "peer", "containerPort": settings.peer_port, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": settings.node_metrics_port, "protocol": "TCP"},
+        ],
+        "readinessProbe": probe,
+        "livenessProbe": liveness,
+        "resources": _resources(group),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "state", "mountPath": STATE_DIR},
+            {"name": "trust", "mountPath": TRUST_DIR, "readOnly": True},
+            {"name": "bootstrap-token", "mountPath": BOOTSTRAP_TOKEN_DIR, "readOnly": True},
+        ],
+    }
+
+
+def _node_volumes(pool: NodePoolSpec) -> list[dict[str, Any]]:
+    """State, trust anchors and the bound bootstrap token of a node pod."""
+    return [
+        # Accepted inputs stay sealed here until the session ends (survives restarts).
+        {"name": "state", "emptyDir": {}},
+        # Public trust anchors: the pool CA certificate and the plan signer's key.
+        {"name": "trust", "configMap": {"name": trust_configmap_name(pool.name)}},
+        # A short-lived token bound to this pod and to the bootstrap audience only (the
+        # kubelet rotates it); the node sends it to the operator with its CSR and to no
+        # one else. The ServiceAccount has no API rights; its API token is not mounted.
+        {"name": "bootstrap-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": BOOTSTRAP_AUDIENCE, "expirationSeconds": BOOTSTRAP_TOKEN_SECONDS, "path": "token"}}]}},
+    ]
+
+
+def _group_affinity(group: GroupSpec) -> dict[str, Any]:
+    """Pin the group's pods to its region and zone (the placement the sessions rely on)."""
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": LABEL_REGION, "operator": "In", "values": [group.region]},
+                            {"key": LABEL_ZONE, "operator": "In", "values": [group.zone]},
+                        ]
+                    }
+                ]
+            }
+        }
+    }
+
+
+def _pod_spec(pool: NodePoolSpec, group: GroupSpec, name: str, settings: OperatorSettings) -> dict[str, Any]:
+    """A node pod's spec: identity in the headless service, no API token, hardened, pinned to its zone."""
     spec: dict[str, Any] = {
         "hostname": name,
         "subdomain": headless_service_name(pool.name),
@@ -185,57 +251,9 @@ def _pod_spec(pool: NodePoolSpec, group: GroupSpec, name: str, settings: Operato
         "restartPolicy": "Always",
         "terminationGracePeriodSeconds": 30,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
-        "affinity": {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [
-                        {
-                            "matchExpressions": [
-                                {"key": LABEL_REGION, "operator": "In", "values": [group.region]},
-                                {"key": LABEL_ZONE, "operator": "In", "values": [group.zone]},
-                            ]
-                        }
-                    ]
-                }
-            }
-        },
-        "containers": [
-            {
-                "name": "node",
-                "image": pool.image or settings.default_image,
-                "command": list(settings.node_command),
-                "env": env,
-                "ports": [
-                    {"name": "api", "containerPort": settings.api_port, "protocol": "TCP"},
-                    {"name": "peer", "containerPort": settings.peer_port, "protocol": "TCP"},
-                    {"name": "metrics", "containerPort": settings.node_metrics_port, "protocol": "TCP"},
-                ],
-                "readinessProbe": probe,
-                "livenessProbe": liveness,
-                "resources": _resources(group),
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-                "volumeMounts": [
-                    {"name": "state", "mountPath": STATE_DIR},
-                    {"name": "trust", "mountPath": TRUST_DIR, "readOnly": True},
-                    {"name": "bootstrap-token", "mountPath": BOOTSTRAP_TOKEN_DIR, "readOnly": True},
-                ],
-            }
-        ],
-        "volumes": [
-            # Accepted inputs stay sealed here until the session ends (survives restarts).
-            {"name": "state", "emptyDir": {}},
-            # Public trust anchors: the pool CA certificate and the plan signer's key.
-            {"name": "trust", "configMap": {"name": trust_configmap_name(pool.name)}},
-            # A short-lived token bound to this pod and to the bootstrap audience only (the
-            # kubelet rotates it); the node sends it to the operator with its CSR and to no
-            # one else. The ServiceAccount has no API rights; its API token is not mounted.
-            {"name": "bootstrap-token", "projected": {"sources": [{"serviceAccountToken": {
-                "audience": BOOTSTRAP_AUDIENCE, "expirationSeconds": BOOTSTRAP_TOKEN_SECONDS, "path": "token"}}]}},
-        ],
+        "affinity": _group_affinity(group),
+        "containers": [_node_container(pool, group, name, settings)],
+        "volumes": _node_volumes(pool),
     }
     if group.node_selector:
         spec["nodeSelector"] = dict(group.node_selector)

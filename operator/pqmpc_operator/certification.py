@@ -26,8 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pqmpc_node.crypto.pki import CertificateError, NodeIdentity, bootstrap_server_name
 from pqmpc_node.crypto.suites import get_suite
-from pqmpc_node.crypto.transparency import LogVerifier
-from pqmpc_node.keystore import LogBundle
+from pqmpc_node.crypto.transparency import LogBundle, LogVerifier
 from pqmpc_node.net.tls import TlsIdentity
 from pqmpc_operator import builders, pool_pki
 from pqmpc_operator.kube import KubeApi

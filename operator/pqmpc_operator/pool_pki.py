@@ -11,10 +11,11 @@ the handler reads and writes the objects. Where each piece lives:
 - ConfigMap ``<pool>-keylog``: the hash-chained transparency log of every issued node
   certificate and certified KEM key, public by design (clients verify against it).
 
-Certification (DESIGN.md, "Node identity"): the operator pulls a node's CSR from the
-pod IP the API server reports for a pod it created, checks that the CSR names that
-pod, verifies proof of possession (in :meth:`PoolCA.issue`), issues a short-lived
-certificate and logs it with the node's KEM key certificates.
+Certification (docs/architecture.md "Cryptography", row "Node identity"): the node
+pushes its CSR with a pod-bound token (:mod:`pqmpc_operator.bootstrap_server`); once
+the attestation holds, the CSR must name that pod, proof of possession is verified (in
+:meth:`PoolCA.issue`), and a short-lived certificate is issued and logged with the
+node's KEM key certificates.
 """
 
 from __future__ import annotations

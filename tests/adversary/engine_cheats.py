@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pqmpc_local.mpc_simulation import make_contexts
 from pqmpc_node.dealing import PartyInputs, RunOutcome, execute
 from pqmpc_node.mpc.channel import ChannelError, InProcessHub
 from pqmpc_node.mpc.config import EngineConfig
@@ -28,7 +29,6 @@ from pqmpc_node.mpc.preprocessing import InputMask
 from pqmpc_node.mpc.numerics import decode_exact
 from pqmpc_node.mpc.programs import compile_program, encode_column, output_decodings
 from pqmpc_node.mpc.randomness import AesCtrRandom
-from pqmpc_node.mpc.simulation import make_contexts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "mpc"))
 from hm_run import hm_context  # noqa: E402  (tests/mpc: in-process dealer-free parties)

@@ -21,7 +21,8 @@ import pytest
 from pqmpc_node.crypto.kemkeys import KemKeyCertificate, KemKeyPair, KeyRotationPolicy, KeyState
 from pqmpc_node.crypto.pki import NodeId, NodeIdentity
 from pqmpc_node.crypto.suites import get_suite
-from pqmpc_node.keystore import LogBundle, NodeKeys
+from pqmpc_node.crypto.transparency import LogBundle
+from pqmpc_node.keystore import NodeKeys
 from pqmpc_operator import pool_pki
 from pqmpc_operator.nodeclient import NodeCallError
 from pqmpc_operator.session_controller import _verified_kem_key

@@ -21,8 +21,7 @@ import pytest
 from harness import Operator, now
 from pqmpc_node.net.https import pq_transport
 from pqmpc_node.client import ClientError, Identity, SessionClient
-from pqmpc_node.crypto.transparency import EntryKind, TransparencyLog
-from pqmpc_node.keystore import LogBundle
+from pqmpc_node.crypto.transparency import EntryKind, LogBundle, TransparencyLog
 from pqmpc_node.plan import FieldDecl
 
 

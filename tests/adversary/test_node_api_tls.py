@@ -24,8 +24,7 @@ import pytest
 from harness import Operator
 from pqmpc_node.client import ClientError, Identity, SessionClient
 from pqmpc_node.crypto.pki import PoolCA
-from pqmpc_node.crypto.transparency import LogVerifier
-from pqmpc_node.keystore import LogBundle
+from pqmpc_node.crypto.transparency import LogBundle, LogVerifier
 from pqmpc_node.net.https import pq_transport
 from pqmpc_node.plan import FieldDecl
 from pqmpc_operator.nodeclient import NodeCallError, NodeClient, PoolTrust

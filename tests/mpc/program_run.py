@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pqmpc_local.mpc_simulation import make_contexts, run_local
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.numerics import decode_fractions
@@ -28,7 +29,6 @@ from pqmpc_node.mpc.programs import (
     output_decodings,
     run_session,
 )
-from pqmpc_node.mpc.simulation import make_contexts, run_local
 
 
 @dataclass

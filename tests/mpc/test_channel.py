@@ -9,6 +9,7 @@ import socket
 import numpy as np
 import pytest
 
+from pqmpc_local.tcp_channel import TcpChannel
 from pqmpc_node.mpc import protocols as P
 from pqmpc_node.mpc.channel import ChannelError, InProcessHub
 from pqmpc_node.mpc.config import EngineConfig
@@ -16,7 +17,6 @@ from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.fixedpoint import FixedPoint
 from pqmpc_node.mpc.preprocessing import Dealer, DealerProvider
 from pqmpc_node.mpc.randomness import AesCtrRandom, derive_key
-from pqmpc_node.net.tcp_channel import TcpChannel
 
 
 async def test_early_messages_are_buffered_and_replays_refused() -> None:

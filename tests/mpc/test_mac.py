@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pqmpc_local.mpc_simulation import make_contexts, run_local
 from pqmpc_node.mpc import protocols as P
 from pqmpc_node.mpc.channel import Channel
 from pqmpc_node.mpc.config import EngineConfig
@@ -17,7 +18,6 @@ from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.mac import MacCheckError, check_macs
 from pqmpc_node.mpc.preprocessing import DealerProvider, Triple
 from pqmpc_node.mpc.shares import Shared
-from pqmpc_node.mpc.simulation import make_contexts, run_local
 
 SEED = b"mac-tests-seed-0123456789abcdef0"
 CONFIGS = [EngineConfig(3, security="malicious"), EngineConfig(3, threshold=1, sharing="shamir", security="malicious")]

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from pqmpc_local.mpc_simulation import make_contexts, run_local
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.fixedpoint import FixedPoint
@@ -33,7 +34,6 @@ from pqmpc_node.mpc.programs import (
     encode_column,
     run_session,
 )
-from pqmpc_node.mpc.simulation import make_contexts, run_local
 from program_run import run_compiled
 
 OPS = ("count", "sum", "mean", "variance", "min", "max", "histogram")

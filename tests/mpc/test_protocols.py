@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pqmpc_local.mpc_simulation import make_contexts, run_local
 from pqmpc_node.mpc import protocols as P
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.mac import check_macs
-from pqmpc_node.mpc.simulation import make_contexts, run_local
 
 CONFIGS = {
     "ring-2": EngineConfig(2),

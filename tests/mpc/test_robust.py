@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pqmpc_local.mpc_simulation import make_contexts
 from pqmpc_node.mpc import protocols as P
 from pqmpc_node.mpc.backend import tune_allocator
 from pqmpc_node.mpc.channel import ChannelError, InProcessChannel, Mailbox, receive_first
@@ -16,7 +17,6 @@ from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.field import MersenneField61, P61
 from pqmpc_node.mpc.mac import check_macs
-from pqmpc_node.mpc.simulation import make_contexts
 
 SEED = b"robust-tests-seed-0123456789abcd"
 

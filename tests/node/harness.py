@@ -36,9 +36,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pqmpc_node.crypto.kemkeys import KemKeyCertificate, kem_public_key_from_bytes
 from pqmpc_node.crypto.pki import PoolCA
 from pqmpc_node.crypto.suites import Suite, SuiteName, get_suite
-from pqmpc_node.crypto.transparency import EntryKind, TransparencyLog
+from pqmpc_node.crypto.transparency import EntryKind, LogBundle, TransparencyLog
 from pqmpc_node.client import Identity
-from pqmpc_node.keystore import LogBundle
 from pqmpc_node.dealing import DealerOutput, deal
 from pqmpc_node.plan import PlanInput, PlanOutput, PlanParty, SessionId, SessionPlan, FieldDecl, sign_plan
 from pqmpc_node.client import node_http_client

@@ -37,5 +37,7 @@ def test_oversized_and_unknown(operator: Operator, trio: Any) -> None:
     assert r.status_code == 413 and r.json()["error"]["reason"] == "too_large"
     assert operator.http.get(trio[0].url + "/v1/nothing").status_code == 404
     assert operator.http.get(trio[0].url + "/v1/sessions/nope").json()["error"]["reason"] == "unknown_session"
+    r = operator.http.post(trio[0].url + "/v1/log", json={"entries": ["%%%"], "treeHead": ""})
+    assert r.status_code == 400 and r.json()["error"]["reason"] == "malformed", r.text
     assert trio[0].proc.poll() is None
     assert httpx.get(trio[0].metrics_url + "/healthz").status_code == 200

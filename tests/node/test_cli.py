@@ -71,6 +71,7 @@ def test_user_mistakes_get_one_line_and_no_traceback(operator: Operator, trio: A
     data = tmp_path / "data.csv"
     data.write_text("amount,ssn\n3,123-45-6789\n")
     (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "ca-as-signer.pub").write_bytes(ca.read_bytes())  # the wrong file of the trust bundle
     common = ["submit", "--session", "cli-2", "--node", trio[0].url, "--ca", str(ca)]
     cases = {
         "missing identity": ([*common, "--plan-signer", str(signer), "--identity", str(tmp_path / "nope.json"),
@@ -79,6 +80,9 @@ def test_user_mistakes_get_one_line_and_no_traceback(operator: Operator, trio: A
                                str(data)], "create one with `pqmpc identity new`"),
         "missing plan signer": ([*common, "--plan-signer", str(tmp_path / "nope.pub"), "--identity",
                                  str(tmp_path / "bank-a.json"), str(data)], "no such file"),
+        "plan signer that is not a key": ([*common, "--plan-signer", str(tmp_path / "ca-as-signer.pub"), "--identity",
+                                          str(tmp_path / "bank-a.json"), str(data)],
+                                         "is not a PEM or base64 ML-DSA-65 key"),
         "undeclared column": ([*common, "--plan-signer", str(signer), "--identity", str(tmp_path / "bank-a.json"),
                                str(data)], "column(s) ['ssn'] are not fields of session cli-2"),
         "missing CSV": ([*common, "--plan-signer", str(signer), "--identity", str(tmp_path / "bank-a.json"),

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
+from pqmpc_local.mpc_simulation import make_contexts
 from pqmpc_node.mpc.channel import Channel
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.mac import CommitmentMismatchError, MacCheckError, check_macs
 from pqmpc_node.mpc.shares import Shared
-from pqmpc_node.mpc.simulation import make_contexts
 from pqmpc_node.sessions import Phase, SessionRuntime
 
 SEED = b"report-tests-seed-0123456789abcd"

@@ -27,7 +27,7 @@ from pqmpc_local.controlplane import ControlPlane
 from pqmpc_local.kubeconfig import api_client
 from pqmpc_local.operator_runner import OperatorProcess, start_operator
 from pqmpc_local.pytest_plugin import Kubectl, wait_for
-from pqmpc_node.bootstrap import BOOTSTRAP_PATH, BootstrapRequest
+from pqmpc_node.bootstrap_request import BOOTSTRAP_PATH, BootstrapRequest
 from pqmpc_node.crypto.kemkeys import KeyRotationPolicy
 from pqmpc_node.crypto.pki import (
     BOOTSTRAP_AUDIENCE,

@@ -1,7 +1,8 @@
 """Sealed envelopes: data owner → node (inputs) and node → recipient (outputs).
 
-Construction (DESIGN.md "Data owner → node"): HPKE (RFC 9180) base mode with the
-suite's KEM (X-Wing for ``pq-default``), sealed to the recipient's certified KEM key.
+Construction (docs/architecture.md "Cryptography", row "Data owner → node"): HPKE
+(RFC 9180) base mode with the suite's KEM (X-Wing for ``pq-default``), sealed to the
+recipient's certified KEM key.
 
 Steps of :func:`seal_envelope`:
 

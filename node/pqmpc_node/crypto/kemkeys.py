@@ -1,6 +1,6 @@
 """Node KEM keys: one X-Wing key pair per node and epoch, certified and rotated.
 
-Protocol (DESIGN.md "Node KEM keys"):
+Protocol (docs/architecture.md "Cryptography", row "Node KEM keys"; docs/crypto.md):
 
 1. A node derives an envelope KEM key pair from a fresh 32-byte seed (X-Wing key
    generation, draft-connolly-cfrg-xwing-kem §5.2: SHAKE256(seed, 96) → ML-KEM-768

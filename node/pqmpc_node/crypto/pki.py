@@ -1,6 +1,6 @@
 """The pool PKI: an ML-DSA pool CA, node identities, CSRs and chain verification.
 
-Protocol (DESIGN.md "Pool trust root", "Node identity"):
+Protocol (docs/architecture.md "Cryptography", rows "Pool trust root", "Node identity"):
 
 1. The node generates its ML-DSA identity key inside its pod (:meth:`NodeIdentity.generate`)
    and builds a CSR whose subject CN is its node id (:meth:`NodeIdentity.build_csr`).

@@ -1,4 +1,4 @@
-"""The suite registry: every algorithm pqmpc uses, named once (DESIGN.md "Cryptography").
+"""The suite registry: every algorithm pqmpc uses, named once (docs/architecture.md "Cryptography").
 
 A :class:`Suite` is a frozen bundle of explicit algorithm objects; code asks the
 registry for one by :class:`SuiteName` and never passes algorithm names around as

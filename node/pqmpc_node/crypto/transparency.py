@@ -11,16 +11,21 @@ pools are small and every verifier holds the whole log from the key directory):
    accepts only append-only extensions, and refuses any key absent from the log
    (:class:`~pqmpc_node.crypto.pki.NotInLogError`): a rogue issuance becomes visible
    because it must be logged to be accepted.
+4. The operator pushes, and clients fetch, a copy of the log as a :class:`LogBundle`
+   (JSON: base64 entries and tree head); node, operator and client SDK share this one
+   wire form, so it lives here and not in the node's keystore.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import enum
 import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
@@ -30,10 +35,12 @@ from pqmpc_node.crypto.wire import Reader, WireFormatError, put_bytes, put_u8, p
 
 __all__ = [
     "EntryKind",
+    "LogBundle",
     "LogEntry",
     "LogForkError",
     "LogIntegrityError",
     "LogVerifier",
+    "MalformedLogError",
     "STH_CONTEXT",
     "SignedTreeHead",
     "TransparencyLog",
@@ -60,6 +67,12 @@ class LogIntegrityError(CertificateError):
     """The log or its tree head does not verify (broken chain, bad signature, rewrite)."""
 
     reason = "log_inconsistent"
+
+
+class MalformedLogError(CertificateError):
+    """A pushed or fetched copy of the log is not the documented JSON (bad base64, bad entry)."""
+
+    reason = "malformed"
 
 
 def _unix(now: dt.datetime) -> int:
@@ -140,6 +153,34 @@ class SignedTreeHead:
         sig = r.bytes(MAX_SIGNATURE_BYTES, "signature")
         r.finish()
         return cls(size, head, ts, sig)
+
+
+@dataclass(frozen=True)
+class LogBundle:
+    """A copy of the transparency log as the operator pushes it and clients fetch it."""
+
+    entries: tuple[LogEntry, ...]
+    tree_head: SignedTreeHead
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"entries": [base64], "treeHead": base64}``."""
+        return {
+            "entries": [base64.b64encode(e.to_bytes()).decode() for e in self.entries],
+            "treeHead": base64.b64encode(self.tree_head.to_bytes()).decode(),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any, *, max_entries: int = 100_000) -> LogBundle:
+        """Strict parse; :class:`MalformedLogError` on anything wrong (signatures are not checked here)."""
+        try:
+            entries_raw = raw["entries"]
+            if not isinstance(entries_raw, list) or len(entries_raw) > max_entries:
+                raise TypeError("entries must be a list")
+            entries = tuple(LogEntry.from_bytes(base64.b64decode(e, validate=True)) for e in entries_raw)
+            head = SignedTreeHead.from_bytes(base64.b64decode(raw["treeHead"], validate=True))
+        except (KeyError, TypeError, ValueError, WireFormatError) as exc:
+            raise MalformedLogError(f"log must be {{entries: [base64], treeHead: base64}}: {exc}") from None
+        return cls(entries, head)
 
 
 class TransparencyLog:

@@ -7,8 +7,8 @@ when it arrives (a la MPyC's round-keyed futures). A tag may be delivered once p
 a second delivery is a replay and raises :class:`ChannelError`.
 
 Implementations: :class:`InProcessChannel` (one asyncio loop, via :class:`InProcessHub`),
-the plain-TCP channel in :mod:`pqmpc_node.net.tcp_channel`, and the PQ-TLS channel of the
-transport.
+the plain-TCP channel of the benchmarks (:mod:`pqmpc_local.tcp_channel`, not shipped),
+and the PQ-TLS channel of the transport.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """A plain-TCP :class:`~pqmpc_node.mpc.channel.Channel` for benchmarks on loopback.
 
-No encryption and no authentication: for measuring the engine only. Production links use
-the PQ mutual-TLS channel. Frames: ``tag length (u16) | payload length (u64) | tag | payload``.
+No encryption and no authentication: for measuring the engine only, so it lives in the
+test/benchmark support package, never in the shipped ``pqmpc_node``. Production links use
+the PQ mutual-TLS channel (:mod:`pqmpc_node.net.pq_channel`). Frames: ``tag length (u16) | payload length (u64) | tag | payload``.
 Parties form a full mesh: party i dials every j > i and accepts every j < i; the first
 frame on a link is the dialer's index.
 

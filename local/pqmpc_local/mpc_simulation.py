@@ -1,4 +1,8 @@
-"""Run all parties of a session in one process over an in-process channel (tests, demos)."""
+"""Run all parties of a session in one process over an in-process channel (tests, benchmarks).
+
+One trusted dealer in the same process hands every party its preprocessing, so this is
+a test/benchmark stand-in for a whole session, never shipped in ``pqmpc_node``.
+"""
 
 from __future__ import annotations
 
