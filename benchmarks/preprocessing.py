@@ -55,7 +55,7 @@ async def party_main(party: int, ports: list[int], batch: int, repeat: int) -> d
     from pqmpc_node.mpc.randomness import AesCtrRandom, derive_key
     from pqmpc_node.mpc.shares import Shared
     from pqmpc_node.mpc.sharing import ShamirScheme
-    from pqmpc_node.net.tcp_channel import TcpChannel
+    from pqmpc_local.tcp_channel import TcpChannel
 
     tune_allocator()
     channel = await TcpChannel.connect(party, [("127.0.0.1", p) for p in ports])
