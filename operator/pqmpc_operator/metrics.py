@@ -50,6 +50,11 @@ class OperatorMetrics:
             "pqmpc_operator_placement_failures_total", "Placement attempts that found no valid placement, by reason.",
             ["reason"], registry=self.registry,
         )
+        self.sessions_planned = Counter(
+            "pqmpc_operator_sessions_planned_total",
+            "Session plans delivered, by preprocessing provider (prss: dealer-free; dealer: the operator deals).",
+            ["preprocessing"], registry=self.registry,
+        )
         self.session_phase_changes = Counter(
             "pqmpc_operator_session_transitions_total", "MPCSession phase transitions, by the phase entered.",
             ["phase"], registry=self.registry,

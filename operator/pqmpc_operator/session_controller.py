@@ -304,6 +304,7 @@ async def reconcile_session(deps: SessionDeps, namespace: str, name: str) -> flo
         out.condition("PlanDelivered", "True", "PlanDelivered", out.new["message"])
         out.new["inputs"] = [{"owner": i.owner, "role": i.role, "received": False, "parties": 0} for i in spec.inputs]
         out.new["preprocessing"] = _preprocessing_status(spec)
+        deps.metrics.sessions_planned.labels(preprocessing=spec.preprocessing).inc()
         out.new["result"] = _result_hint(spec, placed, pod_ips, deps.settings.api_port)
         await _write(deps, out, now)
         return 1.0

@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from fractions import Fraction
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,6 +324,8 @@ def assert_dealer_free(world: World, operator: Operator, st: dict[str, Any]) -> 
     for kind in ("secrets", "configmaps"):
         items = json.loads(world.kubectl("get", kind, "-A", "-o", "json").stdout)["items"]
         assert not [i["metadata"]["name"] for i in items if sid in json.dumps(i)], f"a {kind[:-1]} names {sid}"
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{operator.proc.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'pqmpc_operator_sessions_planned_total{preprocessing="prss"}' in metrics
     log = Path(operator.proc.process.log_path).read_text(errors="replace")
     assert sid in log  # the operator did run it
     assert not [line for line in log.splitlines() if sid in line and "dealt" in line], "the operator dealt"
