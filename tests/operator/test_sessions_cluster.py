@@ -384,6 +384,41 @@ def test_party_killed_fails_a_dealer_free_session_at_n_2t_plus_1(world: World, k
     wait_for("the killed node to be replaced and certified", healed, timeout=120)
 
 
+def test_party_killed_mid_session_is_survived_at_n4_t1(world: World, kubectl: Kubectl) -> None:
+    """n = 4, t = 1, dealer-free: losing one node leaves 3 = 2t + 1 parties, so the session restarts
+    without it and succeeds with the plaintext answer."""
+    patch = [{"op": "replace", "path": "/spec/groups/2/replicas", "value": 2}]
+    kubectl("patch", "mpcpool", "banks", "-n", NS, "--type=json", "-p", json.dumps(patch))
+
+    def four_ready() -> bool:
+        nodes = (get_json(kubectl, "mpcpool", "banks").get("status") or {}).get("nodes") or []
+        return sum(1 for n in nodes if n.get("ready") and n.get("certFingerprint")) >= 4
+    try:
+        wait_for("a fourth node, ready and certified", four_ready, timeout=180)
+        spec = aggregate_spec(world, ["bank-a", "bank-b"], None, 4)
+        spec.update(sharing="shamir", threshold=1, placement={"distinctTrustDomains": False, "maxSharesPerZone": 2})
+        world.apply(world.session("killed-hm4", **spec))
+        st = world.wait_phase("killed-hm4", {"AwaitingInputs", "Failed"})
+        assert st["phase"] == "AwaitingInputs" and st["preprocessing"]["provider"] == "prss", st
+        sid, url = st["sessionId"], st["result"]["nodes"][0]
+        rng = np.random.default_rng(11)
+        a, b = rng.integers(0, 1000, (300, 1)).astype(float), rng.integers(0, 1000, (300, 1)).astype(float)
+        world.submit(sid, "bank-a", url, world.csv("k4-a", ["amount"], a))
+        world.submit(sid, "bank-b", url, world.csv("k4-b", ["amount"], b))
+        victim = st["placement"][3]["node"]  # killed as the computation starts (both inputs are in)
+        kubectl("delete", "pod", victim, "-n", NS, "--grace-period=0", "--force", check=False)
+        st = world.wait_phase("killed-hm4", {"Succeeded", "Failed"}, timeout=300)
+        assert st["phase"] == "Succeeded", st
+        res = world.result(sid, "auditor", url)
+        values = np.concatenate([a, b])
+        assert res["outputs"]["mean(amount)"] == pytest.approx(values.mean(), abs=1e-6)
+        assert res["outputs"]["variance(amount)"] == pytest.approx(values.var(), abs=1e-6)
+        assert 3 not in res["parties"], res["parties"]
+    finally:
+        patch[0]["value"] = 1
+        kubectl("patch", "mpcpool", "banks", "-n", NS, "--type=json", "-p", json.dumps(patch))
+
+
 def test_concurrent_sessions_and_ttl_cleanup(world: World, operator: Operator) -> None:
     from pqmpc_node.client import Identity, SessionClient
     from cryptography import x509
