@@ -30,7 +30,7 @@ from pqmpc_node.crypto.transparency import LogVerifier
 from pqmpc_node.keystore import LogBundle
 from pqmpc_node.net.tls import TlsIdentity
 from pqmpc_operator import builders, pool_pki
-from pqmpc_operator.kube import KubeApi
+from pqmpc_operator.kube import ClusterApi, KubeApi
 from pqmpc_operator.model import NodePoolSpec
 from pqmpc_operator.nodeclient import NodeCallError, NodeClient, PoolTrust
 from pqmpc_operator.rollout import is_pod_ready, is_terminating
@@ -134,7 +134,7 @@ def ensure_operator_tls(pool: NodePoolSpec, state: CertificationState) -> None:
     state.operator_tls = TlsIdentity(identity, cert, pki.ca.certificate)
 
 
-async def ensure_pki(api: KubeApi, pool: NodePoolSpec, state: CertificationState) -> pool_pki.PoolPKI:
+async def ensure_pki(api: ClusterApi, pool: NodePoolSpec, state: CertificationState) -> pool_pki.PoolPKI:
     """The pool's PKI, loaded from (or created into) its Secret and keylog ConfigMap, and the bootstrap certificate."""
     if state.pki is not None:
         ensure_operator_tls(pool, state)
