@@ -79,6 +79,10 @@ __all__ = ["SessionDeps", "cancel_session", "reconcile_session"]
 _log = logging.getLogger(__name__)
 
 
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
 @dataclass
 class SessionDeps:
     """What a session pass needs, passed explicitly (the doors are Protocols: real or :mod:`~pqmpc_operator.testing` fakes)."""
@@ -91,7 +95,9 @@ class SessionDeps:
     watches: dict[tuple[str, str], PoolWatch] = field(default_factory=dict)
     busy: dict[tuple[str, str], dict[str, frozenset[str]]] = field(default_factory=dict)
     post_event: Callable[[Mapping[str, Any], str, str, str], None] | None = None
-    """Posts an Event on the session (type, reason, message); None: through kopf."""
+    """Posts an Event on the session (body, type, reason, message); None: through kopf."""
+    clock: Callable[[], dt.datetime] = field(default_factory=lambda: _utcnow)
+    """The time a pass decides at (UTC)."""
 
 
 @dataclass
@@ -137,7 +143,7 @@ async def reconcile_session(deps: SessionDeps, *, namespace: str, name: str) -> 
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     stored = cast(SessionBody, body)
-    run = _Pass(deps, stored, dt.datetime.now(dt.timezone.utc), ObservedSession(body=stored),
+    run = _Pass(deps, stored, deps.clock(), ObservedSession(body=stored),
                 written=stored.get("status") or SessionStatus())
     await run.decide()  # finished (TTL), past its deadline, or the pool to read
     for step in _STEPS:
