@@ -109,6 +109,14 @@ class NodeMetrics:
         self.log_forks = Counter("pqmpc_node_log_forks_total",
                                  "Peers whose CA-signed transparency log forks from this node's (link refused).",
                                  ["peer"], registry=registry)
+        self.preprocessing_material = Counter(
+            "pqmpc_node_preprocessing_material_total",
+            "Correlated randomness this node made or consumed, by provider (dealer: dealt by the operator; "
+            "prss: made by the parties, no dealer) and kind (triples, bits, reduced: degree-reduced elements).",
+            ["provider", "kind"], registry=registry)
+        self.preprocessing_sessions = Counter(
+            "pqmpc_node_preprocessing_sessions_total", "Session attempts started, by preprocessing provider.",
+            ["provider"], registry=registry)
         self.peers_lost = Counter("pqmpc_node_peers_lost_total", "Peers lost during a session.", ["peer"],
                                   registry=registry)
         registry.register(_RefusalCollector(refusals_by_peer or _unattributed(refusals)))

@@ -113,6 +113,9 @@ _NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,126}[A-Za-z0-9])?$")
 InputRole = Literal["data", "model"]
 Sharing = Literal["additive", "shamir"]
 Security = Literal["semi-honest", "malicious"]
+Preprocessing = Literal["dealer", "prss"]
+"""Who makes the session's correlated randomness: the operator as trusted dealer, or the
+parties themselves with PRSS and degree reduction (honest-majority Shamir, no dealer)."""
 
 
 class PlanError(ValueError):
@@ -364,6 +367,8 @@ class SessionPlan:
     max_rows_per_owner: int = DEFAULT_MAX_ROWS_PER_OWNER
     suite: SuiteName = SuiteName.PQ_DEFAULT
     """The pool's algorithm suite: owners sign inputs and nodes certify keys with its algorithms."""
+    preprocessing: Preprocessing = "dealer"
+    """The provider of correlated randomness (:data:`Preprocessing`); signed like every term."""
 
     # -- derived views ------------------------------------------------------------
     def party_of(self, node_id: str) -> PlanParty:
@@ -447,7 +452,7 @@ class SessionPlan:
             "inputs": [i.to_json() for i in self.inputs],
             "outputs": [o.to_json() for o in self.outputs],
             "preprocessing": {
-                "provider": "dealer",
+                "provider": self.preprocessing,
                 "sealedSeeds": {k: _b64e(v) for k, v in sorted(self.sealed_dealer_seeds.items())},
             },
         }
@@ -467,8 +472,9 @@ class SessionPlan:
             raise MalformedPlanError(f"security must be 'semi-honest' or 'malicious', got {security!r}")
         program = _obj(o.get("program"), "program")
         prep = _obj(o.get("preprocessing", {}), "preprocessing")
-        if prep.get("provider", "dealer") != "dealer":
-            raise MalformedPlanError("only the 'dealer' preprocessing provider is implemented")
+        provider = prep.get("provider", "dealer")
+        if provider not in ("dealer", "prss"):
+            raise MalformedPlanError(f"preprocessing provider must be 'dealer' or 'prss', got {provider!r}")
         seeds = {_name(k, "sealedSeeds key"): _b64d(v, f"sealed seed of {k}")
                  for k, v in _obj(prep.get("sealedSeeds", {}), "sealedSeeds").items()}
         plan = cls(
@@ -490,6 +496,7 @@ class SessionPlan:
             inputs=tuple(PlanInput.from_json(i) for i in _list(o.get("inputs"), "inputs")),
             outputs=tuple(PlanOutput.from_json(x) for x in _list(o.get("outputs"), "outputs")),
             sealed_dealer_seeds=seeds,
+            preprocessing=cast(Preprocessing, provider),
         )
         plan._check_consistency()
         return plan
@@ -504,6 +511,9 @@ class SessionPlan:
             raise MalformedPlanError("a node appears twice among the parties")
         if self.sharing == "shamir" and not 0 < self.threshold < n:
             raise MalformedPlanError(f"Shamir threshold must be in 1..{n - 1}, got {self.threshold}")
+        if self.preprocessing == "prss" and not (self.sharing == "shamir" and 2 * self.threshold < n):
+            raise MalformedPlanError("dealer-free 'prss' preprocessing needs Shamir sharing with an honest majority "
+                                     f"(2t < n), got {self.sharing} with t={self.threshold}, n={n}")
         if self.not_after <= self.issued_at or self.deadline <= self.issued_at:
             raise MalformedPlanError("notAfter and deadline must be later than issuedAt")
         owners = [i.owner for i in self.inputs]

@@ -85,9 +85,14 @@ from pqmpc_node.keystore import NodeKeys
 from pqmpc_node.metrics import NodeMetrics
 from pqmpc_node.mpc.backend import to_host
 from pqmpc_node.mpc.channel import LostPartyError
+from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext
+from pqmpc_node.mpc.domain import Domain
 from pqmpc_node.mpc.errors import MacCheckError, PeerAbortedError
 from pqmpc_node.mpc.fixedpoint import FixedPoint
+from pqmpc_node.mpc.honest_majority import HonestMajorityProvider
+from pqmpc_node.mpc.preprocessing import AnyProvider
+from pqmpc_node.mpc.sharing import ShamirScheme
 from pqmpc_node.mpc.errors import BlamedCheckError
 from pqmpc_node.mpc.inputs import OwnerShares
 from pqmpc_node.mpc.programs import ModelOutOfRangeError, ProgramError, model_shapes
@@ -197,9 +202,10 @@ class SessionRuntime:
             "security": p.security,
             "inputs": [{"owner": i.owner, "role": i.role, "received": i.owner in self.inputs} for i in p.inputs],
             "inputRows": self.input_rows(),
+            "preprocessing": p.preprocessing,
             "preprocessingReceived": self.material is not None,
-            "awaitingPreprocessing": self.phase is Phase.AWAITING_INPUTS and self.material is None
-            and all(i.owner in self.inputs for i in p.inputs),
+            "awaitingPreprocessing": p.preprocessing == "dealer" and self.phase is Phase.AWAITING_INPUTS
+            and self.material is None and all(i.owner in self.inputs for i in p.inputs),
             "outputsReady": sorted(self.outputs),
             "liveParties": list(self.live),
             "attempts": self.attempts,
@@ -392,6 +398,9 @@ class SessionManager:
     def accept_preprocessing(self, session_id: str, body: bytes) -> dict[str, Any]:
         """Verify (the plan signer's signature), open and hold this party's preprocessing material."""
         rt = self.get(session_id)
+        if rt.plan.preprocessing != "dealer":
+            raise SessionError(f"session {session_id} makes its own preprocessing ({rt.plan.preprocessing!r}, no dealer); "
+                               "dealt material is refused", reason="dealer_free_session", status=409)
         digest = hashlib.sha256(body).hexdigest()
         if rt.material is not None:
             if hmac.compare_digest(digest, rt.material_digest):
@@ -424,7 +433,8 @@ class SessionManager:
         return {"sessionId": session_id, "accepted": True, "phase": rt.phase.value}
 
     def _maybe_start(self, rt: SessionRuntime) -> None:
-        if (rt.phase is Phase.AWAITING_INPUTS and rt.material is not None
+        ready = rt.material is not None or rt.plan.preprocessing == "prss"  # dealer-free: nothing to wait for
+        if (rt.phase is Phase.AWAITING_INPUTS and ready
                 and all(i.owner in rt.inputs for i in rt.plan.inputs)):
             rt.phase = Phase.COMPUTING
             rt.task = asyncio.get_running_loop().create_task(self._run(rt))
@@ -674,7 +684,11 @@ class SessionManager:
                 survivors = tuple(p for p in rt.live if p != exc.peer)
                 if plan.sharing != "shamir" or len(survivors) < plan.threshold + 1:
                     raise
-                if rt.material is None or rt.attempts >= len(rt.material.seeds):
+                if plan.preprocessing == "prss" and len(survivors) < 2 * plan.threshold + 1:
+                    raise PeerLostError(exc.peer, f"{exc}; dealer-free multiplication needs 2t + 1 = "
+                                        f"{2 * plan.threshold + 1} live parties and only {len(survivors)} remain "
+                                        f"(a session survives a lost node only where n >= 2t + 2)") from None
+                if plan.preprocessing == "dealer" and (rt.material is None or rt.attempts >= len(rt.material.seeds)):
                     raise PeerLostError(exc.peer, f"{exc}; no fresh preprocessing is left for another attempt "
                                         "(a restart never reuses material)") from None
                 log.warning("session %s: %s; carrying on with parties %s", plan.session_id, exc, survivors)
@@ -688,18 +702,24 @@ class SessionManager:
         plan = rt.plan
         n = len(plan.parties)
         rt.attempts += 1
-        assert rt.material is not None  # _maybe_start waits for it
         cfg = engine_config(plan, self.settings.backend)
         domain = cfg.domain()
         channel = PqChannel(party=rt.party, n=n, links={p: rt.links[p] for p in rt.live if p != rt.party},
                             attempt=rt.attempts, round_timeout_s=self.settings.round_timeout_s)
-        provider = party_provider(plan, rt.material, cfg, domain.xp, attempt=rt.attempts)  # fresh per attempt
-        ctx = MPCContext(party=rt.party, channel=channel, domain=domain, scheme=cfg.scheme(), provider=provider,
-                         rng=AesCtrRandom.from_os(), security=plan.security, fixed=FixedPoint(plan.frac_bits),
-                         live=rt.live)
+        self.metrics.preprocessing_sessions.labels(plan.preprocessing).inc()
         try:
+            provider = await self._provider(rt, cfg, domain, channel)  # fresh per attempt
+            ctx = MPCContext(party=rt.party, channel=channel, domain=domain, scheme=cfg.scheme(), provider=provider,
+                             rng=AesCtrRandom.from_os(), security=plan.security, fixed=FixedPoint(plan.frac_bits),
+                             live=rt.live)
+            if isinstance(provider, HonestMajorityProvider):
+                provider.bind(ctx)
             outcome = await execute(ctx, plan.execution_plan(), [f.name for f in plan.data_fields()],
                                     self._party_inputs(rt), output_requests(plan))
+            if isinstance(provider, HonestMajorityProvider):
+                st = provider.stats
+                for kind, count in (("triples", st.triples), ("bits", st.bits), ("reduced", st.reduced_elements)):
+                    self.metrics.preprocessing_material.labels("prss", kind).inc(count)
         except MacCheckError as exc:
             # Tell the others (so they stop on a check too, not on a lost party); a notice
             # received is answered with one, so nobody closes a link under a notice in flight.
@@ -710,6 +730,20 @@ class SessionManager:
             channel.release()
             raise
         return outcome, ctx, channel
+
+    async def _provider(self, rt: SessionRuntime, cfg: EngineConfig, domain: Domain, channel: PqChannel) -> AnyProvider:
+        """This attempt's preprocessing: the dealt material, or PRSS keys agreed now with the live parties."""
+        plan = rt.plan
+        if plan.preprocessing == "prss":
+            scheme = cfg.scheme()
+            if not isinstance(scheme, ShamirScheme):  # the plan's own consistency check refuses this
+                raise ValueError("dealer-free preprocessing needs Shamir sharing")
+            return await HonestMajorityProvider.create(channel, domain=domain, scheme=scheme, live=rt.live,
+                                                       session=f"{plan.session_id}/attempt-{rt.attempts}",
+                                                       authenticated=plan.security == "malicious")
+        if rt.material is None:  # _maybe_start waits for it
+            raise RuntimeError("dealt preprocessing missing at start")
+        return party_provider(plan, rt.material, cfg, domain.xp, attempt=rt.attempts)
 
     def _party_inputs(self, rt: SessionRuntime) -> PartyInputs:
         """The owners' raw shares held here, as the engine takes them (kept for every attempt)."""

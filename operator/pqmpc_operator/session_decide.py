@@ -55,7 +55,8 @@ __all__ = [
     "CountPlacementFailure", "Deal", "DealingFailed", "DeleteSession", "Dealt", "DeliverPlan", "InputProgress",
     "ObservedSession", "PartyUnreachable", "PlanAccepted", "PlanRefused", "ReadLoads", "ReadPods", "ReadPool",
     "RecordEvidence", "Request", "Requeue", "SessionBody", "SessionEvent", "SessionMetadata", "SessionPhase",
-    "SessionStatus", "WriteStatus", "cancel_target", "decide", "result_hint", "session_events",
+    "SessionStatus", "WriteStatus", "cancel_target", "decide", "preprocessing_status", "result_hint",
+    "session_events",
 ]
 
 
@@ -121,6 +122,7 @@ class SessionStatus(TypedDict, total=False):
     planDigest: str
     dealtDigest: str
     inputs: list[InputProgress]
+    preprocessing: dict[str, str]
     result: dict[str, Any]
     unreachableSince: dict[str, str]
 
@@ -365,6 +367,14 @@ def result_hint(spec: SessionSpec, placed: Sequence[Mapping[str, Any]], ips: Map
     }
 
 
+def preprocessing_status(spec: SessionSpec) -> dict[str, str]:
+    """``status.preprocessing``: which provider runs and, for ``auto``, why."""
+    dealer = spec.preprocessing == "dealer"
+    return {"provider": spec.preprocessing, "dealerFree": "false" if dealer else "true",
+            "note": spec.preprocessing_note or ("the operator deals (trusted dealer)" if dealer
+                                                else "made by the parties; the operator sees no key, seed or triple")}
+
+
 def session_events(old: SessionStatus, new: SessionStatus) -> list[SessionEvent]:
     """The Events a status change calls for: a new placement failure reason, and each phase change."""
     events = []
@@ -492,6 +502,7 @@ def _plan(draft: _Draft, observed: ObservedSession, admission: Admission, *, api
                 f"data owners can submit to session {spec.session_id}")
     draft.condition("PlanDelivered", "True", "PlanDelivered", draft.new["message"])
     draft.new["inputs"] = [InputProgress(owner=i.owner, role=i.role, received=False, parties=0) for i in spec.inputs]
+    draft.new["preprocessing"] = preprocessing_status(spec)
     draft.new["result"] = result_hint(spec, _placed(draft), observed.get("pod_ips") or {}, api_port)
     return draft.status(), [WriteStatus(), Requeue(NEXT_PASS_S)]
 

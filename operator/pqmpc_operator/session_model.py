@@ -21,6 +21,7 @@ from pqmpc_node.crypto.kemkeys import kem_public_key_from_bytes
 from pqmpc_node.crypto.suites import Suite
 from pqmpc_node.mpc.numerics import DEFAULT_MAX_ROWS_PER_OWNER, NumericsError, RowBound
 from pqmpc_node.mpc.programs import AggregatePlan, ExecutionPlan, ProgramError, compile_program
+from pqmpc_node.plan import Preprocessing
 from pqmpc_operator.model import SpecError, parse_duration
 from pqmpc_operator.placement import PlacementRequest, placement_request_from_spec
 
@@ -71,6 +72,10 @@ class SessionSpec:
     ttl_after_finished_s: int = 3600
     max_rows_per_owner: int = DEFAULT_MAX_ROWS_PER_OWNER
     frac_bits: int = 16
+    preprocessing: Preprocessing = "dealer"
+    """The provider that runs (:func:`resolve_preprocessing`); ``auto`` is resolved at admission."""
+    preprocessing_note: str = ""
+    """Why ``auto`` chose it, for the status (empty when the user named the provider)."""
 
     @property
     def session_id(self) -> str:
@@ -107,12 +112,44 @@ def _kem_key(raw: Any, path: str, suite: Suite) -> bytes:
     return data
 
 
+PREPROCESSING_CHOICES = ("auto", "prss", "ot", "dealer")
+
+
+def resolve_preprocessing(requested: Any, sharing: str, parties: int, threshold: int) -> tuple[Preprocessing, str]:
+    """Which provider makes the session's correlated randomness, and why (``spec.preprocessing``).
+
+    * ``prss`` — dealer-free, made by the parties (PRSS + degree reduction); needs Shamir
+      with an honest majority, 2t < n.
+    * ``dealer`` — the operator deals every party its material and so knows every
+      triple, mask and MAC key (trusted dealer; operator + one node = every input).
+    * ``ot`` — dealer-free for additive sessions; not available yet.
+    * ``auto`` (default) — ``prss`` for honest-majority Shamir sessions; otherwise the
+      dealer, and the note says so.
+    """
+    choice = "auto" if requested is None else str(requested)
+    if choice not in PREPROCESSING_CHOICES:
+        raise SpecError("preprocessing", f"{choice!r} is not one of {list(PREPROCESSING_CHOICES)}",
+                        "use auto (the default), prss, or dealer")
+    honest_majority = sharing == "shamir" and 0 < threshold and 2 * threshold < parties
+    if choice == "ot":
+        raise SpecError("preprocessing", "'ot' (dealer-free preprocessing for additive sessions) is not available yet",
+                        "use auto: Shamir sessions with 2t < n run dealer-free (prss); additive sessions use the dealer")
+    if choice == "prss" and not honest_majority:
+        raise SpecError("preprocessing", f"'prss' needs Shamir sharing with an honest majority (2t < n), got "
+                        f"{sharing} with n={parties}, t={threshold}",
+                        "use sharing: shamir with threshold < parties/2, or preprocessing: dealer")
+    if choice == "auto":
+        if honest_majority:
+            return "prss", "auto: honest-majority Shamir session, dealer-free (prss)"
+        return "dealer", ("auto: the trusted dealer (the operator) deals this additive session's preprocessing; "
+                          "dealer-free OT preprocessing is not available yet")
+    return ("prss" if choice == "prss" else "dealer"), ""
+
+
 def parse_mpcsession(body: Mapping[str, Any], suite: Suite) -> SessionSpec:
     """Turn a raw MPCSession body into a :class:`SessionSpec`, or raise :class:`SpecError`."""
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
-    if spec.get("preprocessing", "dealer") != "dealer":
-        raise SpecError("preprocessing", "'ot' (dealer-free preprocessing) is not available yet", "use preprocessing: dealer")
     program = spec.get("program") or {}
     kinds = [k for k in ("aggregate", "linearScore", "mlp") if k in program]
     if len(kinds) != 1:
@@ -166,6 +203,8 @@ def parse_mpcsession(body: Mapping[str, Any], suite: Suite) -> SessionSpec:
                                                "without outputs nobody can ever read the session's result")
     if sharing not in ("additive", "shamir") or security not in ("semi-honest", "malicious"):
         raise SpecError("sharing", f"{sharing!r}/{security!r} is unknown", "use additive|shamir and semi-honest|malicious")
+    provider, note = resolve_preprocessing(spec.get("preprocessing"), sharing, int(spec.get("parties", 0)),
+                                           int(spec.get("threshold", 0)))
     return SessionSpec(
         name=str(meta.get("name", "")),
         namespace=str(meta.get("namespace", "")),
@@ -183,6 +222,8 @@ def parse_mpcsession(body: Mapping[str, Any], suite: Suite) -> SessionSpec:
         deadline_s=parse_duration(spec.get("deadline", "1h"), "deadline"),
         ttl_after_finished_s=int(spec.get("ttlSecondsAfterFinished", 3600)),
         max_rows_per_owner=max_rows,
+        preprocessing=provider,
+        preprocessing_note=note,
         frac_bits=16 if isinstance(compiled, AggregatePlan) else compiled.frac_bits,
     )
 

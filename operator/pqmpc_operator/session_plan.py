@@ -97,6 +97,7 @@ def build_signed_plan(
         frac_bits=spec.frac_bits,
         max_rows_per_owner=spec.max_rows_per_owner,
         suite=suite.name,
+        preprocessing=spec.preprocessing,
     )
     return sign_plan(plan, signer)
 

@@ -257,7 +257,8 @@ class Operator:
              owners: list[Identity], fields: list[FieldDecl], recipients: dict[Identity, list[str]],
              sharing: str = "additive", threshold: int = 1, security: str = "semi-honest",
              model_owner: Identity | None = None, generation: int = 1, pool: str | None = None,
-             lifetime_s: int = 600, max_rows_per_owner: int | None = None) -> SessionPlan:
+             lifetime_s: int = 600, max_rows_per_owner: int | None = None,
+             preprocessing: str = "dealer") -> SessionPlan:
         parties = []
         keys = {}
         for i, n in enumerate(nodes):
@@ -276,6 +277,7 @@ class Operator:
             sharing=sharing,  # type: ignore[arg-type]
             threshold=threshold, security=security,  # type: ignore[arg-type]
             program=program, inputs=tuple(inputs), outputs=tuple(outputs), suite=self.suite.name,
+            preprocessing=preprocessing,  # type: ignore[arg-type]
             **({} if max_rows_per_owner is None else {"max_rows_per_owner": max_rows_per_owner}),
         )
 
@@ -284,7 +286,10 @@ class Operator:
 
         return json.dumps(sign_plan(plan, self.signer).to_json()).encode()
 
-    def post_plan(self, plan: SessionPlan, nodes: list[NodeProc], *, dealer: bool = True) -> None:
+    def post_plan(self, plan: SessionPlan, nodes: list[NodeProc], *, dealer: bool | None = None) -> None:
+        """Post the signed plan; deal its preprocessing in the background unless it is dealer-free."""
+        if dealer is None:
+            dealer = plan.preprocessing == "dealer"
         body = self.signed_body(plan)
         for n in nodes:
             r = self.http.post(n.url + "/v1/sessions", content=body, headers={"Content-Type": "application/json"})

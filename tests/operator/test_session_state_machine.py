@@ -192,6 +192,7 @@ async def test_every_phase_to_success_then_ttl_cleanup(world: World) -> None:
     assert st["planGeneration"] == 1 and st["sessionId"] == "ns.s.0123abcd" and st["startTime"] == ts(T0)
     assert st["inputs"] == [{"owner": o, "role": "data", "received": False, "parties": 0} for o in ("bank-a", "bank-b")]
     assert st["result"]["nodes"] == ["https://127.0.0.11:8443", "https://127.0.0.12:8443"]
+    assert st["preprocessing"]["provider"] == "dealer" and st["preprocessing"]["dealerFree"] == "false"
     assert {c["type"]: c["status"] for c in st["conditions"]} == {"Placed": "True", "PlanDelivered": "True"}
     assert world.events_of("s") == [("Normal", "Placed"), ("Normal", "PlanDelivered")]
     # Both parties hold the same plan, signed by the pool's plan signer, with the digest in status.

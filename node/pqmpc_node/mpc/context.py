@@ -22,9 +22,10 @@ link's ``max_message``) never caps the size of a session.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+import inspect
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from pqmpc_node.mpc.channel import Channel, ChannelError, receive_first
 from pqmpc_node.mpc.domain import Array, Domain
 from pqmpc_node.mpc.errors import MacCheckError, NonCanonicalError
 from pqmpc_node.mpc.fixedpoint import FixedPoint
-from pqmpc_node.mpc.preprocessing import PreprocessingProvider
+from pqmpc_node.mpc.preprocessing import AnyProvider, InputMask, Triple, TruncationPair
 from pqmpc_node.mpc.randomness import RandomSource
 from pqmpc_node.mpc.shares import Shared
 from pqmpc_node.mpc.sharing import InconsistentSharesError, SharingScheme
@@ -44,6 +45,15 @@ MAX_MESSAGE_BYTES = 32 * 2**20
 """The largest single message an opening sends; longer shares go as several (module docstring)."""
 
 Security = Literal["semi-honest", "malicious"]
+
+_T = TypeVar("_T")
+
+
+async def _resolved(value: _T | Awaitable[_T]) -> _T:
+    """A dealt provider's material as is; an interactive provider's once its messages are done."""
+    if inspect.isawaitable(value):
+        return await cast(Awaitable[_T], value)
+    return value
 
 
 class SecurityConfigError(ValueError):
@@ -143,7 +153,7 @@ class MPCContext:
         channel: Channel,
         domain: Domain,
         scheme: SharingScheme,
-        provider: PreprocessingProvider,
+        provider: AnyProvider,
         rng: RandomSource,
         security: Security = "semi-honest",
         fixed: FixedPoint | None = None,
@@ -197,6 +207,27 @@ class MPCContext:
         """A fresh round tag, unique per session on a shared channel (identical across parties)."""
         self._round += 1
         return f"{self.session}/{self._round}:{label}" if self.session else f"{self._round}:{label}"
+
+    # -- preprocessing (dealt or interactive; protocols await these) -----
+    async def triples(self, shape: tuple[int, ...]) -> Triple:
+        """Elementwise Beaver triples of ``shape`` from the provider."""
+        return await _resolved(self.provider.triples(shape))
+
+    async def matrix_triple(self, left: tuple[int, int], right: tuple[int, int]) -> Triple:
+        """A matrix triple from the provider."""
+        return await _resolved(self.provider.matrix_triple(left, right))
+
+    async def edabits(self, shape: tuple[int, ...]) -> Shared:
+        """Random shared bits ``(domain.bits, *shape)`` from the provider."""
+        return await _resolved(self.provider.edabits(shape))
+
+    async def truncation_pairs(self, shape: tuple[int, ...], frac_bits: int) -> TruncationPair:
+        """Ring truncation pairs from the provider."""
+        return await _resolved(self.provider.truncation_pairs(shape, frac_bits))
+
+    async def input_mask(self, shape: tuple[int, ...], owner: int) -> InputMask:
+        """An input mask for party ``owner`` from the provider."""
+        return await _resolved(self.provider.input_mask(shape, owner))
 
     # -- constants and conversions ---------------------------------------
     def public(self, values: Any) -> Array:

@@ -155,7 +155,7 @@ async def _reinput(ctx: MPCContext, local: Array) -> Shared:
         if owner in ctx.live:
             parts[owner] = await proto.share_input(ctx, owner, local if owner == ctx.party else None, tuple(local.shape))
         else:
-            ctx.provider.input_mask(tuple(local.shape), owner)
+            await ctx.input_mask(tuple(local.shape), owner)
     return _combine(ctx, parts)
 
 
@@ -178,7 +178,7 @@ async def _degree_check(ctx: MPCContext, owners: Sequence[OwnerShares], rho: Arr
         return
     # Drawn even when there is nothing to check, so the order of preprocessing requests
     # never depends on how many parties are live (the dealer simulated all of them).
-    mask = ctx.provider.triples((len(owners),)).a.value  # a fresh uniform degree-t sharing
+    mask = (await ctx.triples((len(owners),))).a.value  # a fresh uniform degree-t sharing
     if len(ctx.live) <= scheme.threshold + 1:
         return  # t + 1 points always lie on one degree-t polynomial: nothing to check
     d = ctx.domain
@@ -243,7 +243,7 @@ async def authenticate_inputs(ctx: MPCContext, owners: Sequence[OwnerShares]) ->
     k = ctx.concat(keys)
     (ku,) = await proto.multiply_many(ctx, [(k, u)])
     z = ctx.sub(ku, v)
-    s = ctx.provider.triples((len(owners),)).a
+    s = (await ctx.triples((len(owners),))).a
     (w,) = await proto.multiply_many(ctx, [(s, z)])
     await check_macs(ctx, "before-input-check")
     (opened,) = await ctx.open([w], "input-check")

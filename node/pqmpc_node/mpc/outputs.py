@@ -83,7 +83,7 @@ async def deliver_outputs(
             out[recipient][name] = DeliveredShare(y.value)
         return out
     flat = ctx.concat([y.reshape(-1) for _, _, y in slots]) if len(slots) > 1 else slots[0][2].reshape(-1)
-    triple = ctx.provider.triples(flat.shape)
+    triple = await ctx.triples(flat.shape)
     (e,) = await ctx.open([ctx.sub(flat, triple.b)], "output-keys")
     tag = ctx.add(triple.c, ctx.mul_public(triple.a, e))
     await check_macs(ctx, "output-keys")

@@ -32,6 +32,8 @@ __all__ = [
     "TruncationPair",
     "InputMask",
     "PreprocessingProvider",
+    "InteractiveProvider",
+    "AnyProvider",
     "Dealer",
     "DealerProvider",
 ]
@@ -94,6 +96,49 @@ class PreprocessingProvider(Protocol):
     def input_mask(self, shape: tuple[int, ...], owner: int) -> InputMask:
         """A random mask for an input of party ``owner``."""
         ...
+
+
+class InteractiveProvider(Protocol):
+    """A :class:`PreprocessingProvider` whose material is made by the parties together, as it is consumed.
+
+    Same requests, same order, same results; each call may exchange messages with the
+    other parties (so it is a coroutine). The dealer-free honest-majority provider
+    (:mod:`pqmpc_node.mpc.honest_majority`) is one. Protocols never call a provider
+    directly: they await :meth:`MPCContext.triples` and its siblings, which serve both kinds.
+    """
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether material carries MAC shares (malicious security)."""
+        ...
+
+    def mac_key_share(self) -> Array | None:
+        """This party's share of the MAC key (shape (1,)), or None without MACs."""
+        ...
+
+    async def triples(self, shape: tuple[int, ...]) -> Triple:
+        """Elementwise Beaver triples of ``shape``."""
+        ...
+
+    async def matrix_triple(self, left: tuple[int, int], right: tuple[int, int]) -> Triple:
+        """A matrix triple with ``A`` of shape ``left``, ``B`` of shape ``right``."""
+        ...
+
+    async def edabits(self, shape: tuple[int, ...]) -> Shared:
+        """Shares of random bits, shape ``(domain.bits, *shape)``, bit i of r on axis 0."""
+        ...
+
+    async def truncation_pairs(self, shape: tuple[int, ...], frac_bits: int) -> TruncationPair:
+        """Ring truncation pairs for ``frac_bits`` (ring domain only)."""
+        ...
+
+    async def input_mask(self, shape: tuple[int, ...], owner: int) -> InputMask:
+        """A random mask for an input of party ``owner``."""
+        ...
+
+
+AnyProvider = PreprocessingProvider | InteractiveProvider
+"""What an :class:`~pqmpc_node.mpc.context.MPCContext` takes: dealt or made interactively."""
 
 
 def _count(shape: tuple[int, ...]) -> int:

@@ -54,7 +54,7 @@ async def share_input(ctx: MPCContext, owner: int, values: Array | None, shape: 
     2. The owner broadcasts ``d = x - r``; every party sets ``[x] = [r] + d``.
     3. Malicious mode records ``d`` so the next MAC check compares what each party saw.
     """
-    mask = ctx.provider.input_mask(shape, owner)
+    mask = await ctx.input_mask(shape, owner)
     tag = ctx.next_tag(f"input/{owner}")
     if ctx.party == owner:
         if values is None or mask.clear is None:
@@ -89,7 +89,7 @@ async def multiply_many(ctx: MPCContext, pairs: Sequence[tuple[Shared, Shared]])
             raise ValueError(f"multiply needs equal shapes, got {x.shape} and {y.shape}")
     xs = ctx.concat([x.reshape(-1) for x, _ in pairs]) if len(pairs) > 1 else pairs[0][0].reshape(-1)
     ys = ctx.concat([y.reshape(-1) for _, y in pairs]) if len(pairs) > 1 else pairs[0][1].reshape(-1)
-    t = ctx.provider.triples(xs.shape)
+    t = await ctx.triples(xs.shape)
     e, f = await ctx.open([ctx.sub(xs, t.a), ctx.sub(ys, t.b)], "beaver")
     z = _beaver_combine(ctx, t.a, t.b, t.c, e, f)
     out: list[Shared] = []
@@ -130,7 +130,7 @@ async def matmul(ctx: MPCContext, x: Shared, y: Shared) -> Shared:
     """
     if len(x.shape) != 2 or len(y.shape) != 2 or x.shape[1] != y.shape[0]:
         raise ValueError(f"matmul needs (m,k) @ (k,n) sharings, got {x.shape} @ {y.shape}")
-    t = ctx.provider.matrix_triple((x.shape[0], x.shape[1]), (y.shape[0], y.shape[1]))
+    t = await ctx.matrix_triple((x.shape[0], x.shape[1]), (y.shape[0], y.shape[1]))
     e, f = await ctx.open([ctx.sub(x, t.a), ctx.sub(y, t.b)], "matmul")
     d = ctx.domain
     # E [B] + E F = E ([B] + F): two GEMM products per share instead of three. On MACs the
@@ -170,7 +170,7 @@ async def truncate(ctx: MPCContext, x: Shared, bits: int | None = None) -> Share
     d, xp = ctx.domain, ctx.xp
     flat = x.reshape(-1)
     if d.name == "ring64":
-        pair = ctx.provider.truncation_pairs(flat.shape, f)
+        pair = await ctx.truncation_pairs(flat.shape, f)
         shifted = ctx.add_public(flat, d.scalar((1 << 62) + (1 << (f - 1))))
         (c,) = await ctx.open([ctx.add(shifted, pair.r)], "trunc")
         c_msb = c >> xp.uint64(63)
@@ -179,7 +179,7 @@ async def truncate(ctx: MPCContext, x: Shared, bits: int | None = None) -> Share
         y = ctx.sub(ctx.mul_public(b, d.scalar(1 << (63 - f))), pair.r_trunc)
         y = ctx.add_public(y, d.sub(low, d.scalar(1 << (62 - f))))
         return y.reshape(*x.shape)
-    bits_r = ctx.provider.edabits(flat.shape)
+    bits_r = await ctx.edabits(flat.shape)
     weights = xp.asarray([1 << i for i in range(d.bits)], dtype=xp.uint64)[:, None]
     r = ctx.sum(ctx.mul_public(bits_r, weights), axis=0)
     hi_weights = xp.asarray([0] * f + [1 << (i - f) for i in range(f, d.bits)], dtype=xp.uint64)[:, None]
@@ -278,7 +278,7 @@ async def split_limbs(ctx: MPCContext, x: Shared, k: int, limbs: int) -> list[Sh
         raise ValueError(f"split_limbs needs 2 or more limbs of k > 0 bits below {d.bits - 1} bits, got {limbs} x {k}")
     flat = x.reshape(-1)
     n = flat.shape[0]
-    bits_r = ctx.provider.edabits(flat.shape)
+    bits_r = await ctx.edabits(flat.shape)
     nbits = bits_r.shape[0]
     weights = xp.asarray([(1 << i) % (1 << 64) for i in range(nbits)], dtype=xp.uint64)[:, None]
     r = ctx.sum(ctx.mul_public(bits_r, weights), axis=0)
@@ -335,7 +335,7 @@ async def less_than_zero(ctx: MPCContext, x: Shared) -> Shared:
     """
     d, xp = ctx.domain, ctx.xp
     flat = x.reshape(-1)
-    bits_r = ctx.provider.edabits(flat.shape)
+    bits_r = await ctx.edabits(flat.shape)
     weights = xp.asarray([(1 << i) % (1 << 64) for i in range(d.bits)], dtype=xp.uint64)[:, None]
     r = ctx.sum(ctx.mul_public(bits_r, weights), axis=0)
     one = xp.uint64(1)

@@ -1,0 +1,202 @@
+"""Pseudo-random secret sharing [CDI05] for honest-majority Shamir sessions, keys agreed by the parties.
+
+Source: R. Cramer, I. Damgård, Y. Ishai, "Share conversion, pseudorandom secret-sharing
+and applications to secure computation", TCC 2005, sections 3-4 (PRSS and PRZS).
+
+Setting: n parties, Shamir threshold t with 2t < n, evaluation point of party i is
+x_i = i + 1 (:class:`~pqmpc_node.mpc.sharing.ShamirScheme`). A *maximal unqualified set*
+is a set A of exactly t parties; there are C(n, t) of them (35 at n = 7, t = 3). Each A
+has a key k_A known exactly to the parties outside A.
+
+Random sharing (PRSS). With f_A the degree-t polynomial with f_A(0) = 1 and f_A(x_a) = 0
+for a in A, party i's share of a fresh random value is
+
+    r_i = sum_{A not containing i} f_A(x_i) * PRF(k_A, counter)
+
+and because f_A(x_i) = 0 whenever i is in A, r_i = F(x_i) for the single degree-t
+polynomial F = sum_A f_A * PRF(k_A, counter): a consistent degree-t sharing of
+F(0) = sum_A PRF(k_A, counter). Any t parties T miss the key of A = T (they are all in
+it), so the value is pseudo-random to them.
+
+Zero sharing of degree 2t (PRZS). Party i's share of zero is
+
+    z_i = sum_{A not containing i} sum_{j=1..t} PRF_j(k_A, counter) * x_i^j * f_A(x_i),
+
+the evaluation of a degree-2t polynomial with constant term 0. ``[r]_t + [0]_2t`` is the
+double sharing (degree t and 2t of one r) that Damgård-Nielsen multiplication needs.
+
+Key agreement (:func:`agree_keys`, over the session's PQ links, never the operator):
+
+1. For every set A, the lowest live party outside A (its *leader*) draws k_A from the
+   operating system's CSPRNG and sends it to every other live party outside A, one
+   message per peer holding all keys for that peer. The links are authenticated and
+   encrypted with the session's post-quantum key exchange (ML-KEM-768 hybrid), so only
+   the addressee reads a key; the operator relays nothing.
+2. Key confirmation: every party sends each peer SHA-256 over the keys they share (in
+   set order); a mismatch means some leader sent two members different keys, and the
+   session aborts (:class:`PrssKeyMismatchError`) before any sharing uses them. A message
+   of the wrong length blames its sender.
+
+Why a leader may be corrupted: for the set A = T of the corrupted parties, every party
+outside A is honest, so its leader is honest and k_A stays secret — the only key that
+matters for privacy. A corrupted leader of another set only learns a key it was entitled
+to anyway. Keys are agreed afresh for every attempt of a session.
+
+Streams. Each key feeds two AES-256-CTR streams (random and zero), read in request order;
+every party makes the same requests in the same order, so members of a set stay in step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from pqmpc_node.mpc.channel import Channel
+from pqmpc_node.mpc.domain import Array, Domain
+from pqmpc_node.mpc.errors import BlamedCheckError, MacCheckError
+from pqmpc_node.mpc.field import P61
+from pqmpc_node.mpc.randomness import AesCtrRandom, derive_key
+
+__all__ = ["KEY_BYTES", "PrssKeys", "PrssKeyMismatchError", "agree_keys", "unqualified_sets", "vanishing_weight"]
+
+KEY_BYTES = 32
+Subset = tuple[int, ...]
+
+
+class PrssKeyMismatchError(MacCheckError):
+    """Two parties hold different keys for one set: a leader sent inconsistent keys."""
+
+
+def unqualified_sets(n: int, t: int) -> list[Subset]:
+    """Every maximal unqualified set (t parties out of n), in lexicographic order."""
+    if not (0 < t and 2 * t < n):
+        raise ValueError(f"PRSS needs 0 < t and 2t < n, got n={n}, t={t}")
+    return list(itertools.combinations(range(n), t))
+
+
+def vanishing_weight(subset: Subset, party: int) -> int:
+    """``f_A(x_party)`` for ``f_A(X) = prod_{a in A} (x_a - X) / x_a`` (so f_A(0) = 1, f_A(x_a) = 0)."""
+    x = party + 1
+    num, den = 1, 1
+    for a in subset:
+        xa = a + 1
+        num = num * (xa - x) % P61
+        den = den * xa % P61
+    return num * pow(den, -1, P61) % P61
+
+
+@dataclass
+class PrssKeys:
+    """This party's PRSS keys (one per set it is outside of) and their streams."""
+
+    party: int
+    n: int
+    t: int
+    keys: dict[Subset, bytes] = field(repr=False)
+    _random: dict[Subset, AesCtrRandom] = field(default_factory=dict, repr=False)
+    _zero: dict[Subset, AesCtrRandom] = field(default_factory=dict, repr=False)
+    _weights: dict[Subset, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for subset, key in sorted(self.keys.items()):
+            if self.party in subset:
+                raise ValueError(f"party {self.party} must not hold the key of a set it belongs to ({subset})")
+            if len(key) != KEY_BYTES:
+                raise ValueError(f"PRSS keys have {KEY_BYTES} bytes")
+            self._random[subset] = AesCtrRandom(derive_key(key, "pqmpc/prss/random"))
+            self._zero[subset] = AesCtrRandom(derive_key(key, "pqmpc/prss/zero-2t"))
+            self._weights[subset] = vanishing_weight(subset, self.party)
+        expected = [s for s in unqualified_sets(self.n, self.t) if self.party not in s]
+        if sorted(self.keys) != expected:
+            raise ValueError(f"party {self.party} needs a key for each of the {len(expected)} sets it is outside of")
+
+    def random(self, domain: Domain, shape: tuple[int, ...]) -> Array:
+        """This party's share of a fresh pseudo-random degree-t sharing (PRSS)."""
+        count = _count(shape)
+        acc = domain.zeros((count,))
+        for subset, stream in self._random.items():
+            words = domain.from_words(domain.xp.asarray(stream.words(count)))
+            acc = domain.iadd(acc, domain.mul(words, domain.scalar(self._weights[subset])))
+        return acc.reshape(shape)
+
+    def zero(self, domain: Domain, shape: tuple[int, ...]) -> Array:
+        """This party's share of a fresh pseudo-random degree-2t sharing of zero (PRZS)."""
+        count = _count(shape)
+        x = self.party + 1
+        acc = domain.zeros((count,))
+        for subset, stream in self._zero.items():
+            weight = self._weights[subset]
+            for j in range(1, self.t + 1):
+                coeff = pow(x, j, P61) * weight % P61
+                words = domain.from_words(domain.xp.asarray(stream.words(count)))
+                acc = domain.iadd(acc, domain.mul(words, domain.scalar(coeff)))
+        return acc.reshape(shape)
+
+
+def _count(shape: Sequence[int]) -> int:
+    count = 1
+    for d in shape:
+        count *= int(d)
+    return count
+
+
+def _leader(subset: Subset, live: Sequence[int]) -> int:
+    return min(p for p in live if p not in subset)
+
+
+def _confirmation(session: str, subset_keys: Sequence[tuple[Subset, bytes]]) -> bytes:
+    h = hashlib.sha256(b"pqmpc/prss/confirm/v1\0" + session.encode() + b"\0")
+    for subset, key in subset_keys:
+        h.update(bytes(subset) + b"\xff" + key)
+    return h.digest()
+
+
+async def agree_keys(channel: Channel, *, party: int, t: int, live: Sequence[int], session: str,
+                     entropy: Callable[[int], bytes] = os.urandom) -> PrssKeys:
+    """Steps 1-2 of the module docstring over ``channel`` among the ``live`` parties."""
+    n = channel.n
+    live = sorted(live)
+    peers = [p for p in live if p != party]
+    sets = unqualified_sets(n, t)
+    mine: dict[Subset, bytes] = {}
+    outgoing: dict[int, list[bytes]] = {p: [] for p in peers}
+    expected: dict[int, list[Subset]] = {p: [] for p in peers}
+    for subset in sets:
+        if party in subset:
+            continue
+        leader = _leader(subset, live)
+        members = [p for p in live if p not in subset]
+        if leader == party:
+            key = entropy(KEY_BYTES)
+            mine[subset] = key
+            for p in members:
+                if p != party:
+                    outgoing[p].append(key)
+        else:
+            expected[leader].append(subset)
+    tag = f"{session}/prss-keys"
+    await channel.send_many(tag, {p: b"".join(outgoing[p]) for p in peers})
+    received = await channel.receive_many(tag, peers)
+    for peer in peers:
+        data = received[peer]
+        want = expected[peer]
+        if len(data) != KEY_BYTES * len(want):
+            raise BlamedCheckError("prss-keys", [tag], f"party {peer} sent {len(data)} bytes of PRSS keys, expected "
+                                   f"{KEY_BYTES * len(want)}", blamed_parties=[peer])
+        for i, subset in enumerate(want):
+            mine[subset] = data[i * KEY_BYTES:(i + 1) * KEY_BYTES]
+    # Step 2: key confirmation with every peer over the sets both are outside of.
+    ctag = f"{session}/prss-confirm"
+    shared = {p: [(s, mine[s]) for s in sets if party not in s and p not in s] for p in peers}
+    await channel.send_many(ctag, {p: _confirmation(session, shared[p]) for p in peers})
+    confirms = await channel.receive_many(ctag, peers)
+    bad = [p for p in peers if not hmac.compare_digest(confirms[p], _confirmation(session, shared[p]))]
+    if bad:
+        raise PrssKeyMismatchError("prss-key-confirmation", [ctag],
+                                   f"PRSS keys shared with parties {bad} differ: a set's leader sent its members "
+                                   "different keys; the session stops before any sharing uses them")
+    return PrssKeys(party, n, t, mine)
