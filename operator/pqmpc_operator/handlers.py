@@ -107,6 +107,13 @@ class _PassGuard:
 
 def register(registry: kopf.OperatorRegistry) -> None:
     """Register every handler of the operator into ``registry``."""
+    _register_lifecycle(registry)
+    _register_pools(registry)
+    _register_sessions(registry)
+
+
+def _register_lifecycle(registry: kopf.OperatorRegistry) -> None:
+    """Login, start-up (kopf settings, the bootstrap server) and clean-up."""
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -131,6 +138,10 @@ def register(registry: kopf.OperatorRegistry) -> None:
             await ctx.bootstrap.close()
         await ctx.nodes.aclose()
 
+
+def _register_pools(registry: kopf.OperatorRegistry) -> None:
+    """One reconcile loop per NodePool, woken by changes of the pool and its pods."""
+
     @kopf.daemon(API_GROUP, API_VERSION, "nodepools", cancellation_timeout=5.0, registry=registry)  # type: ignore[arg-type]
     async def pool_loop(name: str, namespace: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
         ctx: OperatorContext = memo["ctx"]
@@ -151,6 +162,25 @@ def register(registry: kopf.OperatorRegistry) -> None:
             ctx.certification.pop((namespace, name), None)
             ctx.watches.pop((namespace, name), None)
             ctx.metrics.forget_pool(namespace, name)
+
+    @kopf.on.event(API_GROUP, API_VERSION, "nodepools", registry=registry)  # type: ignore[arg-type]
+    async def pool_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        ctx: OperatorContext = memo["ctx"]
+        if (namespace, name) in ctx.triggers:
+            ctx.triggers[(namespace, name)].set()
+
+    @kopf.on.event(  # type: ignore[arg-type]
+        "", "v1", "pods", labels={"app.kubernetes.io/managed-by": builders.MANAGED_BY}, registry=registry
+    )
+    async def pod_changed(labels: Mapping[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        ctx: OperatorContext = memo["ctx"]
+        pool = labels.get(builders.LABEL_POOL)
+        if pool and (namespace, pool) in ctx.triggers:
+            ctx.triggers[(namespace, pool)].set()
+
+
+def _register_sessions(registry: kopf.OperatorRegistry) -> None:
+    """One reconcile loop per MPCSession, and the cancel at its parties when it is deleted."""
 
     @kopf.daemon(API_GROUP, API_VERSION, "mpcsessions", cancellation_timeout=5.0, registry=registry)  # type: ignore[arg-type]
     async def session_loop(name: str, namespace: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
@@ -176,18 +206,3 @@ def register(registry: kopf.OperatorRegistry) -> None:
         except Exception:  # noqa: BLE001 - log and let the deletion go on
             _log.exception("session %s/%s deleted: cancelling it at its parties failed; they keep it until its "
                            "deadline", namespace, name)
-
-    @kopf.on.event(API_GROUP, API_VERSION, "nodepools", registry=registry)  # type: ignore[arg-type]
-    async def pool_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-        ctx: OperatorContext = memo["ctx"]
-        if (namespace, name) in ctx.triggers:
-            ctx.triggers[(namespace, name)].set()
-
-    @kopf.on.event(  # type: ignore[arg-type]
-        "", "v1", "pods", labels={"app.kubernetes.io/managed-by": builders.MANAGED_BY}, registry=registry
-    )
-    async def pod_changed(labels: Mapping[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
-        ctx: OperatorContext = memo["ctx"]
-        pool = labels.get(builders.LABEL_POOL)
-        if pool and (namespace, pool) in ctx.triggers:
-            ctx.triggers[(namespace, pool)].set()
