@@ -51,11 +51,11 @@ from pqmpc_operator.session_plan import Progress, session_progress
 from pqmpc_operator.status import Condition, merge_conditions
 
 __all__ = [
-    "ACTIVE", "FINISHED", "LOST_AFTER_S", "Action", "Admission", "AskParties", "CancelTarget",
+    "ACTIVE", "FINISHED", "LOST_AFTER_S", "Action", "Admission", "Decision", "AskParties", "CancelTarget",
     "CountPlacementFailure", "Deal", "DealingFailed", "DeleteSession", "Dealt", "DeliverPlan", "InputProgress",
     "ObservedSession", "PartyUnreachable", "PlanAccepted", "PlanRefused", "ReadLoads", "ReadPods", "ReadPool",
     "RecordEvidence", "Request", "Requeue", "SessionBody", "SessionEvent", "SessionMetadata", "SessionPhase",
-    "SessionStatus", "WriteStatus", "cancel_target", "decide", "preprocessing_status", "result_hint",
+    "SessionStatus", "WriteStatus", "admit", "cancel_target", "decide", "preprocessing_status", "result_hint",
     "session_events",
 ]
 
