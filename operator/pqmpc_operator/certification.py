@@ -30,9 +30,9 @@ from pqmpc_node.crypto.transparency import LogVerifier
 from pqmpc_node.keystore import LogBundle
 from pqmpc_node.net.tls import TlsIdentity
 from pqmpc_operator import builders, pool_pki
-from pqmpc_operator.kube import ClusterApi, KubeApi
+from pqmpc_operator.kube import ClusterApi
 from pqmpc_operator.model import NodePoolSpec
-from pqmpc_operator.nodeclient import NodeCallError, NodeClient, PoolTrust
+from pqmpc_operator.nodeclient import NodeApi, NodeCallError, PoolTrust
 from pqmpc_operator.rollout import is_pod_ready, is_terminating
 
 __all__ = ["CertificationState", "certify_attested", "certify_pods", "ensure_operator_tls", "ensure_pki",
@@ -160,7 +160,7 @@ async def ensure_pki(api: ClusterApi, pool: NodePoolSpec, state: CertificationSt
     return state.pki
 
 
-async def _persist(api: KubeApi, pool: NodePoolSpec, pki: pool_pki.PoolPKI, state: CertificationState) -> None:
+async def _persist(api: ClusterApi, pool: NodePoolSpec, pki: pool_pki.PoolPKI, state: CertificationState) -> None:
     """Write the log to its ConfigMap if it grew (call under ``state.lock``, before any bundle leaves).
 
     A log head handed out but lost at an operator restart would fork the pool's log for
@@ -176,7 +176,7 @@ def _bundle(pki: pool_pki.PoolPKI) -> dict[str, Any]:
     return LogBundle(pki.log.entries, pki.log.signed_tree_head(now=_utcnow())).to_json()
 
 
-async def _sync_kem_keys(api: KubeApi, nodes: NodeClient, pool: NodePoolSpec, pki: pool_pki.PoolPKI,
+async def _sync_kem_keys(api: ClusterApi, nodes: NodeApi, pool: NodePoolSpec, pki: pool_pki.PoolPKI,
                          pod: Mapping[str, Any], state: CertificationState) -> bool:
     """Log KEM key certificates a certified node made since (rotation); True if any was new."""
     name = pod["metadata"]["name"]
@@ -207,7 +207,7 @@ def _record_schedule(state: CertificationState, name: str, doc: Mapping[str, Any
 
 
 async def _renew_if_due(
-    api: KubeApi, nodes: NodeClient, pki: pool_pki.PoolPKI, pool: NodePoolSpec, pod: Mapping[str, Any],
+    api: ClusterApi, nodes: NodeApi, pki: pool_pki.PoolPKI, pool: NodePoolSpec, pod: Mapping[str, Any],
     state: CertificationState, previous: Mapping[str, Any], busy: frozenset[str],
 ) -> bool:
     """Re-issue a certified node's certificate once it is within renewBefore of expiry (cert-manager style)."""
@@ -250,7 +250,7 @@ async def _renew_if_due(
 
 
 async def certify_attested(
-    api: KubeApi, pool: NodePoolSpec, state: CertificationState, csr_document: Mapping[str, Any], *, pod_name: str,
+    api: ClusterApi, pool: NodePoolSpec, state: CertificationState, csr_document: Mapping[str, Any], *, pod_name: str,
     pod_uid: str,
 ) -> dict[str, Any]:
     """Issue an attested node's first certificate; returns the answer the node installs.
@@ -303,8 +303,8 @@ async def certify_attested(
 
 
 async def certify_pods(
-    api: KubeApi,
-    nodes: NodeClient,
+    api: ClusterApi,
+    nodes: NodeApi,
     pool: NodePoolSpec,
     pki: pool_pki.PoolPKI,
     pods: Sequence[Mapping[str, Any]],

@@ -25,10 +25,10 @@ from kubernetes.client.exceptions import ApiException
 from pqmpc_operator import builders
 from pqmpc_operator.bootstrap_server import BootstrapServer
 from pqmpc_operator.certification import CertificationState
-from pqmpc_operator.kube import KubeApi
+from pqmpc_operator.kube import ClusterApi
 from pqmpc_operator.metrics import OperatorMetrics
 from pqmpc_operator.model import API_GROUP, API_VERSION
-from pqmpc_operator.nodeclient import NodeClient
+from pqmpc_operator.nodeclient import NodeApi
 from pqmpc_operator.pool_controller import PoolDeps, reconcile_pool
 from pqmpc_operator.quarantine import PoolWatch
 from pqmpc_operator.session_controller import SessionDeps, cancel_session, reconcile_session
@@ -43,10 +43,10 @@ _log = logging.getLogger(__name__)
 class OperatorContext:
     """Operator-wide state shared by every handler through kopf's memo."""
 
-    api: KubeApi
+    api: ClusterApi
     settings: OperatorSettings
     metrics: OperatorMetrics
-    nodes: NodeClient
+    nodes: NodeApi
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=3.0))
     certification: dict[tuple[str, str], CertificationState] = field(default_factory=dict)
     watches: dict[tuple[str, str], PoolWatch] = field(default_factory=dict)

@@ -23,10 +23,10 @@ import kopf
 
 from pqmpc_operator import builders, pool_pki, rollout, status
 from pqmpc_operator.certification import CertificationState, certify_pods, ensure_pki
-from pqmpc_operator.kube import KubeApi
+from pqmpc_operator.kube import ClusterApi
 from pqmpc_operator.metrics import OperatorMetrics
 from pqmpc_operator.model import NodePoolSpec, SpecError, parse_nodepool
-from pqmpc_operator.nodeclient import NodeClient
+from pqmpc_operator.nodeclient import NodeApi
 from pqmpc_operator.quarantine import PoolWatch, assess_pool
 from pqmpc_operator.settings import OperatorSettings
 
@@ -37,10 +37,10 @@ _log = logging.getLogger(__name__)
 
 @dataclass
 class PoolDeps:
-    """What a pool pass needs, passed explicitly (shared with the session controller where they overlap)."""
+    """What a pool pass needs, passed explicitly (the doors are Protocols: real or :mod:`~pqmpc_operator.testing` fakes)."""
 
-    api: KubeApi
-    nodes: NodeClient
+    api: ClusterApi
+    nodes: NodeApi
     settings: OperatorSettings
     metrics: OperatorMetrics
     http: httpx.AsyncClient
