@@ -14,7 +14,7 @@ import datetime
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -48,14 +48,16 @@ class PoolDeps:
     watches: dict[tuple[str, str], PoolWatch] = field(default_factory=dict)
     busy: dict[tuple[str, str], dict[str, frozenset[str]]] = field(default_factory=dict)
     applied_children: dict[tuple[str, str], str] = field(default_factory=dict)
+    post_event: Callable[[Mapping[str, Any], str, str, str], None] | None = None
+    """Posts an Event on the pool (body, type, reason, message); None: through kopf."""
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _event(body: Mapping[str, Any], ev: status.PoolEvent) -> None:
-    kopf.event(cast(kopf.Body, body), type=ev.type, reason=ev.reason, message=ev.message[:1000])
+def _kopf_event(body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+    kopf.event(cast(kopf.Body, body), type=kind, reason=reason, message=message)
 
 
 async def _write_status(
@@ -65,8 +67,9 @@ async def _write_status(
     if new == old:
         return
     await deps.api.patch_pool_status(namespace, name, new)
+    post = deps.post_event or _kopf_event
     for ev in status.condition_events(old, new):
-        _event(body, ev)
+        post(body, ev.type, ev.reason, ev.message[:1000])
 
 
 async def _apply_children(deps: PoolDeps, pool: NodePoolSpec, pki: pool_pki.PoolPKI) -> None:
