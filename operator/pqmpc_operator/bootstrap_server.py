@@ -43,7 +43,7 @@ from pqmpc_node.net.tls import server_context
 from pqmpc_operator import pool_pki
 from pqmpc_operator.attestation import AttestationRefused, attest_pod, attest_token
 from pqmpc_operator.certification import CertificationState, certify_attested
-from pqmpc_operator.kube import KubeApi
+from pqmpc_operator.kube import ClusterApi
 from pqmpc_operator.metrics import OperatorMetrics
 
 __all__ = ["BootstrapServer"]
@@ -60,7 +60,7 @@ class BootstrapServer:
 
     def __init__(
         self,
-        api: KubeApi,
+        api: ClusterApi,
         states: Mapping[tuple[str, str], CertificationState],
         metrics: OperatorMetrics,
         wake: Callable[[str, str], None],

@@ -29,9 +29,9 @@ from pqmpc_node.crypto.suites import get_suite
 from pqmpc_node.crypto.transparency import LogBundle, LogVerifier
 from pqmpc_node.net.tls import TlsIdentity
 from pqmpc_operator import builders, pool_pki
-from pqmpc_operator.kube import KubeApi
+from pqmpc_operator.kube import ClusterApi
 from pqmpc_operator.model import NodePoolSpec
-from pqmpc_operator.nodeclient import NodeCallError, NodeClient, PoolTrust
+from pqmpc_operator.nodeclient import NodeApi, NodeCallError, PoolTrust
 from pqmpc_operator.rollout import is_pod_ready, is_terminating
 
 __all__ = ["CertificationState", "certify_attested", "certify_pods", "ensure_operator_tls", "ensure_pki",
@@ -133,7 +133,7 @@ def ensure_operator_tls(pool: NodePoolSpec, state: CertificationState) -> None:
     state.operator_tls = TlsIdentity(identity, cert, pki.ca.certificate)
 
 
-async def ensure_pki(api: KubeApi, pool: NodePoolSpec, state: CertificationState) -> pool_pki.PoolPKI:
+async def ensure_pki(api: ClusterApi, pool: NodePoolSpec, state: CertificationState) -> pool_pki.PoolPKI:
     """The pool's PKI, loaded from (or created into) its Secret and keylog ConfigMap, and the bootstrap certificate."""
     if state.pki is not None:
         ensure_operator_tls(pool, state)
@@ -159,7 +159,7 @@ async def ensure_pki(api: KubeApi, pool: NodePoolSpec, state: CertificationState
     return state.pki
 
 
-async def _persist(api: KubeApi, pool: NodePoolSpec, pki: pool_pki.PoolPKI, state: CertificationState) -> None:
+async def _persist(api: ClusterApi, pool: NodePoolSpec, pki: pool_pki.PoolPKI, state: CertificationState) -> None:
     """Write the log to its ConfigMap if it grew (call under ``state.lock``, before any bundle leaves).
 
     A log head handed out but lost at an operator restart would fork the pool's log for
@@ -175,7 +175,7 @@ def _bundle(pki: pool_pki.PoolPKI) -> dict[str, Any]:
     return LogBundle(pki.log.entries, pki.log.signed_tree_head(now=_utcnow())).to_json()
 
 
-async def _sync_kem_keys(api: KubeApi, nodes: NodeClient, pool: NodePoolSpec, pki: pool_pki.PoolPKI,
+async def _sync_kem_keys(api: ClusterApi, nodes: NodeApi, pool: NodePoolSpec, pki: pool_pki.PoolPKI,
                          pod: Mapping[str, Any], state: CertificationState) -> bool:
     """Log KEM key certificates a certified node made since (rotation); True if any was new."""
     name = pod["metadata"]["name"]
@@ -206,7 +206,7 @@ def _record_schedule(state: CertificationState, name: str, doc: Mapping[str, Any
 
 
 async def _renew_if_due(
-    api: KubeApi, nodes: NodeClient, pki: pool_pki.PoolPKI, pool: NodePoolSpec, pod: Mapping[str, Any],
+    api: ClusterApi, nodes: NodeApi, pki: pool_pki.PoolPKI, pool: NodePoolSpec, pod: Mapping[str, Any],
     state: CertificationState, previous: Mapping[str, Any], busy: frozenset[str],
 ) -> bool:
     """Re-issue a certified node's certificate once it is within renewBefore of expiry (cert-manager style)."""
@@ -249,7 +249,7 @@ async def _renew_if_due(
 
 
 async def certify_attested(
-    api: KubeApi, pool: NodePoolSpec, state: CertificationState, csr_document: Mapping[str, Any], *, pod_name: str,
+    api: ClusterApi, pool: NodePoolSpec, state: CertificationState, csr_document: Mapping[str, Any], *, pod_name: str,
     pod_uid: str,
 ) -> dict[str, Any]:
     """Issue an attested node's first certificate; returns the answer the node installs.
@@ -302,8 +302,8 @@ async def certify_attested(
 
 
 async def certify_pods(
-    api: KubeApi,
-    nodes: NodeClient,
+    api: ClusterApi,
+    nodes: NodeApi,
     pool: NodePoolSpec,
     pki: pool_pki.PoolPKI,
     pods: Sequence[Mapping[str, Any]],

@@ -1,56 +1,52 @@
-"""kopf handlers: thin shells that read, ask the pure modules, and write.
+"""kopf handlers: thin shells that run the two controllers' passes in loops.
 
-One daemon per NodePool runs a level-triggered reconcile loop: it wakes when the pool
-or one of its pods changes (event handlers poke it) and otherwise every
-``resync_seconds``. Each pass reads everything afresh, so an operator restarted in the
-middle of a pass simply converges on the next one. Handlers are registered into an
-explicit registry by :func:`register` (nothing happens at import time).
+One daemon per NodePool runs a level-triggered reconcile loop
+(:func:`~pqmpc_operator.pool_controller.reconcile_pool`): it wakes when the pool or one
+of its pods changes (event handlers poke it) and otherwise every ``resync_seconds``. One
+daemon per MPCSession runs :func:`~pqmpc_operator.session_controller.reconcile_session`
+until the session is gone. Each pass reads everything afresh, so an operator restarted
+in the middle of a pass simply converges on the next one. Handlers are registered into
+an explicit registry by :func:`register` (nothing happens at import time).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from pqmpc_operator import builders, pool_pki, rollout, status
+from pqmpc_operator import builders
 from pqmpc_operator.bootstrap_server import BootstrapServer
-from pqmpc_operator.certification import CertificationState, certify_pods, ensure_pki
-from pqmpc_operator.kube import KubeApi
-from pqmpc_operator.nodeclient import NodeClient
-from pqmpc_operator.quarantine import PoolWatch, assess_pool
-from pqmpc_operator.session_controller import SessionDeps, cancel_session, reconcile_session
+from pqmpc_operator.certification import CertificationState
+from pqmpc_operator.kube import ClusterApi
 from pqmpc_operator.metrics import OperatorMetrics
-from pqmpc_operator.model import API_GROUP, API_VERSION, SpecError, parse_nodepool
+from pqmpc_operator.model import API_GROUP, API_VERSION
+from pqmpc_operator.nodeclient import NodeApi
+from pqmpc_operator.pool_controller import PoolDeps, reconcile_pool
+from pqmpc_operator.quarantine import PoolWatch
+from pqmpc_operator.session_controller import SessionDeps, cancel_session, reconcile_session
 from pqmpc_operator.settings import OperatorSettings
 
-__all__ = ["OperatorContext", "reconcile_pool", "register"]
+__all__ = ["OperatorContext", "register"]
 
 _log = logging.getLogger(__name__)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
 class OperatorContext:
     """Operator-wide state shared by every handler through kopf's memo."""
 
-    api: KubeApi
+    api: ClusterApi
     settings: OperatorSettings
     metrics: OperatorMetrics
-    nodes: NodeClient
+    nodes: NodeApi
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=3.0))
     certification: dict[tuple[str, str], CertificationState] = field(default_factory=dict)
     watches: dict[tuple[str, str], PoolWatch] = field(default_factory=dict)
@@ -64,77 +60,15 @@ class OperatorContext:
         return self.triggers.setdefault((namespace, name), asyncio.Event())
 
 
-def _event(body: Mapping[str, Any], ev: status.PoolEvent) -> None:
-    kopf.event(cast(kopf.Body, body), type=ev.type, reason=ev.reason, message=ev.message[:1000])
-
-
-async def _write_status(
-    ctx: OperatorContext, body: Mapping[str, Any], namespace: str, name: str, new: Mapping[str, Any]
-) -> None:
-    old = body.get("status") or {}
-    if new == old:
-        return
-    await ctx.api.patch_pool_status(namespace, name, new)
-    for ev in status.condition_events(old, new):
-        _event(body, ev)
-
-
-async def reconcile_pool(ctx: OperatorContext, namespace: str, name: str) -> float | None:
-    """One pass for one pool: read -> decide -> write. Returns a sooner re-run time, if any."""
-    body = await ctx.api.get_pool(namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return None
-    try:
-        pool = parse_nodepool(body)
-    except SpecError as exc:
-        # Schema-valid but unusable: say so, touch no child, wait for a new spec.
-        await _write_status(ctx, body, namespace, name, status.invalid_spec_status(body, exc, _now()))
-        ctx.metrics.reconcile_errors.labels(reason="invalid_spec").inc()
-        return None
-
-    cert_state = ctx.certification.setdefault((namespace, name), CertificationState())
-    cert_state.pool = pool
-    pki = await ensure_pki(ctx.api, pool, cert_state)
-    children = [
-        builders.build_trust_configmap(pool, pool_pki.trust_bundle_data(pki)),
-        builders.build_service_account(pool),
-        builders.build_headless_service(pool, ctx.settings),
-        builders.build_pdb(pool),
-        builders.build_network_policy(pool, ctx.settings),
-    ]
-    digest = hashlib.sha256(json.dumps(children, sort_keys=True).encode()).hexdigest()
-    if ctx.applied_children.get((namespace, name)) != digest:
-        for child in children:
-            await ctx.api.apply(child)
-        ctx.applied_children[(namespace, name)] = digest
-
-    pods, nodes = await asyncio.gather(ctx.api.list_pool_pods(namespace, name, pool.uid), ctx.api.list_nodes())
-    busy = frozenset(n for used in ctx.busy.get((namespace, name), {}).values() for n in used)
-    plan = rollout.plan_pods(pool, pods, nodes, ctx.settings, busy)
-    for pod in plan.create:
-        uid = await ctx.api.create_pod(pod)
-        if uid:
-            cert_state.created_uids.add(uid)  # only pods it made itself may attest (see attestation)
-    for pod_name in plan.delete:
-        await ctx.api.delete_pod(namespace, pod_name)
-    if plan.create or plan.delete:
-        _log.info("pool %s/%s: created %s, deleted %s", namespace, name,
-                  [p["metadata"]["name"] for p in plan.create], list(plan.delete))
-    previous_nodes = {str(n.get("name")): n for n in (body.get("status") or {}).get("nodes") or []}
-    retry = await certify_pods(ctx.api, ctx.nodes, pool, pki, pods, cert_state, previous_nodes, busy)
-    watch = ctx.watches.setdefault((namespace, name), PoolWatch())
-    behaviour = await assess_pool(ctx.api, ctx.http, pool, body, pods, watch, ctx.settings.node_metrics_port)
-    facts = {n: {**cert_state.facts.get(n, {}), **behaviour.get(n, {})} for n in set(cert_state.facts) | set(behaviour)}
-    new_status = status.compute_status(pool, pods, plan, body.get("status") or {}, _now(), facts,
-                                       key_revision=cert_state.pushed_log_size or None)
-    await _write_status(ctx, body, namespace, name, new_status)
-    ctx.metrics.observe_pool(namespace, name, new_status)
-    return 1.0 if retry else None
+def _pool_deps(ctx: OperatorContext) -> PoolDeps:
+    return PoolDeps(api=ctx.api, nodes=ctx.nodes, settings=ctx.settings, metrics=ctx.metrics, http=ctx.http,
+                    certification=ctx.certification, watches=ctx.watches, busy=ctx.busy,
+                    applied_children=ctx.applied_children)
 
 
 def _session_deps(ctx: OperatorContext) -> SessionDeps:
     return SessionDeps(api=ctx.api, nodes=ctx.nodes, settings=ctx.settings, metrics=ctx.metrics,
-                       certification=ctx.certification, watches=ctx.watches, http=ctx.http, busy=ctx.busy)
+                       certification=ctx.certification, watches=ctx.watches, busy=ctx.busy)
 
 
 class _PassGuard:
@@ -173,6 +107,13 @@ class _PassGuard:
 
 def register(registry: kopf.OperatorRegistry) -> None:
     """Register every handler of the operator into ``registry``."""
+    _register_lifecycle(registry)
+    _register_pools(registry)
+    _register_sessions(registry)
+
+
+def _register_lifecycle(registry: kopf.OperatorRegistry) -> None:
+    """Login, start-up (kopf settings, the bootstrap server) and clean-up."""
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -197,6 +138,10 @@ def register(registry: kopf.OperatorRegistry) -> None:
             await ctx.bootstrap.close()
         await ctx.nodes.aclose()
 
+
+def _register_pools(registry: kopf.OperatorRegistry) -> None:
+    """One reconcile loop per NodePool, woken by changes of the pool and its pods."""
+
     @kopf.daemon(API_GROUP, API_VERSION, "nodepools", cancellation_timeout=5.0, registry=registry)  # type: ignore[arg-type]
     async def pool_loop(name: str, namespace: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
         ctx: OperatorContext = memo["ctx"]
@@ -205,7 +150,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         try:
             while not stopped:
                 trigger.clear()
-                sooner = await guard.run(reconcile_pool(ctx, namespace, name))
+                sooner = await guard.run(reconcile_pool(_pool_deps(ctx), namespace=namespace, name=name))
                 wait = guard.retry_in if guard.failed else sooner if sooner is not None else ctx.settings.resync_seconds
                 try:
                     await asyncio.wait_for(trigger.wait(), timeout=wait)
@@ -218,12 +163,31 @@ def register(registry: kopf.OperatorRegistry) -> None:
             ctx.watches.pop((namespace, name), None)
             ctx.metrics.forget_pool(namespace, name)
 
+    @kopf.on.event(API_GROUP, API_VERSION, "nodepools", registry=registry)  # type: ignore[arg-type]
+    async def pool_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        ctx: OperatorContext = memo["ctx"]
+        if (namespace, name) in ctx.triggers:
+            ctx.triggers[(namespace, name)].set()
+
+    @kopf.on.event(  # type: ignore[arg-type]
+        "", "v1", "pods", labels={"app.kubernetes.io/managed-by": builders.MANAGED_BY}, registry=registry
+    )
+    async def pod_changed(labels: Mapping[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        ctx: OperatorContext = memo["ctx"]
+        pool = labels.get(builders.LABEL_POOL)
+        if pool and (namespace, pool) in ctx.triggers:
+            ctx.triggers[(namespace, pool)].set()
+
+
+def _register_sessions(registry: kopf.OperatorRegistry) -> None:
+    """One reconcile loop per MPCSession, and the cancel at its parties when it is deleted."""
+
     @kopf.daemon(API_GROUP, API_VERSION, "mpcsessions", cancellation_timeout=5.0, registry=registry)  # type: ignore[arg-type]
     async def session_loop(name: str, namespace: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
         ctx: OperatorContext = memo["ctx"]
         guard = _PassGuard(ctx.metrics, "MPCSession", f"session {namespace}/{name}")
         while not stopped:
-            wait = await guard.run(reconcile_session(_session_deps(ctx), namespace, name))
+            wait = await guard.run(reconcile_session(_session_deps(ctx), namespace=namespace, name=name))
             if guard.failed:
                 wait = guard.retry_in
             if wait is None:
@@ -242,18 +206,3 @@ def register(registry: kopf.OperatorRegistry) -> None:
         except Exception:  # noqa: BLE001 - log and let the deletion go on
             _log.exception("session %s/%s deleted: cancelling it at its parties failed; they keep it until its "
                            "deadline", namespace, name)
-
-    @kopf.on.event(API_GROUP, API_VERSION, "nodepools", registry=registry)  # type: ignore[arg-type]
-    async def pool_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-        ctx: OperatorContext = memo["ctx"]
-        if (namespace, name) in ctx.triggers:
-            ctx.triggers[(namespace, name)].set()
-
-    @kopf.on.event(  # type: ignore[arg-type]
-        "", "v1", "pods", labels={"app.kubernetes.io/managed-by": builders.MANAGED_BY}, registry=registry
-    )
-    async def pod_changed(labels: Mapping[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
-        ctx: OperatorContext = memo["ctx"]
-        pool = labels.get(builders.LABEL_POOL)
-        if pool and (namespace, pool) in ctx.triggers:
-            ctx.triggers[(namespace, pool)].set()

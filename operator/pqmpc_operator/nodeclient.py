@@ -14,7 +14,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from cryptography import x509
@@ -24,7 +24,7 @@ from pqmpc_node.crypto.pki import InclusionChecker, NodeId, WrongIdentityError, 
 from pqmpc_node.crypto.suites import Suite
 from pqmpc_node.net.https import async_pq_transport
 
-__all__ = ["NodeCallError", "NodeClient", "PodDirectory", "PoolTrust"]
+__all__ = ["NodeApi", "NodeCallError", "NodeClient", "PodDirectory", "PoolTrust"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,25 @@ class _PodRouting(httpx.AsyncBaseTransport):
 
 class NodeCallError(RuntimeError):
     """A node did not answer as expected; the message names the node and the call."""
+
+
+class NodeApi(Protocol):
+    """The node API as the operator calls it: :class:`NodeClient` in production,
+    :class:`pqmpc_operator.testing.FakeNodeClient` (in memory) in tests.
+
+    Every call raises :class:`NodeCallError` when the node does not answer as expected.
+    """
+
+    async def aclose(self) -> None: ...
+    async def keys(self, ip: str) -> dict[str, Any]: ...
+    async def post_plan(self, ip: str, body: bytes) -> dict[str, Any]: ...
+    async def plan(self, ip: str, session_id: str) -> bytes: ...
+    async def post_preprocessing(self, ip: str, session_id: str, body: bytes) -> None: ...
+    async def cancel(self, ip: str, session_id: str, body: bytes, *, timeout: float = 2.0) -> dict[str, Any]: ...
+    async def session(self, ip: str, session_id: str) -> dict[str, Any]: ...
+    async def csr(self, ip: str) -> dict[str, Any]: ...
+    async def install_certificate(self, ip: str, certificate_b64: str, log: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def push_log(self, ip: str, log: Mapping[str, Any]) -> dict[str, Any]: ...
 
 
 class NodeClient:

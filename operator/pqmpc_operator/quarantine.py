@@ -37,7 +37,7 @@ from pqmpc_operator.anomaly import (
     quarantine_decisions,
     score_nodes,
 )
-from pqmpc_operator.kube import KubeApi
+from pqmpc_operator.kube import ClusterApi
 from pqmpc_operator.model import NodePoolSpec
 from pqmpc_operator.node_signals import scrape_node
 from pqmpc_operator.rollout import is_terminating
@@ -68,7 +68,7 @@ def _restore(previous_nodes: Sequence[Mapping[str, Any]]) -> AnomalyState:
 
 
 async def assess_pool(
-    api: KubeApi,
+    api: ClusterApi,
     http: httpx.AsyncClient,
     pool: NodePoolSpec,
     body: Mapping[str, Any],

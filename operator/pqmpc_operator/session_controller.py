@@ -1,26 +1,20 @@
-"""The MPCSession reconcile pass (I/O shell around placement, plan building and progress).
+"""The MPCSession controller: thin I/O steps around the pure :func:`~pqmpc_operator.session_decide.decide`.
 
-Lifecycle (status.phase): Pending -> Placing -> Preprocessing -> AwaitingInputs ->
-Computing -> Succeeded | Failed.
+One pass is an ordered list of small steps — read the pool, ensure placed, ensure the
+plan, collect the parties' reports, ensure preprocessing, finish. Each step performs
+the one request the decision made of it (a read, a delivery, the dealing), adds what it
+saw to the pass's observations, asks :func:`decide` again and carries out what it
+decided (write the status with its Events, count, record evidence, delete). A step the
+decision did not ask for does nothing; the lifecycle itself, every phase, reason and
+message, lives in :mod:`pqmpc_operator.session_decide`.
 
-- Pending: the pool is read and the spec checked; an unusable spec fails at once.
-- Placing: the pure solver places the parties on ready, certified, unquarantined nodes;
-  an infeasible request stays here (condition Placed=False with the solver's
-  explanation) and is retried until the deadline.
-- Preprocessing: each placed node's current certified KEM key is read, the plan is
-  built, dealt (dealer seed sealed per party), signed and posted to every party.
-- AwaitingInputs / Computing: the parties' own reports are folded into the status
-  (per-owner input progress), until they all succeed or one fails. A lost party fails
-  an additive session; a Shamir session carries on while ``t + 1`` parties remain.
-- Succeeded / Failed: ``completionTime`` is set; after ``ttlSecondsAfterFinished`` the
-  MPCSession is deleted.
-- Deleted before it finished: :func:`cancel_session` posts a plan-signed cancel to every
-  party (best effort, short timeouts), so they stop, release their KEM key fences and
-  delete the sealed inputs now rather than at the deadline.
-
-Every pass starts from what is stored (status carries the placement and the plan
+Every pass starts from what is stored (the status carries the placement and the plan
 generation), so an operator restart resumes where it was: a plan that may or may not
 have reached every node is re-sent with the next generation, which supersedes it.
+
+Deleted before it finished: :func:`cancel_session` posts a plan-signed cancel to every
+party (best effort, short timeouts), so they stop, release their KEM key fences and
+delete the sealed inputs now rather than at the deadline.
 """
 
 from __future__ import annotations
@@ -30,116 +24,277 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
 
-import httpx
 import kopf
 
 from pqmpc_node.crypto.kemkeys import VerifiedKeys, verify_keys_document
 from pqmpc_node.crypto.pki import CertificateError, NodeId
-from pqmpc_node.crypto.suites import Suite, get_suite
+from pqmpc_node.crypto.suites import Suite
 from pqmpc_node.dealing import deal
 from pqmpc_node.plan import PLAN_SIGNATURE_CONTEXT, canonical_bytes, parse_signed_plan, sign_cancel
-from pqmpc_operator import builders, placement, pool_pki
-from pqmpc_operator.pool_pki import PoolPKI, own_log_verifier
+from pqmpc_operator import builders, pool_pki
 from pqmpc_operator.certification import CertificationState, ensure_pki
-from pqmpc_operator.anomaly import SessionEvidence
-from pqmpc_operator.kube import KubeApi
-from pqmpc_operator.quarantine import PoolWatch
+from pqmpc_operator.kube import ClusterApi
 from pqmpc_operator.metrics import OperatorMetrics
-from pqmpc_operator.model import SpecError, parse_duration, parse_nodepool
-from pqmpc_operator.nodeclient import NodeCallError, NodeClient
-from pqmpc_operator.session_model import SessionSpec, parse_mpcsession, session_id_of
-from pqmpc_operator.session_plan import PartyNode, build_signed_plan, session_progress
+from pqmpc_operator.model import parse_nodepool
+from pqmpc_operator.nodeclient import NodeApi, NodeCallError
+from pqmpc_operator.pool_pki import PoolPKI, own_log_verifier
+from pqmpc_operator.quarantine import PoolWatch
+from pqmpc_operator.session_decide import (
+    ACTIVE,
+    Action,
+    AskParties,
+    CountPlacementFailure,
+    Deal,
+    DealingFailed,
+    Dealt,
+    DeleteSession,
+    DeliverPlan,
+    ObservedSession,
+    PartyUnreachable,
+    PlanAccepted,
+    PlanRefused,
+    ReadLoads,
+    ReadPods,
+    ReadPool,
+    RecordEvidence,
+    Request,
+    Requeue,
+    SessionBody,
+    SessionStatus,
+    WriteStatus,
+    cancel_target,
+    decide,
+    session_events,
+)
+from pqmpc_operator.session_model import SessionSpec
+from pqmpc_operator.session_plan import PartyNode, build_signed_plan
 from pqmpc_operator.settings import OperatorSettings
-from pqmpc_operator.status import Condition, merge_conditions
 
 __all__ = ["SessionDeps", "cancel_session", "reconcile_session"]
 
 _log = logging.getLogger(__name__)
-ACTIVE = ("Placing", "Preprocessing", "AwaitingInputs", "Computing")
-FINISHED = ("Succeeded", "Failed")
-# A party unreachable this long is lost (an additive session then fails).
-LOST_AFTER_S = 20.0
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
 
 @dataclass
 class SessionDeps:
-    """What a session pass needs, passed explicitly."""
+    """What a session pass needs, passed explicitly (the doors are Protocols: real or :mod:`~pqmpc_operator.testing` fakes)."""
 
-    api: KubeApi
-    nodes: NodeClient
+    api: ClusterApi
+    nodes: NodeApi
     settings: OperatorSettings
     metrics: OperatorMetrics
-    certification: dict[tuple[str, str], CertificationState]
-    watches: dict[tuple[str, str], PoolWatch]
-    http: httpx.AsyncClient
-    busy: dict[tuple[str, str], dict[str, frozenset[str]]]
+    certification: dict[tuple[str, str], CertificationState] = field(default_factory=dict)
+    watches: dict[tuple[str, str], PoolWatch] = field(default_factory=dict)
+    busy: dict[tuple[str, str], dict[str, frozenset[str]]] = field(default_factory=dict)
+    post_event: Callable[[Mapping[str, Any], str, str, str], None] | None = None
+    """Posts an Event on the session (body, type, reason, message); None: through kopf."""
+    clock: Callable[[], dt.datetime] = field(default_factory=lambda: _utcnow)
+    """The time a pass decides at (UTC)."""
 
 
-def _ts(t: dt.datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+@dataclass
+class _Pass:
+    """One pass over one session: what it observed, what it wrote last, what the decision asks next."""
+
+    deps: SessionDeps
+    body: SessionBody
+    now: dt.datetime
+    observed: ObservedSession
+    written: SessionStatus
+    status: SessionStatus = field(default_factory=lambda: SessionStatus())
+    request: Request | None = None
+    stopped: bool = False
+    wait: float | None = None
+
+    @property
+    def namespace(self) -> str:
+        return self.body["metadata"]["namespace"]
+
+    @property
+    def name(self) -> str:
+        return self.body["metadata"]["name"]
+
+    @property
+    def pool_name(self) -> str:
+        return str((self.body.get("spec") or {}).get("poolRef", ""))
+
+    def certification(self) -> CertificationState:
+        return self.deps.certification.setdefault((self.namespace, self.pool_name), CertificationState())
+
+    async def decide(self) -> None:
+        """Ask the pure decision what follows from what this pass has observed, and do its effects."""
+        self.status, actions = decide(self.observed, self.now, api_port=self.deps.settings.api_port)
+        self.request = None
+        for action in actions:
+            await _apply(self, action)
 
 
-def _parse_ts(text: str | None) -> dt.datetime | None:
-    if not text:
+async def reconcile_session(deps: SessionDeps, *, namespace: str, name: str) -> float | None:
+    """One pass for one MPCSession; returns seconds until it wants to run again (None: never)."""
+    body = await deps.api.get_session(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
         return None
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    stored = cast(SessionBody, body)
+    run = _Pass(deps, stored, deps.clock(), ObservedSession(body=stored),
+                written=stored.get("status") or SessionStatus())
+    await run.decide()  # finished (TTL), past its deadline, or the pool to read
+    for step in _STEPS:
+        if run.stopped:
+            break
+        await step(run)
+    return run.wait
 
 
-def _event(body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
-    kopf.event(body, type=kind, reason=reason, message=message[:1000])  # type: ignore[arg-type]
+async def _read_pool(run: _Pass) -> None:
+    """The NodePool named by ``spec.poolRef`` (missing: Pending; unusable spec: Failed)."""
+    if isinstance(run.request, ReadPool):
+        run.observed["pool"] = await run.deps.api.get_pool(run.namespace, run.pool_name)
+        await run.decide()
 
 
-class _Outcome:
-    """The status fields a pass decided to change, and the events that go with them."""
-
-    def __init__(self, body: Mapping[str, Any]) -> None:
-        self.body = body
-        self.old = dict(body.get("status") or {})
-        self.new = dict(self.old)
-        self.conditions: dict[str, tuple[str, str, str]] = {}
-        self.events: list[tuple[str, str, str]] = []
-
-    def phase(self, phase: str, reason: str, message: str, *, warning: bool = False) -> None:
-        if self.new.get("phase") != phase:
-            self.events.append(("Warning" if warning else "Normal", reason, message))
-        self.new["phase"] = phase
-        self.new["reason"] = reason
-        self.new["message"] = message
-
-    def condition(self, ctype: str, status: str, reason: str, message: str) -> None:
-        self.conditions[ctype] = (status, reason, message)
+async def _ensure_placed(run: _Pass) -> None:
+    """Loads of the nodes when the decision places the parties, then the pool's pod IPs."""
+    if isinstance(run.request, ReadLoads):
+        run.observed["loads"] = await _loads(run.deps, run.namespace, run.name)
+        await run.decide()
+    if isinstance(run.request, ReadPods):
+        # Addresses come from the pods the API server reports, never from what nodes say.
+        pool = run.request.admission.pool
+        run.observed["pod_ips"] = await _pod_ips(run.deps, run.namespace, run.pool_name, pool.uid)
+        await run.decide()
 
 
-async def _write(deps: SessionDeps, out: _Outcome, now: dt.datetime) -> None:
-    meta = out.body["metadata"]
-    generation = int(meta.get("generation", 1))
-    conds = {c["type"]: c for c in out.old.get("conditions") or []}
-    wanted = [Condition(t, s, r, m) for t, (s, r, m) in out.conditions.items()]  # type: ignore[arg-type]
-    merged = {c["type"]: c for c in merge_conditions(list(conds.values()), wanted, generation, _ts(now))}
-    out.new["conditions"] = [merged.get(t) or conds[t] for t in sorted(set(conds) | set(merged))]
-    out.new["observedGeneration"] = generation
-    deps.metrics.observe_session(meta["namespace"], meta["name"], str(out.new.get("phase") or "Pending"))
-    # Which nodes running sessions use (certificate renewal and roll-outs wait for them).
-    pool_key = (meta["namespace"], str((out.body.get("spec") or {}).get("poolRef", "")))
-    me = f"{meta['namespace']}/{meta['name']}"
-    if out.new.get("phase") in ACTIVE and out.new.get("placement"):
-        deps.busy.setdefault(pool_key, {})[me] = frozenset(str(p["node"]) for p in out.new["placement"])
+async def _ensure_plan(run: _Pass) -> None:
+    """Sign the plan for the decided generation and post it to every party."""
+    request = run.request
+    if not isinstance(request, DeliverPlan):
+        return
+    admission = request.admission
+    pki = await ensure_pki(run.deps.api, admission.pool, run.certification())
+    # Record the generation first: if this pass dies after some parties got the plan,
+    # the next one sends generation + 1, which supersedes it at every party.
+    await _write(run, run.status)
+    try:
+        parties = await _party_nodes(run.deps, pool_ns=run.namespace, pool_name=run.pool_name,
+                                     placed=list(request.placement), pod_ips=run.observed.get("pod_ips") or {},
+                                     pki=pki, suite=admission.suite, now=run.now)
+        signed = build_signed_plan(
+            admission.spec, parties, suite=admission.suite, signer=pki.plan_signer, generation=request.generation,
+            now=run.now, deadline_at=admission.deadline_at, rng=os.urandom,
+        )
+        blob = canonical_bytes(signed.to_json())
+        for p in parties:
+            await run.deps.nodes.post_plan(p.address, blob)
+    except NodeCallError as exc:
+        run.observed["delivery"] = PlanRefused(str(exc))
     else:
-        deps.busy.get(pool_key, {}).pop(me, None)
-    if out.new != out.old:
-        await deps.api.patch_session_status(meta["namespace"], meta["name"], out.new)
-        if out.new.get("phase") != out.old.get("phase"):
-            deps.metrics.session_phase_changes.labels(phase=str(out.new.get("phase"))).inc()
-    for kind, reason, message in out.events:
-        _event(out.body, kind, reason, message)
+        run.observed["delivery"] = PlanAccepted(signed.plan.digest(), len(parties))
+        run.deps.metrics.sessions_planned.labels(preprocessing=admission.spec.preprocessing).inc()
+    await run.decide()
 
 
-def _pods_by_name(pool_body: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    return {str(n.get("name")): n for n in (pool_body.get("status") or {}).get("nodes") or []}
+async def _collect_reports(run: _Pass) -> None:
+    """Every placed party's own report of the session (or why it could not be asked)."""
+    request = run.request
+    if not isinstance(request, AskParties):
+        return
+    ips = run.observed.get("pod_ips") or {}
+    replies: dict[str, Mapping[str, Any] | PartyUnreachable] = {}
+    for node in request.nodes:
+        ip = ips.get(node)
+        if not ip:
+            replies[node] = PartyUnreachable("no pod IP")
+            continue
+        try:
+            replies[node] = await run.deps.nodes.session(ip, request.session_id)
+        except NodeCallError as exc:
+            replies[node] = PartyUnreachable(str(exc))
+    run.observed["replies"] = replies
+    await run.decide()
+
+
+async def _ensure_preprocessing(run: _Pass) -> None:
+    """Deal each party its preprocessing once every input is in (the operator is the trusted dealer)."""
+    request = run.request
+    if not isinstance(request, Deal):
+        return
+    admission = request.admission
+    try:
+        await _deal(run.deps, spec=admission.spec, placed=list(request.placement),
+                    pod_ips=run.observed.get("pod_ips") or {}, pool=admission.pool, state=run.certification(),
+                    suite=admission.suite, rows=request.rows, digest=request.digest)
+    except (NodeCallError, ValueError) as exc:
+        run.observed["dealing"] = DealingFailed(str(exc))
+    else:
+        run.observed["dealing"] = Dealt()
+    await run.decide()
+
+
+async def _finish(run: _Pass) -> None:
+    """Every pass ends with a requeue or a deletion; a request no step served is a bug."""
+    if not run.stopped:
+        raise RuntimeError(f"session {run.namespace}/{run.name}: the decision asked for {run.request!r}, "
+                           "which no step serves")
+
+
+_STEPS: tuple[Callable[[_Pass], Awaitable[None]], ...] = (
+    _read_pool, _ensure_placed, _ensure_plan, _collect_reports, _ensure_preprocessing, _finish,
+)
+
+
+async def _apply(run: _Pass, action: Action) -> None:
+    """Carry out one action of a decision (a request is left for the step that serves it)."""
+    deps = run.deps
+    if isinstance(action, WriteStatus):
+        await _write(run, run.status)
+    elif isinstance(action, CountPlacementFailure):
+        deps.metrics.placement_failures.labels(reason=action.reason).inc()
+    elif isinstance(action, RecordEvidence):
+        deps.watches.setdefault((run.namespace, action.pool), PoolWatch()).evidence.append(action.evidence)
+    elif isinstance(action, DeleteSession):
+        _log.info("session %s/%s finished %ds ago: deleting (ttlSecondsAfterFinished)", run.namespace, run.name,
+                  action.ttl)
+        await deps.api.delete_session(run.namespace, run.name)
+        run.stopped, run.wait = True, None
+    elif isinstance(action, Requeue):
+        run.stopped, run.wait = True, action.seconds
+    else:
+        run.request = action
+
+
+async def _write(run: _Pass, status: SessionStatus) -> None:
+    """Write ``status`` if it changed since the last write, with its Events; keep metrics and the busy map."""
+    deps = run.deps
+    namespace, name = run.namespace, run.name
+    deps.metrics.observe_session(namespace, name, str(status.get("phase") or "Pending"))
+    # Which nodes running sessions use (certificate renewal and roll-outs wait for them).
+    me = f"{namespace}/{name}"
+    if status.get("phase") in ACTIVE and status.get("placement"):
+        deps.busy.setdefault((namespace, run.pool_name), {})[me] = frozenset(
+            str(p["node"]) for p in status.get("placement") or [])
+    else:
+        deps.busy.get((namespace, run.pool_name), {}).pop(me, None)
+    old = run.written
+    if status != old:
+        await deps.api.patch_session_status(namespace, name, status)
+        if status.get("phase") != old.get("phase"):
+            deps.metrics.session_phase_changes.labels(phase=str(status.get("phase"))).inc()
+    post = deps.post_event or _kopf_event
+    for event in session_events(old, status):
+        post(run.body, event.type, event.reason, event.message[:1000])
+    run.written = status
+
+
+def _kopf_event(body: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+    kopf.event(body, type=kind, reason=reason, message=message)  # type: ignore[arg-type]
 
 
 async def _loads(deps: SessionDeps, namespace: str, me: str) -> dict[str, int]:
@@ -170,7 +325,7 @@ def _verified_kem_key(doc: Mapping[str, Any], node: str, pki: PoolPKI, suite: Su
 
 
 async def _party_nodes(
-    deps: SessionDeps, pool_ns: str, pool_name: str, placed: list[Mapping[str, Any]], pod_ips: Mapping[str, str],
+    deps: SessionDeps, *, pool_ns: str, pool_name: str, placed: list[Mapping[str, Any]], pod_ips: Mapping[str, str],
     pki: PoolPKI, suite: Suite, now: dt.datetime,
 ) -> list[PartyNode]:
     parties = []
@@ -189,249 +344,50 @@ async def _party_nodes(
     return parties
 
 
-async def reconcile_session(deps: SessionDeps, namespace: str, name: str) -> float | None:
-    """One pass for one MPCSession; returns seconds until it wants to run again."""
-    body = await deps.api.get_session(namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return None
-    now = dt.datetime.now(dt.timezone.utc)
-    out = _Outcome(body)
-    status = out.old
-    phase = status.get("phase") or "Pending"
-    spec_raw = body.get("spec") or {}
-
-    if phase in FINISHED:
-        done = _parse_ts(status.get("completionTime")) or now
-        ttl = int(spec_raw.get("ttlSecondsAfterFinished", 3600))
-        left = (done + dt.timedelta(seconds=ttl) - now).total_seconds()
-        if left <= 0:
-            _log.info("session %s/%s finished %ds ago: deleting (ttlSecondsAfterFinished)", namespace, name, ttl)
-            await deps.api.delete_session(namespace, name)
-            return None
-        return min(left, 3600.0)
-
-    created = _parse_ts(body["metadata"].get("creationTimestamp")) or now
-    try:
-        deadline_s = parse_duration(spec_raw.get("deadline", "1h"), "deadline")
-    except SpecError:
-        deadline_s = 3600.0
-    deadline_at = created + dt.timedelta(seconds=deadline_s)
-    if "startTime" not in status:
-        out.new["startTime"] = _ts(now)
-    out.new["sessionId"] = session_id_of(namespace, name, body["metadata"].get("uid", ""))
-
-    def fail(reason: str, message: str) -> None:
-        out.phase("Failed", reason, message, warning=True)
-        out.condition("Ready", "False", reason, message)
-        out.new["completionTime"] = _ts(now)
-
-    if now >= deadline_at:
-        fail("DeadlineExceeded", f"not finished within spec.deadline ({spec_raw.get('deadline', '1h')}) of creation; "
-             "create a new session with a longer deadline")
-        await _write(deps, out, now)
-        return 1.0
-
-    pool_name = str(spec_raw.get("poolRef", ""))
-    pool_body = await deps.api.get_pool(namespace, pool_name)
-    if pool_body is None:
-        out.phase("Pending", "PoolNotFound", f"NodePool {namespace}/{pool_name} does not exist; create it or fix spec.poolRef")
-        out.condition("Ready", "False", "PoolNotFound", out.new["message"])
-        await _write(deps, out, now)
-        return 5.0
-    try:
-        pool = parse_nodepool(pool_body)
-        suite = get_suite(pool.suite.value)
-        spec = parse_mpcsession(body, suite)
-    except SpecError as exc:
-        fail("InvalidSpec", str(exc))
-        await _write(deps, out, now)
-        return 1.0
-
-    state = deps.certification.setdefault((namespace, pool_name), CertificationState())
-    nodes_status = _pods_by_name(pool_body)
-
-    if phase in ("Pending", "Placing") or not status.get("placement"):
-        loads = await _loads(deps, namespace, name)
-        eligible = [e for e in nodes_status.values() if e.get("certFingerprint")]
-        candidates = placement.candidates_from_pool_status(eligible, pool.groups, loads)
-        result = placement.place_parties(candidates, spec.placement)
-        if isinstance(result, placement.PlacementInfeasible):
-            deps.metrics.placement_failures.labels(reason=result.reason).inc()
-            if out.old.get("reason") != result.reason:
-                out.events.append(("Warning", result.reason, result.message))
-            out.phase("Placing", result.reason, result.message)
-            out.condition("Placed", "False", result.reason, result.message)
-            await _write(deps, out, now)
-            return 5.0
-        out.new["placement"] = result.to_status()
-        out.phase("Preprocessing", "Placed", "placed on " + ", ".join(str(n) for n in result.nodes)
-                  + "; signing and sending the plan")
-        out.condition("Placed", "True", "Placed", out.new["message"])
-        phase = "Preprocessing"
-
-    placed: list[Mapping[str, Any]] = list(out.new["placement"])
-    # Addresses come from the pods the API server reports, never from what nodes say.
-    pod_ips = await _pod_ips(deps, namespace, pool_name, pool.uid)
-
-    if not status.get("planDigest"):
-        pki = await ensure_pki(deps.api, pool, state)
-        generation = int(status.get("planGeneration", 0)) + 1
-        # Record the generation first: if this pass dies after some parties got the plan,
-        # the next one sends generation + 1, which supersedes it at every party.
-        out.new["planGeneration"] = generation
-        await _write(deps, out, now)
-        out = _Outcome({**body, "status": out.new})
-        try:
-            parties = await _party_nodes(deps, namespace, pool_name, placed, pod_ips, pki, suite, now)
-            signed = build_signed_plan(
-                spec, parties, suite=suite, signer=pki.plan_signer, generation=generation, now=now,
-                deadline_at=deadline_at, rng=os.urandom,
-            )
-            blob = canonical_bytes(signed.to_json())
-            for p in parties:
-                await deps.nodes.post_plan(p.address, blob)
-        except NodeCallError as exc:
-            out.phase("Preprocessing", "PlanNotDelivered", f"retrying: {exc}")
-            out.condition("PlanDelivered", "False", "PlanNotDelivered", str(exc))
-            out.new["planGeneration"] = generation
-            await _write(deps, out, now)
-            return 2.0
-        out.new["planGeneration"] = generation
-        out.new["planDigest"] = signed.plan.digest()
-        out.phase("AwaitingInputs", "PlanDelivered",
-                  f"signed plan (generation {generation}) accepted by all {len(parties)} parties; "
-                  f"data owners can submit to session {spec.session_id}")
-        out.condition("PlanDelivered", "True", "PlanDelivered", out.new["message"])
-        out.new["inputs"] = [{"owner": i.owner, "role": i.role, "received": False, "parties": 0} for i in spec.inputs]
-        out.new["preprocessing"] = _preprocessing_status(spec)
-        deps.metrics.sessions_planned.labels(preprocessing=spec.preprocessing).inc()
-        out.new["result"] = _result_hint(spec, placed, pod_ips, deps.settings.api_port)
-        await _write(deps, out, now)
-        return 1.0
-
-    # AwaitingInputs / Computing: ask every party.
-    reports: dict[str, Mapping[str, Any] | None] = {}
-    lost: list[str] = []
-    since = dict(status.get("unreachableSince") or {})
-    for entry in placed:
-        node = str(entry["node"])
-        ip = pod_ips.get(node)
-        try:
-            if not ip:
-                raise NodeCallError("no pod IP")
-            reports[node] = await deps.nodes.session(ip, spec.session_id)
-            since.pop(node, None)
-        except NodeCallError as exc:
-            reports[node] = None
-            first = _parse_ts(since.get(node)) or now
-            since.setdefault(node, _ts(first))
-            if (now - first).total_seconds() >= LOST_AFTER_S or not ip:
-                lost.append(f"party {entry['party']} ({node}): {exc}")
-    out.new["unreachableSince"] = since
-    progress = session_progress(spec, reports)
-    # Input progress only grows: parties drop the sealed inputs once a session ends.
-    before = {i.get("owner"): i for i in status.get("inputs") or []}
-    out.new["inputs"] = [
-        {**i, "received": bool(i["received"] or before.get(i["owner"], {}).get("received")),
-         "parties": max(int(i["parties"]), int(before.get(i["owner"], {}).get("parties", 0)))}
-        for i in progress.inputs
-    ]
-    if progress.input_rows is not None and status.get("dealtDigest") != status.get("planDigest") and not lost:
-        # The dealer's turn: every input is in, the row counts are known.
-        try:
-            await _deal(deps, spec, placed, pod_ips, pool, state, suite, progress.input_rows, str(status.get("planDigest")))
-            out.new["dealtDigest"] = status.get("planDigest")
-            out.condition("Preprocessed", "True", "Dealt", f"each of {len(placed)} parties got its own sealed material")
-        except (NodeCallError, ValueError) as exc:
-            out.condition("Preprocessed", "False", "DealingFailed", f"retrying: {exc}")
-    if lost and spec.sharing == "additive" and progress.phase not in FINISHED:
-        fail("NodeLost", "; ".join(lost) + " — additive sharing needs every party; create a new session "
-             "(owners resubmit their inputs)")
-    elif lost and spec.sharing == "shamir" and spec.preprocessing == "prss" and progress.phase not in FINISHED \
-            and len(placed) - len(lost) < 2 * spec.threshold + 1:
-        fail("NodeLost", "; ".join(lost) + f" — fewer than 2t+1={2 * spec.threshold + 1} parties remain, and "
-             "dealer-free multiplication needs that many (a session survives a lost node only where n >= 2t+2); "
-             "create a new session (owners resubmit their inputs)")
-    elif lost and spec.sharing == "shamir" and len(placed) - len(lost) < spec.threshold + 1:
-        fail("NodeLost", "; ".join(lost) + f" — fewer than t+1={spec.threshold + 1} parties remain")
-    elif progress.phase == "Failed":
-        fail(progress.reason, progress.message or f"a party failed: {progress.reason}")
-    if out.new.get("phase") in FINISHED:
-        # Behavioural evidence for the pool's anomaly scoring (who ran it, who failed how).
-        watch = deps.watches.setdefault((namespace, pool_name), PoolWatch())
-        party_nodes = [str(e["node"]) for e in sorted(placed, key=lambda e: int(e["party"]))]
-        watch.evidence.append(SessionEvidence.from_reports(
-            spec.session_id, party_nodes, {n: r for n, r in reports.items() if r is not None}, finished_at=now.timestamp()))
-    elif progress.phase == "Succeeded":
-        out.phase("Succeeded", "Completed", progress.message)
-        out.condition("Ready", "True", "Completed", progress.message)
-        out.new["completionTime"] = _ts(now)
-        hint = _result_hint(spec, placed, pod_ips, deps.settings.api_port)
-        hint["outputsReady"] = list(progress.outputs_ready)
-        if progress.rejected_rows is not None:
-            hint["rejectedRows"] = progress.rejected_rows
-        out.new["result"] = hint
-    else:
-        out.phase(progress.phase, progress.reason, progress.message)
-        if lost:
-            out.condition("Degraded", "True", "PartyLost", "; ".join(lost))
-    await _write(deps, out, now)
-    return 1.0
-
-
 async def cancel_session(deps: SessionDeps, body: Mapping[str, Any], *, timeout_s: float = 2.0) -> dict[str, str]:
     """Ask every party of a deleted, unfinished MPCSession to cancel it; best effort, never raises for a node.
 
     Returns what each party answered (node name -> outcome line), empty when nothing
     was to be cancelled (never placed, plan never delivered, already finished).
     """
-    meta, status = body["metadata"], dict(body.get("status") or {})
+    meta = body["metadata"]
     namespace, name = str(meta["namespace"]), str(meta["name"])
-    session_id, digest = str(status.get("sessionId") or ""), str(status.get("planDigest") or "")
-    placed = [str(p["node"]) for p in status.get("placement") or []]
-    if status.get("phase") in FINISHED or not (session_id and digest and placed):
+    target = cancel_target(body)
+    if target is None:
         return {}
-    pool_name = str((body.get("spec") or {}).get("poolRef", ""))
-    pool_body = await deps.api.get_pool(namespace, pool_name)
-    state = deps.certification.setdefault((namespace, pool_name), CertificationState())
+    pool_body = await deps.api.get_pool(namespace, target.pool)
+    state = deps.certification.setdefault((namespace, target.pool), CertificationState())
     if pool_body is None or (state.pki is None and await deps.api.read_secret_data(
-            namespace, pool_pki.pki_secret_name(pool_name)) is None):
+            namespace, pool_pki.pki_secret_name(target.pool)) is None):
         # Without the pool's plan signer no node would believe a cancel (and a fresh one must not be made here).
         _log.warning("session %s/%s deleted: NodePool %s or its PKI is gone; parties keep the session until its "
-                     "deadline", namespace, name, pool_name)
+                     "deadline", namespace, name, target.pool)
         return {}
     pool = parse_nodepool(pool_body)
     pki = await ensure_pki(deps.api, pool, state)
-    signed = sign_cancel(session_id, digest, key=pki.plan_signer, now=dt.datetime.now(dt.timezone.utc))
-    ips = {n: str(e.get("podIP") or "") for n, e in _pods_by_name(pool_body).items()}
-    ips.update(await _pod_ips(deps, namespace, pool_name, pool.uid))
+    signed = sign_cancel(target.session_id, target.plan_digest, key=pki.plan_signer,
+                         now=dt.datetime.now(dt.timezone.utc))
+    ips = {str(n.get("name")): str(n.get("podIP") or "") for n in (pool_body.get("status") or {}).get("nodes") or []}
+    ips.update(await _pod_ips(deps, namespace, target.pool, pool.uid))
 
     async def one(node: str) -> str:
         if not ips.get(node):
             return "no pod IP (not running)"
         try:
-            doc = await deps.nodes.cancel(ips[node], session_id, signed, timeout=timeout_s)
+            doc = await deps.nodes.cancel(ips[node], target.session_id, signed, timeout=timeout_s)
         except NodeCallError as exc:
             return f"not cancelled: {exc}"
         return f"{doc.get('phase')}/{doc.get('reason')}" + (" (already finished)" if doc.get("alreadyFinished") else "")
 
-    outcomes = dict(zip(placed, await asyncio.gather(*(one(n) for n in placed))))
+    outcomes = dict(zip(target.nodes, await asyncio.gather(*(one(n) for n in target.nodes))))
     # No Event: the object is going away; the log is the record.
-    _log.info("session %s/%s deleted: cancel of %s at its parties: %s", namespace, name, session_id,
+    _log.info("session %s/%s deleted: cancel of %s at its parties: %s", namespace, name, target.session_id,
               "; ".join(f"{n}: {o}" for n, o in outcomes.items()))
     return outcomes
 
 
-def _preprocessing_status(spec: SessionSpec) -> dict[str, str]:
-    """``status.preprocessing``: which provider runs and, for ``auto``, why."""
-    dealer = spec.preprocessing == "dealer"
-    return {"provider": spec.preprocessing, "dealerFree": "false" if dealer else "true",
-            "note": spec.preprocessing_note or ("the operator deals (trusted dealer)" if dealer
-                                                else "made by the parties; the operator sees no key, seed or triple")}
-
-
 async def _deal(
-    deps: SessionDeps, spec: SessionSpec, placed: list[Mapping[str, Any]], pod_ips: Mapping[str, str],
+    deps: SessionDeps, *, spec: SessionSpec, placed: list[Mapping[str, Any]], pod_ips: Mapping[str, str],
     pool: Any, state: CertificationState, suite: Any, rows: Mapping[str, int], digest: str,
 ) -> None:
     """Deal each party its own preprocessing and post it (the operator is the trusted dealer).
@@ -471,18 +427,3 @@ async def _pod_ips(deps: SessionDeps, namespace: str, pool: str, uid: str) -> di
     state = deps.certification.setdefault((namespace, pool), CertificationState())
     state.pods_by_ip.update({ip: name for name, ip in ips.items() if ip})
     return ips
-
-
-def _result_hint(spec: SessionSpec, placed: list[Mapping[str, Any]], ips: Mapping[str, str], port: int) -> dict[str, Any]:
-    """Where each recipient fetches its sealed outputs (results never appear in status)."""
-    urls = [f"https://{ips.get(str(p['node']), '')}:{port}" for p in placed]
-    return {
-        "sessionId": spec.session_id,
-        "nodes": urls,
-        "recipients": [
-            {"recipient": o.recipient, "allow": list(o.allow),
-             "fetch": f"pqmpc result --session {spec.session_id} --identity {o.recipient}.identity.json "
-                      f"--node {urls[0] if urls else ''} --ca ca.pem --plan-signer plan-signer.pub"}
-            for o in spec.outputs
-        ],
-    }

@@ -1,0 +1,621 @@
+"""The MPCSession state machine as one pure decision: ``decide(observed, now) -> (status, actions)``.
+
+Contract: pure. :func:`decide` takes what the controller has observed so far in one
+pass (the session as stored, and whatever the shell has read or done since: the pool,
+other sessions' loads, pod IPs, the plan delivery, the parties' reports, the dealing)
+and returns the status the session should have and the ordered actions that follow:
+
+- *requests* (:data:`Request`): an observation the decision needs before it can go on
+  (read the pool, count the other sessions' loads, read the pod IPs, deliver the plan,
+  ask the parties, deal). The shell (:mod:`pqmpc_operator.session_controller`) performs
+  it, adds the result to ``observed`` and decides again;
+- *effects*: write the status, count a placement failure, record anomaly evidence,
+  delete the session;
+- :class:`Requeue` ends the pass (run again in that many seconds); :class:`DeleteSession`
+  ends it for good.
+
+Lifecycle (``status.phase``, :class:`SessionPhase`): Pending -> Placing -> Preprocessing
+-> AwaitingInputs -> Computing -> Succeeded | Failed.
+
+- Pending: the pool is read and the spec checked; an unusable spec fails at once
+  (``InvalidSpec``), a missing pool waits (``PoolNotFound``).
+- Placing: the pure solver places the parties on ready, certified, unquarantined nodes;
+  an infeasible request stays here (condition Placed=False with the solver's
+  explanation) and is retried until the deadline.
+- Preprocessing: the plan is built, signed and posted to every party; a delivery that
+  fails is retried with the next generation, which supersedes any copy that got out.
+- AwaitingInputs / Computing: the parties' reports are folded into the status; once
+  every input is in the dealer deals each party its material. A lost party fails an
+  additive session; a Shamir session carries on while ``t + 1`` parties remain.
+- Succeeded / Failed: ``completionTime`` is set; after ``ttlSecondsAfterFinished`` the
+  session is deleted. ``spec.deadline`` after creation an unfinished session fails.
+
+Everything is decided from the stored status plus this pass's observations, never from
+memory, so an operator restart resumes where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Required, TypedDict, Union, cast
+
+from pqmpc_node.crypto.suites import Suite, get_suite
+from pqmpc_operator import placement
+from pqmpc_operator.anomaly import SessionEvidence
+from pqmpc_operator.model import NodePoolSpec, SpecError, parse_duration, parse_nodepool
+from pqmpc_operator.session_model import SessionSpec, parse_mpcsession, session_id_of
+from pqmpc_operator.session_plan import Progress, session_progress
+from pqmpc_operator.status import Condition, merge_conditions
+
+__all__ = [
+    "ACTIVE", "FINISHED", "LOST_AFTER_S", "Action", "Admission", "Decision", "AskParties", "CancelTarget",
+    "CountPlacementFailure", "Deal", "DealingFailed", "DeleteSession", "Dealt", "DeliverPlan", "InputProgress",
+    "ObservedSession", "PartyUnreachable", "PlanAccepted", "PlanRefused", "ReadLoads", "ReadPods", "ReadPool",
+    "RecordEvidence", "Request", "Requeue", "SessionBody", "SessionEvent", "SessionMetadata", "SessionPhase",
+    "SessionStatus", "WriteStatus", "admit", "cancel_target", "decide", "preprocessing_status", "result_hint",
+    "session_events",
+]
+
+
+class SessionPhase(enum.StrEnum):
+    """``status.phase`` of an MPCSession (the strings stored in the API)."""
+
+    PENDING = "Pending"
+    PLACING = "Placing"
+    PREPROCESSING = "Preprocessing"
+    AWAITING_INPUTS = "AwaitingInputs"
+    COMPUTING = "Computing"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+ACTIVE = frozenset({SessionPhase.PLACING, SessionPhase.PREPROCESSING, SessionPhase.AWAITING_INPUTS,
+                    SessionPhase.COMPUTING})
+FINISHED = frozenset({SessionPhase.SUCCEEDED, SessionPhase.FAILED})
+# A party unreachable this long is lost (an additive session then fails).
+LOST_AFTER_S = 20.0
+# Seconds until the next pass, by what the pass ended with.
+RETRY_POOL_S = 5.0
+RETRY_PLACEMENT_S = 5.0
+RETRY_DELIVERY_S = 2.0
+NEXT_PASS_S = 1.0
+MAX_TTL_WAIT_S = 3600.0
+_TS = "%Y-%m-%dT%H:%M:%SZ"
+
+
+class SessionMetadata(TypedDict, total=False):
+    """The parts of ``metadata`` the controller reads."""
+
+    name: Required[str]
+    namespace: Required[str]
+    uid: str
+    generation: int
+    creationTimestamp: str
+    deletionTimestamp: str
+
+
+class InputProgress(TypedDict):
+    """One ``status.inputs[]`` entry: has every reachable party got this owner's input?"""
+
+    owner: str
+    role: str
+    received: bool
+    parties: int
+
+
+class SessionStatus(TypedDict, total=False):
+    """``status`` of an MPCSession, as the operator writes it."""
+
+    phase: str
+    reason: str
+    message: str
+    conditions: list[dict[str, Any]]
+    observedGeneration: int
+    sessionId: str
+    startTime: str
+    completionTime: str
+    placement: list[dict[str, Any]]
+    planGeneration: int
+    planDigest: str
+    dealtDigest: str
+    inputs: list[InputProgress]
+    preprocessing: dict[str, str]
+    result: dict[str, Any]
+    unreachableSince: dict[str, str]
+
+
+class SessionBody(TypedDict, total=False):
+    """An MPCSession as the API server returns it."""
+
+    metadata: Required[SessionMetadata]
+    spec: dict[str, Any]
+    status: SessionStatus
+
+
+# ------------------------------------------------------------------ observations
+
+
+@dataclass(frozen=True)
+class PlanAccepted:
+    """Every party accepted the signed plan."""
+
+    digest: str
+    parties: int
+
+
+@dataclass(frozen=True)
+class PlanRefused:
+    """The plan could not be built or delivered (a party unreachable, its keys unverifiable...)."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class PartyUnreachable:
+    """A party could not be asked for its report."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class Dealt:
+    """Each party got its own sealed preprocessing."""
+
+
+@dataclass(frozen=True)
+class DealingFailed:
+    """Dealing failed this pass (it is retried on the next)."""
+
+    error: str
+
+
+PartyReply = Union[Mapping[str, Any], PartyUnreachable]
+
+
+class ObservedSession(TypedDict, total=False):
+    """What one pass has observed so far; a key is absent until the shell has read it."""
+
+    body: Required[SessionBody]
+    pool: Mapping[str, Any] | None
+    """The NodePool named by ``spec.poolRef`` (None: it does not exist)."""
+    loads: Mapping[str, int]
+    """Node name -> other active sessions placed on it."""
+    pod_ips: Mapping[str, str]
+    """Pod name -> pod IP, as the API server reports them (never what a node says)."""
+    delivery: PlanAccepted | PlanRefused
+    replies: Mapping[str, PartyReply]
+    """Node name -> its ``GET /v1/sessions/{id}`` report, or why it could not be asked."""
+    dealing: Dealt | DealingFailed
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The pool and the session spec, parsed and checked."""
+
+    pool: NodePoolSpec
+    suite: Suite
+    spec: SessionSpec
+    deadline_at: dt.datetime
+
+
+# ------------------------------------------------------------------ actions
+
+
+@dataclass(frozen=True)
+class ReadPool:
+    """Request: read the NodePool named by ``spec.poolRef`` (``observed["pool"]``)."""
+
+
+@dataclass(frozen=True)
+class ReadLoads:
+    """Request: count the other active sessions on each node (``observed["loads"]``)."""
+
+
+@dataclass(frozen=True)
+class ReadPods:
+    """Request: read the pool's pod IPs (``observed["pod_ips"]``)."""
+
+    admission: Admission
+
+
+@dataclass(frozen=True)
+class DeliverPlan:
+    """Request: record the decided status (it carries ``generation``) first, then build, sign and post the plan.
+
+    Recording first matters: if the pass dies after some parties got the plan, the next
+    pass sends ``generation + 1``, which supersedes it at every party.
+    """
+
+    admission: Admission
+    generation: int
+    placement: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class AskParties:
+    """Request: ``GET /v1/sessions/{id}`` at every placed node (``observed["replies"]``)."""
+
+    session_id: str
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Deal:
+    """Request: deal every party its preprocessing for ``rows`` under plan ``digest`` (``observed["dealing"]``)."""
+
+    admission: Admission
+    placement: tuple[Mapping[str, Any], ...]
+    rows: Mapping[str, int]
+    digest: str
+
+
+@dataclass(frozen=True)
+class WriteStatus:
+    """Effect: write the decided status (when it changed), with the Events its changes call for."""
+
+
+@dataclass(frozen=True)
+class CountPlacementFailure:
+    """Effect: count a placement that found no valid assignment."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecordEvidence:
+    """Effect: hand a finished session's evidence to its pool's anomaly scoring."""
+
+    pool: str
+    evidence: SessionEvidence
+
+
+@dataclass(frozen=True)
+class DeleteSession:
+    """Effect, final: the session finished ``ttl`` seconds ago or more (``ttlSecondsAfterFinished``)."""
+
+    ttl: int
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """Final: the pass is over; run again after ``seconds``."""
+
+    seconds: float
+
+
+Request = Union[ReadPool, ReadLoads, ReadPods, DeliverPlan, AskParties, Deal]
+Action = Union[Request, WriteStatus, CountPlacementFailure, RecordEvidence, DeleteSession, Requeue]
+Decision = tuple[SessionStatus, list[Action]]
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    """An Event to post on the session."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _ts(t: dt.datetime) -> str:
+    return t.strftime(_TS)
+
+
+def _parse_ts(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    return dt.datetime.strptime(text, _TS).replace(tzinfo=dt.timezone.utc)
+
+
+class _Draft:
+    """The status a decision is building: a copy of the stored one, plus the conditions to set."""
+
+    def __init__(self, stored: SessionStatus, generation: int, now: dt.datetime) -> None:
+        self.stored = stored
+        self.new = cast(SessionStatus, dict(stored))
+        self.generation = generation
+        self.now = now
+        self.conditions: dict[str, Condition] = {}
+
+    def phase(self, phase: SessionPhase, reason: str, message: str) -> None:
+        self.new["phase"] = phase.value
+        self.new["reason"] = reason
+        self.new["message"] = message
+
+    def condition(self, ctype: str, status: Literal["True", "False"], reason: str, message: str) -> None:
+        self.conditions[ctype] = Condition(ctype, status, reason, message)
+
+    def fail(self, reason: str, message: str) -> None:
+        self.phase(SessionPhase.FAILED, reason, message)
+        self.condition("Ready", "False", reason, message)
+        self.new["completionTime"] = _ts(self.now)
+
+    def status(self) -> SessionStatus:
+        """The new status: conditions merged (transition times kept unless flipped), observedGeneration set."""
+        old = {c["type"]: c for c in self.stored.get("conditions") or []}
+        merged = {c["type"]: c for c in merge_conditions(list(old.values()), list(self.conditions.values()),
+                                                         self.generation, _ts(self.now))}
+        out = cast(SessionStatus, dict(self.new))
+        out["conditions"] = [merged.get(t) or old[t] for t in sorted(set(old) | set(merged))]
+        out["observedGeneration"] = self.generation
+        return out
+
+
+def _placed(draft: _Draft) -> tuple[Mapping[str, Any], ...]:
+    return tuple(draft.new.get("placement") or ())
+
+
+def result_hint(spec: SessionSpec, placed: Sequence[Mapping[str, Any]], ips: Mapping[str, str],
+                port: int) -> dict[str, Any]:
+    """Where each recipient fetches its sealed outputs (results never appear in status)."""
+    urls = [f"https://{ips.get(str(p['node']), '')}:{port}" for p in placed]
+    return {
+        "sessionId": spec.session_id,
+        "nodes": urls,
+        "recipients": [
+            {"recipient": o.recipient, "allow": list(o.allow),
+             "fetch": f"pqmpc result --session {spec.session_id} --identity {o.recipient}.identity.json "
+                      f"--node {urls[0] if urls else ''} --ca ca.pem --plan-signer plan-signer.pub"}
+            for o in spec.outputs
+        ],
+    }
+
+
+def preprocessing_status(spec: SessionSpec) -> dict[str, str]:
+    """``status.preprocessing``: which provider runs and, for ``auto``, why."""
+    dealer = spec.preprocessing == "dealer"
+    return {"provider": spec.preprocessing, "dealerFree": "false" if dealer else "true",
+            "note": spec.preprocessing_note or ("the operator deals (trusted dealer)" if dealer
+                                                else "made by the parties; the operator sees no key, seed or triple")}
+
+
+def session_events(old: SessionStatus, new: SessionStatus) -> list[SessionEvent]:
+    """The Events a status change calls for: a new placement failure reason, and each phase change."""
+    events = []
+    if new.get("phase") == SessionPhase.PLACING and new.get("reason") != old.get("reason"):
+        events.append(SessionEvent("Warning", str(new.get("reason")), str(new.get("message"))))
+    if new.get("phase") != old.get("phase"):
+        kind: Literal["Normal", "Warning"] = "Warning" if new.get("phase") == SessionPhase.FAILED else "Normal"
+        events.append(SessionEvent(kind, str(new.get("reason")), str(new.get("message"))))
+    return events
+
+
+# ------------------------------------------------------------------ the decision
+
+
+def decide(observed: ObservedSession, now: dt.datetime, *, api_port: int) -> Decision:
+    """The session's status and the ordered actions for what has been observed so far (see the module doc).
+
+    ``api_port`` is the nodes' API port (the result hint tells recipients where to fetch).
+    """
+    body = observed["body"]
+    meta = body["metadata"]
+    stored: SessionStatus = body.get("status") or SessionStatus()
+    spec_raw = body.get("spec") or {}
+    if (stored.get("phase") or SessionPhase.PENDING) in FINISHED:
+        return stored, [_after_finish(stored, spec_raw, now)]
+    draft = _Draft(stored, int(meta.get("generation", 1)), now)
+    if "startTime" not in stored:
+        draft.new["startTime"] = _ts(now)
+    draft.new["sessionId"] = session_id_of(meta["namespace"], meta["name"], meta.get("uid", ""))
+    if now >= _deadline_at(body, now):
+        draft.fail("DeadlineExceeded", f"not finished within spec.deadline ({spec_raw.get('deadline', '1h')}) of "
+                   "creation; create a new session with a longer deadline")
+        return draft.status(), [WriteStatus(), Requeue(NEXT_PASS_S)]
+    if "pool" not in observed:
+        return draft.status(), [ReadPool()]
+    pool_body = observed["pool"]
+    if pool_body is None:
+        pool_name = f"{meta['namespace']}/{spec_raw.get('poolRef', '')}"
+        draft.phase(SessionPhase.PENDING, "PoolNotFound",
+                    f"NodePool {pool_name} does not exist; create it or fix spec.poolRef")
+        draft.condition("Ready", "False", "PoolNotFound", draft.new["message"])
+        return draft.status(), [WriteStatus(), Requeue(RETRY_POOL_S)]
+    try:
+        admission = admit(body, pool_body, now)
+    except SpecError as exc:
+        draft.fail("InvalidSpec", str(exc))
+        return draft.status(), [WriteStatus(), Requeue(NEXT_PASS_S)]
+    ended = _ensure_placed(draft, observed, admission, pool_body)
+    if ended is not None:
+        return ended
+    if "pod_ips" not in observed:
+        return draft.status(), [ReadPods(admission)]
+    if not stored.get("planDigest"):
+        return _plan(draft, observed, admission, api_port=api_port)
+    return _progress(draft, observed, admission, now, api_port=api_port)
+
+
+def admit(body: SessionBody | Mapping[str, Any], pool_body: Mapping[str, Any], now: dt.datetime) -> Admission:
+    """The pool and session parsed and checked, or :class:`SpecError` saying what to fix."""
+    pool = parse_nodepool(pool_body)
+    suite = get_suite(pool.suite.value)
+    spec = parse_mpcsession(body, suite)
+    return Admission(pool, suite, spec, _deadline_at(body, now))
+
+
+def _deadline_at(body: SessionBody | Mapping[str, Any], now: dt.datetime) -> dt.datetime:
+    created = _parse_ts(body["metadata"].get("creationTimestamp")) or now
+    try:
+        deadline_s = parse_duration((body.get("spec") or {}).get("deadline", "1h"), "deadline")
+    except SpecError:
+        deadline_s = 3600.0
+    return created + dt.timedelta(seconds=deadline_s)
+
+
+def _after_finish(stored: SessionStatus, spec_raw: Mapping[str, Any], now: dt.datetime) -> Requeue | DeleteSession:
+    """A finished session waits out ``ttlSecondsAfterFinished`` (counted from ``completionTime``), then goes."""
+    done = _parse_ts(stored.get("completionTime")) or now
+    ttl = int(spec_raw.get("ttlSecondsAfterFinished", 3600))
+    left = (done + dt.timedelta(seconds=ttl) - now).total_seconds()
+    if left <= 0:
+        return DeleteSession(ttl)
+    return Requeue(min(left, MAX_TTL_WAIT_S))
+
+
+def _ensure_placed(draft: _Draft, observed: ObservedSession, admission: Admission,
+                   pool_body: Mapping[str, Any]) -> Decision | None:
+    """Place the parties unless the stored status already holds a placement; None: placed, go on."""
+    stored = draft.stored
+    if (stored.get("phase") or SessionPhase.PENDING) not in (SessionPhase.PENDING, SessionPhase.PLACING) \
+            and stored.get("placement"):
+        return None
+    if "loads" not in observed:
+        return draft.status(), [ReadLoads()]
+    # One entry per node name (the last one wins), as the pool status lists them.
+    nodes = {str(n.get("name")): n for n in (pool_body.get("status") or {}).get("nodes") or []}
+    eligible = [e for e in nodes.values() if e.get("certFingerprint")]
+    candidates = placement.candidates_from_pool_status(eligible, admission.pool.groups, observed["loads"])
+    result = placement.place_parties(candidates, admission.spec.placement)
+    if isinstance(result, placement.PlacementInfeasible):
+        draft.phase(SessionPhase.PLACING, result.reason, result.message)
+        draft.condition("Placed", "False", result.reason, result.message)
+        return draft.status(), [CountPlacementFailure(result.reason), WriteStatus(), Requeue(RETRY_PLACEMENT_S)]
+    draft.new["placement"] = result.to_status()
+    draft.phase(SessionPhase.PREPROCESSING, "Placed",
+                "placed on " + ", ".join(str(n) for n in result.nodes) + "; signing and sending the plan")
+    draft.condition("Placed", "True", "Placed", draft.new["message"])
+    return None
+
+
+def _plan(draft: _Draft, observed: ObservedSession, admission: Admission, *, api_port: int) -> Decision:
+    """Deliver the signed plan (next generation); on success the session awaits its inputs."""
+    generation = int(draft.stored.get("planGeneration", 0)) + 1
+    draft.new["planGeneration"] = generation
+    delivery = observed.get("delivery")
+    if delivery is None:
+        return draft.status(), [DeliverPlan(admission, generation, _placed(draft))]
+    if isinstance(delivery, PlanRefused):
+        draft.phase(SessionPhase.PREPROCESSING, "PlanNotDelivered", f"retrying: {delivery.error}")
+        draft.condition("PlanDelivered", "False", "PlanNotDelivered", delivery.error)
+        return draft.status(), [WriteStatus(), Requeue(RETRY_DELIVERY_S)]
+    spec = admission.spec
+    draft.new["planDigest"] = delivery.digest
+    draft.phase(SessionPhase.AWAITING_INPUTS, "PlanDelivered",
+                f"signed plan (generation {generation}) accepted by all {delivery.parties} parties; "
+                f"data owners can submit to session {spec.session_id}")
+    draft.condition("PlanDelivered", "True", "PlanDelivered", draft.new["message"])
+    draft.new["inputs"] = [InputProgress(owner=i.owner, role=i.role, received=False, parties=0) for i in spec.inputs]
+    draft.new["preprocessing"] = preprocessing_status(spec)
+    draft.new["result"] = result_hint(spec, _placed(draft), observed.get("pod_ips") or {}, api_port)
+    return draft.status(), [WriteStatus(), Requeue(NEXT_PASS_S)]
+
+
+def _lost_parties(draft: _Draft, replies: Mapping[str, PartyReply], ips: Mapping[str, str],
+                  now: dt.datetime) -> tuple[dict[str, Mapping[str, Any] | None], list[str]]:
+    """Reports by node (None: unreachable) and the parties lost (unreachable ``LOST_AFTER_S`` or without a pod)."""
+    reports: dict[str, Mapping[str, Any] | None] = {}
+    lost: list[str] = []
+    since = dict(draft.stored.get("unreachableSince") or {})
+    for entry in _placed(draft):
+        node = str(entry["node"])
+        reply = replies.get(node, PartyUnreachable("not asked"))
+        if not isinstance(reply, PartyUnreachable):
+            reports[node] = reply
+            since.pop(node, None)
+            continue
+        reports[node] = None
+        first = _parse_ts(since.get(node)) or now
+        since.setdefault(node, _ts(first))
+        if (now - first).total_seconds() >= LOST_AFTER_S or not ips.get(node):
+            lost.append(f"party {entry['party']} ({node}): {reply.error}")
+    draft.new["unreachableSince"] = since
+    return reports, lost
+
+
+def _merge_inputs(stored: SessionStatus, progress: Progress) -> list[InputProgress]:
+    """Input progress only grows: parties drop the sealed inputs once a session ends."""
+    before: dict[Any, Mapping[str, Any]] = {i.get("owner"): i for i in stored.get("inputs") or []}
+    return [
+        InputProgress(owner=str(i["owner"]), role=str(i["role"]),
+                      received=bool(i["received"] or before.get(i["owner"], {}).get("received")),
+                      parties=max(int(i["parties"]), int(before.get(i["owner"], {}).get("parties", 0))))
+        for i in progress.inputs
+    ]
+
+
+def _progress(draft: _Draft, observed: ObservedSession, admission: Admission, now: dt.datetime, *,
+              api_port: int) -> Decision:
+    """Fold the parties' reports into the status; deal once every input is in; finish when they do."""
+    spec = admission.spec
+    placed = _placed(draft)
+    if "replies" not in observed:
+        return draft.status(), [AskParties(spec.session_id, tuple(str(p["node"]) for p in placed))]
+    ips = observed.get("pod_ips") or {}
+    reports, lost = _lost_parties(draft, observed["replies"], ips, now)
+    progress = session_progress(spec, reports)
+    draft.new["inputs"] = _merge_inputs(draft.stored, progress)
+    digest = str(draft.stored.get("planDigest"))
+    if spec.preprocessing == "dealer" and progress.input_rows is not None \
+            and draft.stored.get("dealtDigest") != draft.stored.get("planDigest") and not lost:
+        # The dealer's turn: every input is in, the row counts are known.
+        dealing = observed.get("dealing")
+        if dealing is None:
+            return draft.status(), [Deal(admission, placed, progress.input_rows, digest)]
+        if isinstance(dealing, Dealt):
+            draft.new["dealtDigest"] = digest
+            draft.condition("Preprocessed", "True", "Dealt", f"each of {len(placed)} parties got its own sealed material")
+        else:
+            draft.condition("Preprocessed", "False", "DealingFailed", f"retrying: {dealing.error}")
+    actions: list[Action] = []
+    if lost and spec.sharing == "additive" and progress.phase not in FINISHED:
+        draft.fail("NodeLost", "; ".join(lost) + " — additive sharing needs every party; create a new session "
+                   "(owners resubmit their inputs)")
+    elif lost and spec.sharing == "shamir" and spec.preprocessing == "prss" and progress.phase not in FINISHED \
+            and len(placed) - len(lost) < 2 * spec.threshold + 1:
+        draft.fail("NodeLost", "; ".join(lost) + f" — fewer than 2t+1={2 * spec.threshold + 1} parties remain, and "
+                   "dealer-free multiplication needs that many (a session survives a lost node only where n >= 2t+2); "
+                   "create a new session (owners resubmit their inputs)")
+    elif lost and spec.sharing == "shamir" and len(placed) - len(lost) < spec.threshold + 1:
+        draft.fail("NodeLost", "; ".join(lost) + f" — fewer than t+1={spec.threshold + 1} parties remain")
+    elif progress.phase == SessionPhase.FAILED:
+        draft.fail(progress.reason, progress.message or f"a party failed: {progress.reason}")
+    if draft.new.get("phase") in FINISHED:
+        # Behavioural evidence for the pool's anomaly scoring (who ran it, who failed how).
+        party_nodes = [str(e["node"]) for e in sorted(placed, key=lambda e: int(e["party"]))]
+        actions.append(RecordEvidence(admission.pool.name, SessionEvidence.from_reports(
+            spec.session_id, party_nodes, {n: r for n, r in reports.items() if r is not None},
+            finished_at=now.timestamp())))
+    elif progress.phase == SessionPhase.SUCCEEDED:
+        draft.phase(SessionPhase.SUCCEEDED, "Completed", progress.message)
+        draft.condition("Ready", "True", "Completed", progress.message)
+        draft.new["completionTime"] = _ts(now)
+        hint = result_hint(spec, placed, ips, api_port)
+        hint["outputsReady"] = list(progress.outputs_ready)
+        if progress.rejected_rows is not None:
+            hint["rejectedRows"] = progress.rejected_rows
+        draft.new["result"] = hint
+    else:
+        draft.phase(SessionPhase(progress.phase), progress.reason, progress.message)
+        if lost:
+            draft.condition("Degraded", "True", "PartyLost", "; ".join(lost))
+    return draft.status(), [*actions, WriteStatus(), Requeue(NEXT_PASS_S)]
+
+
+# ------------------------------------------------------------------ cancel
+
+
+@dataclass(frozen=True)
+class CancelTarget:
+    """A deleted session to cancel at its parties: the plan it ran under and where."""
+
+    session_id: str
+    plan_digest: str
+    nodes: tuple[str, ...]
+    pool: str
+
+
+def cancel_target(body: SessionBody | Mapping[str, Any]) -> CancelTarget | None:
+    """What to cancel when an MPCSession is deleted; None when nothing is (never placed, no plan, finished)."""
+    status = body.get("status") or {}
+    session_id, digest = str(status.get("sessionId") or ""), str(status.get("planDigest") or "")
+    placed = tuple(str(p["node"]) for p in status.get("placement") or [])
+    if status.get("phase") in FINISHED or not (session_id and digest and placed):
+        return None
+    return CancelTarget(session_id, digest, placed, str((body.get("spec") or {}).get("poolRef", "")))
