@@ -388,7 +388,7 @@ async def test_a_deleted_pod_is_lost_at_once(world: World) -> None:
 
 
 async def test_a_shamir_session_carries_on_while_t_plus_one_remain(world: World) -> None:
-    await to_awaiting_inputs(world, "sham", parties=3, sharing="shamir")
+    await to_awaiting_inputs(world, "sham", parties=3, sharing="shamir", preprocessing="dealer")
     first, second, _ = world.placed("sham")
     world.node(first).down = True
     world.clock.advance(25)
@@ -406,6 +406,39 @@ async def test_a_shamir_session_carries_on_while_t_plus_one_remain(world: World)
     await world.run("sham")
     st = world.status("sham")
     assert (st["phase"], st["reason"]) == ("Failed", "NodeLost") and "fewer than t+1=2 parties remain" in st["message"]
+
+
+async def test_a_dealer_free_session_is_never_dealt(world: World) -> None:
+    """Shamir with 2t < n on auto: prss; even a party claiming to await material gets none."""
+    st = await to_awaiting_inputs(world, "hm", parties=3, sharing="shamir")
+    assert st["preprocessing"] == {"provider": "prss", "dealerFree": "true",
+                                   "note": "auto: honest-majority Shamir session, dealer-free (prss)"}
+    plan = world.node(world.placed("hm")[0]).plans[st["sessionId"]]
+    assert b'"provider":"prss"' in plan and b'"sealedSeeds":{}' in plan
+    inputs_in(world, "hm", {"bank-a": 2, "bank-b": 2})
+    await world.run("hm")
+    world.report_all("hm", phase="Succeeded", inputs=[{"owner": o, "received": True} for o in ("bank-a", "bank-b")],
+                     outputsReady=["auditor"])
+    await world.run("hm")
+    st = world.status("hm")
+    assert st["phase"] == "Succeeded" and "dealtDigest" not in st, st
+    assert world.nodes.called("post_preprocessing") == []
+    assert "Preprocessed" not in {c["type"] for c in st["conditions"]}
+    assert world.deps.metrics.sessions_planned.labels(preprocessing="prss")._value.get() == 1
+
+
+async def test_a_dealer_free_session_fails_below_2t_plus_1(world: World) -> None:
+    await to_awaiting_inputs(world, "hm3", parties=3, sharing="shamir")
+    lost = world.placed("hm3")[2]
+    world.node(lost).down = True
+    world.clock.advance(25)
+    await world.run("hm3")
+    world.clock.advance(25)
+    await world.run("hm3")
+    st = world.status("hm3")
+    assert (st["phase"], st["reason"]) == ("Failed", "NodeLost"), st
+    assert lost in st["message"] and "fewer than 2t+1=3 parties remain" in st["message"]
+    assert "n >= 2t+2" in st["message"]
 
 
 async def test_a_party_that_fails_fails_the_session_with_its_reason(world: World) -> None:
@@ -450,7 +483,7 @@ async def test_a_party_holding_another_plan_gets_no_material(world: World) -> No
 
 
 async def test_no_dealing_while_a_party_is_lost(world: World) -> None:
-    await to_awaiting_inputs(world, "shaky", parties=3, sharing="shamir")
+    await to_awaiting_inputs(world, "shaky", parties=3, sharing="shamir", preprocessing="dealer")
     inputs_in(world, "shaky", {"bank-a": 2, "bank-b": 2})
     world.node(world.placed("shaky")[2]).down = True
     world.clock.advance(25)
