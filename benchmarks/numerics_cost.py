@@ -30,7 +30,10 @@ RUNNER = r'''
 import asyncio, json, sys, time
 from fractions import Fraction
 import numpy as np
-from pqmpc_node import dealing
+try:  # the engine run moved from pqmpc_node.dealing to pqmpc_node.engine; older checkouts have dealing
+    from pqmpc_node import engine as dealing
+except ImportError:
+    from pqmpc_node import dealing  # type: ignore[no-redef]
 from pqmpc_node.mpc import programs
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.fixedpoint import FixedPoint

@@ -35,7 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SESSION_RUNNER = r'''
 import asyncio, inspect, json, sys, time
 import numpy as np
-from pqmpc_node import dealing
+try:  # the engine run moved from pqmpc_node.dealing to pqmpc_node.engine; older checkouts have dealing
+    from pqmpc_node import engine as dealing
+except ImportError:
+    from pqmpc_node import dealing  # type: ignore[no-redef]
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.programs import compile_program, model_shapes
 from pqmpc_node.mpc.randomness import AesCtrRandom

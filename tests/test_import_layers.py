@@ -65,7 +65,7 @@ def test_import_linter_breaks_on_an_upward_import(tmp_path: Path) -> None:
     assert result.returncode != 0, result.stdout
     broken = {line.rsplit(" ", 1)[0] for line in result.stdout.splitlines() if line.endswith(" BROKEN")}
     assert broken == {
-        "Node server: service > sessions > dealing > plan | net > mpc | crypto",
+        "Node server: service > sessions > dealer > engine > plan | net > mpc | crypto",
         "The client SDK and the CLI import nothing of the node's server side",
         "The operator imports nothing of the node's server internals",
     }, result.stdout

@@ -23,7 +23,7 @@ a plan already held (:class:`StalePlanError`) is :func:`check_supersedes`.
 
 Preprocessing (a trusted dealer: the operator) does not travel in the plan: the dealer
 posts each party its *own* material, sealed to that party's KEM key and signed with the
-plan-signing key (:func:`pqmpc_node.dealing.deal`), so no node ever holds another
+plan-signing key (:func:`pqmpc_node.dealer.deal`), so no node ever holds another
 party's seed. ``preprocessing.sealedSeeds`` (one seed shared by all parties, from an
 earlier version) is still parsed and signed for compatibility, but nothing seals or
 opens it any more: any node holding a shared seed could derive every party's triples

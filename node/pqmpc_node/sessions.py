@@ -5,7 +5,7 @@ Life of a session here (phases as in ``MPCSession.status.phase``):
 1. ``AwaitingInputs``: the operator posts a signed plan (:meth:`SessionManager.accept_plan`);
    the node fences its KEM key epoch so the key is not retired under the session. The
    dealer (the operator) posts this party's own preprocessing material
-   (:meth:`SessionManager.accept_preprocessing`, :mod:`pqmpc_node.dealing`): its seed and
+   (:meth:`SessionManager.accept_preprocessing`, :mod:`pqmpc_node.dealer`): its seed and
    correction stream, sealed to this node and signed with the plan-signing key; no node
    ever receives another party's material.
 2. Data owners post sealed input envelopes (:meth:`SessionManager.accept_input`): checked
@@ -17,7 +17,7 @@ Life of a session here (phases as in ``MPCSession.status.phase``):
 3. ``Computing``: the party with the lower index dials each peer over a PQ mutual-TLS
    :class:`~pqmpc_node.net.link.PeerLink`, the peer's certificate must name the node
    the plan names with the plan's fingerprint; the engine runs the program over a
-   :class:`~pqmpc_node.net.pq_channel.PqChannel` (:func:`pqmpc_node.dealing.execute`:
+   :class:`~pqmpc_node.net.pq_channel.PqChannel` (:func:`pqmpc_node.engine.execute`:
    owners' inputs authenticated, program, every opening MAC-checked before outputs).
    A lost peer aborts an additive session; a Shamir session restarts the computation
    (next attempt, fresh round tags, the next attempt's fresh material) with the
@@ -70,17 +70,14 @@ from pqmpc_node.crypto.envelopes import (
 from pqmpc_node.crypto.kemkeys import KeyRetiredError, kem_public_key_from_bytes
 from pqmpc_node.crypto.pki import NodeId
 from pqmpc_node.crypto.suites import MLDSAPublicKey
-from pqmpc_node.dealing import (
-    PartyInputs,
+from pqmpc_node.dealer import (
     PartyMaterial,
     PreprocessingError,
-    RunOutcome,
-    engine_config,
-    execute,
+    PreprocessingMismatchError,
     open_preprocessing,
-    output_requests,
     party_provider,
 )
+from pqmpc_node.engine import CompiledSession, PartyInputs, RunOutcome, compile_session, execute
 from pqmpc_node.keystore import NodeKeys
 from pqmpc_node.metrics import NodeMetrics
 from pqmpc_node.mpc.backend import to_host
@@ -96,7 +93,6 @@ from pqmpc_node.mpc.sharing import ShamirScheme
 from pqmpc_node.mpc.errors import BlamedCheckError
 from pqmpc_node.mpc.inputs import OwnerShares
 from pqmpc_node.mpc.programs import ModelOutOfRangeError, ProgramError, model_shapes
-from pqmpc_node.mpc.seeded_dealer import PreprocessingMismatchError
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.net.counters import RefusalCounters
 from pqmpc_node.net.link import STREAM_LIMIT, LinkClosed, LinkConfig, LinkRefused, PeerLink
@@ -160,6 +156,8 @@ class SessionRuntime:
     body: bytes = field(repr=False)
     party: int
     started: float
+    compiled: CompiledSession = field(repr=False)
+    """The plan's program, compiled once when the plan is accepted (:func:`~pqmpc_node.engine.compile_session`)."""
     phase: Phase = Phase.AWAITING_INPUTS
     reason: str = ""
     message: str = ""
@@ -278,10 +276,14 @@ class SessionManager:
                                reason="session_running", status=409)
         party = plan.party_of(self.node_id)
         try:
+            compiled = compile_session(plan, self.settings.backend)
+        except ProgramError as exc:  # the operator compiled it at admission: a plan it signed passes
+            raise SessionError(f"the plan's program cannot run exactly: {exc}", reason="bad_program", status=422) from None
+        try:
             self.keys.ring.fence(self._fence_id(plan.session_id, party.kem_epoch), party.kem_epoch)
         except KeyRetiredError as exc:
             raise SessionError(str(exc), reason=exc.reason, status=409) from None
-        rt = SessionRuntime(plan=plan, body=body, party=party.index, started=time.monotonic(),
+        rt = SessionRuntime(plan=plan, body=body, party=party.index, started=time.monotonic(), compiled=compiled,
                             live=tuple(range(len(plan.parties))))
         if held is not None and held.plan.terms_digest() == plan.terms_digest() and plan.deadline <= held.plan.deadline:
             # Same parties, program, fields and outputs, no later deadline (the operator re-sent
@@ -361,7 +363,7 @@ class SessionManager:
                         "per owner (spec.maxRowsPerOwner, which the program's numbers are proven for): split the data "
                         "or ask for a session with a larger maxRowsPerOwner", reason="too_many_rows", status=422)
             else:
-                shapes = model_shapes(plan.execution_plan())
+                shapes = model_shapes(rt.compiled.program)
                 payload = InputPayload.decode(opened.plaintext, domain=domain, model_shapes=shapes,
                                               keyed=plan.security == "malicious")
                 if payload.kind != "model":
@@ -702,7 +704,7 @@ class SessionManager:
         plan = rt.plan
         n = len(plan.parties)
         rt.attempts += 1
-        cfg = engine_config(plan, self.settings.backend)
+        cfg = rt.compiled.config
         domain = cfg.domain()
         channel = PqChannel(party=rt.party, n=n, links={p: rt.links[p] for p in rt.live if p != rt.party},
                             attempt=rt.attempts, round_timeout_s=self.settings.round_timeout_s)
@@ -714,8 +716,8 @@ class SessionManager:
                              live=rt.live)
             if isinstance(provider, HonestMajorityProvider):
                 provider.bind(ctx)
-            outcome = await execute(ctx, plan.execution_plan(), [f.name for f in plan.data_fields()],
-                                    self._party_inputs(rt), output_requests(plan))
+            outcome = await execute(ctx, rt.compiled.program, rt.compiled.fields, self._party_inputs(rt),
+                                    rt.compiled.requests)
             if isinstance(provider, HonestMajorityProvider):
                 st = provider.stats
                 for kind, count in (("triples", st.triples), ("bits", st.bits), ("reduced", st.reduced_elements)):

@@ -33,7 +33,7 @@ import kopf
 from pqmpc_node.crypto.kemkeys import VerifiedKeys, verify_keys_document
 from pqmpc_node.crypto.pki import CertificateError, NodeId
 from pqmpc_node.crypto.suites import Suite
-from pqmpc_node.dealing import deal
+from pqmpc_node.dealer import deal
 from pqmpc_node.plan import PLAN_SIGNATURE_CONTEXT, canonical_bytes, parse_signed_plan, sign_cancel
 from pqmpc_operator import builders, pool_pki
 from pqmpc_operator.certification import CertificationState, ensure_pki

@@ -66,7 +66,7 @@ def build_signed_plan(
     (2) copy inputs (owners' ML-DSA keys and declared columns) and outputs (recipients'
     KEM keys and allow-lists); (3) sign the canonical plan with the plan-signing key.
     Preprocessing is dealt later, per party, once the row counts are known
-    (:func:`pqmpc_node.dealing.deal`): no material travels in the plan.
+    (:func:`pqmpc_node.dealer.deal`): no material travels in the plan.
     """
     plan_parties = tuple(
         PlanParty(index=i, node_id=p.node_id, address=p.address, dns_name=p.dns_name, peer_port=p.peer_port,

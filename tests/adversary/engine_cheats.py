@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pqmpc_local.mpc_simulation import make_contexts
-from pqmpc_node.dealing import PartyInputs, RunOutcome, execute
+from pqmpc_node.engine import PartyInputs, RunOutcome, execute
 from pqmpc_node.mpc.channel import ChannelError, InProcessHub
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext

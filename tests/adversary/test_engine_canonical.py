@@ -26,7 +26,7 @@ from pqmpc_node.mpc.config import EngineConfig  # noqa: E402
 from pqmpc_node.mpc.errors import NonCanonicalError  # noqa: E402
 from pqmpc_node.mpc.field import P61, MersenneField61  # noqa: E402
 from pqmpc_node.mpc.outputs import DeliveredShare, OutputForgeryError, verify_delivered  # noqa: E402
-from pqmpc_node.mpc.seeded_dealer import PreprocessingMismatchError, SplitProvider  # noqa: E402
+from pqmpc_node.dealer.seeded import PreprocessingMismatchError, SplitProvider  # noqa: E402
 from pqmpc_node.mpc.sharing import AdditiveScheme  # noqa: E402
 from pqmpc_node.payloads import InputPayload, OutputPayload, OutputShare, PayloadError  # noqa: E402
 

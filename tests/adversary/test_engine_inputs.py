@@ -37,7 +37,8 @@ from pqmpc_node.mpc.numerics import decode_exact  # noqa: E402
 from pqmpc_node.mpc.programs import compile_program, encode_column, output_decodings  # noqa: E402
 from pqmpc_node.crypto.kemkeys import KemKeyPair  # noqa: E402
 from pqmpc_node.crypto.suites import SuiteName, get_suite  # noqa: E402
-from pqmpc_node.dealing import attempt_count, deal, engine_config, open_preprocessing, party_provider  # noqa: E402
+from pqmpc_node.dealer import attempt_count, deal, open_preprocessing, party_provider
+from pqmpc_node.engine import engine_config  # noqa: E402
 from pqmpc_node.mpc.config import EngineConfig  # noqa: E402
 from pqmpc_node.mpc.errors import MacCheckError  # noqa: E402
 from pqmpc_node.mpc.inputs import InconsistentInputError, InputTamperedError, OwnerShares  # noqa: E402
@@ -231,7 +232,7 @@ def test_restart_down_to_t_plus_one_runs_on_the_dealt_material(security: str) ->
     import asyncio
     import datetime as dt
 
-    from pqmpc_node.dealing import PartyInputs, execute, output_requests
+    from pqmpc_node.engine import PartyInputs, execute, output_requests
     from pqmpc_node.mpc.channel import InProcessHub
     from pqmpc_node.mpc.context import MPCContext
     from pqmpc_node.mpc.fixedpoint import FixedPoint

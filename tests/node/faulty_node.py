@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from pqmpc_node.__main__ import main
-from pqmpc_node.dealing import RunOutcome
+from pqmpc_node.engine import RunOutcome
 from pqmpc_node.mpc import protocols
 from pqmpc_node.mpc.backend import to_host
 from pqmpc_node.mpc.outputs import DeliveredShare

@@ -7,7 +7,7 @@ PQ-TLS) — with :class:`FakeAttestationApi` in place of the API server's TokenR
 own seam; the real TokenReview path runs in the cluster tests — pushes logs, signs and
 posts session plans over the nodes' PQ-TLS API, and plays the trusted dealer: once a
 session's inputs are in (a node reports ``awaitingPreprocessing`` and the ``inputRows``),
-a background thread calls :func:`pqmpc_node.dealing.deal` and posts each party its own
+a background thread calls :func:`pqmpc_node.dealer.deal` and posts each party its own
 sealed material.
 
 A node's attestation token file is written only when :meth:`Operator.certify` admits
@@ -38,7 +38,7 @@ from pqmpc_node.crypto.pki import PoolCA
 from pqmpc_node.crypto.suites import Suite, SuiteName, get_suite
 from pqmpc_node.crypto.transparency import EntryKind, LogBundle, TransparencyLog
 from pqmpc_node.client import Identity
-from pqmpc_node.dealing import DealerOutput, deal
+from pqmpc_node.dealer import DealerOutput, deal
 from pqmpc_node.plan import PlanInput, PlanOutput, PlanParty, SessionId, SessionPlan, FieldDecl, sign_plan
 from pqmpc_node.client import node_http_client
 from pqmpc_operator.attestation import POD_NAME_CLAIM, POD_UID_CLAIM

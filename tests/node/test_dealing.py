@@ -19,7 +19,7 @@ import pytest
 from harness import Operator
 from pqmpc_node.client import Identity, SessionClient
 from pqmpc_node.crypto.suites import SuiteName, get_suite
-from pqmpc_node.dealing import deal
+from pqmpc_node.dealer import deal
 from pqmpc_node.mpc import protocols as proto
 from pqmpc_node.mpc.channel import InProcessHub
 from pqmpc_node.mpc.config import EngineConfig
@@ -27,7 +27,7 @@ from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.fixedpoint import FixedPoint
 from pqmpc_node.mpc.mac import check_macs
 from pqmpc_node.mpc.randomness import AesCtrRandom
-from pqmpc_node.mpc.seeded_dealer import DealingProvider, PreprocessingMismatchError, SplitProvider
+from pqmpc_node.dealer.seeded import DealingProvider, PreprocessingMismatchError, SplitProvider
 from pqmpc_node.plan import FieldDecl
 
 CONFIGS = {
