@@ -158,7 +158,8 @@ else
   step "pinned wheels cached: ${WHEELS}"
 fi
 
-INPUTS="$( { echo "${BASE_TAR}"; echo "${WHEELS}"; sha256sum "${OUT}/dist/${WHEEL}" "${BASH_SOURCE[0]}"; } | sha)"
+# (contents only: the key must not depend on how the script was called)
+INPUTS="$( { echo "${BASE_TAR##*/} ${WHEELS##*/}"; cat "${OUT}/dist/${WHEEL}" "${BASH_SOURCE[0]}"; } | sha)"
 if [ -f "${OUT}/.inputs" ] && [ "$(cat "${OUT}/.inputs")" = "${INPUTS}" ] && [ -f "${OUT}/pqmpc.digest" ] \
    && skopeo inspect --raw "oci:${IMAGE}" >/dev/null 2>&1; then
   step "image up to date (inputs ${INPUTS})"
