@@ -26,9 +26,11 @@
 # Inputs are hashed: when nothing changed (base, pins, the wheel's bytes, this script) the
 # build is a no-op that prints the existing digest. Needs root (mmdebstrap's root mode,
 # real file owners in the layers, chown to the pqmpc user); installs its Debian tools
-# (mmdebstrap umoci bubblewrap skopeo) with apt-get when they are missing.
-# Exit status 3 means "this machine cannot build it" (not root, no apt, unsupported
-# architecture); tests/image turn that into a skip with the message.
+# (mmdebstrap umoci bubblewrap skopeo, Debian's archive keyring) with apt-get when they
+# are missing. Exit status 3 means "this machine cannot build it" (not root, no apt,
+# unsupported architecture, no namespaces for bubblewrap); tests/image turn that into a
+# skip with the message. Concurrent builds are safe: cache entries are written aside and
+# moved into place, and one build at a time holds the output folder.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -69,6 +71,7 @@ LABELS=(
 )
 PORTS=(8080/tcp 9090/tcp 8443/tcp 9443/tcp)
 TOOLS=(mmdebstrap umoci bwrap skopeo)
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 cannot() { echo "build-image: cannot build here: $*" >&2; exit 3; }
 step() { printf '==> %s\n' "$*"; }
@@ -80,12 +83,18 @@ sha() { sha256sum | cut -c1-16; }
 [ "$(id -u)" = 0 ] || cannot "needs root (mmdebstrap root mode, file owners in the layers); running as uid $(id -u)"
 missing=()
 for t in "${TOOLS[@]}"; do command -v "$t" >/dev/null || missing+=("$t"); done
+[ -f "${KEYRING}" ] || missing+=("${KEYRING}")
 if [ ${#missing[@]} -gt 0 ]; then
   command -v apt-get >/dev/null || cannot "missing ${missing[*]} and no apt-get to install them"
-  step "installing mmdebstrap umoci bubblewrap skopeo (Debian packages)"
+  step "installing mmdebstrap umoci bubblewrap skopeo debian-archive-keyring (Debian packages)"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    mmdebstrap umoci bubblewrap skopeo >/dev/null
+    mmdebstrap umoci bubblewrap skopeo debian-archive-keyring >/dev/null
+fi
+# The sandbox the app layer is built in (and mmdebstrap's chroot) need mount and pid
+# namespaces; a container without them cannot build the image.
+if ! probe="$(bwrap --bind / / --dev /dev --proc /proc --unshare-pid --unshare-net true 2>&1)"; then
+  cannot "bubblewrap cannot create namespaces here: ${probe}"
 fi
 DEB_ARCH="$(dpkg --print-architecture 2>/dev/null || true)"
 case "${DEB_ARCH}" in
@@ -108,6 +117,8 @@ BASE_RECIPE="${SUITE} ${DEB_ARCH} minbase ${BASE_PACKAGES} ${MIRROR} ${SECURITY_
 BASE_TAR="${CACHE_ROOT}/base-${SUITE}-${DEB_ARCH}-$(echo "${BASE_RECIPE}" | sha).tar"
 if [ ! -f "${BASE_TAR}" ] || [ -n "${PQMPC_IMAGE_REFRESH:-}" ]; then
   t=$(date +%s)
+  tmp="${BASE_TAR}.tmp.$$"
+  trap 'rm -f "${tmp}" "${tmp}.packages"' EXIT
   step "mmdebstrap ${SUITE} (${DEB_ARCH}, minbase + ${BASE_PACKAGES}) -> ${BASE_TAR}"
   mmdebstrap --quiet --variant=minbase --architectures="${DEB_ARCH}" \
     --include="${BASE_PACKAGES}" \
@@ -116,13 +127,15 @@ if [ ! -f "${BASE_TAR}" ] || [ -n "${PQMPC_IMAGE_REFRESH:-}" ]; then
     --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --customize-hook='rm -f "$1/etc/resolv.conf" "$1/etc/hostname"' \
-    --customize-hook="chroot \"\$1\" dpkg-query -W -f='\${Package} \${Version}\n' > '${BASE_TAR}.packages'" \
+    --customize-hook="chroot \"\$1\" dpkg-query -W -f='\${Package} \${Version}\n' > '${tmp}.packages'" \
     --skip=output/dev --format=tar \
-    "${SUITE}" "${BASE_TAR}.tmp" \
+    "${SUITE}" "${tmp}" \
     "deb ${MIRROR} ${SUITE} main" \
     "deb ${MIRROR} ${SUITE}-updates main" \
     "deb ${SECURITY_MIRROR} ${SUITE}-security main" </dev/null
-  mv "${BASE_TAR}.tmp" "${BASE_TAR}"
+  mv "${tmp}.packages" "${BASE_TAR}.packages"
+  mv "${tmp}" "${BASE_TAR}"
+  trap - EXIT
   echo "    base built in $(elapsed "$t")"
 else
   step "base rootfs cached: ${BASE_TAR}"
@@ -146,13 +159,17 @@ WHEELS="${CACHE_ROOT}/wheels-cp${PY_TAG/./}-${WHEEL_ARCH}-${DEPS_KEY}"
 if [ ! -f "${WHEELS}/.complete" ]; then
   t=$(date +%s)
   step "downloading the pinned dependencies (cp${PY_TAG/./}, manylinux <= 2.${GLIBC_MINOR}, ${WHEEL_ARCH})"
-  rm -rf "${WHEELS}"
+  tmp="${WHEELS}.tmp.$$"
+  trap 'rm -rf "${tmp}"' EXIT
   PIP_FIND_LINKS="" "${HOST_PYTHON}" -m pip download --quiet --disable-pip-version-check \
-    --dest "${WHEELS}" --only-binary=:all: \
+    --dest "${tmp}" --only-binary=:all: \
     --python-version "${PY_TAG}" --implementation cp --abi "cp${PY_TAG/./}" --abi abi3 --abi none \
     "${platforms[@]}" -c "${REPO}/constraints.txt" "${OUT}/dist/${WHEEL}"
-  rm -f "${WHEELS}"/pqmpc-*.whl
-  touch "${WHEELS}/.complete"
+  rm -f "${tmp}"/pqmpc-*.whl
+  touch "${tmp}/.complete"
+  rm -rf "${WHEELS}"
+  mv -T "${tmp}" "${WHEELS}"
+  trap - EXIT
   echo "    wheels downloaded in $(elapsed "$t")"
 else
   step "pinned wheels cached: ${WHEELS}"
