@@ -175,8 +175,10 @@ else
   step "pinned wheels cached: ${WHEELS}"
 fi
 
-# (contents only: the key must not depend on how the script was called)
-INPUTS="$( { echo "${BASE_TAR##*/} ${WHEELS##*/}"; cat "${OUT}/dist/${WHEEL}" "${BASH_SOURCE[0]}"; } | sha)"
+# Contents only (the key must not depend on how the script was called): the base's package
+# versions (a refreshed base with new security updates is a new input), the pins' cache,
+# the project's wheel (hatchling builds it reproducibly) and this script.
+INPUTS="$( { echo "${WHEELS##*/}"; cat "${BASE_TAR}.packages" "${OUT}/dist/${WHEEL}" "${BASH_SOURCE[0]}"; } | sha)"
 if [ -f "${OUT}/.inputs" ] && [ "$(cat "${OUT}/.inputs")" = "${INPUTS}" ] && [ -f "${OUT}/pqmpc.digest" ] \
    && skopeo inspect --raw "oci:${IMAGE}" >/dev/null 2>&1; then
   step "image up to date (inputs ${INPUTS})"
