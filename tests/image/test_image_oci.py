@@ -93,7 +93,7 @@ def rootfs(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     root = tmp_path_factory.mktemp("image") / "rootfs"
     unpack(image, root)
     yield root
-    shutil.rmtree(root, ignore_errors=True)  # ~1 GiB: not kept among pytest's last three runs
+    shutil.rmtree(root, ignore_errors=True)  # ~630 MiB: not kept among pytest's last three runs
 
 
 def home_of(rootfs: Path, uid: int) -> str:
