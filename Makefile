@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv control-plane prometheus test test-unit lint typecheck demo bench clean
+.PHONY: venv control-plane prometheus image test test-unit lint typecheck demo bench clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
@@ -21,6 +21,12 @@ control-plane:
 
 prometheus:
 	bash scripts/install-prometheus.sh
+
+# The Dockerfile's runtime image built from Debian packages (no Docker engine, no registry):
+# an OCI layout in build/image/pqmpc, tag = the project version. Root; cached under
+# ~/.cache/pqmpc/image. tests/image/test_image_oci.py runs the same script (see docs/image.md).
+image: venv
+	PYTHON=$(abspath $(PY)) bash scripts/build-image.sh
 
 lint: venv
 	$(VENV)/bin/lint-imports
@@ -43,4 +49,4 @@ bench: venv control-plane
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis build/image
