@@ -693,13 +693,19 @@ class SessionClient:
         return self._reconstruct(opened, out.allow, errors)
 
     def _reachable_parties(self) -> list[_Party]:
-        """Every party whose keys verify; an unreachable one is left out (the caller decides if enough remain)."""
+        """Every party whose keys verify, for collecting outputs; the caller decides if enough remain.
+
+        Left out: a party that does not answer, and one whose pod was replaced (a valid,
+        logged certificate of the same node name but not the plan's: the node that
+        computed is gone, and its successor holds no share). Anything else that does not
+        verify refuses the result. Inputs are never sealed to such a party.
+        """
         found = []
         for p in self.plan.parties:
             try:
                 found.append(self.verify_node(p))
             except ClientError as exc:
-                if exc.reason != "unreachable":
+                if exc.reason not in ("unreachable", "wrong_identity"):
                     raise
         return found
 

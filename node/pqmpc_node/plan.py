@@ -61,6 +61,7 @@ from cryptography.exceptions import InvalidSignature
 
 from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, SuiteName
 from pqmpc_node.mpc.numerics import DEFAULT_MAX_ROWS_PER_OWNER, RowBound
+from pqmpc_node.mpc.prss import MAX_PARTIES as PRSS_MAX_PARTIES
 from pqmpc_node.mpc.programs import ExecutionPlan, compile_program
 
 __all__ = [
@@ -509,9 +510,9 @@ class SessionPlan:
             raise MalformedPlanError("a node appears twice among the parties")
         if self.sharing == "shamir" and not 0 < self.threshold < n:
             raise MalformedPlanError(f"Shamir threshold must be in 1..{n - 1}, got {self.threshold}")
-        if self.preprocessing == "prss" and not (self.sharing == "shamir" and 2 * self.threshold < n):
+        if self.preprocessing == "prss" and not (self.sharing == "shamir" and 2 * self.threshold < n <= PRSS_MAX_PARTIES):
             raise MalformedPlanError("dealer-free 'prss' preprocessing needs Shamir sharing with an honest majority "
-                                     f"(2t < n), got {self.sharing} with t={self.threshold}, n={n}")
+                                     f"(2t < n) and n <= {PRSS_MAX_PARTIES}, got {self.sharing} with t={self.threshold}, n={n}")
         if self.not_after <= self.issued_at or self.deadline <= self.issued_at:
             raise MalformedPlanError("notAfter and deadline must be later than issuedAt")
         owners = [i.owner for i in self.inputs]

@@ -21,6 +21,7 @@ from pqmpc_node.crypto.kemkeys import kem_public_key_from_bytes
 from pqmpc_node.crypto.suites import Suite
 from pqmpc_node.mpc.numerics import DEFAULT_MAX_ROWS_PER_OWNER, NumericsError, RowBound
 from pqmpc_node.mpc.programs import AggregatePlan, ExecutionPlan, ProgramError, compile_program
+from pqmpc_node.mpc.prss import MAX_PARTIES as PRSS_MAX_PARTIES
 from pqmpc_node.plan import Preprocessing
 from pqmpc_operator.model import SpecError, parse_duration
 from pqmpc_operator.placement import PlacementRequest, placement_request_from_spec
@@ -130,13 +131,13 @@ def resolve_preprocessing(requested: Any, sharing: str, parties: int, threshold:
     if choice not in PREPROCESSING_CHOICES:
         raise SpecError("preprocessing", f"{choice!r} is not one of {list(PREPROCESSING_CHOICES)}",
                         "use auto (the default), prss, or dealer")
-    honest_majority = sharing == "shamir" and 0 < threshold and 2 * threshold < parties
+    honest_majority = sharing == "shamir" and 0 < threshold and 2 * threshold < parties <= PRSS_MAX_PARTIES
     if choice == "ot":
         raise SpecError("preprocessing", "'ot' (dealer-free preprocessing for additive sessions) is not available yet",
                         "use auto: Shamir sessions with 2t < n run dealer-free (prss); additive sessions use the dealer")
     if choice == "prss" and not honest_majority:
-        raise SpecError("preprocessing", f"'prss' needs Shamir sharing with an honest majority (2t < n), got "
-                        f"{sharing} with n={parties}, t={threshold}",
+        raise SpecError("preprocessing", f"'prss' needs Shamir sharing with an honest majority (2t < n) and at most "
+                        f"{PRSS_MAX_PARTIES} parties, got {sharing} with n={parties}, t={threshold}",
                         "use sharing: shamir with threshold < parties/2, or preprocessing: dealer")
     if choice == "auto":
         if honest_majority:

@@ -16,7 +16,8 @@ from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.field import MersenneField61
 from pqmpc_node.mpc.honest_majority import HonestMajorityProvider, TooFewPartiesError
 from pqmpc_node.mpc.programs import compile_program
-from pqmpc_node.mpc.prss import PrssKeys, agree_keys, unqualified_sets, vanishing_weight
+from pqmpc_node.mpc.errors import BlamedCheckError
+from pqmpc_node.mpc.prss import LiveSetMismatchError, PrssKeys, agree_keys, unqualified_sets, vanishing_weight
 from pqmpc_node.mpc.sharing import InconsistentSharesError, ShamirScheme
 from hm_run import run_hm, run_program_hm
 
@@ -112,6 +113,24 @@ def test_inconsistent_leader_is_caught_at_key_confirmation() -> None:
     results = asyncio.run(go())
     failed = [i for i, r in enumerate(results) if isinstance(r, Exception)]
     assert 2 in failed and all("prss-key-confirmation" in str(results[i]) for i in failed)
+
+
+def test_parties_that_disagree_on_who_is_live_stop_without_blame() -> None:
+    """A party silent toward some parties only can split the survivors' views of the live set;
+    the key messages carry each sender's view, so the attempt stops and nobody honest is blamed."""
+    hub = InProcessHub(4)
+
+    async def go() -> list[Any]:
+        views = {0: [0, 1, 2], 1: [0, 1, 2], 2: [0, 1, 2, 3]}  # party 2 never saw party 3 go
+        tasks = [asyncio.wait_for(agree_keys(hub.channel(i), party=i, t=1, live=views[i], session="s"), 5.0)
+                 for i in views]
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    results = asyncio.run(go())
+    for i in (0, 1):
+        assert isinstance(results[i], LiveSetMismatchError), results[i]
+        assert not isinstance(results[i], BlamedCheckError)
+        assert "[0, 1, 2, 3]" in str(results[i]) and "nobody is blamed" in str(results[i])
 
 
 # -- material ---------------------------------------------------------------------------

@@ -29,7 +29,10 @@ Key agreement (:func:`agree_keys`, over the session's PQ links, never the operat
 
 1. For every set A, the lowest live party outside A (its *leader*) draws k_A from the
    operating system's CSPRNG and sends it to every other live party outside A, one
-   message per peer holding all keys for that peer. The links are authenticated and
+   message per peer holding all keys for that peer, after the sender's view of the live
+   set: parties that disagree on who is live (a party silent toward some parties only
+   can cause that) stop the attempt without blaming anyone
+   (:class:`LiveSetMismatchError`), since the leaders and lengths depend on that view. The links are authenticated and
    encrypted with the session's post-quantum key exchange (ML-KEM-768 hybrid), so only
    the addressee reads a key; the operator relays nothing.
 2. Key confirmation: every party sends each peer SHA-256 over the keys they share (in
@@ -61,9 +64,11 @@ from pqmpc_node.mpc.errors import BlamedCheckError, MacCheckError
 from pqmpc_node.mpc.field import P61
 from pqmpc_node.mpc.randomness import AesCtrRandom, derive_key
 
-__all__ = ["KEY_BYTES", "PrssKeys", "PrssKeyMismatchError", "agree_keys", "unqualified_sets", "vanishing_weight"]
+__all__ = ["KEY_BYTES", "MAX_PARTIES", "LiveSetMismatchError", "PrssKeys", "PrssKeyMismatchError", "agree_keys", "unqualified_sets", "vanishing_weight"]
 
 KEY_BYTES = 32
+MAX_PARTIES = 10
+"""PRSS needs C(n, t) keys per party's sets (126 at n = 9, t = 4; 210 at n = 10): beyond this, use the dealer."""
 Subset = tuple[int, ...]
 
 
@@ -71,10 +76,15 @@ class PrssKeyMismatchError(MacCheckError):
     """Two parties hold different keys for one set: a leader sent inconsistent keys."""
 
 
+class LiveSetMismatchError(MacCheckError):
+    """A peer starts the attempt with another set of live parties than this party (nobody is blamed:
+    a party that went silent toward some parties only can cause it)."""
+
+
 def unqualified_sets(n: int, t: int) -> list[Subset]:
     """Every maximal unqualified set (t parties out of n), in lexicographic order."""
-    if not (0 < t and 2 * t < n):
-        raise ValueError(f"PRSS needs 0 < t and 2t < n, got n={n}, t={t}")
+    if not (0 < t and 2 * t < n <= MAX_PARTIES):
+        raise ValueError(f"PRSS needs 0 < t, 2t < n and n <= {MAX_PARTIES}, got n={n}, t={t}")
     return list(itertools.combinations(range(n), t))
 
 
@@ -144,6 +154,16 @@ def _count(shape: Sequence[int]) -> int:
     return count
 
 
+def _live_bitmap(live: Sequence[int]) -> bytes:
+    """The live set as 8 bytes (bit i: party i); every key message starts with the sender's view."""
+    return sum(1 << p for p in live).to_bytes(8, "big")
+
+
+def _live_parties(bitmap: bytes) -> list[int]:
+    value = int.from_bytes(bitmap.ljust(8, b"\0"), "big")
+    return [i for i in range(64) if value >> i & 1]
+
+
 def _leader(subset: Subset, live: Sequence[int]) -> int:
     return min(p for p in live if p not in subset)
 
@@ -179,10 +199,15 @@ async def agree_keys(channel: Channel, *, party: int, t: int, live: Sequence[int
         else:
             expected[leader].append(subset)
     tag = f"{session}/prss-keys"
-    await channel.send_many(tag, {p: b"".join(outgoing[p]) for p in peers})
+    view = _live_bitmap(live)
+    await channel.send_many(tag, {p: view + b"".join(outgoing[p]) for p in peers})
     received = await channel.receive_many(tag, peers)
     for peer in peers:
-        data = received[peer]
+        theirs, data = received[peer][:8], received[peer][8:]
+        if theirs != view:
+            raise LiveSetMismatchError("prss-live-set", [tag], f"party {peer} starts this attempt with live parties "
+                                       f"{_live_parties(theirs)}, this party with {list(live)}: the parties disagree "
+                                       "on who was lost (nobody is blamed); the attempt stops")
         want = expected[peer]
         if len(data) != KEY_BYTES * len(want):
             raise BlamedCheckError("prss-keys", [tag], f"party {peer} sent {len(data)} bytes of PRSS keys, expected "
