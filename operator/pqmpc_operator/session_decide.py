@@ -53,7 +53,7 @@ from pqmpc_operator.status import Condition, merge_conditions
 __all__ = [
     "ACTIVE", "FINISHED", "LOST_AFTER_S", "Action", "Admission", "Decision", "AskParties", "CancelTarget",
     "CountPlacementFailure", "Deal", "DealingFailed", "DeleteSession", "Dealt", "DeliverPlan", "InputProgress",
-    "ObservedSession", "PartyUnreachable", "PlanAccepted", "PlanRefused", "ReadLoads", "ReadPods", "ReadPool",
+    "ObservedSession", "PartyUnreachable", "PlanAccepted", "PlanLost", "PlanRefused", "ReadLoads", "ReadPods", "ReadPool",
     "RecordEvidence", "Request", "Requeue", "SessionBody", "SessionEvent", "SessionMetadata", "SessionPhase",
     "SessionStatus", "WriteStatus", "admit", "cancel_target", "decide", "preprocessing_status", "result_hint",
     "session_events",
@@ -172,6 +172,18 @@ class DealingFailed:
     error: str
 
 
+@dataclass(frozen=True)
+class PlanLost:
+    """The dealer found no trustworthy plan where the operator keeps it (the session's plan Secret).
+
+    Missing, not owned by the session, unreadable, another digest than ``status.planDigest``
+    or not signed by the pool's plan signer: dealing would never succeed on retry, so the
+    session is re-planned with the next generation.
+    """
+
+    error: str
+
+
 PartyReply = Union[Mapping[str, Any], PartyUnreachable]
 
 
@@ -188,7 +200,7 @@ class ObservedSession(TypedDict, total=False):
     delivery: PlanAccepted | PlanRefused
     replies: Mapping[str, PartyReply]
     """Node name -> its ``GET /v1/sessions/{id}`` report, or why it could not be asked."""
-    dealing: Dealt | DealingFailed
+    dealing: Dealt | DealingFailed | PlanLost
 
 
 @dataclass(frozen=True)
@@ -507,6 +519,18 @@ def _plan(draft: _Draft, observed: ObservedSession, admission: Admission, *, api
     return draft.status(), [WriteStatus(), Requeue(NEXT_PASS_S)]
 
 
+def _replan(draft: _Draft, lost: PlanLost) -> Decision:
+    """Forget the plan digest so the next pass signs and delivers the next generation (nothing was dealt)."""
+    generation = int(draft.stored.get("planGeneration", 0)) + 1
+    message = (f"{lost.error}; re-planning with generation {generation} (nothing was dealt; parties keep the "
+               "inputs accepted under the same terms)")
+    draft.new["planDigest"] = ""
+    draft.phase(SessionPhase.PREPROCESSING, "PlanLost", message)
+    draft.condition("PlanDelivered", "False", "PlanLost", message)
+    draft.condition("Preprocessed", "False", "PlanLost", message)
+    return draft.status(), [WriteStatus(), Requeue(NEXT_PASS_S)]
+
+
 def _lost_parties(draft: _Draft, replies: Mapping[str, PartyReply], ips: Mapping[str, str],
                   now: dt.datetime) -> tuple[dict[str, Mapping[str, Any] | None], list[str]]:
     """Reports by node (None: unreachable) and the parties lost (unreachable ``LOST_AFTER_S`` or without a pod)."""
@@ -561,6 +585,8 @@ def _progress(draft: _Draft, observed: ObservedSession, admission: Admission, no
         if isinstance(dealing, Dealt):
             draft.new["dealtDigest"] = digest
             draft.condition("Preprocessed", "True", "Dealt", f"each of {len(placed)} parties got its own sealed material")
+        elif isinstance(dealing, PlanLost):
+            return _replan(draft, dealing)
         else:
             draft.condition("Preprocessed", "False", "DealingFailed", f"retrying: {dealing.error}")
     actions: list[Action] = []
