@@ -39,6 +39,7 @@ from pqmpc_node.plan import PLAN_SIGNATURE_CONTEXT, PlanError, canonical_bytes, 
 from pqmpc_operator import builders, pool_pki
 from pqmpc_operator.certification import CertificationState, ensure_pki
 from pqmpc_operator.kube import ClusterApi
+from pqmpc_operator.memory import busy_nodes
 from pqmpc_operator.metrics import OperatorMetrics
 from pqmpc_operator.model import parse_nodepool
 from pqmpc_operator.nodeclient import NodeApi, NodeCallError
@@ -288,9 +289,9 @@ async def _write(run: _Pass, status: SessionStatus) -> None:
     deps.metrics.observe_session(namespace, name, str(status.get("phase") or "Pending"))
     # Which nodes running sessions use (certificate renewal and roll-outs wait for them).
     me = f"{namespace}/{name}"
-    if status.get("phase") in ACTIVE and status.get("placement"):
-        deps.busy.setdefault((namespace, run.pool_name), {})[me] = frozenset(
-            str(p["node"]) for p in status.get("placement") or [])
+    used = busy_nodes(status)
+    if used is not None:
+        deps.busy.setdefault((namespace, run.pool_name), {})[me] = used
     else:
         deps.busy.get((namespace, run.pool_name), {}).pop(me, None)
     old = run.written

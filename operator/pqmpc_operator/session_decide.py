@@ -55,8 +55,8 @@ __all__ = [
     "CountPlacementFailure", "Deal", "DealingFailed", "DeleteSession", "Dealt", "DeliverPlan", "InputProgress",
     "ObservedSession", "PartyUnreachable", "PlanAccepted", "PlanLost", "PlanRefused", "ReadLoads", "ReadPods", "ReadPool",
     "RecordEvidence", "Request", "Requeue", "SessionBody", "SessionEvent", "SessionMetadata", "SessionPhase",
-    "SessionStatus", "WriteStatus", "admit", "cancel_target", "decide", "preprocessing_status", "result_hint",
-    "session_events",
+    "SessionStatus", "StatusEvidence", "WriteStatus", "admit", "cancel_target", "decide", "evidence_from_status",
+    "evidence_to_status", "preprocessing_status", "result_hint", "session_events",
 ]
 
 
@@ -106,6 +106,16 @@ class InputProgress(TypedDict):
     parties: int
 
 
+class StatusEvidence(TypedDict):
+    """``status.evidence``: a failed session's anomaly evidence, kept so a restarted operator can score it again."""
+
+    outcome: str
+    parties: list[str]
+    finishedAt: float
+    blamed: dict[str, list[str]]
+    failureReporters: list[str]
+
+
 class SessionStatus(TypedDict, total=False):
     """``status`` of an MPCSession, as the operator writes it."""
 
@@ -125,6 +135,7 @@ class SessionStatus(TypedDict, total=False):
     preprocessing: dict[str, str]
     result: dict[str, Any]
     unreachableSince: dict[str, str]
+    evidence: StatusEvidence
 
 
 class SessionBody(TypedDict, total=False):
@@ -605,9 +616,11 @@ def _progress(draft: _Draft, observed: ObservedSession, admission: Admission, no
     if draft.new.get("phase") in FINISHED:
         # Behavioural evidence for the pool's anomaly scoring (who ran it, who failed how).
         party_nodes = [str(e["node"]) for e in sorted(placed, key=lambda e: int(e["party"]))]
-        actions.append(RecordEvidence(admission.pool.name, SessionEvidence.from_reports(
-            spec.session_id, party_nodes, {n: r for n, r in reports.items() if r is not None},
-            finished_at=now.timestamp())))
+        evidence = SessionEvidence.from_reports(spec.session_id, party_nodes,
+                                                {n: r for n, r in reports.items() if r is not None},
+                                                finished_at=now.timestamp())
+        draft.new["evidence"] = evidence_to_status(evidence)
+        actions.append(RecordEvidence(admission.pool.name, evidence))
     elif progress.phase == SessionPhase.SUCCEEDED:
         draft.phase(SessionPhase.SUCCEEDED, "Completed", progress.message)
         draft.condition("Ready", "True", "Completed", progress.message)
@@ -622,6 +635,29 @@ def _progress(draft: _Draft, observed: ObservedSession, admission: Admission, no
         if lost:
             draft.condition("Degraded", "True", "PartyLost", "; ".join(lost))
     return draft.status(), [*actions, WriteStatus(), Requeue(NEXT_PASS_S)]
+
+
+# ------------------------------------------------------------------ evidence kept in status
+
+
+def evidence_to_status(evidence: SessionEvidence) -> StatusEvidence:
+    """``status.evidence`` for a session's evidence (everything but the session id, which status holds)."""
+    return StatusEvidence(outcome=evidence.outcome, parties=list(evidence.parties), finishedAt=evidence.finished_at,
+                          blamed={n: sorted(b) for n, b in sorted(evidence.blamed.items())},
+                          failureReporters=sorted(evidence.failure_reporters))
+
+
+def evidence_from_status(status: Mapping[str, Any]) -> SessionEvidence | None:
+    """The evidence a finished session recorded (:func:`evidence_to_status`); None when it recorded none."""
+    kept = status.get("evidence")
+    if status.get("phase") not in FINISHED or not isinstance(kept, Mapping) or not status.get("sessionId"):
+        return None
+    return SessionEvidence(
+        session_id=str(status["sessionId"]), parties=tuple(str(p) for p in kept.get("parties") or ()),
+        outcome=str(kept.get("outcome") or "failed"), finished_at=float(kept.get("finishedAt") or 0.0),
+        blamed={str(n): frozenset(str(b) for b in named) for n, named in (kept.get("blamed") or {}).items()},
+        failure_reporters=frozenset(str(r) for r in kept.get("failureReporters") or ()),
+    )
 
 
 # ------------------------------------------------------------------ cancel
