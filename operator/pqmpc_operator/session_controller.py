@@ -9,8 +9,10 @@ decision did not ask for does nothing; the lifecycle itself, every phase, reason
 message, lives in :mod:`pqmpc_operator.session_decide`.
 
 Every pass starts from what is stored (the status carries the placement and the plan
-generation), so an operator restart resumes where it was: a plan that may or may not
-have reached every node is re-sent with the next generation, which supersedes it.
+generation, the session's Secret the signed plan — :mod:`pqmpc_operator.plan_store`,
+written before any party gets it), so an operator restart resumes where it was: a plan
+that may or may not have reached every node is re-sent with the next generation, which
+supersedes it, and the dealer deals from the stored plan without asking a party for it.
 
 Deleted before it finished: :func:`cancel_session` posts a plan-signed cancel to every
 party (best effort, short timeouts), so they stop, release their KEM key fences and

@@ -25,7 +25,9 @@ Lifecycle (``status.phase``, :class:`SessionPhase`): Pending -> Placing -> Prepr
 - Preprocessing: the plan is built, signed and posted to every party; a delivery that
   fails is retried with the next generation, which supersedes any copy that got out.
 - AwaitingInputs / Computing: the parties' reports are folded into the status; once
-  every input is in the dealer deals each party its material. A lost party fails an
+  every input is in the dealer deals each party its material, from the plan kept in the
+  session's Secret; no trustworthy plan there (:class:`PlanLost`) re-plans with the next
+  generation. A lost party fails an
   additive session; a Shamir session carries on while ``t + 1`` parties remain.
 - Succeeded / Failed: ``completionTime`` is set; after ``ttlSecondsAfterFinished`` the
   session is deleted. ``spec.deadline`` after creation an unfinished session fails.
