@@ -216,6 +216,21 @@ def test_aggregate_session_end_to_end(world: World) -> None:
                    "--ca", str(world.dir / "ca.pem"), "--json", check=False)
     assert denied.returncode != 0
 
+    # The plan the dealer dealt from is the session's own Secret: owned by it, the digest status names.
+    uid = get_json(world.kubectl, "mpcs", "fraud-stats")["metadata"]["uid"]
+    secret = get_json(world.kubectl, "secret", "fraud-stats-plan")
+    assert [(o["kind"], o["uid"], o.get("controller")) for o in secret["metadata"]["ownerReferences"]] == [
+        ("MPCSession", uid, True)]
+    assert secret["metadata"]["annotations"]["pqmpc.io/plan-digest"] == st["planDigest"]
+    # It goes with its session (the garbage collector follows the owner reference).
+    world.kubectl("delete", "mpcs", "fraud-stats", "-n", NS)
+
+    def collected() -> bool | None:
+        got = world.kubectl("get", "secret", "fraud-stats-plan", "-n", NS, check=False)
+        return True if got.returncode != 0 and "NotFound" in got.stderr else None
+
+    wait_for("the plan Secret garbage-collected with its session", collected, timeout=90)
+
 
 @pytest.mark.parametrize(
     ("name", "regions", "parties", "reason", "words"),
