@@ -336,9 +336,18 @@ def assert_dealer_free(world: World, operator: Operator, st: dict[str, Any]) -> 
         plan = json.loads(node_get(world.dir / "ca.pem", f"{url}/v1/sessions/{sid}/plan"))
         doc = plan.get("plan", plan)
         assert doc["preprocessing"] == {"provider": "prss", "sealedSeeds": {}}, doc["preprocessing"]
+    # The session's plan Secret holds the signed plan (public data, no seed); nothing else names the
+    # session (Secret data decoded, so base64 hides nothing).
+    plan_secret = f"{sid.split('.')[1]}-plan"
     for kind in ("secrets", "configmaps"):
         items = json.loads(world.kubectl("get", kind, "-A", "-o", "json").stdout)["items"]
-        assert not [i["metadata"]["name"] for i in items if sid in json.dumps(i)], f"a {kind[:-1]} names {sid}"
+        for item in items:
+            if kind == "secrets":
+                item["data"] = {k: base64.b64decode(v).decode(errors="replace") for k, v in (item.get("data") or {}).items()}
+        naming = [i["metadata"]["name"] for i in items if sid in json.dumps(i)]
+        assert naming == ([plan_secret] if kind == "secrets" else []), f"{kind} naming {sid}: {naming}"
+    kept = json.loads(base64.b64decode(get_json(world.kubectl, "secret", plan_secret)["data"]["plan.json"]))
+    assert kept["plan"]["preprocessing"] == {"provider": "prss", "sealedSeeds": {}}, kept["plan"]["preprocessing"]
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{operator.proc.metrics_port}/metrics", timeout=5).read().decode()
     assert 'pqmpc_operator_sessions_planned_total{preprocessing="prss"}' in metrics
     log = Path(operator.proc.process.log_path).read_text(errors="replace")
