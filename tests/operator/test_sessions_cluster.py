@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import re
 import subprocess
 import sys
 import time
@@ -368,6 +369,9 @@ def test_operator_restart_mid_session(world: World, operator: Operator) -> None:
     st = world.wait_phase("restart", {"Succeeded", "Failed"})
     assert st["phase"] == "Succeeded", st
     assert st["planGeneration"] == 1, "the resumed operator must not re-plan a delivered plan"
+    # At start-up, before any loop ran, it rebuilt which nodes running sessions use (this one at least).
+    log = Path(operator.proc.process.log_path).read_text(errors="replace")
+    assert re.search(r"rebuilt from \d+ MPCSession\(s\): [1-9]\d* running on", log), "busy not rebuilt at start-up"
     res = world.result(st["sessionId"], "auditor", st["result"]["nodes"][0])["outputs"]
     assert res["mean(amount)"] == pytest.approx(np.concatenate([rows, rows * 2]).mean(), abs=0.01)
 
