@@ -231,7 +231,7 @@ class FakeNode:
     down: bool = False
     """Unreachable: every call fails as a refused connection would."""
     failures: dict[str, str] = field(default_factory=dict)
-    """Call name (``keys``, ``post_plan``, ``plan``, ``post_preprocessing``, ``session``, ``cancel``...) -> error text."""
+    """Call name (``keys``, ``post_plan``, ``post_preprocessing``, ``session``, ``cancel``...) -> error text."""
 
 
 class FakeNodeClient:
@@ -268,12 +268,6 @@ class FakeNodeClient:
         fresh = session_id not in node.plans
         node.plans[session_id] = bytes(body)
         return {"sessionId": session_id, "created": fresh}
-
-    async def plan(self, ip: str, session_id: str) -> bytes:
-        node = self._node("plan", ip)
-        if session_id not in node.plans:
-            raise NodeCallError(f"GET https://{ip}/v1/sessions/{session_id}/plan: HTTP 404: no such session")
-        return node.plans[session_id]
 
     async def post_preprocessing(self, ip: str, session_id: str, body: bytes) -> None:
         self._node("post_preprocessing", ip).preprocessing[session_id] = bytes(body)
