@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = OperatorContext(
         api=KubeApi(load_api_client()), settings=settings, metrics=metrics,
         nodes=NodeClient(settings.api_port, pod_directory(certification)), certification=certification,
+        namespaces=tuple(args.namespace),
     )
     registry = kopf.OperatorRegistry()
     register(registry)

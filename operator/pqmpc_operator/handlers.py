@@ -5,7 +5,10 @@ One daemon per NodePool runs a level-triggered reconcile loop
 of its pods changes (event handlers poke it) and otherwise every ``resync_seconds``. One
 daemon per MPCSession runs :func:`~pqmpc_operator.session_controller.reconcile_session`
 until the session is gone. Each pass reads everything afresh, so an operator restarted
-in the middle of a pass simply converges on the next one. Handlers are registered into
+in the middle of a pass simply converges on the next one; what the operator keeps in
+memory between passes (which nodes running sessions use, anomaly evidence) is rebuilt
+from the stored MPCSessions at start-up, before any loop runs
+(:func:`~pqmpc_operator.memory.restore_memory`). Handlers are registered into
 an explicit registry by :func:`register` (nothing happens at import time).
 """
 
@@ -26,6 +29,7 @@ from pqmpc_operator import builders
 from pqmpc_operator.bootstrap_server import BootstrapServer
 from pqmpc_operator.certification import CertificationState
 from pqmpc_operator.kube import ClusterApi
+from pqmpc_operator.memory import restore_memory
 from pqmpc_operator.metrics import OperatorMetrics
 from pqmpc_operator.model import API_GROUP, API_VERSION
 from pqmpc_operator.nodeclient import NodeApi
@@ -54,6 +58,8 @@ class OperatorContext:
     triggers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     applied_children: dict[tuple[str, str], str] = field(default_factory=dict)
     bootstrap: BootstrapServer | None = None
+    namespaces: tuple[str, ...] = ()
+    """The namespaces the operator serves (empty: all)."""
 
     def trigger(self, namespace: str, name: str) -> asyncio.Event:
         """The wake-up flag of one pool's reconcile loop."""
@@ -127,6 +133,8 @@ def _register_lifecycle(registry: kopf.OperatorRegistry) -> None:
         settings.watching.server_timeout = 270
         settings.watching.client_timeout = 300
         ctx: OperatorContext = memo["ctx"]
+        # Before any pool or session loop starts: nothing races the rebuild.
+        await restore_memory(ctx.api, namespaces=ctx.namespaces, busy=ctx.busy, watches=ctx.watches)
         ctx.bootstrap = BootstrapServer(ctx.api, ctx.certification, ctx.metrics,
                                         wake=lambda namespace, name: ctx.trigger(namespace, name).set())
         await ctx.bootstrap.start(ctx.settings.bootstrap_host, ctx.settings.bootstrap_port)

@@ -48,11 +48,13 @@ class ClusterApi(Protocol):
     async def delete_pod(self, namespace: str, name: str) -> None: ...
     async def apply(self, obj: Mapping[str, Any]) -> None: ...
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None: ...
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def create_object(self, obj: Mapping[str, Any]) -> bool: ...
     async def read_configmap_data(self, namespace: str, name: str) -> dict[str, str] | None: ...
     async def patch_pool_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None: ...
     async def get_session(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def list_sessions(self, namespace: str) -> list[dict[str, Any]]: ...
+    async def list_all_sessions(self) -> list[dict[str, Any]]: ...
     async def patch_session_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
     async def delete_session(self, namespace: str, name: str) -> None: ...
     async def patch_pool_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
@@ -137,11 +139,12 @@ class KubeApi:
                 raise
 
     async def apply(self, obj: Mapping[str, Any]) -> None:
-        """Server-side apply one child object (ServiceAccount, Service, PDB, NetworkPolicy)."""
+        """Server-side apply one child object (ServiceAccount, ConfigMap, Secret, Service, PDB, NetworkPolicy)."""
         kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
         method = {
             "ServiceAccount": self._core.patch_namespaced_service_account,
             "ConfigMap": self._core.patch_namespaced_config_map,
+            "Secret": self._core.patch_namespaced_secret,
             "Service": self._core.patch_namespaced_service,
             "PodDisruptionBudget": self._policy.patch_namespaced_pod_disruption_budget,
             "NetworkPolicy": self._net.patch_namespaced_network_policy,
@@ -159,6 +162,16 @@ class KubeApi:
                 return None
             raise
         return dict(secret.data or {})
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret by name as stored (metadata with its owner references, base64 ``data``), or None."""
+        try:
+            secret = await self._run(self._core.read_namespaced_secret, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(self._plain(secret))
 
     async def create_object(self, obj: Mapping[str, Any]) -> bool:
         """Create a Secret or ConfigMap; False when it already exists (someone was first)."""
@@ -202,6 +215,11 @@ class KubeApi:
     async def list_sessions(self, namespace: str) -> list[dict[str, Any]]:
         """Every MPCSession of a namespace (to count each node's running sessions)."""
         result = await self._run(self._custom.list_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "mpcsessions")
+        return [dict(item) for item in result.get("items", [])]
+
+    async def list_all_sessions(self) -> list[dict[str, Any]]:
+        """Every MPCSession of the cluster (an operator that restarted rebuilds its memory from them)."""
+        result = await self._run(self._custom.list_cluster_custom_object, API_GROUP, API_VERSION, "mpcsessions")
         return [dict(item) for item in result.get("items", [])]
 
     async def patch_session_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:

@@ -94,7 +94,6 @@ class NodeApi(Protocol):
     async def aclose(self) -> None: ...
     async def keys(self, ip: str) -> dict[str, Any]: ...
     async def post_plan(self, ip: str, body: bytes) -> dict[str, Any]: ...
-    async def plan(self, ip: str, session_id: str) -> bytes: ...
     async def post_preprocessing(self, ip: str, session_id: str, body: bytes) -> None: ...
     async def cancel(self, ip: str, session_id: str, body: bytes, *, timeout: float = 2.0) -> dict[str, Any]: ...
     async def session(self, ip: str, session_id: str) -> dict[str, Any]: ...
@@ -154,17 +153,6 @@ class NodeClient:
             raise NodeCallError(f"POST {url}: HTTP {resp.status_code}: {resp.text[:300]}")
         doc = resp.json()
         return doc if isinstance(doc, dict) else {}
-
-    async def plan(self, ip: str, session_id: str) -> bytes:
-        """``GET /v1/sessions/{id}/plan``: the signed plan the node holds."""
-        url = f"{self.url(ip)}/v1/sessions/{session_id}/plan"
-        try:
-            resp = await self._http.get(url)
-        except httpx.HTTPError as exc:
-            raise NodeCallError(f"GET {url}: {type(exc).__name__}: {exc}") from None
-        if resp.status_code != 200:
-            raise NodeCallError(f"GET {url}: HTTP {resp.status_code}: {resp.text[:300]}")
-        return resp.content
 
     async def post_preprocessing(self, ip: str, session_id: str, body: bytes) -> None:
         """``POST /v1/sessions/{id}/preprocessing``: this party's sealed, signed material."""

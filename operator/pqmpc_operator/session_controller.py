@@ -9,8 +9,10 @@ decision did not ask for does nothing; the lifecycle itself, every phase, reason
 message, lives in :mod:`pqmpc_operator.session_decide`.
 
 Every pass starts from what is stored (the status carries the placement and the plan
-generation), so an operator restart resumes where it was: a plan that may or may not
-have reached every node is re-sent with the next generation, which supersedes it.
+generation, the session's Secret the signed plan — :mod:`pqmpc_operator.plan_store`,
+written before any party gets it), so an operator restart resumes where it was: a plan
+that may or may not have reached every node is re-sent with the next generation, which
+supersedes it, and the dealer deals from the stored plan without asking a party for it.
 
 Deleted before it finished: :func:`cancel_session` posts a plan-signed cancel to every
 party (best effort, short timeouts), so they stop, release their KEM key fences and
@@ -29,18 +31,21 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
+from cryptography.exceptions import InvalidSignature
 
 from pqmpc_node.crypto.kemkeys import VerifiedKeys, verify_keys_document
 from pqmpc_node.crypto.pki import CertificateError, NodeId
 from pqmpc_node.crypto.suites import Suite
 from pqmpc_node.dealer import deal
-from pqmpc_node.plan import PLAN_SIGNATURE_CONTEXT, canonical_bytes, parse_signed_plan, sign_cancel
+from pqmpc_node.plan import PLAN_SIGNATURE_CONTEXT, PlanError, canonical_bytes, parse_signed_plan, sign_cancel
 from pqmpc_operator import builders, pool_pki
 from pqmpc_operator.certification import CertificationState, ensure_pki
 from pqmpc_operator.kube import ClusterApi
+from pqmpc_operator.memory import busy_nodes
 from pqmpc_operator.metrics import OperatorMetrics
 from pqmpc_operator.model import parse_nodepool
 from pqmpc_operator.nodeclient import NodeApi, NodeCallError
+from pqmpc_operator.plan_store import PlanSecretError, load_plan, plan_secret_name, store_plan
 from pqmpc_operator.pool_pki import PoolPKI, own_log_verifier
 from pqmpc_operator.quarantine import PoolWatch
 from pqmpc_operator.session_decide import (
@@ -56,6 +61,7 @@ from pqmpc_operator.session_decide import (
     ObservedSession,
     PartyUnreachable,
     PlanAccepted,
+    PlanLost,
     PlanRefused,
     ReadLoads,
     ReadPods,
@@ -173,7 +179,12 @@ async def _ensure_placed(run: _Pass) -> None:
 
 
 async def _ensure_plan(run: _Pass) -> None:
-    """Sign the plan for the decided generation and post it to every party."""
+    """Sign the plan for the decided generation, keep it in the session's Secret, then post it to every party.
+
+    Persist before distribute: the Secret is written before any party gets the plan, so
+    the dealer finds every plan a party may hold (a failed write fails the pass, and no
+    party has seen this generation).
+    """
     request = run.request
     if not isinstance(request, DeliverPlan):
         return
@@ -191,6 +202,7 @@ async def _ensure_plan(run: _Pass) -> None:
             now=run.now, deadline_at=admission.deadline_at, rng=os.urandom,
         )
         blob = canonical_bytes(signed.to_json())
+        await store_plan(run.deps.api, run.body, blob, generation=request.generation, digest=signed.plan.digest())
         for p in parties:
             await run.deps.nodes.post_plan(p.address, blob)
     except NodeCallError as exc:
@@ -228,9 +240,11 @@ async def _ensure_preprocessing(run: _Pass) -> None:
         return
     admission = request.admission
     try:
-        await _deal(run.deps, spec=admission.spec, placed=list(request.placement),
-                    pod_ips=run.observed.get("pod_ips") or {}, pool=admission.pool, state=run.certification(),
-                    suite=admission.suite, rows=request.rows, digest=request.digest)
+        await _deal(run.deps, session=run.body, spec=admission.spec, pod_ips=run.observed.get("pod_ips") or {},
+                    pool=admission.pool, state=run.certification(), suite=admission.suite, rows=request.rows,
+                    digest=request.digest)
+    except PlanSecretError as exc:
+        run.observed["dealing"] = PlanLost(str(exc))
     except (NodeCallError, ValueError) as exc:
         run.observed["dealing"] = DealingFailed(str(exc))
     else:
@@ -277,9 +291,9 @@ async def _write(run: _Pass, status: SessionStatus) -> None:
     deps.metrics.observe_session(namespace, name, str(status.get("phase") or "Pending"))
     # Which nodes running sessions use (certificate renewal and roll-outs wait for them).
     me = f"{namespace}/{name}"
-    if status.get("phase") in ACTIVE and status.get("placement"):
-        deps.busy.setdefault((namespace, run.pool_name), {})[me] = frozenset(
-            str(p["node"]) for p in status.get("placement") or [])
+    used = busy_nodes(status)
+    if used is not None:
+        deps.busy.setdefault((namespace, run.pool_name), {})[me] = used
     else:
         deps.busy.get((namespace, run.pool_name), {}).pop(me, None)
     old = run.written
@@ -386,21 +400,41 @@ async def cancel_session(deps: SessionDeps, body: Mapping[str, Any], *, timeout_
     return outcomes
 
 
+async def _stored_plan(deps: SessionDeps, session: Mapping[str, Any], *, pki: PoolPKI, digest: str) -> Any:
+    """The plan kept in the session's Secret, checked: the digest status names, our pool's signature.
+
+    Anything else (missing, foreign, unreadable, another digest, a bad signature) is
+    :class:`PlanSecretError`: the session is re-planned rather than dealt.
+    """
+    meta = session["metadata"]
+    name = plan_secret_name(str(meta["name"]))
+    blob = await load_plan(deps.api, namespace=str(meta["namespace"]), session=str(meta["name"]),
+                           session_uid=str(meta.get("uid", "")))
+    try:
+        raw, signature, plan = parse_signed_plan(blob)
+    except PlanError as exc:
+        raise PlanSecretError(f"Secret {name} holds no readable plan: {exc}") from None
+    if plan.digest() != digest:
+        raise PlanSecretError(f"Secret {name} holds plan {plan.digest()[:12]}, status says {digest[:12]}")
+    try:
+        pki.plan_signer.public_key().verify(signature, canonical_bytes(raw), PLAN_SIGNATURE_CONTEXT)
+    except InvalidSignature:
+        raise PlanSecretError(f"Secret {name}: the plan is not signed by the pool's plan signer") from None
+    return plan
+
+
 async def _deal(
-    deps: SessionDeps, *, spec: SessionSpec, placed: list[Mapping[str, Any]], pod_ips: Mapping[str, str],
+    deps: SessionDeps, *, session: Mapping[str, Any], spec: SessionSpec, pod_ips: Mapping[str, str],
     pool: Any, state: CertificationState, suite: Any, rows: Mapping[str, int], digest: str,
 ) -> None:
     """Deal each party its own preprocessing and post it (the operator is the trusted dealer).
 
-    The plan is read back from a party and must be the one this operator signed (digest
-    from status and our signature), so a restarted operator deals for the right plan.
+    The plan comes from the session's own Secret (written before any party got it) and
+    must be the one this operator signed (digest from status and our signature), so a
+    restarted operator deals for the right plan without asking any party for it.
     """
     pki = await ensure_pki(deps.api, pool, state)
-    first_ip = pod_ips.get(str(placed[0]["node"]), "")
-    raw, signature, plan = parse_signed_plan(await deps.nodes.plan(first_ip, spec.session_id))
-    if plan.digest() != digest:
-        raise ValueError(f"party 0 holds plan {plan.digest()[:12]}, status says {digest[:12]}; re-planning")
-    pki.plan_signer.public_key().verify(signature, canonical_bytes(raw), PLAN_SIGNATURE_CONTEXT)
+    plan = await _stored_plan(deps, session, pki=pki, digest=digest)
     keys = {}
     now = dt.datetime.now(dt.timezone.utc)
     for party in plan.parties:

@@ -25,7 +25,9 @@ Lifecycle (``status.phase``, :class:`SessionPhase`): Pending -> Placing -> Prepr
 - Preprocessing: the plan is built, signed and posted to every party; a delivery that
   fails is retried with the next generation, which supersedes any copy that got out.
 - AwaitingInputs / Computing: the parties' reports are folded into the status; once
-  every input is in the dealer deals each party its material. A lost party fails an
+  every input is in the dealer deals each party its material, from the plan kept in the
+  session's Secret; no trustworthy plan there (:class:`PlanLost`) re-plans with the next
+  generation. A lost party fails an
   additive session; a Shamir session carries on while ``t + 1`` parties remain.
 - Succeeded / Failed: ``completionTime`` is set; after ``ttlSecondsAfterFinished`` the
   session is deleted. ``spec.deadline`` after creation an unfinished session fails.
@@ -53,10 +55,10 @@ from pqmpc_operator.status import Condition, merge_conditions
 __all__ = [
     "ACTIVE", "FINISHED", "LOST_AFTER_S", "Action", "Admission", "Decision", "AskParties", "CancelTarget",
     "CountPlacementFailure", "Deal", "DealingFailed", "DeleteSession", "Dealt", "DeliverPlan", "InputProgress",
-    "ObservedSession", "PartyUnreachable", "PlanAccepted", "PlanRefused", "ReadLoads", "ReadPods", "ReadPool",
+    "ObservedSession", "PartyUnreachable", "PlanAccepted", "PlanLost", "PlanRefused", "ReadLoads", "ReadPods", "ReadPool",
     "RecordEvidence", "Request", "Requeue", "SessionBody", "SessionEvent", "SessionMetadata", "SessionPhase",
-    "SessionStatus", "WriteStatus", "admit", "cancel_target", "decide", "preprocessing_status", "result_hint",
-    "session_events",
+    "SessionStatus", "StatusEvidence", "WriteStatus", "admit", "cancel_target", "decide", "evidence_from_status",
+    "evidence_to_status", "preprocessing_status", "result_hint", "session_events",
 ]
 
 
@@ -106,6 +108,16 @@ class InputProgress(TypedDict):
     parties: int
 
 
+class StatusEvidence(TypedDict):
+    """``status.evidence``: a failed session's anomaly evidence, kept so a restarted operator can score it again."""
+
+    outcome: str
+    parties: list[str]
+    finishedAt: float
+    blamed: dict[str, list[str]]
+    failureReporters: list[str]
+
+
 class SessionStatus(TypedDict, total=False):
     """``status`` of an MPCSession, as the operator writes it."""
 
@@ -125,6 +137,7 @@ class SessionStatus(TypedDict, total=False):
     preprocessing: dict[str, str]
     result: dict[str, Any]
     unreachableSince: dict[str, str]
+    evidence: StatusEvidence
 
 
 class SessionBody(TypedDict, total=False):
@@ -172,6 +185,18 @@ class DealingFailed:
     error: str
 
 
+@dataclass(frozen=True)
+class PlanLost:
+    """The dealer found no trustworthy plan where the operator keeps it (the session's plan Secret).
+
+    Missing, not owned by the session, unreadable, another digest than ``status.planDigest``
+    or not signed by the pool's plan signer: dealing would never succeed on retry, so the
+    session is re-planned with the next generation.
+    """
+
+    error: str
+
+
 PartyReply = Union[Mapping[str, Any], PartyUnreachable]
 
 
@@ -188,7 +213,7 @@ class ObservedSession(TypedDict, total=False):
     delivery: PlanAccepted | PlanRefused
     replies: Mapping[str, PartyReply]
     """Node name -> its ``GET /v1/sessions/{id}`` report, or why it could not be asked."""
-    dealing: Dealt | DealingFailed
+    dealing: Dealt | DealingFailed | PlanLost
 
 
 @dataclass(frozen=True)
@@ -507,6 +532,18 @@ def _plan(draft: _Draft, observed: ObservedSession, admission: Admission, *, api
     return draft.status(), [WriteStatus(), Requeue(NEXT_PASS_S)]
 
 
+def _replan(draft: _Draft, lost: PlanLost) -> Decision:
+    """Forget the plan digest so the next pass signs and delivers the next generation (nothing was dealt)."""
+    generation = int(draft.stored.get("planGeneration", 0)) + 1
+    message = (f"{lost.error}; re-planning with generation {generation} (nothing was dealt; parties keep the "
+               "inputs accepted under the same terms)")
+    draft.new["planDigest"] = ""
+    draft.phase(SessionPhase.PREPROCESSING, "PlanLost", message)
+    draft.condition("PlanDelivered", "False", "PlanLost", message)
+    draft.condition("Preprocessed", "False", "PlanLost", message)
+    return draft.status(), [WriteStatus(), Requeue(NEXT_PASS_S)]
+
+
 def _lost_parties(draft: _Draft, replies: Mapping[str, PartyReply], ips: Mapping[str, str],
                   now: dt.datetime) -> tuple[dict[str, Mapping[str, Any] | None], list[str]]:
     """Reports by node (None: unreachable) and the parties lost (unreachable ``LOST_AFTER_S`` or without a pod)."""
@@ -561,6 +598,8 @@ def _progress(draft: _Draft, observed: ObservedSession, admission: Admission, no
         if isinstance(dealing, Dealt):
             draft.new["dealtDigest"] = digest
             draft.condition("Preprocessed", "True", "Dealt", f"each of {len(placed)} parties got its own sealed material")
+        elif isinstance(dealing, PlanLost):
+            return _replan(draft, dealing)
         else:
             draft.condition("Preprocessed", "False", "DealingFailed", f"retrying: {dealing.error}")
     actions: list[Action] = []
@@ -579,9 +618,11 @@ def _progress(draft: _Draft, observed: ObservedSession, admission: Admission, no
     if draft.new.get("phase") in FINISHED:
         # Behavioural evidence for the pool's anomaly scoring (who ran it, who failed how).
         party_nodes = [str(e["node"]) for e in sorted(placed, key=lambda e: int(e["party"]))]
-        actions.append(RecordEvidence(admission.pool.name, SessionEvidence.from_reports(
-            spec.session_id, party_nodes, {n: r for n, r in reports.items() if r is not None},
-            finished_at=now.timestamp())))
+        evidence = SessionEvidence.from_reports(spec.session_id, party_nodes,
+                                                {n: r for n, r in reports.items() if r is not None},
+                                                finished_at=now.timestamp())
+        draft.new["evidence"] = evidence_to_status(evidence)
+        actions.append(RecordEvidence(admission.pool.name, evidence))
     elif progress.phase == SessionPhase.SUCCEEDED:
         draft.phase(SessionPhase.SUCCEEDED, "Completed", progress.message)
         draft.condition("Ready", "True", "Completed", progress.message)
@@ -596,6 +637,29 @@ def _progress(draft: _Draft, observed: ObservedSession, admission: Admission, no
         if lost:
             draft.condition("Degraded", "True", "PartyLost", "; ".join(lost))
     return draft.status(), [*actions, WriteStatus(), Requeue(NEXT_PASS_S)]
+
+
+# ------------------------------------------------------------------ evidence kept in status
+
+
+def evidence_to_status(evidence: SessionEvidence) -> StatusEvidence:
+    """``status.evidence`` for a session's evidence (everything but the session id, which status holds)."""
+    return StatusEvidence(outcome=evidence.outcome, parties=list(evidence.parties), finishedAt=evidence.finished_at,
+                          blamed={n: sorted(b) for n, b in sorted(evidence.blamed.items())},
+                          failureReporters=sorted(evidence.failure_reporters))
+
+
+def evidence_from_status(status: Mapping[str, Any]) -> SessionEvidence | None:
+    """The evidence a finished session recorded (:func:`evidence_to_status`); None when it recorded none."""
+    kept = status.get("evidence")
+    if status.get("phase") not in FINISHED or not isinstance(kept, Mapping) or not status.get("sessionId"):
+        return None
+    return SessionEvidence(
+        session_id=str(status["sessionId"]), parties=tuple(str(p) for p in kept.get("parties") or ()),
+        outcome=str(kept.get("outcome") or "failed"), finished_at=float(kept.get("finishedAt") or 0.0),
+        blamed={str(n): frozenset(str(b) for b in named) for n, named in (kept.get("blamed") or {}).items()},
+        failure_reporters=frozenset(str(r) for r in kept.get("failureReporters") or ()),
+    )
 
 
 # ------------------------------------------------------------------ cancel

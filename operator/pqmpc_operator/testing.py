@@ -61,6 +61,8 @@ class FakeKubeApi:
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.nodes: list[dict[str, Any]] = []
         self.secrets: dict[tuple[str, str], dict[str, str]] = {}
+        self.secret_meta: dict[tuple[str, str], dict[str, Any]] = {}
+        """A Secret's ``metadata`` (labels, owner references) by (namespace, name); ``secrets`` holds its data."""
         self.configmaps: dict[tuple[str, str], dict[str, str]] = {}
         self.applied: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.token_reviews: dict[str, dict[str, Any]] = {}
@@ -142,16 +144,27 @@ class FakeKubeApi:
     async def apply(self, obj: Mapping[str, Any]) -> None:
         kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
         self._record("apply", kind, ns, name)
-        if kind not in ("ServiceAccount", "ConfigMap", "Service", "PodDisruptionBudget", "NetworkPolicy"):
+        if kind not in ("ServiceAccount", "ConfigMap", "Secret", "Service", "PodDisruptionBudget", "NetworkPolicy"):
             raise ValueError(f"cannot apply a {kind}: no writer for that kind")
         self.applied[(kind, ns, name)] = _plain(obj)
         if kind == "ConfigMap":
             self.configmaps[(ns, name)] = dict(obj.get("data") or {})
+        if kind == "Secret":
+            self.secrets[(ns, name)] = dict(obj.get("data") or {})
+            self.secret_meta[(ns, name)] = _plain(obj["metadata"])
 
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         self._record("read_secret_data", namespace, name)
         data = self.secrets.get((namespace, name))
         return dict(data) if data is not None else None
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._record("read_secret", namespace, name)
+        data = self.secrets.get((namespace, name))
+        if data is None:
+            return None
+        meta = copy.deepcopy(self.secret_meta.get((namespace, name)) or {"name": name, "namespace": namespace})
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": dict(data)}
 
     async def create_object(self, obj: Mapping[str, Any]) -> bool:
         kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
@@ -160,6 +173,8 @@ class FakeKubeApi:
         if (ns, name) in store:
             return False
         store[(ns, name)] = dict(obj.get("data") or {})
+        if kind == "Secret":
+            self.secret_meta[(ns, name)] = _plain(obj["metadata"])
         return True
 
     async def read_configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
@@ -180,6 +195,10 @@ class FakeKubeApi:
     async def list_sessions(self, namespace: str) -> list[dict[str, Any]]:
         self._record("list_sessions", namespace)
         return [copy.deepcopy(b) for (ns, _), b in sorted(self.sessions.items()) if ns == namespace]
+
+    async def list_all_sessions(self) -> list[dict[str, Any]]:
+        self._record("list_all_sessions")
+        return [copy.deepcopy(b) for _, b in sorted(self.sessions.items())]
 
     async def patch_session_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self._record("patch_session_status", namespace, name)
@@ -212,7 +231,7 @@ class FakeNode:
     down: bool = False
     """Unreachable: every call fails as a refused connection would."""
     failures: dict[str, str] = field(default_factory=dict)
-    """Call name (``keys``, ``post_plan``, ``plan``, ``post_preprocessing``, ``session``, ``cancel``...) -> error text."""
+    """Call name (``keys``, ``post_plan``, ``post_preprocessing``, ``session``, ``cancel``...) -> error text."""
 
 
 class FakeNodeClient:
@@ -249,12 +268,6 @@ class FakeNodeClient:
         fresh = session_id not in node.plans
         node.plans[session_id] = bytes(body)
         return {"sessionId": session_id, "created": fresh}
-
-    async def plan(self, ip: str, session_id: str) -> bytes:
-        node = self._node("plan", ip)
-        if session_id not in node.plans:
-            raise NodeCallError(f"GET https://{ip}/v1/sessions/{session_id}/plan: HTTP 404: no such session")
-        return node.plans[session_id]
 
     async def post_preprocessing(self, ip: str, session_id: str, body: bytes) -> None:
         self._node("post_preprocessing", ip).preprocessing[session_id] = bytes(body)

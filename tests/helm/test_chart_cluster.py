@@ -242,6 +242,7 @@ def test_prometheus_scrapes_operator_and_nodes(
     ("create", "pods", True),
     ("patch", "nodepools.pqmpc.io/status", True),
     ("get", "secrets", True),  # the pool CA Secret, by name
+    ("patch", "secrets", True),  # a session's signed plan, written with server-side apply
     ("list", "secrets", False),
     ("watch", "secrets", False),
     ("delete", "secrets", False),

@@ -245,6 +245,7 @@ class TestLeastPrivilege:
             ("patch", "nodepools.pqmpc.io/status", True),
             ("list", "nodes", True),
             ("create", "secrets", True),
+            ("patch", "secrets", True),  # a session's signed plan (server-side apply, by name)
             ("create", "tokenreviews.authentication.k8s.io", True),  # node bootstrap (workload attestation)
             ("create", "serviceaccounts --subresource=token", False),  # it checks tokens, never mints them
             ("list", "secrets", False),

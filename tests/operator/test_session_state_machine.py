@@ -11,7 +11,9 @@ deadline, TTL clean-up and cancel. No cluster, no sockets; seconds in all.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,7 @@ from pqmpc_node.keystore import LogBundle, NodeKeys
 from pqmpc_node.plan import parse_signed_plan, verify_cancel
 from pqmpc_operator import builders, pool_pki
 from pqmpc_operator.certification import CertificationState, ensure_pki
+from pqmpc_operator.memory import busy_from_sessions, restore_memory
 from pqmpc_operator.metrics import OperatorMetrics
 from pqmpc_operator.model import parse_nodepool
 from pqmpc_operator.session_controller import SessionDeps, cancel_session, reconcile_session
@@ -453,6 +456,15 @@ async def test_a_party_that_fails_fails_the_session_with_its_reason(world: World
     assert st["message"] == "check 'mac' caught a deviation: commitment of party 1 does not open"
     evidence = world.deps.watches[(NS, "banks")].evidence
     assert [e.outcome for e in evidence] == ["mac_check_failed"]
+    # Kept in status, so a restarted operator scores it again (evidence rebuilt exactly).
+    assert st["evidence"] == {"outcome": "mac_check_failed", "parties": [a, b],
+                              "finishedAt": world.clock.now.timestamp(), "blamed": {a: [b]},
+                              "failureReporters": [a]}
+    recorded = evidence[0]
+    world.restart()
+    await restore_memory(world.api, namespaces=(), busy=world.deps.busy, watches=world.deps.watches)
+    assert world.deps.watches[(NS, "banks")].evidence == [recorded]
+    assert world.deps.busy == {}, "a finished session keeps no node busy"
 
 
 async def test_dealing_failure_is_retried(world: World) -> None:
@@ -470,16 +482,78 @@ async def test_dealing_failure_is_retried(world: World) -> None:
     assert world.condition("deal", "Preprocessed")["reason"] == "Dealt"
 
 
-async def test_a_party_holding_another_plan_gets_no_material(world: World) -> None:
+async def test_the_plan_is_kept_in_a_secret_owned_by_the_session_before_any_party_gets_it(world: World) -> None:
+    secret = (NS, "kept-plan")
+    held_at_post: list[dict[str, str] | None] = []
+    post_plan = world.nodes.post_plan
+
+    async def checked(ip: str, body: bytes) -> dict[str, Any]:
+        held_at_post.append(world.api.secrets.get(secret))
+        return await post_plan(ip, body)
+
+    world.nodes.post_plan = checked  # type: ignore[method-assign]
+    st = await to_awaiting_inputs(world, "kept", regions=["eu-west"])
+    blob = world.node(world.placed("kept")[0]).plans[st["sessionId"]]
+    stored = {"plan.json": base64.b64encode(blob).decode()}
+    # Persist before distribute: at every post the Secret already held the very bytes posted.
+    assert held_at_post == [stored, stored]
+    meta = world.api.secret_meta[secret]
+    assert meta["ownerReferences"] == [{"apiVersion": "pqmpc.io/v1alpha1", "kind": "MPCSession", "name": "kept",
+                                        "uid": "0123abcd-kept", "controller": True, "blockOwnerDeletion": True}]
+    assert meta["labels"]["pqmpc.io/session"] == "kept"
+    assert meta["annotations"]["pqmpc.io/plan-digest"] == st["planDigest"]
+    # The dealer reads the plan from the Secret: no party is asked for it, even one holding another plan.
+    other = await to_awaiting_inputs(world, "other", regions=["eu-west"])
+    a = world.node(world.placed("kept")[0])
+    a.plans[st["sessionId"]] = a.plans[other["sessionId"]]
+    inputs_in(world, "kept", {"bank-a": 2, "bank-b": 2})
+    assert await world.run("kept") == 1.0
+    assert world.status("kept")["dealtDigest"] == st["planDigest"]
+    assert (NS, "kept-plan") in world.api.called("read_secret")
+
+
+async def test_a_missing_plan_secret_re_plans_with_the_next_generation(world: World) -> None:
+    st = await to_awaiting_inputs(world, "gone", regions=["eu-west"])
+    del world.api.secrets[(NS, "gone-plan")]
+    inputs_in(world, "gone", {"bank-a": 2, "bank-b": 2})
+    assert await world.run("gone") == 1.0
+    lost = world.status("gone")
+    assert (lost["phase"], lost["reason"]) == ("Preprocessing", "PlanLost")
+    assert "Secret gone-plan is missing" in lost["message"] and "re-planning with generation 2" in lost["message"]
+    assert world.condition("gone", "PlanDelivered")["reason"] == "PlanLost"
+    assert world.nodes.called("post_preprocessing") == [] and "dealtDigest" not in lost
+    # The next pass signs generation 2, keeps it in the Secret, delivers it; dealing then uses it.
+    assert await world.run("gone") == 1.0
+    again = world.status("gone")
+    assert again["phase"] == "AwaitingInputs" and again["planGeneration"] == 2
+    assert again["planDigest"] not in ("", st["planDigest"])
+    _, _, plan = parse_signed_plan(base64.b64decode(world.api.secrets[(NS, "gone-plan")]["plan.json"]))
+    assert plan.generation == 2 and plan.digest() == again["planDigest"]
+    assert await world.run("gone") == 1.0
+    assert world.status("gone")["dealtDigest"] == again["planDigest"]
+
+
+@pytest.mark.parametrize("swap", ["foreign", "other-plan", "bad-signature"])
+async def test_a_plan_secret_not_this_sessions_plan_re_plans(world: World, swap: str) -> None:
     st = await to_awaiting_inputs(world, "swap", regions=["eu-west"])
     other = await to_awaiting_inputs(world, "other", regions=["eu-west"])
-    a = world.node(world.placed("swap")[0])
-    a.plans[st["sessionId"]] = a.plans[other["sessionId"]]
+    mine, theirs = (NS, "swap-plan"), (NS, "other-plan")
+    if swap == "foreign":  # another session's Secret under this name (e.g. a leftover of a namesake)
+        world.api.secret_meta[mine] = world.api.secret_meta[theirs]
+    elif swap == "other-plan":  # owned by this session, but not the plan status names
+        world.api.secrets[mine] = world.api.secrets[theirs]
+    else:
+        signed = json.loads(base64.b64decode(world.api.secrets[mine]["plan.json"]))
+        signed["signature"] = base64.b64encode(b"\x00" * len(base64.b64decode(signed["signature"]))).decode()
+        world.api.secrets[mine] = {"plan.json": base64.b64encode(json.dumps(signed).encode()).decode()}
     inputs_in(world, "swap", {"bank-a": 2, "bank-b": 2})
-    await world.run("swap")
-    cond = world.condition("swap", "Preprocessed")
-    assert cond["reason"] == "DealingFailed" and "status says" in cond["message"]
-    assert world.nodes.called("post_preprocessing") == []
+    assert await world.run("swap") == 1.0
+    lost = world.status("swap")
+    assert lost["reason"] == "PlanLost" and "re-planning with generation 2" in lost["message"]
+    expect = {"foreign": "not owned by this MPCSession", "other-plan": f"status says {st['planDigest'][:12]}",
+              "bad-signature": "not signed by the pool's plan signer"}[swap]
+    assert expect in lost["message"]
+    assert world.nodes.called("post_preprocessing") == [] and other["planDigest"]
 
 
 async def test_no_dealing_while_a_party_is_lost(world: World) -> None:
@@ -489,10 +563,10 @@ async def test_no_dealing_while_a_party_is_lost(world: World) -> None:
     world.clock.advance(25)
     await world.run("shaky")  # just unreachable, not yet lost: dealing is tried and fails at that party
     assert world.condition("shaky", "Preprocessed")["reason"] == "DealingFailed"
-    tries = len(world.nodes.called("plan"))
+    tries = len(world.api.called("read_secret"))
     world.clock.advance(25)
     await world.run("shaky")  # lost: no dealing is even tried
-    assert len(world.nodes.called("plan")) == tries and world.nodes.called("post_preprocessing") == []
+    assert len(world.api.called("read_secret")) == tries and world.nodes.called("post_preprocessing") == []
     assert world.condition("shaky", "Degraded")["reason"] == "PartyLost"
 
 
@@ -513,6 +587,48 @@ async def test_operator_restart_resumes_from_the_stored_status(world: World) -> 
     assert (NS, pool_pki.pki_secret_name("banks")) in world.api.secrets
     assert world.deps.busy[(NS, "banks")] == {"ns/resume": frozenset({"banks-a-0", "banks-b-0"})}
     assert world.deps.certification[(NS, "banks")].pods_by_ip["127.0.0.11"] == "banks-a-0"
+
+
+async def test_restart_rebuilds_busy_and_spreads_load_as_before(world: World) -> None:
+    async def history(w: World) -> None:
+        await to_awaiting_inputs(w, "one")
+        await to_awaiting_inputs(w, "two")
+        w.create(session_body("undelivered"))  # placed, its plan not out yet: its nodes are busy too
+        for node in NODES:
+            w.node(node).failures["post_plan"] = "HTTP 503"
+        await w.run("undelivered")
+        for node in NODES:
+            del w.node(node).failures["post_plan"]
+
+    await history(world)
+    before = world.deps.busy
+    assert set(before[(NS, "banks")]) == {"ns/one", "ns/two", "ns/undelivered"}
+    assert world.status("undelivered")["reason"] == "PlanNotDelivered"
+    twin = await make_world()  # the same history, no restart: the reference operator
+    await history(twin)
+    world.restart()
+    assert world.deps.busy == {}
+    read = await restore_memory(world.api, namespaces=(NS,), busy=world.deps.busy, watches=world.deps.watches)
+    assert read == 3 and world.api.called("list_sessions")[-1:] == [(NS,)]
+    assert world.deps.busy == before, "busy rebuilt exactly as the controller kept it"
+    assert world.deps.watches == {}, "no session failed: no evidence"
+    # The restarted operator places the next session where the one before it would have.
+    await to_awaiting_inputs(world, "three")
+    await to_awaiting_inputs(twin, "three")
+    assert world.placed("three") == twin.placed("three")
+
+
+def test_busy_from_sessions_keeps_only_active_placed_sessions() -> None:
+    def body(name: str, phase: str, nodes: list[str], pool: str = "banks", **meta: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": NS, **meta}, "spec": {"poolRef": pool},
+                "status": {"phase": phase, "placement": [{"party": i, "node": n} for i, n in enumerate(nodes)]}}
+
+    busy = busy_from_sessions([
+        body("run", "Computing", ["x", "y"]), body("wait", "AwaitingInputs", ["y"], pool="other"),
+        body("done", "Succeeded", ["x"]), body("failed", "Failed", ["y"]), body("new", "Pending", []),
+        body("placing", "Placing", []), body("leaving", "Computing", ["z"], deletionTimestamp="2026-01-01T00:00:00Z"),
+    ])
+    assert busy == {(NS, "banks"): {"ns/run": frozenset({"x", "y"})}, (NS, "other"): {"ns/wait": frozenset({"y"})}}
 
 
 async def test_restart_after_placement_before_the_plan_got_out(world: World) -> None:

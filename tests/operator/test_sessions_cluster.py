@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import re
 import subprocess
 import sys
 import time
@@ -216,6 +217,21 @@ def test_aggregate_session_end_to_end(world: World) -> None:
                    "--ca", str(world.dir / "ca.pem"), "--json", check=False)
     assert denied.returncode != 0
 
+    # The plan the dealer dealt from is the session's own Secret: owned by it, the digest status names.
+    uid = get_json(world.kubectl, "mpcs", "fraud-stats")["metadata"]["uid"]
+    secret = get_json(world.kubectl, "secret", "fraud-stats-plan")
+    assert [(o["kind"], o["uid"], o.get("controller")) for o in secret["metadata"]["ownerReferences"]] == [
+        ("MPCSession", uid, True)]
+    assert secret["metadata"]["annotations"]["pqmpc.io/plan-digest"] == st["planDigest"]
+    # It goes with its session (the garbage collector follows the owner reference).
+    world.kubectl("delete", "mpcs", "fraud-stats", "-n", NS)
+
+    def collected() -> bool | None:
+        got = world.kubectl("get", "secret", "fraud-stats-plan", "-n", NS, check=False)
+        return True if got.returncode != 0 and "NotFound" in got.stderr else None
+
+    wait_for("the plan Secret garbage-collected with its session", collected, timeout=90)
+
 
 @pytest.mark.parametrize(
     ("name", "regions", "parties", "reason", "words"),
@@ -321,9 +337,18 @@ def assert_dealer_free(world: World, operator: Operator, st: dict[str, Any]) -> 
         plan = json.loads(node_get(world.dir / "ca.pem", f"{url}/v1/sessions/{sid}/plan"))
         doc = plan.get("plan", plan)
         assert doc["preprocessing"] == {"provider": "prss", "sealedSeeds": {}}, doc["preprocessing"]
+    # The session's plan Secret holds the signed plan (public data, no seed); nothing else names the
+    # session (Secret data decoded, so base64 hides nothing).
+    plan_secret = f"{sid.split('.')[1]}-plan"
     for kind in ("secrets", "configmaps"):
         items = json.loads(world.kubectl("get", kind, "-A", "-o", "json").stdout)["items"]
-        assert not [i["metadata"]["name"] for i in items if sid in json.dumps(i)], f"a {kind[:-1]} names {sid}"
+        for item in items:
+            if kind == "secrets":
+                item["data"] = {k: base64.b64decode(v).decode(errors="replace") for k, v in (item.get("data") or {}).items()}
+        naming = [i["metadata"]["name"] for i in items if sid in json.dumps(i)]
+        assert naming == ([plan_secret] if kind == "secrets" else []), f"{kind} naming {sid}: {naming}"
+    kept = json.loads(base64.b64decode(get_json(world.kubectl, "secret", plan_secret)["data"]["plan.json"]))
+    assert kept["plan"]["preprocessing"] == {"provider": "prss", "sealedSeeds": {}}, kept["plan"]["preprocessing"]
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{operator.proc.metrics_port}/metrics", timeout=5).read().decode()
     assert 'pqmpc_operator_sessions_planned_total{preprocessing="prss"}' in metrics
     log = Path(operator.proc.process.log_path).read_text(errors="replace")
@@ -344,6 +369,9 @@ def test_operator_restart_mid_session(world: World, operator: Operator) -> None:
     st = world.wait_phase("restart", {"Succeeded", "Failed"})
     assert st["phase"] == "Succeeded", st
     assert st["planGeneration"] == 1, "the resumed operator must not re-plan a delivered plan"
+    # At start-up, before any loop ran, it rebuilt which nodes running sessions use (this one at least).
+    log = Path(operator.proc.process.log_path).read_text(errors="replace")
+    assert re.search(r"rebuilt from \d+ MPCSession\(s\): [1-9]\d* running on", log), "busy not rebuilt at start-up"
     res = world.result(st["sessionId"], "auditor", st["result"]["nodes"][0])["outputs"]
     assert res["mean(amount)"] == pytest.approx(np.concatenate([rows, rows * 2]).mean(), abs=0.01)
 
