@@ -33,6 +33,7 @@ from typing import Annotated, Any, TypeVar, cast
 import httpx
 import typer
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -47,6 +48,7 @@ from pqmpc_node.client import (
     fetch_verified_keys,
     node_http_client,
     read_csv,
+    transport_error,
 )
 from pqmpc_node.crypto.pki import CertificateError, suite_of_ca
 from pqmpc_node.crypto.suites import MLDSAPublicKey, SuiteName, get_suite
@@ -120,8 +122,7 @@ def _trust(ca: Path, plan_signer: Path | None) -> tuple[x509.Certificate, MLDSAP
     try:
         suite = suite_of_ca(ca_cert)
     except CertificateError:
-        algorithm = type(ca_cert.public_key()).__name__.removesuffix("PublicKey").removeprefix("_")
-        raise _bad_ca(ca, f"a certificate with a {algorithm or 'non-ML-DSA'} key, not a pqmpc pool CA") from None
+        raise _bad_ca(ca, f"a certificate with {_key_kind(ca_cert)} key, not a pqmpc pool CA") from None
     if plan_signer is None:
         return ca_cert, None
     if not plan_signer.is_file():
@@ -133,11 +134,21 @@ def _trust(ca: Path, plan_signer: Path | None) -> tuple[x509.Certificate, MLDSAP
         raise _fail(f"--plan-signer {plan_signer}: {exc}") from None
 
 
+def _key_kind(cert: x509.Certificate) -> str:
+    """``an RSA-2048``, ``an EC (secp256r1)``, ... : the key a CA file holds, for the message that refuses it."""
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"an RSA-{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"an EC ({key.curve.name})"
+    return f"a {type(key).__name__.removesuffix('PublicKey')}"
+
+
 def _blame_ca(exc: ClientError, ca: Path) -> ClientError:
     """A handshake the node's certificate failed against ``--ca``: the CA file is the likelier culprit."""
     if exc.reason == "wrong_ca":
-        return ClientError(f"--ca {ca} did not issue the node's certificate ({exc}): it is another pool's CA or an "
-                           f"old one; pass the CA of the node's pool: {CA_SOURCE}", exc.reason)
+        return ClientError(f"--ca {ca} did not issue the node's certificate (the TLS handshake refused it): it is "
+                           f"another pool's CA, or an old one; pass the CA of the node's pool: {CA_SOURCE}", exc.reason)
     return exc
 
 
@@ -220,7 +231,7 @@ def keys_fetch(node: Node, ca: Ca, out_file: Annotated[Path | None, typer.Option
     except ClientError as exc:
         raise _fail(str(exc)) from None
     except httpx.HTTPError as exc:
-        raise _fail(str(_blame_ca(_transport_error(node, exc), ca))) from None
+        raise _fail(str(_blame_ca(transport_error(node, exc), ca))) from None
     if r.status_code != 200:
         raise _fail(f"{node}: HTTP {r.status_code} {r.text[:200]}")
     if out_file:
@@ -244,25 +255,11 @@ def keys_verify(node: Node, ca: Ca, node_id: Annotated[str | None, typer.Option(
     except ClientError as exc:
         raise _fail(str(_blame_ca(exc, ca))) from None
     except httpx.HTTPError as exc:
-        raise _fail(str(_blame_ca(_transport_error(node, exc), ca))) from None
+        raise _fail(str(_blame_ca(transport_error(node, exc), ca))) from None
     except (ValueError, KeyError, TypeError) as exc:
         raise _fail(f"{node}: cannot fetch keys: {exc}") from None
     out.print(f"[green]ok[/green] node {nid}: KEM key epoch {verified.kem.epoch} is certified and logged "
               f"(certificate {doc['certFingerprint'][:16]}…)")
-
-
-def _transport_error(node: str, exc: httpx.HTTPError) -> ClientError:
-    """An httpx failure as the client SDK reports it (``wrong_ca`` when the node's certificate failed ``--ca``)."""
-    return ClientError(f"{node}: {exc}", "wrong_ca" if _is_wrong_ca(exc) else "unreachable")
-
-
-def _is_wrong_ca(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, CertificateError) and getattr(seen, "reason", "") == "wrong_ca":
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _client(node: str, session: str, ca: Path, plan_signer: Path | None, insecure: bool = False) -> SessionClient:

@@ -79,6 +79,7 @@ __all__ = [
     "fetch_verified_keys",
     "node_http_client",
     "output_decimals",
+    "transport_error",
     "CsvColumns",
     "ProgressFn",
     "read_csv",
@@ -265,6 +266,14 @@ def node_http_client(
     return httpx.Client(transport=pq_transport(ca_certificate, suite, verify_peer=check), timeout=timeout)
 
 
+def transport_error(url: str, exc: httpx.HTTPError) -> ClientError:
+    """A failed request as a :class:`ClientError`: ``wrong_ca`` when the server's certificate was refused as not
+    issued by the CA the client trusts (:mod:`pqmpc_node.net.https` names the reason in the handshake error),
+    else ``unreachable``."""
+    reason = "wrong_ca" if "refused the server certificate (wrong_ca)" in str(exc) else "unreachable"
+    return ClientError(f"{url}: {exc}", reason)
+
+
 def _require_https(url: str) -> None:
     if not url.startswith("https://"):
         raise ClientError(f"{url}: node URLs are https:// (the node API speaks post-quantum TLS only; metrics and "
@@ -282,7 +291,7 @@ class NodeClient:
         try:
             r = self.http.request(method, self.base_url + path, **kw)
         except httpx.HTTPError as exc:
-            raise ClientError(f"{self.base_url}: {exc}", "unreachable") from None
+            raise transport_error(self.base_url, exc) from None
         return r
 
     @staticmethod

@@ -352,7 +352,7 @@ class SessionManager:
                     f"input {h.input_id!r} from {h.sender!r} was already accepted in session {session_id!r}",
                     reason=ReplayError.reason, status=409, extra={"alreadyAccepted": True},
                 )
-            if h.sender in rt.inputs:
+            if h.sender in rt.inputs or h.sender in rt.input_ids:  # input_ids outlive the inputs a run consumed
                 raise _duplicate_input(session_id, h.sender, h.input_id, rt.input_ids.get(h.sender, ""))
             if self.replay.seen(plan.session_id, h.sender, h.input_id):  # the same id, other bytes
                 raise InputRejected(
