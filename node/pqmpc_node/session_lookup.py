@@ -14,6 +14,7 @@ seam); the ``kubernetes`` package is imported only when a lookup actually runs.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,10 +113,12 @@ class KubeSessionLookup:
         from kubernetes import client, config
         from kubernetes.config.config_exception import ConfigException
 
+        # $KUBECONFIG as it is now (the kubernetes package reads it once, at import):
+        path = self.kubeconfig or os.environ.get("KUBECONFIG") or None
         try:
-            api_client = config.new_client_from_config(config_file=self.kubeconfig)  # type: ignore[no-untyped-call]
+            api_client = config.new_client_from_config(config_file=path)  # type: ignore[no-untyped-call]
             if namespace is None:
-                _, active = config.list_kube_config_contexts(config_file=self.kubeconfig)  # type: ignore[no-untyped-call]
+                _, active = config.list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
                 namespace = str((active or {}).get("context", {}).get("namespace") or "default")
         except (ConfigException, OSError, TypeError, ValueError) as exc:
             return LookupAnswer(namespace or "default", reachable=False, why=f"no usable kubeconfig: {exc}")

@@ -288,6 +288,8 @@ def test_session_name_is_looked_up_in_the_cluster(operator: Operator, trio: Any,
     answer = lookup(name, ns)
     assert answer.reachable and answer.found and answer.session_id == ""  # no operator here: not planned yet
     assert lookup("no-such-session", ns) == LookupAnswer(ns, reachable=True, found=False)
+    # No -n: the kubeconfig context's namespace (none set in the admin context: "default").
+    assert lookup(name, None) == LookupAnswer("default", reachable=True, found=False)
 
     owner, auditor = identities(tmp_path, "bank-e", "auditor")
     ca, signer = trust_files(operator, tmp_path)
