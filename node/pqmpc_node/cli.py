@@ -320,7 +320,8 @@ def submit(session: Session, identity: IdentityFile, node: Node, ca: Ca, data: P
 
 
 def _json_text(res: dict[str, Any]) -> str:
-    """``res`` as JSON, its outputs written as the exact decimal literals of ``res["display"]`` (no float noise)."""
+    """``res`` as JSON, each non-integral output written as the decimal literal of ``res["display"]``: rounded
+    exactly to its declared scale (``127.7633``, never ``127.76333333333334``); ``exact`` keeps the exact values."""
     literals: dict[str, str] = {}
 
     def mark(value: Any, text: Any) -> Any:
@@ -333,7 +334,8 @@ def _json_text(res: dict[str, Any]) -> str:
         return value
 
     display = res.get("display", {})
-    doc = {**res, "outputs": {k: mark(v, display.get(k)) for k, v in res["outputs"].items()}}
+    doc = {k: v for k, v in res.items() if k != "display"}
+    doc["outputs"] = {k: mark(v, display.get(k)) for k, v in res["outputs"].items()}
     text = json.dumps(doc, indent=2)
     for token, literal in literals.items():
         text = text.replace(token, literal)

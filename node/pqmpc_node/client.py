@@ -691,14 +691,16 @@ class SessionClient:
         return [(split(x), None if t is None else split(t), None if k is None else np.asarray(k, dtype=np.uint64))
                 for x, t, k in per_party]
 
-    def _seal(self, identity: Identity, party: _Party, payload: bytes, input_id: str) -> bytes:
+    def _seal(self, identity: Identity, party: _Party, payload: bytes, input_id: str | None = None) -> bytes:
+        """Seal ``payload`` to ``party`` as ``identity``'s input ``input_id`` (:class:`_InputDerivation`; an
+        untagged ``input/<owner>`` when left out, which a node can never take for a re-run)."""
         if len(payload) > MAX_ENVELOPE_BYTES - 64 * 1024:
             raise ClientError(f"the share for node {party.plan.node_id} is {len(payload) / 2**20:.1f} MiB; one input "
                               f"envelope holds at most {MAX_ENVELOPE_BYTES >> 20} MiB and a session takes one input "
                               "per owner: submit fewer rows (or fewer columns) to this session", "too_large")
         header = EnvelopeHeader(
             suite=self.suite.name, session_id=self.session_id, node_id=party.plan.node_id,
-            party_index=party.plan.index, input_id=input_id, key_epoch=party.kem.epoch,
+            party_index=party.plan.index, input_id=input_id or f"input/{identity.name}", key_epoch=party.kem.epoch,
             sender=identity.name, sender_key_fingerprint=key_fingerprint(identity.signing_key.public_key()),
             plan_digest=self.plan.binding()[0], generation=self.plan.generation,
         )
@@ -867,10 +869,10 @@ class SessionClient:
         (:func:`~pqmpc_node.mpc.outputs.verify_delivered`); public values (valid-row
         counts) must agree across nodes. Any failure refuses the whole result.
 
-        ``outputs`` holds numbers: an ``int`` when the exact value is integral, else the
-        value rounded (half to even) to the output's scale (:func:`output_decimals`) as a
-        float; ``display`` holds the same rounded values as decimal text (``"233.28"``, as
-        the CLI prints them, never float noise) and ``decimals`` the places used; ``exact``
+        ``outputs`` holds numbers (an ``int`` when the exact value is integral, else the
+        nearest float); ``display`` holds each value rounded (half to even) to the output's
+        declared scale (:func:`output_decimals`) as decimal text (``"233.28"``: what the CLI
+        prints, never float noise) and ``decimals`` the places used; ``exact``
         holds, for every non-integral aggregate output, its exact value as text (a
         terminating decimal such as ``"2309.1583"``, or ``"p/q"``), since a float carries
         only 53 bits.
@@ -933,8 +935,7 @@ class SessionClient:
                 # the output's declared scale, so no float noise (233.27999877929688) shows.
                 places = scales.get(name, 0)
                 shown = [str(q.numerator) if q.denominator == 1 else rounded_text(q, places) for q in fractions]
-                flat: list[int | float] = [int(t) if q.denominator == 1 else float(t)
-                                           for t, q in zip(shown, fractions, strict=True)]
+                flat: list[int | float] = [int(q) if q.denominator == 1 else float(q) for q in fractions]
                 decoded: Any = flat
                 text: Any = shown
                 if name == "score":

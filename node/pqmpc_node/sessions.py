@@ -152,23 +152,15 @@ class ForkedPeerError(ValueError):
     """A peer's CA-signed transparency log forks from this node's: the two were shown different histories."""
 
 
-def _duplicate_input(session_id: str, owner: str, input_id: str, accepted_id: str) -> InputRejected:
-    """The answer to a second input from an owner whose input this node holds.
+def _same_input(input_id: str, accepted_id: str) -> bool:
+    """Whether an envelope's input id names the content of the input accepted from its owner.
 
-    The client names its input ``input/<owner>/<tag>``, the tag a keyed digest of the
+    The client names an input ``input/<owner>/<tag>``, the tag a keyed digest of its
     content (:class:`pqmpc_node.client._InputDerivation`): the same tag is the same
-    content submitted again (a re-run of the same command), already accepted, so the
-    client reports success; another tag, or an untagged id, is other content, which this
-    node refuses since it cannot replace an accepted input.
+    content submitted again (a re-run of the same command), which is already accepted.
+    An untagged id (``input/<owner>``) never matches: its content cannot be told.
     """
-    tagged = input_id.count("/") >= 2
-    if tagged and hmac.compare_digest(input_id.encode(), accepted_id.encode()):
-        return InputRejected(f"{owner!r} already delivered this very input (same content) to session {session_id}",
-                             reason="already_accepted", status=409, extra={"alreadyAccepted": True})
-    return InputRejected(
-        f"{owner!r} already delivered a different input to session {session_id}; replacing an accepted input is not "
-        "supported yet: to submit other data, the MPCSession must be deleted and created again (every owner then "
-        "submits again)", reason="duplicate_input", status=409, extra={"alreadyAccepted": False})
+    return input_id.count("/") >= 2 and hmac.compare_digest(input_id.encode(), accepted_id.encode())
 
 
 @dataclass
@@ -352,8 +344,16 @@ class SessionManager:
                     f"input {h.input_id!r} from {h.sender!r} was already accepted in session {session_id!r}",
                     reason=ReplayError.reason, status=409, extra={"alreadyAccepted": True},
                 )
-            if h.sender in rt.inputs or h.sender in rt.input_ids:  # input_ids outlive the inputs a run consumed
-                raise _duplicate_input(session_id, h.sender, h.input_id, rt.input_ids.get(h.sender, ""))
+            if _same_input(h.input_id, rt.input_ids.get(h.sender, "")):  # input_ids outlive the inputs a run consumed
+                raise InputRejected(f"{h.sender!r} already delivered this very input (same content) to session "
+                                    f"{session_id}", reason="already_accepted", status=409,
+                                    extra={"alreadyAccepted": True})
+            if h.sender in rt.inputs:
+                raise InputRejected(
+                    f"{h.sender!r} already delivered a different input to session {session_id}; replacing an accepted "
+                    "input is not supported yet: to submit other data, the MPCSession must be deleted and created "
+                    "again (every owner then submits again)", reason="duplicate_input", status=409,
+                    extra={"alreadyAccepted": False})
             if self.replay.seen(plan.session_id, h.sender, h.input_id):  # the same id, other bytes
                 raise InputRejected(
                     f"input {h.input_id!r} from {h.sender!r} was already accepted in session {session_id!r}",

@@ -34,9 +34,10 @@ from typer.testing import CliRunner
 from harness import Operator, now
 from pqmpc_local.pytest_plugin import Kubectl, wait_for
 from pqmpc_node.cli import app
-from pqmpc_node.client import Identity, SessionClient, read_csv, rounded_text, sniff_delimiter
+from pqmpc_node.client import Identity, SessionClient, output_decimals, read_csv, rounded_text, sniff_delimiter
 from pqmpc_node.crypto.pki import PoolCA
 from pqmpc_node.crypto.suites import SuiteName, get_suite
+from pqmpc_node.mpc.programs import LinearScorePlan
 from pqmpc_node.plan import FieldDecl
 from pqmpc_node.session_lookup import (
     KubeSessionLookup,
@@ -99,6 +100,9 @@ def test_values_are_rounded_exactly_half_to_even() -> None:
     assert rounded_text(Fraction(3, 8), 2) == "0.38"
     assert rounded_text(Fraction(5, 2), 0) == "2"
     assert rounded_text(Fraction(1, 200), 2) == "0.00" and rounded_text(Fraction(3, 200), 2) == "0.02"
+    # A model's score at its fixed point's resolution: 2^-16 is about 1.5e-5, five places.
+    assert output_decimals(LinearScorePlan(fields=(), output="score", frac_bits=16)) == {"score": 5}
+    assert rounded_text(Fraction(15288238, 2**16), 5) == "233.28000"  # not 233.27999877929688
 
 
 def test_session_name_resolution_at_the_lookup_seam() -> None:
@@ -140,12 +144,13 @@ def test_excel_csv_scaled_results_progress_and_idempotent_resubmit(operator: Ope
                                                                      tmp_path: Path) -> None:
     runner = CliRunner()
     ca, signer = trust_files(operator, tmp_path)
-    owner, auditor = identities(tmp_path, "bank-a", "auditor")
+    owner, second, auditor = identities(tmp_path, "bank-a", "bank-z", "auditor")
     sid = "default.excel.0a1b2c3d"
     plan = operator.plan(sid, trio, program={"aggregate": [{"op": "sum", "field": "amount"},
                                                            {"op": "mean", "field": "amount"},
                                                            {"op": "max", "field": "age"}, {"op": "count", "field": "age"}]},
-                         owners=[owner], fields=[FieldDecl("amount", 0, 1000, 2), FieldDecl("age", 0, 120, 0)],
+                         owners=[owner, second],
+                         fields=[FieldDecl("amount", 0, 1000, 2), FieldDecl("age", 0, 120, 0)],
                          recipients={auditor: ["sum(amount)", "mean(amount)", "max(age)", "count(age)"]})
     operator.post_plan(plan, trio)
     common = ["--session", sid, "--node", trio[0].url, "--ca", str(ca), "--plan-signer", str(signer)]
@@ -166,7 +171,8 @@ def test_excel_csv_scaled_results_progress_and_idempotent_resubmit(operator: Ope
     for step in ("parsing excel.csv", "checking values", "secret-sharing", "sealing", "posting"):
         assert step in r.stderr, (step, r.stderr)
 
-    # The identical command again: success, nothing changed; other content: refused, saying what to do.
+    # The identical command again (bank-z has not submitted: the session still awaits inputs): success, nothing
+    # changed; other content: refused, saying that replacing is not supported and what to do.
     r = runner.invoke(app, [*submit, str(excel)])
     assert r.exit_code == 0, r.output
     assert "already submitted" in r.stdout and "same content" in r.stdout
@@ -176,20 +182,31 @@ def test_excel_csv_scaled_results_progress_and_idempotent_resubmit(operator: Ope
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     assert "replacing an accepted input is not supported yet" in flat(r.output)
     assert "MPCSession must be deleted and created again" in flat(r.output)
+    status = operator.http.get(f"{trio[0].url}/v1/sessions/{sid}").json()
+    assert status["phase"] == "AwaitingInputs", status
+    empty = tmp_path / "empty.csv"  # bank-z: a tab-delimited export
+    empty.write_text("age\tamount\n0\t0\n1\t0\n2\t0\n")
+    r = runner.invoke(app, ["submit", *common, "--identity", str(tmp_path / "bank-z.json"), str(empty)])
+    assert r.exit_code == 0, r.output
 
     result = ["result", *common, "--identity", str(tmp_path / "auditor.json"), "--wait", "60"]
     r = runner.invoke(app, [*result, "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    # mean = 383.29 / 3 = 127.76333…: shown at the field's 2 decimals + 2, as a number literal.
-    assert '"mean(amount)": 127.7633,' in r.stdout, r.stdout
-    assert doc["outputs"] == {"sum(amount)": 383.29, "mean(amount)": 127.7633, "max(age)": 63, "count(age)": 3}
+    # mean = 383.29 / 6 rows = 63.88166…: shown at the field's 2 decimals + 2, as a number literal.
+    assert '"mean(amount)": 63.8817,' in r.stdout, r.stdout
+    assert doc["outputs"] == {"sum(amount)": 383.29, "mean(amount)": 63.8817, "max(age)": 63, "count(age)": 6}
     assert isinstance(doc["outputs"]["max(age)"], int) and isinstance(doc["outputs"]["count(age)"], int)
-    assert doc["exact"]["mean(amount)"] == "38329/300" and doc["exact"]["sum(amount)"] == "383.29"
+    assert doc["exact"]["mean(amount)"] == "38329/600" and doc["exact"]["sum(amount)"] == "383.29"
     assert doc["decimals"]["mean(amount)"] == 4 and doc["decimals"]["sum(amount)"] == 2
     r = runner.invoke(app, result)
     assert r.exit_code == 0, r.output
-    assert "127.7633" in r.stdout and "127.76333" not in r.stdout and "383.29" in r.stdout
+    assert "63.8817" in r.stdout and "63.88166" not in r.stdout and "383.29" in r.stdout
+    # After the session ran: the identical command still succeeds; other content finds the inputs closed.
+    r = runner.invoke(app, [*submit, str(excel)])
+    assert r.exit_code == 0 and "already submitted" in r.stdout, r.output
+    r = runner.invoke(app, [*submit, str(other)])
+    assert r.exit_code == 1 and "inputs are closed" in flat(r.output), r.output
 
 
 def test_rerun_after_a_partial_submit_completes_with_one_sharing(operator: Operator, trio: Any,
