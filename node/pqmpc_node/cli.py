@@ -16,7 +16,7 @@ up with the kubeconfig, :mod:`pqmpc_node.session_lookup`) or its ``status.sessio
 Progress (bars for parsing, checking, sharing, sealing and posting; a spinner while
 ``result --wait`` waits) goes to stderr when it is a terminal or with ``--progress``,
 never to stdout. Results are printed at each output's declared scale
-(:func:`pqmpc_node.client.output_decimals`); ``--json`` writes those numbers as exact
+(:func:`pqmpc_node.output_scale.output_decimals`); ``--json`` writes those numbers as exact
 decimal literals.
 """
 

@@ -38,7 +38,6 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +60,11 @@ from pqmpc_node.crypto.pki import CertificateError, NodeId, suite_of_ca, verify_
 from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, Suite, SuiteName, get_suite
 from pqmpc_node.crypto.transparency import LogBundle, LogForkError, LogVerifier, require_same_history
 from pqmpc_node.net.https import peer_certificate, pq_transport
+from pqmpc_node.output_scale import output_decimals, rounded_text
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.domain import Domain
 from pqmpc_node.mpc.numerics import decode_fractions, exact_text
-from pqmpc_node.mpc.programs import AggregatePlan, ExecutionPlan, encode_column, encode_model, model_shapes, output_decodings
+from pqmpc_node.mpc.programs import AggregatePlan, encode_column, encode_model, model_shapes, output_decodings
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.mpc.inputs import share_owner_input
 from pqmpc_node.mpc.outputs import DeliveredShare, OutputForgeryError, verify_delivered
@@ -78,12 +78,10 @@ __all__ = [
     "SessionClient",
     "fetch_verified_keys",
     "node_http_client",
-    "output_decimals",
     "transport_error",
     "CsvColumns",
     "ProgressFn",
     "read_csv",
-    "rounded_text",
     "sniff_delimiter",
 ]
 
@@ -950,35 +948,6 @@ class SessionClient:
                 result[name] = publics[0]
         return {"session": self.session_id, "parties": sorted(opened), "outputs": result, "exact": exact,
                 "display": display, "decimals": decimals, "unreachable": errors}
-
-
-def output_decimals(plan: ExecutionPlan) -> dict[str, int]:
-    """Decimal places each output is shown with, from the compiled program's declarations.
-
-    ``sum``, ``min`` and ``max`` at their field's ``decimals`` (exact there); ``mean`` two
-    places more (the mean of the whole numbers 1 and 2 is 1.5); ``variance`` in squared
-    units, so ``2 * decimals + 2``; counts and histograms are integers (0). A model's
-    ``score`` at the places its fixed point resolves (``ceil(frac_bits * log10 2)``: 5 for
-    16 fractional bits).
-    """
-    if not isinstance(plan, AggregatePlan):
-        return {"score": math.ceil(plan.frac_bits * math.log10(2))}
-    places: dict[str, int] = {}
-    for op in plan.ops:
-        d = plan.numerics[op.field].decimals if op.field in plan.numerics else 0
-        places[op.output_name] = {"count": 0, "histogram": 0, "mean": d + 2, "variance": 2 * d + 2}.get(op.op, d)
-    return places
-
-
-def rounded_text(q: Fraction, places: int) -> str:
-    """``q`` rounded half to even to ``places`` decimals, written exactly (``Fraction(69984, 300), 2 -> "233.28"``)."""
-    units = round(q * 10**places)  # exact: Fraction.__round__ rounds half to even on the integers
-    sign = "-" if units < 0 else ""
-    digits = str(abs(units))
-    if not places:
-        return f"{sign}{digits}"
-    digits = digits.rjust(places + 1, "0")
-    return f"{sign}{digits[:-places]}.{digits[-places:]}"
 
 
 def _header_text(columns: Mapping[str, Sequence[str]]) -> str:

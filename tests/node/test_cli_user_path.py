@@ -34,10 +34,11 @@ from typer.testing import CliRunner
 from harness import Operator, now
 from pqmpc_local.pytest_plugin import Kubectl, wait_for
 from pqmpc_node.cli import app
-from pqmpc_node.client import Identity, SessionClient, output_decimals, read_csv, rounded_text, sniff_delimiter
+from pqmpc_node.client import Identity, SessionClient, read_csv, sniff_delimiter
 from pqmpc_node.crypto.pki import PoolCA
 from pqmpc_node.crypto.suites import SuiteName, get_suite
 from pqmpc_node.mpc.programs import LinearScorePlan
+from pqmpc_node.output_scale import output_decimals, rounded_text
 from pqmpc_node.plan import FieldDecl
 from pqmpc_node.session_lookup import (
     KubeSessionLookup,
