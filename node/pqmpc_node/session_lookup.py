@@ -115,15 +115,16 @@ class KubeSessionLookup:
 
         # $KUBECONFIG as it is now (the kubernetes package reads it once, at import):
         path = self.kubeconfig or os.environ.get("KUBECONFIG") or None
+        configuration = client.Configuration()
         try:
-            api_client = config.new_client_from_config(config_file=path)  # type: ignore[no-untyped-call]
+            config.load_kube_config(config_file=path, client_configuration=configuration)  # type: ignore[no-untyped-call]
             if namespace is None:
                 _, active = config.list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
                 namespace = str((active or {}).get("context", {}).get("namespace") or "default")
         except (ConfigException, OSError, TypeError, ValueError) as exc:
             return LookupAnswer(namespace or "default", reachable=False, why=f"no usable kubeconfig: {exc}")
-        api_client.configuration.retries = False
-        with api_client:
+        configuration.retries = False  # one attempt: an unreachable cluster must not hold the command up
+        with client.ApiClient(configuration) as api_client:
             try:
                 body: Any = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
                     GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self.timeout_s)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import socket
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -133,9 +134,21 @@ def test_session_name_resolution_at_the_lookup_seam() -> None:
         resolve_session("fraud-stats", None, lookup(LookupAnswer("default", reachable=True, found=True, phase="")))
 
 
-def test_lookup_without_kubeconfig_is_unreachable(tmp_path: Path) -> None:
+def test_lookup_without_kubeconfig_or_api_server_is_unreachable(tmp_path: Path) -> None:
     answer = KubeSessionLookup(kubeconfig=str(tmp_path / "no-kubeconfig"))("fraud-stats", None)
     assert answer.reachable is False and "kubeconfig" in answer.why
+    with socket.socket() as s:  # a port nobody listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "team-a"}}]}))
+        answer = KubeSessionLookup(kubeconfig=str(kubeconfig))("fraud-stats", None)
+    assert answer == LookupAnswer("team-a", reachable=False, why=answer.why)  # the context's namespace
+    assert "not reachable" in answer.why
 
 
 # -- against real node processes ------------------------------------------------------
