@@ -544,7 +544,9 @@ def test_a_pq_high_pool_runs_a_session_end_to_end(world: World, kubectl: Kubectl
                            *trust_args, "--json", "--wait", "60").stdout)
     cents = [125, 250, 1000]
     n, total, squares = len(cents), sum(cents), sum(c * c for c in cents)
-    assert out["outputs"]["mean(amount)"] == float(Fraction(total, n * 100))
+    # Shown at the field's 2 decimals + 2 (rounded exactly), the exact value as text:
+    assert out["outputs"]["mean(amount)"] == 4.5833 and out["decimals"]["mean(amount)"] == 4
+    assert out["exact"]["mean(amount)"] == str(Fraction(total, n * 100)) == "55/12"
     assert out["exact"]["variance(amount)"] == str(Fraction(n * squares - total * total, n * n * 100**2))
     kubectl("delete", "mpcs", "high-stats", "-n", NS, "--wait=true", "--timeout=60s")
     kubectl("delete", "mpcpool", "high", "-n", NS, "--wait=true", "--timeout=60s")
