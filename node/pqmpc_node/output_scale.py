@@ -19,9 +19,10 @@ __all__ = ["output_decimals", "rounded_text"]
 def output_decimals(plan: ExecutionPlan) -> dict[str, int]:
     """Decimal places each output is shown with, from the compiled program's declarations.
 
-    ``sum``, ``min`` and ``max`` at their field's ``decimals`` (exact there); ``mean`` two
-    places more (the mean of the whole numbers 1 and 2 is 1.5); ``variance`` in squared
-    units, so ``2 * decimals + 2``; counts and histograms are integers (0). A model's
+    ``sum``, ``min`` and ``max`` at their field's ``decimals`` (exact there); ``mean`` and
+    ``variance`` two places more (the mean of the whole numbers 1 and 2 is 1.5; a
+    variance, in squared units, would need ``2 * decimals`` places to be exact, which
+    reads as noise again: ``exact`` has it); counts and histograms are integers (0). A model's
     ``score`` at the places its fixed point resolves (``ceil(frac_bits * log10 2)``: 5 for
     16 fractional bits).
     """
@@ -30,7 +31,7 @@ def output_decimals(plan: ExecutionPlan) -> dict[str, int]:
     places: dict[str, int] = {}
     for op in plan.ops:
         d = plan.numerics[op.field].decimals if op.field in plan.numerics else 0
-        places[op.output_name] = {"count": 0, "histogram": 0, "mean": d + 2, "variance": 2 * d + 2}.get(op.op, d)
+        places[op.output_name] = {"count": 0, "histogram": 0, "mean": d + 2, "variance": d + 2}.get(op.op, d)
     return places
 
 
