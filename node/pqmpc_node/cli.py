@@ -188,7 +188,7 @@ def _session_id(session: str, namespace: str | None) -> str:
     return resolved.session_id
 
 
-Node = Annotated[str, typer.Option("--node", help="API URL of one node of the session, e.g. http://10.0.0.5:8443")]
+Node = Annotated[str, typer.Option("--node", help="API URL of one node of the session, e.g. https://10.0.0.5:8443")]
 Ca = Annotated[Path, typer.Option("--ca", help="The pool CA certificate (PEM): ca.pem of the pool's <pool>-trust "
                                              "ConfigMap")]
 Signer = Annotated[Path | None, typer.Option("--plan-signer", help="The operator's plan-signing public key (PEM)")]
@@ -281,8 +281,7 @@ def submit(session: Session, identity: IdentityFile, node: Node, ca: Ca, data: P
            progress: ShowProgress = False) -> None:
     """Validate, secret-share, seal per node and post DATA (a CSV, or a model JSON for model owners).
 
-    Running the same command again after it succeeded changes nothing and succeeds (the
-    nodes recognise the same content); other content for an accepted input is refused.
+    The same command again succeeds and changes nothing; other data for an accepted input is refused.
     """
     ident = Identity.load(identity)
     session_id = _session_id(session, namespace)
