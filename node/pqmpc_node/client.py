@@ -31,11 +31,12 @@ import csv
 import datetime as dt
 import decimal
 import hashlib
+import hmac
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ from pqmpc_node.crypto.pki import CertificateError, NodeId, suite_of_ca, verify_
 from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, Suite, SuiteName, get_suite
 from pqmpc_node.crypto.transparency import LogBundle, LogForkError, LogVerifier, require_same_history
 from pqmpc_node.net.https import peer_certificate, pq_transport
+from pqmpc_node.output_scale import output_decimals, rounded_text
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.domain import Domain
 from pqmpc_node.mpc.numerics import decode_fractions, exact_text
@@ -76,7 +78,11 @@ __all__ = [
     "SessionClient",
     "fetch_verified_keys",
     "node_http_client",
+    "transport_error",
+    "CsvColumns",
+    "ProgressFn",
     "read_csv",
+    "sniff_delimiter",
 ]
 
 OUTPUT_KEY_EPOCH = 1
@@ -146,21 +152,86 @@ class Identity:
         return self.kem
 
 
-def read_csv(path: Path) -> dict[str, list[str]]:
-    """Columns of a CSV file with a header row."""
+CSV_DELIMITERS = (",", ";", "\t")
+"""What :func:`read_csv` recognises: comma, and the semicolon and tab that spreadsheet exports use."""
+
+ProgressFn = Callable[[str, int, int], None]
+"""``progress(what, done, total)``: a long step reports how far it got (the CLI draws a bar per ``what``)."""
+
+
+class CsvColumns(dict[str, list[str]]):
+    """The columns of a CSV file by header name, in file order, with how the file was read.
+
+    A plain ``dict`` for every caller; ``header`` (the names as found) and ``delimiter``
+    let an error say what was read when it does not match the session.
+    """
+
+    def __init__(self, columns: dict[str, list[str]], *, header: list[str], delimiter: str) -> None:
+        super().__init__(columns)
+        self.header = header
+        self.delimiter = delimiter
+
+
+def sniff_delimiter(header_line: str) -> str:
+    """The delimiter among :data:`CSV_DELIMITERS` that splits the header line into the most fields (``,`` on a tie).
+
+    Judged on the header line only: a data line may hold a decimal comma (``1,5`` in a
+    ``;`` file), a header of field names does not.
+    """
+    def fields(delimiter: str) -> int:
+        return len(next(csv.reader([header_line], delimiter=delimiter), []))
+    return max(CSV_DELIMITERS, key=fields)  # max keeps the first of equals: "," wins ties
+
+
+def read_csv(path: Path, progress: ProgressFn | None = None) -> CsvColumns:
+    """Columns of a CSV file with a header row: UTF-8 (a byte-order mark is dropped, as Excel writes one),
+    delimited by ``,``, ``;`` or tab (:func:`sniff_delimiter`).
+
+    ``progress("parsing <file>", bytes_read, file_size)`` is called every few thousand lines.
+    """
+    what = f"parsing {path.name}"
     try:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames:
-                raise ClientError(f"{path} has no header row", "bad_csv")
-            cols: dict[str, list[str]] = {name.strip(): [] for name in reader.fieldnames}
+        total = path.stat().st_size
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            header_line = f.readline()
+            if not header_line.strip():
+                raise ClientError(f"{path} has no header row; the first line must name the columns", "bad_csv")
+            delimiter = sniff_delimiter(header_line.rstrip("\r\n"))
+            done = len(header_line.encode())
+
+            def lines() -> Iterator[str]:
+                nonlocal done
+                yield header_line
+                for n, line in enumerate(f, start=1):
+                    done += len(line)
+                    if progress is not None and n % 4096 == 0:
+                        progress(what, min(done, total), total)
+                    yield line
+
+            reader = csv.reader(lines(), delimiter=delimiter)
+            header = [name.strip() for name in next(reader)]
+            twice = sorted({name for name in header if header.count(name) > 1})
+            if twice:
+                raise ClientError(f"{path}: column(s) {twice} appear more than once in the header {header}", "bad_csv")
+            cols: dict[str, list[str]] = {name: [] for name in header}
+            targets = [cols[name] for name in header]
             for row in reader:
-                for name, value in row.items():
-                    if name is not None:
-                        cols[name.strip()].append((value or "").strip())
+                if not row:
+                    continue  # a blank line (a trailing newline in a spreadsheet export)
+                for target, value in zip(targets, row):
+                    target.append(value.strip())
+                for target in targets[len(row):]:
+                    target.append("")  # a short row: "" is refused as "not a number" with its line
+            if progress is not None:
+                progress(what, total, total)
+    except UnicodeDecodeError:
+        raise ClientError(f"{path} is not UTF-8 text; save it as \"CSV UTF-8\" (Excel: Save As > CSV UTF-8 "
+                          "(Comma delimited))", "bad_csv") from None
+    except csv.Error as exc:
+        raise ClientError(f"{path}: not a readable CSV file: {exc}", "bad_csv") from None
     except OSError as exc:
         raise ClientError(f"cannot read {path}: {exc.strerror}", "bad_csv") from None
-    return cols
+    return CsvColumns(cols, header=header, delimiter=delimiter)
 
 
 def _now() -> dt.datetime:
@@ -193,6 +264,14 @@ def node_http_client(
     return httpx.Client(transport=pq_transport(ca_certificate, suite, verify_peer=check), timeout=timeout)
 
 
+def transport_error(url: str, exc: httpx.HTTPError) -> ClientError:
+    """A failed request as a :class:`ClientError`: ``wrong_ca`` when the server's certificate was refused as not
+    issued by the CA the client trusts (:mod:`pqmpc_node.net.https` names the reason in the handshake error),
+    else ``unreachable``."""
+    reason = "wrong_ca" if "refused the server certificate (wrong_ca)" in str(exc) else "unreachable"
+    return ClientError(f"{url}: {exc}", reason)
+
+
 def _require_https(url: str) -> None:
     if not url.startswith("https://"):
         raise ClientError(f"{url}: node URLs are https:// (the node API speaks post-quantum TLS only; metrics and "
@@ -210,7 +289,7 @@ class NodeClient:
         try:
             r = self.http.request(method, self.base_url + path, **kw)
         except httpx.HTTPError as exc:
-            raise ClientError(f"{self.base_url}: {exc}", "unreachable") from None
+            raise transport_error(self.base_url, exc) from None
         return r
 
     @staticmethod
@@ -331,6 +410,44 @@ def fetch_verified_keys(
                           "document names; refusing it", "wrong_identity")
     chain = tuple(e.entry_hash for e in bundle.entries)
     return _Party(party, client, kem, node.public_key, chain)
+
+
+@dataclass(frozen=True)
+class _InputDerivation:
+    """What an owner's input derives from its content, keyed with the owner's secret seed.
+
+    * ``input_id`` (``input/<owner>/<tag>``, in the signed envelope header): the tag is an
+      HMAC of the session id and the validated content under a key only the owner holds,
+      so a node can tell "the same content again" (a re-run of the same ``pqmpc submit``:
+      idempotent, reported as already accepted) from "other content" (refused), and
+      learns nothing about the data (no guessable hash of a small table).
+    * the sharing randomness: a PRF of the owner's secret, the session's terms and the
+      content, so re-sealing the same content gives every node the *same* shares as
+      before. A re-run after one node accepted and another failed therefore completes
+      with shares of one sharing, never a mix of two. Other content, or other terms
+      (parties, program), gets independent randomness.
+    """
+
+    input_id: str
+    sharing_key: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, identity: Identity, plan: SessionPlan, kind: str,
+           arrays: Mapping[str, np.ndarray[Any, Any]]) -> _InputDerivation:
+        content = hashlib.sha256(kind.encode())
+        for name in sorted(arrays):
+            a = np.ascontiguousarray(arrays[name], dtype=np.float64)
+            content.update(f"\x00{name}\x00{list(a.shape)}\x00".encode())
+            content.update(a.tobytes())
+        owner_key = hmac.new(identity.signing_seed, b"pqmpc input derivation v1", hashlib.sha256).digest()
+        tag = hmac.new(owner_key, b"tag\x00" + plan.session_id.encode() + b"\x00" + content.digest(),
+                       hashlib.sha256).hexdigest()[:32]
+        sharing = hmac.new(owner_key, b"sharing\x00" + plan.session_id.encode() + b"\x00" +
+                           plan.terms_digest().encode() + b"\x00" + content.digest(), hashlib.sha256).digest()
+        return cls(f"input/{identity.name}/{tag}", sharing)
+
+    def sharing_random(self) -> AesCtrRandom:
+        return AesCtrRandom(self.sharing_key)
 
 
 class SessionClient:
@@ -488,33 +605,43 @@ class SessionClient:
                               f"{self.session_id} runs suite {self.suite.name.value}; create one with `pqmpc identity "
                               f"new --suite {self.suite.name.value}`", "wrong_suite")
 
-    def validate_rows(self, columns: Mapping[str, Sequence[str]]) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
+    def validate_rows(self, columns: Mapping[str, Sequence[str]],
+                      progress: ProgressFn | None = None) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
         """Check the CSV against the declared fields, ranges and resolutions; all errors before anything is sent.
 
         In an aggregate session a value with more decimals than its field's resolution is
         refused rather than rounded: the results are exact in those units, so silently
-        rounding would change the answer.
+        rounding would change the answer. A header that does not match the declared
+        fields is refused naming the header found (and how it was split) and the fields
+        expected, so a wrong delimiter or file shows at once.
         """
         compiled = self.plan.execution_plan()
         numerics = compiled.numerics if isinstance(compiled, AggregatePlan) else {}
         out: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
         declared = [x.name for x in self.plan.data_fields()]
+        found = _header_text(columns)
         extra = sorted(set(columns) - set(declared))
-        if extra and all(name in columns for name in declared):  # a missing column is the better message
+        missing = [name for name in declared if name not in columns]
+        if missing:
+            raise ClientError(f"column(s) {missing} are missing: the header found is {found}, session "
+                              f"{self.session_id} declares the fields {declared}; name the columns exactly so",
+                              "missing_column")
+        if extra:
             # Refused, not ignored: an extra column usually means the wrong file.
-            raise ClientError(f"column(s) {extra} are not fields of session {self.session_id} (it declares "
-                              f"{declared}); remove them, or check that this is the file you meant to submit",
-                              "unknown_column")
+            raise ClientError(f"column(s) {extra} are not fields of session {self.session_id}: the header found is "
+                              f"{found}, the session declares {declared}; remove them, or check that this is the "
+                              "file you meant to submit", "unknown_column")
+        total = sum(len(columns[name]) for name in declared)
+        done = 0
         for f in self.plan.data_fields():
-            if f.name not in columns:
-                raise ClientError(f"column {f.name!r} is missing; the session declares {[x.name for x in self.plan.data_fields()]}",
-                                  "missing_column")
             values = []
             for row, raw in enumerate(columns[f.name], start=2):
                 try:
                     v = float(raw)
                 except ValueError:
-                    raise ClientError(f"line {row}, column {f.name!r}: {raw!r} is not a number", "not_a_number") from None
+                    hint = " (write decimals with a point: 1.5, not 1,5)" if "," in raw else ""
+                    raise ClientError(f"line {row}, column {f.name!r}: {raw!r} is not a number{hint}",
+                                      "not_a_number") from None
                 if not math.isfinite(v) or not f.min <= v <= f.max:
                     raise ClientError(f"line {row}, column {f.name!r}: {raw} is outside the declared range "
                                       f"[{f.min:g}, {f.max:g}]", "out_of_range")
@@ -524,19 +651,24 @@ class SessionClient:
                                       f"{d} (results are exact in units of 10^-{d}); round the value, or ask for a "
                                       "session that declares more decimals for this field", "too_many_decimals")
                 values.append(v)
+                done += 1
+                if progress is not None and done % 8192 == 0:
+                    progress("checking values", done, total)
             out[f.name] = np.asarray(values, dtype=np.float64)
+        if progress is not None:
+            progress("checking values", total, total)
         lengths = {len(v) for v in out.values()}
         if lengths == {0}:
             raise ClientError("the CSV has no data rows", "empty")
         return out
 
-    def _share(self, arrays: Mapping[str, np.ndarray[Any, Any]], model: bool = False
+    def _share(self, arrays: Mapping[str, np.ndarray[Any, Any]], rng: AesCtrRandom, model: bool = False
                ) -> list[tuple[dict[str, U64], dict[str, U64] | None, U64 | None]]:
         """Per party: shares of each array, and in malicious sessions the tags and key share.
 
         Columns are encoded as the compiled program says (units of each field's decimals,
         or fixed point for models); all arrays are keyed together under one owner key
-        (:mod:`pqmpc_node.mpc.inputs`).
+        (:mod:`pqmpc_node.mpc.inputs`). ``rng`` is :meth:`_InputDerivation.sharing_random`.
         """
         domain = self._domain()
         names = list(arrays)
@@ -547,7 +679,7 @@ class SessionClient:
         except ValueError as exc:
             raise ClientError(str(exc), "out_of_range") from None
         bounds = np.cumsum([0, *(int(e.size) for e in encoded)])
-        per_party = share_owner_input(domain, self._engine().scheme(), np.concatenate(encoded), AesCtrRandom.from_os(),
+        per_party = share_owner_input(domain, self._engine().scheme(), np.concatenate(encoded), rng,
                                       keyed=self.plan.security == "malicious")
 
         def split(flat: Any) -> dict[str, U64]:
@@ -557,14 +689,16 @@ class SessionClient:
         return [(split(x), None if t is None else split(t), None if k is None else np.asarray(k, dtype=np.uint64))
                 for x, t, k in per_party]
 
-    def _seal(self, identity: Identity, party: _Party, payload: bytes) -> bytes:
+    def _seal(self, identity: Identity, party: _Party, payload: bytes, input_id: str | None = None) -> bytes:
+        """Seal ``payload`` to ``party`` as ``identity``'s input ``input_id`` (:class:`_InputDerivation`; an
+        untagged ``input/<owner>`` when left out, which a node can never take for a re-run)."""
         if len(payload) > MAX_ENVELOPE_BYTES - 64 * 1024:
             raise ClientError(f"the share for node {party.plan.node_id} is {len(payload) / 2**20:.1f} MiB; one input "
                               f"envelope holds at most {MAX_ENVELOPE_BYTES >> 20} MiB and a session takes one input "
                               "per owner: submit fewer rows (or fewer columns) to this session", "too_large")
         header = EnvelopeHeader(
             suite=self.suite.name, session_id=self.session_id, node_id=party.plan.node_id,
-            party_index=party.plan.index, input_id=f"input/{identity.name}", key_epoch=party.kem.epoch,
+            party_index=party.plan.index, input_id=input_id or f"input/{identity.name}", key_epoch=party.kem.epoch,
             sender=identity.name, sender_key_fingerprint=key_fingerprint(identity.signing_key.public_key()),
             plan_digest=self.plan.binding()[0], generation=self.plan.generation,
         )
@@ -576,26 +710,48 @@ class SessionClient:
         """Validate, share, seal and post a table (see the module docstring)."""
         return self.post_sealed(self.seal_rows(identity, columns), progress)
 
-    def seal_rows(self, identity: Identity, columns: Mapping[str, Sequence[str]]) -> list[tuple[_Party, bytes]]:
-        """Validate, share and seal a table: one envelope per party, nothing sent yet."""
+    def seal_rows(self, identity: Identity, columns: Mapping[str, Sequence[str]],
+                  progress: ProgressFn | None = None) -> list[tuple[_Party, bytes]]:
+        """Validate, share and seal a table: one envelope per party, nothing sent yet.
+
+        ``progress`` hears ``checking values`` (per value) and ``sealing`` (per party).
+        """
         self._owner(identity, "data")
-        values = self.validate_rows(columns)
+        values = self.validate_rows(columns, progress)
         names = [f.name for f in self.plan.data_fields()]
         rows = len(values[names[0]])
         if rows > self.plan.max_rows_per_owner:
             raise ClientError(f"the table has {rows} rows; the session accepts at most {self.plan.max_rows_per_owner} "
                               "per owner (spec.maxRowsPerOwner): split the data or ask for a session with a larger "
                               "maxRowsPerOwner", "too_many_rows")
+        arrays = {f: values[f] for f in names}
+        derived = _InputDerivation.of(identity, self.plan, "rows", arrays)
+        if progress is not None:
+            progress("secret-sharing", 0, 1)
+        shared = self._share(arrays, derived.sharing_random())
+        if progress is not None:
+            progress("secret-sharing", 1, 1)
         payloads = [InputPayload("rows", self.domain_name, cols, {}, rows, tags, key).encode()
-                    for cols, tags, key in self._share({f: values[f] for f in names})]
-        return [(p, self._seal(identity, p, payloads[p.plan.index])) for p in self.parties()]
+                    for cols, tags, key in shared]
+        return self._seal_all(identity, payloads, derived.input_id, progress)
+
+    def _seal_all(self, identity: Identity, payloads: Sequence[bytes], input_id: str,
+                  progress: ProgressFn | None) -> list[tuple[_Party, bytes]]:
+        parties = self.parties()
+        sealed = []
+        for done, p in enumerate(parties, start=1):
+            sealed.append((p, self._seal(identity, p, payloads[p.plan.index], input_id)))
+            if progress is not None:
+                progress("sealing", done, len(parties))
+        return sealed
 
     def submit_model(self, identity: Identity, params: Mapping[str, Any],
                      progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
         """Validate, share, seal and post the model parameters of a linearScore / mlp session."""
         return self.post_sealed(self.seal_model(identity, params), progress)
 
-    def seal_model(self, identity: Identity, params: Mapping[str, Any]) -> list[tuple[_Party, bytes]]:
+    def seal_model(self, identity: Identity, params: Mapping[str, Any],
+                   progress: ProgressFn | None = None) -> list[tuple[_Party, bytes]]:
         """Validate, share and seal model parameters: one envelope per party, nothing sent yet."""
         self._owner(identity, "model")
         shapes = model_shapes(self.plan.execution_plan())
@@ -608,9 +764,10 @@ class SessionClient:
                 raise ClientError(f"model parameter {name!r} has shape {list(a.shape)}, the session needs {list(shape)}",
                                   "bad_shape")
             arrays[name] = a
+        derived = _InputDerivation.of(identity, self.plan, "model", arrays)
         payloads = [InputPayload("model", self.domain_name, {}, params_i, 0, tags, key).encode()
-                    for params_i, tags, key in self._share(arrays, model=True)]
-        return [(p, self._seal(identity, p, payloads[p.plan.index])) for p in self.parties()]
+                    for params_i, tags, key in self._share(arrays, derived.sharing_random(), model=True)]
+        return self._seal_all(identity, payloads, derived.input_id, progress)
 
     def post_sealed(self, sealed: Sequence[tuple[_Party, bytes]],
                     progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
@@ -717,9 +874,12 @@ class SessionClient:
         counts) must agree across nodes. Any failure refuses the whole result.
 
         ``outputs`` holds numbers (an ``int`` when the exact value is integral, else the
-        nearest float); ``exact`` holds, for every non-integral aggregate output, its exact
-        value as text (a terminating decimal such as ``"2309.1583"``, or ``"p/q"``), since
-        a float carries only 53 bits.
+        nearest float); ``display`` holds each value rounded (half to even) to the output's
+        declared scale (:func:`output_decimals`) as decimal text (``"233.28"``: what the CLI
+        prints, never float noise) and ``decimals`` the places used; ``exact``
+        holds, for every non-integral aggregate output, its exact value as text (a
+        terminating decimal such as ``"2309.1583"``, or ``"p/q"``), since a float carries
+        only 53 bits.
         """
         scheme = self._engine().scheme()
         need = scheme.n if scheme.kind == "additive" else scheme.threshold + 1
@@ -738,6 +898,9 @@ class SessionClient:
         authenticated = self.plan.security == "malicious"
         result: dict[str, Any] = {}
         exact: dict[str, Any] = {}
+        display: dict[str, Any] = {}
+        decimals: dict[str, int] = {}
+        scales = output_decimals(self.plan.execution_plan())
         for name in allow:
             publics = [o.public.get(name) for o in opened.values() if name in o.public]
             if publics and (len(publics) != len(opened) or any(json.dumps(p) != json.dumps(publics[0]) for p in publics)):
@@ -768,21 +931,36 @@ class SessionClient:
                 # mean and variance) as a fraction, then an int or the nearest float.
                 signed = [int(v) for v in domain.to_signed(value).reshape(-1).tolist()]
                 fractions = decode_fractions(decodings[name], signed, next(iter(valid_rows)))
-                flat: list[int | float] = [int(q) if q.denominator == 1 else float(q) for q in fractions]
                 if name != "score" and any(q.denominator != 1 for q in fractions):
                     # A float carries 53 bits; the exact value, to every unit of the field's scale:
                     texts = [exact_text(q) for q in fractions]
                     exact[name] = texts[0] if len(texts) == 1 else texts
+                # What is shown: integers as they are, everything else rounded (half to even) to
+                # the output's declared scale, so no float noise (233.27999877929688) shows.
+                places = scales.get(name, 0)
+                shown = [str(q.numerator) if q.denominator == 1 else rounded_text(q, places) for q in fractions]
+                flat: list[int | float] = [int(q) if q.denominator == 1 else float(q) for q in fractions]
                 decoded: Any = flat
+                text: Any = shown
                 if name == "score":
                     decoded = np.asarray(flat, dtype=np.float64).reshape(value.shape).tolist()
+                    text = np.asarray(shown, dtype=object).reshape(value.shape).tolist()
                 if isinstance(decoded, list) and len(decoded) == 1 and not name.startswith("histogram("):
-                    decoded = decoded[0]
+                    decoded, text = decoded[0], text[0]
                 result[name] = decoded
+                display[name] = text
+                decimals[name] = places
             elif publics:
                 result[name] = publics[0]
         return {"session": self.session_id, "parties": sorted(opened), "outputs": result, "exact": exact,
-                "unreachable": errors}
+                "display": display, "decimals": decimals, "unreachable": errors}
+
+
+def _header_text(columns: Mapping[str, Sequence[str]]) -> str:
+    """The header as read, for messages: ``['amount', 'age'] (';'-delimited)`` for a file from :func:`read_csv`."""
+    if isinstance(columns, CsvColumns):
+        return f"{columns.header} ({columns.delimiter!r}-delimited)"
+    return str(list(columns))
 
 
 def _decimals_of(raw: str) -> int:

@@ -148,6 +148,17 @@ class ForkedPeerError(ValueError):
     """A peer's CA-signed transparency log forks from this node's: the two were shown different histories."""
 
 
+def _same_input(input_id: str, accepted_id: str) -> bool:
+    """Whether an envelope's input id names the content of the input accepted from its owner.
+
+    The client names an input ``input/<owner>/<tag>``, the tag a keyed digest of its
+    content (:class:`pqmpc_node.client._InputDerivation`): the same tag is the same
+    content submitted again (a re-run of the same command), which is already accepted.
+    An untagged id (``input/<owner>``) never matches: its content cannot be told.
+    """
+    return input_id.count("/") >= 2 and hmac.compare_digest(input_id.encode(), accepted_id.encode())
+
+
 @dataclass
 class SessionRuntime:
     """Mutable state of one session at this node (owned by :class:`SessionManager`)."""
@@ -163,6 +174,8 @@ class SessionRuntime:
     message: str = ""
     inputs: dict[str, InputPayload] = field(default_factory=dict, repr=False)
     input_digests: dict[str, str] = field(default_factory=dict)
+    input_ids: dict[str, str] = field(default_factory=dict)
+    """The accepted envelope's input id per owner; the client puts a keyed tag of the content into it."""
     outputs: dict[str, bytes] = field(default_factory=dict, repr=False)
     attempts: int = 0
     live: tuple[int, ...] = ()
@@ -288,7 +301,7 @@ class SessionManager:
         if held is not None and held.plan.terms_digest() == plan.terms_digest() and plan.deadline <= held.plan.deadline:
             # Same parties, program, fields and outputs, no later deadline (the operator re-sent
             # the plan): the owners consented to these terms, so the inputs accepted stay.
-            rt.inputs, rt.input_digests = held.inputs, held.input_digests
+            rt.inputs, rt.input_digests, rt.input_ids = held.inputs, held.input_digests, held.input_ids
         elif held is not None and held.inputs:
             # Other terms: an input is valid only under the plan its owner sealed it for.
             log.info("session %s: plan generation %d changes the session's terms; dropping the %d input(s) "
@@ -333,9 +346,16 @@ class SessionManager:
                     f"input {h.input_id!r} from {h.sender!r} was already accepted in session {session_id!r}",
                     reason=ReplayError.reason, status=409, extra={"alreadyAccepted": True},
                 )
+            if _same_input(h.input_id, rt.input_ids.get(h.sender, "")):  # input_ids outlive the inputs a run consumed
+                raise InputRejected(f"{h.sender!r} already delivered this very input (same content) to session "
+                                    f"{session_id}", reason="already_accepted", status=409,
+                                    extra={"alreadyAccepted": True})
             if h.sender in rt.inputs:
-                raise InputRejected(f"{h.sender!r} already delivered its input to session {session_id}",
-                                    reason="duplicate_input", status=409, extra={"alreadyAccepted": True})
+                raise InputRejected(
+                    f"{h.sender!r} already delivered a different input to session {session_id}; replacing an accepted "
+                    "input is not supported yet: to submit other data, the MPCSession must be deleted and created "
+                    "again (every owner then submits again)", reason="duplicate_input", status=409,
+                    extra={"alreadyAccepted": False})
             if self.replay.seen(plan.session_id, h.sender, h.input_id):  # the same id, other bytes
                 raise InputRejected(
                     f"input {h.input_id!r} from {h.sender!r} was already accepted in session {session_id!r}",
@@ -387,6 +407,7 @@ class SessionManager:
             self.keys.ring.fence(self._fence_id(plan.session_id, h.key_epoch), h.key_epoch)
         rt.inputs[h.sender] = payload
         rt.input_digests[h.sender] = hashlib.sha256(data).hexdigest()
+        rt.input_ids[h.sender] = h.input_id
         inputs_dir = self._session_dir(plan.session_id) / "inputs"
         inputs_dir.mkdir(parents=True, exist_ok=True)
         (inputs_dir / f"{hashlib.sha256(h.sender.encode()).hexdigest()[:32]}.sealed").write_bytes(data)

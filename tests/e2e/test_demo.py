@@ -32,6 +32,7 @@ import pytest
 from pqmpc_local.controlplane import REQUIRED_BINARIES, binaries_dir
 from pqmpc_local.demo import helm_binary, leftover_processes
 from pqmpc_local.pytest_plugin import kubectl_binary
+from pqmpc_node.output_scale import rounded_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -144,8 +145,9 @@ def test_fraud_stats_result_equals_numpy_on_the_submitted_csvs(demo: DemoRun) ->
     assert got["count(amount)"] == len(amounts)
     cents = [int(round(v * 100)) for v in amounts]  # the example declares decimals: 2, so the result is exact
     n, total, squares = len(cents), sum(cents), sum(c * c for c in cents)
-    assert got["mean(amount)"] == float(Fraction(total, n * 100))
-    assert got["variance(amount)"] == float(Fraction(n * squares - total * total, n * n * 100**2))
+    # `pqmpc result --json` shows each value rounded exactly to its declared scale: decimals 2 + 2 places.
+    assert got["mean(amount)"] == float(rounded_text(Fraction(total, n * 100), 4))
+    assert got["variance(amount)"] == float(rounded_text(Fraction(n * squares - total * total, n * n * 100**2), 4))
     assert got["histogram(amount)"] == np.histogram(amounts, bins=[0, 100, 1000, 10000, 100000])[0].tolist()
     # The printed comparison agrees.
     assert demo.stdout.count("matches the plaintext answer") == 2 and "does not match" not in demo.stdout

@@ -42,7 +42,7 @@ def test_cli_round_trip(operator: Operator, trio: Any, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("amt\n1\n")
     r = runner.invoke(app, ["submit", *common, "--identity", str(tmp_path / "bank-a.json"), str(bad)])
-    assert r.exit_code == 1 and "column 'amount' is missing" in r.output
+    assert r.exit_code == 1 and "column(s) ['amount'] are missing" in r.output
     bad.write_text("amount\n1\n101\n")
     r = runner.invoke(app, ["submit", *common, "--identity", str(tmp_path / "bank-a.json"), str(bad)])
     assert r.exit_code == 1 and "outside the declared range" in r.output

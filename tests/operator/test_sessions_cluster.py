@@ -29,6 +29,8 @@ from pqmpc_local.controlplane import ControlPlane
 from pqmpc_local.operator_runner import REPO, OperatorProcess, start_operator
 from pqmpc_local.pytest_plugin import Kubectl, wait_for
 from pqmpc_node.client import node_http_client
+from pqmpc_node.mpc.numerics import exact_text
+from pqmpc_node.output_scale import rounded_text
 
 NS = "pq-sessions"
 PQMPC = str(Path(sys.executable).parent / "pqmpc")
@@ -204,13 +206,17 @@ def test_aggregate_session_end_to_end(world: World) -> None:
     assert all(i["received"] for i in st["inputs"])
     assert st.get("completionTime") and st.get("observedGeneration") == 1
 
-    res = world.result(session_id, "auditor", node_url)["outputs"]
+    doc = world.result(session_id, "auditor", node_url)
+    res, places = doc["outputs"], doc["decimals"]
     both = [int(v) for v in np.concatenate([a, b])[:, 0]]
     n, total, squares = len(both), sum(both), sum(v * v for v in both)
     assert res["count(amount)"] == n
-    # exact: the operator proved the program's numbers at admission; the recipient divides exactly
-    assert res["mean(amount)"] == float(Fraction(total, n))
-    assert res["variance(amount)"] == float(Fraction(n * squares - total * total, n * n))
+    # exact: the operator proved the program's numbers at admission; the recipient divides exactly, and the CLI
+    # shows each value rounded exactly to its declared scale (the exact value is under "exact")
+    mean, variance = Fraction(total, n), Fraction(n * squares - total * total, n * n)
+    assert res["mean(amount)"] == float(rounded_text(mean, places["mean(amount)"]))
+    assert res["variance(amount)"] == float(rounded_text(variance, places["variance(amount)"]))
+    assert doc["exact"].get("mean(amount)", str(mean)) == exact_text(mean)
 
     # The wrong recipient cannot read the outputs.
     denied = pqmpc("result", "--session", session_id, "--identity", world.identity_file("bank-a"), "--node", node_url,
@@ -610,7 +616,9 @@ def test_a_pq_high_pool_runs_a_session_end_to_end(world: World, kubectl: Kubectl
                            *trust_args, "--json", "--wait", "60").stdout)
     cents = [125, 250, 1000]
     n, total, squares = len(cents), sum(cents), sum(c * c for c in cents)
-    assert out["outputs"]["mean(amount)"] == float(Fraction(total, n * 100))
+    # Shown at the field's 2 decimals + 2 (rounded exactly), the exact value as text:
+    assert out["outputs"]["mean(amount)"] == 4.5833 and out["decimals"]["mean(amount)"] == 4
+    assert out["exact"]["mean(amount)"] == str(Fraction(total, n * 100)) == "55/12"
     assert out["exact"]["variance(amount)"] == str(Fraction(n * squares - total * total, n * n * 100**2))
     kubectl("delete", "mpcs", "high-stats", "-n", NS, "--wait=true", "--timeout=60s")
     kubectl("delete", "mpcpool", "high", "-n", NS, "--wait=true", "--timeout=60s")
