@@ -433,10 +433,11 @@ def test_kem_rotation_during_a_running_session(world: World, kubectl: Kubectl) -
               for g, z in (("a", "eu-west-1a"), ("b", "eu-west-1b"))]
     pool = {"apiVersion": "pqmpc.io/v1alpha1", "kind": "NodePool", "metadata": {"name": "rot", "namespace": NS},
             "spec": {"engine": {"backend": "numpy"}, "groups": groups,
-                     # A new KEM key every 10 s, but certificates that last 90 s: a busy node's certificate is
-                     # renewed only 9 s before it expires, and a renewed one no longer matches the plan, so the
-                     # session's work (submit, deal, compute) must fit before then however loaded the machine.
-                     "keys": {"rotation": {"duration": "90s", "renewBefore": "80s", "gracePeriod": "5s"}}}}
+                     # renewBefore paces both the next KEM key and an idle node's certificate renewal
+                     # (every duration - renewBefore = 40 s): the session is planned well before the first
+                     # renewal, sees the first new KEM key 40 s in, and has until a busy node's certificate
+                     # renewal (duration / 10 = 12 s before expiry, 108 s in) to finish, however loaded.
+                     "keys": {"rotation": {"duration": "120s", "renewBefore": "80s", "gracePeriod": "5s"}}}}
     world.apply(pool)
 
     def nodes() -> dict[str, dict[str, Any]]:
@@ -456,21 +457,21 @@ def test_kem_rotation_during_a_running_session(world: World, kubectl: Kubectl) -
     # Both nodes publish a newer KEM key (logged by the operator) while the session waits; the
     # owners then seal to the plan's epochs, which the nodes keep (fenced) for the session.
     wait_for("KEM keys rotated past the plan's epochs", lambda: all(
-        int(nodes()[n].get("kemEpoch", 0)) > e for n, e in plan_epochs.items()), timeout=90)
+        int(nodes()[n].get("kemEpoch", 0)) > e for n, e in plan_epochs.items()), timeout=120)
     assert all(n.get("kemRotatesAt") for n in nodes().values()), "status shows each node's next rotation"
     for owner, values in (("bank-a", [[1.0], [2.0]]), ("bank-b", [[3.0]])):
         pqmpc("submit", "--session", st["sessionId"], "--identity", world.identity_file(owner), "--node", url,
               "--ca", str(world.dir / "rot-ca.pem"), "--plan-signer", str(world.dir / "rot-plan-signer.pub"),
               world.csv(f"rot-{owner}", ["amount"], np.array(values)))
     st = world.wait_phase("rotating", {"Succeeded", "Failed"})
-    assert st["phase"] == "Succeeded", st
+    assert st["phase"] == "Succeeded", (st.get("reason"), st.get("message"))
     party0 = st["placement"][0]["node"]  # the node behind ``url``
 
     def old_key_gone() -> bool:
         epochs = {k["epoch"] for k in json.loads(node_get(world.dir / "rot-ca.pem", f"{url}/v1/keys"))["kemKeys"]}
         return plan_epochs[party0] not in epochs
 
-    # Unfenced once the session ends, the key goes at its rotation (90 s after it began) plus the grace.
+    # Unfenced once the session ends, the key goes at its rotation (120 s after it began) plus the grace.
     wait_for("the session's key retired once the session ended", old_key_gone, timeout=180, every=1.0)
     kubectl("delete", "mpcs", "rotating", "-n", NS, "--wait=true", "--timeout=60s")
     kubectl("delete", "mpcpool", "rot", "-n", NS, "--wait=true", "--timeout=60s")
