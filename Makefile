@@ -1,19 +1,20 @@
 # pqmpc — one entry point for set-up, tests and the demo.
 # `make demo` runs the main job, `make test` the whole test suite; both install
-# everything they need (a virtual environment, the local control plane) first.
+# everything they need (a virtual environment, the local control plane, and for the
+# tests a liboqs build for the optional liboqs backend) first.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv control-plane prometheus image test test-unit lint typecheck demo bench clean
+.PHONY: venv control-plane prometheus liboqs image test test-unit lint typecheck demo bench clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,oqs]'
 	touch $(STAMP)
 
 control-plane:
@@ -21,6 +22,11 @@ control-plane:
 
 prometheus:
 	bash scripts/install-prometheus.sh
+
+# liboqs for tests/crypto/test_liboqs_backend.py, cached in ~/.cache/pqmpc/liboqs-<version>
+# (the test points the venv's liboqs-python at it through OQS_INSTALL_PATH).
+liboqs:
+	bash scripts/build-liboqs.sh
 
 # The Dockerfile's runtime image built from Debian packages (no Docker engine, no registry):
 # an OCI layout in build/image/pqmpc, tag = the project version. Root; cached under
@@ -37,7 +43,7 @@ typecheck: lint
 test-unit: venv
 	$(PY) -m pytest -m 'not integration'
 
-test: venv control-plane prometheus
+test: venv control-plane prometheus liboqs
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(PY) -m pytest

@@ -153,10 +153,12 @@ def test_chart_operator_runs_and_reconciles_the_example_pool(release: dict[str, 
     assert len(nodes) == 3 and all(p["status"]["phase"] == "Running" for p in nodes)
     # The operator's process has no kubeconfig: only the pod's in-cluster ServiceAccount token.
     assert "KUBECONFIG" not in {e["name"] for e in pod["spec"]["containers"][0].get("env") or []}
-    # Its metrics port serves the pool gauges.
-    status, text = http_get(f"http://{ip}:{release['ports']['metrics']}/metrics")
-    assert status == 200, text
-    assert f'pqmpc_pool_replicas{{namespace="{POOL_NS}",pool="banks",state="ready"}} 3.0' in text
+    # Its metrics port serves the pool gauges. The operator sets them just after it writes the
+    # status this test saw, so wait for the gauge rather than read it once.
+    gauge = f'pqmpc_pool_replicas{{namespace="{POOL_NS}",pool="banks",state="ready"}} 3.0'
+    metrics_url = f"http://{ip}:{release['ports']['metrics']}/metrics"
+    wait_for("the ready-replicas gauge at 3", lambda: (lambda r: r[0] == 200 and gauge in r[1])(http_get(metrics_url)),
+             30)
 
 
 def test_operator_uses_the_in_cluster_service_account(release: dict[str, Any], kubectl: Kubectl) -> None:

@@ -9,7 +9,6 @@ crash-looping node pods -> Degraded; operator restart mid-reconcile converges; d
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -159,7 +158,14 @@ class TestBadSpecs:
         assert cond["reason"] == "InsufficientResources"
         assert "mars-1a" in cond["message"] and "spec.groups[1]" in cond["message"]
         wait_for("the schedulable group's pod", lambda: pod_names(kubectl, ns) == ["mars-ok-0"])
-        time.sleep(2)
+
+        def ok_node_ready() -> bool:
+            nodes = (get_json(kubectl, "mpcpool", "mars", "-n", ns).get("status") or {}).get("nodes") or []
+            return any(n["name"] == "mars-ok-0" and n.get("ready") for n in nodes)
+
+        # Status can only show the pod ready from a later reconcile pass than the one that made it;
+        # each pass plans every group's pods, so by then a wrongly made "far" pod would exist.
+        wait_for("a later reconcile pass to report mars-ok-0 ready", ok_node_ready, timeout=120)
         assert pod_names(kubectl, ns) == ["mars-ok-0"], "no pod may be made for the unschedulable group"
 
     def test_too_many_gpus_for_any_node(self, operator: OperatorProcess, kubectl: Kubectl) -> None:

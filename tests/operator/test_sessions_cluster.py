@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import datetime as dt
 import json
 import re
 import subprocess
@@ -28,6 +29,7 @@ import pytest
 from pqmpc_local.controlplane import ControlPlane
 from pqmpc_local.operator_runner import REPO, OperatorProcess, start_operator
 from pqmpc_local.pytest_plugin import Kubectl, wait_for
+from pqmpc_local.watch import ObjectWatch, WatchEvent
 from pqmpc_node.client import node_http_client
 from pqmpc_node.mpc.numerics import exact_text
 from pqmpc_node.output_scale import rounded_text
@@ -366,11 +368,21 @@ def test_operator_restart_mid_session(world: World, operator: Operator) -> None:
     world.apply(world.session("restart", **aggregate_spec(world, ["bank-a", "bank-b"], ["eu-west"], 2)))
     st = world.wait_phase("restart", {"AwaitingInputs"})
     operator.kill()  # the operator dies with the session waiting for inputs
+    before = get_json(world.kubectl, "mpcs", "restart")["metadata"]["resourceVersion"]
     rows = np.arange(1.0, 11.0).reshape(-1, 1)
-    world.submit(st["sessionId"], "bank-a", st["result"]["nodes"][0], world.csv("r-a", ["amount"], rows))
-    world.submit(st["sessionId"], "bank-b", st["result"]["nodes"][0], world.csv("r-b", ["amount"], rows * 2))
-    time.sleep(2)
-    assert world.status("restart")["phase"] == "AwaitingInputs"  # nobody dealt: no operator
+    url = st["result"]["nodes"][0]
+    world.submit(st["sessionId"], "bank-a", url, world.csv("r-a", ["amount"], rows))
+    world.submit(st["sessionId"], "bank-b", url, world.csv("r-b", ["amount"], rows * 2))
+
+    def node_holds_both() -> bool:
+        doc = json.loads(node_get(world.dir / "ca.pem", f"{url}/v1/sessions/{st['sessionId']}"))
+        return all(i["received"] for i in doc["inputs"])
+
+    # Once the node holds both inputs, the session object must not have moved: nobody writes it
+    # (and so nobody deals) without an operator. A condition, not a sleep, makes this hold under load.
+    wait_for("the node to hold both inputs", node_holds_both, timeout=60)
+    after = get_json(world.kubectl, "mpcs", "restart")
+    assert after["metadata"]["resourceVersion"] == before and after["status"]["phase"] == "AwaitingInputs", after
     operator.start()
     st = world.wait_phase("restart", {"Succeeded", "Failed"})
     assert st["phase"] == "Succeeded", st
@@ -453,59 +465,87 @@ def test_party_killed_mid_session_is_survived_at_n4_t1(world: World, kubectl: Ku
         kubectl("patch", "mpcpool", "banks", "-n", NS, "--type=json", "-p", json.dumps(patch))
 
 
-def test_concurrent_sessions_and_ttl_cleanup(world: World, operator: Operator) -> None:
+def _utc(stamp: str) -> dt.datetime:
+    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+
+
+def test_concurrent_sessions_and_ttl_cleanup(world: World, operator: Operator, kubeconfig: Path) -> None:
+    """Twenty sessions at once; the TTL deletes exactly the finished sessions that ask for it.
+
+    Event-driven: a watch started before the sessions exist records every phase each one
+    passes through, so a session the TTL deletes moments after it finishes is still seen
+    finishing (its last state also rides in the DELETED event). The sessions whose
+    results the test reads have no TTL and are deleted by the test afterwards.
+    """
     from pqmpc_node.client import Identity, SessionClient
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-    count = 20
+    count, ttl = 20, 5
     names = [f"conc-{i:02d}" for i in range(count)]
-    for name in names:
-        spec = aggregate_spec(world, ["bank-a", "bank-b"], ["eu-west"], 2)
-        # Long enough that a finished session is observed before it goes, however loaded the machine.
-        spec["ttlSecondsAfterFinished"] = 30
-        world.apply(world.session(name, **spec))
+    kept = names[:3]  # no TTL: their results are read after every session has finished
     ca = x509.load_pem_x509_certificate((world.dir / "ca.pem").read_bytes())
     signer = load_pem_public_key((world.dir / "plan-signer.pub").read_bytes())
     owners = {o: Identity.load(Path(world.identity_file(o))) for o in ("bank-a", "bank-b")}
-    expected = {}
-    for i, name in enumerate(names):
-        st = world.wait_phase(name, {"AwaitingInputs"})
-        values = {"bank-a": [str(float(i))], "bank-b": [str(float(i + 10))]}
-        for owner, ident in owners.items():
-            client = SessionClient(node_url=st["result"]["nodes"][0], session_id=st["sessionId"],
-                                   ca_certificate=ca, plan_signer=signer)  # type: ignore[arg-type]
-            try:
-                client.post_sealed(client.seal_rows(ident, {"amount": values[owner]}))
-            finally:
-                client.close()
-        expected[name] = (i + i + 10) / 2
-    # Watch all sessions at once (one list per poll): the first to finish need not wait for the rest.
-    done: dict[str, dict[str, Any]] = {}
 
-    def all_finished() -> bool:
-        for item in get_json(world.kubectl, "mpcs")["items"]:
-            st = item.get("status") or {}
-            if item["metadata"]["name"] in names and st.get("phase") in ("Succeeded", "Failed"):
-                done.setdefault(item["metadata"]["name"], st)
-        return len(done) == count
-    wait_for("every concurrent session finished", all_finished, timeout=240)
-    assert all(st["phase"] == "Succeeded" for st in done.values()), {n: s.get("reason") for n, s in done.items()}
+    def phase_event(name: str, phases: set[str]) -> WatchEvent | None:
+        return sessions.first(name, lambda e: (e.obj.get("status") or {}).get("phase") in phases)
+
+    expected = {}
+    with ObjectWatch(kubeconfig, "pqmpc.io", "v1alpha1", "mpcsessions", NS) as sessions:
+        for name in names:
+            spec = aggregate_spec(world, ["bank-a", "bank-b"], ["eu-west"], 2)
+            if name not in kept:
+                spec["ttlSecondsAfterFinished"] = ttl
+            world.apply(world.session(name, **spec))
+        for i, name in enumerate(names):
+            waiting = sessions.wait_for(f"{name} AwaitingInputs",
+                                        lambda: phase_event(name, {"AwaitingInputs", "Failed"}), timeout=180)
+            st = waiting.obj["status"]
+            assert st["phase"] == "AwaitingInputs", st
+            values = {"bank-a": [str(float(i))], "bank-b": [str(float(i + 10))]}
+            for owner, ident in owners.items():
+                client = SessionClient(node_url=st["result"]["nodes"][0], session_id=st["sessionId"],
+                                       ca_certificate=ca, plan_signer=signer)  # type: ignore[arg-type]
+                try:
+                    client.post_sealed(client.seal_rows(ident, {"amount": values[owner]}))
+                finally:
+                    client.close()
+            expected[name] = (i + i + 10) / 2
+        finished = {name: sessions.wait_for(f"{name} to finish", lambda: phase_event(name, {"Succeeded", "Failed"}),
+                                            timeout=240).obj["status"] for name in names}
+        assert all(st["phase"] == "Succeeded" for st in finished.values()), {
+            n: (s["phase"], s.get("reason"), s.get("message")) for n, s in finished.items()}
+        # ttlSecondsAfterFinished deletes each session that set it, after it finished and not before ttl.
+        for name in names:
+            if name in kept:
+                continue
+            deleted = sessions.wait_for(f"{name} deleted after its TTL",
+                                        lambda: sessions.first(name, lambda e: e.kind == "DELETED"), timeout=120)
+            final = deleted.obj.get("status") or {}
+            assert final.get("phase") == "Succeeded", (name, final)
+            # The API server's clock on both sides (whole seconds), not when this process saw the events.
+            deleting = deleted.obj["metadata"].get("deletionTimestamp")
+            if deleting:
+                waited = _utc(deleting) - _utc(final["completionTime"])
+                assert waited >= dt.timedelta(seconds=ttl), (name, final["completionTime"], deleting)
+        # ... and none that did not set it.
+        assert not any(e.kind == "DELETED" for n in kept for e in sessions.events(n))
+    left = {i["metadata"]["name"] for i in get_json(world.kubectl, "mpcs")["items"]}
+    assert set(kept) <= left and not left & (set(names) - set(kept)), left
+
     auditor = Identity.load(Path(world.identity_file("auditor")))
-    for name in names[:3]:
-        client = SessionClient(node_url=done[name]["result"]["nodes"][0], session_id=done[name]["sessionId"],
+    for name in kept:
+        client = SessionClient(node_url=finished[name]["result"]["nodes"][0], session_id=finished[name]["sessionId"],
                                ca_certificate=ca, plan_signer=signer)  # type: ignore[arg-type]
         try:
             assert client.collect_result(auditor)["outputs"]["mean(amount)"] == pytest.approx(expected[name], abs=0.01)
         finally:
             client.close()
-    metrics = operator.proc.metrics()
-    assert 'pqmpc_operator_session_transitions_total{phase="Succeeded"}' in metrics
-    # ttlSecondsAfterFinished: 30 -> the finished sessions are deleted
-    def gone() -> bool:
-        left = [i["metadata"]["name"] for i in get_json(world.kubectl, "mpcs")["items"]]
-        return not any(n in left for n in names)
-    wait_for("finished sessions deleted after their TTL", gone, timeout=150)
+        world.kubectl("delete", "-n", NS, "mpcs", name, "--wait=true", "--timeout=60s")
+    # The transition counter is exported after the status write: wait for it, do not read it once.
+    wait_for("the Succeeded transitions in the operator's metrics", lambda: 'pqmpc_operator_session_transitions_total'
+             '{phase="Succeeded"}' in operator.proc.metrics(), timeout=30)
 
 
 def test_kem_rotation_during_a_running_session(world: World, kubectl: Kubectl) -> None:
@@ -513,7 +553,11 @@ def test_kem_rotation_during_a_running_session(world: World, kubectl: Kubectl) -
               for g, z in (("a", "eu-west-1a"), ("b", "eu-west-1b"))]
     pool = {"apiVersion": "pqmpc.io/v1alpha1", "kind": "NodePool", "metadata": {"name": "rot", "namespace": NS},
             "spec": {"engine": {"backend": "numpy"}, "groups": groups,
-                     "keys": {"rotation": {"duration": "30s", "renewBefore": "20s", "gracePeriod": "5s"}}}}
+                     # renewBefore paces both the next KEM key and an idle node's certificate renewal
+                     # (every duration - renewBefore = 40 s): the session is planned well before the first
+                     # renewal, sees the first new KEM key 40 s in, and has until a busy node's certificate
+                     # renewal (duration / 10 = 12 s before expiry, 108 s in) to finish, however loaded.
+                     "keys": {"rotation": {"duration": "120s", "renewBefore": "80s", "gracePeriod": "5s"}}}}
     world.apply(pool)
 
     def nodes() -> dict[str, dict[str, Any]]:
@@ -530,24 +574,25 @@ def test_kem_rotation_during_a_running_session(world: World, kubectl: Kubectl) -
     url = st["result"]["nodes"][0]
     plan_doc = json.loads(node_get(world.dir / "rot-ca.pem", f"{url}/v1/sessions/{st['sessionId']}/plan"))
     plan_epochs = {p["nodeId"]: p["kemEpoch"] for p in plan_doc["plan"]["parties"]}
-    # Both nodes rotate to a newer KEM key (logged by the operator) while the session waits.
+    # Both nodes publish a newer KEM key (logged by the operator) while the session waits; the
+    # owners then seal to the plan's epochs, which the nodes keep (fenced) for the session.
     wait_for("KEM keys rotated past the plan's epochs", lambda: all(
-        int(nodes()[n].get("kemEpoch", 0)) > e for n, e in plan_epochs.items()), timeout=90)
+        int(nodes()[n].get("kemEpoch", 0)) > e for n, e in plan_epochs.items()), timeout=120)
     assert all(n.get("kemRotatesAt") for n in nodes().values()), "status shows each node's next rotation"
-    time.sleep(6)  # past the grace period: an unfenced old key would be gone now
     for owner, values in (("bank-a", [[1.0], [2.0]]), ("bank-b", [[3.0]])):
         pqmpc("submit", "--session", st["sessionId"], "--identity", world.identity_file(owner), "--node", url,
               "--ca", str(world.dir / "rot-ca.pem"), "--plan-signer", str(world.dir / "rot-plan-signer.pub"),
               world.csv(f"rot-{owner}", ["amount"], np.array(values)))
     st = world.wait_phase("rotating", {"Succeeded", "Failed"})
-    assert st["phase"] == "Succeeded", st
+    assert st["phase"] == "Succeeded", (st.get("reason"), st.get("message"))
     party0 = st["placement"][0]["node"]  # the node behind ``url``
 
     def old_key_gone() -> bool:
         epochs = {k["epoch"] for k in json.loads(node_get(world.dir / "rot-ca.pem", f"{url}/v1/keys"))["kemKeys"]}
         return plan_epochs[party0] not in epochs
 
-    wait_for("the session's key retired once the session ended", old_key_gone, timeout=60)
+    # Unfenced once the session ends, the key goes at its rotation (120 s after it began) plus the grace.
+    wait_for("the session's key retired once the session ended", old_key_gone, timeout=180, every=1.0)
     kubectl("delete", "mpcs", "rotating", "-n", NS, "--wait=true", "--timeout=60s")
     kubectl("delete", "mpcpool", "rot", "-n", NS, "--wait=true", "--timeout=60s")
 

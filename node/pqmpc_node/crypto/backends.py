@@ -6,7 +6,11 @@ opaque handle objects whose ``repr`` never shows it.
 
 liboqs is optional. ``liboqs-python`` tries to download and build liboqs when it cannot
 find the shared library at import time, so :class:`OqsBackend` looks for the library
-first and reports :class:`BackendUnavailable` instead of ever importing ``oqs`` without it.
+first (on the loader path, or in ``$OQS_INSTALL_PATH/lib``) and reports
+:class:`BackendUnavailable` instead of ever importing ``oqs`` without it.
+``liboqs-python`` zero-pads a short key or ciphertext and rejects a long one with a bare
+``ValueError`` from ctypes; :class:`OqsBackend` checks lengths itself, so both backends
+refuse a malformed key or ciphertext the same way.
 """
 
 from __future__ import annotations
@@ -147,13 +151,32 @@ def _load_oqs() -> Any:
             "liboqs backend unavailable: the Python package liboqs-python is not installed "
             "(install the optional extra: pip install 'pqmpc[oqs]', plus the liboqs shared library)"
         )
-    if ctypes.util.find_library("oqs") is None and not os.environ.get("OQS_INSTALL_PATH"):
+    if ctypes.util.find_library("oqs") is None and not _install_path_has_liboqs():
         # liboqs-python would try to git-clone and build liboqs here; we never let it.
         raise BackendUnavailable(
             "liboqs backend unavailable: the liboqs shared library (liboqs.so) was not found; "
-            "install liboqs system-wide or set OQS_INSTALL_PATH (pqmpc never downloads or builds it)"
+            "install liboqs system-wide or set OQS_INSTALL_PATH to a folder whose lib/ holds it "
+            "(pqmpc never downloads or builds it)"
         )
     return importlib.import_module("oqs")
+
+
+def _install_path_has_liboqs() -> bool:
+    """True when ``$OQS_INSTALL_PATH`` holds the library where liboqs-python looks (lib/, lib64/).
+
+    Merely setting the variable is not enough: liboqs-python clones and builds liboqs
+    into that folder when the library is not there.
+    """
+    root = os.environ.get("OQS_INSTALL_PATH")
+    if not root:
+        return False
+    return any(os.path.isfile(os.path.join(root, d, "liboqs.so")) for d in ("lib", "lib64"))
+
+
+def _require_length(what: str, data: bytes, expected: int) -> None:
+    """Raise ``ValueError`` (as the pyca backend does) for input of the wrong length."""
+    if len(data) != expected:
+        raise ValueError(f"{what} must be {expected} bytes, got {len(data)}")
 
 
 class OqsBackend:
@@ -176,11 +199,16 @@ class OqsBackend:
     def kem_encapsulate(self, ps: MLKemParameterSet, public_key: bytes) -> tuple[bytes, bytes]:
         """See :class:`PQBackend`."""
         with self._oqs.KeyEncapsulation(_OQS_KEM[ps]) as kem:
-            ct, ss = kem.encap_secret(public_key)
+            _require_length("an ML-KEM encapsulation key", public_key, int(kem.length_public_key))
+            try:
+                ct, ss = kem.encap_secret(public_key)
+            except RuntimeError as exc:  # liboqs refuses a key that fails the FIPS 203 modulus check
+                raise ValueError(f"invalid ML-KEM encapsulation key: {exc}") from exc
         return bytes(ss), bytes(ct)
 
     def kem_decapsulate(self, handle: KemPrivateHandle, ciphertext: bytes) -> bytes:
         """See :class:`PQBackend`."""
+        _require_length("an ML-KEM ciphertext", ciphertext, int(handle.key.length_ciphertext))
         return bytes(handle.key.decap_secret(ciphertext))
 
     def sign_keypair(self, alg: SignatureAlgorithm, seed: bytes | None = None) -> tuple[bytes, SignPrivateHandle]:
@@ -192,11 +220,15 @@ class OqsBackend:
 
     def sign(self, handle: SignPrivateHandle, message: bytes, context: bytes = b"") -> bytes:
         """See :class:`PQBackend`."""
+        if len(context) > 255:  # FIPS 204: liboqs only returns an error code; pyca raises ValueError
+            raise ValueError(f"an ML-DSA context is at most 255 bytes, got {len(context)}")
         return bytes(handle.key.sign_with_ctx_str(message, context))
 
     def verify(self, alg: SignatureAlgorithm, public_key: bytes, message: bytes, signature: bytes, context: bytes = b"") -> bool:
         """See :class:`PQBackend`."""
         with self._oqs.Signature(_OQS_SIG[alg]) as sig:
+            if len(public_key) != int(sig.length_public_key):
+                return False
             return bool(sig.verify_with_ctx_str(message, signature, context, public_key))
 
 
