@@ -38,6 +38,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -866,6 +867,22 @@ class SessionClient:
                     raise
         return found
 
+    def _verified(self, name: str, holders: Mapping[int, Any], domain: Any, scheme: Any, *,
+                  authenticated: bool) -> Any:
+        """One output's shares, of the plan's kind, verified and reconstructed (or :class:`ClientError`)."""
+        # The kind comes from the plan, never from a node: a node claiming "fixed" for a
+        # histogram would make its counts decode scaled down.
+        want_kind = "integer" if name.startswith("histogram(") else "fixed"
+        if any(s.kind != want_kind for s in holders.values()):
+            raise ClientError(f"a node delivered {name!r} as another kind than the plan's ({want_kind}): "
+                              "inconsistent outputs", "inconsistent")
+        # As received (the payload refused words >= p): never reduced, so nothing non-canonical hides.
+        shares = {i: DeliveredShare(s.values, s.key, s.tag) for i, s in holders.items()}
+        try:
+            return verify_delivered(domain, scheme, shares, authenticated=authenticated)
+        except OutputForgeryError as exc:
+            raise ClientError(f"the result {name!r} does not verify, refused: {exc}", "forged_output") from None
+
     def _reconstruct(self, opened: Mapping[int, OutputPayload], allow: Sequence[str], errors: list[str]) -> dict[str, Any]:
         """Verify and reconstruct: every party (additive) or t + 1 (Shamir) must have answered.
 
@@ -912,48 +929,46 @@ class SessionClient:
             if holders and len(holders) != len(opened):
                 raise ClientError(f"only some nodes delivered {name!r}: inconsistent outputs", "inconsistent")
             if holders:
-                # The kind comes from the plan, never from a node: a node claiming "fixed" for a
-                # histogram would make its counts decode scaled down.
-                want_kind = "integer" if name.startswith("histogram(") else "fixed"
-                if any(s.kind != want_kind for s in holders.values()):
-                    raise ClientError(f"a node delivered {name!r} as another kind than the plan's ({want_kind}): "
-                                      "inconsistent outputs", "inconsistent")
-                # As received (the payload refused words >= p): never reduced, so nothing non-canonical hides.
-                shares = {i: DeliveredShare(s.values, s.key, s.tag) for i, s in holders.items()}
-                try:
-                    value = verify_delivered(domain, scheme, shares, authenticated=authenticated)
-                except OutputForgeryError as exc:
-                    raise ClientError(f"the result {name!r} does not verify, refused: {exc}", "forged_output") from None
+                value = self._verified(name, holders, domain, scheme, authenticated=authenticated)
                 if undefined == {True}:
                     result[name] = None  # no valid rows: the statistic is undefined
                     continue
-                # Exact: the integers divided by the output's scale (and the public count for
-                # mean and variance) as a fraction, then an int or the nearest float.
-                signed = [int(v) for v in domain.to_signed(value).reshape(-1).tolist()]
-                fractions = decode_fractions(decodings[name], signed, next(iter(valid_rows)))
-                if name != "score" and any(q.denominator != 1 for q in fractions):
-                    # A float carries 53 bits; the exact value, to every unit of the field's scale:
-                    texts = [exact_text(q) for q in fractions]
-                    exact[name] = texts[0] if len(texts) == 1 else texts
-                # What is shown: integers as they are, everything else rounded (half to even) to
-                # the output's declared scale, so no float noise (233.27999877929688) shows.
-                places = scales.get(name, 0)
-                shown = [str(q.numerator) if q.denominator == 1 else rounded_text(q, places) for q in fractions]
-                flat: list[int | float] = [int(q) if q.denominator == 1 else float(q) for q in fractions]
-                decoded: Any = flat
-                text: Any = shown
-                if name == "score":
-                    decoded = np.asarray(flat, dtype=np.float64).reshape(value.shape).tolist()
-                    text = np.asarray(shown, dtype=object).reshape(value.shape).tolist()
-                if isinstance(decoded, list) and len(decoded) == 1 and not name.startswith("histogram("):
-                    decoded, text = decoded[0], text[0]
-                result[name] = decoded
-                display[name] = text
-                decimals[name] = places
+                fractions = decode_fractions(decodings[name], [int(v) for v in domain.to_signed(value).reshape(-1).tolist()],
+                                             next(iter(valid_rows)))
+                result[name], display[name], exact_value = _presented(name, fractions, value.shape, scales.get(name, 0))
+                decimals[name] = scales.get(name, 0)
+                if exact_value is not None:
+                    exact[name] = exact_value
             elif publics:
                 result[name] = publics[0]
         return {"session": self.session_id, "parties": sorted(opened), "outputs": result, "exact": exact,
                 "display": display, "decimals": decimals, "unreachable": errors}
+
+
+def _presented(name: str, fractions: Sequence[Fraction], shape: tuple[int, ...],
+               places: int) -> tuple[Any, Any, Any]:
+    """One output as the result shows it: numbers, display texts, and the exact text (or None).
+
+    Numbers are an ``int`` when the exact value is integral, else the nearest float;
+    display texts are integers as they are, everything else rounded (half to even) to the
+    output's declared scale, so no float noise (233.27999877929688) shows; the exact text
+    (every unit of the field's scale; a float carries 53 bits) is given for non-integral
+    aggregate outputs.
+    """
+    exact_value: Any = None
+    if name != "score" and any(q.denominator != 1 for q in fractions):
+        texts = [exact_text(q) for q in fractions]
+        exact_value = texts[0] if len(texts) == 1 else texts
+    shown = [str(q.numerator) if q.denominator == 1 else rounded_text(q, places) for q in fractions]
+    flat: list[int | float] = [int(q) if q.denominator == 1 else float(q) for q in fractions]
+    decoded: Any = flat
+    text: Any = shown
+    if name == "score":
+        decoded = np.asarray(flat, dtype=np.float64).reshape(shape).tolist()
+        text = np.asarray(shown, dtype=object).reshape(shape).tolist()
+    if isinstance(decoded, list) and len(decoded) == 1 and not name.startswith("histogram("):
+        decoded, text = decoded[0], text[0]
+    return decoded, text, exact_value
 
 
 def _header_text(columns: Mapping[str, Sequence[str]]) -> str:

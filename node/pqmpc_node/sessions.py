@@ -332,6 +332,62 @@ class SessionManager:
 
     # -- inputs -----------------------------------------------------------------------
 
+    def _refuse_repeats(self, rt: SessionRuntime, h: EnvelopeHeader, data: bytes) -> None:
+        """Refuse an input this session already holds (the same one: idempotent; another: not replaceable yet)."""
+        plan = rt.plan
+        if rt.input_digests.get(h.sender) == hashlib.sha256(data).hexdigest():
+            # The very envelope accepted before (a client's retry, even after the session ended
+            # and its replay ids were forgotten): idempotent, nothing changes.
+            raise InputRejected(
+                f"input {h.input_id!r} from {h.sender!r} was already accepted in session {rt.plan.session_id!r}",
+                reason=ReplayError.reason, status=409, extra={"alreadyAccepted": True},
+            )
+        if _same_input(h.input_id, rt.input_ids.get(h.sender, "")):  # input_ids outlive the inputs a run consumed
+            raise InputRejected(f"{h.sender!r} already delivered this very input (same content) to session "
+                                f"{rt.plan.session_id}", reason="already_accepted", status=409,
+                                extra={"alreadyAccepted": True})
+        if h.sender in rt.inputs:
+            raise InputRejected(
+                f"{h.sender!r} already delivered a different input to session {rt.plan.session_id}; replacing an accepted "
+                "input is not supported yet: to submit other data, the MPCSession must be deleted and created "
+                "again (every owner then submits again)", reason="duplicate_input", status=409,
+                extra={"alreadyAccepted": False})
+        if self.replay.seen(plan.session_id, h.sender, h.input_id):  # the same id, other bytes
+            raise InputRejected(
+                f"input {h.input_id!r} from {h.sender!r} was already accepted in session {rt.plan.session_id!r}",
+                reason=ReplayError.reason, status=409, extra={"alreadyAccepted": False},
+            )
+        if rt.phase is not Phase.AWAITING_INPUTS:
+            raise InputRejected(f"session {rt.plan.session_id} is {rt.phase.value}; inputs are closed",
+                                reason="inputs_closed", status=409)
+
+    def _decode_input(self, rt: SessionRuntime, sender: str, plaintext: bytes) -> InputPayload:
+        """An opened input's payload, checked against what the plan declares for its owner."""
+        plan = rt.plan
+        owner = plan.input_of(sender)
+        domain: DomainName = domain_for(plan.sharing, plan.security)
+        if owner.role == "data":
+            payload = InputPayload.decode(plaintext, domain=domain, fields=[f.name for f in owner.fields],
+                                          keyed=plan.security == "malicious")
+            if payload.kind != "rows":
+                raise PayloadError("a data owner must send rows")
+            if payload.rows > plan.max_rows_per_owner:
+                raise InputRejected(
+                    f"{sender!r} sent {payload.rows} rows; the session accepts at most {plan.max_rows_per_owner} "
+                    "per owner (spec.maxRowsPerOwner, which the program's numbers are proven for): split the data "
+                    "or ask for a session with a larger maxRowsPerOwner", reason="too_many_rows", status=422)
+        else:
+            shapes = model_shapes(rt.compiled.program)
+            payload = InputPayload.decode(plaintext, domain=domain, model_shapes=shapes,
+                                          keyed=plan.security == "malicious")
+            if payload.kind != "model":
+                raise PayloadError("the model owner must send model parameters")
+        if rt.material is not None and payload.kind == "rows" and rt.material.rows.get(sender) != payload.rows:
+            raise InputRejected(
+                f"{sender!r} sent {payload.rows} rows; the session's preprocessing was dealt for "
+                f"{rt.material.rows.get(sender)}", reason="rows_mismatch", status=422)
+        return payload
+
     def accept_input(self, session_id: str, data: bytes) -> dict[str, Any]:
         """Check, open and keep (sealed) one input envelope; see the module docstring, step 2."""
         rt = self.get(session_id)
@@ -339,59 +395,14 @@ class SessionManager:
         try:
             env = SealedEnvelope.from_bytes(data)
             h = env.header
-            if rt.input_digests.get(h.sender) == hashlib.sha256(data).hexdigest():
-                # The very envelope accepted before (a client's retry, even after the session ended
-                # and its replay ids were forgotten): idempotent, nothing changes.
-                raise InputRejected(
-                    f"input {h.input_id!r} from {h.sender!r} was already accepted in session {session_id!r}",
-                    reason=ReplayError.reason, status=409, extra={"alreadyAccepted": True},
-                )
-            if _same_input(h.input_id, rt.input_ids.get(h.sender, "")):  # input_ids outlive the inputs a run consumed
-                raise InputRejected(f"{h.sender!r} already delivered this very input (same content) to session "
-                                    f"{session_id}", reason="already_accepted", status=409,
-                                    extra={"alreadyAccepted": True})
-            if h.sender in rt.inputs:
-                raise InputRejected(
-                    f"{h.sender!r} already delivered a different input to session {session_id}; replacing an accepted "
-                    "input is not supported yet: to submit other data, the MPCSession must be deleted and created "
-                    "again (every owner then submits again)", reason="duplicate_input", status=409,
-                    extra={"alreadyAccepted": False})
-            if self.replay.seen(plan.session_id, h.sender, h.input_id):  # the same id, other bytes
-                raise InputRejected(
-                    f"input {h.input_id!r} from {h.sender!r} was already accepted in session {session_id!r}",
-                    reason=ReplayError.reason, status=409, extra={"alreadyAccepted": False},
-                )
-            if rt.phase is not Phase.AWAITING_INPUTS:
-                raise InputRejected(f"session {session_id} is {rt.phase.value}; inputs are closed",
-                                    reason="inputs_closed", status=409)
+            self._refuse_repeats(rt, h, data)
             senders = {i.owner: self.keys.suite.signature.public_key_from_bytes(i.identity) for i in plan.inputs}
             opened = open_envelope(
                 data, suite=self.keys.suite, session_id=plan.session_id, plan=plan.binding(), node_id=self.node_id,
                 party_index=rt.party,
                 senders=senders, keys=self.keys.ring, replay_guard=ReplayGuard(), now=self.clock(),
             )
-            owner = plan.input_of(h.sender)
-            domain: DomainName = domain_for(plan.sharing, plan.security)
-            if owner.role == "data":
-                payload = InputPayload.decode(opened.plaintext, domain=domain, fields=[f.name for f in owner.fields],
-                                              keyed=plan.security == "malicious")
-                if payload.kind != "rows":
-                    raise PayloadError("a data owner must send rows")
-                if payload.rows > plan.max_rows_per_owner:
-                    raise InputRejected(
-                        f"{h.sender!r} sent {payload.rows} rows; the session accepts at most {plan.max_rows_per_owner} "
-                        "per owner (spec.maxRowsPerOwner, which the program's numbers are proven for): split the data "
-                        "or ask for a session with a larger maxRowsPerOwner", reason="too_many_rows", status=422)
-            else:
-                shapes = model_shapes(rt.compiled.program)
-                payload = InputPayload.decode(opened.plaintext, domain=domain, model_shapes=shapes,
-                                              keyed=plan.security == "malicious")
-                if payload.kind != "model":
-                    raise PayloadError("the model owner must send model parameters")
-            if rt.material is not None and payload.kind == "rows" and rt.material.rows.get(h.sender) != payload.rows:
-                raise InputRejected(
-                    f"{h.sender!r} sent {payload.rows} rows; the session's preprocessing was dealt for "
-                    f"{rt.material.rows.get(h.sender)}", reason="rows_mismatch", status=422)
+            payload = self._decode_input(rt, h.sender, opened.plaintext)
         except EnvelopeError as exc:
             self.metrics.envelopes_refused.labels(exc.reason).inc()
             raise InputRejected(str(exc), reason=exc.reason, status=422 if isinstance(exc, MalformedEnvelopeError) else 403) from None
