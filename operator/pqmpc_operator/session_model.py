@@ -94,6 +94,10 @@ def _key(raw: Any, path: str, size: int, what: str) -> bytes:
         data = base64.b64decode(str(raw), validate=True)
     except (binascii.Error, ValueError):
         raise SpecError(path, "is not base64", f"paste the {what} as base64 (pqmpc identity new prints it)") from None
+    if data.startswith(b"replace with"):
+        raise SpecError(path, f"is still the example's placeholder ({data.decode(errors='replace')!r})",
+                        f"run `pqmpc identity new NAME --out NAME.identity.json` on the owner's or recipient's machine "
+                        f"and paste its {what} here (the file's public part; the private key stays there)")
     if len(data) != size:
         raise SpecError(
             path, f"is {len(data)} bytes, not the {size} bytes of {what}",
@@ -106,6 +110,10 @@ def _kem_key(raw: Any, path: str, suite: Suite) -> bytes:
     what = f"recipient's {suite.envelope_kem.value} KEM public key"
     try:
         data = base64.b64decode(str(raw), validate=True)
+        if data.startswith(b"replace with"):
+            raise SpecError(path, f"is still the example's placeholder ({data.decode(errors='replace')!r})",
+                            "run `pqmpc identity new NAME --out NAME.identity.json` on the recipient's machine and "
+                            "paste its kemPublicKey here")
         kem_public_key_from_bytes(suite.envelope_kem, data)
     except (binascii.Error, ValueError) as exc:
         raise SpecError(path, f"is not a {what} ({exc})",

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pqmpc_node.client import Identity
 from pqmpc_node.crypto.suites import get_suite
@@ -19,6 +21,9 @@ from pqmpc_operator.session_plan import PartyNode, build_signed_plan, session_pr
 SUITE = get_suite("pq-default")
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.timezone.utc)
 IDS = {n: Identity.generate(n).public_document() for n in ("bank-a", "bank-b", "insurer", "auditor")}
+
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def body(**spec: Any) -> dict[str, Any]:
@@ -84,6 +89,19 @@ class TestSpec:
         b = body()
         b["spec"]["outputs"][0]["identity"] = IDS["bank-a"]["identity"]  # a signing key, not a KEM key
         with pytest.raises(SpecError, match=r"outputs\[0\]\.identity"):
+            parse_mpcsession(b, SUITE)
+
+    def test_the_examples_placeholder_identities_say_what_to_do(self) -> None:
+        """The example sessions ship placeholders; applying one as is names the field and the command."""
+        example = yaml.safe_load((REPO / "examples" / "mpcsession-fraud-stats.yaml").read_text())
+        example["metadata"].update(namespace="ns", uid="0123456789abcdef", generation=1)
+        with pytest.raises(SpecError) as err:
+            parse_mpcsession(example, SUITE)
+        assert err.value.field_path == "inputs[0].identity"
+        assert "still the example's placeholder" in str(err.value) and "pqmpc identity new" in str(err.value)
+        b = body()
+        b["spec"]["outputs"][0]["identity"] = example["spec"]["outputs"][0]["identity"]
+        with pytest.raises(SpecError, match=r"outputs\[0\]\.identity.*placeholder.*kemPublicKey"):
             parse_mpcsession(b, SUITE)
 
     def test_a_session_nobody_can_read_is_refused(self) -> None:
