@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeVar, cast
 import numpy as np
 
 from pqmpc_node.mpc.backend import to_host
-from pqmpc_node.mpc.channel import Channel, ChannelError, receive_first
+from pqmpc_node.mpc.channel import Channel, ChannelError, LostPartyError, receive_first
 from pqmpc_node.mpc.domain import Array, Domain
 from pqmpc_node.mpc.errors import MacCheckError, NonCanonicalError
 from pqmpc_node.mpc.fixedpoint import FixedPoint
@@ -343,7 +343,10 @@ class MPCContext:
                 raise res
             got.update(res)
         if len(got) < self.scheme.threshold:
-            raise ChannelError(f"only {len(got)} peers answered {tag!r}; {self.scheme.threshold} needed")
+            missing = sorted(set(self.peers) - set(got))
+            # A lost party like any other (the session decides whether survivors can go on), not an engine error.
+            raise LostPartyError(missing[0], f"only {len(got)} peers answered {tag!r}; {self.scheme.threshold} needed "
+                                 f"(no answer from parties {missing})")
         return got
 
     async def _receive_opening(self, channel: Channel, tag: str) -> dict[int, bytes]:

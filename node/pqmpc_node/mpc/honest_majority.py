@@ -196,7 +196,7 @@ class HonestMajorityProvider:
         if len(received) < need:
             lost = sorted(set(ctx.peers) - set(received))
             raise LostPartyError(lost[0], f"only {len(received) + 1} parties answered degree reduction {tag!r}; "
-                                 f"2t + 1 = {need + 1} are needed")
+                                 f"2t + 1 = {need + 1} are needed (no answer from parties {lost})")
         shares = {ctx.party: share}
         for peer, data in sorted(received.items()):
             shares[peer] = ctx.elements_from(peer, data, int(share.size), tag)
@@ -373,7 +373,8 @@ class HonestMajorityProvider:
         received = await ctx._receive_reachable(tag)
         if len(received) < 2 * self.scheme.t:
             lost = sorted(set(ctx.peers) - set(received))
-            raise LostPartyError(lost[0], f"only {len(received) + 1} parties sent input-mask shares")
+            raise LostPartyError(lost[0], f"only {len(received) + 1} parties sent input-mask shares (no answer from "
+                                 f"parties {lost})")
         shares = {ctx.party: mask.value.reshape(-1)}
         for peer, data in sorted(received.items()):
             shares[peer] = ctx.elements_from(peer, data, int(mask.value.size), tag)
