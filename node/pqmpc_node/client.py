@@ -70,6 +70,7 @@ from pqmpc_node.mpc.programs import (
     delivered_names,
     encode_column,
     encode_model,
+    is_histogram_bins,
     model_shapes,
     output_decodings,
     output_labels,
@@ -977,7 +978,7 @@ def _presented(name: str, fractions: Sequence[Fraction], shape: tuple[int, ...],
     if name == "score":
         decoded = np.asarray(flat, dtype=np.float64).reshape(shape).tolist()
         text = np.asarray(shown, dtype=object).reshape(shape).tolist()
-    if isinstance(decoded, list) and len(decoded) == 1 and not name.startswith("histogram("):
+    if isinstance(decoded, list) and len(decoded) == 1 and not is_histogram_bins(name):
         decoded, text = decoded[0], text[0]
     return decoded, text, exact_value
 

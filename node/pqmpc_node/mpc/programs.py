@@ -69,6 +69,7 @@ __all__ = [
     "output_decodings",
     "output_labels",
     "delivered_names",
+    "is_histogram_bins",
     "run_session",
 ]
 
@@ -78,6 +79,11 @@ _AGG_KINDS = ("count", "sum", "mean", "variance", "min", "max", "histogram")
 
 HISTOGRAM_BELOW = ".below"
 HISTOGRAM_ABOVE = ".above"
+
+
+def is_histogram_bins(name: str) -> bool:
+    """Whether output ``name`` is a histogram's array of bin counts (``histogram(f)``, not its ``.below``/``.above``)."""
+    return name.startswith("histogram(") and name.endswith(")")
 
 
 def delivered_names(allow: Sequence[str]) -> tuple[str, ...]:
@@ -91,7 +97,7 @@ def delivered_names(allow: Sequence[str]) -> tuple[str, ...]:
     out: dict[str, None] = {}
     for name in allow:
         out[name] = None
-        if name.startswith("histogram(") and name.endswith(")"):
+        if is_histogram_bins(name):
             out[f"{name}{HISTOGRAM_BELOW}"] = None
             out[f"{name}{HISTOGRAM_ABOVE}"] = None
     return tuple(out)
