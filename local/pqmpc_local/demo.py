@@ -209,7 +209,11 @@ def plaintext_fraud(spec: dict[str, Any]) -> dict[str, Any]:
         elif op["op"] == "variance":
             out[name] = float(x.var())
         elif op["op"] == "histogram":
+            # numpy's bins: [e_k, e_k+1), the last one closed; the MPC histogram also reports
+            # the rows outside its edges (which np.histogram drops silently).
             out[name] = [int(c) for c in np.histogram(x, bins=op["bins"])[0]]
+            out[f"{name}.below"] = int(np.count_nonzero(x < op["bins"][0]))
+            out[f"{name}.above"] = int(np.count_nonzero(x > op["bins"][-1]))
     return out
 
 
@@ -604,7 +608,9 @@ class Demo:
             self.console.print(f"[bold]$ pqmpc result --session {name} --identity {recipient}.identity.json …[/]")
             self.console.print(shown.rstrip(), markup=False, highlight=False)
             raw = _run([pqmpc, "result", *args, "--json", "--wait", "60"], f"pqmpc result --json ({name})").stdout
-            outputs = dict(json.loads(raw)["outputs"])
+            doc = json.loads(raw)
+            outputs = dict(doc["outputs"])
+            labels = dict(doc.get("labels", {}))
             expected = {k: v for k, v in plaintext[name].items() if k in outputs}
             table = Table(title=f"{name}: MPC result vs plaintext (numpy, computed here for comparison only)",
                           title_justify="left")
@@ -612,7 +618,7 @@ class Demo:
             table.add_column("MPC (recipient " + recipient + ")")
             table.add_column("plaintext (numpy)")
             for key, value in outputs.items():
-                table.add_row(key, _fmt(value), _fmt(plaintext[name].get(key)))
+                table.add_row(labels.get(key, key), _fmt(value), _fmt(plaintext[name].get(key)))
             self.console.print(table)
             match = results_match(plaintext[name], outputs)
             session = self.summary["sessions"][name]

@@ -371,9 +371,12 @@ def result(session: Session, identity: IdentityFile, node: Node, ca: Ca, plan_si
     table = Table(title=f"session {session_id}")
     table.add_column("output")
     table.add_column("value", justify="right")
+    labels = res.get("labels", {})
     for name, value in res["outputs"].items():
         text = res.get("display", {}).get(name, value)
-        table.add_row(escape(name), text if isinstance(text, str) else escape(json.dumps(text).replace('"', "")))
+        # A histogram's range counts read as what they count: "histogram(amount) above 1000".
+        table.add_row(escape(labels.get(name, name)),
+                      text if isinstance(text, str) else escape(json.dumps(text).replace('"', "")))
     out.print(table)
 
 

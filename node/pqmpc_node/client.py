@@ -65,7 +65,16 @@ from pqmpc_node.output_scale import output_decimals, rounded_text
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.domain import Domain
 from pqmpc_node.mpc.numerics import decode_fractions, exact_text
-from pqmpc_node.mpc.programs import AggregatePlan, encode_column, encode_model, model_shapes, output_decodings
+from pqmpc_node.mpc.programs import (
+    AggregatePlan,
+    delivered_names,
+    encode_column,
+    encode_model,
+    is_histogram_bins,
+    model_shapes,
+    output_decodings,
+    output_labels,
+)
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.mpc.inputs import share_owner_input
 from pqmpc_node.mpc.outputs import DeliveredShare, OutputForgeryError, verify_delivered
@@ -896,7 +905,9 @@ class SessionClient:
         prints, never float noise) and ``decimals`` the places used; ``exact``
         holds, for every non-integral aggregate output, its exact value as text (a
         terminating decimal such as ``"2309.1583"``, or ``"p/q"``), since a float carries
-        only 53 bits.
+        only 53 bits. An allowed ``histogram(f)`` brings ``histogram(f).below`` and
+        ``.above`` (the valid rows outside its edges, :func:`delivered_names`); ``labels``
+        says what they count (``"histogram(f) below 0"``, :func:`output_labels`).
         """
         scheme = self._engine().scheme()
         need = scheme.n if scheme.kind == "additive" else scheme.threshold + 1
@@ -918,7 +929,7 @@ class SessionClient:
         display: dict[str, Any] = {}
         decimals: dict[str, int] = {}
         scales = output_decimals(self.plan.execution_plan())
-        for name in allow:
+        for name in delivered_names(allow):
             publics = [o.public.get(name) for o in opened.values() if name in o.public]
             if publics and (len(publics) != len(opened) or any(json.dumps(p) != json.dumps(publics[0]) for p in publics)):
                 raise ClientError(f"nodes disagree on the public value of {name!r}: inconsistent outputs", "inconsistent")
@@ -941,8 +952,9 @@ class SessionClient:
                     exact[name] = exact_value
             elif publics:
                 result[name] = publics[0]
+        labels = {k: v for k, v in output_labels(self.plan.execution_plan()).items() if k in result}
         return {"session": self.session_id, "parties": sorted(opened), "outputs": result, "exact": exact,
-                "display": display, "decimals": decimals, "unreachable": errors}
+                "display": display, "decimals": decimals, "labels": labels, "unreachable": errors}
 
 
 def _presented(name: str, fractions: Sequence[Fraction], shape: tuple[int, ...],
@@ -966,7 +978,7 @@ def _presented(name: str, fractions: Sequence[Fraction], shape: tuple[int, ...],
     if name == "score":
         decoded = np.asarray(flat, dtype=np.float64).reshape(shape).tolist()
         text = np.asarray(shown, dtype=object).reshape(shape).tolist()
-    if isinstance(decoded, list) and len(decoded) == 1 and not name.startswith("histogram("):
+    if isinstance(decoded, list) and len(decoded) == 1 and not is_histogram_bins(name):
         decoded, text = decoded[0], text[0]
     return decoded, text, exact_value
 

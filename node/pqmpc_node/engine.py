@@ -19,7 +19,14 @@ from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.inputs import OwnerShares, authenticate_inputs
 from pqmpc_node.mpc.outputs import DeliveredShare, OutputRequest, deliver_outputs
-from pqmpc_node.mpc.programs import ExecutionPlan, SessionInputs, SessionResult, model_shapes, run_session
+from pqmpc_node.mpc.programs import (
+    ExecutionPlan,
+    SessionInputs,
+    SessionResult,
+    delivered_names,
+    model_shapes,
+    run_session,
+)
 from pqmpc_node.mpc.shares import Shared
 from pqmpc_node.plan import SessionPlan
 
@@ -77,8 +84,8 @@ class RunOutcome:
 
 
 def output_requests(plan: SessionPlan) -> list[OutputRequest]:
-    """The plan's output policy as the engine takes it."""
-    return [OutputRequest(o.recipient, tuple(o.allow)) for o in plan.outputs]
+    """The plan's output policy as the engine takes it (a histogram brings its range counts, :func:`delivered_names`)."""
+    return [OutputRequest(o.recipient, delivered_names(o.allow)) for o in plan.outputs]
 
 
 async def execute(ctx: MPCContext, exec_plan: ExecutionPlan, fields: Sequence[str], inputs: PartyInputs,

@@ -22,7 +22,8 @@ def output_decimals(plan: ExecutionPlan) -> dict[str, int]:
     ``sum``, ``min`` and ``max`` at their field's ``decimals`` (exact there); ``mean`` and
     ``variance`` two places more (the mean of the whole numbers 1 and 2 is 1.5; a
     variance, in squared units, would need ``2 * decimals`` places to be exact, which
-    reads as noise again: ``exact`` has it); counts and histograms are integers (0). A model's
+    reads as noise again: ``exact`` has it); counts, histograms and a histogram's
+    ``.below``/``.above`` range counts are integers (0). A model's
     ``score`` at the places its fixed point resolves (``ceil(frac_bits * log10 2)``: 5 for
     16 fractional bits).
     """
@@ -32,6 +33,8 @@ def output_decimals(plan: ExecutionPlan) -> dict[str, int]:
     for op in plan.ops:
         d = plan.numerics[op.field].decimals if op.field in plan.numerics else 0
         places[op.output_name] = {"count": 0, "histogram": 0, "mean": d + 2, "variance": d + 2}.get(op.op, d)
+        if op.op == "histogram":
+            places.update((name, 0) for name in op.range_outputs)
     return places
 
 

@@ -141,7 +141,8 @@ def test_fraud_stats_result_equals_numpy_on_the_submitted_csvs(demo: DemoRun) ->
     assert len(amounts) > 10
     got = demo.summary["sessions"]["fraud-stats"]["results"]
     # exactly what the auditor may see
-    assert set(got) == {"count(amount)", "mean(amount)", "variance(amount)", "histogram(amount)"}
+    assert set(got) == {"count(amount)", "mean(amount)", "variance(amount)", "histogram(amount)",
+                        "histogram(amount).below", "histogram(amount).above"}
     assert got["count(amount)"] == len(amounts)
     cents = [int(round(v * 100)) for v in amounts]  # the example declares decimals: 2, so the result is exact
     n, total, squares = len(cents), sum(cents), sum(c * c for c in cents)
@@ -149,6 +150,11 @@ def test_fraud_stats_result_equals_numpy_on_the_submitted_csvs(demo: DemoRun) ->
     assert got["mean(amount)"] == float(rounded_text(Fraction(total, n * 100), 4))
     assert got["variance(amount)"] == float(rounded_text(Fraction(n * squares - total * total, n * n * 100**2), 4))
     assert got["histogram(amount)"] == np.histogram(amounts, bins=[0, 100, 1000, 10000, 100000])[0].tolist()
+    # The rows outside the edges are reported, not dropped: every row is in one count.
+    assert got["histogram(amount).below"] == int(np.count_nonzero(amounts < 0))
+    assert got["histogram(amount).above"] == int(np.count_nonzero(amounts > 100000))
+    assert sum(got["histogram(amount)"]) + got["histogram(amount).below"] + got["histogram(amount).above"] == len(amounts)
+    assert "histogram(amount) above 100000" in demo.stdout
     # The printed comparison agrees.
     assert demo.stdout.count("matches the plaintext answer") == 2 and "does not match" not in demo.stdout
     assert "plaintext (numpy" in demo.stdout

@@ -73,7 +73,7 @@ def run_compiled(config: EngineConfig, plan: ExecutionPlan, table: Mapping[str, 
         values = [int(q) if q.denominator == 1 else float(q) for q in exact[name]]
         if name == "score":
             opened[name] = np.asarray(values, dtype=np.float64).reshape(y.shape)
-        elif name.startswith("histogram("):
+        elif name.startswith("histogram(") and name.endswith(")"):  # the bins; .below/.above are single counts
             opened[name] = values
         else:
             opened[name] = None if name in first.undefined else values[0]

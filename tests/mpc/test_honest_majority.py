@@ -222,7 +222,7 @@ FIELDS = [{"name": "amount", "min": 0, "max": 1000, "decimals": 2}, {"name": "ag
 AGG = {"aggregate": [
     {"op": "count", "field": "amount"}, {"op": "sum", "field": "amount"}, {"op": "mean", "field": "amount"},
     {"op": "variance", "field": "amount"}, {"op": "min", "field": "age"}, {"op": "max", "field": "age"},
-    {"op": "histogram", "field": "amount", "bins": [0, 100, 500, 1000]},
+    {"op": "histogram", "field": "amount", "bins": [200, 500, 800]},  # valid amounts below and above the edges too
 ]}
 
 
@@ -241,6 +241,9 @@ def test_aggregate_program_matches_plaintext(n: int, t: int, security: str) -> N
     assert got["min(age)"] == [int(age[ok].min())] and got["max(age)"] == [int(age[ok].max())]
     mean = sum(cents) / len(cents)
     assert got["variance(amount)"] == [sum((c - mean) ** 2 for c in cents) / len(cents)]
-    hist = [sum(1 for c in cents if lo <= c < hi) for lo, hi in ((0, 100), (100, 500), (500, 1000))]
-    hist[-1] += sum(1 for c in cents if c == 1000)
+    hist = [sum(1 for c in cents if lo <= c < hi) for lo, hi in ((200, 500), (500, 800))]
+    hist[-1] += sum(1 for c in cents if c == 800)
     assert got["histogram(amount)"] == hist
+    below, above = sum(1 for c in cents if c < 200), sum(1 for c in cents if c > 800)
+    assert got["histogram(amount).below"] == [below] and got["histogram(amount).above"] == [above]
+    assert below > 0 and above > 0 and sum(hist) + below + above == len(cents)

@@ -78,6 +78,9 @@ def exact_answers(plan: AggregatePlan, values: np.ndarray[Any, Any]) -> dict[str
             edges = [num.units(b, "bin") for b in op.bins]
             answers[name] = [sum(1 for u in valid if edges[k] <= u < edges[k + 1] or (k == len(edges) - 2 and u == edges[-1]))
                              for k in range(len(edges) - 1)]
+            below, above = op.range_outputs
+            answers[below] = sum(1 for u in valid if u < edges[0])
+            answers[above] = sum(1 for u in valid if u > edges[-1])
         elif not n:
             answers[name] = None
         elif op.op == "mean":
@@ -243,8 +246,29 @@ def test_histogram_edges_far_outside_the_range_count_exactly() -> None:
     plan = compile_program({"aggregate": [{"op": "histogram", "field": "x", "bins": [-5e12, 0.5, 2e12]}]}, fields)
     out = run_compiled(EngineConfig(3, security="malicious"), plan, {"x": np.array([0.0, 0.25, 0.5, 1.0])}).opened
     assert out["histogram(x)"] == [2, 2]
+    assert out["histogram(x).below"] == 0 and out["histogram(x).above"] == 0
     with pytest.raises(ProgramError, match="not a finite number"):
         compile_program({"aggregate": [{"op": "histogram", "field": "x", "bins": [0, float("inf")]}]}, fields)
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_histogram_reports_the_valid_rows_below_and_above_its_edges(config: str) -> None:
+    """Rows inside [min, max] but outside the edges are counted, not dropped; rows outside [min, max] are neither.
+
+    Edges at 0.5 and 3.5 of [-2, 10] (decimals 1): a value at the first edge is in bin 0,
+    one at the last edge in the last bin (closed, as numpy's), one a unit beyond either
+    edge is below or above; every valid row lands in exactly one count.
+    """
+    fields = [{"name": "x", "min": -2, "max": 10, "decimals": 1}]
+    plan = compile_program({"aggregate": [{"op": "histogram", "field": "x", "bins": [0.5, 2, 3.5]}]}, fields,
+                           ring=CONFIGS[config].domain().name == "ring64")
+    x = np.array([-2.0, -1.0, 0.4, 0.5, 1.9, 2.0, 3.5, 3.6, 9.9, 10.0, -2.1, 10.1, 0.0])
+    out = run_compiled(CONFIGS[config], plan, {"x": x}).opened
+    valid = x[(x >= -2) & (x <= 10)]
+    assert out["histogram(x)"] == np.histogram(valid, [0.5, 2, 3.5])[0].tolist() == [2, 2]
+    assert out["histogram(x).below"] == int(np.count_nonzero(valid < 0.5)) == 4  # -2, -1, 0.4, 0
+    assert out["histogram(x).above"] == int(np.count_nonzero(valid > 3.5)) == 3  # 3.6, 9.9, 10
+    assert sum(out["histogram(x)"]) + out["histogram(x).below"] + out["histogram(x).above"] == len(valid)
 
 
 # -- models ---------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ AGG = {
         {"op": "variance", "field": "amount"},
         {"op": "min", "field": "age"},
         {"op": "max", "field": "age"},
-        {"op": "histogram", "field": "amount", "bins": [0, 100, 500, 1000]},
+        {"op": "histogram", "field": "amount", "bins": [100, 500, 900]},  # valid amounts below 100 and above 900 too
     ]
 }
 
@@ -78,7 +78,9 @@ def test_aggregate_matches_numpy(config: EngineConfig) -> None:
     assert o["variance(amount)"] == pytest.approx(a.var(), rel=1e-4, abs=0.05)
     assert o["min(age)"] == pytest.approx(g.min(), abs=1e-4)
     assert o["max(age)"] == pytest.approx(g.max(), abs=1e-4)
-    assert o["histogram(amount)"] == np.histogram(a, [0, 100, 500, 1000])[0].tolist()
+    assert o["histogram(amount)"] == np.histogram(a, [100, 500, 900])[0].tolist()
+    assert o["histogram(amount).below"] == int((a < 100).sum()) > 0
+    assert o["histogram(amount).above"] == int((a > 900).sum()) > 0
 
 
 @pytest.mark.parametrize("output", ["score", "sigmoid", "threshold"])

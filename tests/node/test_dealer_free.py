@@ -15,7 +15,7 @@ from pqmpc_node.plan import FieldDecl
 
 FIELDS = [FieldDecl("x1", -10, 10), FieldDecl("x2", -10, 10)]
 AGG = {"aggregate": [{"op": "sum", "field": "x1"}, {"op": "mean", "field": "x2"}, {"op": "variance", "field": "x1"},
-                     {"op": "max", "field": "x2"}, {"op": "histogram", "field": "x1", "bins": [-10, 0, 10]}]}
+                     {"op": "max", "field": "x2"}, {"op": "histogram", "field": "x1", "bins": [-1, 0, 4]}]}
 ALLOW = ["sum(x1)", "mean(x2)", "variance(x1)", "max(x2)", "histogram(x1)"]
 ROWS = np.array([[1.0, 2.0], [3.0, -4.0], [5.0, 6.0], [-2.0, 1.0]])
 
@@ -44,7 +44,11 @@ def test_dealer_free_session_matches_plaintext(operator: Operator, trio: Any) ->
     assert out["outputs"]["mean(x2)"] == pytest.approx(x2.mean(), abs=1e-9)
     assert out["outputs"]["variance(x1)"] == pytest.approx(x1.var(), abs=1e-9)
     assert out["outputs"]["max(x2)"] == pytest.approx(x2.max(), abs=1e-9)
-    assert list(out["outputs"]["histogram(x1)"])[:2] == [1, 3]
+    # x1 = 1, 3, 5, -2 over bins [-1, 0), [0, 4]: the rows outside the edges are reported, not dropped.
+    assert out["outputs"]["histogram(x1)"] == [0, 2]
+    assert out["outputs"]["histogram(x1).below"] == 1 and out["outputs"]["histogram(x1).above"] == 1
+    assert out["labels"] == {"histogram(x1).below": "histogram(x1) below -1", "histogram(x1).above": "histogram(x1) above 4"}
+    assert set(out["outputs"]) == {*ALLOW, "histogram(x1).below", "histogram(x1).above"}
     assert "hm-1" not in operator.dealt  # nothing was dealt: the harness's dealer never ran
     for n in trio:
         assert operator.metric(n, 'pqmpc_node_preprocessing_material_total{kind="triples",provider="prss"}') > 0

@@ -67,11 +67,40 @@ __all__ = [
     "encode_column",
     "encode_model",
     "output_decodings",
+    "output_labels",
+    "delivered_names",
+    "is_histogram_bins",
     "run_session",
 ]
 
 AggregateKind = Literal["count", "sum", "mean", "variance", "min", "max", "histogram"]
 _AGG_KINDS = ("count", "sum", "mean", "variance", "min", "max", "histogram")
+
+
+HISTOGRAM_BELOW = ".below"
+HISTOGRAM_ABOVE = ".above"
+
+
+def is_histogram_bins(name: str) -> bool:
+    """Whether output ``name`` is a histogram's array of bin counts (``histogram(f)``, not its ``.below``/``.above``)."""
+    return name.startswith("histogram(") and name.endswith(")")
+
+
+def delivered_names(allow: Sequence[str]) -> tuple[str, ...]:
+    """The outputs an allow-list delivers: each name, and with ``histogram(f)`` also its range counts.
+
+    A histogram's ``histogram(f).below`` and ``histogram(f).above`` (the valid rows under its
+    first edge and over its last) are part of the histogram the policy names, so a
+    recipient allowed ``histogram(f)`` receives them too; they stay separate outputs so the
+    histogram's array keeps one count per bin for positional consumers. Pure; order kept.
+    """
+    out: dict[str, None] = {}
+    for name in allow:
+        out[name] = None
+        if is_histogram_bins(name):
+            out[f"{name}{HISTOGRAM_BELOW}"] = None
+            out[f"{name}{HISTOGRAM_ABOVE}"] = None
+    return tuple(out)
 
 
 class ProgramError(ValueError):
@@ -103,6 +132,11 @@ class AggregateOp:
     @property
     def output_name(self) -> str:
         return f"{self.op}({self.field})"
+
+    @property
+    def range_outputs(self) -> tuple[str, str]:
+        """A histogram's companion outputs: the valid rows below its first and above its last edge."""
+        return f"{self.output_name}{HISTOGRAM_BELOW}", f"{self.output_name}{HISTOGRAM_ABOVE}"
 
 
 @dataclass(frozen=True)
@@ -394,6 +428,8 @@ def output_decodings(plan: ExecutionPlan) -> dict[str, OutputDecoding]:
     for op in plan.ops:
         if op.op in ("count", "histogram"):
             out[op.output_name] = OutputDecoding(1)
+            if op.op == "histogram":
+                out.update((name, OutputDecoding(1)) for name in op.range_outputs)
             continue
         scale = plan.numerics[op.field].scale
         if op.op == "mean":
@@ -404,6 +440,28 @@ def output_decodings(plan: ExecutionPlan) -> dict[str, OutputDecoding]:
         else:
             out[op.output_name] = OutputDecoding(scale)
     return out
+
+
+def _edge_text(edge: float) -> str:
+    """A bin edge as a person wrote it: ``0``, ``1000``, ``2.5`` (never ``1e+03`` or ``1000.0``)."""
+    return f"{edge:.15g}" if abs(edge) < 1e15 else repr(edge)
+
+
+def output_labels(plan: ExecutionPlan) -> dict[str, str]:
+    """What a person reads for outputs whose name alone does not say it: a histogram's range counts.
+
+    ``histogram(amount).below`` reads ``histogram(amount) below 0`` (the valid rows with
+    ``amount < 0``), ``.above`` reads ``histogram(amount) above 1000`` (``amount > 1000``;
+    the last bin includes its upper edge, as numpy's does).
+    """
+    labels: dict[str, str] = {}
+    if isinstance(plan, AggregatePlan):
+        for op in plan.ops:
+            if op.op == "histogram":
+                below, above = op.range_outputs
+                labels[below] = f"{op.output_name} below {_edge_text(op.bins[0])}"
+                labels[above] = f"{op.output_name} above {_edge_text(op.bins[-1])}"
+    return labels
 
 
 @dataclass(frozen=True)
@@ -424,7 +482,8 @@ class SessionResult:
     to the recipients the policy names (:mod:`pqmpc_node.mpc.outputs`).
 
     ``valid_rows`` is that count (the mean and variance divide by it at the recipient,
-    :func:`output_decodings`); ``integer_outputs`` are counts (histograms);
+    :func:`output_decodings`); ``integer_outputs`` are counts (histograms, and each
+    histogram's ``.below``/``.above`` range counts, :func:`delivered_names`);
     ``undefined`` names statistics with no valid rows (their shares are computed anyway,
     so the material a run consumes never depends on the data, and decode to None).
     """
@@ -530,6 +589,10 @@ async def _run_aggregate(ctx: MPCContext, plan: AggregatePlan, inputs: SessionIn
        edge, ``valid * (x - base)`` for min/max.
     3. Variance: ``y = valid (x - min)`` in exact limbs (:func:`_variance_numerator`).
     4. Min/max by tournament trees; histogram counts by differences of the sums.
+       Bin k counts ``e_k <= x < e_{k+1}``, the last bin ``e_{m-1} <= x <= e_m`` (numpy's
+       bins); ``.below`` counts ``x < e_0`` (the public valid count minus the sum for
+       ``e_0``) and ``.above`` counts ``x > e_m`` (the sum for the top): no extra
+       comparison or multiplication, and every valid row lands in exactly one of them.
     """
     cols, n_rows = _columns(inputs, plan.fields)
     _check_rows(plan, n_rows)
@@ -594,7 +657,10 @@ async def _run_aggregate(ctx: MPCContext, plan: AggregatePlan, inputs: SessionIn
         elif op.op == "histogram":
             hist = [ctx.sum(masked[r]) for r in [*hist_rows[i], f"h{i}:top"]]
             outputs[name] = ctx.concat([ctx.sub(hist[k], hist[k + 1]) for k in range(len(hist) - 1)])
-            integer_outputs.add(name)
+            below_name, above_name = op.range_outputs
+            outputs[below_name] = ctx.add_public(ctx.neg(hist[0]), ctx.domain.scalar(valid_count))  # N - #[x >= e_0]
+            outputs[above_name] = hist[-1]  # #[x > e_m]
+            integer_outputs.update((name, below_name, above_name))
     return SessionResult(public, outputs, rejected, frozenset(integer_outputs), frozenset(undefined), valid_count)
 
 
