@@ -211,6 +211,7 @@ async def test_every_phase_to_success_then_ttl_cleanup(world: World) -> None:
     st = world.status("s")
     assert st["phase"] == "AwaitingInputs"
     assert [(i["owner"], i["received"], i["parties"]) for i in st["inputs"]] == [("bank-a", True, 2), ("bank-b", False, 0)]
+    assert st["inputsReceived"] == "1/2"  # the INPUTS column of kubectl get mpcs
 
     # Every input in: the operator deals each party its own sealed material.
     inputs_in(world, "s", {"bank-a": 3, "bank-b": 2})
@@ -249,9 +250,13 @@ async def test_every_phase_to_success_then_ttl_cleanup(world: World) -> None:
     world.clock.advance(59)
     assert await world.run("s") == pytest.approx(1.0)
     assert len(world.nodes.calls) == asked and (NS, "s") in world.api.sessions
+    phase_series = {tuple(s.labels.values()) for m in world.deps.metrics.session_phase.collect() for s in m.samples}
+    assert (NS, "s", "Succeeded") in phase_series
     world.clock.advance(1)
     assert await world.run("s") is None
     assert (NS, "s") not in world.api.sessions
+    # pqmpc_session_phase does not outlive the deleted session.
+    assert [s for m in world.deps.metrics.session_phase.collect() for s in m.samples] == []
     assert await world.run("s") is None  # gone: nothing to do
 
 
