@@ -52,6 +52,7 @@ from rich.table import Table
 from pqmpc_local.agent_runner import DEFAULT_NODES, NodeAgentProcess, start_agent, stop_agent, wait_nodes_ready
 from pqmpc_local.controlplane import ControlPlane, binaries_dir
 from pqmpc_local.processes import ManagedProcess, Stopped, free_port, stop_on
+from pqmpc_local.prometheus_config import prometheus_config
 from pqmpc_local.pytest_plugin import Kubectl, kubectl_binary
 
 __all__ = ["DemoError", "main"]
@@ -456,18 +457,14 @@ class Demo:
         pods = self.get("pods", "-n", NS, "-l", NODE_SELECTOR)["items"]
         pdir = self.out / "prometheus"
         pdir.mkdir(parents=True, exist_ok=True)
-        config = {
-            "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
-            "rule_files": [str(ALERT_RULES)],
-            "scrape_configs": [
-                {"job_name": "pqmpc-operator",
-                 "static_configs": [{"targets": [f"{op['ip']}:{op['metricsPort']}"],
-                                     "labels": {"namespace": SYSTEM_NS, "pod": op["pod"]}}]},
-                {"job_name": "pqmpc-nodes",
-                 "static_configs": [{"targets": [f"{p['status']['podIP']}:9100"],  # plain-HTTP metrics port
-                                     "labels": {"namespace": NS, "pod": p["metadata"]["name"]}} for p in pods]},
-            ],
-        }
+        # The operator job honours the operator's own namespace label (the session's or pool's).
+        config = prometheus_config(
+            operator_target=f"{op['ip']}:{op['metricsPort']}",
+            operator_labels={"namespace": SYSTEM_NS, "pod": op["pod"]},
+            node_targets=[(f"{p['status']['podIP']}:9100",  # plain-HTTP metrics port
+                           {"namespace": NS, "pod": p["metadata"]["name"]}) for p in pods],
+            rule_files=[str(ALERT_RULES)],
+        )
         (pdir / "prometheus.yml").write_text(json.dumps(config, indent=2))
         port = free_port()
         self.prom_url = f"http://127.0.0.1:{port}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -38,9 +39,25 @@ from pqmpc_operator.quarantine import PoolWatch
 from pqmpc_operator.session_controller import SessionDeps, cancel_session, reconcile_session
 from pqmpc_operator.settings import OperatorSettings
 
-__all__ = ["OperatorContext", "register"]
+__all__ = ["EVENT_SOURCE", "OperatorContext", "configure_kopf", "register"]
 
 _log = logging.getLogger(__name__)
+
+EVENT_SOURCE = builders.MANAGED_BY
+"""The component the operator's Events come from (``kubectl describe``'s From column), not kopf's default ``kopf``."""
+
+
+def configure_kopf(settings: kopf.OperatorSettings, *, instance: str) -> None:
+    """Set kopf's settings for this operator: finalizer, Event source, watch timeouts.
+
+    ``instance`` names the operator replica (its pod name) as the Events' reporting instance.
+    """
+    settings.persistence.finalizer = f"{API_GROUP}/operator"
+    settings.posting.level = logging.INFO
+    settings.posting.reporting_component = EVENT_SOURCE
+    settings.posting.reporting_instance = instance
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
 
 
 @dataclass
@@ -128,10 +145,7 @@ def _register_lifecycle(registry: kopf.OperatorRegistry) -> None:
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        settings.persistence.finalizer = f"{API_GROUP}/operator"
-        settings.posting.level = logging.INFO
-        settings.watching.server_timeout = 270
-        settings.watching.client_timeout = 300
+        configure_kopf(settings, instance=os.environ.get("HOSTNAME") or EVENT_SOURCE)
         ctx: OperatorContext = memo["ctx"]
         # Before any pool or session loop starts: nothing races the rebuild.
         await restore_memory(ctx.api, namespaces=ctx.namespaces, busy=ctx.busy, watches=ctx.watches)
@@ -194,21 +208,26 @@ def _register_sessions(registry: kopf.OperatorRegistry) -> None:
     async def session_loop(name: str, namespace: str, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
         ctx: OperatorContext = memo["ctx"]
         guard = _PassGuard(ctx.metrics, "MPCSession", f"session {namespace}/{name}")
-        while not stopped:
-            wait = await guard.run(reconcile_session(_session_deps(ctx), namespace=namespace, name=name))
-            if guard.failed:
-                wait = guard.retry_in
-            if wait is None:
-                break
-            await stopped.wait(wait)
-        ctx.metrics.observe_session(namespace, name, None)
-        for sessions in ctx.busy.values():
-            sessions.pop(f"{namespace}/{name}", None)
+        try:
+            while not stopped:
+                wait = await guard.run(reconcile_session(_session_deps(ctx), namespace=namespace, name=name))
+                if guard.failed:
+                    wait = guard.retry_in
+                if wait is None:
+                    break
+                await stopped.wait(wait)
+        finally:
+            # Also when kopf cancels the daemon of a deleted session mid-pass: after the last
+            # pass, so no write re-creates the series.
+            ctx.metrics.observe_session(namespace, name, None)
+            for sessions in ctx.busy.values():
+                sessions.pop(f"{namespace}/{name}", None)
 
     @kopf.on.delete(API_GROUP, API_VERSION, "mpcsessions", registry=registry)  # type: ignore[arg-type]
     async def session_deleted(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
         # Best effort: a node that cannot be reached must never hold the deletion up.
         ctx: OperatorContext = memo["ctx"]
+        ctx.metrics.observe_session(namespace, name, None)  # no pqmpc_session_phase series outlives it
         try:
             await asyncio.wait_for(cancel_session(_session_deps(ctx), body), timeout=15.0)
         except Exception:  # noqa: BLE001 - log and let the deletion go on

@@ -277,6 +277,7 @@ async def _apply(run: _Pass, action: Action) -> None:
         _log.info("session %s/%s finished %ds ago: deleting (ttlSecondsAfterFinished)", run.namespace, run.name,
                   action.ttl)
         await deps.api.delete_session(run.namespace, run.name)
+        deps.metrics.observe_session(run.namespace, run.name, None)  # no series outlives the session
         run.stopped, run.wait = True, None
     elif isinstance(action, Requeue):
         run.stopped, run.wait = True, action.seconds

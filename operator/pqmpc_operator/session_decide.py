@@ -58,7 +58,8 @@ __all__ = [
     "ObservedSession", "PartyUnreachable", "PlanAccepted", "PlanLost", "PlanRefused", "ReadLoads", "ReadPods", "ReadPool",
     "RecordEvidence", "Request", "Requeue", "SessionBody", "SessionEvent", "SessionMetadata", "SessionPhase",
     "SessionStatus", "StatusEvidence", "WriteStatus", "admit", "cancel_target", "decide", "evidence_from_status",
-    "evidence_to_status", "preprocessing_status", "result_hint", "session_events",
+    "evidence_to_status", "inputs_received", "placement_failure_is_new", "preprocessing_status", "result_hint",
+    "session_events",
 ]
 
 
@@ -134,9 +135,10 @@ class SessionStatus(TypedDict, total=False):
     planDigest: str
     dealtDigest: str
     inputs: list[InputProgress]
+    inputsReceived: str
     preprocessing: dict[str, str]
     result: dict[str, Any]
-    unreachableSince: dict[str, str]
+    unreachableSince: dict[str, str] | None
     evidence: StatusEvidence
 
 
@@ -401,14 +403,34 @@ def preprocessing_status(spec: SessionSpec) -> dict[str, str]:
 
 
 def session_events(old: SessionStatus, new: SessionStatus) -> list[SessionEvent]:
-    """The Events a status change calls for: a new placement failure reason, and each phase change."""
-    events = []
-    if new.get("phase") == SessionPhase.PLACING and new.get("reason") != old.get("reason"):
-        events.append(SessionEvent("Warning", str(new.get("reason")), str(new.get("message"))))
+    """The one Event a status change calls for, if any.
+
+    A placement failure (``Placing`` with a reason not stored before) is one Warning, even
+    when it is also the phase change into ``Placing``; leaving ``Placing`` once placed is
+    the Normal recovery Event. Any other phase change is Normal (``Failed``: Warning).
+    """
+    reason, message = str(new.get("reason")), str(new.get("message"))
+    if new.get("phase") == SessionPhase.PLACING and (new.get("reason"), new.get("phase")) != (
+            old.get("reason"), old.get("phase")):
+        return [SessionEvent("Warning", reason, message)]
     if new.get("phase") != old.get("phase"):
         kind: Literal["Normal", "Warning"] = "Warning" if new.get("phase") == SessionPhase.FAILED else "Normal"
-        events.append(SessionEvent(kind, str(new.get("reason")), str(new.get("message"))))
-    return events
+        return [SessionEvent(kind, reason, message)]
+    return []
+
+
+def placement_failure_is_new(stored: SessionStatus, reason: str) -> bool:
+    """Whether a placement failing with ``reason`` is a new failure, not a retry of the stored one.
+
+    ``pqmpc_operator_placement_failures_total`` counts placements that failed: once when a
+    session enters ``Placing`` and once each time the reason changes, never per retry.
+    """
+    return (stored.get("phase"), stored.get("reason")) != (SessionPhase.PLACING.value, reason)
+
+
+def inputs_received(inputs: Sequence[Mapping[str, Any]]) -> str:
+    """``status.inputsReceived``, the ``kubectl get mpcs`` INPUTS column: received owners / declared owners."""
+    return f"{sum(1 for i in inputs if i.get('received'))}/{len(inputs)}"
 
 
 # ------------------------------------------------------------------ the decision
@@ -501,7 +523,9 @@ def _ensure_placed(draft: _Draft, observed: ObservedSession, admission: Admissio
     if isinstance(result, placement.PlacementInfeasible):
         draft.phase(SessionPhase.PLACING, result.reason, result.message)
         draft.condition("Placed", "False", result.reason, result.message)
-        return draft.status(), [CountPlacementFailure(result.reason), WriteStatus(), Requeue(RETRY_PLACEMENT_S)]
+        count: list[Action] = [CountPlacementFailure(result.reason)] if placement_failure_is_new(stored, result.reason) \
+            else []
+        return draft.status(), [*count, WriteStatus(), Requeue(RETRY_PLACEMENT_S)]
     draft.new["placement"] = result.to_status()
     draft.phase(SessionPhase.PREPROCESSING, "Placed",
                 "placed on " + ", ".join(str(n) for n in result.nodes) + "; signing and sending the plan")
@@ -527,6 +551,7 @@ def _plan(draft: _Draft, observed: ObservedSession, admission: Admission, *, api
                 f"data owners can submit to session {spec.session_id}")
     draft.condition("PlanDelivered", "True", "PlanDelivered", draft.new["message"])
     draft.new["inputs"] = [InputProgress(owner=i.owner, role=i.role, received=False, parties=0) for i in spec.inputs]
+    draft.new["inputsReceived"] = inputs_received(draft.new["inputs"])
     draft.new["preprocessing"] = preprocessing_status(spec)
     draft.new["result"] = result_hint(spec, _placed(draft), observed.get("pod_ips") or {}, api_port)
     return draft.status(), [WriteStatus(), Requeue(NEXT_PASS_S)]
@@ -562,7 +587,11 @@ def _lost_parties(draft: _Draft, replies: Mapping[str, PartyReply], ips: Mapping
         since.setdefault(node, _ts(first))
         if (now - first).total_seconds() >= LOST_AFTER_S or not ips.get(node):
             lost.append(f"party {entry['party']} ({node}): {reply.error}")
-    draft.new["unreachableSince"] = since
+    if since:
+        draft.new["unreachableSince"] = since
+    elif "unreachableSince" in draft.stored:
+        # Status is merge-patched: None removes the key, so describe shows no empty map.
+        draft.new["unreachableSince"] = None
     return reports, lost
 
 
@@ -588,6 +617,7 @@ def _progress(draft: _Draft, observed: ObservedSession, admission: Admission, no
     reports, lost = _lost_parties(draft, observed["replies"], ips, now)
     progress = session_progress(spec, reports)
     draft.new["inputs"] = _merge_inputs(draft.stored, progress)
+    draft.new["inputsReceived"] = inputs_received(draft.new["inputs"])
     digest = str(draft.stored.get("planDigest"))
     if spec.preprocessing == "dealer" and progress.input_rows is not None \
             and draft.stored.get("dealtDigest") != draft.stored.get("planDigest") and not lost:

@@ -282,7 +282,8 @@ def test_status_keeps_every_field_the_operator_writes(kubectl: Any, namespace: s
 def test_session_status_and_columns(kubectl: Any, namespace: str) -> None:
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(MLP))
     status = {
-        "phase": "Computing",
+        "phase": "Computing", "reason": "Computing", "inputsReceived": "1/2",
+        "unreachableSince": {"banks-bank-a-eu-0": "2026-01-01T00:00:00Z"},
         "placement": [{"party": 0, "node": "banks-bank-a-eu-0", "region": "eu-west", "zone": "eu-west-1a",
                        "trustDomain": "bank-a"}],
         "inputs": [{"owner": "bank-a", "received": True, "rejected": False}],
@@ -296,8 +297,15 @@ def test_session_status_and_columns(kubectl: Any, namespace: str) -> None:
                   "-p", '{"status":{"phase":"Running"}}', check=False)
     assert bad.returncode != 0 and "status.phase" in bad.stderr
     header, row = kubectl("get", "-n", namespace, "mpcs", "fraud-mlp").stdout.splitlines()[:2]
-    assert header.split()[:5] == ["NAME", "PHASE", "POOL", "PARTIES", "THRESHOLD"]
-    assert row.split()[:5] == ["fraud-mlp", "Computing", "banks", "3", "1"]
+    assert header.split()[:7] == ["NAME", "PHASE", "POOL", "PARTIES", "THRESHOLD", "INPUTS", "REASON"]
+    assert row.split()[:7] == ["fraud-mlp", "Computing", "banks", "3", "1", "1/2", "Computing"]
+    assert "Unreachable Since" in kubectl("describe", "-n", namespace, "mpcs", "fraud-mlp").stdout
+    # The operator writes None once every party answers again: the merge patch removes the map,
+    # so describe shows no empty "Unreachable Since".
+    kubectl("patch", "-n", namespace, "mpcs", "fraud-mlp", "--subresource=status", "--type=merge",
+            "-p", json.dumps({"status": {"unreachableSince": None}}))
+    assert "unreachableSince" not in get(kubectl, namespace, "mpcs", "fraud-mlp")["status"]
+    assert "Unreachable Since" not in kubectl("describe", "-n", namespace, "mpcs", "fraud-mlp").stdout
 
 
 def test_category_lists_both_kinds(kubectl: Any, namespace: str) -> None:

@@ -84,7 +84,7 @@ def test_nodepool_scale_subresource_points_at_total_replicas() -> None:
     ("kind", "columns"),
     [
         ("NodePool", {"Ready", "Replicas", "Status", "Suite", "Age"}),
-        ("MPCSession", {"Phase", "Pool", "Parties", "Threshold", "Age"}),
+        ("MPCSession", {"Phase", "Pool", "Parties", "Threshold", "Inputs", "Reason", "Age"}),
     ],
 )
 def test_printer_columns(kind: str, columns: set[str]) -> None:

@@ -27,6 +27,7 @@ from chart_helpers import CHART, REPO
 from pqmpc_local.agent_runner import NodeAgentProcess
 from pqmpc_local.controlplane import ControlPlane
 from pqmpc_local.processes import free_port
+from pqmpc_local.prometheus_config import prometheus_config
 from pqmpc_local.pytest_plugin import Kubectl, wait_for
 
 Helm = Callable[..., subprocess.CompletedProcess[str]]
@@ -190,15 +191,11 @@ def test_prometheus_scrapes_operator_and_nodes(
     node_targets = [f"{p['status']['podIP']}:9100" for p in nodes]  # the plain-HTTP metrics port
     assert len(node_targets) == 3
     rules = REPO / "deploy" / "prometheus" / "pqmpc-alerts.yaml"
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(rules)],
-        "scrape_configs": [
-            {"job_name": "pqmpc-operator",
-             "static_configs": [{"targets": [f"{operator['status']['podIP']}:{release['ports']['metrics']}"]}]},
-            {"job_name": "pqmpc-nodes", "static_configs": [{"targets": node_targets}]},
-        ],
-    }
+    config = prometheus_config(
+        operator_target=f"{operator['status']['podIP']}:{release['ports']['metrics']}",
+        operator_labels={"namespace": SYSTEM_NS},  # as a ServiceMonitor would attach: the series keep theirs
+        node_targets=[(t, {}) for t in node_targets], rule_files=[str(rules)], interval="1s",
+    )
     (tmp_path / "prometheus.yml").write_text(json.dumps(config))
     port = free_port()
     base = f"http://127.0.0.1:{port}"

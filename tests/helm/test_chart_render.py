@@ -206,6 +206,8 @@ def test_metrics_service_selects_the_operator_pod(render: Render) -> None:
     monitor = one(render(monitoring=True), "ServiceMonitor")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    # The operator's series name the session's own namespace: the scrape must not overwrite it.
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
 
 
 def test_bootstrap_service_reaches_the_operators_bootstrap_port(render: Render) -> None:

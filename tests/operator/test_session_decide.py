@@ -152,6 +152,19 @@ class TestPlacement:
         assert actions == [CountPlacementFailure("NotEnoughReadyNodes"), WriteStatus(), Requeue(5.0)]
         assert status["phase"] == "Placing" and "need 4" in status["message"]
 
+    def test_a_retry_of_the_same_failure_is_not_counted_again(self) -> None:
+        # placement_failures_total counts placements that failed, not the 5-second retries.
+        first, _ = step(observed(session(parties=4, sharing="shamir"), pool=POOL, loads={}))
+        body = session(first, parties=4, sharing="shamir")
+        status, actions = step(observed(body, pool=POOL, loads={}), NOW + dt.timedelta(seconds=5))
+        assert actions == [WriteStatus(), Requeue(5.0)]
+        assert (status["phase"], status["reason"]) == ("Placing", "NotEnoughReadyNodes")
+
+    def test_a_new_failure_reason_is_counted(self) -> None:
+        body = session({"phase": "Placing", "reason": "ZoneCap", "message": "m"}, parties=4, sharing="shamir")
+        _, actions = step(observed(body, pool=POOL, loads={}))
+        assert actions[0] == CountPlacementFailure("NotEnoughReadyNodes")
+
     def test_a_stored_placement_is_kept(self) -> None:
         body = session({**copy.deepcopy(RUNNING), "phase": "Preprocessing", "planDigest": ""})
         status, actions = step(observed(body, pool=POOL))
@@ -188,6 +201,7 @@ class TestPlan:
         assert status["result"]["nodes"] == ["https://10.0.0.1:8443", "https://10.0.0.2:8443"]
         assert status["result"]["recipients"][0]["recipient"] == "auditor"
         assert status["preprocessing"]["provider"] == "dealer"
+        assert status["inputsReceived"] == "0/2"
         assert [(c["type"], c["status"]) for c in status["conditions"]] == [("Placed", "True"), ("PlanDelivered", "True")]
 
 
@@ -205,6 +219,7 @@ class TestProgress:
         assert actions == [WriteStatus(), Requeue(1.0)]
         assert status["inputs"] == [{"owner": "bank-a", "role": "data", "received": True, "parties": 2},
                                     {"owner": "bank-b", "role": "data", "received": False, "parties": 0}]
+        assert status["inputsReceived"] == "1/2"  # the INPUTS column of kubectl get mpcs
         assert status["conditions"] == RUNNING["conditions"]  # transition times kept
 
     def test_input_progress_only_grows(self) -> None:
@@ -213,6 +228,7 @@ class TestProgress:
             {"owner": "bank-b", "role": "data", "received": False, "parties": 1}]})
         status, _ = step(observed(body, pool=POOL, pod_ips=IPS, replies={"n-a": report(), "n-b": report()}))
         assert [(i["received"], i["parties"]) for i in status["inputs"]] == [(True, 2), (False, 1)]
+        assert status["inputsReceived"] == "1/2"
 
     def test_all_inputs_in_asks_to_deal_then_records_it(self) -> None:
         replies = {n: report(awaitingPreprocessing=True, inputRows={"bank-a": 4, "bank-b": 5}) for n in IPS}
@@ -271,7 +287,12 @@ class TestLostParties:
         body = session({**copy.deepcopy(RUNNING), "unreachableSince": {"n-b": ts(NOW)}})
         status, _ = step(observed(body, pool=POOL, pod_ips=IPS, replies={"n-a": report(), "n-b": report()}),
                          NOW + dt.timedelta(minutes=1))
-        assert status["unreachableSince"] == {}
+        # Merge-patched status: None removes the map, so describe shows no empty "Unreachable Since".
+        assert status["unreachableSince"] is None
+
+    def test_no_empty_map_is_written_when_every_party_answers(self) -> None:
+        status, _ = step(running(replies={"n-a": report(), "n-b": report()}))
+        assert "unreachableSince" not in status
 
 
 class TestPurity:
@@ -295,8 +316,12 @@ class TestEvents:
         [
             ({}, {"phase": "Pending", "reason": "PoolNotFound", "message": "m"},
              [SessionEvent("Normal", "PoolNotFound", "m")]),
+            # A placement failure is one Warning, not a Warning plus a Normal phase change.
             ({"phase": "Pending"}, {"phase": "Placing", "reason": "ZoneCap", "message": "m"},
-             [SessionEvent("Warning", "ZoneCap", "m"), SessionEvent("Normal", "ZoneCap", "m")]),
+             [SessionEvent("Warning", "ZoneCap", "m")]),
+            # The recovery: placed after failing, one Normal Event.
+            ({"phase": "Placing", "reason": "ZoneCap"}, {"phase": "Preprocessing", "reason": "Placed", "message": "m"},
+             [SessionEvent("Normal", "Placed", "m")]),
             ({"phase": "Placing", "reason": "ZoneCap"}, {"phase": "Placing", "reason": "ZoneCap", "message": "m"}, []),
             ({"phase": "Placing", "reason": "ZoneCap"}, {"phase": "Placing", "reason": "Other", "message": "m"},
              [SessionEvent("Warning", "Other", "m")]),

@@ -211,6 +211,7 @@ async def test_every_phase_to_success_then_ttl_cleanup(world: World) -> None:
     st = world.status("s")
     assert st["phase"] == "AwaitingInputs"
     assert [(i["owner"], i["received"], i["parties"]) for i in st["inputs"]] == [("bank-a", True, 2), ("bank-b", False, 0)]
+    assert st["inputsReceived"] == "1/2"  # the INPUTS column of kubectl get mpcs
 
     # Every input in: the operator deals each party its own sealed material.
     inputs_in(world, "s", {"bank-a": 3, "bank-b": 2})
@@ -249,9 +250,13 @@ async def test_every_phase_to_success_then_ttl_cleanup(world: World) -> None:
     world.clock.advance(59)
     assert await world.run("s") == pytest.approx(1.0)
     assert len(world.nodes.calls) == asked and (NS, "s") in world.api.sessions
+    phase_series = {tuple(s.labels.values()) for m in world.deps.metrics.session_phase.collect() for s in m.samples}
+    assert (NS, "s", "Succeeded") in phase_series
     world.clock.advance(1)
     assert await world.run("s") is None
     assert (NS, "s") not in world.api.sessions
+    # pqmpc_session_phase does not outlive the deleted session.
+    assert [s for m in world.deps.metrics.session_phase.collect() for s in m.samples] == []
     assert await world.run("s") is None  # gone: nothing to do
 
 
@@ -291,11 +296,13 @@ async def test_impossible_placement_is_explained_and_retried(world: World) -> No
     assert (st["phase"], st["reason"]) == ("Placing", "NotEnoughReadyNodes")
     assert "need 4" in st["message"] and "has 3" in st["message"]
     assert world.condition("big", "Placed")["status"] == "False"
-    assert world.events_of("big") == [("Warning", "NotEnoughReadyNodes"), ("Normal", "NotEnoughReadyNodes")]
+    # One Warning per placement failure, not a Warning plus a Normal phase change.
+    assert world.events_of("big") == [("Warning", "NotEnoughReadyNodes")]
     failures = world.deps.metrics.placement_failures.labels(reason="NotEnoughReadyNodes")
     assert failures._value.get() == 1
     assert await world.run("big") == 5.0
-    assert len(world.events_of("big")) == 2 and failures._value.get() == 2
+    # A retry is neither a new Event nor a new failed placement.
+    assert len(world.events_of("big")) == 1 and failures._value.get() == 1
     assert world.nodes.calls == [] and "planGeneration" not in world.status("big")
 
 
@@ -377,8 +384,13 @@ async def test_a_party_that_answers_again_is_no_longer_counted_unreachable(world
     assert await world.run("flaky") == 1.0
     st = world.status("flaky")
     assert st["phase"] == "AwaitingInputs"
-    # A merge patch keeps keys it does not name: what the operator wrote is what is stored.
-    assert st["unreachableSince"] == {"banks-b-0": ts(T0)}
+    # A merge patch keeps keys it does not name (an empty map would keep the stale entry):
+    # the operator writes None, which removes the map, so describe shows no "Unreachable Since".
+    assert "unreachableSince" not in st
+    patches = len(world.api.called("patch_session_status"))
+    assert await world.run("flaky") == 1.0
+    assert "unreachableSince" not in world.status("flaky")
+    assert len(world.api.called("patch_session_status")) == patches  # nothing left to remove, nothing written
     assert world.deps.busy[(NS, "banks")]["ns/flaky"] == frozenset({"banks-a-0", "banks-b-0"})
 
 

@@ -260,9 +260,16 @@ def test_impossible_placement_is_explained(
         assert word in st["message"], (word, st["message"])
     placed = next(c for c in st["conditions"] if c["type"] == "Placed")
     assert placed["status"] == "False" and placed["reason"] == reason
-    events = json.loads(kubectl("get", "events", "-n", NS, "--field-selector", f"involvedObject.name={name}",
-                                "-o", "json").stdout)["items"]
-    assert any(e["type"] == "Warning" and e["reason"] == reason for e in events)
+
+    def events() -> list[dict[str, Any]]:
+        return list(json.loads(kubectl("get", "events", "-n", NS, "--field-selector", f"involvedObject.name={name}",
+                                       "-o", "json").stdout)["items"])
+
+    # kopf posts Events in the background: wait for the failure's, then check it is the only one.
+    failed = wait_for(f"the {reason} Event", lambda: [e for e in events() if e["reason"] == reason], timeout=60)
+    # One Warning per placement failure (no Normal twin), from the operator, not from "kopf".
+    assert [(e["type"], e.get("count", 1)) for e in failed] == [("Warning", 1)], failed
+    assert failed[0]["source"]["component"] == "pqmpc-operator" and failed[0]["reportingComponent"] == "pqmpc-operator"
     kubectl("delete", "-n", NS, "mpcs", name, "--wait=true", "--timeout=60s")
 
 
