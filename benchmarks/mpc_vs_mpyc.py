@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pqmpc_local.processes import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = "--quick" in sys.argv
@@ -296,15 +296,6 @@ def mpyc_main() -> None:
 
 
 # ---------------------------------------------------------------- driver
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
 
 def run_parties(cmds: list[list[str]], env: dict[str, str], timeout: float) -> str:
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=None if i == 0 else subprocess.DEVNULL, env=env, cwd=ROOT)

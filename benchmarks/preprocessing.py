@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pqmpc_local.processes import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,15 +94,6 @@ async def party_main(party: int, ports: list[int], batch: int, repeat: int) -> d
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def run_parties(batch: int, repeat: int) -> list[dict[str, Any]]:

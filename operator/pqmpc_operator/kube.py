@@ -74,18 +74,22 @@ class KubeApi:
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
+    async def _read(self, fn: Any, *args: Any) -> Any | None:
+        """``fn(*args)`` in a worker thread, or None when the object does not exist (404)."""
+        try:
+            return await self._run(fn, *args)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def _plain(self, obj: Any) -> Any:
         return self._client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
 
     async def get_pool(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The NodePool as stored, or None when it is gone."""
-        try:
-            body = await self._run(self._custom.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "nodepools", name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return dict(body)
+        body = await self._read(self._custom.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "nodepools", name)
+        return None if body is None else dict(body)
 
     async def list_pool_pods(self, namespace: str, pool: str, uid: str) -> list[dict[str, Any]]:
         """Node pods of the pool that this pool owns (a foreign pod with our labels is ignored)."""
@@ -105,13 +109,8 @@ class KubeApi:
 
     async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         """One pod as stored, or None when it does not exist."""
-        try:
-            pod = await self._run(self._core.read_namespaced_pod, name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return dict(self._plain(pod))
+        pod = await self._read(self._core.read_namespaced_pod, name, namespace)
+        return None if pod is None else dict(self._plain(pod))
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         """All Nodes (to tell whether a group can be scheduled at all)."""
@@ -155,23 +154,13 @@ class KubeApi:
 
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's base64 ``data`` by name (the operator never lists Secrets), or None."""
-        try:
-            secret = await self._run(self._core.read_namespaced_secret, name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return dict(secret.data or {})
+        secret = await self._read(self._core.read_namespaced_secret, name, namespace)
+        return None if secret is None else dict(secret.data or {})
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A Secret by name as stored (metadata with its owner references, base64 ``data``), or None."""
-        try:
-            secret = await self._run(self._core.read_namespaced_secret, name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return dict(self._plain(secret))
+        secret = await self._read(self._core.read_namespaced_secret, name, namespace)
+        return None if secret is None else dict(self._plain(secret))
 
     async def create_object(self, obj: Mapping[str, Any]) -> bool:
         """Create a Secret or ConfigMap; False when it already exists (someone was first)."""
@@ -187,13 +176,8 @@ class KubeApi:
 
     async def read_configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """A ConfigMap's ``data``, or None when it does not exist."""
-        try:
-            cm = await self._run(self._core.read_namespaced_config_map, name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return dict(cm.data or {})
+        cm = await self._read(self._core.read_namespaced_config_map, name, namespace)
+        return None if cm is None else dict(cm.data or {})
 
     async def patch_pool_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
         """Merge-patch a pool's annotations (None removes one)."""
@@ -204,13 +188,8 @@ class KubeApi:
 
     async def get_session(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The MPCSession as stored, or None when it is gone."""
-        try:
-            body = await self._run(self._custom.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "mpcsessions", name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return dict(body)
+        body = await self._read(self._custom.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, "mpcsessions", name)
+        return None if body is None else dict(body)
 
     async def list_sessions(self, namespace: str) -> list[dict[str, Any]]:
         """Every MPCSession of a namespace (to count each node's running sessions)."""

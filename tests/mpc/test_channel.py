@@ -4,7 +4,6 @@ multiplication over the plain-TCP channel on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.fixedpoint import FixedPoint
 from pqmpc_node.mpc.preprocessing import Dealer, DealerProvider
 from pqmpc_node.mpc.randomness import AesCtrRandom, derive_key
+from pqmpc_local.processes import free_ports
 
 
 async def test_early_messages_are_buffered_and_replays_refused() -> None:
@@ -31,15 +31,6 @@ async def test_early_messages_are_buffered_and_replays_refused() -> None:
     with pytest.raises(ChannelError, match="cannot send"):
         await a.send_many("r3", {0: b"self"})
 
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 async def test_tcp_channel_runs_a_session() -> None:

@@ -68,19 +68,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from pqmpc_node.mpc.channel import Channel, LostPartyError
+from pqmpc_node.mpc.context import MPCContext, encode_payload
 from pqmpc_node.mpc.domain import Array, Domain
 from pqmpc_node.mpc.errors import MacCheckError
 from pqmpc_node.mpc.field import P61
+from pqmpc_node.mpc.mac import check_macs, toss_coins
 from pqmpc_node.mpc.preprocessing import InputMask, Triple, TruncationPair
 from pqmpc_node.mpc.prss import PrssKeys, agree_keys
 from pqmpc_node.mpc.shares import Shared
 from pqmpc_node.mpc.sharing import InconsistentSharesError, ShamirScheme
 
-if TYPE_CHECKING:
-    from pqmpc_node.mpc.context import MPCContext
 
 __all__ = ["MAX_BATCH", "HonestMajorityProvider", "ProviderStats", "TooFewPartiesError", "TripleCheckError", "BitCheckError"]
 
@@ -188,7 +187,7 @@ class HonestMajorityProvider:
         """Send this degree-2t share to every live party and interpolate ``d`` (checked when redundant)."""
         ctx = self.ctx
         tag = ctx.next_tag(f"dn/{label}")
-        payload = _payload(share)
+        payload = encode_payload(share)
         await ctx.channel.send_many(tag, {p: payload for p in ctx.peers})
         received = await ctx._receive_reachable(tag)
         self.stats.rounds += 1
@@ -218,13 +217,9 @@ class HonestMajorityProvider:
                 + [Shared(p, m) for p, m in zip(reduced, reduced_macs, strict=True)])
 
     async def _coin(self, label: str) -> Array:
-        from pqmpc_node.mpc.mac import toss_coins  # mac imports context, which imports this module's protocol
-
         return await toss_coins(self.ctx, label, 1)
 
     async def _check(self, label: str) -> None:
-        from pqmpc_node.mpc.mac import check_macs
-
         await check_macs(self.ctx, label)
 
     # -- material -----------------------------------------------------------------
@@ -368,7 +363,7 @@ class HonestMajorityProvider:
         if owner not in ctx.live:
             return InputMask(mask, None)  # a party missing from this attempt: the mask is drawn, never used
         if ctx.party != owner:
-            await ctx.channel.send_many(tag, {owner: _payload(mask.value)})
+            await ctx.channel.send_many(tag, {owner: encode_payload(mask.value)})
             return InputMask(mask, None)
         received = await ctx._receive_reachable(tag)
         if len(received) < 2 * self.scheme.t:
@@ -384,11 +379,6 @@ class HonestMajorityProvider:
             raise MacCheckError("input-mask-consistency", [tag], str(exc)) from exc
         return InputMask(mask, clear.reshape(shape))
 
-
-def _payload(array: Array) -> bytes:
-    from pqmpc_node.mpc.context import encode_payload
-
-    return encode_payload(array)
 
 
 def _pow(domain: Domain, base: Array, exponent: int) -> Array:
