@@ -54,16 +54,18 @@ async def test_every_ordered_pair_at_once() -> None:
     hub = InProcessHub(3)
     pairs = [(s, r) for s in range(3) for r in range(3) if s != r]
     choices = {p: random_choices(B.BASE_OT_COUNT) for p in pairs}
-    runs = []
-    for s, r in pairs:
-        context = f"session-7|{s}->{r}".encode()
-        runs.append(B.base_ot_send(hub.channel(s), r, f"bot/{s}-{r}", B.BASE_OT_COUNT, context=context))
-        runs.append(B.base_ot_receive(hub.channel(r), s, f"bot/{s}-{r}", choices[(s, r)], context=context))
-    results = await asyncio.gather(*runs)
-    for k, p in enumerate(pairs):
-        sent, received = results[2 * k], results[2 * k + 1]
-        assert isinstance(sent, list) and isinstance(received, list)
-        assert received == [pair[int(c)] for pair, c in zip(sent, choices[p], strict=True)]  # type: ignore[index]
+
+    def context(s: int, r: int) -> bytes:
+        return f"session-7|{s}->{r}".encode()
+
+    sent, received = await asyncio.gather(
+        asyncio.gather(*(B.base_ot_send(hub.channel(s), r, f"bot/{s}-{r}", B.BASE_OT_COUNT, context=context(s, r))
+                         for s, r in pairs)),
+        asyncio.gather(*(B.base_ot_receive(hub.channel(r), s, f"bot/{s}-{r}", choices[(s, r)], context=context(s, r))
+                         for s, r in pairs)),
+    )
+    for p, pair_sent, pair_received in zip(pairs, sent, received, strict=True):
+        assert pair_received == [m[int(c)] for m, c in zip(pair_sent, choices[p], strict=True)]
 
 
 async def test_outputs_are_bound_to_the_context() -> None:
@@ -157,6 +159,6 @@ def test_count_must_be_positive() -> None:
 
 
 def test_choices_as_ints_are_accepted() -> None:
-    state, message = B.receiver_start([0, 1], context=b"ints")
+    state, message = B.receiver_start([0, 1], context=b"ints")  # type: ignore[list-item]
     sent, reply = B.sender_respond(message, 2, context=b"ints", peer=1)
     assert B.receiver_finish(state, reply, peer=0) == [sent[0][0], sent[1][1]]

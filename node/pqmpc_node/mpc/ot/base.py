@@ -43,9 +43,12 @@ Security (static corruption, random-oracle H and KDF, MLWE for ML-KEM-768):
   OT-extension seeds need (IKNP/KOS use base-OT outputs only as PRG seeds); it is not a
   chosen-message OT.
 * A malformed message (wrong length, a coefficient >= q) names its sender
-  (:class:`BaseOtError`); a well-formed but wrong ciphertext is accepted and, by ML-KEM's
-  implicit rejection, just gives the receiver a different ``m_c``: the OT-extension
-  consistency and MAC checks downstream catch that, this module cannot.
+  (:class:`BaseOtError`). A well-formed but wrong ciphertext is accepted: by ML-KEM's
+  implicit rejection it decapsulates to an unrelated secret, and since the outputs bind
+  the whole transcript, all the receiver's outputs then differ from what the sender
+  computed. In endemic OT that is a corrupt sender choosing its outputs (the receiver's
+  output is defined for either choice bit, so nothing selects on it); the OT-extension
+  consistency and MAC checks downstream notice the disagreement, this module cannot.
 
 Level: ML-KEM-768, NIST category 3 (about AES-192 against classical and quantum
 attacks); outputs are 32 bytes. Randomness is the OS CSPRNG (``os.urandom``) and
@@ -99,7 +102,7 @@ OUTPUT_BYTES = 32
 _LABEL = b"pqmpc/base-ot/masny-rindal/ml-kem-768/v1"
 # SHAKE output for H: 12 bits a candidate, accepted with probability q/4096 ~ 0.81, so
 # 1152 candidates give 936 accepted on average; fewer than 768 is ~12 standard deviations
-# out, and then _sample_mod_q squeezes more (the XOF's longer output extends the shorter).
+# out, and then _xof_to_zq squeezes more (the XOF's longer output extends the shorter).
 _SAMPLE_BYTES = 1728
 
 Coefficients = npt.NDArray[np.uint16]
@@ -157,14 +160,17 @@ def _pack12(values: Coefficients) -> npt.NDArray[np.uint8]:
 
 
 def _xof_to_zq(inputs: list[bytes]) -> Coefficients:
-    """SHAKE-256 of each input as a uniform vector in Z_q^768 (rejection sampling as SampleNTT); ``(len(inputs), 768)``."""
+    """SHAKE-256 of each input as a uniform vector in Z_q^768, rejection-sampled as in SampleNTT.
+
+    Returns shape ``(len(inputs), 768)``.
+    """
     length = _SAMPLE_BYTES
     while True:
         raw = np.frombuffer(b"".join(hashlib.shake_256(x).digest(length) for x in inputs), dtype=np.uint8)
         candidates = _unpack12(raw.reshape(len(inputs), length))
         accepted = candidates < Q
         if bool((accepted.sum(axis=1) >= COEFFICIENTS).all()):
-            keep = accepted & (np.cumsum(accepted, axis=1) <= COEFFICIENTS)
+            keep = accepted & (np.cumsum(accepted, axis=1, dtype=np.int32) <= COEFFICIENTS)
             return candidates[keep].reshape(len(inputs), COEFFICIENTS)
         length *= 2  # a longer XOF output extends the shorter one: same values, more of them
 
@@ -264,15 +270,15 @@ def sender_respond(message: bytes, count: int, *, context: bytes, peer: int) -> 
     pk = np.empty((2 * count, KEY_BYTES), dtype=np.uint8)
     pk[:, :T_BYTES] = _pack12(pk_t.astype(np.uint16))
     pk[:, T_BYTES:] = pair.reshape(2 * count, KEY_BYTES)[:, T_BYTES:]
-    secrets: list[bytes] = []
+    shared_secrets: list[bytes] = []
     ciphertexts: list[bytes] = []
     for row in pk:
         shared, ct = mlkem.MLKEM768PublicKey.from_public_bytes(row.tobytes()).encapsulate()
-        secrets.append(shared)
+        shared_secrets.append(shared)
         ciphertexts.append(ct)
     reply = b"".join(ciphertexts)
     transcript = _transcript(ctx, message, reply)
-    outputs = [(_output(transcript, i, 0, secrets[2 * i]), _output(transcript, i, 1, secrets[2 * i + 1]))
+    outputs = [(_output(transcript, i, 0, shared_secrets[2 * i]), _output(transcript, i, 1, shared_secrets[2 * i + 1]))
                for i in range(count)]
     return outputs, reply
 
@@ -282,7 +288,8 @@ def receiver_finish(state: ReceiverState, reply: bytes, *, peer: int) -> list[by
 
     Raises :class:`BaseOtError` blaming the sender ``peer`` for a reply of the wrong length.
     A wrong ciphertext of the right length is not detected here (ML-KEM's implicit
-    rejection yields an unrelated secret); the OT-extension checks catch it.
+    rejection yields an unrelated secret, and the transcript in the KDF then differs from
+    the sender's); the OT-extension checks catch it.
     """
     expected = state.count * 2 * CIPHERTEXT_BYTES
     if len(reply) != expected:
@@ -300,7 +307,8 @@ def receiver_finish(state: ReceiverState, reply: bytes, *, peer: int) -> list[by
 
 # --- thin async shells ------------------------------------------------------------------
 
-async def base_ot_send(channel: Channel, peer: int, tag: str, count: int, *, context: bytes) -> list[tuple[bytes, bytes]]:
+async def base_ot_send(channel: Channel, peer: int, tag: str, count: int, *,
+                       context: bytes) -> list[tuple[bytes, bytes]]:
     """Run ``count`` base OTs as the sender with receiver ``peer``; its ``(m_0, m_1)`` pairs.
 
     Messages: the receiver's keys on ``{tag}/r``, this party's ciphertexts on ``{tag}/s``.
