@@ -164,10 +164,10 @@ async def test_receiver_cannot_open_the_other_ciphertext() -> None:
 
 
 async def test_equal_keys_do_not_give_both_outputs() -> None:
-    """A receiver that sends r_0 = r_1 (hoping the sender encapsulates twice to one key it can open):
-    H is separated by position, so pk_0 != pk_1 and the two outputs are unrelated. Its keys open
-    neither ciphertext: r_c was shifted against the real r_{1-c}, which it replaced, so neither
-    pk_0 nor pk_1 is its key. It learns neither m_0 nor m_1, let alone both."""
+    """A receiver that sends r_0 = r_1 (hoping the sender encapsulates twice to one key it can open).
+    Its keys open neither ciphertext: r_c was shifted against the real r_{1-c}, which it replaced,
+    so neither pk_0 nor pk_1 is its key (finding r with r + H(r) = a key it holds is a random-oracle
+    fixed point). It learns neither m_0 nor m_1, let alone both; the sender's two outputs differ."""
     honest, message = B.receiver_start(random_choices(), context=CONTEXT)
     keys = bytearray(message)
     for i, c in enumerate(honest.choices):  # copy the shifted real key over the random one

@@ -36,8 +36,8 @@ Security (static corruption, random-oracle H and KDF, MLWE for ML-KEM-768):
 * Sender privacy: for the receiver to know decapsulation keys for both ``pk_0`` and
   ``pk_1`` it would have to fix ``r_0, r_1`` so that both sums, each depending on the
   other key through H, are keys it generated: a random-oracle fixed point, infeasible.
-  ML-KEM's IND-CCA security then hides ``K_{1-c}``. ``H`` is separated by position, so
-  ``r_0 = r_1`` does not make ``pk_0 = pk_1``.
+  ML-KEM's IND-CCA security then hides ``K_{1-c}``. ``H`` is also separated by position
+  (defence in depth), so ``r_0 = r_1`` does not even make ``pk_0 = pk_1``.
 * Endemic, not uniform, OT: a corrupt party may influence its own outputs (a corrupt
   sender picks its encapsulation randomness, a corrupt receiver its keys). That is what
   OT-extension seeds need (IKNP/KOS use base-OT outputs only as PRG seeds); it is not a
