@@ -159,7 +159,8 @@ class Chunk:
 
 def chunk_plan(count: int, *, first_row: int, first_stream: int, chunk_rows: int) -> list[Chunk]:
     """Cut ``count`` OTs into chunks of at most ``chunk_rows``, numbering streams and rows on from the given ones."""
-    chunks, done = [], 0
+    chunks: list[Chunk] = []
+    done = 0
     while done < count:
         rows = min(chunk_rows, count - done)
         chunks.append(Chunk(first_stream + len(chunks), first_row + done, rows))
@@ -170,7 +171,7 @@ def chunk_plan(count: int, *, first_row: int, first_stream: int, chunk_rows: int
 def _prg(key: bytes, stream: int, data: U8, out: U8) -> None:
     """out = data ⊕ AES-256-CTR(key, nonce = stream ‖ 0^64): PRG output XORed into ``data`` by OpenSSL."""
     enc = Cipher(algorithms.AES(key), modes.CTR(stream.to_bytes(8, "big") + bytes(8))).encryptor()
-    enc.update_into(memoryview(data), memoryview(out))
+    enc.update_into(data.data, out.data)
     enc.finalize()
 
 
@@ -219,8 +220,8 @@ def choice_blocks(x: Bits) -> U8:
 
 def check_response(challenge: bytes, t: U8, x: Bits) -> bytes:
     """Step 3: X ‖ T = P_H(x_j·1) ‖ P_H(t_j) over all n padded rows, 16 bytes each (GCM block order)."""
-    big_x = poly_hash(challenge, memoryview(choice_blocks(x).reshape(-1)))
-    big_t = poly_hash(challenge, memoryview(np.ascontiguousarray(t).reshape(-1)))
+    big_x = poly_hash(challenge, choice_blocks(x).reshape(-1).data)
+    big_t = poly_hash(challenge, np.ascontiguousarray(t).reshape(-1).data)
     return big_x.to_bytes(16, "big") + big_t.to_bytes(16, "big")
 
 
@@ -230,7 +231,7 @@ def check_verify(challenge: bytes, q: U8, delta: bytes, response: bytes) -> bool
         raise ValueError(f"a check response is {RESPONSE_BYTES} bytes, got {len(response)}")
     big_x, big_t = int.from_bytes(response[:16], "big"), int.from_bytes(response[16:], "big")
     expected = big_t ^ gf128_mul(big_x, int.from_bytes(delta, "big"))
-    return poly_hash(challenge, memoryview(np.ascontiguousarray(q).reshape(-1))) == expected
+    return poly_hash(challenge, np.ascontiguousarray(q).reshape(-1).data) == expected
 
 
 def hash_rows(rows: U8, first_index: int, label: int, *, out: U64 | None = None) -> U64:
@@ -253,7 +254,7 @@ def xor_rows(rows: U8, value: bytes) -> U8:
 
 def u_message(chunk: Chunk, u: U8) -> bytes:
     """The step-1 message: header (stream, first row, real rows) then the columns."""
-    return b"".join([_HEADER.pack(chunk.stream, chunk.first_row, chunk.rows), memoryview(np.ascontiguousarray(u))])
+    return b"".join([_HEADER.pack(chunk.stream, chunk.first_row, chunk.rows), np.ascontiguousarray(u).data])
 
 
 def _parse_u(payload: bytes, chunk: Chunk, *, peer: int, label: str) -> U8:

@@ -28,7 +28,7 @@ U64 = np.ndarray[Any, np.dtype[np.uint64]]
 def _permute(src: U8, dst: U8) -> None:
     """π over the first ``len(src)`` bytes of ``src`` into ``dst``, which has 16 bytes of slack (pyca's rule)."""
     enc = Cipher(algorithms.AES(TCCR_KEY), modes.ECB()).encryptor()
-    enc.update_into(memoryview(src.reshape(-1)), memoryview(dst.reshape(-1)))
+    enc.update_into(src.reshape(-1).data, dst.reshape(-1).data)
     enc.finalize()
 
 
