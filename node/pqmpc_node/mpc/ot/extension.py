@@ -39,9 +39,9 @@ then q_j = t_j ⊕ x_j·Δ ⊕ (e_j ∗ Δ) for an error e_j it chose, and its o
 m^0 or m^1 depending on the bits of Δ under e_j: it would learn Δ bit by bit and with it
 every sender message. The check compresses all rows with one linear hash drawn *after* u
 is fixed; for the receiver to answer (X, T) consistently it must guess the bits of Δ
-its errors touch, each guess failing with probability 1/2, so learning c bits of Δ passes
-with probability at most 2^-c (plus the hash's collision bound), and the ≥ 128 − c bits it
-does not know keep the hashed outputs random (KOS Theorem 1, re-proved by SoftSpokenOT).
+its errors touch, each wrong guess caught, so learning c bits of Δ passes the check with
+probability about 2^-c (plus the hash's collision bound), and the 128 − c bits it does not
+know keep the hashed outputs random (the KOS bound, as re-proved by SoftSpokenOT).
 
 Why powers of one H instead of 128-bit χ_j drawn independently. The proof uses only that
 the challenge selects a GF(2^128)-linear map from an ε-almost-universal family: for every
