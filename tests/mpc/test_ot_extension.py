@@ -238,6 +238,8 @@ def test_constructors_check_their_inputs() -> None:
         OtExtensionSender(b"\x01" * 16, [b"short"] + seeds[1:], context=b"c")
     with pytest.raises(ValueError, match="equal seeds"):
         OtExtensionReceiver([(s, s) for s in seeds], context=b"c")
+    with pytest.raises(ValueError, match="chunk_rows"):
+        OtExtensionSender(b"\x01" * 16, seeds, context=b"c", chunk_rows=0)
 
 
 async def test_choices_must_be_bits() -> None:

@@ -85,7 +85,7 @@ from pqmpc_node.mpc.ot.tccr import tccr_hash
 from pqmpc_node.mpc.randomness import AesCtrRandom, RandomSource
 
 __all__ = [
-    "KAPPA", "SEED_BYTES", "PAD_ROWS", "CHUNK_ROWS", "CHALLENGE_BYTES", "RESPONSE_BYTES",
+    "KAPPA", "SEED_BYTES", "PAD_ROWS", "CHUNK_ROWS", "MAX_CHUNK_ROWS", "CHALLENGE_BYTES", "RESPONSE_BYTES",
     "OtConsistencyError", "OtMessageError", "OtExtensionSender", "OtExtensionReceiver", "Chunk",
     "delta_bits", "column_keys", "tweak_label", "chunk_plan", "padded_rows", "receiver_columns",
     "sender_rows", "choice_blocks", "check_response", "check_verify", "hash_rows", "xor_rows", "u_message",
@@ -95,6 +95,7 @@ SEED_BYTES = 32
 STATISTICAL = 40
 PAD_ROWS = KAPPA + STATISTICAL  # the fewest padding rows a chunk gets
 CHUNK_ROWS = 1 << 20  # real rows per check, by default
+MAX_CHUNK_ROWS = 1 << 24  # 256 MiB of u per chunk; well inside AES-GCM's limit on associated data
 RESPONSE_BYTES = 32  # X ‖ T
 _HEADER = struct.Struct("<QQQ")  # stream, first row (global index), real rows
 
@@ -283,8 +284,8 @@ class _Instance:
     """Counters shared by both roles: the next stream and global row; refuses use after a failure."""
 
     def __init__(self, context: bytes, chunk_rows: int) -> None:
-        if chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+        if not 1 <= chunk_rows <= MAX_CHUNK_ROWS:
+            raise ValueError(f"chunk_rows must be between 1 and {MAX_CHUNK_ROWS}, got {chunk_rows}")
         self._label = tweak_label(context)
         self._chunk_rows = chunk_rows
         self._next_stream = 0
