@@ -146,4 +146,4 @@ class MersenneField61:
 
     def from_words(self, words: Any) -> Array:
         # A 61-bit word equals p with probability 2^-61 and then maps to 0: bias 2^-61, negligible.
-        return self._reduce(self.xp.asarray(words, dtype=self.xp.uint64) & self._p)
+        return self._csub(self.xp.asarray(words, dtype=self.xp.uint64) & self._p)  # only p itself is >= p

@@ -152,6 +152,7 @@ class OtProvider:
     authenticated: bool
     party: int = 0
     live: tuple[int, ...] = ()
+    session: str = ""
     stats: OtProviderStats = field(default_factory=OtProviderStats)
     _pairs: dict[int, _Pair] = field(default_factory=dict, repr=False)
     _alpha: Array | None = field(default=None, repr=False)
@@ -169,7 +170,7 @@ class OtProvider:
             raise LostPartyError(missing[0] if missing else channel.party,
                                  "an additive session needs every party; dealer-free OT preprocessing cannot "
                                  f"run without parties {missing}")
-        provider = cls(domain, scheme, authenticated, party=channel.party, live=tuple(live))
+        provider = cls(domain, scheme, authenticated, party=channel.party, live=tuple(live), session=session)
         if authenticated:
             provider._alpha = provider._random((1,))
         peers = [p for p in live if p != channel.party]
@@ -183,16 +184,16 @@ class OtProvider:
         out_ctx, in_ctx = _pair_context(session, me, peer), _pair_context(session, peer, me)
         started = time.perf_counter()
         chosen, pairs = await asyncio.gather(
-            base_ot_receive(channel, peer, f"ot-setup/{me}>{peer}:base", delta_bits(delta), context=out_ctx),
-            base_ot_send(channel, peer, f"ot-setup/{peer}>{me}:base", BASE_OT_COUNT, context=in_ctx))
+            base_ot_receive(channel, peer, f"ot-setup/{session}/{me}>{peer}:base", delta_bits(delta), context=out_ctx),
+            base_ot_send(channel, peer, f"ot-setup/{session}/{peer}>{me}:base", BASE_OT_COUNT, context=in_ctx))
         self.stats.base_ot_seconds.append(time.perf_counter() - started)
         self.stats.base_ots += 2 * BASE_OT_COUNT
         pair = _Pair(OtExtensionSender(delta, chosen, context=out_ctx), OtExtensionReceiver(pairs, context=in_ctx))
         if self._alpha is not None:
             alpha_bits = bit_decompose(self._alpha, FIELD_BITS)[0]
             (m0, m1), mine = await asyncio.gather(
-                pair.sender.extend(channel, peer, f"ot-setup/{me}>{peer}:cope-seeds", FIELD_BITS),
-                pair.receiver.extend(channel, peer, f"ot-setup/{peer}>{me}:cope-seeds", alpha_bits))
+                pair.sender.extend(channel, peer, f"ot-setup/{session}/{me}>{peer}:cope-seeds", FIELD_BITS),
+                pair.receiver.extend(channel, peer, f"ot-setup/{session}/{peer}>{me}:cope-seeds", alpha_bits))
             self.stats.extended_ots += 2 * FIELD_BITS
             pair.cope_out = CopeValueHolder(self.domain, [(_seed(m0[k]), _seed(m1[k])) for k in range(FIELD_BITS)],
                                             context=out_ctx)
@@ -223,14 +224,15 @@ class OtProvider:
     def _tag(self, label: str) -> str:
         """A fresh provider step (the same at every party: all make the same requests in order).
 
-        Messages of the step between ``a`` and ``b`` go under ``f"ot{step}/{a}>{b}/{part}:{label}/..."``.
+        Messages of the step between ``a`` and ``b`` go under
+        ``f"{session}/ot{step}/{a}>{b}/{part}:{label}/..."`` (unique on a channel several sessions share).
         """
         self._step += 1
-        return f"ot{self._step}|{label}"
+        return f"{self.session}/ot{self._step}|{label}"
 
     @staticmethod
     def _sub(tag: str, sender: int, receiver: int, part: int, what: str) -> str:
-        step, label = tag.split("|", 1)
+        step, label = tag.rsplit("|", 1)
         return f"{step}/{sender}>{receiver}/{part}:{label}/{what}"
 
     async def _ole_receive(self, peer: int, bits: np.ndarray[Any, np.dtype[np.uint8]], tag: str) -> Array:
