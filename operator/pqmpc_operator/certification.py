@@ -28,7 +28,7 @@ from pqmpc_node.crypto.pki import CertificateError, NodeIdentity, bootstrap_serv
 from pqmpc_node.crypto.suites import get_suite
 from pqmpc_node.crypto.transparency import LogBundle, LogVerifier
 from pqmpc_node.net.tls import TlsIdentity
-from pqmpc_operator import builders, pool_pki
+from pqmpc_operator import builders, gateway_builders, pool_pki
 from pqmpc_operator.kube import ClusterApi
 from pqmpc_operator.model import NodePoolSpec
 from pqmpc_operator.nodeclient import NodeApi, NodeCallError, PoolTrust
@@ -231,6 +231,7 @@ async def _renew_if_due(
         async with state.lock:
             issued = pool_pki.certify_node(pki, doc, pod_name=name,
                                            expected_dns_name=builders.node_dns_name(pool, name),
+                                           external_dns_names=gateway_builders.external_dns_names(pool, name),
                                            now=_utcnow(), lifetime=dt.timedelta(seconds=pool.rotation.duration_s),
                                            rng=os.urandom)
             await _persist(api, pool, pki, state)
@@ -282,6 +283,7 @@ async def certify_attested(
                 "refusing more (delete the pod to start afresh)")
         issued = pool_pki.certify_node(pki, csr_document, pod_name=pod_name,
                                        expected_dns_name=builders.node_dns_name(pool, pod_name),
+                                       external_dns_names=gateway_builders.external_dns_names(pool, pod_name),
                                        now=_utcnow(), lifetime=dt.timedelta(seconds=pool.rotation.duration_s),
                                        rng=os.urandom)
         await _persist(api, pool, pki, state)

@@ -69,6 +69,8 @@ class KubeApi:
         self._policy = client.PolicyV1Api(api_client)
         self._net = client.NetworkingV1Api(api_client)
         self._authn = client.AuthenticationV1Api(api_client)
+        self._apps = client.AppsV1Api(api_client)
+        self._rbac = client.RbacAuthorizationV1Api(api_client)
         self._client = api_client
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -138,7 +140,8 @@ class KubeApi:
                 raise
 
     async def apply(self, obj: Mapping[str, Any]) -> None:
-        """Server-side apply one child object (ServiceAccount, ConfigMap, Secret, Service, PDB, NetworkPolicy)."""
+        """Server-side apply one child object (ServiceAccount, ConfigMap, Secret, Service, PDB, NetworkPolicy,
+        and a gateway's Deployment, Role and RoleBinding)."""
         kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
         method = {
             "ServiceAccount": self._core.patch_namespaced_service_account,
@@ -147,6 +150,9 @@ class KubeApi:
             "Service": self._core.patch_namespaced_service,
             "PodDisruptionBudget": self._policy.patch_namespaced_pod_disruption_budget,
             "NetworkPolicy": self._net.patch_namespaced_network_policy,
+            "Deployment": self._apps.patch_namespaced_deployment,
+            "Role": self._rbac.patch_namespaced_role,
+            "RoleBinding": self._rbac.patch_namespaced_role_binding,
         }.get(kind)
         if method is None:
             raise ValueError(f"cannot apply a {kind}: no writer for that kind")

@@ -21,7 +21,7 @@ from typing import Any, cast
 import httpx
 import kopf
 
-from pqmpc_operator import builders, pool_pki, rollout, status
+from pqmpc_operator import builders, gateway_builders, pool_pki, rollout, status
 from pqmpc_operator.certification import CertificationState, certify_pods, ensure_pki
 from pqmpc_operator.kube import ClusterApi
 from pqmpc_operator.metrics import OperatorMetrics
@@ -80,6 +80,7 @@ async def _apply_children(deps: PoolDeps, pool: NodePoolSpec, pki: pool_pki.Pool
         builders.build_headless_service(pool, deps.settings),
         builders.build_pdb(pool),
         builders.build_network_policy(pool, deps.settings),
+        *gateway_builders.build_gateway_children(pool, deps.settings),
     ]
     digest = hashlib.sha256(json.dumps(children, sort_keys=True).encode()).hexdigest()
     key = (pool.namespace, pool.name)

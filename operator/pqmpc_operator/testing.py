@@ -144,7 +144,8 @@ class FakeKubeApi:
     async def apply(self, obj: Mapping[str, Any]) -> None:
         kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
         self._record("apply", kind, ns, name)
-        if kind not in ("ServiceAccount", "ConfigMap", "Secret", "Service", "PodDisruptionBudget", "NetworkPolicy"):
+        if kind not in ("ServiceAccount", "ConfigMap", "Secret", "Service", "PodDisruptionBudget", "NetworkPolicy",
+                        "Deployment", "Role", "RoleBinding"):
             raise ValueError(f"cannot apply a {kind}: no writer for that kind")
         self.applied[(kind, ns, name)] = _plain(obj)
         if kind == "ConfigMap":
