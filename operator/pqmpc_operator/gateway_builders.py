@@ -103,7 +103,9 @@ def build_gateway_deployment(pool: NodePoolSpec, settings: OperatorSettings) -> 
             {"name": "PQMPC_GATEWAY_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "PQMPC_GATEWAY_POOL", "value": pool.name},
             {"name": "PQMPC_GATEWAY_DOMAIN", "value": access.domain},
-            {"name": "PQMPC_GATEWAY_LISTEN", "value": f"0.0.0.0:{GATEWAY_PORT}"},
+            # The pod's own address, as the nodes listen (Services and probes reach the pod IP).
+            {"name": "PQMPC_GATEWAY_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "PQMPC_GATEWAY_LISTEN", "value": f"$(PQMPC_GATEWAY_POD_IP):{GATEWAY_PORT}"},
             {"name": "PQMPC_GATEWAY_API_PORT", "value": str(settings.api_port)},
         ],
         "ports": [{"name": "tls", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],

@@ -98,7 +98,8 @@ class TestBuilders:
         assert env["PQMPC_GATEWAY_POOL"] == "banks"
         assert env["PQMPC_GATEWAY_DOMAIN"] == "banks.mpc.example.com"
         assert env["PQMPC_GATEWAY_API_PORT"] == str(settings.api_port)
-        assert env["PQMPC_GATEWAY_LISTEN"] == f"0.0.0.0:{gateway_builders.GATEWAY_PORT}"
+        assert env["PQMPC_GATEWAY_LISTEN"] == f"$(PQMPC_GATEWAY_POD_IP):{gateway_builders.GATEWAY_PORT}"
+        assert env["PQMPC_GATEWAY_POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
         assert env["PQMPC_GATEWAY_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
         assert c["ports"] == [{"name": "tls", "containerPort": gateway_builders.GATEWAY_PORT, "protocol": "TCP"}]
         assert c["readinessProbe"]["tcpSocket"] == {"port": "tls"}
