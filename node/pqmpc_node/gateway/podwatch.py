@@ -63,7 +63,11 @@ class PodTable:
         self._stop.set()
 
     def _update(self) -> None:
-        self._table = endpoints_from_pods(self._pods.values(), pool=self.pool, api_port=self.api_port)
+        table = endpoints_from_pods(self._pods.values(), pool=self.pool, api_port=self.api_port)
+        if table != self._table:
+            _log.info("pool %s/%s: %d routable nodes: %s", self.namespace, self.pool, len(table),
+                      ", ".join(f"{e.node_id}={e.ip}" for e in sorted(table.values(), key=lambda e: e.node_id)))
+        self._table = table
 
     def _run(self) -> None:
         from kubernetes import client, watch
@@ -77,8 +81,6 @@ class PodTable:
                 self._pods = {str(p["metadata"]["name"]): p for p in listed.get("items") or []}
                 self._update()
                 self.synced.set()
-                _log.info("pool %s/%s: %d routable nodes: %s", self.namespace, self.pool, len(self._table),
-                          ", ".join(sorted(self._table)))
                 w = watch.Watch()  # type: ignore[no-untyped-call]
                 events = w.stream(  # type: ignore[no-untyped-call]
                     core.list_namespaced_pod, self.namespace, label_selector=self.selector,
