@@ -52,6 +52,7 @@ from pqmpc_node.client import (
     NodeClient,
     SessionClient,
     fetch_verified_keys,
+    gateway_domain,
     node_http_client,
     parse_gateway,
     read_csv,
@@ -237,7 +238,7 @@ def keys_fetch(node: Node, ca: Ca, out_file: Annotated[Path | None, typer.Option
     """Download a node's key document (certificate, KEM keys, transparency log) over PQ-TLS."""
     ca_cert, _ = _trust(ca, None)
     try:
-        with node_http_client(ca_cert, connect_to=_gateway(gateway)) as http:
+        with node_http_client(ca_cert, connect_to=_gateway(gateway, node)) as http:
             r = http.get(node.rstrip("/") + "/v1/keys")
     except ClientError as exc:
         raise _fail(str(exc)) from None
@@ -258,7 +259,7 @@ def keys_verify(node: Node, ca: Ca, node_id: Annotated[str | None, typer.Option(
     """Verify CA → node certificate → KEM key certificate → transparency log."""
     ca_cert, _ = _trust(ca, None)
     try:
-        with node_http_client(ca_cert, connect_to=_gateway(gateway)) as http:
+        with node_http_client(ca_cert, connect_to=_gateway(gateway, node)) as http:
             doc = http.get(node.rstrip("/") + "/v1/keys").json()
             nid = node_id or doc["nodeId"]
             party = PlanParty(0, nid, "-", "", 1, 1, doc["certFingerprint"], 1)
@@ -274,14 +275,19 @@ def keys_verify(node: Node, ca: Ca, node_id: Annotated[str | None, typer.Option(
               f"(certificate {doc['certFingerprint'][:16]}…)")
 
 
-def _gateway(text: str | None) -> tuple[str, int] | None:
-    return None if text is None else parse_gateway(text)
+def _gateway(text: str | None, node: str) -> tuple[str, int] | None:
+    """``--gateway`` as an address; with one, ``--node`` must be ``https://<node-id>.<domain>``."""
+    if text is None:
+        return None
+    address = parse_gateway(text)
+    gateway_domain(node)
+    return address
 
 
 def _client(node: str, session: str, ca: Path, plan_signer: Path | None, insecure: bool = False,
             gateway: str | None = None) -> SessionClient:
     ca_cert, signer = _trust(ca, plan_signer)
-    address = _gateway(gateway)
+    address = _gateway(gateway, node)
     if signer is None and insecure:
         err.print("[yellow]warning:[/yellow] --insecure-skip-plan-verification: the session plan's signature is not "
                   "checked (experiments only)")

@@ -201,3 +201,31 @@ def test_operator_made_the_gateway_objects(walk: Walk, kubectl: Kubectl) -> None
     assert any(rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "pqmpc-gateway",
                                                                  "pqmpc.io/pool": "banks"}}}]
                for rule in policy["spec"]["ingress"])
+
+
+def test_a_node_whose_certificate_lacks_the_name_is_refused(walk: Walk, kubeconfig: Path, tmp_path: Path) -> None:
+    """A second gateway for another domain routes to the same nodes, whose certificates do not name it: the CLI
+    refuses the node (the name check, not only the node identity), and says what to do."""
+    from pqmpc_local.processes import ManagedProcess, free_port
+
+    port = free_port()
+    proc = ManagedProcess("gateway-other-domain", [sys.executable, "-m", "pqmpc_node.gateway", "--namespace", NS,
+                                                   "--pool", "banks", "--domain", "other.example.org", "--listen",
+                                                   f"127.0.0.1:{port}", "--kubeconfig", str(kubeconfig)],
+                          log_path=tmp_path / "gateway.log", env=dict(os.environ), cwd=REPO)
+    try:
+        def routable() -> bool:
+            return "3 routable nodes" in (tmp_path / "gateway.log").read_text(errors="replace")
+        from pqmpc_local.pytest_plugin import wait_for
+        wait_for("the second gateway to list the pool's nodes", routable, timeout=60)
+        pqmpc = Path(sys.executable).parent / "pqmpc"
+        out = subprocess.run([str(pqmpc), "keys", "verify", "--gateway", f"127.0.0.1:{port}", "--node",
+                              "https://banks-bank-a-eu-0.other.example.org", "--ca", str(walk.workdir / "ca.pem")],
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 1, out.stdout
+        assert "Traceback" not in out.stderr
+        assert "does not name banks-bank-a-eu-0.other.example.org" in " ".join(out.stderr.split()), out.stderr
+        log = (tmp_path / "gateway.log").read_text(errors="replace")
+        assert re.search(r"-> banks-bank-a-eu-0 \(127\.0\.0\.\d+:8443\)", log), log[-2000:]
+    finally:
+        proc.stop()
