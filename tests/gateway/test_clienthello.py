@@ -11,7 +11,13 @@ from OpenSSL import SSL
 
 from pqmpc_node.crypto.pki import PoolCA
 from pqmpc_node.crypto.suites import SuiteName, get_suite
-from pqmpc_node.gateway.clienthello import MAX_CLIENT_HELLO_BYTES, ClientHelloError, Incomplete, server_name
+from pqmpc_node.gateway.clienthello import (
+    MAX_CLIENT_HELLO_BYTES,
+    MAX_HELLO_RECORDS,
+    ClientHelloError,
+    Incomplete,
+    server_name,
+)
 
 
 def stdlib_hello(sni: str | None) -> bytes:
@@ -76,6 +82,15 @@ def test_hello_split_over_many_records_is_joined() -> None:
     split = records(hello, 100)
     assert split.count(bytes([0x16, 3, 1])) >= 10
     assert server_name(split) == "n.example"
+
+
+def test_hello_in_too_many_records_is_refused() -> None:
+    """One-byte records would make the gateway buffer five times the hello: the record count is bounded."""
+    hello = pq_hello("n.example")
+    assert server_name(records(hello, len(hello) // MAX_HELLO_RECORDS + 1)) == "n.example"
+    with pytest.raises(ClientHelloError) as exc:
+        server_name(records(hello, 1))
+    assert exc.value.reason == "too_large"
 
 
 def test_every_prefix_asks_for_more_and_never_guesses() -> None:

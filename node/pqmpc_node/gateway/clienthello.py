@@ -8,7 +8,8 @@ one. Key shares, cipher suites and the rest are left to the node, which terminat
 
 The ClientHello may span several records (a post-quantum key share makes it large);
 fragments are joined up to :data:`MAX_CLIENT_HELLO_BYTES`, and anything longer is refused
-(``too_large``) so a client cannot make the gateway buffer without bound.
+(``too_large``), as is a hello split into more than :data:`MAX_HELLO_RECORDS` records, so
+a client cannot make the gateway buffer without bound.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "MAX_CLIENT_HELLO_BYTES",
+    "MAX_HELLO_RECORDS",
     "ClientHelloError",
     "Incomplete",
     "server_name",
@@ -25,6 +27,10 @@ __all__ = [
 
 MAX_CLIENT_HELLO_BYTES = 32 * 1024
 """The longest ClientHello message accepted (an X25519MLKEM768 hello is about 1.5 KiB)."""
+
+MAX_HELLO_RECORDS = 64
+"""The most records a ClientHello may be split into (32 KiB in fragments of at least 512 bytes, the smallest
+``max_fragment_length``): with :data:`MAX_CLIENT_HELLO_BYTES` this bounds what is buffered per connection."""
 
 _RECORD_HEADER = 5
 _HANDSHAKE_HEADER = 4
@@ -61,7 +67,10 @@ def _handshake_bytes(data: bytes) -> bytes | Incomplete:
     out = bytearray()
     pos = 0
     want: int | None = None
+    records = 0
     while True:
+        if records == MAX_HELLO_RECORDS:
+            raise ClientHelloError(f"a ClientHello split into more than {MAX_HELLO_RECORDS} records", "too_large")
         if len(data) < pos + _RECORD_HEADER:
             return Incomplete(pos + _RECORD_HEADER)
         content, major, length = data[pos], data[pos + 1], int.from_bytes(data[pos + 3:pos + 5], "big")
@@ -75,6 +84,7 @@ def _handshake_bytes(data: bytes) -> bytes | Incomplete:
             return Incomplete(pos + _RECORD_HEADER + length)
         out += data[pos + _RECORD_HEADER:pos + _RECORD_HEADER + length]
         pos += _RECORD_HEADER + length
+        records += 1
         if want is None and len(out) >= _HANDSHAKE_HEADER:
             if out[0] != _HANDSHAKE_CLIENT_HELLO:
                 raise ClientHelloError(f"handshake message type {out[0]} is not a ClientHello (1)", "not_client_hello")
