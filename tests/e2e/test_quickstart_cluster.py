@@ -162,8 +162,11 @@ def gateway_pod(kubectl: Kubectl) -> dict[str, Any]:
 
 def test_the_operators_gateway_routed_to_both_parties_by_sni(walk: Walk, kubectl: Kubectl,
                                                              node_agent: NodeAgentProcess) -> None:
-    placed = [p["node"] for p in get_json(kubectl, "mpcs", "fraud-stats")["status"]["placement"]]
+    status = get_json(kubectl, "mpcs", "fraud-stats")["status"]
+    placed = [p["node"] for p in status["placement"]]
     assert len(placed) == 2
+    assert status["result"]["externalNodes"] == [f"https://{n}.banks.mpc.example.com" for n in placed]
+    assert "--gateway <address of Service banks-gateway>:443" in status["result"]["recipients"][0]["fetchFromOutside"]
     pod = gateway_pod(kubectl)
     logs = node_agent.pod_logs(NS, pod["metadata"]["name"], 2000)
     for node in placed:
