@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--namespace", default=_env("NAMESPACE"), required=_env("NAMESPACE") is None)
     p.add_argument("--pool", default=_env("POOL"), required=_env("POOL") is None)
     p.add_argument("--domain", default=_env("DOMAIN"), required=_env("DOMAIN") is None)
-    p.add_argument("--listen", type=_host_port, default=_host_port(_env("LISTEN", "0.0.0.0:8443") or ""))
+    p.add_argument("--listen", type=_host_port, default=_env("LISTEN", "0.0.0.0:8443"))  # argparse converts it
     p.add_argument("--api-port", type=int, default=int(_env("API_PORT", "8443") or "8443"))
     p.add_argument("--kubeconfig", type=Path, default=None)
     p.add_argument("--hello-timeout", type=float, default=float(_env("HELLO_TIMEOUT", "10") or "10"))
