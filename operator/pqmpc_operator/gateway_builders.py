@@ -19,6 +19,7 @@ from pqmpc_operator.settings import OperatorSettings
 
 __all__ = [
     "GATEWAY_APP",
+    "GATEWAY_KINDS",
     "GATEWAY_PORT",
     "build_gateway_children",
     "build_gateway_deployment",
@@ -31,6 +32,8 @@ __all__ = [
     "gateway_selector",
 ]
 
+GATEWAY_KINDS = ("ServiceAccount", "Role", "RoleBinding", "Deployment", "Service")
+"""The kinds of the gateway's objects (all named :func:`gateway_name`), in apply order."""
 GATEWAY_PORT = 8443
 """The gateway container's listening port (named ``tls``)."""
 

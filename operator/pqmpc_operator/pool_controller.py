@@ -73,7 +73,11 @@ async def _write_status(
 
 
 async def _apply_children(deps: PoolDeps, pool: NodePoolSpec, pki: pool_pki.PoolPKI) -> None:
-    """Server-side apply the pool's children, skipped while they are what this process last applied."""
+    """Server-side apply the pool's children, skipped while they are what this process last applied.
+
+    Without ``spec.externalAccess`` the pool's gateway objects, if it still owns any, are
+    deleted (once per change of the children, and once after an operator start).
+    """
     children = [
         builders.build_trust_configmap(pool, pool_pki.trust_bundle_data(pki)),
         builders.build_service_account(pool),
@@ -87,6 +91,13 @@ async def _apply_children(deps: PoolDeps, pool: NodePoolSpec, pki: pool_pki.Pool
     if deps.applied_children.get(key) != digest:
         for child in children:
             await deps.api.apply(child)
+        if pool.external_access is None:
+            # External access off (or never on): a gateway this pool still owns goes, Service first.
+            name = gateway_builders.gateway_name(pool.name)
+            for kind in reversed(gateway_builders.GATEWAY_KINDS):
+                if await deps.api.delete_owned(kind, pool.namespace, name, pool.uid):
+                    _log.info("pool %s/%s: external access is off: deleted %s %s", pool.namespace, pool.name, kind,
+                              name)
         deps.applied_children[key] = digest
 
 

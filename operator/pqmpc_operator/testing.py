@@ -154,6 +154,15 @@ class FakeKubeApi:
             self.secrets[(ns, name)] = dict(obj.get("data") or {})
             self.secret_meta[(ns, name)] = _plain(obj["metadata"])
 
+    async def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
+        self._record("delete_owned", kind, namespace, name)
+        obj = self.applied.get((kind, namespace, name))
+        if obj is None or not any(ref.get("uid") == owner_uid
+                                  for ref in (obj.get("metadata") or {}).get("ownerReferences") or []):
+            return False
+        del self.applied[(kind, namespace, name)]
+        return True
+
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         self._record("read_secret_data", namespace, name)
         data = self.secrets.get((namespace, name))

@@ -232,3 +232,19 @@ def test_a_node_whose_certificate_lacks_the_name_is_refused(walk: Walk, kubeconf
         assert re.search(r"-> banks-bank-a-eu-0 \(127\.0\.0\.\d+:8443\)", log), log[-2000:]
     finally:
         proc.stop()
+
+
+def test_turning_external_access_off_removes_the_gateway(walk: Walk, kubectl: Kubectl) -> None:
+    """Last in the module: the operator deletes the gateway objects it owns (RBAC delete, uid precondition)."""
+    from pqmpc_local.pytest_plugin import wait_for
+
+    kubectl("patch", "mpcpool", "banks", "-n", NS, "--type=json",
+            "-p", '[{"op": "remove", "path": "/spec/externalAccess"}]')
+
+    def gone() -> bool:
+        out = kubectl("get", "deployment,service,role,rolebinding,serviceaccount", "-n", NS,
+                      "--field-selector", "metadata.name=banks-gateway", "-o", "name").stdout
+        return not out.strip()
+    wait_for("the gateway objects to be deleted", gone, timeout=120)
+    policy = get_json(kubectl, "networkpolicy", "banks-nodes")
+    assert not any("pqmpc-gateway" in json.dumps(rule["from"]) for rule in policy["spec"]["ingress"])
