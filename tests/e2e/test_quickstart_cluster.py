@@ -248,3 +248,22 @@ def test_turning_external_access_off_removes_the_gateway(walk: Walk, kubectl: Ku
     wait_for("the gateway objects to be deleted", gone, timeout=120)
     policy = get_json(kubectl, "networkpolicy", "banks-nodes")
     assert not any("pqmpc-gateway" in json.dumps(rule["from"]) for rule in policy["spec"]["ingress"])
+
+    # The idle nodes are re-certified without the external name (the names changed), not at their next renewal.
+    from cryptography import x509
+
+    from pqmpc_node.client import node_http_client
+    from pqmpc_node.net.https import peer_certificate
+
+    ca = x509.load_pem_x509_certificate((walk.workdir / "ca.pem").read_bytes())
+    ip = get_json(kubectl, "pod", "banks-bank-a-eu-0")["status"]["podIP"]
+
+    def names() -> list[str]:
+        with node_http_client(ca) as http:
+            cert = peer_certificate(http.get(f"https://{ip}:8443/v1/keys"))
+        assert cert is not None
+        return list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                    .get_values_for_type(x509.DNSName))
+
+    wait_for("banks-bank-a-eu-0 re-certified without its external name",
+             lambda: names() == ["banks-bank-a-eu-0.banks-nodes.banks.svc"], timeout=120)
