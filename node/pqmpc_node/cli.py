@@ -3,12 +3,18 @@
 Commands::
 
     pqmpc identity new NAME --out NAME.identity.json [--suite pq-default|pq-high]
-    pqmpc keys fetch --node https://IP:8443 --ca ca.pem [--out keys.json]
-    pqmpc keys verify --node https://IP:8443 --ca ca.pem [--node-id ID]
+    pqmpc keys fetch --node https://IP:8443 --ca ca.pem [--gateway HOST:PORT] [--out keys.json]
+    pqmpc keys verify --node https://IP:8443 --ca ca.pem [--gateway HOST:PORT] [--node-id ID]
     pqmpc submit --session NAME|ID [-n NS] --identity FILE --node URL --ca ca.pem --plan-signer FILE
-                 [--progress] data.csv|model.json
+                 [--gateway HOST:PORT] [--progress] data.csv|model.json
     pqmpc result --session NAME|ID [-n NS] --identity FILE --node URL --ca ca.pem --plan-signer FILE
-                 [--json] [--wait SECONDS] [--progress]
+                 [--gateway HOST:PORT] [--json] [--wait SECONDS] [--progress]
+
+From outside the cluster, through the pool's SNI gateway (``spec.externalAccess``): pass
+``--gateway`` (the gateway Service's address) and name the node as
+``--node https://<node-id>.<domain>``; every party is then reached as
+``<node-id>.<domain>`` through the gateway, and each node's certificate must name it.
+TLS still ends at the node (docs/quickstart-cluster.md).
 
 Every failure prints one line saying what was wrong and exits 1; nothing is sent
 before the whole input has been validated. ``--session`` takes the MPCSession name (looked
@@ -46,7 +52,9 @@ from pqmpc_node.client import (
     NodeClient,
     SessionClient,
     fetch_verified_keys,
+    gateway_domain,
     node_http_client,
+    parse_gateway,
     read_csv,
     transport_error,
 )
@@ -200,6 +208,9 @@ Namespace = Annotated[str | None, typer.Option("--namespace", "-n", help="The MP
                                                                            "kubeconfig context's)")]
 ShowProgress = Annotated[bool, typer.Option("--progress", help="Show progress on stderr even when it is not a "
                                                                 "terminal")]
+GatewayAddress = Annotated[str | None, typer.Option(
+    "--gateway", help="HOST:PORT of the pool's SNI gateway Service, from outside the cluster; --node is then "
+                      "https://<node-id>.<domain> (the pool's spec.externalAccess.domain)")]
 IdentityFile = Annotated[Path, typer.Option("--identity", help="Your identity file from `pqmpc identity new`")]
 
 
@@ -222,11 +233,12 @@ def identity_new(name: str, out_file: Annotated[Path | None, typer.Option("--out
 
 @keys_app.command("fetch")
 @_friendly
-def keys_fetch(node: Node, ca: Ca, out_file: Annotated[Path | None, typer.Option("--out")] = None) -> None:
+def keys_fetch(node: Node, ca: Ca, out_file: Annotated[Path | None, typer.Option("--out")] = None,
+               gateway: GatewayAddress = None) -> None:
     """Download a node's key document (certificate, KEM keys, transparency log) over PQ-TLS."""
     ca_cert, _ = _trust(ca, None)
     try:
-        with node_http_client(ca_cert) as http:
+        with node_http_client(ca_cert, connect_to=_gateway(gateway, node)) as http:
             r = http.get(node.rstrip("/") + "/v1/keys")
     except ClientError as exc:
         raise _fail(str(exc)) from None
@@ -242,11 +254,12 @@ def keys_fetch(node: Node, ca: Ca, out_file: Annotated[Path | None, typer.Option
 
 @keys_app.command("verify")
 @_friendly
-def keys_verify(node: Node, ca: Ca, node_id: Annotated[str | None, typer.Option("--node-id")] = None) -> None:
+def keys_verify(node: Node, ca: Ca, node_id: Annotated[str | None, typer.Option("--node-id")] = None,
+                gateway: GatewayAddress = None) -> None:
     """Verify CA → node certificate → KEM key certificate → transparency log."""
     ca_cert, _ = _trust(ca, None)
     try:
-        with node_http_client(ca_cert) as http:
+        with node_http_client(ca_cert, connect_to=_gateway(gateway, node)) as http:
             doc = http.get(node.rstrip("/") + "/v1/keys").json()
             nid = node_id or doc["nodeId"]
             party = PlanParty(0, nid, "-", "", 1, 1, doc["certFingerprint"], 1)
@@ -262,14 +275,25 @@ def keys_verify(node: Node, ca: Ca, node_id: Annotated[str | None, typer.Option(
               f"(certificate {doc['certFingerprint'][:16]}…)")
 
 
-def _client(node: str, session: str, ca: Path, plan_signer: Path | None, insecure: bool = False) -> SessionClient:
+def _gateway(text: str | None, node: str) -> tuple[str, int] | None:
+    """``--gateway`` as an address; with one, ``--node`` must be ``https://<node-id>.<domain>``."""
+    if text is None:
+        return None
+    address = parse_gateway(text)
+    gateway_domain(node)
+    return address
+
+
+def _client(node: str, session: str, ca: Path, plan_signer: Path | None, insecure: bool = False,
+            gateway: str | None = None) -> SessionClient:
     ca_cert, signer = _trust(ca, plan_signer)
+    address = _gateway(gateway, node)
     if signer is None and insecure:
         err.print("[yellow]warning:[/yellow] --insecure-skip-plan-verification: the session plan's signature is not "
                   "checked (experiments only)")
     try:
         return SessionClient(node_url=node, session_id=session, ca_certificate=ca_cert, plan_signer=signer,
-                             insecure_skip_plan_verification=insecure)
+                             insecure_skip_plan_verification=insecure, gateway=address)
     except ClientError as exc:
         raise _fail(str(_blame_ca(exc, ca))) from None
 
@@ -278,14 +302,14 @@ def _client(node: str, session: str, ca: Path, plan_signer: Path | None, insecur
 @_friendly
 def submit(session: Session, identity: IdentityFile, node: Node, ca: Ca, data: Path,
            plan_signer: Signer = None, insecure: Insecure = False, namespace: Namespace = None,
-           progress: ShowProgress = False) -> None:
+           progress: ShowProgress = False, gateway: GatewayAddress = None) -> None:
     """Validate, secret-share, seal per node and post DATA (a CSV, or a model JSON for model owners).
 
     The same command again succeeds and changes nothing; other data for an accepted input is refused.
     """
     ident = Identity.load(identity)
     session_id = _session_id(session, namespace)
-    client = _client(node, session_id, ca, plan_signer, insecure)
+    client = _client(node, session_id, ca, plan_signer, insecure, gateway)
     try:
         with _bars(_progress_console(progress)) as bar:
             if data.suffix == ".json":
@@ -346,11 +370,12 @@ def _json_text(res: dict[str, Any]) -> str:
 def result(session: Session, identity: IdentityFile, node: Node, ca: Ca, plan_signer: Signer = None,
            as_json: Annotated[bool, typer.Option("--json")] = False,
            wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the outputs")] = 0.0,
-           insecure: Insecure = False, namespace: Namespace = None, progress: ShowProgress = False) -> None:
+           insecure: Insecure = False, namespace: Namespace = None, progress: ShowProgress = False,
+           gateway: GatewayAddress = None) -> None:
     """Collect the sealed result shares, reconstruct, check consistency, print at each output's declared scale."""
     ident = Identity.load(identity)
     session_id = _session_id(session, namespace)
-    client = _client(node, session_id, ca, plan_signer, insecure)
+    client = _client(node, session_id, ca, plan_signer, insecure, gateway)
     console = _progress_console(progress)
     try:
         with (console.status(f"waiting up to {wait:g}s for the outputs of session {session_id}")

@@ -36,6 +36,7 @@ import json
 import math
 import os
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -57,9 +58,10 @@ from pqmpc_node.crypto.envelopes import (
     seal_envelope,
 )
 from pqmpc_node.crypto.kemkeys import KemKeyPair, UnknownEpochError, VerifiedKemKey, verify_keys_document
-from pqmpc_node.crypto.pki import CertificateError, NodeId, suite_of_ca, verify_node_certificate
+from pqmpc_node.crypto.pki import CertificateError, NodeId, WrongIdentityError, suite_of_ca, verify_node_certificate
 from pqmpc_node.crypto.suites import MLDSAPrivateKey, MLDSAPublicKey, Suite, SuiteName, get_suite
 from pqmpc_node.crypto.transparency import LogBundle, LogForkError, LogVerifier, require_same_history
+from pqmpc_node.gateway.routing import external_name
 from pqmpc_node.net.https import peer_certificate, pq_transport
 from pqmpc_node.output_scale import output_decimals, rounded_text
 from pqmpc_node.mpc.config import EngineConfig
@@ -87,7 +89,9 @@ __all__ = [
     "NodeClient",
     "SessionClient",
     "fetch_verified_keys",
+    "gateway_domain",
     "node_http_client",
+    "parse_gateway",
     "transport_error",
     "CsvColumns",
     "ProgressFn",
@@ -254,12 +258,18 @@ def node_http_client(
     expected_at: Callable[[str], str | None] = lambda _host: None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
     timeout: httpx.Timeout = httpx.Timeout(30.0, connect=5.0),
+    connect_to: tuple[str, int] | None = None,
 ) -> httpx.Client:
     """An HTTP client for node APIs: PQ-TLS only, the server must hold a node certificate of the pool CA.
 
     ``expected_at(host)`` names the node that must answer at ``host`` once the caller
     knows it (from the signed plan); until then any node of the pool passes the
     handshake, and :func:`fetch_verified_keys` binds the certificate to the keys document.
+
+    ``connect_to=(host, port)``: through the pool's SNI gateway. Every connection goes to
+    that address; the URL's host (``<node-id>.<domain>``) is the TLS server name the
+    gateway routes by, and the node's certificate must name it (DNS SAN) besides being
+    the pool's. TLS still ends at the node: the gateway only passes bytes through.
     """
     try:
         suite = suite_of_ca(ca_certificate)
@@ -268,10 +278,37 @@ def node_http_client(
 
     def check(cert: x509.Certificate, host: str) -> None:
         node = expected_at(host)
-        verify_node_certificate(cert, ca_certificate=ca_certificate, suite=suite, now=clock(),
-                                expected_node_ids=None if node is None else {NodeId(node)}, log=None)
+        verified = verify_node_certificate(cert, ca_certificate=ca_certificate, suite=suite, now=clock(),
+                                           expected_node_ids=None if node is None else {NodeId(node)}, log=None)
+        if connect_to is not None and host.lower() not in {n.lower() for n in verified.dns_names}:
+            raise WrongIdentityError(f"node {verified.node_id}'s certificate does not name {host} (it names "
+                                     f"{', '.join(verified.dns_names)}): the pool's spec.externalAccess.domain is "
+                                     "another, or the node was certified before it was set (it gets the name at "
+                                     "its next renewal; delete the pod to re-certify now)")
 
-    return httpx.Client(transport=pq_transport(ca_certificate, suite, verify_peer=check), timeout=timeout)
+    return httpx.Client(transport=pq_transport(ca_certificate, suite, verify_peer=check, connect_to=connect_to),
+                        timeout=timeout)
+
+
+def parse_gateway(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) of a pool's gateway Service, or a :class:`ClientError` saying what to pass."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClientError(f"--gateway {text!r} is not HOST:PORT; pass the address of the pool's gateway Service, "
+                          "e.g. 203.0.113.7:443 (kubectl get svc <pool>-gateway)", "bad_gateway")
+    return host, int(port)
+
+
+def gateway_domain(node_url: str) -> str:
+    """The external domain a gateway URL ``https://<node-id>.<domain>[:port]`` names (ClientError otherwise)."""
+    host = (urllib.parse.urlsplit(node_url).hostname or "").rstrip(".").lower()
+    label, dot, domain = host.partition(".")
+    if not dot or not label or not domain or all(c.isdigit() or c == "." for c in host):
+        raise ClientError(f"--node {node_url}: through a gateway, name the node as https://<node-id>.<domain> "
+                          "(<domain>: the pool's spec.externalAccess.domain), e.g. "
+                          "https://banks-bank-a-eu-0.banks.mpc.example.com", "bad_url")
+    return domain
 
 
 def transport_error(url: str, exc: httpx.HTTPError) -> ClientError:
@@ -280,6 +317,12 @@ def transport_error(url: str, exc: httpx.HTTPError) -> ClientError:
     else ``unreachable``."""
     reason = "wrong_ca" if "refused the server certificate (wrong_ca)" in str(exc) else "unreachable"
     return ClientError(f"{url}: {exc}", reason)
+
+
+def _origin(url: str) -> tuple[str, int]:
+    """``(host, port)`` of an https URL, lower-case, default port filled in: two spellings of one node compare equal."""
+    parts = urllib.parse.urlsplit(url)
+    return (parts.hostname or "").rstrip(".").lower(), parts.port or 443
 
 
 def _require_https(url: str) -> None:
@@ -475,7 +518,10 @@ class SessionClient:
         url_of: Callable[[PlanParty], str] | None = None,
         insecure_skip_plan_verification: bool = False,
         history_dir: Path | None = None,
+        gateway: tuple[str, int] | None = None,
     ) -> None:
+        """``gateway=(host, port)``: reach every party through the pool's SNI gateway, each as
+        ``https://<node-id>.<domain>`` with the domain of ``node_url`` (:func:`node_http_client`)."""
         if plan_signer is None and not insecure_skip_plan_verification:
             raise ClientError("the session plan must be verified: pass the operator's plan-signing key (--plan-signer, "
                               "the plan-signer.pub of the pool's <pool>-trust ConfigMap); only for experiments, "
@@ -484,11 +530,18 @@ class SessionClient:
         self._expected_at: dict[str, str] = {}
         if http is None:
             _require_https(node_url)
-        self.http = http or node_http_client(ca_certificate, expected_at=self._expected_at.get, clock=clock)
+        self.gateway = gateway
+        domain = gateway_domain(node_url) if gateway is not None else None
+        self.http = http or node_http_client(ca_certificate, expected_at=self._expected_at.get, clock=clock,
+                                             connect_to=gateway)
         self.session_id = session_id
         self.ca = ca_certificate
         self.clock = clock
-        self.url_of = url_of or (lambda p: f"https://{p.address}:{p.api_port}")
+        if domain is not None:
+            port = urllib.parse.urlsplit(node_url).port or 443
+            self.url_of = url_of or (lambda p: f"https://{external_name(p.node_id, domain)}:{port}")
+        else:
+            self.url_of = url_of or (lambda p: f"https://{p.address}:{p.api_port}")
         self.history = LogHistory(ca_certificate, history_dir)
         entry = NodeClient(node_url, http=self.http)
         try:
@@ -511,10 +564,18 @@ class SessionClient:
             raise ClientError(f"the session plan is not acceptable: {exc}", exc.reason) from None
         # From here on, the node at each party's address must be that party; a connection
         # opened before the plan was known is not reused.
-        self._expected_at.update({p.address: p.node_id for p in self.plan.parties})
+        if domain is not None:
+            self._expected_at.update({external_name(p.node_id, domain): p.node_id for p in self.plan.parties})
+            if _origin(node_url)[0] not in self._expected_at:
+                self.close()
+                raise ClientError(f"--node {node_url} is no party of session {session_id}; its parties are "
+                                  f"{', '.join(self.url_of(p) for p in self.plan.parties)}", "not_a_party")
+        else:
+            self._expected_at.update({p.address: p.node_id for p in self.plan.parties})
         if self._own_http:
             self.http.close()
-            self.http = node_http_client(ca_certificate, expected_at=self._expected_at.get, clock=clock)
+            self.http = node_http_client(ca_certificate, expected_at=self._expected_at.get, clock=clock,
+                                         connect_to=gateway)
         try:
             self._bind_plan(node_url)
         except ClientError:
@@ -545,7 +606,7 @@ class SessionClient:
         if self.plan.session_id != self.session_id:
             raise ClientError(f"the node served the plan of session {self.plan.session_id!r}, not {self.session_id!r}",
                               "wrong_session")
-        others = [p for p in self.plan.parties if self.url_of(p).rstrip("/") != entry_url.rstrip("/")]
+        others = [p for p in self.plan.parties if _origin(self.url_of(p)) != _origin(entry_url)]
         for party in others:
             try:
                 body = NodeClient(self.url_of(party), http=self.http).get_bytes(f"/v1/sessions/{self.session_id}/plan")

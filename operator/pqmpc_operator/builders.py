@@ -33,6 +33,7 @@ __all__ = [
     "build_pki_secret",
     "trust_configmap_name",
     "desired_pod_names",
+    "gateway_selector",
     "headless_service_name",
     "node_service_account_name",
     "owner_reference",
@@ -50,6 +51,7 @@ LABEL_TRUST_DOMAIN = f"{API_GROUP}/trust-domain"
 LABEL_REGION = "topology.kubernetes.io/region"
 LABEL_ZONE = "topology.kubernetes.io/zone"
 MANAGED_BY = "pqmpc-operator"
+GATEWAY_APP = "pqmpc-gateway"
 GPU_RESOURCE = "nvidia.com/gpu"
 STATE_DIR = "/var/lib/pqmpc"
 TRUST_DIR = "/etc/pqmpc/trust"
@@ -85,6 +87,11 @@ def node_dns_name(pool: NodePoolSpec, pod: str) -> str:
 def pool_selector(pool: str) -> dict[str, str]:
     """Labels that select every node pod of a pool."""
     return {"app.kubernetes.io/name": "pqmpc-node", LABEL_POOL: pool}
+
+
+def gateway_selector(pool: str) -> dict[str, str]:
+    """Labels of the pool's gateway pods (``spec.externalAccess``); no node selector matches them."""
+    return {"app.kubernetes.io/name": GATEWAY_APP, LABEL_POOL: pool}
 
 
 def selector_string(pool: str) -> str:
@@ -367,6 +374,10 @@ def build_network_policy(pool: NodePoolSpec, settings: OperatorSettings) -> dict
     # Metrics and probes: plain HTTP, nothing secret (Prometheus and kubelets cannot speak PQ-TLS).
     ingress.append({"from": [{"namespaceSelector": {}}],
                     "ports": [{"protocol": "TCP", "port": settings.node_metrics_port}]})
+    if pool.external_access is not None:
+        # The pool's SNI gateway passes client connections through to the API port (TLS ends at the node).
+        ingress.append({"from": [{"podSelector": {"matchLabels": gateway_selector(pool.name)}}],
+                        "ports": [{"protocol": "TCP", "port": settings.api_port}]})
     if pool.client_cidrs:
         ingress.append(
             {

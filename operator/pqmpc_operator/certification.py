@@ -28,7 +28,7 @@ from pqmpc_node.crypto.pki import CertificateError, NodeIdentity, bootstrap_serv
 from pqmpc_node.crypto.suites import get_suite
 from pqmpc_node.crypto.transparency import LogBundle, LogVerifier
 from pqmpc_node.net.tls import TlsIdentity
-from pqmpc_operator import builders, pool_pki
+from pqmpc_operator import builders, gateway_builders, pool_pki
 from pqmpc_operator.kube import ClusterApi
 from pqmpc_operator.model import NodePoolSpec
 from pqmpc_operator.nodeclient import NodeApi, NodeCallError, PoolTrust
@@ -80,6 +80,9 @@ class CertificationState:
     """Pod uid → (CSR public key, the certificate answer): a repeated bootstrap with the same key gets it again."""
     issuances: dict[str, int] = field(default_factory=dict)
     """Pod uid → certificates issued to it by this operator (capped: MAX_ISSUANCES_PER_POD)."""
+    external_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Pod name → the external DNS names (``spec.externalAccess``) its latest certificate from this process carries:
+    when the pool's change, an idle node is re-certified at once instead of at its next renewal."""
 
     def trust_for(self, ip: str) -> PoolTrust | None:
         """What the node at ``ip`` must present over TLS (None: no pod of this pool there)."""
@@ -209,14 +212,17 @@ async def _renew_if_due(
     api: ClusterApi, nodes: NodeApi, pki: pool_pki.PoolPKI, pool: NodePoolSpec, pod: Mapping[str, Any],
     state: CertificationState, previous: Mapping[str, Any], busy: frozenset[str],
 ) -> bool:
-    """Re-issue a certified node's certificate once it is within renewBefore of expiry (cert-manager style)."""
+    """Re-issue a certified node's certificate once it is within renewBefore of expiry (cert-manager style),
+    or at once when the pool's external names changed since this process certified it and the node is idle."""
     name = pod["metadata"]["name"]
     not_after = state.facts.get(name, {}).get("certNotAfter") or previous.get("certNotAfter")
     if not not_after:
         return False
     expires = dt.datetime.strptime(str(not_after), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
     left = (expires - _utcnow()).total_seconds()
-    if left > pool.rotation.renew_before_s:
+    held = state.external_names.get(name)
+    renamed = held is not None and held != gateway_builders.external_dns_names(pool, name) and name not in busy
+    if left > pool.rotation.renew_before_s and not renamed:
         return False
     # A renewed certificate has a new fingerprint, which running sessions' plans do not
     # name: renew a busy node only when expiry is near (a tenth of the lifetime).
@@ -231,6 +237,7 @@ async def _renew_if_due(
         async with state.lock:
             issued = pool_pki.certify_node(pki, doc, pod_name=name,
                                            expected_dns_name=builders.node_dns_name(pool, name),
+                                           external_dns_names=gateway_builders.external_dns_names(pool, name),
                                            now=_utcnow(), lifetime=dt.timedelta(seconds=pool.rotation.duration_s),
                                            rng=os.urandom)
             await _persist(api, pool, pki, state)
@@ -244,7 +251,9 @@ async def _renew_if_due(
     state.facts[name] = {**state.facts.get(name, {}), "certFingerprint": issued.fingerprint,
                          "kemEpoch": int(answer.get("kemEpoch", 0)),
                          "certNotAfter": issued.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")}
-    _log.info("pool %s/%s: renewed %s's certificate until %s", pool.namespace, pool.name, name, issued.not_after)
+    state.external_names[name] = gateway_builders.external_dns_names(pool, name)
+    _log.info("pool %s/%s: renewed %s's certificate until %s%s", pool.namespace, pool.name, name, issued.not_after,
+              " (its external names changed)" if renamed else "")
     return True
 
 
@@ -282,6 +291,7 @@ async def certify_attested(
                 "refusing more (delete the pod to start afresh)")
         issued = pool_pki.certify_node(pki, csr_document, pod_name=pod_name,
                                        expected_dns_name=builders.node_dns_name(pool, pod_name),
+                                       external_dns_names=gateway_builders.external_dns_names(pool, pod_name),
                                        now=_utcnow(), lifetime=dt.timedelta(seconds=pool.rotation.duration_s),
                                        rng=os.urandom)
         await _persist(api, pool, pki, state)
@@ -290,6 +300,7 @@ async def certify_attested(
                   "notAfter": issued.not_after.timestamp()}
         state.issued[pod_uid] = (key, answer)
         state.issuances[pod_uid] = state.issuances.get(pod_uid, 0) + 1
+    state.external_names[pod_name] = gateway_builders.external_dns_names(pool, pod_name)
     if state.facts.get(pod_name, {}).get("certFingerprint"):
         state.previous_fingerprints[pod_name] = state.facts[pod_name]["certFingerprint"]
     state.facts[pod_name] = {

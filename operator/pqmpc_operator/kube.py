@@ -47,6 +47,7 @@ class ClusterApi(Protocol):
     async def create_pod(self, pod: Mapping[str, Any]) -> str | None: ...
     async def delete_pod(self, namespace: str, name: str) -> None: ...
     async def apply(self, obj: Mapping[str, Any]) -> None: ...
+    async def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool: ...
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None: ...
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def create_object(self, obj: Mapping[str, Any]) -> bool: ...
@@ -69,6 +70,8 @@ class KubeApi:
         self._policy = client.PolicyV1Api(api_client)
         self._net = client.NetworkingV1Api(api_client)
         self._authn = client.AuthenticationV1Api(api_client)
+        self._apps = client.AppsV1Api(api_client)
+        self._rbac = client.RbacAuthorizationV1Api(api_client)
         self._client = api_client
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -138,7 +141,8 @@ class KubeApi:
                 raise
 
     async def apply(self, obj: Mapping[str, Any]) -> None:
-        """Server-side apply one child object (ServiceAccount, ConfigMap, Secret, Service, PDB, NetworkPolicy)."""
+        """Server-side apply one child object (ServiceAccount, ConfigMap, Secret, Service, PDB, NetworkPolicy,
+        and a gateway's Deployment, Role and RoleBinding)."""
         kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
         method = {
             "ServiceAccount": self._core.patch_namespaced_service_account,
@@ -147,10 +151,46 @@ class KubeApi:
             "Service": self._core.patch_namespaced_service,
             "PodDisruptionBudget": self._policy.patch_namespaced_pod_disruption_budget,
             "NetworkPolicy": self._net.patch_namespaced_network_policy,
+            "Deployment": self._apps.patch_namespaced_deployment,
+            "Role": self._rbac.patch_namespaced_role,
+            "RoleBinding": self._rbac.patch_namespaced_role_binding,
         }.get(kind)
         if method is None:
             raise ValueError(f"cannot apply a {kind}: no writer for that kind")
         await self._run(method, name, ns, obj, field_manager=FIELD_MANAGER, force=True, _content_type=_APPLY)
+
+    async def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
+        """Delete a child (a pool's gateway object) by name, only while ``owner_uid`` owns it.
+
+        Read first: an object of that name that the pool does not own (made by someone
+        else) is left alone; the delete carries the read object's uid as a precondition, so
+        a replacement made in between is not deleted either. True when it deleted.
+        """
+        doors = {
+            "Deployment": (self._apps.read_namespaced_deployment, self._apps.delete_namespaced_deployment),
+            "Service": (self._core.read_namespaced_service, self._core.delete_namespaced_service),
+            "ServiceAccount": (self._core.read_namespaced_service_account,
+                               self._core.delete_namespaced_service_account),
+            "Role": (self._rbac.read_namespaced_role, self._rbac.delete_namespaced_role),
+            "RoleBinding": (self._rbac.read_namespaced_role_binding, self._rbac.delete_namespaced_role_binding),
+        }.get(kind)
+        if doors is None:
+            raise ValueError(f"cannot delete a {kind}: no door for that kind")
+        found = await self._read(doors[0], name, namespace)
+        if found is None:
+            return False
+        meta = self._plain(found).get("metadata") or {}
+        if not any(ref.get("uid") == owner_uid for ref in meta.get("ownerReferences") or []):
+            return False
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=meta.get("uid")),
+                                         propagation_policy="Background")
+        try:
+            await self._run(doors[1], name, namespace, body=options)
+        except ApiException as exc:
+            if exc.status in (404, 409):  # gone already, or replaced by another object
+                return False
+            raise
+        return True
 
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's base64 ``data`` by name (the operator never lists Secrets), or None."""

@@ -19,6 +19,7 @@ __all__ = [
     "API_GROUP",
     "API_VERSION",
     "Backend",
+    "ExternalAccess",
     "GroupSpec",
     "NodePoolSpec",
     "PoolName",
@@ -38,6 +39,10 @@ PoolName = NewType("PoolName", str)
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DNS_NAME_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# A node's external name is <pod name>.<domain> (at most 63 + 1 + domain), within the 253 a DNS name allows.
+_MAX_EXTERNAL_DOMAIN = 253 - 64
+SERVICE_TYPES = ("LoadBalancer", "NodePort", "ClusterIP")
 # Pod names are <pool>-<group>-<ordinal>; keep them inside the 63-char label limit
 # that the pod's own hostname and the headless Service's DNS records need.
 _MAX_POD_NAME = 63
@@ -91,6 +96,25 @@ class GroupSpec:
 
 
 @dataclass(frozen=True)
+class ExternalAccess:
+    """How clients outside the cluster reach the node APIs (``spec.externalAccess``; None: they do not).
+
+    ``mode: gateway``: one SNI-routing TLS-passthrough gateway per pool
+    (:mod:`pqmpc_node.gateway`) behind a Service of ``service_type``; node ``n`` is
+    reached as ``n.<domain>`` on ``port``, a name its certificate carries as a DNS SAN.
+    """
+
+    mode: str
+    domain: str
+    service_type: str | None
+    """None: the operator's default (the chart's ``gateway.serviceType``)."""
+    port: int = 443
+    node_port: int | None = None
+    replicas: int = 1
+    service_annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class NodePoolSpec:
     """The parts of a NodePool that decide its children."""
 
@@ -107,6 +131,7 @@ class NodePoolSpec:
     quarantine_score: float
     auto_replace: bool
     client_cidrs: tuple[str, ...]
+    external_access: ExternalAccess | None = None
 
     def effective_replicas(self) -> dict[str, int]:
         """Pods wanted per group, honouring a total set through the scale subresource."""
@@ -204,6 +229,49 @@ def _parse_group(raw: Any, index: int, pool: str) -> GroupSpec:
     )
 
 
+def _parse_external_access(raw: Any) -> ExternalAccess | None:
+    path = "externalAccess"
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise SpecError(path, "is not an object", "give mode: gateway and domain, or leave it out")
+    mode = raw.get("mode", "gateway")
+    if mode != "gateway":
+        raise SpecError(f"{path}.mode", f"{mode!r} is unknown", "use gateway (the only mode so far)")
+    domain = raw.get("domain")
+    if not isinstance(domain, str) or not domain:
+        raise SpecError(f"{path}.domain", "is missing", "set the DNS domain whose names <node-id>.<domain> point at "
+                                                        "the gateway, e.g. banks.mpc.example.com")
+    domain = domain.rstrip(".")
+    if domain != domain.lower() or len(domain) > _MAX_EXTERNAL_DOMAIN or not all(
+            _DNS_NAME_LABEL.match(label) for label in domain.split(".")):
+        raise SpecError(f"{path}.domain", f"{domain!r} is not a lower-case DNS name of at most "
+                        f"{_MAX_EXTERNAL_DOMAIN} characters", "write it like banks.mpc.example.com (no wildcard, "
+                        "no trailing dot, no upper case)")
+    service = raw.get("service") or {}
+    if not isinstance(service, Mapping):
+        raise SpecError(f"{path}.service", "is not an object", "give type, port, nodePort and annotations")
+    service_type = service.get("type")
+    if service_type is not None and service_type not in SERVICE_TYPES:
+        raise SpecError(f"{path}.service.type", f"{service_type!r} is unknown", "use LoadBalancer, NodePort or "
+                                                                                  "ClusterIP")
+    node_port = service.get("nodePort")
+    if node_port is not None:
+        node_port = _int(node_port, f"{path}.service.nodePort", 1, 65535)
+        if service_type == "ClusterIP":
+            raise SpecError(f"{path}.service.nodePort", "is set on a ClusterIP Service", "use type NodePort or "
+                                                                                           "LoadBalancer, or drop it")
+    annotations = service.get("annotations") or {}
+    if not isinstance(annotations, Mapping) or not all(isinstance(v, str) for v in annotations.values()):
+        raise SpecError(f"{path}.service.annotations", "is not a map of strings", "use key: value string pairs")
+    return ExternalAccess(
+        mode=mode, domain=domain, service_type=service_type,
+        port=_int(service.get("port", 443), f"{path}.service.port", 1, 65535), node_port=node_port,
+        replicas=_int(raw.get("replicas", 1), f"{path}.replicas", 1, 10),
+        service_annotations=dict(annotations),
+    )
+
+
 def parse_nodepool(body: Mapping[str, Any]) -> NodePoolSpec:
     """Turn a raw NodePool body into a :class:`NodePoolSpec`, or raise :class:`SpecError`."""
     meta = body.get("metadata") or {}
@@ -262,4 +330,5 @@ def parse_nodepool(body: Mapping[str, Any]) -> NodePoolSpec:
         quarantine_score=float(score),
         auto_replace=bool(anomaly.get("autoReplace", False)),
         client_cidrs=tuple(cidrs),
+        external_access=_parse_external_access(spec.get("externalAccess")),
     )

@@ -21,7 +21,7 @@ from typing import Any, cast
 import httpx
 import kopf
 
-from pqmpc_operator import builders, pool_pki, rollout, status
+from pqmpc_operator import builders, gateway_builders, pool_pki, rollout, status
 from pqmpc_operator.certification import CertificationState, certify_pods, ensure_pki
 from pqmpc_operator.kube import ClusterApi
 from pqmpc_operator.metrics import OperatorMetrics
@@ -73,19 +73,31 @@ async def _write_status(
 
 
 async def _apply_children(deps: PoolDeps, pool: NodePoolSpec, pki: pool_pki.PoolPKI) -> None:
-    """Server-side apply the pool's children, skipped while they are what this process last applied."""
+    """Server-side apply the pool's children, skipped while they are what this process last applied.
+
+    Without ``spec.externalAccess`` the pool's gateway objects, if it still owns any, are
+    deleted (once per change of the children, and once after an operator start).
+    """
     children = [
         builders.build_trust_configmap(pool, pool_pki.trust_bundle_data(pki)),
         builders.build_service_account(pool),
         builders.build_headless_service(pool, deps.settings),
         builders.build_pdb(pool),
         builders.build_network_policy(pool, deps.settings),
+        *gateway_builders.build_gateway_children(pool, deps.settings),
     ]
     digest = hashlib.sha256(json.dumps(children, sort_keys=True).encode()).hexdigest()
     key = (pool.namespace, pool.name)
     if deps.applied_children.get(key) != digest:
         for child in children:
             await deps.api.apply(child)
+        if pool.external_access is None:
+            # External access off (or never on): a gateway this pool still owns goes, Service first.
+            name = gateway_builders.gateway_name(pool.name)
+            for kind in reversed(gateway_builders.GATEWAY_KINDS):
+                if await deps.api.delete_owned(kind, pool.namespace, name, pool.uid):
+                    _log.info("pool %s/%s: external access is off: deleted %s %s", pool.namespace, pool.name, kind,
+                              name)
         deps.applied_children[key] = digest
 
 

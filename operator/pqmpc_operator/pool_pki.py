@@ -246,11 +246,13 @@ def certify_node(
     now: dt.datetime,
     lifetime: dt.timedelta,
     rng: Rng,
+    external_dns_names: Sequence[str] = (),
 ) -> Issued:
     """Check a node's CSR document against the pod it came from, issue and log its certificate.
 
     Steps: (1) the document names the pod the operator asked (node id = pod name) and
-    the DNS name the pod template gave it; (2) the KEM key certificates the node offers
+    the DNS name the pod template gave it (the certificate also names ``external_dns_names``,
+    the node's names behind the pool's gateway, which the operator decides); (2) the KEM key certificates the node offers
     are checked; (3) the CSR's proof of possession is checked and a certificate with
     ``lifetime`` issued; (4) the new KEM key certificates and the certificate are logged.
     Every check comes before the first append: a refused document leaves the log as it was.
@@ -269,7 +271,8 @@ def certify_node(
         raise CertificationRefused(f"node {pod_name} sent a malformed CSR document") from None
     kem = _new_kem_entries(pki, csr_document, pod_name)
     cert = pki.ca.issue(csr, node_id=NodeId(pod_name), dns_name=expected_dns_name,
-                        now=now - CLOCK_SKEW, lifetime=lifetime + CLOCK_SKEW, rng=rng)
+                        now=now - CLOCK_SKEW, lifetime=lifetime + CLOCK_SKEW, rng=rng,
+                        extra_dns_names=external_dns_names)
     for data, _ in kem:
         pki.log.append(EntryKind.KEM_KEY_CERTIFICATE, data, now=now)
     der = cert.public_bytes(Encoding.DER)

@@ -45,8 +45,10 @@ from dataclasses import dataclass
 from typing import Any, Literal, Required, TypedDict, Union, cast
 
 from pqmpc_node.crypto.suites import Suite, get_suite
+from pqmpc_node.gateway.routing import external_name
 from pqmpc_operator import placement
 from pqmpc_operator.anomaly import SessionEvidence
+from pqmpc_operator.gateway_builders import gateway_name
 from pqmpc_operator.model import NodePoolSpec, SpecError, parse_duration, parse_nodepool
 from pqmpc_operator.session_model import SessionSpec, parse_mpcsession, session_id_of
 from pqmpc_operator.session_plan import Progress, session_progress
@@ -379,19 +381,31 @@ def _placed(draft: _Draft) -> tuple[Mapping[str, Any], ...]:
 
 
 def result_hint(spec: SessionSpec, placed: Sequence[Mapping[str, Any]], ips: Mapping[str, str],
-                port: int) -> dict[str, Any]:
-    """Where each recipient fetches its sealed outputs (results never appear in status)."""
+                port: int, pool: NodePoolSpec | None = None) -> dict[str, Any]:
+    """Where each recipient fetches its sealed outputs (results never appear in status).
+
+    With the pool's SNI gateway (``spec.externalAccess``) also from outside the cluster:
+    ``externalNodes`` (``https://<node-id>.<domain>``) and each recipient's ``fetchFromOutside``.
+    """
     urls = [f"https://{ips.get(str(p['node']), '')}:{port}" for p in placed]
-    return {
-        "sessionId": spec.session_id,
-        "nodes": urls,
-        "recipients": [
-            {"recipient": o.recipient, "allow": list(o.allow),
-             "fetch": f"pqmpc result --session {spec.session_id} --identity {o.recipient}.identity.json "
-                      f"--node {urls[0] if urls else ''} --ca ca.pem --plan-signer plan-signer.pub"}
-            for o in spec.outputs
-        ],
-    }
+    access = pool.external_access if pool is not None else None
+    outside = [f"https://{external_name(str(p['node']), access.domain)}" for p in placed] if access else []
+    recipients: list[dict[str, Any]] = []
+    for o in spec.outputs:
+        entry: dict[str, Any] = {
+            "recipient": o.recipient, "allow": list(o.allow),
+            "fetch": f"pqmpc result --session {spec.session_id} --identity {o.recipient}.identity.json "
+                     f"--node {urls[0] if urls else ''} --ca ca.pem --plan-signer plan-signer.pub"}
+        if pool is not None and access is not None and outside:
+            entry["fetchFromOutside"] = (
+                f"pqmpc result --session {spec.session_id} --identity {o.recipient}.identity.json "
+                f"--gateway <address of Service {gateway_name(pool.name)}>:{access.port} --node {outside[0]} "
+                "--ca ca.pem --plan-signer plan-signer.pub")
+        recipients.append(entry)
+    hint: dict[str, Any] = {"sessionId": spec.session_id, "nodes": urls, "recipients": recipients}
+    if outside:
+        hint["externalNodes"] = outside
+    return hint
 
 
 def preprocessing_status(spec: SessionSpec) -> dict[str, str]:
@@ -553,7 +567,7 @@ def _plan(draft: _Draft, observed: ObservedSession, admission: Admission, *, api
     draft.new["inputs"] = [InputProgress(owner=i.owner, role=i.role, received=False, parties=0) for i in spec.inputs]
     draft.new["inputsReceived"] = inputs_received(draft.new["inputs"])
     draft.new["preprocessing"] = preprocessing_status(spec)
-    draft.new["result"] = result_hint(spec, _placed(draft), observed.get("pod_ips") or {}, api_port)
+    draft.new["result"] = result_hint(spec, _placed(draft), observed.get("pod_ips") or {}, api_port, admission.pool)
     return draft.status(), [WriteStatus(), Requeue(NEXT_PASS_S)]
 
 
@@ -657,7 +671,7 @@ def _progress(draft: _Draft, observed: ObservedSession, admission: Admission, no
         draft.phase(SessionPhase.SUCCEEDED, "Completed", progress.message)
         draft.condition("Ready", "True", "Completed", progress.message)
         draft.new["completionTime"] = _ts(now)
-        hint = result_hint(spec, placed, ips, api_port)
+        hint = result_hint(spec, placed, ips, api_port, admission.pool)
         hint["outputsReady"] = list(progress.outputs_ready)
         if progress.rejected_rows is not None:
             hint["rejectedRows"] = progress.rejected_rows

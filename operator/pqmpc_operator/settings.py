@@ -32,6 +32,10 @@ class OperatorSettings:
     bootstrap_host: str = "0.0.0.0"
     bootstrap_url: str = "https://pqmpc-operator-bootstrap.pqmpc-system.svc:8444"
     """How node pods reach that port (the chart's Service); set into every node pod."""
+    gateway_command: tuple[str, ...] = ("python", "-m", "pqmpc_node.gateway")
+    """The command of a pool's gateway pods (``spec.externalAccess``; same image as the nodes)."""
+    gateway_service_type: str = "LoadBalancer"
+    """The gateway Service's type when a pool does not choose one (the chart's ``gateway.serviceType``)."""
 
     def operator_pod_labels(self) -> dict[str, str]:
         """Labels of the operator's own pods, which the NetworkPolicy lets in."""
@@ -55,6 +59,10 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
     """Build settings from ``PQMPC_*`` environment variables (the chart sets them)."""
     env = os.environ if env is None else env
     command = env.get("PQMPC_NODE_COMMAND")
+    gateway_command = env.get("PQMPC_GATEWAY_COMMAND")
+    service_type = env.get("PQMPC_GATEWAY_SERVICE_TYPE") or OperatorSettings.gateway_service_type
+    if service_type not in ("LoadBalancer", "NodePort", "ClusterIP"):
+        raise ValueError(f"PQMPC_GATEWAY_SERVICE_TYPE={service_type!r} is not LoadBalancer, NodePort or ClusterIP")
     resync = env.get("PQMPC_RESYNC_SECONDS", "30")
     try:
         resync_s = float(resync)
@@ -72,6 +80,8 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         bootstrap_port=_int_env(env, "PQMPC_BOOTSTRAP_PORT", OperatorSettings.bootstrap_port),
         bootstrap_host=env.get("PQMPC_BOOTSTRAP_HOST") or OperatorSettings.bootstrap_host,
         bootstrap_url=_https_url(env.get("PQMPC_BOOTSTRAP_URL") or OperatorSettings.bootstrap_url),
+        gateway_command=tuple(gateway_command.split()) if gateway_command else OperatorSettings.gateway_command,
+        gateway_service_type=service_type,
     )
 
 

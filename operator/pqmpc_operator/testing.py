@@ -144,7 +144,8 @@ class FakeKubeApi:
     async def apply(self, obj: Mapping[str, Any]) -> None:
         kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
         self._record("apply", kind, ns, name)
-        if kind not in ("ServiceAccount", "ConfigMap", "Secret", "Service", "PodDisruptionBudget", "NetworkPolicy"):
+        if kind not in ("ServiceAccount", "ConfigMap", "Secret", "Service", "PodDisruptionBudget", "NetworkPolicy",
+                        "Deployment", "Role", "RoleBinding"):
             raise ValueError(f"cannot apply a {kind}: no writer for that kind")
         self.applied[(kind, ns, name)] = _plain(obj)
         if kind == "ConfigMap":
@@ -152,6 +153,15 @@ class FakeKubeApi:
         if kind == "Secret":
             self.secrets[(ns, name)] = dict(obj.get("data") or {})
             self.secret_meta[(ns, name)] = _plain(obj["metadata"])
+
+    async def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
+        self._record("delete_owned", kind, namespace, name)
+        obj = self.applied.get((kind, namespace, name))
+        if obj is None or not any(ref.get("uid") == owner_uid
+                                  for ref in (obj.get("metadata") or {}).get("ownerReferences") or []):
+            return False
+        del self.applied[(kind, namespace, name)]
+        return True
 
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         self._record("read_secret_data", namespace, name)

@@ -74,6 +74,15 @@ def linear_score(b: Body) -> None:
 INVALID: list[tuple[str, Body, Callable[[Body], Any], tuple[str, ...]]] = [
     # NodePool
     ("pool-no-groups", POOL, lambda b: b["spec"].pop("groups"), ("spec.groups", "Required")),
+    ("pool-external-no-domain", POOL, lambda b: b["spec"].update(externalAccess={"mode": "gateway"}),
+     ("spec.externalAccess.domain", "Required")),
+    ("pool-external-wildcard", POOL, lambda b: b["spec"].update(externalAccess={"domain": "*.banks.example.com"}),
+     ("spec.externalAccess.domain",)),
+    ("pool-external-mode", POOL, lambda b: b["spec"].update(externalAccess={"mode": "ingress", "domain": "b.example"}),
+     ("spec.externalAccess.mode", "gateway")),
+    ("pool-external-service-type", POOL,
+     lambda b: b["spec"].update(externalAccess={"domain": "b.example", "service": {"type": "ExternalName"}}),
+     ("spec.externalAccess.service.type", "LoadBalancer")),
     ("pool-empty-groups", POOL, lambda b: b["spec"].update(groups=[]), ("spec.groups",)),
     ("pool-duplicate-group", POOL, lambda b: pool_groups(b)[1].update(name="bank-a-eu"),
      ("spec.groups", "must be unique", "rename or merge")),
@@ -314,3 +323,11 @@ def test_category_lists_both_kinds(kubectl: Any, namespace: str) -> None:
     names = kubectl("get", "-n", namespace, "pqmpc", "-o", "name").stdout.split()
     assert "nodepool.pqmpc.io/banks" in names
     assert "mpcsession.pqmpc.io/fraud-mlp" in names
+
+
+def test_external_access_defaults_are_applied(kubectl: Any, namespace: str) -> None:
+    body = with_change(POOL, lambda b: b["spec"].update(externalAccess={"domain": "banks.mpc.example.com"}))
+    body["metadata"]["name"] = "external"
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+    access = get(kubectl, namespace, "nodepool", "external")["spec"]["externalAccess"]
+    assert access == {"mode": "gateway", "domain": "banks.mpc.example.com", "replicas": 1}

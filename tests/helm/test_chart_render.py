@@ -185,6 +185,17 @@ def test_node_image_defaults_to_the_operator_image_and_can_differ(render: Render
     assert env_of(c)["PQMPC_NODE_IMAGE"] == "registry.example/pqmpc-gpu:0.1.0"
 
 
+def test_gateway_values_reach_the_operators_settings(render: Render) -> None:
+    """gateway.serviceType and gateway.command: the SNI gateway of pools with spec.externalAccess."""
+    default = settings_from_env(env_of(container(render())))
+    assert default.gateway_service_type == "LoadBalancer"
+    assert default.gateway_command == ("python", "-m", "pqmpc_node.gateway")
+    chosen = settings_from_env(env_of(container(render("gateway.serviceType=NodePort",
+                                                       "gateway.command={/opt/pqmpc/bin/python,-m,pqmpc_node.gateway}"))))
+    assert chosen.gateway_service_type == "NodePort"
+    assert chosen.gateway_command == ("/opt/pqmpc/bin/python", "-m", "pqmpc_node.gateway")
+
+
 def test_watch_namespaces_become_flags(render: Render) -> None:
     assert "args" not in container(render())
     c = container(render("operator.watchNamespaces={team-a,team-b}", "operator.verbose=true"))
@@ -276,6 +287,7 @@ def test_dashboard_config_map(render: Render) -> None:
     "image.pullPolicy=Sometimes",
     "operator.watchNamespaces={Not_A_Namespace}",
     "metrics.serviceMonitor.interval=soon",
+    "gateway.serviceType=Ingress",
 ])
 def test_schema_refuses_bad_values(helm: Helm, bad: str) -> None:
     result = helm("template", "x", str(CHART), "--set", bad, check=False)

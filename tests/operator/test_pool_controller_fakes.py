@@ -59,3 +59,28 @@ async def test_an_unusable_spec_is_reported_and_nothing_is_made() -> None:
     conditions = {c["type"]: c for c in api.pools[("ns", "banks")]["status"]["conditions"]}
     assert "spec.engine.backend" in str(conditions)
     assert ("Warning", "InvalidSpec") in events
+
+
+async def test_external_access_on_makes_the_gateway_and_off_deletes_only_what_the_pool_owns() -> None:
+    api = FakeKubeApi()
+    stored = api.add_pool(pool(externalAccess={"domain": "banks.example.com"}))
+    async with httpx.AsyncClient() as http:
+        deps = PoolDeps(api=api, nodes=FakeNodeClient(), settings=OperatorSettings(), metrics=OperatorMetrics(),
+                        http=http, post_event=lambda body, kind, reason, message: None)
+        await reconcile_pool(deps, namespace="ns", name="banks")
+        gateway = {(kind, name) for kind, _, name in api.applied if name == "banks-gateway"}
+        assert gateway == {(k, "banks-gateway") for k in ("ServiceAccount", "Role", "RoleBinding", "Deployment",
+                                                          "Service")}
+        assert api.called("delete_owned") == []
+        # Someone else's object of the same name (not owned by the pool) must survive the switch-off.
+        api.applied[("Role", "ns", "banks-gateway")] = {
+            "kind": "Role", "metadata": {"name": "banks-gateway", "ownerReferences": [{"uid": "someone-else"}]}}
+        stored["spec"].pop("externalAccess")
+        stored["metadata"]["generation"] += 1
+        await reconcile_pool(deps, namespace="ns", name="banks")
+        left = {kind for kind, _, name in api.applied if name == "banks-gateway"}
+        assert left == {"Role"}
+        assert [args[0] for args in api.called("delete_owned")] == ["Service", "Deployment", "RoleBinding", "Role",
+                                                                    "ServiceAccount"]
+        await reconcile_pool(deps, namespace="ns", name="banks")
+        assert len(api.called("delete_owned")) == 5, "nothing changed: no more deletes"

@@ -200,6 +200,19 @@ class TestPlan:
         assert "generation 4" in status["message"] and "all 2 parties" in status["message"]
         assert status["result"]["nodes"] == ["https://10.0.0.1:8443", "https://10.0.0.2:8443"]
         assert status["result"]["recipients"][0]["recipient"] == "auditor"
+        assert "externalNodes" not in status["result"] and "fetchFromOutside" not in status["result"]["recipients"][0]
+
+    def test_with_a_gateway_the_result_says_how_to_fetch_from_outside(self) -> None:
+        pool = copy.deepcopy(POOL)
+        pool["spec"]["externalAccess"] = {"domain": "banks.example.com", "service": {"port": 8443}}
+        obs = observed(session({"planGeneration": 3}), pool=pool, loads={}, pod_ips=IPS,
+                       delivery=PlanAccepted("e" * 64, 2))
+        status, _ = step(obs)
+        result = status["result"]
+        assert result["externalNodes"] == ["https://n-a.banks.example.com", "https://n-b.banks.example.com"]
+        fetch = result["recipients"][0]["fetchFromOutside"]
+        assert "--gateway <address of Service banks-gateway>:8443" in fetch
+        assert "--node https://n-a.banks.example.com" in fetch and "--session ns.s.0123abcd" in fetch
         assert status["preprocessing"]["provider"] == "dealer"
         assert status["inputsReceived"] == "0/2"
         assert [(c["type"], c["status"]) for c in status["conditions"]] == [("Placed", "True"), ("PlanDelivered", "True")]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, NewType, Protocol
 
@@ -287,12 +287,14 @@ class PoolCA:
         now: dt.datetime,
         lifetime: dt.timedelta,
         rng: Rng,
+        extra_dns_names: Sequence[str] = (),
     ) -> x509.Certificate:
         """Issue a node certificate for a CSR after checking its proof of possession.
 
         Steps: parse the CSR; verify its self-signature; check its key algorithm and
         subject CN against ``node_id``; build a leaf certificate (not a CA; SANs: DNS
-        name and node URI; ``now`` .. ``now + lifetime``) and sign it.
+        name, ``extra_dns_names`` — the node's external names behind a gateway — and node
+        URI; ``now`` .. ``now + lifetime``) and sign it.
         """
         _check_now(now)
         nid = _check_node_id(node_id)
@@ -326,7 +328,8 @@ class PoolCA:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.SubjectAlternativeName(
-                    [x509.DNSName(dns_name), x509.UniformResourceIdentifier(NODE_URI_PREFIX + nid)]
+                    [x509.DNSName(dns_name), *(x509.DNSName(n) for n in extra_dns_names if n != dns_name),
+                     x509.UniformResourceIdentifier(NODE_URI_PREFIX + nid)]
                 ),
                 critical=False,
             )

@@ -660,10 +660,14 @@ class _ClientTls:
         *,
         verify_peer: PeerVerifier | None = None,
         offer_groups: Sequence[str] | None = None,
+        connect_to: tuple[str, int] | None = None,
     ) -> None:
         self.suite = suite
         self.verify_peer = verify_peer
         self.context = client_context(ca_certificate, suite, offer_groups=offer_groups)
+        self.connect_to = connect_to
+        """Open every TCP connection to this address instead of the URL's host (an SNI gateway; the
+        URL's host is still the TLS server name and what ``verify_peer`` checks): curl's ``--connect-to``."""
 
 
 class PqNetworkBackend(_ClientTls, httpcore.NetworkBackend):
@@ -679,7 +683,7 @@ class PqNetworkBackend(_ClientTls, httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         source = (local_address, 0) if local_address else None
         try:
-            sock = socket.create_connection((host, port), timeout, source_address=source)
+            sock = socket.create_connection(self.connect_to or (host, port), timeout, source_address=source)
         except OSError as exc:
             raise _map_sync(exc, httpcore.ConnectTimeout, httpcore.ConnectError) from exc
         try:
@@ -847,6 +851,7 @@ class PqAsyncNetworkBackend(_ClientTls, httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        host, port = self.connect_to or (host, port)
         sock: socket.socket = await _with_timeout(
             self._connect(host, port, local_address, socket_options), timeout,
             httpcore.ConnectTimeout, httpcore.ConnectError,
@@ -1052,14 +1057,18 @@ def pq_transport(
     *,
     verify_peer: PeerVerifier | None = None,
     offer_groups: Sequence[str] | None = None,
+    connect_to: tuple[str, int] | None = None,
     **pool_kwargs: Any,
 ) -> httpx.BaseTransport:
     """A blocking httpx transport speaking HTTP/1.1 over PQ TLS to servers of ``ca_certificate``.
 
     ``pool_kwargs`` go to :class:`httpcore.ConnectionPool` (``max_connections``,
     ``keepalive_expiry``, ``retries``, ...). ``offer_groups`` is for tests only.
+    ``connect_to=(host, port)``: every connection goes there (an SNI gateway), the URL's
+    host still being the TLS server name.
     """
-    backend = PqNetworkBackend(ca_certificate, suite, verify_peer=verify_peer, offer_groups=offer_groups)
+    backend = PqNetworkBackend(ca_certificate, suite, verify_peer=verify_peer, offer_groups=offer_groups,
+                               connect_to=connect_to)
     return PqTransport(backend, **pool_kwargs)
 
 
@@ -1069,10 +1078,12 @@ def async_pq_transport(
     *,
     verify_peer: PeerVerifier | None = None,
     offer_groups: Sequence[str] | None = None,
+    connect_to: tuple[str, int] | None = None,
     **pool_kwargs: Any,
 ) -> httpx.AsyncBaseTransport:
     """The asyncio counterpart of :func:`pq_transport`."""
-    backend = PqAsyncNetworkBackend(ca_certificate, suite, verify_peer=verify_peer, offer_groups=offer_groups)
+    backend = PqAsyncNetworkBackend(ca_certificate, suite, verify_peer=verify_peer, offer_groups=offer_groups,
+                                    connect_to=connect_to)
     return PqAsyncTransport(backend, **pool_kwargs)
 
 
