@@ -1,9 +1,10 @@
-"""In-process parties with the dealer-free honest-majority provider (tests and benchmarks).
+"""In-process parties with a dealer-free provider (tests and benchmarks).
 
-Each party agrees its PRSS keys with the others over an in-process hub, then runs with an
-:class:`~pqmpc_node.mpc.context.MPCContext` bound to its own
-:class:`~pqmpc_node.mpc.honest_majority.HonestMajorityProvider`. Nothing is dealt: the
-same code path the nodes run, minus the network.
+Shamir sessions: each party agrees its PRSS keys with the others over an in-process hub
+(:class:`~pqmpc_node.mpc.honest_majority.HonestMajorityProvider`); additive sessions: each
+pair runs its base OTs (:class:`~pqmpc_node.mpc.ot.provider.OtProvider`). Then every party
+runs with an :class:`~pqmpc_node.mpc.context.MPCContext` bound to its own provider.
+Nothing is dealt: the same code path the nodes run, minus the network.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.fixedpoint import FixedPoint
 from pqmpc_node.mpc.honest_majority import HonestMajorityProvider
 from pqmpc_node.mpc.numerics import decode_fractions
+from pqmpc_node.mpc.ot.provider import OtProvider
 from pqmpc_node.mpc.outputs import OutputRequest, deliver_outputs, verify_delivered
 from pqmpc_node.mpc.programs import (
     AggregatePlan,
@@ -32,21 +34,26 @@ from pqmpc_node.mpc.programs import (
 from pqmpc_node.mpc.protocols import share_input
 from pqmpc_node.mpc.randomness import AesCtrRandom, derive_key
 from pqmpc_node.mpc.shares import Shared
-from pqmpc_node.mpc.sharing import ShamirScheme
+from pqmpc_node.mpc.sharing import AdditiveScheme, ShamirScheme
 
 T = TypeVar("T")
 
 
 async def hm_context(config: EngineConfig, channel: Channel, *, live: Sequence[int] | None = None,
                      session: str = "hm", seed: bytes = b"hm-seed") -> MPCContext:
-    """One party's context with a freshly agreed honest-majority provider."""
+    """One party's context with a freshly made dealer-free provider (PRSS for Shamir, OT for additive)."""
     scheme = config.scheme()
-    if not isinstance(scheme, ShamirScheme):
-        raise ValueError("the honest-majority provider needs Shamir sharing")
     parties = list(range(config.parties)) if live is None else sorted(live)
     domain = config.domain()
-    provider = await HonestMajorityProvider.create(channel, domain=domain, scheme=scheme, live=parties,
-                                                   session=session, authenticated=config.security == "malicious")
+    provider: HonestMajorityProvider | OtProvider
+    if isinstance(scheme, ShamirScheme):
+        provider = await HonestMajorityProvider.create(channel, domain=domain, scheme=scheme, live=parties,
+                                                       session=session, authenticated=config.security == "malicious")
+    elif isinstance(scheme, AdditiveScheme):
+        provider = await OtProvider.create(channel, domain=domain, scheme=scheme, live=parties, session=session,
+                                           authenticated=config.security == "malicious")
+    else:
+        raise ValueError(f"no dealer-free provider for {scheme!r}")
     ctx = MPCContext(party=channel.party, channel=channel, domain=domain, scheme=scheme, provider=provider,
                      rng=AesCtrRandom(derive_key(seed, "party", channel.party)), security=config.security,
                      fixed=FixedPoint(config.frac_bits), live=parties, session=session)

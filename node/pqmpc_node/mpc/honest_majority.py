@@ -71,10 +71,18 @@ from dataclasses import dataclass, field
 
 from pqmpc_node.mpc.channel import Channel, LostPartyError
 from pqmpc_node.mpc.context import MPCContext, encode_payload
+from pqmpc_node.mpc.derived import (
+    MAX_BATCH,
+    BitCheckError,
+    TripleCheckError,
+    TriplePool,
+    sacrifice_shared_b,
+    sacrifice_verdict,
+    square_and_open_bits,
+)
 from pqmpc_node.mpc.domain import Array, Domain
 from pqmpc_node.mpc.errors import MacCheckError
-from pqmpc_node.mpc.field import P61
-from pqmpc_node.mpc.mac import check_macs, toss_coins
+from pqmpc_node.mpc.mac import toss_coins
 from pqmpc_node.mpc.preprocessing import InputMask, Triple, TruncationPair
 from pqmpc_node.mpc.prss import PrssKeys, agree_keys
 from pqmpc_node.mpc.shares import Shared
@@ -84,20 +92,8 @@ from pqmpc_node.mpc.sharing import InconsistentSharesError, ShamirScheme
 __all__ = ["MAX_BATCH", "HonestMajorityProvider", "ProviderStats", "TooFewPartiesError", "TripleCheckError", "BitCheckError"]
 
 
-MAX_BATCH = 1 << 16
-"""The most triples one refill of the pool makes beyond what the request needs (memory bound)."""
-
-
 class TooFewPartiesError(LostPartyError):
     """Fewer than 2t + 1 live parties: degree reduction, and so this provider, cannot run."""
-
-
-class TripleCheckError(MacCheckError):
-    """A sacrificed triple did not verify: some party deviated while the triples were made."""
-
-
-class BitCheckError(MacCheckError):
-    """An opened square was not a square: some party deviated while random bits were made."""
 
 
 @dataclass
@@ -121,8 +117,7 @@ class HonestMajorityProvider:
     stats: ProviderStats = field(default_factory=ProviderStats)
     _alpha: Array | None = field(default=None, repr=False)
     _ctx: MPCContext | None = field(default=None, repr=False)
-    _pool: Triple | None = field(default=None, repr=False)
-    _used: int = 0
+    _pool: TriplePool | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.scheme.honest_majority:
@@ -148,6 +143,7 @@ class HonestMajorityProvider:
         if ctx.provider is not self:
             raise ValueError("bind the provider to the context that uses it")
         self._ctx = ctx
+        self._pool = TriplePool(lambda count: self._make_triples((count,)), ctx.concat)
 
     @property
     def ctx(self) -> MPCContext:
@@ -219,37 +215,13 @@ class HonestMajorityProvider:
     async def _coin(self, label: str) -> Array:
         return await toss_coins(self.ctx, label, 1)
 
-    async def _check(self, label: str) -> None:
-        await check_macs(self.ctx, label)
-
     # -- material -----------------------------------------------------------------
     async def triples(self, shape: tuple[int, ...]) -> Triple:
-        """Verified elementwise triples (module docstring, "Verified triples"), served from a bounded pool.
-
-        Every request takes the next triples of a pool that is refilled, when short, with
-        ``max(need, min(MAX_BATCH, made so far))`` fresh ones: many small requests (the
-        rounds of a comparison) then share one generation and one sacrifice, the pool
-        grows with demand (never more than :data:`MAX_BATCH` beyond a request), and a
-        small session makes little more than it uses. Every party makes the same requests
-        in the same order, so the pools stay in step.
-        """
-        count = math.prod(shape)
-        available = 0 if self._pool is None else self._pool.a.size - self._used
-        if available < count:
-            fresh = await self._make_triples((max(count - available, min(MAX_BATCH, self.stats.triples)),))
-            if self._pool is None or available == 0:
-                self._pool = fresh
-            else:
-                rest = self._pool
-                self._pool = Triple(*(self.ctx.concat([getattr(rest, k)[self._used:], getattr(fresh, k)])
-                                      for k in ("a", "b", "c")))
-            self._used = 0
-        pool = self._pool
-        if pool is None:  # invariant: filled above
-            raise RuntimeError("triple pool empty")
-        lo, hi = self._used, self._used + count
-        self._used = hi
-        return Triple(pool.a[lo:hi].reshape(*shape), pool.b[lo:hi].reshape(*shape), pool.c[lo:hi].reshape(*shape))
+        """Verified elementwise triples (module docstring, "Verified triples"), served from a bounded
+        pool (:class:`~pqmpc_node.mpc.derived.TriplePool`)."""
+        if self._pool is None:
+            raise RuntimeError("HonestMajorityProvider.bind(ctx) was not called")
+        return await self._pool.take(shape)
 
     async def _make_triples(self, shape: tuple[int, ...]) -> Triple:
         """Make and verify ``shape`` fresh triples."""
@@ -261,28 +233,9 @@ class HonestMajorityProvider:
             return Triple(Shared(a, None), Shared(b, None), Shared(c, None))
         f = self._random(shape)  # the spent triple (f, b, h = f*b) shares b with the checked one
         sa, sb, sf, sc, sh = await self._authenticated([a, b, f], [d.mul(a, b), d.mul(f, b)], "triple")
-        await self._sacrifice_shared_b(sa, sb, sc, sf, sh)
+        await sacrifice_shared_b(self.ctx, sa, sb, sc, sf, sh, blame="degree reduction")
         self.stats.triples += math.prod(shape)
         return Triple(sa, sb, sc)
-
-    async def _sacrifice_shared_b(self, a: Shared, b: Shared, c: Shared, f: Shared, h: Shared) -> None:
-        """Steps 2-4 of "Verified triples" with the spent triple ``(f, b, h)`` sharing ``b``:
-        open ``rho = s a - f``, then ``v = s c - h - rho b = s(c - ab) - (h - fb)``."""
-        ctx = self.ctx
-        (s,) = (await self._coin("sacrifice-coin")).reshape(1)[:1]
-        (rho,) = await ctx.open([ctx.sub(ctx.mul_public(a, s), f)], "sacrifice")
-        v = ctx.sub(ctx.sub(ctx.mul_public(c, s), h), ctx.mul_public(b, rho))
-        (opened,) = await ctx.open([v], "sacrifice-check")
-        await self._verdict(opened)
-
-    async def _verdict(self, opened: Array) -> None:
-        """Step 4: every MAC of every opening so far, then ``v = 0``."""
-        ctx = self.ctx
-        await self._check("sacrifice")
-        if bool(ctx.xp.any(opened != 0)):
-            bad = int(ctx.xp.count_nonzero(opened))
-            raise TripleCheckError("triple-sacrifice", [], f"{bad} of {opened.size} sacrificed triples did not verify "
-                                   "(c != a*b): a party deviated in degree reduction")
 
     async def matrix_triple(self, left: tuple[int, int], right: tuple[int, int]) -> Triple:
         """A verified matrix triple ``C = A @ B`` (module docstring, "Matrix triples")."""
@@ -314,43 +267,13 @@ class HonestMajorityProvider:
             v = ctx.sub(ctx.sub(ctx.mul_public(c, s), h), ctx.add(ctx.mul_public(f, sigma), ctx.mul_public(g, rho)))
             v = ctx.add_public(v, d.neg(d.mul(rho, sigma)))
         (opened,) = await ctx.open([v], "sacrifice-check")
-        await self._verdict(opened)
+        await sacrifice_verdict(ctx, opened, blame="degree reduction")
 
     async def edabits(self, shape: tuple[int, ...]) -> Shared:
         """Random bits by square-and-open (module docstring, "Random bits"), shape ``(bits, *shape)``."""
-        ctx, d = self.ctx, self.domain
-        count = d.bits * math.prod(shape)
-        bits, zero = await self._bits(count)
-        while bool(zero.any()):  # a zero square (probability 1/p each): draw those elements again
-            redo = ctx.xp.nonzero(zero)[0]
-            fresh, fresh_zero = await self._bits(int(redo.size))
-            value = bits.value.copy()
-            value[redo] = fresh.value
-            mac = None
-            if bits.mac is not None and fresh.mac is not None:
-                mac = bits.mac.copy()
-                mac[redo] = fresh.mac
-            bits = Shared(value, mac)
-            zero = zero.copy()
-            zero[redo] = fresh_zero
-        await self._check("bits")
-        self.stats.bits += count
-        return bits.reshape(d.bits, *shape)
-
-    async def _bits(self, count: int) -> tuple[Shared, Array]:
-        """``count`` random bits, and where the opened square was 0 (those are not bits; draw again)."""
-        ctx, d = self.ctx, self.domain
-        t = await self.triples((count,))
-        (e,) = await ctx.open([ctx.sub(t.a, t.b)], "bit-square")
-        (v,) = await ctx.open([ctx.add(t.c, ctx.mul_public(t.a, e))], "bit-open")  # a^2
-        root = _pow(d, v, (P61 + 1) // 4)
-        if not bool(ctx.xp.all(d.mul(root, root) == v)):
-            raise BitCheckError("bit-square", [], "an opened square is not a square modulo p: a party deviated while "
-                                "random bits were made")
-        zero = v == 0
-        inverse = _pow(d, ctx.xp.where(zero, ctx.xp.uint64(1), root), P61 - 2)
-        bit = ctx.mul_public(ctx.add_public(ctx.mul_public(t.a, inverse), d.scalar(1)), d.scalar((P61 + 1) // 2))
-        return bit, zero
+        bits = await square_and_open_bits(self.ctx, self.triples, shape)
+        self.stats.bits += bits.size
+        return bits
 
     async def truncation_pairs(self, shape: tuple[int, ...], frac_bits: int) -> TruncationPair:
         raise ValueError("truncation pairs belong to the ring; honest-majority sessions compute over F_p")
@@ -379,18 +302,4 @@ class HonestMajorityProvider:
             raise MacCheckError("input-mask-consistency", [tag], str(exc)) from exc
         return InputMask(mask, clear.reshape(shape))
 
-
-
-def _pow(domain: Domain, base: Array, exponent: int) -> Array:
-    """``base ** exponent`` elementwise in the field (square-and-multiply)."""
-    result = domain.asarray(domain.xp.ones(base.shape, dtype=domain.xp.uint64))
-    acc = base
-    e = exponent
-    while e:
-        if e & 1:
-            result = domain.mul(result, acc)
-        e >>= 1
-        if e:
-            acc = domain.mul(acc, acc)
-    return result
 
