@@ -8,6 +8,7 @@ they fail at the provider's ``NotImplementedError`` (reported as the session's `
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -89,7 +90,9 @@ def test_lost_node_ends_an_ot_session_with_every_input_kept(operator: Operator) 
     for n in nodes[:2]:
         status = operator.wait_phase(n, "ot-kill3", {"Succeeded", "Failed"}, timeout=180)
         assert (status["phase"], status["reason"]) == ("Failed", "peer_lost"), (status["reason"], status["message"])
-        assert "lost party 2" in status["message"] and "additive sharing needs every party" in status["message"]
+        # party 2 died; a survivor may first see the other survivor leave (it ends at once), so either is named
+        assert re.match(r"lost party [12]: ", status["message"]), status["message"]
+        assert "additive sharing needs every party" in status["message"]
         assert "every owner's input is kept secret" in status["message"], status["message"]
         assert status["outputsReady"] == [] and status["attempts"] == 1
     assert nodes[2].proc.wait(timeout=30) == 17
