@@ -363,7 +363,8 @@ class Demo:
         with self.step("identities for bank-a, bank-b, bank-c, auditor, insurer (pqmpc identity new)"):
             self.make_identities()
 
-        with self.step("kubectl apply the sessions fraud-stats (EU locality) and fraud-mlp (Shamir MLP)",
+        with self.step("kubectl apply the sessions fraud-stats (EU locality, additive) and fraud-mlp (Shamir MLP), "
+                       "both dealer-free",
                        lambda: self.operator_logs()):
             self.apply_sessions()
         self.show_placement()
@@ -588,11 +589,16 @@ class Demo:
         for name in SESSION_FILES:
             st = self.wait_for(f"session {name} to finish", self.phase_in(name, {"Succeeded", "Failed"}), 300,
                                show=self.show_status(name))
-            self.summary.setdefault("sessions", {})[name] = {"phase": st["phase"], "placement": st.get("placement")}
+            prep = dict(st.get("preprocessing") or {})
+            self.summary.setdefault("sessions", {})[name] = {"phase": st["phase"], "placement": st.get("placement"),
+                                                             "preprocessing": prep}
             if st["phase"] != "Succeeded":
                 raise DemoError(f"session {name} {st['phase']}: {st.get('reason')}: {st.get('message')}")
             start, end = st.get("startTime", ""), st.get("completionTime", "")
             self.console.print(f"    {name}: Succeeded (started {start}, completed {end})")
+            self.console.print(f"      preprocessing {prep.get('provider', '?')}: " + (
+                "dealer-free, the parties made their own triples (the operator dealt nothing)"
+                if prep.get("dealerFree") == "true" else "dealt by the operator (trusted dealer)"))
 
     def collect_results(self) -> None:
         pqmpc = pqmpc_binary()

@@ -112,7 +112,8 @@ class NodeMetrics:
         self.preprocessing_material = Counter(
             "pqmpc_node_preprocessing_material_total",
             "Correlated randomness this node made or consumed, by provider (dealer: dealt by the operator; "
-            "prss: made by the parties, no dealer) and kind (triples, bits, reduced: degree-reduced elements).",
+            "prss and ot: made by the parties, no dealer) and kind (triples, bits; prss: reduced, degree-reduced "
+            "elements; ot: base_ots, ML-KEM base OTs, and extended_ots, OTs from the extension).",
             ["provider", "kind"], registry=registry)
         self.preprocessing_sessions = Counter(
             "pqmpc_node_preprocessing_sessions_total", "Session attempts started, by preprocessing provider.",

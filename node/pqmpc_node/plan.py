@@ -68,6 +68,7 @@ __all__ = [
     "BadPlanSignatureError",
     "CANCEL_FORMAT",
     "CANCEL_SIGNATURE_CONTEXT",
+    "DEALER_FREE",
     "CancelMismatchError",
     "SessionCancel",
     "StaleCancelError",
@@ -80,6 +81,8 @@ __all__ = [
     "OPERATOR_SENDER",
     "PLAN_FORMAT",
     "PLAN_SIGNATURE_CONTEXT",
+    "PREPROCESSING_PROVIDERS",
+    "Preprocessing",
     "PlanError",
     "PlanInput",
     "PlanOutput",
@@ -112,9 +115,13 @@ _NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,126}[A-Za-z0-9])?$")
 InputRole = Literal["data", "model"]
 Sharing = Literal["additive", "shamir"]
 Security = Literal["semi-honest", "malicious"]
-Preprocessing = Literal["dealer", "prss"]
+Preprocessing = Literal["dealer", "prss", "ot"]
 """Who makes the session's correlated randomness: the operator as trusted dealer, or the
-parties themselves with PRSS and degree reduction (honest-majority Shamir, no dealer)."""
+parties themselves — with PRSS and degree reduction (``prss``: honest-majority Shamir) or
+with oblivious transfer (``ot``: additive n-of-n, any n >= 2, dishonest majority)."""
+PREPROCESSING_PROVIDERS: tuple[Preprocessing, ...] = ("dealer", "prss", "ot")
+DEALER_FREE: frozenset[Preprocessing] = frozenset({"prss", "ot"})
+"""The providers whose material the parties make themselves: nothing is dealt, no seed travels."""
 
 
 class PlanError(ValueError):
@@ -472,8 +479,9 @@ class SessionPlan:
         program = _obj(o.get("program"), "program")
         prep = _obj(o.get("preprocessing", {}), "preprocessing")
         provider = prep.get("provider", "dealer")
-        if provider not in ("dealer", "prss"):
-            raise MalformedPlanError(f"preprocessing provider must be 'dealer' or 'prss', got {provider!r}")
+        if provider not in PREPROCESSING_PROVIDERS:
+            raise MalformedPlanError(f"preprocessing provider must be one of {list(PREPROCESSING_PROVIDERS)}, "
+                                     f"got {provider!r}")
         seeds = {_name(k, "sealedSeeds key"): _b64d(v, f"sealed seed of {k}")
                  for k, v in _obj(prep.get("sealedSeeds", {}), "sealedSeeds").items()}
         plan = cls(
@@ -513,6 +521,12 @@ class SessionPlan:
         if self.preprocessing == "prss" and not (self.sharing == "shamir" and 2 * self.threshold < n <= PRSS_MAX_PARTIES):
             raise MalformedPlanError("dealer-free 'prss' preprocessing needs Shamir sharing with an honest majority "
                                      f"(2t < n) and n <= {PRSS_MAX_PARTIES}, got {self.sharing} with t={self.threshold}, n={n}")
+        if self.preprocessing == "ot" and self.sharing != "additive":
+            raise MalformedPlanError(f"dealer-free 'ot' preprocessing needs additive sharing (n-of-n), got {self.sharing}; "
+                                     "Shamir sessions use 'prss' (honest majority) or the dealer")
+        if self.preprocessing in DEALER_FREE and self.sealed_dealer_seeds:
+            raise MalformedPlanError(f"a dealer-free ({self.preprocessing!r}) plan carries no dealer seeds, this one "
+                                     f"has sealed seeds for {sorted(self.sealed_dealer_seeds)}")
         if self.not_after <= self.issued_at or self.deadline <= self.issued_at:
             raise MalformedPlanError("notAfter and deadline must be later than issuedAt")
         owners = [i.owner for i in self.inputs]

@@ -7,7 +7,9 @@ Life of a session here (phases as in ``MPCSession.status.phase``):
    dealer (the operator) posts this party's own preprocessing material
    (:meth:`SessionManager.accept_preprocessing`, :mod:`pqmpc_node.dealer`): its seed and
    correction stream, sealed to this node and signed with the plan-signing key; no node
-   ever receives another party's material.
+   ever receives another party's material. A dealer-free session (plan provider ``prss``
+   or ``ot``) gets nothing from the operator and refuses dealt material: its parties make
+   their own when the computation starts (step 3).
 2. Data owners post sealed input envelopes (:meth:`SessionManager.accept_input`): checked
    (sender key from the plan, signature, epoch, replay), opened, validated against the
    declared fields, and the *sealed* envelope is kept under ``PQMPC_STATE_DIR`` until
@@ -19,7 +21,13 @@ Life of a session here (phases as in ``MPCSession.status.phase``):
    the plan names with the plan's fingerprint; the engine runs the program over a
    :class:`~pqmpc_node.net.pq_channel.PqChannel` (:func:`pqmpc_node.engine.execute`:
    owners' inputs authenticated, program, every opening MAC-checked before outputs).
-   A lost peer aborts an additive session; a Shamir session restarts the computation
+   The attempt's preprocessing provider is made first: the dealt material, or a
+   dealer-free provider agreed with the live parties over the same links
+   (:class:`~pqmpc_node.mpc.honest_majority.HonestMajorityProvider` for ``prss``,
+   :class:`~pqmpc_node.mpc.ot.provider.OtProvider` for ``ot``: ML-KEM base OTs, then OT
+   extension as the program consumes triples).
+   A lost peer aborts an additive session (every owner's input stays secret: nothing
+   unmasked was opened, no output released); a Shamir session restarts the computation
    (next attempt, fresh round tags, the next attempt's fresh material) with the
    remaining parties while at least ``t + 1`` remain and material is left. A failed
    check aborts and sends the peers an abort notice (they stop with ``peer-abort``);
@@ -88,8 +96,9 @@ from pqmpc_node.mpc.domain import Domain
 from pqmpc_node.mpc.errors import MacCheckError, PeerAbortedError
 from pqmpc_node.mpc.fixedpoint import FixedPoint
 from pqmpc_node.mpc.honest_majority import HonestMajorityProvider
+from pqmpc_node.mpc.ot.provider import OtProvider
 from pqmpc_node.mpc.preprocessing import AnyProvider
-from pqmpc_node.mpc.sharing import ShamirScheme
+from pqmpc_node.mpc.sharing import AdditiveScheme, ShamirScheme
 from pqmpc_node.mpc.errors import BlamedCheckError
 from pqmpc_node.mpc.inputs import OwnerShares
 from pqmpc_node.mpc.programs import ModelOutOfRangeError, ProgramError, model_shapes
@@ -101,6 +110,7 @@ from pqmpc_node.net.pq_channel import HELLO_TAG, Hello, PeerLostError, PqChannel
 from pqmpc_node.net.tls import TlsIdentity
 from pqmpc_node.payloads import DomainName, InputPayload, OutputPayload, OutputShare, PayloadError, domain_for
 from pqmpc_node.plan import (
+    DEALER_FREE,
     PlanError,
     SessionPlan,
     check_supersedes,
@@ -142,6 +152,42 @@ class UnknownSessionError(SessionError):
 
 class InputRejected(SessionError):
     """An input envelope was refused."""
+
+
+@dataclass(frozen=True)
+class _AttemptProvider:
+    """One attempt's preprocessing provider, and what the run does with a dealer-free one.
+
+    A dealer-free provider (``prss``, ``ot``) draws on its context's channel, coins and
+    MAC checks, so it is bound to the context that takes it (``bind``); afterwards the
+    node counts the material it made (``made``: kind -> count, public numbers). Dealt
+    material needs neither.
+    """
+
+    provider: AnyProvider
+    bind: Callable[[MPCContext], None] | None = None
+    made: Callable[[], dict[str, int]] | None = None
+
+
+def _prss_made(provider: HonestMajorityProvider) -> dict[str, int]:
+    st = provider.stats
+    return {"triples": st.triples, "bits": st.bits, "reduced": st.reduced_elements}
+
+
+def _ot_made(provider: OtProvider) -> dict[str, int]:
+    st = provider.stats
+    return {"triples": st.triples, "bits": st.bits, "extended_ots": st.extended_ots, "base_ots": st.base_ots}
+
+
+def _lost_detail(exc: LostPartyError) -> str:
+    """The cause of a lost party, without the ``lost party N:`` prefix a re-raise adds again."""
+    return str(exc).removeprefix(f"lost party {exc.peer}: ")
+
+
+ADDITIVE_LOST = ("additive sharing needs every party, so the session ends here; every owner's input is kept "
+                 "secret (nothing unmasked was opened, no output was released): create a new session and the "
+                 "owners submit again")
+"""Why an additive session ends on a lost party (the node's message; the operator's NodeLost says the same)."""
 
 
 class ForkedPeerError(ValueError):
@@ -467,7 +513,7 @@ class SessionManager:
         return {"sessionId": session_id, "accepted": True, "phase": rt.phase.value}
 
     def _maybe_start(self, rt: SessionRuntime) -> None:
-        ready = rt.material is not None or rt.plan.preprocessing == "prss"  # dealer-free: nothing to wait for
+        ready = rt.material is not None or rt.plan.preprocessing in DEALER_FREE  # dealer-free: nothing to wait for
         if (rt.phase is Phase.AWAITING_INPUTS and ready
                 and all(i.owner in rt.inputs for i in rt.plan.inputs)):
             rt.phase = Phase.COMPUTING
@@ -716,14 +762,16 @@ class SessionManager:
                 if lost is not None:
                     await lost.close()
                 survivors = tuple(p for p in rt.live if p != exc.peer)
-                if plan.sharing != "shamir" or len(survivors) < plan.threshold + 1:
+                if plan.sharing != "shamir":
+                    raise PeerLostError(exc.peer, f"{_lost_detail(exc)}; {ADDITIVE_LOST}") from None
+                if len(survivors) < plan.threshold + 1:
                     raise
                 if plan.preprocessing == "prss" and len(survivors) < 2 * plan.threshold + 1:
-                    raise PeerLostError(exc.peer, f"{exc}; dealer-free multiplication needs 2t + 1 = "
+                    raise PeerLostError(exc.peer, f"{_lost_detail(exc)}; dealer-free multiplication needs 2t + 1 = "
                                         f"{2 * plan.threshold + 1} live parties and only {len(survivors)} remain "
                                         f"(a session survives a lost node only where n >= 2t + 2)") from None
                 if plan.preprocessing == "dealer" and (rt.material is None or rt.attempts >= len(rt.material.seeds)):
-                    raise PeerLostError(exc.peer, f"{exc}; no fresh preprocessing is left for another attempt "
+                    raise PeerLostError(exc.peer, f"{_lost_detail(exc)}; no fresh preprocessing is left for another attempt "
                                         "(a restart never reuses material)") from None
                 log.warning("session %s: %s; carrying on with parties %s", plan.session_id, exc, survivors)
                 rt.live = survivors
@@ -742,18 +790,17 @@ class SessionManager:
                             attempt=rt.attempts, round_timeout_s=self.settings.round_timeout_s)
         self.metrics.preprocessing_sessions.labels(plan.preprocessing).inc()
         try:
-            provider = await self._provider(rt, cfg, domain, channel)  # fresh per attempt
-            ctx = MPCContext(party=rt.party, channel=channel, domain=domain, scheme=cfg.scheme(), provider=provider,
-                             rng=AesCtrRandom.from_os(), security=plan.security, fixed=FixedPoint(plan.frac_bits),
-                             live=rt.live)
-            if isinstance(provider, HonestMajorityProvider):
-                provider.bind(ctx)
+            attempt = await self._provider(rt, cfg, domain, channel)  # fresh per attempt
+            ctx = MPCContext(party=rt.party, channel=channel, domain=domain, scheme=cfg.scheme(),
+                             provider=attempt.provider, rng=AesCtrRandom.from_os(), security=plan.security,
+                             fixed=FixedPoint(plan.frac_bits), live=rt.live)
+            if attempt.bind is not None:
+                attempt.bind(ctx)
             outcome = await execute(ctx, rt.compiled.program, rt.compiled.fields, self._party_inputs(rt),
                                     rt.compiled.requests)
-            if isinstance(provider, HonestMajorityProvider):
-                st = provider.stats
-                for kind, count in (("triples", st.triples), ("bits", st.bits), ("reduced", st.reduced_elements)):
-                    self.metrics.preprocessing_material.labels("prss", kind).inc(count)
+            if attempt.made is not None:
+                for kind, count in attempt.made().items():
+                    self.metrics.preprocessing_material.labels(plan.preprocessing, kind).inc(count)
         except MacCheckError as exc:
             # Tell the others (so they stop on a check too, not on a lost party); a notice
             # received is answered with one, so nobody closes a link under a notice in flight.
@@ -765,19 +812,29 @@ class SessionManager:
             raise
         return outcome, ctx, channel
 
-    async def _provider(self, rt: SessionRuntime, cfg: EngineConfig, domain: Domain, channel: PqChannel) -> AnyProvider:
-        """This attempt's preprocessing: the dealt material, or PRSS keys agreed now with the live parties."""
+    async def _provider(self, rt: SessionRuntime, cfg: EngineConfig, domain: Domain,
+                        channel: PqChannel) -> _AttemptProvider:
+        """This attempt's preprocessing: the dealt material, or a dealer-free provider set up now with the live
+        parties (PRSS keys for ``prss``; base OTs and OT extension for ``ot``)."""
         plan = rt.plan
+        session = f"{plan.session_id}/attempt-{rt.attempts}"
+        authenticated = plan.security == "malicious"
+        scheme = cfg.scheme()
         if plan.preprocessing == "prss":
-            scheme = cfg.scheme()
             if not isinstance(scheme, ShamirScheme):  # the plan's own consistency check refuses this
-                raise ValueError("dealer-free preprocessing needs Shamir sharing")
-            return await HonestMajorityProvider.create(channel, domain=domain, scheme=scheme, live=rt.live,
-                                                       session=f"{plan.session_id}/attempt-{rt.attempts}",
-                                                       authenticated=plan.security == "malicious")
+                raise ValueError("dealer-free 'prss' preprocessing needs Shamir sharing")
+            hm = await HonestMajorityProvider.create(channel, domain=domain, scheme=scheme, live=rt.live,
+                                                     session=session, authenticated=authenticated)
+            return _AttemptProvider(hm, bind=hm.bind, made=lambda: _prss_made(hm))
+        if plan.preprocessing == "ot":
+            if not isinstance(scheme, AdditiveScheme):  # the plan's own consistency check refuses this
+                raise ValueError("dealer-free 'ot' preprocessing needs additive sharing")
+            ot = await OtProvider.create(channel, domain=domain, scheme=scheme, live=rt.live, session=session,
+                                         authenticated=authenticated)
+            return _AttemptProvider(ot, bind=ot.bind, made=lambda: _ot_made(ot))
         if rt.material is None:  # _maybe_start waits for it
             raise RuntimeError("dealt preprocessing missing at start")
-        return party_provider(plan, rt.material, cfg, domain.xp, attempt=rt.attempts)
+        return _AttemptProvider(party_provider(plan, rt.material, cfg, domain.xp, attempt=rt.attempts))
 
     def _party_inputs(self, rt: SessionRuntime) -> PartyInputs:
         """The owners' raw shares held here, as the engine takes them (kept for every attempt)."""

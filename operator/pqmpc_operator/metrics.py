@@ -52,7 +52,7 @@ class OperatorMetrics:
         )
         self.sessions_planned = Counter(
             "pqmpc_operator_sessions_planned_total",
-            "Session plans delivered, by preprocessing provider (prss: dealer-free; dealer: the operator deals).",
+            "Session plans delivered, by preprocessing provider (ot, prss: dealer-free; dealer: the operator deals).",
             ["preprocessing"], registry=self.registry,
         )
         self.session_phase_changes = Counter(

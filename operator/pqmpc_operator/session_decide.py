@@ -26,9 +26,11 @@ Lifecycle (``status.phase``, :class:`SessionPhase`): Pending -> Placing -> Prepr
   fails is retried with the next generation, which supersedes any copy that got out.
 - AwaitingInputs / Computing: the parties' reports are folded into the status; once
   every input is in the dealer deals each party its material, from the plan kept in the
-  session's Secret; no trustworthy plan there (:class:`PlanLost`) re-plans with the next
-  generation. A lost party fails an
-  additive session; a Shamir session carries on while ``t + 1`` parties remain.
+  session's Secret — only for a session on the dealer: a dealer-free session (``ot``,
+  ``prss``) is never dealt, whatever a party reports; no trustworthy plan there
+  (:class:`PlanLost`) re-plans with the next generation. A lost party fails an additive
+  session (every owner's input stays secret); a Shamir session carries on while
+  ``t + 1`` parties remain (``2t + 1`` on ``prss``).
 - Succeeded / Failed: ``completionTime`` is set; after ``ttlSecondsAfterFinished`` the
   session is deleted. ``spec.deadline`` after creation an unfinished session fails.
 
@@ -55,7 +57,8 @@ from pqmpc_operator.session_plan import Progress, session_progress
 from pqmpc_operator.status import Condition, merge_conditions
 
 __all__ = [
-    "ACTIVE", "FINISHED", "LOST_AFTER_S", "Action", "Admission", "Decision", "AskParties", "CancelTarget",
+    "ACTIVE", "ADDITIVE_LOST", "DEALER_CAVEAT", "FINISHED", "LOST_AFTER_S", "Action", "Admission", "Decision",
+    "AskParties", "CancelTarget",
     "CountPlacementFailure", "Deal", "DealingFailed", "DeleteSession", "Dealt", "DeliverPlan", "InputProgress",
     "ObservedSession", "PartyUnreachable", "PlanAccepted", "PlanLost", "PlanRefused", "ReadLoads", "ReadPods", "ReadPool",
     "RecordEvidence", "Request", "Requeue", "SessionBody", "SessionEvent", "SessionMetadata", "SessionPhase",
@@ -82,6 +85,10 @@ ACTIVE = frozenset({SessionPhase.PLACING, SessionPhase.PREPROCESSING, SessionPha
 FINISHED = frozenset({SessionPhase.SUCCEEDED, SessionPhase.FAILED})
 # A party unreachable this long is lost (an additive session then fails).
 LOST_AFTER_S = 20.0
+ADDITIVE_LOST = ("additive sharing needs every party, so the session ends; every owner's input is kept secret "
+                 "(nothing unmasked was opened, no output was released): create a new session and the owners "
+                 "submit again")
+"""Why a lost party ends an additive session, whichever provider it ran on (the nodes say the same)."""
 # Seconds until the next pass, by what the pass ended with.
 RETRY_POOL_S = 5.0
 RETRY_PLACEMENT_S = 5.0
@@ -408,12 +415,19 @@ def result_hint(spec: SessionSpec, placed: Sequence[Mapping[str, Any]], ips: Map
     return hint
 
 
+DEALER_CAVEAT = ("the operator deals (trusted dealer): it knows every triple, mask and MAC key of this session, so "
+                 "the operator together with one node could read every input; auto runs additive and "
+                 "honest-majority Shamir sessions dealer-free")
+"""``status.preprocessing.note`` of a session that asked for the dealer by name."""
+
+
 def preprocessing_status(spec: SessionSpec) -> dict[str, str]:
     """``status.preprocessing``: which provider runs and, for ``auto``, why."""
     dealer = spec.preprocessing == "dealer"
     return {"provider": spec.preprocessing, "dealerFree": "false" if dealer else "true",
-            "note": spec.preprocessing_note or ("the operator deals (trusted dealer)" if dealer
-                                                else "made by the parties; the operator sees no key, seed or triple")}
+            "note": spec.preprocessing_note or (DEALER_CAVEAT if dealer else
+                                                f"{spec.preprocessing}: made by the parties; the operator sees no key, "
+                                                "seed or triple")}
 
 
 def session_events(old: SessionStatus, new: SessionStatus) -> list[SessionEvent]:
@@ -648,8 +662,7 @@ def _progress(draft: _Draft, observed: ObservedSession, admission: Admission, no
             draft.condition("Preprocessed", "False", "DealingFailed", f"retrying: {dealing.error}")
     actions: list[Action] = []
     if lost and spec.sharing == "additive" and progress.phase not in FINISHED:
-        draft.fail("NodeLost", "; ".join(lost) + " — additive sharing needs every party; create a new session "
-                   "(owners resubmit their inputs)")
+        draft.fail("NodeLost", "; ".join(lost) + " — " + ADDITIVE_LOST)
     elif lost and spec.sharing == "shamir" and spec.preprocessing == "prss" and progress.phase not in FINISHED \
             and len(placed) - len(lost) < 2 * spec.threshold + 1:
         draft.fail("NodeLost", "; ".join(lost) + f" — fewer than 2t+1={2 * spec.threshold + 1} parties remain, and "

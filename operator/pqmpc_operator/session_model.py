@@ -15,7 +15,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pqmpc_node.crypto.kemkeys import kem_public_key_from_bytes
 from pqmpc_node.crypto.suites import Suite
@@ -122,37 +122,48 @@ def _kem_key(raw: Any, path: str, suite: Suite) -> bytes:
 
 
 PREPROCESSING_CHOICES = ("auto", "prss", "ot", "dealer")
+AUTO_OT_NOTE = "auto: additive session, dealer-free (ot: ML-KEM base OTs + OT extension)"
+AUTO_PRSS_NOTE = "auto: honest-majority Shamir session, dealer-free (prss)"
 
 
 def resolve_preprocessing(requested: Any, sharing: str, parties: int, threshold: int) -> tuple[Preprocessing, str]:
     """Which provider makes the session's correlated randomness, and why (``spec.preprocessing``).
 
+    * ``ot`` — dealer-free for additive sessions (n-of-n, any n >= 2, dishonest
+      majority): the parties run ML-KEM base OTs and OT extension between themselves and
+      make MAC-authenticated triples from them.
     * ``prss`` — dealer-free, made by the parties (PRSS + degree reduction); needs Shamir
       with an honest majority, 2t < n.
     * ``dealer`` — the operator deals every party its material and so knows every
-      triple, mask and MAC key (trusted dealer; operator + one node = every input).
-    * ``ot`` — dealer-free for additive sessions; not available yet.
-    * ``auto`` (default) — ``prss`` for honest-majority Shamir sessions; otherwise the
-      dealer, and the note says so.
+      triple, mask and MAC key (trusted dealer; operator + one node = every input). Never
+      picked by ``auto`` for a session a dealer-free provider can run; an explicit choice.
+    * ``auto`` (default) — ``ot`` for additive sessions, ``prss`` for honest-majority
+      Shamir sessions; the dealer only for Shamir without an honest majority (2t >= n),
+      and the note says so.
     """
     choice = "auto" if requested is None else str(requested)
     if choice not in PREPROCESSING_CHOICES:
         raise SpecError("preprocessing", f"{choice!r} is not one of {list(PREPROCESSING_CHOICES)}",
-                        "use auto (the default), prss, or dealer")
+                        "use auto (the default), ot, prss, or dealer")
     honest_majority = sharing == "shamir" and 0 < threshold and 2 * threshold < parties <= PRSS_MAX_PARTIES
-    if choice == "ot":
-        raise SpecError("preprocessing", "'ot' (dealer-free preprocessing for additive sessions) is not available yet",
-                        "use auto: Shamir sessions with 2t < n run dealer-free (prss); additive sessions use the dealer")
+    if choice == "ot" and sharing != "additive":
+        raise SpecError("preprocessing", f"'ot' (dealer-free, oblivious transfer) runs additive sessions only, this one "
+                        f"is {sharing}", "use prss or auto: a Shamir session with 2t < n runs dealer-free with prss; "
+                        "or set sharing: additive")
     if choice == "prss" and not honest_majority:
         raise SpecError("preprocessing", f"'prss' needs Shamir sharing with an honest majority (2t < n) and at most "
                         f"{PRSS_MAX_PARTIES} parties, got {sharing} with n={parties}, t={threshold}",
-                        "use sharing: shamir with threshold < parties/2, or preprocessing: dealer")
+                        "use sharing: shamir with threshold < parties/2, preprocessing: ot for an additive session, "
+                        "or preprocessing: dealer")
     if choice == "auto":
+        if sharing == "additive":
+            return "ot", AUTO_OT_NOTE
         if honest_majority:
-            return "prss", "auto: honest-majority Shamir session, dealer-free (prss)"
-        return "dealer", ("auto: the trusted dealer (the operator) deals this additive session's preprocessing; "
-                          "dealer-free OT preprocessing is not available yet")
-    return ("prss" if choice == "prss" else "dealer"), ""
+            return "prss", AUTO_PRSS_NOTE
+        return "dealer", ("auto: the trusted dealer (the operator) deals this Shamir session's preprocessing: "
+                          f"without an honest majority (2t < n, at most {PRSS_MAX_PARTIES} parties) prss cannot run, "
+                          "and ot runs additive sessions only")
+    return cast(Preprocessing, choice), ""
 
 
 def parse_mpcsession(body: Mapping[str, Any], suite: Suite) -> SessionSpec:

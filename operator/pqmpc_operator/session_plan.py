@@ -65,8 +65,10 @@ def build_signed_plan(
     Steps: (1) list the parties with their certified identities and KEM key epochs;
     (2) copy inputs (owners' ML-DSA keys and declared columns) and outputs (recipients'
     KEM keys and allow-lists); (3) sign the canonical plan with the plan-signing key.
-    Preprocessing is dealt later, per party, once the row counts are known
-    (:func:`pqmpc_node.dealer.deal`): no material travels in the plan.
+    The plan names the provider (``spec.preprocessing``). A dealer session's material is
+    dealt later, per party, once the row counts are known (:func:`pqmpc_node.dealer.deal`);
+    a dealer-free session's (``ot``, ``prss``) is made by the parties. Either way no
+    material travels in the plan.
     """
     plan_parties = tuple(
         PlanParty(index=i, node_id=p.node_id, address=p.address, dns_name=p.dns_name, peer_port=p.peer_port,
@@ -122,8 +124,11 @@ def session_progress(spec: SessionSpec, reports: Mapping[str, Mapping[str, Any] 
     when every reachable party has and none is missing — except that a Shamir session
     succeeds once ``t + 1`` parties have (it tolerates lost parties by design); it
     computes while any party computes; otherwise it awaits inputs. An input counts as
-    received when every reachable party has it.
+    received when every reachable party has it. Only a session on the dealer waits for
+    preprocessing: a party of a dealer-free session (``ot``, ``prss``) that reports
+    ``awaitingPreprocessing`` is not believed (nothing is ever dealt to it).
     """
+    dealt = spec.preprocessing == "dealer"
     live = {n: r for n, r in reports.items() if r is not None}
     failed = [r for r in live.values() if r.get("phase") == "Failed"]
     succeeded = [r for r in live.values() if r.get("phase") == "Succeeded"]
@@ -137,7 +142,7 @@ def session_progress(spec: SessionSpec, reports: Mapping[str, Mapping[str, Any] 
             message = f"check {first['failedCheck']!r} caught a deviation: {message}"
     elif len(succeeded) >= need and len(succeeded) == len(live):
         phase, reason, message = "Succeeded", "Completed", f"{len(succeeded)}/{len(reports)} parties finished"
-    elif any(r.get("awaitingPreprocessing") for r in live.values()):
+    elif dealt and any(r.get("awaitingPreprocessing") for r in live.values()):
         phase, reason, message = "Preprocessing", "Dealing", "all inputs in; dealing each party its preprocessing"
     elif any(r.get("phase") == "Computing" for r in live.values()):
         phase, reason, message = "Computing", "Computing", f"{len(live)}/{len(reports)} parties reachable"
@@ -153,6 +158,6 @@ def session_progress(spec: SessionSpec, reports: Mapping[str, Mapping[str, Any] 
                        "parties": got})
     rejected = next((r.get("rejectedRows") for r in live.values() if r.get("rejectedRows") is not None), None)
     ready = tuple(sorted({o for r in live.values() for o in r.get("outputsReady") or []}))
-    rows = next((r.get("inputRows") for r in live.values() if r.get("awaitingPreprocessing")), None)
+    rows = next((r.get("inputRows") for r in live.values() if dealt and r.get("awaitingPreprocessing")), None)
     return Progress(phase, reason, message, inputs, None if rejected is None else int(rejected), ready,
                     None if rows is None else {str(k): int(v) for k, v in dict(rows).items()})

@@ -131,6 +131,18 @@ def test_sessions_succeeded_with_eu_locality(demo: DemoRun) -> None:
     assert len({p["trustDomain"] for p in mlp}) == 3 and {p["region"] for p in mlp} == {"eu-west", "us-east"}
 
 
+def test_both_sessions_ran_dealer_free(demo: DemoRun) -> None:
+    """The additive fraud-stats session runs on auto, now ot; the Shamir MLP on prss: the operator dealt nothing."""
+    sessions = demo.summary["sessions"]
+    assert sessions["fraud-stats"]["preprocessing"] == {
+        "provider": "ot", "dealerFree": "true",
+        "note": "auto: additive session, dealer-free (ot: ML-KEM base OTs + OT extension)"}
+    assert sessions["fraud-mlp"]["preprocessing"]["provider"] == "prss"
+    assert sessions["fraud-mlp"]["preprocessing"]["dealerFree"] == "true"
+    assert "preprocessing ot: dealer-free" in demo.stdout and "preprocessing prss: dealer-free" in demo.stdout
+    assert "trusted dealer" not in demo.stdout
+
+
 def _csv(path: Path) -> np.ndarray[Any, np.dtype[np.float64]]:
     return np.atleast_2d(np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64).T).T
 

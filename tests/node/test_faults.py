@@ -96,4 +96,6 @@ def test_killed_node_aborts_additive_session(operator: Operator) -> None:
         status = operator.wait_phase(n, "kill-1", {"Succeeded", "Failed"})
         assert status["phase"] == "Failed" and status["reason"] == "peer_lost", status
         assert "lost party 1" in status["message"]
+        assert "additive sharing needs every party" in status["message"], status["message"]
+        assert "every owner's input is kept secret" in status["message"] and status["outputsReady"] == []
     assert nodes[1].proc.wait(timeout=10) == 17

@@ -83,8 +83,12 @@ def observed(body: dict[str, Any], **seen: Any) -> ObservedSession:
     return ObservedSession(body=body, **seen)  # type: ignore[typeddict-item]
 
 
-def running(**seen: Any) -> ObservedSession:
-    return observed(session(copy.deepcopy(RUNNING)), pool=POOL, pod_ips=IPS, **seen)
+def running(spec: dict[str, Any] | None = None, **seen: Any) -> ObservedSession:
+    return observed(session(copy.deepcopy(RUNNING), **(spec or {})), pool=POOL, pod_ips=IPS, **seen)
+
+
+DEALER = {"preprocessing": "dealer"}
+"""An additive session that asks for the dealer by name (auto runs it dealer-free on ot)."""
 
 
 def step(obs: ObservedSession, now: dt.datetime = NOW) -> tuple[dict[str, Any], list[Any]]:
@@ -176,8 +180,8 @@ class TestPlacement:
 
 
 class TestPlan:
-    def obs(self, **seen: Any) -> ObservedSession:
-        return observed(session({"planGeneration": 3}), pool=POOL, loads={}, pod_ips=IPS, **seen)
+    def obs(self, spec: dict[str, Any] | None = None, **seen: Any) -> ObservedSession:
+        return observed(session({"planGeneration": 3}, **(spec or {})), pool=POOL, loads={}, pod_ips=IPS, **seen)
 
     def test_asks_to_deliver_the_next_generation(self) -> None:
         status, actions = step(self.obs())
@@ -201,6 +205,10 @@ class TestPlan:
         assert status["result"]["nodes"] == ["https://10.0.0.1:8443", "https://10.0.0.2:8443"]
         assert status["result"]["recipients"][0]["recipient"] == "auditor"
         assert "externalNodes" not in status["result"] and "fetchFromOutside" not in status["result"]["recipients"][0]
+        assert status["preprocessing"] == {"provider": "ot", "dealerFree": "true", "note": (
+            "auto: additive session, dealer-free (ot: ML-KEM base OTs + OT extension)")}
+        assert status["inputsReceived"] == "0/2"
+        assert [(c["type"], c["status"]) for c in status["conditions"]] == [("Placed", "True"), ("PlanDelivered", "True")]
 
     def test_with_a_gateway_the_result_says_how_to_fetch_from_outside(self) -> None:
         pool = copy.deepcopy(POOL)
@@ -213,9 +221,21 @@ class TestPlan:
         fetch = result["recipients"][0]["fetchFromOutside"]
         assert "--gateway <address of Service banks-gateway>:8443" in fetch
         assert "--node https://n-a.banks.example.com" in fetch and "--session ns.s.0123abcd" in fetch
-        assert status["preprocessing"]["provider"] == "dealer"
+        assert status["preprocessing"]["provider"] == "ot"
         assert status["inputsReceived"] == "0/2"
         assert [(c["type"], c["status"]) for c in status["conditions"]] == [("Placed", "True"), ("PlanDelivered", "True")]
+
+    @pytest.mark.parametrize(("spec", "provider", "free", "words"), [
+        (DEALER, "dealer", "false", ["trusted dealer", "could read every input", "dealer-free"]),
+        ({"preprocessing": "ot"}, "ot", "true", ["ot: made by the parties", "the operator sees no key, seed or triple"]),
+        ({"sharing": "shamir", "parties": 3}, "prss", "true", ["auto: honest-majority Shamir session, dealer-free (prss)"]),
+    ])
+    def test_the_status_names_the_provider_and_why(self, spec: dict[str, Any], provider: str, free: str,
+                                                   words: list[str]) -> None:
+        status, _ = step(self.obs(spec, delivery=PlanAccepted("e" * 64, 2)))
+        assert (status["preprocessing"]["provider"], status["preprocessing"]["dealerFree"]) == (provider, free)
+        for word in words:
+            assert word in status["preprocessing"]["note"], (word, status["preprocessing"])
 
 
 def report(phase: str = "AwaitingInputs", **extra: Any) -> dict[str, Any]:
@@ -245,16 +265,27 @@ class TestProgress:
 
     def test_all_inputs_in_asks_to_deal_then_records_it(self) -> None:
         replies = {n: report(awaitingPreprocessing=True, inputRows={"bank-a": 4, "bank-b": 5}) for n in IPS}
-        status, actions = step(running(replies=replies))
+        status, actions = step(running(DEALER, replies=replies))
         (deal,) = actions
         assert isinstance(deal, Deal) and deal.rows == {"bank-a": 4, "bank-b": 5} and deal.digest == "d" * 64
-        status, actions = step(running(replies=replies, dealing=Dealt()))
+        status, actions = step(running(DEALER, replies=replies, dealing=Dealt()))
         assert actions == [WriteStatus(), Requeue(1.0)]
         assert status["dealtDigest"] == "d" * 64 and (status["phase"], status["reason"]) == ("Preprocessing", "Dealing")
-        status, _ = step(running(replies=replies, dealing=DealingFailed("HTTP 503")))
+        status, _ = step(running(DEALER, replies=replies, dealing=DealingFailed("HTTP 503")))
         assert "dealtDigest" not in status
         cond = next(c for c in status["conditions"] if c["type"] == "Preprocessed")
         assert (cond["status"], cond["reason"], cond["message"]) == ("False", "DealingFailed", "retrying: HTTP 503")
+
+    @pytest.mark.parametrize("spec", [{}, {"preprocessing": "ot", "parties": 3}, {"preprocessing": "auto"}])
+    def test_an_ot_session_is_never_dealt(self, spec: dict[str, Any]) -> None:
+        """Parties claiming to await material (rows and all) get no Deal in a dealer-free additive session."""
+        replies = {n: report(awaitingPreprocessing=True, inputRows={"bank-a": 4, "bank-b": 5},
+                             inputs=[{"owner": o, "received": True} for o in ("bank-a", "bank-b")]) for n in IPS}
+        status, actions = step(running(spec, replies=replies))
+        assert actions == [WriteStatus(), Requeue(1.0)]
+        assert not any(isinstance(a, Deal) for a in actions)
+        assert status["phase"] == "AwaitingInputs" and "dealtDigest" not in status
+        assert "Preprocessed" not in {c["type"] for c in status["conditions"]}
 
     def test_dealt_once_per_plan(self) -> None:
         body = session({**copy.deepcopy(RUNNING), "dealtDigest": "d" * 64})
@@ -289,7 +320,17 @@ class TestLostParties:
         status, actions = step(obs, NOW + dt.timedelta(seconds=20))
         assert (status["phase"], status["reason"]) == ("Failed", "NodeLost")
         assert status["message"].startswith("party 1 (n-b): ConnectError — additive sharing needs every party")
+        assert "every owner's input is kept secret" in status["message"]
         assert isinstance(actions[0], RecordEvidence)
+
+    @pytest.mark.parametrize("spec", [{}, DEALER, {"parties": 3}])
+    def test_a_lost_party_ends_an_additive_session_on_any_provider_with_inputs_kept(self, spec: dict[str, Any]) -> None:
+        body = session({**copy.deepcopy(RUNNING), "unreachableSince": {"n-b": ts(NOW)}}, **spec)
+        replies = {"n-a": report("Computing"), "n-b": PartyUnreachable("ConnectError")}
+        status, _ = step(observed(body, pool=POOL, pod_ips=IPS, replies=replies), NOW + dt.timedelta(seconds=20))
+        assert (status["phase"], status["reason"]) == ("Failed", "NodeLost"), status
+        assert "additive sharing needs every party" in status["message"]
+        assert "every owner's input is kept secret" in status["message"] and "no output was released" in status["message"]
 
     def test_a_party_without_a_pod_is_lost_at_once(self) -> None:
         obs = observed(session(copy.deepcopy(RUNNING)), pool=POOL, pod_ips={"n-a": IPS["n-a"]},

@@ -54,9 +54,12 @@ class TestSpec:
     @pytest.mark.parametrize(
         ("change", "field", "words"),
         [
-            ({"preprocessing": "ot"}, "preprocessing", "additive sessions use the dealer"),
+            # ot runs additive sessions only: a Shamir session is told to use prss or auto.
+            ({"preprocessing": "ot", "sharing": "shamir", "parties": 3}, "preprocessing",
+             "runs additive sessions only, this one is shamir"),
+            ({"preprocessing": "ot", "sharing": "shamir", "parties": 3}, "preprocessing", "use prss or auto"),
             ({"preprocessing": "prss"}, "preprocessing", "needs Shamir sharing with an honest majority"),
-            ({"preprocessing": "sometimes"}, "preprocessing", "use auto (the default), prss, or dealer"),
+            ({"preprocessing": "sometimes"}, "preprocessing", "use auto (the default), ot, prss, or dealer"),
             ({"program": {"mlp": {"modelOwner": "insurer", "features": ["amount"], "layers": [2, 1]}}}, "inputs", "modelOwner"),
         ],
     )
@@ -68,11 +71,19 @@ class TestSpec:
     @pytest.mark.parametrize(
         ("change", "provider", "note"),
         [
-            ({}, "dealer", "dealer-free OT preprocessing is not available yet"),  # additive: auto keeps the dealer
+            # additive, any n >= 2, semi-honest or malicious: auto runs it dealer-free on ot
+            ({}, "ot", "auto: additive session, dealer-free (ot: ML-KEM base OTs + OT extension)"),
+            ({"parties": 3}, "ot", "auto: additive session, dealer-free (ot"),
+            ({"security": "semi-honest"}, "ot", "auto: additive session, dealer-free (ot"),
+            ({"preprocessing": "auto"}, "ot", "dealer-free (ot"),
+            ({"preprocessing": "ot", "parties": 3}, "ot", ""),  # named: no note of auto's
+            ({"preprocessing": "dealer"}, "dealer", ""),  # the dealer stays an explicit choice
             ({"sharing": "shamir", "parties": 3, "threshold": 1}, "prss", "dealer-free (prss)"),
             ({"sharing": "shamir", "parties": 5, "threshold": 2, "preprocessing": "prss"}, "prss", ""),
             ({"sharing": "shamir", "parties": 3, "threshold": 1, "preprocessing": "dealer"}, "dealer", ""),
-            ({"sharing": "shamir", "parties": 4, "threshold": 2}, "dealer", "trusted dealer"),  # 2t = n: no honest majority
+            # 2t = n: no honest majority, and ot is for additive sessions: the dealer, and the note says why
+            ({"sharing": "shamir", "parties": 4, "threshold": 2}, "dealer", "trusted dealer"),
+            ({"sharing": "shamir", "parties": 4, "threshold": 2}, "dealer", "ot runs additive sessions only"),
         ],
     )
     def test_preprocessing_provider_is_resolved_at_admission(self, change: dict[str, Any], provider: str,
@@ -166,10 +177,12 @@ def test_signed_plan_verifies_and_carries_no_dealer_material() -> None:
     assert [p["nodeId"] for p in doc["plan"]["parties"]] == ["n0", "n1"]
     assert doc["plan"]["generation"] == 3 and doc["plan"]["sessionId"] == spec.session_id
     assert not signed.plan.sealed_dealer_seeds
+    # auto on an additive session: the plan names the dealer-free ot provider, with no seed.
+    assert doc["plan"]["preprocessing"] == {"provider": "ot", "sealedSeeds": {}}
 
 
 class TestProgress:
-    spec = parse_mpcsession(body(), SUITE)
+    spec = parse_mpcsession(body(preprocessing="dealer"), SUITE)
 
     def report(self, phase: str, received: tuple[bool, bool], **extra: Any) -> dict[str, Any]:
         return {"phase": phase, "inputs": [{"owner": "bank-a", "received": received[0]},
@@ -198,6 +211,17 @@ class TestProgress:
         p = session_progress(self.spec, {"n0": cheater, "n1": honest})
         assert p.phase == "Failed" and p.reason == "mac_check_failed"
         assert "owner-input-key" in p.message and "lost party" not in p.message
+
+    def test_a_dealer_free_party_claiming_to_await_material_is_not_believed(self) -> None:
+        """Only a session on the dealer waits for dealing: an ot (or prss) session never shows Dealing."""
+        claim = self.report("AwaitingInputs", (True, True), awaitingPreprocessing=True, inputRows={"bank-a": 3, "bank-b": 2})
+        for dealer_free in (parse_mpcsession(body(), SUITE),
+                            parse_mpcsession(body(sharing="shamir", parties=3, threshold=1), SUITE)):
+            assert dealer_free.preprocessing in ("ot", "prss")
+            p = session_progress(dealer_free, {"n0": claim, "n1": claim})
+            assert p.phase == "AwaitingInputs" and p.input_rows is None, dealer_free.preprocessing
+        p = session_progress(self.spec, {"n0": claim, "n1": claim})  # the same claims, on the dealer
+        assert p.phase == "Preprocessing" and p.input_rows == {"bank-a": 3, "bank-b": 2}
 
     def test_success_needs_every_party_for_additive(self) -> None:
         ok = self.report("Succeeded", (True, True), outputsReady=["auditor"])

@@ -68,7 +68,17 @@ class Clock:
 
 
 def session_body(name: str, *, parties: int = 2, sharing: str = "additive", regions: list[str] | None = None,
-                 **extra: Any) -> dict[str, Any]:
+                 preprocessing: str | None = None, **extra: Any) -> dict[str, Any]:
+    """An MPCSession body; an additive one asks for the dealer unless ``preprocessing`` says otherwise.
+
+    Most tests here drive the dealing steps, which only a session on the dealer has (auto
+    runs additive sessions dealer-free on ot): they get the dealer by name. A Shamir body
+    leaves the choice to auto unless told.
+    """
+    if preprocessing is None and sharing == "additive":
+        preprocessing = "dealer"
+    if preprocessing is not None:
+        extra["preprocessing"] = preprocessing
     owners = ["bank-a", "bank-b"]
     fields = [{"name": "amount", "min": 0, "max": 100}]
     inputs = [{"owner": o, "identity": IDS[o]["identity"], "fields": fields,
@@ -440,6 +450,76 @@ async def test_a_dealer_free_session_is_never_dealt(world: World) -> None:
     assert world.nodes.called("post_preprocessing") == []
     assert "Preprocessed" not in {c["type"] for c in st["conditions"]}
     assert world.deps.metrics.sessions_planned.labels(preprocessing="prss")._value.get() == 1
+
+
+@pytest.mark.parametrize("parties", [2, 3])
+async def test_an_ot_session_is_never_dealt(world: World, parties: int) -> None:
+    """Additive on auto (2 and 3 parties): ot; even parties claiming to await material get none, the
+    session never shows Dealing, and it finishes with nothing dealt."""
+    name = f"ot{parties}"
+    st = await to_awaiting_inputs(world, name, parties=parties, preprocessing="auto")
+    assert st["preprocessing"] == {"provider": "ot", "dealerFree": "true",
+                                   "note": "auto: additive session, dealer-free (ot: ML-KEM base OTs + OT extension)"}
+    assert len(world.placed(name)) == parties
+    planned_keys = len(world.nodes.called("keys"))  # read to plan; the dealer would read them again
+    for node in world.placed(name):
+        plan = world.node(node).plans[st["sessionId"]]
+        assert b'"provider":"ot"' in plan and b'"sealedSeeds":{}' in plan
+    inputs_in(world, name, {"bank-a": 2, "bank-b": 2})  # every party also claims awaitingPreprocessing
+    assert await world.run(name) == 1.0
+    st = world.status(name)
+    assert st["phase"] == "AwaitingInputs" and st["reason"] != "Dealing", st
+    world.report_all(name, phase="Computing", awaitingPreprocessing=True,
+                     inputs=[{"owner": o, "received": True} for o in ("bank-a", "bank-b")])
+    assert await world.run(name) == 1.0
+    assert world.status(name)["phase"] == "Computing"
+    world.report_all(name, phase="Succeeded", inputs=[{"owner": o, "received": True} for o in ("bank-a", "bank-b")],
+                     outputsReady=["auditor"])
+    await world.run(name)
+    st = world.status(name)
+    assert st["phase"] == "Succeeded" and "dealtDigest" not in st, st
+    assert world.nodes.called("post_preprocessing") == [] and len(world.nodes.called("keys")) == planned_keys
+    assert "Preprocessed" not in {c["type"] for c in st["conditions"]}
+    assert world.deps.metrics.sessions_planned.labels(preprocessing="ot")._value.get() == 1
+    assert world.deps.metrics.sessions_planned.labels(preprocessing="dealer")._value.get() == 0
+
+
+async def test_an_additive_session_can_still_ask_for_the_dealer(world: World) -> None:
+    """The dealer stays an explicit choice, and the status says what it costs."""
+    st = await to_awaiting_inputs(world, "dealt", preprocessing="dealer")
+    assert st["preprocessing"]["provider"] == "dealer" and st["preprocessing"]["dealerFree"] == "false"
+    assert "trusted dealer" in st["preprocessing"]["note"] and "could read every input" in st["preprocessing"]["note"]
+    inputs_in(world, "dealt", {"bank-a": 2, "bank-b": 2})
+    await world.run("dealt")
+    assert world.status("dealt")["dealtDigest"] == world.status("dealt")["planDigest"]
+    assert len(world.nodes.called("post_preprocessing")) == 2
+    assert world.deps.metrics.sessions_planned.labels(preprocessing="dealer")._value.get() == 1
+
+
+async def test_ot_on_a_shamir_session_fails_at_admission_and_says_what_to_use(world: World) -> None:
+    world.create(session_body("ot-shamir", parties=3, sharing="shamir", preprocessing="ot"))
+    assert await world.run("ot-shamir") == 1.0
+    st = world.status("ot-shamir")
+    assert (st["phase"], st["reason"]) == ("Failed", "InvalidSpec"), st
+    assert "spec.preprocessing" in st["message"] and "additive sessions only" in st["message"]
+    assert "use prss or auto" in st["message"]
+    assert world.nodes.calls == []
+
+
+async def test_a_lost_party_ends_an_ot_session_with_every_input_kept(world: World) -> None:
+    await to_awaiting_inputs(world, "ot-lost", parties=3, preprocessing="ot")
+    lost = world.placed("ot-lost")[1]
+    inputs_in(world, "ot-lost", {"bank-a": 2, "bank-b": 2})
+    world.report_all("ot-lost", phase="Computing", inputs=[{"owner": o, "received": True} for o in ("bank-a", "bank-b")])
+    world.node(lost).down = True
+    await world.run("ot-lost")
+    world.clock.advance(20)  # LOST_AFTER_S
+    await world.run("ot-lost")
+    st = world.status("ot-lost")
+    assert (st["phase"], st["reason"]) == ("Failed", "NodeLost"), st
+    assert f"party 1 ({lost})" in st["message"] and "additive sharing needs every party" in st["message"]
+    assert "every owner's input is kept secret" in st["message"] and "no output was released" in st["message"]
+    assert world.nodes.called("post_preprocessing") == []
 
 
 async def test_a_dealer_free_session_fails_below_2t_plus_1(world: World) -> None:

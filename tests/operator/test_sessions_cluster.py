@@ -5,6 +5,9 @@ Covers: NodePool + MPCSession applied with kubectl, data owners submit with the
 the plaintext; locality + non-collusion placement (and an impossible request explained
 in status and an Event); an operator restart in the middle of a session; a party killed
 mid-session fails an additive session with the reason; several concurrent sessions.
+Preprocessing: the additive example session runs dealer-free on ``auto`` (``ot``, 2 and 3
+parties) and the Shamir MLP on ``prss``, each inspected for anything the operator could
+have dealt or kept (:func:`assert_dealer_free`); one session asks for the dealer by name.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from pqmpc_local.controlplane import ControlPlane
 from pqmpc_local.operator_runner import REPO, OperatorProcess, start_operator
@@ -182,9 +186,13 @@ def world(operator: Operator, kubectl: Kubectl, tmp_path_factory: pytest.TempPat
 
 
 def test_aggregate_session_end_to_end(world: World) -> None:
-    world.apply(world.session("fraud-stats", **aggregate_spec(world, ["bank-a", "bank-b"], ["eu-west"], 2)))
+    """An additive session that asks for the trusted dealer by name (auto would run it on ot)."""
+    spec = aggregate_spec(world, ["bank-a", "bank-b"], ["eu-west"], 2)
+    world.apply(world.session("fraud-stats", **spec, preprocessing="dealer"))
     st = world.wait_phase("fraud-stats", {"AwaitingInputs", "Failed"})
     assert st["phase"] == "AwaitingInputs", st
+    assert st["preprocessing"]["provider"] == "dealer" and st["preprocessing"]["dealerFree"] == "false", st
+    assert "trusted dealer" in st["preprocessing"]["note"]
     placed = {p["node"]: p for p in st["placement"]}
     # EU locality + distinct trust domains: exactly the two EU banks' nodes.
     assert set(placed) == {"banks-bank-a-eu-0", "banks-bank-b-eu-0"}
@@ -331,27 +339,29 @@ def test_mlp_session_with_model_owner(world: World, operator: Operator) -> None:
     expected = (np.maximum(rows @ w0 + b0, 0) @ w1 + b1).reshape(-1)
     assert scores.shape == expected.shape
     assert np.allclose(np.sort(scores), np.sort(expected), atol=5e-2)
-    assert_dealer_free(world, operator, st)
+    assert_dealer_free(world, operator, st, provider="prss")
 
 
-def assert_dealer_free(world: World, operator: Operator, st: dict[str, Any]) -> None:
-    """Trust model of a dealer-free session: the operator dealt nothing and holds nothing.
+def assert_dealer_free(world: World, operator: Operator, st: dict[str, Any], *, provider: str) -> None:
+    """Trust model of a dealer-free session (``provider``: ``prss`` or ``ot``): the operator dealt
+    nothing and holds nothing.
 
     Inspects what the operator sends (the signed plan each party holds: no seed; no
     preprocessing ever posted to a party), what it stores (the MPCSession status, every
     Secret and ConfigMap in the cluster: nothing names the session), and what it logs.
-    The PRSS keys are drawn in the node processes and travel only on the peer links, so
-    the operator has nothing to leak; the nodes' counters prove the material was made there.
+    The PRSS keys (prss) and the base OTs' KEM keys and choices (ot) are drawn in the node
+    processes and travel only on the peer links, so the operator has nothing to leak.
     """
     sid = st["sessionId"]
-    assert st["preprocessing"]["provider"] == "prss" and st["preprocessing"]["dealerFree"] == "true", st
+    assert st["preprocessing"]["provider"] == provider and st["preprocessing"]["dealerFree"] == "true", st
     assert "dealtDigest" not in st
+    assert "Preprocessed" not in {c["type"] for c in st.get("conditions") or []}, st["conditions"]
     for url in st["result"]["nodes"]:
         report = json.loads(node_get(world.dir / "ca.pem", f"{url}/v1/sessions/{sid}"))
-        assert report["preprocessing"] == "prss" and report["preprocessingReceived"] is False, report
+        assert report["preprocessing"] == provider and report["preprocessingReceived"] is False, report
         plan = json.loads(node_get(world.dir / "ca.pem", f"{url}/v1/sessions/{sid}/plan"))
         doc = plan.get("plan", plan)
-        assert doc["preprocessing"] == {"provider": "prss", "sealedSeeds": {}}, doc["preprocessing"]
+        assert doc["preprocessing"] == {"provider": provider, "sealedSeeds": {}}, doc["preprocessing"]
     # The session's plan Secret holds the signed plan (public data, no seed); nothing else names the
     # session (Secret data decoded, so base64 hides nothing).
     plan_secret = f"{sid.split('.')[1]}-plan"
@@ -363,16 +373,71 @@ def assert_dealer_free(world: World, operator: Operator, st: dict[str, Any]) -> 
         naming = [i["metadata"]["name"] for i in items if sid in json.dumps(i)]
         assert naming == ([plan_secret] if kind == "secrets" else []), f"{kind} naming {sid}: {naming}"
     kept = json.loads(base64.b64decode(get_json(world.kubectl, "secret", plan_secret)["data"]["plan.json"]))
-    assert kept["plan"]["preprocessing"] == {"provider": "prss", "sealedSeeds": {}}, kept["plan"]["preprocessing"]
+    assert kept["plan"]["preprocessing"] == {"provider": provider, "sealedSeeds": {}}, kept["plan"]["preprocessing"]
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{operator.proc.metrics_port}/metrics", timeout=5).read().decode()
-    assert 'pqmpc_operator_sessions_planned_total{preprocessing="prss"}' in metrics
+    assert f'pqmpc_operator_sessions_planned_total{{preprocessing="{provider}"}}' in metrics
     log = Path(operator.proc.process.log_path).read_text(errors="replace")
     assert sid in log  # the operator did run it
     assert not [line for line in log.splitlines() if sid in line and "dealt" in line], "the operator dealt"
 
 
+def example_session(world: World, name: str, parties: int) -> dict[str, Any]:
+    """examples/mpcsession-fraud-stats.yaml (the additive example) with real keys, on ``parties`` nodes.
+
+    Two parties keep its EU locality (the pool's two EU nodes); three parties need the
+    US node too, so the locality is dropped (distinct trust domains still hold).
+    """
+    doc = dict(yaml.safe_load((REPO / "examples" / "mpcsession-fraud-stats.yaml").read_text()))
+    doc["metadata"] = {"name": name, "namespace": NS}
+    spec = doc["spec"]
+    assert spec["sharing"] == "additive" and spec["preprocessing"] == "auto", spec
+    spec["parties"] = parties
+    for item in spec["inputs"]:
+        item["identity"] = world.ids[item["owner"]]["identity"]
+        if parties > 2:
+            item.pop("locality", None)
+    for out in spec["outputs"]:
+        out["identity"] = world.ids[out["recipient"]]["kemPublicKey"]
+    return doc
+
+
+@pytest.mark.parametrize("parties", [2, 3])
+def test_the_additive_example_runs_dealer_free_on_auto(world: World, operator: Operator, parties: int) -> None:
+    """The additive example session on auto: ot (no dealer), the plaintext answer exact to the cent,
+    and nothing dealt, stored or logged by the operator that a dealer would have."""
+    name = f"example-ot-{parties}"
+    world.apply(example_session(world, name, parties))
+    st = world.wait_phase(name, {"AwaitingInputs", "Failed"})
+    assert st["phase"] == "AwaitingInputs", st
+    assert st["preprocessing"] == {"provider": "ot", "dealerFree": "true",
+                                   "note": "auto: additive session, dealer-free (ot: ML-KEM base OTs + OT extension)"}
+    assert len(st["placement"]) == parties and len({p["trustDomain"] for p in st["placement"]}) == parties
+    sid, url = st["sessionId"], st["result"]["nodes"][0]
+    rng = np.random.default_rng(20 + parties)
+    tables = {o: np.round(rng.uniform(0, 20000, size=(n, 1)), 2) for o, n in (("bank-a", 30), ("bank-b", 20))}
+    for owner, table in tables.items():
+        world.submit(sid, owner, url, world.csv(f"{name}-{owner}", ["amount"], table))
+    st = world.wait_phase(name, {"Succeeded", "Failed"}, timeout=300)
+    assert st["phase"] == "Succeeded", st
+    doc = world.result(sid, "auditor", url)
+    res, places = doc["outputs"], doc["decimals"]
+    amounts = np.concatenate(list(tables.values()))[:, 0]
+    cents = [int(round(v * 100)) for v in amounts]  # decimals: 2, so every statistic is exact
+    n, total, squares = len(cents), sum(cents), sum(c * c for c in cents)
+    assert res["count(amount)"] == n
+    assert res["mean(amount)"] == float(rounded_text(Fraction(total, n * 100), places["mean(amount)"]))
+    assert res["variance(amount)"] == float(rounded_text(Fraction(n * squares - total * total, n * n * 100**2),
+                                                         places["variance(amount)"]))
+    assert res["histogram(amount)"] == np.histogram(amounts, bins=[0, 100, 1000, 10000, 100000])[0].tolist()
+    assert sorted(doc["parties"]) == list(range(parties))
+    assert_dealer_free(world, operator, st, provider="ot")
+    world.kubectl("delete", "mpcs", name, "-n", NS, "--wait=true", "--timeout=60s")
+
+
 def test_operator_restart_mid_session(world: World, operator: Operator) -> None:
-    world.apply(world.session("restart", **aggregate_spec(world, ["bank-a", "bank-b"], ["eu-west"], 2)))
+    """A session on the dealer: no operator, no dealing, no progress; the restarted operator deals and it finishes."""
+    spec = aggregate_spec(world, ["bank-a", "bank-b"], ["eu-west"], 2)
+    world.apply(world.session("restart", **spec, preprocessing="dealer"))
     st = world.wait_phase("restart", {"AwaitingInputs"})
     operator.kill()  # the operator dies with the session waiting for inputs
     before = get_json(world.kubectl, "mpcs", "restart")["metadata"]["resourceVersion"]
@@ -402,14 +467,18 @@ def test_operator_restart_mid_session(world: World, operator: Operator) -> None:
 
 
 def test_party_killed_mid_session_fails_additive_session(world: World, kubectl: Kubectl) -> None:
+    """An additive session on auto (ot) loses a node: it fails cleanly, saying every owner's input is kept secret."""
     world.apply(world.session("killed", **aggregate_spec(world, ["bank-a", "bank-b"], ["eu-west"], 2)))
     st = world.wait_phase("killed", {"AwaitingInputs"})
+    assert st["preprocessing"]["provider"] == "ot", st
     world.submit(st["sessionId"], "bank-a", st["result"]["nodes"][0], world.csv("k-a", ["amount"], np.ones((3, 1))))
     victim = st["placement"][1]["node"]
     kubectl("delete", "pod", victim, "-n", NS, "--grace-period=0", "--force", check=False)
     st = world.wait_phase("killed", {"Failed", "Succeeded"}, timeout=120)
     assert st["phase"] == "Failed" and st["reason"] == "NodeLost", st
-    assert victim in st["message"] and "additive" in st["message"]
+    assert victim in st["message"] and "additive sharing needs every party" in st["message"], st["message"]
+    assert "every owner's input is kept secret" in st["message"] and "no output was released" in st["message"]
+    assert "dealtDigest" not in st
     # the pool heals: the pod is re-created and certified again
     def healed() -> bool:
         nodes = (get_json(kubectl, "mpcpool", "banks").get("status") or {}).get("nodes") or []
