@@ -109,6 +109,11 @@ class NodeMetrics:
         self.log_forks = Counter("pqmpc_node_log_forks_total",
                                  "Peers whose CA-signed transparency log forks from this node's (link refused).",
                                  ["peer"], registry=registry)
+        self.ot_base_seconds = Histogram(
+            "pqmpc_node_ot_base_seconds",
+            "Wall time of the ML-KEM base OTs with one peer (128 each way, both directions at once, over the "
+            "PQ peer link), per peer and attempt of an ot session.",
+            buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=registry)
         self.preprocessing_material = Counter(
             "pqmpc_node_preprocessing_material_total",
             "Correlated randomness this node made or consumed, by provider (dealer: dealt by the operator; "

@@ -831,6 +831,8 @@ class SessionManager:
                 raise ValueError("dealer-free 'ot' preprocessing needs additive sharing")
             ot = await OtProvider.create(channel, domain=domain, scheme=scheme, live=rt.live, session=session,
                                          authenticated=authenticated)
+            for seconds in ot.stats.base_ot_seconds:
+                self.metrics.ot_base_seconds.observe(seconds)
             return _AttemptProvider(ot, bind=ot.bind, made=lambda: _ot_made(ot))
         if rt.material is None:  # _maybe_start waits for it
             raise RuntimeError("dealt preprocessing missing at start")

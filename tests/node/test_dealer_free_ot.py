@@ -77,6 +77,8 @@ def test_ot_session_matches_plaintext(operator: Operator, trio: Any, parties: in
         for kind in ("base_ots", "extended_ots", "bits"):
             assert operator.metric(n, f'{MATERIAL}{{kind="{kind}",provider="ot"}}') > 0, kind
         assert operator.metric(n, 'pqmpc_node_preprocessing_sessions_total{provider="ot"}') >= 1
+        assert operator.metric(n, "pqmpc_node_ot_base_seconds_count") >= 1  # timed with each peer
+        assert operator.metric(n, "pqmpc_node_ot_base_seconds_sum") > 0
         assert operator.metric(n, f'{MATERIAL}{{kind="triples",provider="dealer"}}') == 0
 
 
