@@ -16,7 +16,9 @@ One home for the steps the dealer-free providers share (honest majority,
 * :func:`square_and_open_bits` — random bits over F_p, p = 2^61 - 1 = 3 mod 4 [DFK+06,
   section 5 (TCC 2006)]: with a verified triple ``(a, b, c)`` open ``a - b`` (b is
   uniform, so it reveals nothing), ``[a^2] = [c] + (a - b)[a]``, open ``a^2``; if it is 0
-  (probability 1/p) the element is drawn again; ``s = sqrt(a^2)`` (the power
+  (probability 1/p) every opening so far is MAC-checked and the element drawn again (the
+  check first: a rushing cheater could force a zero square every time and so stall the
+  parties in the redraw loop, where it would never be caught); ``s = sqrt(a^2)`` (the power
   ``(p + 1)/4``), and ``[bit] = ([a]/s + 1)/2`` is 0 or 1 uniformly (the sign of ``a`` is
   hidden). Opened values are MAC-checked before the bits are returned. It needs no
   honest majority: SPDZ makes its bits the same way [DKL+13].
@@ -116,6 +118,9 @@ async def square_and_open_bits(ctx: MPCContext, triples: Callable[[tuple[int, ..
     count = d.bits * math.prod(shape)
     bits, zero = await _square_bits(ctx, triples, count)
     while bool(zero.any()):  # a zero square (probability 1/p each): draw those elements again
+        # MAC-check first: a rushing cheater can make any square open to 0 (minus the
+        # honest shares); redrawing unchecked would let it loop the parties forever.
+        await check_macs(ctx, "bits-zero-square")
         redo = ctx.xp.nonzero(zero)[0]
         fresh, fresh_zero = await _square_bits(ctx, triples, int(redo.size))
         value = bits.value.copy()

@@ -45,10 +45,15 @@ Security (static corruption, random-oracle H and KDF, MLWE for ML-KEM-768):
 * A malformed message (wrong length, a coefficient >= q) names its sender
   (:class:`BaseOtError`). A well-formed but wrong ciphertext is accepted: by ML-KEM's
   implicit rejection it decapsulates to an unrelated secret, and since the outputs bind
-  the whole transcript, all the receiver's outputs then differ from what the sender
-  computed. In endemic OT that is a corrupt sender choosing its outputs (the receiver's
-  output is defined for either choice bit, so nothing selects on it); the OT-extension
-  consistency and MAC checks downstream notice the disagreement, this module cannot.
+  the whole transcript, a sender that computes its outputs over the reply it sent has
+  chosen, for that one position, an output it does not know itself. In endemic OT that is
+  a corrupt sender choosing its outputs, but it is *selective*: the receiver's output
+  changes only if its choice bit is that position. Here the choices are the extension
+  sender's Delta, and the first KOS check fails exactly when the bit was hit, so the
+  cheater learns a bit of Delta at the price of a 1/2 chance of being caught: the same
+  leak the KOS check allows for an inconsistent column (:mod:`.extension`, "Why the
+  check"), within its bound (pinned by ``tests/adversary/test_review_ot_base_selective.py``).
+  This module cannot notice it; the extension's check does.
 
 Level: ML-KEM-768, NIST category 3 (about AES-192 against classical and quantum
 attacks); outputs are 32 bytes. Randomness is the OS CSPRNG (``os.urandom``) and
@@ -288,8 +293,9 @@ def receiver_finish(state: ReceiverState, reply: bytes, *, peer: int) -> list[by
 
     Raises :class:`BaseOtError` blaming the sender ``peer`` for a reply of the wrong length.
     A wrong ciphertext of the right length is not detected here (ML-KEM's implicit
-    rejection yields an unrelated secret, and the transcript in the KDF then differs from
-    the sender's); the OT-extension checks catch it.
+    rejection yields an unrelated secret, so the output of that OT, if chosen, differs
+    from the sender's); the OT-extension check catches it, but only when the choice bit
+    hit the wrong ciphertext (a selective failure; module docstring).
     """
     expected = state.count * 2 * CIPHERTEXT_BYTES
     if len(reply) != expected:

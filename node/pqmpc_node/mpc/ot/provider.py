@@ -31,17 +31,36 @@ Sources and steps.
      ``j`` [KOS16, figure 7 (Pi_[[.]])]; the MAC shares add up to ``alpha * x``;
   4. *Sacrifice* (:func:`~pqmpc_node.mpc.derived.sacrifice_shared_b`): open
      ``rho = s a - f`` and ``s c - h - rho b`` for a public coin ``s``, MAC-check every
-     opening, and require 0. A wrong ``c`` or a wrong ``h`` (a cheating OLE sender), or a
-     MAC on a wrong value (inconsistent COPE messages), survives with probability at most
-     2/p < 2^-59; the MASCOT paper's own check of step 3 (open a random combination of
-     the new values and check its MAC) is covered by these openings, whose MACs are
-     checked with fresh coefficients before any triple is used.
-  Why ``tau = 4``: a cheating OLE sender may learn bits of the ``a_k`` by selective
-  failure, each at the price of a 1/2 chance of being caught. ``a = <r, (a_k)>`` is a
-  universal hash of ``tau * 61 = 244`` bits; after ``l`` leaked bits it is within
-  ``2^-((244 - l - 61)/2)`` of uniform (leftover hash lemma), so an attacker gains at most
-  ``min(2^-l, 2^-((183 - l)/2)) <= 2^-61``. MASCOT takes tau = 3 for a 128-bit field;
-  with 61-bit elements tau = 3 would give only about 2^-40.
+     opening, and require 0. An error fixed before the coin that no honest secret bit
+     switches off (a wrong share of ``c`` or ``h``; the same shift ``e`` in every row of
+     a COPE message, a MAC error ``alpha_i e``) survives with probability at most
+     2/p < 2^-59. The
+     MASCOT paper's own check of step 3 (open a random combination of the new values and
+     check its MAC) is covered by these openings, whose MACs are checked with fresh
+     coefficients before any triple is used.
+  *Selective failures* (what the checks cannot rule out, as in MASCOT): an error that an
+  honest party's secret bit selects passes exactly when that bit is 0, so the cheater
+  learns the bit at the price of a 1/2 chance of being caught. A wrong OLE correction
+  for bit ``j`` of an honest ``a_k`` probes that bit (the reason for ``tau``, below); a
+  COPE message shifted in row ``j`` only shifts the honest key holder's MAC share by
+  ``2^j alpha_j e``, so it probes bit ``j`` of the honest MAC-key share (MASCOT's
+  F_[[.]] allows this leak: after ``l`` probes survived, with probability ``2^-l``, a
+  forgery still needs the other ``61 - l`` bits, so it succeeds with probability at
+  most 2^-61 overall). Both are pinned by ``tests/adversary/test_review_ot_*.py``.
+  Why ``tau = 4``: the leak is a set ``S`` of values of ``(a_k)`` (244 bits) that the
+  cheater fixes with its OLE corrections, before the coins ``r, r^``; it survives with
+  probability ``2^-l = |S| / p^tau``. The sacrifice opens
+  ``rho = s a - f``, a public linear function of ``(a_k)``, so what must look uniform is
+  the *pair* ``(a, f) = (<r, (a_k)>, <r^, (a_k)>)``: a universal hash of 244 bits to
+  122. By the leftover hash lemma, given survival it is within ``2^-((244 - l - 122)/2)``
+  of uniform, so the cheater's advantage is at most
+  ``2^-l * 2^-((122 - l)/2) = 2^-((122 + l)/2) <= 2^-61``. (Counting ``a`` alone, 61
+  output bits, would ignore the opened ``rho``.) With ``tau = 3`` the hash would map 183
+  bits to 122 and the bound would be only ``2^-((61 + l)/2)``, about 2^-30; MASCOT's
+  ``N = 3`` is for 128-bit fields, where it gives ``2^-((128 + l)/2)``. This sketch
+  takes ``S`` fixed before the coins; a cheater that also shifts its own shares of ``c``
+  and ``h`` after seeing them bets on the hashed errors, so its ``S`` depends on the
+  coins: MASCOT's simulation proof [KOS16, section 5] covers that case, this note does not.
 * **Random bits**: malicious F_p sessions by square-and-open with verified triples
   (:func:`~pqmpc_node.mpc.derived.square_and_open_bits`); semi-honest Z_2^64 sessions as
   the XOR of one private bit per party, ``[b] <- [b] + [beta_k] - 2[b beta_k]`` for each
