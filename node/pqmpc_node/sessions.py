@@ -55,6 +55,7 @@ import enum
 import hashlib
 import hmac
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -85,6 +86,10 @@ from pqmpc_node.dealer import (
     open_preprocessing,
     party_provider,
 )
+from pqmpc_node.input_agreement import OwnerView, agree_inputs, encode_view
+from pqmpc_node.input_ids import InputId, InputIdError
+from pqmpc_node.input_parts import assemble
+from pqmpc_node.input_versions import Decision, Pending, decide
 from pqmpc_node.engine import CompiledSession, PartyInputs, RunOutcome, compile_session, execute
 from pqmpc_node.keystore import NodeKeys
 from pqmpc_node.metrics import NodeMetrics
@@ -194,15 +199,28 @@ class ForkedPeerError(ValueError):
     """A peer's CA-signed transparency log forks from this node's: the two were shown different histories."""
 
 
-def _same_input(input_id: str, accepted_id: str) -> bool:
-    """Whether an envelope's input id names the content of the input accepted from its owner.
+@dataclass
+class _PartsArriving:
+    """A version of one owner's input whose parts are still arriving at this node (:mod:`pqmpc_node.input_parts`)."""
 
-    The client names an input ``input/<owner>/<tag>``, the tag a keyed digest of its
-    content (:class:`pqmpc_node.client._InputDerivation`): the same tag is the same
-    content submitted again (a re-run of the same command), which is already accepted.
-    An untagged id (``input/<owner>``) never matches: its content cannot be told.
-    """
-    return input_id.count("/") >= 2 and hmac.compare_digest(input_id.encode(), accepted_id.encode())
+    id: InputId
+    """The whole input's id (its ``parts`` is 1); ``parts`` below is the signed part count."""
+    parts: int
+    payloads: dict[int, InputPayload] = field(default_factory=dict, repr=False)
+    digests: set[str] = field(default_factory=set)
+
+    def pending(self) -> Pending:
+        return Pending(InputId(self.id.owner, self.id.tag, self.id.version, 1, self.parts), frozenset(self.payloads))
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically: a temporary file, fsync, rename over; the old file stays if anything fails."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
 
 
 @dataclass
@@ -219,9 +237,18 @@ class SessionRuntime:
     reason: str = ""
     message: str = ""
     inputs: dict[str, InputPayload] = field(default_factory=dict, repr=False)
-    input_digests: dict[str, str] = field(default_factory=dict)
-    input_ids: dict[str, str] = field(default_factory=dict)
-    """The accepted envelope's input id per owner; the client puts a keyed tag of the content into it."""
+    """Each owner's held (complete) input; a table sent in parts is held assembled."""
+    input_digests: dict[str, set[str]] = field(default_factory=dict)
+    """SHA-256 of every envelope of each owner's held version (an exact re-post is idempotent)."""
+    input_ids: dict[str, InputId] = field(default_factory=dict)
+    """The held version's id per owner (content tag, version); outlives the inputs a run consumed."""
+    arriving: dict[str, _PartsArriving] = field(default_factory=dict, repr=False)
+    """Per owner, a version whose parts are still arriving (not used until complete)."""
+    inputs_frozen: bool = False
+    """The parties are committing to their inputs (:mod:`pqmpc_node.input_agreement`): hold new ones back."""
+    inputs_changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    disagreement: str = ""
+    """Why the parties wait instead of computing (different versions held), while they do."""
     outputs: dict[str, bytes] = field(default_factory=dict, repr=False)
     attempts: int = 0
     live: tuple[int, ...] = ()
@@ -243,6 +270,19 @@ class SessionRuntime:
         """Rows each data owner delivered (public: every party holds shares of this length)."""
         return {o: p.rows for o, p in self.inputs.items() if p.kind == "rows"}
 
+    def _input_status(self, owner: str, role: str) -> dict[str, Any]:
+        """One owner's input here: held (``received``, ``version``, ``inputId``) and a version arriving in parts."""
+        held = self.input_ids.get(owner)
+        arriving = self.arriving.get(owner)
+        return {
+            "owner": owner, "role": role, "received": owner in self.inputs,
+            "version": held.version if held is not None else None,
+            "inputId": held.text() if held is not None else None,
+            "arriving": None if arriving is None else {
+                "version": arriving.id.version, "inputId": arriving.id.text(), "parts": arriving.parts,
+                "partsReceived": len(arriving.payloads)},
+        }
+
     def status(self) -> dict[str, Any]:
         """The public status document (no secrets, no results)."""
         p = self.plan
@@ -257,7 +297,8 @@ class SessionRuntime:
             "parties": len(p.parties),
             "sharing": p.sharing,
             "security": p.security,
-            "inputs": [{"owner": i.owner, "role": i.role, "received": i.owner in self.inputs} for i in p.inputs],
+            "inputs": [self._input_status(i.owner, i.role) for i in p.inputs],
+            "inputsAgreement": self.disagreement,
             "inputRows": self.input_rows(),
             "preprocessing": p.preprocessing,
             "preprocessingReceived": self.material is not None,
@@ -330,7 +371,8 @@ class SessionManager:
             self.metrics.plans_refused.labels("wrong_suite").inc()
             raise SessionError(f"the plan is for suite {plan.suite.value}, but this node's pool runs "
                                f"{self.keys.suite.name.value}", reason="wrong_suite", status=422)
-        if held is not None and held.phase is not Phase.AWAITING_INPUTS:
+        if held is not None and (held.phase is not Phase.AWAITING_INPUTS
+                                 or (held.task is not None and not held.task.done())):
             raise SessionError(f"session {plan.session_id} is already {held.phase.value}; a re-plan cannot replace it",
                                reason="session_running", status=409)
         party = plan.party_of(self.node_id)
@@ -348,6 +390,7 @@ class SessionManager:
             # Same parties, program, fields and outputs, no later deadline (the operator re-sent
             # the plan): the owners consented to these terms, so the inputs accepted stay.
             rt.inputs, rt.input_digests, rt.input_ids = held.inputs, held.input_digests, held.input_ids
+            rt.arriving = held.arriving
         elif held is not None and held.inputs:
             # Other terms: an input is valid only under the plan its owner sealed it for.
             log.info("session %s: plan generation %d changes the session's terms; dropping the %d input(s) "
@@ -378,37 +421,53 @@ class SessionManager:
 
     # -- inputs -----------------------------------------------------------------------
 
-    def _refuse_repeats(self, rt: SessionRuntime, h: EnvelopeHeader, data: bytes) -> None:
-        """Refuse an input this session already holds (the same one: idempotent; another: not replaceable yet)."""
+    def _screen(self, rt: SessionRuntime, h: EnvelopeHeader, data: bytes) -> tuple[InputId, str]:
+        """Cheap checks before opening: an exact re-post, and the version rules (:func:`decide`).
+
+        Returns the envelope's parsed input id and the SHA-256 of its bytes; raises
+        :class:`InputRejected` (with ``alreadyAccepted`` when nothing needs to change).
+        """
         plan = rt.plan
-        if rt.input_digests.get(h.sender) == hashlib.sha256(data).hexdigest():
+        digest = hashlib.sha256(data).hexdigest()
+        arriving = rt.arriving.get(h.sender)
+        if digest in rt.input_digests.get(h.sender, set()) or (arriving is not None and digest in arriving.digests):
             # The very envelope accepted before (a client's retry, even after the session ended
             # and its replay ids were forgotten): idempotent, nothing changes.
             raise InputRejected(
-                f"input {h.input_id!r} from {h.sender!r} was already accepted in session {rt.plan.session_id!r}",
-                reason=ReplayError.reason, status=409, extra={"alreadyAccepted": True},
+                f"input {h.input_id!r} from {h.sender!r} was already accepted in session {plan.session_id!r}",
+                reason=ReplayError.reason, status=409, extra={"alreadyAccepted": True, **self._held_extra(rt, h.sender)},
             )
-        if _same_input(h.input_id, rt.input_ids.get(h.sender, "")):  # input_ids outlive the inputs a run consumed
-            raise InputRejected(f"{h.sender!r} already delivered this very input (same content) to session "
-                                f"{rt.plan.session_id}", reason="already_accepted", status=409,
-                                extra={"alreadyAccepted": True})
-        if h.sender in rt.inputs:
-            raise InputRejected(
-                f"{h.sender!r} already delivered a different input to session {rt.plan.session_id}; replacing an accepted "
-                "input is not supported yet: to submit other data, the MPCSession must be deleted and created "
-                "again (every owner then submits again)", reason="duplicate_input", status=409,
-                extra={"alreadyAccepted": False})
+        try:
+            incoming = InputId.parse(h.input_id, h.sender)
+        except InputIdError as exc:
+            raise InputRejected(str(exc), reason="bad_input_id", status=422) from None
+        decision: Decision = decide(incoming, held=rt.input_ids.get(h.sender),
+                                    pending=None if arriving is None else arriving.pending(),
+                                    open_for_inputs=rt.phase is Phase.AWAITING_INPUTS,
+                                    closed_because=f"session {plan.session_id} is {rt.phase.value}")
+        if decision.action == "already":
+            raise InputRejected(f"{decision.message} in session {plan.session_id}", reason="already_accepted",
+                                status=409, extra={"alreadyAccepted": True, **self._held_extra(rt, h.sender)})
+        if decision.action == "refuse":
+            raise InputRejected(decision.message, reason=decision.reason, status=decision.status,
+                                extra={"alreadyAccepted": False, **self._held_extra(rt, h.sender)})
         if self.replay.seen(plan.session_id, h.sender, h.input_id):  # the same id, other bytes
             raise InputRejected(
-                f"input {h.input_id!r} from {h.sender!r} was already accepted in session {rt.plan.session_id!r}",
+                f"input {h.input_id!r} from {h.sender!r} was already accepted in session {plan.session_id!r}",
                 reason=ReplayError.reason, status=409, extra={"alreadyAccepted": False},
             )
-        if rt.phase is not Phase.AWAITING_INPUTS:
-            raise InputRejected(f"session {rt.plan.session_id} is {rt.phase.value}; inputs are closed",
-                                reason="inputs_closed", status=409)
+        if rt.inputs_frozen:
+            raise InputRejected(f"the parties of session {plan.session_id} are committing to their inputs this "
+                                "moment; retry in a second", reason="inputs_busy", status=503)
+        return incoming, digest
+
+    @staticmethod
+    def _held_extra(rt: SessionRuntime, owner: str) -> dict[str, Any]:
+        held = rt.input_ids.get(owner)
+        return {} if held is None else {"version": held.version}
 
     def _decode_input(self, rt: SessionRuntime, sender: str, plaintext: bytes) -> InputPayload:
-        """An opened input's payload, checked against what the plan declares for its owner."""
+        """An opened input's payload (one part of it, for a table in parts), checked against the plan's declarations."""
         plan = rt.plan
         owner = plan.input_of(sender)
         domain: DomainName = domain_for(plan.sharing, plan.security)
@@ -417,31 +476,43 @@ class SessionManager:
                                           keyed=plan.security == "malicious")
             if payload.kind != "rows":
                 raise PayloadError("a data owner must send rows")
-            if payload.rows > plan.max_rows_per_owner:
-                raise InputRejected(
-                    f"{sender!r} sent {payload.rows} rows; the session accepts at most {plan.max_rows_per_owner} "
-                    "per owner (spec.maxRowsPerOwner, which the program's numbers are proven for): split the data "
-                    "or ask for a session with a larger maxRowsPerOwner", reason="too_many_rows", status=422)
         else:
             shapes = model_shapes(rt.compiled.program)
             payload = InputPayload.decode(plaintext, domain=domain, model_shapes=shapes,
                                           keyed=plan.security == "malicious")
             if payload.kind != "model":
                 raise PayloadError("the model owner must send model parameters")
-        if rt.material is not None and payload.kind == "rows" and rt.material.rows.get(sender) != payload.rows:
-            raise InputRejected(
-                f"{sender!r} sent {payload.rows} rows; the session's preprocessing was dealt for "
-                f"{rt.material.rows.get(sender)}", reason="rows_mismatch", status=422)
         return payload
 
+    def _check_rows(self, rt: SessionRuntime, sender: str, payload: InputPayload) -> None:
+        """A whole input's row count (a table in parts: assembled) against maxRowsPerOwner and dealt material."""
+        plan = rt.plan
+        if payload.kind != "rows":
+            return
+        if payload.rows > plan.max_rows_per_owner:
+            raise InputRejected(
+                f"{sender!r} sent {payload.rows} rows; the session accepts at most {plan.max_rows_per_owner} "
+                "per owner (spec.maxRowsPerOwner, which the program's numbers are proven for): split the data "
+                "or ask for a session with a larger maxRowsPerOwner", reason="too_many_rows", status=422)
+        if rt.material is not None and rt.material.rows.get(sender) != payload.rows:
+            raise InputRejected(
+                f"{sender!r} sent {payload.rows} rows; the session's preprocessing was dealt for "
+                f"{rt.material.rows.get(sender)} (a replacement keeps the row count once the material is dealt)",
+                reason="rows_mismatch", status=422)
+
     def accept_input(self, session_id: str, data: bytes) -> dict[str, Any]:
-        """Check, open and keep (sealed) one input envelope; see the module docstring, step 2."""
+        """Check, open and keep (sealed) one input envelope, a whole input or one part of it.
+
+        See the module docstring, step 2, and :mod:`pqmpc_node.input_versions` for
+        replacements: a higher signed version replaces the held input atomically (the
+        held one stays until the new one is complete and stored).
+        """
         rt = self.get(session_id)
         plan = rt.plan
         try:
             env = SealedEnvelope.from_bytes(data)
             h = env.header
-            self._refuse_repeats(rt, h, data)
+            incoming, digest = self._screen(rt, h, data)
             senders = {i.owner: self.keys.suite.signature.public_key_from_bytes(i.identity) for i in plan.inputs}
             opened = open_envelope(
                 data, suite=self.keys.suite, session_id=plan.session_id, plan=plan.binding(), node_id=self.node_id,
@@ -449,6 +520,18 @@ class SessionManager:
                 senders=senders, keys=self.keys.ring, replay_guard=ReplayGuard(), now=self.clock(),
             )
             payload = self._decode_input(rt, h.sender, opened.plaintext)
+            if incoming.parts > 1 and payload.kind != "rows":
+                raise PayloadError("only a table is sent in parts; model parameters travel in one envelope")
+            arriving: _PartsArriving | None = None
+            whole: InputPayload | None = payload
+            if incoming.parts > 1:
+                arriving = rt.arriving.get(h.sender)
+                if arriving is None or arriving.id.version != incoming.version:
+                    arriving = _PartsArriving(incoming.whole(), incoming.parts)  # a newer version supersedes older parts
+                got = {**arriving.payloads, incoming.part: payload}
+                whole = assemble([got[i] for i in range(1, incoming.parts + 1)]) if len(got) == incoming.parts else None
+            if whole is not None:
+                self._check_rows(rt, h.sender, whole)
         except EnvelopeError as exc:
             self.metrics.envelopes_refused.labels(exc.reason).inc()
             raise InputRejected(str(exc), reason=exc.reason, status=422 if isinstance(exc, MalformedEnvelopeError) else 403) from None
@@ -459,19 +542,57 @@ class SessionManager:
             self.metrics.envelopes_refused.labels("bad_payload").inc()
             raise InputRejected(f"input does not match the session's declarations: {exc}", reason="bad_payload",
                                 status=422) from None
+        try:
+            self._store_envelope(plan.session_id, incoming, data)
+            if whole is not None:
+                self._store_held(plan.session_id, incoming.owner, incoming.version)
+        except OSError as exc:
+            self.metrics.envelopes_refused.labels("storage_error").inc()
+            raise InputRejected(f"the node could not store the input ({exc.strerror or exc}); retry",
+                                reason="storage_error", status=503) from None
         self.replay.record(plan.session_id, h.sender, h.input_id)
         if h.key_epoch != plan.party_of(self.node_id).kem_epoch:
             self.keys.ring.fence(self._fence_id(plan.session_id, h.key_epoch), h.key_epoch)
-        rt.inputs[h.sender] = payload
-        rt.input_digests[h.sender] = hashlib.sha256(data).hexdigest()
-        rt.input_ids[h.sender] = h.input_id
-        inputs_dir = self._session_dir(plan.session_id) / "inputs"
-        inputs_dir.mkdir(parents=True, exist_ok=True)
-        (inputs_dir / f"{hashlib.sha256(h.sender.encode()).hexdigest()[:32]}.sealed").write_bytes(data)
+        previous = rt.input_ids.get(h.sender)
+        if whole is None and arriving is not None:
+            arriving.payloads[incoming.part] = payload
+            arriving.digests.add(digest)
+            rt.arriving[h.sender] = arriving
+        elif whole is not None:
+            rt.inputs[h.sender] = whole
+            rt.input_ids[h.sender] = incoming.whole()
+            rt.input_digests[h.sender] = {digest} | (arriving.digests if arriving is not None else set())
+            rt.arriving.pop(h.sender, None)  # any version still arriving is older than this one (decide)
+            if previous is not None:
+                log.info("session %s: %s replaced its input version %d with version %d", plan.session_id, h.sender,
+                         previous.version, incoming.version)
+        rt.inputs_changed.set()
         self.metrics.envelopes_accepted.inc()
         self._maybe_start(rt)
+        here = rt.arriving.get(h.sender)
         return {"sessionId": session_id, "owner": h.sender, "inputId": h.input_id, "keyEpoch": h.key_epoch,
-                "accepted": True, "phase": rt.phase.value}
+                "accepted": True, "phase": rt.phase.value, "version": incoming.version, "part": incoming.part,
+                "parts": incoming.parts, "complete": whole is not None,
+                "partsReceived": incoming.parts if whole is not None else len(here.payloads) if here else 0,
+                "replaced": previous.version if whole is not None and previous is not None else None}
+
+    def _owner_dir(self, session_id: str, owner: str) -> Path:
+        return self._session_dir(session_id) / "inputs" / hashlib.sha256(owner.encode()).hexdigest()[:32]
+
+    def _store_envelope(self, session_id: str, incoming: InputId, data: bytes) -> None:
+        """Keep one accepted (sealed) envelope under its owner's version directory, durably."""
+        vdir = self._owner_dir(session_id, incoming.owner) / f"v{incoming.version}"
+        vdir.mkdir(parents=True, exist_ok=True)
+        _write_durably(vdir / f"part-{incoming.part}-of-{incoming.parts}.sealed", data)
+
+    def _store_held(self, session_id: str, owner: str, version: int) -> None:
+        """Make ``version`` the owner's held input on disk: the ``held`` pointer is replaced atomically, then the
+        other versions' envelopes are deleted (a crash in between leaves both, never neither)."""
+        odir = self._owner_dir(session_id, owner)
+        _write_durably(odir / "held", f"{version}\n".encode())
+        for other in odir.glob("v*"):
+            if other.name != f"v{version}":
+                shutil.rmtree(other, ignore_errors=True)
 
     # -- preprocessing ----------------------------------------------------------------
 
@@ -514,7 +635,7 @@ class SessionManager:
 
     def _maybe_start(self, rt: SessionRuntime) -> None:
         ready = rt.material is not None or rt.plan.preprocessing in DEALER_FREE  # dealer-free: nothing to wait for
-        if (rt.phase is Phase.AWAITING_INPUTS and ready
+        if (rt.phase is Phase.AWAITING_INPUTS and ready and rt.task is None
                 and all(i.owner in rt.inputs for i in rt.plan.inputs)):
             rt.phase = Phase.COMPUTING
             rt.task = asyncio.get_running_loop().create_task(self._run(rt))
@@ -706,8 +827,13 @@ class SessionManager:
             self._fail(rt, "peer_lost", str(exc))
             outcome = "peer_lost"
         except TimeoutError:
-            self._fail(rt, "deadline_exceeded", f"session passed its deadline ({plan.deadline})")
-            outcome = "deadline_exceeded"
+            if rt.disagreement:  # the parties were still waiting for an owner to complete a replacement
+                self._fail(rt, "inputs_disagree", f"session passed its deadline ({plan.deadline}) before its parties "
+                           f"held the same inputs; {rt.disagreement.split(': ', 1)[-1]}")
+                outcome = "inputs_disagree"
+            else:
+                self._fail(rt, "deadline_exceeded", f"session passed its deadline ({plan.deadline})")
+                outcome = "deadline_exceeded"
         except ModelOutOfRangeError as exc:  # the model owner's parameters break the program's proven bounds
             self._fail(rt, "model_out_of_range", str(exc))
             outcome = "model_out_of_range"
@@ -739,6 +865,8 @@ class SessionManager:
             self.keys.ring.release(self._fence_id(plan.session_id, epoch))
         shutil.rmtree(self._session_dir(plan.session_id) / "inputs", ignore_errors=True)
         rt.inputs.clear()
+        rt.arriving.clear()
+        rt.inputs_frozen = False
         self.replay.forget_session(plan.session_id)  # inputs are closed for good; the guard stays bounded
         rt.material = None  # the seed and corrections are single-use
 
@@ -788,6 +916,11 @@ class SessionManager:
         domain = cfg.domain()
         channel = PqChannel(party=rt.party, n=n, links={p: rt.links[p] for p in rt.live if p != rt.party},
                             attempt=rt.attempts, round_timeout_s=self.settings.round_timeout_s)
+        try:
+            await self._agree_inputs(rt, channel)
+        except BaseException:
+            channel.release()
+            raise
         self.metrics.preprocessing_sessions.labels(plan.preprocessing).inc()
         try:
             attempt = await self._provider(rt, cfg, domain, channel)  # fresh per attempt
@@ -811,6 +944,45 @@ class SessionManager:
             channel.release()
             raise
         return outcome, ctx, channel
+
+    async def _agree_inputs(self, rt: SessionRuntime, channel: PqChannel) -> None:
+        """The attempt's first step: the live parties agree on every owner's input version
+        (:mod:`pqmpc_node.input_agreement`); until they do, inputs stay open for the owner to
+        complete a replacement. Agreed, inputs close and the run goes on with exactly these."""
+        plan = rt.plan
+
+        def view() -> bytes:
+            rt.inputs_changed.clear()  # a change after this snapshot wakes the wait below
+            owners = {}
+            for i in plan.inputs:
+                held, payload, arriving = rt.input_ids.get(i.owner), rt.inputs.get(i.owner), rt.arriving.get(i.owner)
+                owners[i.owner] = OwnerView(
+                    held.version if held else 0, held.tag if held else "", payload.rows if payload else 0,
+                    arriving.id.version if arriving else 0, len(arriving.payloads) if arriving else 0,
+                    arriving.parts if arriving else 0)
+            return encode_view(owners)
+
+        def freeze(on: bool) -> None:
+            rt.inputs_frozen = on
+
+        def waiting(why: str) -> None:
+            if why != rt.disagreement:
+                log.warning("session %s: %s", plan.session_id, why)
+            rt.phase, rt.message, rt.disagreement = Phase.AWAITING_INPUTS, why, why
+
+        async def changed(timeout: float) -> None:
+            try:
+                await asyncio.wait_for(rt.inputs_changed.wait(), timeout)
+            except TimeoutError:
+                pass
+
+        await agree_inputs(channel, peers=[p for p in rt.live if p != rt.party], view=view, freeze=freeze,
+                           waiting=waiting, changed=changed, node_of=lambda p: plan.parties[p].node_id)
+        if rt.disagreement:
+            log.info("session %s: the parties now hold the same inputs; computing", plan.session_id)
+            rt.message = ""
+        # Nothing awaits between the last commit and here: the inputs agreed are the inputs used.
+        rt.phase, rt.inputs_frozen, rt.disagreement = Phase.COMPUTING, False, ""
 
     async def _provider(self, rt: SessionRuntime, cfg: EngineConfig, domain: Domain,
                         channel: PqChannel) -> _AttemptProvider:

@@ -157,7 +157,7 @@ def test_cancel_awaiting_inputs(operator: Operator) -> None:
     st = _status(operator, node, "cancel-wait")
     digest = st["planDigest"]
     assert (st["phase"], st["preprocessingReceived"]) == ("AwaitingInputs", True)
-    assert list(_inputs_dir(operator, node, "cancel-wait").glob("*.sealed"))
+    assert list(_inputs_dir(operator, node, "cancel-wait").rglob("*.sealed"))
 
     other = SUITE.signature.generate(os.urandom(32))
     code, doc = _cancel(operator, node, "cancel-wait", sign_cancel("cancel-wait", digest, key=other, now=now()))
