@@ -613,6 +613,8 @@ class SessionClient:
         self.suite = get_suite(self.plan.suite)  # signed into the plan: every algorithm follows from it
         self.domain_name = domain_for(self.plan.sharing, self.plan.security)
         self._parties: list[_Party] | None = None
+        self.phases: dict[str, str] = {}
+        """Each reachable party's session phase, as :meth:`held_inputs` last read it."""
 
     def close(self) -> None:
         """Close the HTTP connections this client opened."""
@@ -891,11 +893,14 @@ class SessionClient:
         """What each reachable party holds of ``owner``'s input: node id -> [(input id, parts)], the held version
         (parts 1) and a version still arriving in parts. From each node's session status."""
         found: dict[str, list[tuple[InputId, int]]] = {}
+        self.phases = {}
         for party in self.parties():
             try:
                 status = party.client.get_json(f"/v1/sessions/{self.session_id}")
             except ClientError:
                 continue  # unreachable now: its post will say so
+            if isinstance(status, dict) and isinstance(status.get("phase"), str):
+                self.phases[party.plan.node_id] = status["phase"]
             ids: list[tuple[InputId, int]] = []
             for entry in status.get("inputs", []) if isinstance(status, dict) else []:
                 if not isinstance(entry, dict) or entry.get("owner") != owner:
@@ -929,6 +934,11 @@ class SessionClient:
                 else:
                     others = max(others, held.version)
                     other_at.append(f"{node} (version {held.version})")
+        closed = {node: phase for node, phase in self.phases.items() if phase != "AwaitingInputs"}
+        if others and closed:
+            node, phase = next(iter(closed.items()))
+            raise ClientError(f"session {self.session_id} is {phase} at {node}; inputs are closed: an input can be "
+                              "replaced only while the session awaits inputs", "inputs_closed")
         if others and not replace:
             raise ClientError(f"{identity.name!r} already delivered a different input to session {self.session_id} "
                               f"(held at {', '.join(other_at)}); to replace it with this data, run the same `pqmpc "
