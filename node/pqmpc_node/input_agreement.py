@@ -5,11 +5,13 @@ An owner may replace its input while the session awaits inputs
 otherwise let the session compute on a mix of two versions. So every attempt begins
 with this step, over the attempt's authenticated peer channel, in rounds ``r = 0, 1, …``:
 
-1. *Propose*: each party sends every other its view, ``{owner: [version, tag, rows,
-   pending version, parts here, parts]}`` (public to the parties: versions, content
+1. *Propose*: each party sends every other its view (:class:`PartyView`): ``{owner:
+   [version, tag, rows, pending version, parts here, parts]}`` and whether its
+   preprocessing is there (public to the parties: versions, content
    tags that only say "same content or not", and row counts the status shows anyway),
    on tag ``inputs/propose/<r>``.
-2. If the held contents differ (the content tag and row count; the same content held as
+2. If some party lacks an owner's input or (dealt sessions) its preprocessing material,
+   or the held contents differ (the content tag and row count; the same content held as
    different version numbers is the same input, since the client derives the shares from
    the content), or any owner's replacement is still arriving in parts at some
    party: nobody computes. Each party reports which owner and which versions it saw
@@ -17,7 +19,7 @@ with this step, over the attempt's authenticated peer channel, in rounds ``r = 0
    replacement, waits until its own inputs change or :data:`RETRY_S` passes, and goes
    to round ``r + 1``. Every party received the same set of views, so all take the
    same branch in the same round.
-3. If all views are equal: *commit*. Each party freezes its inputs (an envelope
+3. If all views agree: *commit*. Each party freezes its inputs (an envelope
    arriving now gets a retryable 503) and sends whether its inputs are still exactly
    what it proposed (an input may have landed while the proposals travelled) on
    ``inputs/commit/<r>``. All yes: agreed, inputs close, the engine runs on them. Any
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 
 from pqmpc_node.mpc.channel import Channel
 
-__all__ = ["OwnerView", "RETRY_S", "agree_inputs", "decode_view", "disagreement", "encode_view"]
+__all__ = ["OwnerView", "PartyView", "RETRY_S", "agree_inputs", "decode_view", "disagreement", "encode_view"]
 
 RETRY_S = 1.0
 """How long a party waits between rounds while the views differ (sooner when its own inputs change)."""
@@ -62,54 +64,68 @@ class OwnerView:
         return [self.version, self.tag, self.rows, self.pending_version, self.parts_here, self.parts]
 
 
-def encode_view(view: Mapping[str, OwnerView]) -> bytes:
+@dataclass(frozen=True)
+class PartyView:
+    """One party's view: every owner's input as held there, and whether its preprocessing is there to start."""
+
+    owners: Mapping[str, OwnerView]
+    ready: bool = True
+    """Dealt material received (always true for a dealer-free session)."""
+
+
+def encode_view(view: PartyView) -> bytes:
     """The canonical bytes of a view (equal views are equal bytes)."""
-    return json.dumps({o: view[o].as_list() for o in sorted(view)}, separators=(",", ":")).encode()
+    return json.dumps({"ready": view.ready, "owners": {o: view.owners[o].as_list() for o in sorted(view.owners)}},
+                      separators=(",", ":")).encode()
 
 
-def decode_view(data: bytes) -> dict[str, OwnerView]:
+def decode_view(data: bytes) -> PartyView:
     """A peer's view, strictly parsed; ``ValueError`` on anything else."""
     if len(data) > _MAX_VIEW:
         raise ValueError("input view too large")
     raw = json.loads(data)
-    if not isinstance(raw, dict):
-        raise ValueError("an input view is an object {owner: [...]}")
+    if not isinstance(raw, dict) or not isinstance(raw.get("ready"), bool) or not isinstance(raw.get("owners"), dict):
+        raise ValueError("an input view is {ready: bool, owners: {owner: [...]}}")
     out = {}
-    for owner, v in raw.items():
+    for owner, v in raw["owners"].items():
         if (not isinstance(v, list) or len(v) != 6 or not isinstance(v[1], str)
                 or not all(isinstance(x, int) and not isinstance(x, bool) for x in (v[0], *v[2:]))):
             raise ValueError(f"the view of {owner!r} is not [version, tag, rows, pending, partsHere, parts]")
         out[str(owner)] = OwnerView(v[0], v[1], v[2], v[3], v[4], v[5])
-    return out
+    return PartyView(out, raw["ready"])
 
 
-def disagreement(views: Mapping[int, Mapping[str, OwnerView]], node_of: Callable[[int], str]) -> str:
-    """Why the parties may not compute yet ("" when they agree): each owner whose versions differ or arrive in parts."""
-    owners = sorted({o for v in views.values() for o in v})
-    problems = []
+def disagreement(views: Mapping[int, PartyView], node_of: Callable[[int], str]) -> str:
+    """Why the parties may not compute yet ("" when they agree): each owner whose input differs, is missing or
+    arrives in parts at some party, and each party still without its preprocessing material."""
+    owners = sorted({o for v in views.values() for o in v.owners})
+    problems = [f"party {p} ({node_of(p)}) has no preprocessing material yet" for p, v in sorted(views.items())
+                if not v.ready]
     for owner in owners:
-        seen = {p: v.get(owner) for p, v in sorted(views.items())}
+        seen = {p: v.owners.get(owner) for p, v in sorted(views.items())}
         # Same content (tag) is the same input whatever its version number: the client derives the shares
         # from the content, so every node holds shares of one sharing. An untagged input compares by version.
-        held = {p: (o.tag or f"v{o.version}", o.rows) if o is not None else None for p, o in seen.items()}
+        held = {p: (o.tag or f"v{o.version}", o.rows) if o is not None and o.version else None
+                for p, o in seen.items()}
         incomplete = {p: o for p, o in seen.items() if o is not None and o.pending_version}
         if len(set(held.values())) == 1 and not incomplete:
             continue
         where = []
         for p, o in seen.items():
-            if o is None:
-                where.append(f"nothing at party {p} ({node_of(p)})")
-                continue
-            text = f"version {o.version} ({o.rows} rows) at party {p} ({node_of(p)})"
-            if o.pending_version:
+            if o is None or not o.version:
+                text = f"nothing yet at party {p} ({node_of(p)})"
+            else:
+                text = f"version {o.version} ({o.rows} rows) at party {p} ({node_of(p)})"
+            if o is not None and o.pending_version:
                 text += f", its version {o.pending_version} there still incomplete ({o.parts_here} of {o.parts} parts)"
             where.append(text)
         problems.append(f"{owner!r}: " + "; ".join(where))
     if not problems:
         return ""
-    return ("the parties hold different versions of an input, or a replacement is incomplete, so nobody computes "
-            "yet: " + " | ".join(problems) + ". The session waits until the owner completes its replacement at every "
-            "party (re-run the same `pqmpc submit --replace`), until its deadline")
+    return ("the parties do not hold the same inputs yet (an input or replacement reached only some of them, or is "
+            "incomplete), so nobody computes: " + " | ".join(problems) + ". The session waits, until its deadline, "
+            "for the owner to complete it at every party (re-run the same `pqmpc submit`, with --replace if it "
+            "was a replacement)")
 
 
 async def agree_inputs(channel: Channel, *, peers: Sequence[int], view: Callable[[], bytes],

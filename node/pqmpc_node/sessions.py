@@ -86,7 +86,7 @@ from pqmpc_node.dealer import (
     open_preprocessing,
     party_provider,
 )
-from pqmpc_node.input_agreement import OwnerView, agree_inputs, encode_view
+from pqmpc_node.input_agreement import OwnerView, PartyView, agree_inputs, encode_view
 from pqmpc_node.input_ids import InputId, InputIdError
 from pqmpc_node.input_parts import assemble
 from pqmpc_node.input_versions import Decision, Pending, decide
@@ -352,6 +352,7 @@ class SessionManager:
         self.replay = ReplayGuard()
         self._server: asyncio.Server | None = None
         self._accepting: set[asyncio.Task[None]] = set()
+        self._pokes: set[asyncio.Task[None]] = set()
 
     # -- plans ------------------------------------------------------------------------
 
@@ -628,6 +629,7 @@ class SessionManager:
             raise SessionError(f"preprocessing was dealt for other row counts than the inputs held: {wrong}",
                                reason="rows_mismatch", status=409)
         rt.material, rt.material_digest = material, digest
+        rt.inputs_changed.set()  # a party waiting for it in the inputs agreement goes on
         log.info("session %s: preprocessing accepted (%d requests, %d correction words)", session_id,
                  len(material.manifest), sum(int(st.size) for st in material.streams))
         self._maybe_start(rt)
@@ -638,6 +640,18 @@ class SessionManager:
         if (rt.phase is Phase.AWAITING_INPUTS and ready and rt.task is None
                 and all(i.owner in rt.inputs for i in rt.plan.inputs)):
             rt.phase = Phase.COMPUTING
+            rt.task = asyncio.get_running_loop().create_task(self._run(rt))
+
+    def _join(self, rt: SessionRuntime) -> None:
+        """A peer started the session: take part in its inputs agreement even before everything is here.
+
+        This node then links and reports what it lacks (an owner's input, a missing part,
+        its material) instead of leaving the started parties waiting on a silent peer;
+        the agreement keeps everyone from computing, and inputs open, until it has it all
+        (:mod:`pqmpc_node.input_agreement`). The phase stays ``AwaitingInputs``.
+        """
+        if rt.phase is Phase.AWAITING_INPUTS and rt.task is None:
+            log.info("session %s: a peer started the session; joining its inputs agreement", rt.plan.session_id)
             rt.task = asyncio.get_running_loop().create_task(self._run(rt))
 
     # -- cancellation -----------------------------------------------------------------
@@ -725,6 +739,11 @@ class SessionManager:
                 raise ValueError(f"peer {att.peer_node_id} is not party {hello.party} of the plan")
             self._same_log(party.node_id, hello)
             await link.send(HELLO_TAG, self._hello(rt))
+            self._join(rt)  # a peer runs the session: take part, even if this node lacks inputs yet
+            if hello.party > rt.party:
+                # A higher party only dials to wake this one (see _poke): the real link is this node's own dial.
+                await link.close()
+                return
             fut = rt.incoming.setdefault(hello.party, asyncio.get_running_loop().create_future())
             if fut.done():
                 raise ValueError(f"party {hello.party} connected twice")
@@ -785,6 +804,28 @@ class SessionManager:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
+    async def _poke(self, rt: SessionRuntime, peer: int, deadline: float) -> None:
+        """Dial a lower party that has not linked to this one yet, only to tell it the session runs (it joins:
+        :meth:`_join`) and then dials this node itself. Best effort: a peer that is gone is found out by the wait."""
+        p = rt.plan.parties[peer]
+        delay = 0.2
+        while time.monotonic() + delay < deadline and peer not in rt.links and not rt.incoming[peer].done():
+            try:
+                link = await PeerLink.connect(p.address, p.peer_port, config=self._link_config(),
+                                              expected_peer=NodeId(p.node_id), counters=self.counters)
+            except (LinkRefused, ConnectionError, OSError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            try:
+                await link.send(HELLO_TAG, self._hello(rt))
+                await asyncio.wait_for(link.recv(HELLO_TAG), 10.0)
+            except (LinkClosed, LinkRefused, TimeoutError, ConnectionError, OSError):
+                pass  # told or not, the wait for its link decides
+            finally:
+                await link.close()
+            return
+
     async def _mesh(self, rt: SessionRuntime) -> None:
         """Links to every live peer: dial higher indexes, wait for lower ones."""
         deadline = time.monotonic() + self.settings.mesh_timeout_s
@@ -796,6 +837,10 @@ class SessionManager:
                 rt.links[peer] = await self._dial(rt, peer, deadline)
             else:
                 fut = rt.incoming.setdefault(peer, loop.create_future())
+                if not fut.done():
+                    poke = loop.create_task(self._poke(rt, peer, deadline))
+                    self._pokes.add(poke)
+                    poke.add_done_callback(self._pokes.discard)
                 try:
                     rt.links[peer] = await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - time.monotonic()))
                 except TimeoutError:
@@ -960,7 +1005,7 @@ class SessionManager:
                     held.version if held else 0, held.tag if held else "", payload.rows if payload else 0,
                     arriving.id.version if arriving else 0, len(arriving.payloads) if arriving else 0,
                     arriving.parts if arriving else 0)
-            return encode_view(owners)
+            return encode_view(PartyView(owners, rt.material is not None or plan.preprocessing in DEALER_FREE))
 
         def freeze(on: bool) -> None:
             rt.inputs_frozen = on
@@ -1081,6 +1126,8 @@ class SessionManager:
         """Stop the listener and cancel running sessions."""
         if self._server is not None:
             self._server.close()
+        for poke in list(self._pokes):
+            poke.cancel()
         for rt in self.sessions.values():
             if rt.task is not None and not rt.task.done():
                 rt.task.cancel()

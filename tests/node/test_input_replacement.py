@@ -26,6 +26,7 @@ from harness import Operator
 from pqmpc_node.cli import app
 from pqmpc_node.client import Identity, SessionClient, read_csv
 from pqmpc_node.crypto.envelopes import SealedEnvelope
+from pqmpc_node.input_agreement import RETRY_S
 from pqmpc_node.input_ids import InputId
 from pqmpc_node.plan import FieldDecl
 from test_cli import trust_files
@@ -147,7 +148,7 @@ def test_replacement_at_one_node_blocks_computing_until_completed(operator: Oper
         assert "'bank-c'" in why and "'bank-d'" not in why, why
         assert f"version 2 (2 rows) at party 0 ({trio[0].node_id})" in why, why
         assert f"version 1 (2 rows) at party 1 ({trio[1].node_id})" in why, why
-        assert "re-run the same `pqmpc submit --replace`" in why
+        assert "re-run the same `pqmpc submit`, with --replace" in why
         assert st["message"] == why
     assert _status(operator, trio[0], sid)["phase"] == "AwaitingInputs"  # still nobody computed
 
@@ -175,33 +176,48 @@ def test_a_table_in_parts_and_a_missing_or_forged_part(operator: Operator, trio:
     big = _csv(tmp_path / "big.csv", values)
     expected_sum = sum(int(v.replace(".", "")) for v in values) / 100
 
-    # bank-f's table in 4 parts, one of them never reaching the second node: its input stays incomplete there.
+    # bank-e submits its 600 rows in parts through the CLI, with a bar over them.
+    r = runner.invoke(app, ["submit", *common, "--identity", str(tmp_path / "bank-e.json"), "--part-size", "2048",
+                            "--progress", str(big)])
+    assert r.exit_code == 0, r.output
+    assert "submitted to 3 nodes" in r.stdout and "parts" in r.stderr and "posting" in r.stderr, r.output
+    for n in trio:
+        assert _owner_status(operator, n, sid, "bank-e")["received"] is True
+
+    # bank-f's table in parts, one of them never reaching the first node (party 0: nobody dials it, the started
+    # parties wake it): its input stays incomplete there, while
+    # the other two nodes hold everything, get their material and start.
     with _client(operator, trio[0], sid) as c:
         sealed = c.seal_rows(late, read_csv(_csv(tmp_path / "f.csv", [str(i) for i in range(400)])), part_bytes=2048)
         ids = [InputId.parse(SealedEnvelope.from_bytes(env).header.input_id, "bank-f") for _, env in sealed]
         parts = ids[0].parts
         assert parts >= 3 and len(sealed) == 3 * parts
-        held_back = [(p, env) for (p, env), iid in zip(sealed, ids) if p.plan.index == 1 and iid.part == 2]
-        c.post_sealed([(p, env) for (p, env), iid in zip(sealed, ids) if not (p.plan.index == 1 and iid.part == 2)])
+        held_back = [(p, env) for (p, env), iid in zip(sealed, ids) if p.plan.index == 0 and iid.part == 2]
+        c.post_sealed([(p, env) for (p, env), iid in zip(sealed, ids) if not (p.plan.index == 0 and iid.part == 2)])
         # The missing part, forged: named bank-f's part 2 but signed with mallory's key. Refused.
         impostor = Identity("bank-f", mallory.suite, mallory.signing_seed, mallory.kem_seed)
-        forged = c._seal(impostor, c.parties()[1], b"{}", ids[1].text())
-        r = c.parties()[1].client.post_input(sid, forged)
+        forged = c._seal(impostor, c.parties()[0], b"{}", ids[1].text())
+        r = c.parties()[0].client.post_input(sid, forged)
         assert (r.status_code, r.json()["error"]["reason"]) == (403, "unknown_sender"), r.text
-        st = _owner_status(operator, trio[1], sid, "bank-f")
+        st = _owner_status(operator, trio[0], sid, "bank-f")
         assert st["received"] is False and st["arriving"]["parts"] == parts, st
         assert st["arriving"]["partsReceived"] == parts - 1 and st["arriving"]["version"] == 1, st
-        assert _owner_status(operator, trio[0], sid, "bank-f")["received"] is True
-        assert _status(operator, trio[1], sid)["phase"] == "AwaitingInputs"
-        c.post_sealed(held_back)  # the missing part arrives: complete at every node
-    st = _owner_status(operator, trio[1], sid, "bank-f")
-    assert (st["received"], st["arriving"], st["version"]) == (True, None, 1), st
+        assert _owner_status(operator, trio[1], sid, "bank-f")["received"] is True
 
-    # bank-e submits its 600 rows in parts through the CLI, with a bar over them; then the session runs.
-    r = runner.invoke(app, ["submit", *common, "--identity", str(tmp_path / "bank-e.json"), "--part-size", "2048",
-                            "--progress", str(big)])
-    assert r.exit_code == 0, r.output
-    assert "submitted to 3 nodes" in r.stdout and "parts" in r.stderr and "posting" in r.stderr, r.output
+        def all_waiting() -> list[dict[str, Any]] | None:
+            sts = [_status(operator, n, sid) for n in trio]
+            return sts if all(s["inputsAgreement"] for s in sts) else None
+
+        for st in _wait("the parties to wait for the missing part", all_waiting):
+            assert st["phase"] == "AwaitingInputs", st
+            assert f"its version 1 there still incomplete ({parts - 1} of {parts} parts)" in st["inputsAgreement"]
+            assert f"nothing yet at party 0 ({trio[0].node_id})" in st["inputsAgreement"], st
+        time.sleep(3 * RETRY_S)  # a steady state, not an ordering: rounds go on, nobody fails or computes
+        assert {_status(operator, n, sid)["phase"] for n in trio} == {"AwaitingInputs"}
+        c.post_sealed(held_back)  # the missing part arrives: complete at every node, the session runs
+    st = _owner_status(operator, trio[0], sid, "bank-f")
+    assert st["received"] is True and st["arriving"] is None and st["version"] == 1, st
+
     r = runner.invoke(app, ["result", *common, "--identity", str(tmp_path / "auditor.json"), "--json", "--wait", "90"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)["outputs"]

@@ -15,7 +15,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from pqmpc_node.input_agreement import OwnerView, agree_inputs, decode_view, disagreement, encode_view
+from pqmpc_node.input_agreement import OwnerView, PartyView, agree_inputs, decode_view, disagreement, encode_view
 from pqmpc_node.input_ids import InputId, InputIdError
 from pqmpc_node.input_parts import assemble, split_rows
 from pqmpc_node.input_versions import Pending, decide
@@ -126,25 +126,28 @@ def test_a_table_splits_into_parts_that_fit_and_assemble_in_order(keyed: bool) -
 
 
 def test_views_round_trip_and_disagreement_names_owner_and_versions() -> None:
-    a = {"bank-a": OwnerView(2, TAG, 3), "bank-b": OwnerView(1, OTHER, 5)}
-    b = {"bank-a": OwnerView(1, OTHER, 3), "bank-b": OwnerView(1, OTHER, 5)}
+    a = PartyView({"bank-a": OwnerView(2, TAG, 3), "bank-b": OwnerView(1, OTHER, 5)})
+    b = PartyView({"bank-a": OwnerView(1, OTHER, 3), "bank-b": OwnerView(1, OTHER, 5)})
     assert decode_view(encode_view(a)) == a
     assert disagreement({0: a, 1: a}, str) == ""
-    same_content_other_number = {"bank-a": OwnerView(5, TAG, 3), "bank-b": OwnerView(1, OTHER, 5)}
+    same_content_other_number = PartyView({"bank-a": OwnerView(5, TAG, 3), "bank-b": OwnerView(1, OTHER, 5)})
     assert disagreement({0: a, 1: same_content_other_number}, str) == ""  # same shares: one input
     why = disagreement({0: a, 1: b}, lambda p: f"node-{p}")
     assert "'bank-a'" in why and "'bank-b'" not in why
     assert "version 2 (3 rows) at party 0 (node-0)" in why and "version 1 (3 rows) at party 1 (node-1)" in why
-    arriving = {**a, "bank-b": OwnerView(1, OTHER, 5, pending_version=2, parts_here=1, parts=3)}
+    arriving = PartyView({**a.owners, "bank-b": OwnerView(1, OTHER, 5, pending_version=2, parts_here=1, parts=3)})
     assert "version 2 there still incomplete (1 of 3 parts)" in disagreement({0: arriving, 1: arriving}, str)
+    missing = PartyView({"bank-a": OwnerView(2, TAG, 3), "bank-b": OwnerView(0, "", 0)}, ready=False)
+    why = disagreement({0: a, 1: missing}, lambda p: f"node-{p}")
+    assert "nothing yet at party 1 (node-1)" in why and "party 1 (node-1) has no preprocessing material yet" in why
     with pytest.raises(ValueError):
-        decode_view(b'{"bank-a": [1, 2]}')
+        decode_view(b'{"ready": true, "owners": {"bank-a": [1, 2]}}')
 
 
 def test_parties_wait_until_the_owner_completes_its_replacement() -> None:
     async def run() -> tuple[list[int], list[str], list[str]]:
         hub = InProcessHub(2)
-        views = [{"bank-a": OwnerView(2, TAG, 3)}, {"bank-a": OwnerView(1, OTHER, 3)}]
+        views = [PartyView({"bank-a": OwnerView(2, TAG, 3)}), PartyView({"bank-a": OwnerView(1, OTHER, 3)})]
         changed = [asyncio.Event(), asyncio.Event()]
         waits: list[str] = []
         frozen: list[str] = []
@@ -166,14 +169,14 @@ def test_parties_wait_until_the_owner_completes_its_replacement() -> None:
         while len(waits) < 2:  # both saw the mismatch in round 0 and wait
             await asyncio.sleep(0.01)
         assert not any(t.done() for t in tasks)
-        views[1] = {"bank-a": OwnerView(2, TAG, 3)}  # the owner completes its replacement at party 1
+        views[1] = PartyView({"bank-a": OwnerView(2, TAG, 3)})  # the owner completes its replacement at party 1
         changed[1].set()
         rounds = await asyncio.wait_for(asyncio.gather(*tasks), 10)
         return list(rounds), waits, frozen
 
     rounds, waits, frozen = asyncio.run(run())
     assert rounds[0] == rounds[1] >= 2
-    assert "'bank-a'" in waits[0] and "re-run the same `pqmpc submit --replace`" in waits[0]
+    assert "'bank-a'" in waits[0] and "re-run the same `pqmpc submit`" in waits[0]
     assert frozen[-2:] in (["0:True", "1:True"], ["1:True", "0:True"])  # agreed: both still frozen for the caller
 
 
@@ -184,14 +187,14 @@ def test_an_input_landing_during_the_proposals_is_caught_by_the_commit() -> None
 
         def changing_view() -> bytes:  # party 0's inputs change between its proposal and its commit check
             calls["n"] += 1
-            return encode_view({"bank-a": OwnerView(1, TAG, 3)}) if calls["n"] != 2 else b"{}"
+            return encode_view(PartyView({"bank-a": OwnerView(1, TAG, 3)})) if calls["n"] != 2 else b"{}"
 
         async def no_wait(_timeout: float) -> None:
             return None
 
         t0 = agree_inputs(hub.channel(0), peers=[1], view=changing_view, freeze=lambda _on: None,
                           waiting=lambda _w: None, changed=no_wait, node_of=str)
-        t1 = agree_inputs(hub.channel(1), peers=[0], view=lambda: encode_view({"bank-a": OwnerView(1, TAG, 3)}),
+        t1 = agree_inputs(hub.channel(1), peers=[0], view=lambda: encode_view(PartyView({"bank-a": OwnerView(1, TAG, 3)})),
                           freeze=lambda _on: None, waiting=lambda _w: None, changed=no_wait, node_of=str)
         r0, r1 = await asyncio.wait_for(asyncio.gather(t0, t1), 10)
         assert r0 == r1
