@@ -14,6 +14,13 @@ Submitting (:meth:`SessionClient.submit_rows`, :meth:`SessionClient.submit_model
    shares to its KEM key and sign with the owner's ML-DSA key.
 5. Post every envelope, retrying transient failures; a 409 ``replay`` with
    ``alreadyAccepted`` means an earlier attempt landed, so retries are idempotent.
+   Every party is tried; when only some took it, :class:`PartialSubmitError` says which,
+   and the same submission again completes it.
+
+The envelopes' signed input id carries a version (:meth:`SessionClient.choose_version`,
+from what the nodes hold: the same content keeps its version, ``replace=True`` sends
+other content as the next version) and, for a table too large for one envelope, the
+part number and count (:mod:`pqmpc_node.input_parts`, ``part_bytes``).
 
 Collecting (:meth:`SessionClient.collect_result`): fetch the sealed output of every
 party, open each with the recipient's KEM key (sender: the node's certified identity),
@@ -503,11 +510,6 @@ class _InputDerivation:
     owner: str
     tag: str
     sharing_key: bytes = field(repr=False)
-
-    @property
-    def input_id(self) -> str:
-        """The id of version 1 in one envelope (see :meth:`id_of`)."""
-        return self.id_of(1).text()
 
     def id_of(self, version: int, part: int = 1, parts: int = 1) -> InputId:
         """The signed id of this content as version ``version``, part ``part`` of ``parts``."""

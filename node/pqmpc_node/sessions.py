@@ -13,12 +13,19 @@ Life of a session here (phases as in ``MPCSession.status.phase``):
 2. Data owners post sealed input envelopes (:meth:`SessionManager.accept_input`): checked
    (sender key from the plan, signature, epoch, replay), opened, validated against the
    declared fields, and the *sealed* envelope is kept under ``PQMPC_STATE_DIR`` until
-   the session ends. When every owner has delivered and the material is here (its row
+   the session ends. An owner may replace its input with a higher signed version, and
+   send a large table in parts (:mod:`pqmpc_node.input_versions`,
+   :mod:`pqmpc_node.input_parts`: the held version is swapped atomically once the new
+   one is complete). When every owner has delivered and the material is here (its row
    counts must match the inputs'), computing starts; the status reports ``inputRows``
    and ``awaitingPreprocessing`` for the dealer.
 3. ``Computing``: the party with the lower index dials each peer over a PQ mutual-TLS
    :class:`~pqmpc_node.net.link.PeerLink`, the peer's certificate must name the node
-   the plan names with the plan's fingerprint; the engine runs the program over a
+   the plan names with the plan's fingerprint (a party still lacking an input is woken
+   by a peer's dial and joins). The attempt begins with the parties agreeing on which
+   content of every owner's input each holds (:mod:`pqmpc_node.input_agreement`); until
+   they do, nobody computes and inputs reopen for the owner to complete a replacement.
+   Then the engine runs the program over a
    :class:`~pqmpc_node.net.pq_channel.PqChannel` (:func:`pqmpc_node.engine.execute`:
    owners' inputs authenticated, program, every opening MAC-checked before outputs).
    The attempt's preprocessing provider is made first: the dealt material, or a
@@ -193,6 +200,10 @@ ADDITIVE_LOST = ("additive sharing needs every party, so the session ends here; 
                  "secret (nothing unmasked was opened, no output was released): create a new session and the "
                  "owners submit again")
 """Why an additive session ends on a lost party (the node's message; the operator's NodeLost says the same)."""
+
+
+POKE_AFTER_S = 1.0
+"""How long a party waits for a lower party's link before dialing it once to wake it (:meth:`SessionManager._poke`)."""
 
 
 class ForkedPeerError(ValueError):
@@ -808,6 +819,7 @@ class SessionManager:
         """Dial a lower party that has not linked to this one yet, only to tell it the session runs (it joins:
         :meth:`_join`) and then dials this node itself. Best effort: a peer that is gone is found out by the wait."""
         p = rt.plan.parties[peer]
+        await asyncio.sleep(POKE_AFTER_S)  # a party that started with this one links sooner: no poke then
         delay = 0.2
         while time.monotonic() + delay < deadline and peer not in rt.links and not rt.incoming[peer].done():
             try:
