@@ -201,3 +201,23 @@ def test_an_input_landing_during_the_proposals_is_caught_by_the_commit() -> None
         return r0
 
     assert asyncio.run(run()) == 2  # round 0's commit said "changed": round 1 agreed
+
+
+# -- what submit says ---------------------------------------------------------------------
+
+
+def test_submit_summaries_and_the_partial_submit_message() -> None:
+    from pqmpc_node.cli import submit_summary
+    from pqmpc_node.client import ClientError, PartialSubmitError
+
+    replaced = [{"node": "n0", "version": 2, "replaced": 1, "complete": True},
+                {"node": "n1", "version": 2, "alreadyAccepted": True, "complete": True},
+                {"node": "n2", "version": 2, "replaced": 1, "complete": True}]
+    assert "replaced[/green] version 2 at 3/3 nodes of session s (1 held it already)" in submit_summary(replaced, "s")
+    again = [{"node": n, "version": 2, "alreadyAccepted": True} for n in ("n0", "n1")]
+    assert "already submitted" in submit_summary(again, "s") and "version 2" in submit_summary(again, "s")
+    first = [{"node": n, "version": 1, "replaced": None, "complete": True} for n in ("n0", "n1")]
+    assert "submitted[/green] to 2 nodes of session s" in submit_summary(first, "s")
+    err = PartialSubmitError(replaced[:1], {"n1": ClientError("https://n1: unreachable", "unreachable")}, 2)
+    assert err.reason == "unreachable" and err.held == ["n0"]
+    assert "held at 1/2 nodes (n0); not at n1" in str(err) and "Run the same command again to complete it" in str(err)
