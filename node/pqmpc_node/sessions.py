@@ -232,6 +232,11 @@ def _write_durably(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself survives a crash
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -541,6 +546,12 @@ class SessionManager:
                 if arriving is None or arriving.id.version != incoming.version:
                     arriving = _PartsArriving(incoming.whole(), incoming.parts)  # a newer version supersedes older parts
                 got = {**arriving.payloads, incoming.part: payload}
+                so_far = sum(p.rows for p in got.values())
+                if so_far > plan.max_rows_per_owner or incoming.parts > plan.max_rows_per_owner:
+                    raise InputRejected(  # checked as parts arrive: memory stays bounded by the session's limit
+                        f"{h.sender!r}'s parts hold {so_far} rows so far in {incoming.parts} parts; the session "
+                        f"accepts at most {plan.max_rows_per_owner} rows per owner (spec.maxRowsPerOwner)",
+                        reason="too_many_rows", status=422)
                 whole = assemble([got[i] for i in range(1, incoming.parts + 1)]) if len(got) == incoming.parts else None
             if whole is not None:
                 self._check_rows(rt, h.sender, whole)

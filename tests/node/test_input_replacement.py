@@ -7,7 +7,8 @@
 - a replacement that reached only one node: the parties do not compute (each reports the
   owner and the versions it saw, inputs reopen), and re-running the same command
   completes it at the other nodes, after which the session finishes on the new data;
-- a table sent in ≥ 3 parts (``--part-size``) gives the result of its plaintext; a
+- a table sent in ≥ 3 parts (``--part-size``), as a replacement of a one-envelope input,
+  gives the result of its plaintext; a
   missing part keeps the input incomplete (the status shows the parts) and the session
   waiting; a part signed with another key than the owner's is refused.
 """
@@ -176,13 +177,19 @@ def test_a_table_in_parts_and_a_missing_or_forged_part(operator: Operator, trio:
     big = _csv(tmp_path / "big.csv", values)
     expected_sum = sum(int(v.replace(".", "")) for v in values) / 100
 
-    # bank-e submits its 600 rows in parts through the CLI, with a bar over them.
-    r = runner.invoke(app, ["submit", *common, "--identity", str(tmp_path / "bank-e.json"), "--part-size", "2048",
-                            "--progress", str(big)])
+    # bank-e submits a wrong file, then replaces it with its 600 rows, in parts, with a bar over them: the
+    # replacement replaces the whole input (one envelope) by all parts.
+    submit_e = ["submit", *common, "--identity", str(tmp_path / "bank-e.json")]
+    r = runner.invoke(app, [*submit_e, str(_csv(tmp_path / "e-wrong.csv", ["999.99"]))])
     assert r.exit_code == 0, r.output
-    assert "submitted to 3 nodes" in r.stdout and "parts" in r.stderr and "posting" in r.stderr, r.output
+    r = runner.invoke(app, [*submit_e, "--replace", "--part-size", "2048", "--progress", str(big)])
+    assert r.exit_code == 0, r.output
+    assert "replaced version 2 at 3/3 nodes" in flat(r.stdout), r.output
+    assert "parts" in r.stderr and "posting" in r.stderr and "sealing" in r.stderr, r.output
     for n in trio:
-        assert _owner_status(operator, n, sid, "bank-e")["received"] is True
+        st = _owner_status(operator, n, sid, "bank-e")
+        assert (st["received"], st["version"], st["arriving"]) == (True, 2, None), st
+        assert _status(operator, n, sid)["inputRows"]["bank-e"] == 600
 
     # bank-f's table in parts, one of them never reaching the first node (party 0: nobody dials it, the started
     # parties wake it): its input stays incomplete there, while
