@@ -927,15 +927,18 @@ class SessionClient:
         every version held (a replacement) and is refused here unless ``replace``: the
         nodes would refuse it anyway, and nothing is sent. Nothing held: version 1.
         """
-        ours, others = 0, 0
+        ours, others, resplit = 0, 0, 0
         other_at: list[str] = []
         for node, ids in self.held_inputs(identity.name).items():
             for held, held_parts in ids:
                 if held.tag == tag and held_parts in (1, parts):
                     ours = max(ours, held.version)
+                elif held.tag == tag:  # this content arriving in another number of parts (another --part-size)
+                    resplit = max(resplit, held.version)
                 else:
                     others = max(others, held.version)
                     other_at.append(f"{node} (version {held.version})")
+        others_or_resplit = max(others, resplit)
         closed = {node: phase for node, phase in self.phases.items() if phase != "AwaitingInputs"}
         if others and closed:
             node, phase = next(iter(closed.items()))
@@ -946,7 +949,7 @@ class SessionClient:
                               f"(held at {', '.join(other_at)}); to replace it with this data, run the same `pqmpc "
                               "submit` with --replace (it is replaced at every node before the session computes)",
                               "duplicate_input")
-        return max(ours, others + 1) if ours <= others else ours
+        return ours if ours > others_or_resplit else others_or_resplit + 1
 
     # -- posting ------------------------------------------------------------------------
 

@@ -221,3 +221,32 @@ def test_submit_summaries_and_the_partial_submit_message() -> None:
     err = PartialSubmitError(replaced[:1], {"n1": ClientError("https://n1: unreachable", "unreachable")}, 2)
     assert err.reason == "unreachable" and err.held == ["n0"]
     assert "held at 1/2 nodes (n0); not at n1" in str(err) and "Run the same command again to complete it" in str(err)
+
+
+def test_the_client_picks_the_version_from_what_the_nodes_hold() -> None:
+    from types import SimpleNamespace
+
+    from pqmpc_node.client import ClientError, Identity, SessionClient
+
+    me = Identity.generate("bank-a")
+
+    def pick(held: dict[str, list[tuple[InputId, int]]], *, replace: bool, parts: int = 1,
+             phase: str = "AwaitingInputs") -> int:
+        fake = SimpleNamespace(session_id="s", phases={n: phase for n in held}, held_inputs=lambda _owner: held)
+        return SessionClient.choose_version(fake, me, TAG, replace=replace, parts=parts)  # type: ignore[arg-type]
+
+    assert pick({"n0": [], "n1": []}, replace=False) == 1
+    assert pick({"n0": [(InputId("bank-a", TAG, 2), 1)], "n1": []}, replace=False) == 2  # completes version 2
+    assert pick({"n0": [(InputId("bank-a", OTHER, 1), 1)]}, replace=True) == 2
+    # a replacement that reached n0 only: the re-run keeps its version 2 (n0 answers "already", n1 takes it)
+    assert pick({"n0": [(InputId("bank-a", TAG, 2), 1)], "n1": [(InputId("bank-a", OTHER, 1), 1)]}, replace=True) == 2
+    # a race: another content as version 2 somewhere needs version 3
+    assert pick({"n0": [(InputId("bank-a", TAG, 2), 1)], "n1": [(InputId("bank-a", OTHER, 2), 1)]}, replace=True) == 3
+    # this content arriving in 4 parts, now sent in 2: a higher version supersedes the parts
+    assert pick({"n0": [(InputId("bank-a", TAG, 1), 4)]}, replace=False, parts=2) == 2
+    with pytest.raises(ClientError) as err:
+        pick({"n0": [(InputId("bank-a", OTHER, 1), 1)]}, replace=False)
+    assert err.value.reason == "duplicate_input" and "--replace" in str(err.value)
+    with pytest.raises(ClientError) as err:
+        pick({"n0": [(InputId("bank-a", OTHER, 1), 1)]}, replace=True, phase="Succeeded")
+    assert err.value.reason == "inputs_closed"
