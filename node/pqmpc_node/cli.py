@@ -6,7 +6,7 @@ Commands::
     pqmpc keys fetch --node https://IP:8443 --ca ca.pem [--gateway HOST:PORT] [--out keys.json]
     pqmpc keys verify --node https://IP:8443 --ca ca.pem [--gateway HOST:PORT] [--node-id ID]
     pqmpc submit --session NAME|ID [-n NS] --identity FILE --node URL --ca ca.pem --plan-signer FILE
-                 [--gateway HOST:PORT] [--progress] data.csv|model.json
+                 [--gateway HOST:PORT] [--progress] [--replace] [--part-size BYTES] data.csv|model.json
     pqmpc result --session NAME|ID [-n NS] --identity FILE --node URL --ca ca.pem --plan-signer FILE
                  [--gateway HOST:PORT] [--json] [--wait SECONDS] [--progress]
 
@@ -17,7 +17,10 @@ From outside the cluster, through the pool's SNI gateway (``spec.externalAccess`
 TLS still ends at the node (docs/quickstart-cluster.md).
 
 Every failure prints one line saying what was wrong and exits 1; nothing is sent
-before the whole input has been validated. ``--session`` takes the MPCSession name (looked
+before the whole input has been validated. ``submit --replace`` replaces an owner's
+earlier input with a new signed version at every node (before the session computes;
+the nodes agree on it before computing); a table too large for one envelope goes in
+parts (``--part-size``), with a progress bar over them. ``--session`` takes the MPCSession name (looked
 up with the kubeconfig, :mod:`pqmpc_node.session_lookup`) or its ``status.sessionId``.
 Progress (bars for parsing, checking, sharing, sealing and posting; a spinner while
 ``result --wait`` waits) goes to stderr when it is a terminal or with ``--progress``,
@@ -48,6 +51,7 @@ from rich.table import Table
 from pqmpc_node.client import (
     ClientError,
     Identity,
+    PartialSubmitError,
     ProgressFn,
     NodeClient,
     SessionClient,
@@ -59,6 +63,7 @@ from pqmpc_node.client import (
     transport_error,
 )
 from pqmpc_node.crypto.pki import CertificateError, suite_of_ca
+from pqmpc_node.input_parts import DEFAULT_PART_BYTES
 from pqmpc_node.crypto.suites import MLDSAPublicKey, SuiteName, get_suite
 from pqmpc_node.crypto.trust_anchors import TrustAnchorError, parse_ca_certificate, parse_plan_signer
 from pqmpc_node.plan import PlanParty
@@ -298,14 +303,24 @@ def _client(node: str, session: str, ca: Path, plan_signer: Path | None, insecur
         raise _fail(str(_blame_ca(exc, ca))) from None
 
 
+Replace = Annotated[bool, typer.Option("--replace", help="Replace the input you submitted before (a new signed "
+                                                            "version, taken by every node before the session computes)")]
+PartSize = Annotated[int | None, typer.Option(
+    "--part-size", help="Largest envelope payload in bytes; a larger table is sent in parts (default: what fits "
+                        f"one 16 MiB envelope, {DEFAULT_PART_BYTES}); lower it for a proxy with a smaller body limit")]
+
+
 @app.command()
 @_friendly
 def submit(session: Session, identity: IdentityFile, node: Node, ca: Ca, data: Path,
            plan_signer: Signer = None, insecure: Insecure = False, namespace: Namespace = None,
-           progress: ShowProgress = False, gateway: GatewayAddress = None) -> None:
+           progress: ShowProgress = False, gateway: GatewayAddress = None, replace: Replace = False,
+           part_size: PartSize = None) -> None:
     """Validate, secret-share, seal per node and post DATA (a CSV, or a model JSON for model owners).
 
-    The same command again succeeds and changes nothing; other data for an accepted input is refused.
+    The same command again succeeds and changes nothing (and completes a submission that reached only some
+    nodes). Other data for an input you submitted before is refused unless --replace: then it replaces yours at
+    every node, as long as the session has not started computing. A large table is sent in parts.
     """
     ident = Identity.load(identity)
     session_id = _session_id(session, namespace)
@@ -317,9 +332,13 @@ def submit(session: Session, identity: IdentityFile, node: Node, ca: Ca, data: P
                     params: dict[str, Any] = json.loads(data.read_text())
                 except (OSError, ValueError) as exc:
                     raise _fail(f"cannot read model file {data}: {exc}") from None
-                sealed = client.seal_model(ident, params, bar)
+                sealed = client.seal_model(ident, params, bar, replace=replace)
             else:
-                sealed = client.seal_rows(ident, read_csv(data, bar), bar)
+                sealed = client.seal_rows(ident, read_csv(data, bar), bar, replace=replace,
+                                          part_bytes=DEFAULT_PART_BYTES if part_size is None else part_size)
+            parts = len(sealed) // max(1, len({p.plan.node_id for p, _ in sealed}))
+            if parts > 1:
+                err.print(f"the table goes to each node in {parts} parts", highlight=False)
             posted = 0
 
             def advance(_node: str) -> None:
@@ -329,17 +348,32 @@ def submit(session: Session, identity: IdentityFile, node: Node, ca: Ca, data: P
                     bar("posting", posted, len(sealed))
 
             results = client.post_sealed(sealed, progress=advance)
+    except PartialSubmitError as exc:
+        raise _fail(f"{'replacing' if replace else 'submitting'} did not reach every node: {exc}") from None
     except ClientError as exc:
         raise _fail(str(_blame_ca(exc, ca))) from None
     finally:
         client.close()
-    again = sum(1 for r in results if r.get("alreadyAccepted"))
-    if again == len(results):
-        out.print(f"[green]already submitted[/green]: the {len(results)} nodes of session {session_id} hold this very "
-                  "input (same content); nothing changed")
-    else:
-        held = f" ({again} held it already)" if again else ""
-        out.print(f"[green]submitted[/green] to {len(results)} nodes of session {session_id}{held}")
+    out.print(submit_summary(results, session_id))
+
+
+def submit_summary(results: list[dict[str, Any]], session_id: str) -> str:
+    """What ``submit`` says when every node holds the input: submitted, replaced (and which version), or
+    already held (nothing changed)."""
+    by_node: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_node.setdefault(str(r.get("node")), []).append(r)
+    nodes = len(by_node)
+    again = sum(1 for rs in by_node.values() if all(r.get("alreadyAccepted") for r in rs))
+    versions = [r["version"] for r in results if isinstance(r.get("version"), int)]
+    version = max(versions) if versions else 1
+    if again == nodes:
+        return (f"[green]already submitted[/green]: the {nodes} nodes of session {session_id} hold this very input "
+                f"(same content, version {version}); nothing changed")
+    held = f" ({again} held it already)" if again else ""
+    if any(r.get("replaced") is not None for r in results) or version > 1:
+        return f"[green]replaced[/green] version {version} at {nodes}/{nodes} nodes of session {session_id}{held}"
+    return f"[green]submitted[/green] to {nodes} nodes of session {session_id}{held}"
 
 
 def _json_text(res: dict[str, Any]) -> str:

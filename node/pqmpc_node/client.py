@@ -14,6 +14,13 @@ Submitting (:meth:`SessionClient.submit_rows`, :meth:`SessionClient.submit_model
    shares to its KEM key and sign with the owner's ML-DSA key.
 5. Post every envelope, retrying transient failures; a 409 ``replay`` with
    ``alreadyAccepted`` means an earlier attempt landed, so retries are idempotent.
+   Every party is tried; when only some took it, :class:`PartialSubmitError` says which,
+   and the same submission again completes it.
+
+The envelopes' signed input id carries a version (:meth:`SessionClient.choose_version`,
+from what the nodes hold: the same content keeps its version, ``replace=True`` sends
+other content as the next version) and, for a table too large for one envelope, the
+part number and count (:mod:`pqmpc_node.input_parts`, ``part_bytes``).
 
 Collecting (:meth:`SessionClient.collect_result`): fetch the sealed output of every
 party, open each with the recipient's KEM key (sender: the node's certified identity),
@@ -64,6 +71,8 @@ from pqmpc_node.crypto.transparency import LogBundle, LogForkError, LogVerifier,
 from pqmpc_node.gateway.routing import external_name
 from pqmpc_node.net.https import peer_certificate, pq_transport
 from pqmpc_node.output_scale import output_decimals, rounded_text
+from pqmpc_node.input_ids import InputId, InputIdError
+from pqmpc_node.input_parts import DEFAULT_PART_BYTES, PART_HEADROOM, split_rows
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.domain import Domain
 from pqmpc_node.mpc.numerics import decode_fractions, exact_text
@@ -86,6 +95,7 @@ from pqmpc_node.plan import PlanError, PlanParty, SessionPlan, parse_signed_plan
 __all__ = [
     "ClientError",
     "Identity",
+    "PartialSubmitError",
     "NodeClient",
     "SessionClient",
     "fetch_verified_keys",
@@ -108,6 +118,21 @@ class ClientError(Exception):
     def __init__(self, message: str, reason: str = "error") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class PartialSubmitError(ClientError):
+    """Some parties took the input and others did not (:meth:`SessionClient.post_sealed`); a re-run completes it."""
+
+    def __init__(self, results: Sequence[Mapping[str, Any]], failed: Mapping[str, ClientError], nodes: int) -> None:
+        held = sorted({str(r["node"]) for r in results if r.get("complete") or r.get("alreadyAccepted")})
+        why = "; ".join(f"{node}: {exc}" for node, exc in failed.items())
+        super().__init__(f"the input is held at {len(held)}/{nodes} nodes ({', '.join(held) or 'none'}); not at "
+                         f"{', '.join(failed)}: {why}. Run the same command again to complete it (the nodes that hold "
+                         "it answer 'already', the others take it); the session does not compute on a mix",
+                         next(iter(failed.values())).reason)
+        self.results = list(results)
+        self.failed = dict(failed)
+        self.held = held
 
 
 @dataclass(frozen=True)
@@ -469,11 +494,12 @@ def fetch_verified_keys(
 class _InputDerivation:
     """What an owner's input derives from its content, keyed with the owner's secret seed.
 
-    * ``input_id`` (``input/<owner>/<tag>``, in the signed envelope header): the tag is an
-      HMAC of the session id and the validated content under a key only the owner holds,
-      so a node can tell "the same content again" (a re-run of the same ``pqmpc submit``:
-      idempotent, reported as already accepted) from "other content" (refused), and
-      learns nothing about the data (no guessable hash of a small table).
+    * ``tag`` (in the signed input id ``input/<owner>/<tag>/v<N>[/part-<i>-of-<k>]``,
+      :class:`~pqmpc_node.input_ids.InputId`): an HMAC of the session id and the validated
+      content under a key only the owner holds, so a node can tell "the same content
+      again" (a re-run of the same ``pqmpc submit``: idempotent, reported as already
+      accepted) from "other content" (refused, unless it is a replacement: a higher
+      version), and learns nothing about the data (no guessable hash of a small table).
     * the sharing randomness: a PRF of the owner's secret, the session's terms and the
       content, so re-sealing the same content gives every node the *same* shares as
       before. A re-run after one node accepted and another failed therefore completes
@@ -481,8 +507,13 @@ class _InputDerivation:
       (parties, program), gets independent randomness.
     """
 
-    input_id: str
+    owner: str
+    tag: str
     sharing_key: bytes = field(repr=False)
+
+    def id_of(self, version: int, part: int = 1, parts: int = 1) -> InputId:
+        """The signed id of this content as version ``version``, part ``part`` of ``parts``."""
+        return InputId(self.owner, self.tag, version, part, parts)
 
     @classmethod
     def of(cls, identity: Identity, plan: SessionPlan, kind: str,
@@ -497,7 +528,7 @@ class _InputDerivation:
                        hashlib.sha256).hexdigest()[:32]
         sharing = hmac.new(owner_key, b"sharing\x00" + plan.session_id.encode() + b"\x00" +
                            plan.terms_digest().encode() + b"\x00" + content.digest(), hashlib.sha256).digest()
-        return cls(f"input/{identity.name}/{tag}", sharing)
+        return cls(identity.name, tag, sharing)
 
     def sharing_random(self) -> AesCtrRandom:
         return AesCtrRandom(self.sharing_key)
@@ -584,6 +615,8 @@ class SessionClient:
         self.suite = get_suite(self.plan.suite)  # signed into the plan: every algorithm follows from it
         self.domain_name = domain_for(self.plan.sharing, self.plan.security)
         self._parties: list[_Party] | None = None
+        self.phases: dict[str, str] = {}
+        """Each reachable party's session phase, as :meth:`held_inputs` last read it."""
 
     def close(self) -> None:
         """Close the HTTP connections this client opened."""
@@ -763,10 +796,10 @@ class SessionClient:
     def _seal(self, identity: Identity, party: _Party, payload: bytes, input_id: str | None = None) -> bytes:
         """Seal ``payload`` to ``party`` as ``identity``'s input ``input_id`` (:class:`_InputDerivation`; an
         untagged ``input/<owner>`` when left out, which a node can never take for a re-run)."""
-        if len(payload) > MAX_ENVELOPE_BYTES - 64 * 1024:
+        if len(payload) > MAX_ENVELOPE_BYTES - PART_HEADROOM:
             raise ClientError(f"the share for node {party.plan.node_id} is {len(payload) / 2**20:.1f} MiB; one input "
-                              f"envelope holds at most {MAX_ENVELOPE_BYTES >> 20} MiB and a session takes one input "
-                              "per owner: submit fewer rows (or fewer columns) to this session", "too_large")
+                              f"envelope holds at most {MAX_ENVELOPE_BYTES >> 20} MiB and only a table is sent in "
+                              "parts: ask for a session with a smaller model", "too_large")
         header = EnvelopeHeader(
             suite=self.suite.name, session_id=self.session_id, node_id=party.plan.node_id,
             party_index=party.plan.index, input_id=input_id or f"input/{identity.name}", key_epoch=party.kem.epoch,
@@ -777,17 +810,26 @@ class SessionClient:
                              sender_key=identity.signing_key)
 
     def submit_rows(self, identity: Identity, columns: Mapping[str, Sequence[str]],
-                    progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                    progress: Callable[[str], None] | None = None, *, replace: bool = False) -> list[dict[str, Any]]:
         """Validate, share, seal and post a table (see the module docstring)."""
-        return self.post_sealed(self.seal_rows(identity, columns), progress)
+        return self.post_sealed(self.seal_rows(identity, columns, replace=replace), progress)
 
     def seal_rows(self, identity: Identity, columns: Mapping[str, Sequence[str]],
-                  progress: ProgressFn | None = None) -> list[tuple[_Party, bytes]]:
-        """Validate, share and seal a table: one envelope per party, nothing sent yet.
+                  progress: ProgressFn | None = None, *, replace: bool = False,
+                  part_bytes: int = DEFAULT_PART_BYTES) -> list[tuple[_Party, bytes]]:
+        """Validate, share and seal a table: its envelopes for every party, nothing sent yet.
 
-        ``progress`` hears ``checking values`` (per value) and ``sealing`` (per party).
+        A node's share larger than ``part_bytes`` (default: what fits one envelope,
+        :data:`~pqmpc_node.input_parts.DEFAULT_PART_BYTES`; lower it for a proxy with a
+        smaller body limit, or in tests) is split into parts of at most that many bytes,
+        each sealed with its index and the part count in its signed input id; every
+        party gets the same parts (rows in order). ``replace``: see :meth:`choose_version`.
+        ``progress`` hears ``checking values`` (per value), ``secret-sharing`` and
+        ``sealing`` (per envelope).
         """
         self._owner(identity, "data")
+        if not 1024 <= part_bytes <= DEFAULT_PART_BYTES:
+            raise ClientError(f"the part size must be 1024..{DEFAULT_PART_BYTES} bytes, got {part_bytes}", "bad_part_size")
         values = self.validate_rows(columns, progress)
         names = [f.name for f in self.plan.data_fields()]
         rows = len(values[names[0]])
@@ -802,27 +844,33 @@ class SessionClient:
         shared = self._share(arrays, derived.sharing_random())
         if progress is not None:
             progress("secret-sharing", 1, 1)
-        payloads = [InputPayload("rows", self.domain_name, cols, {}, rows, tags, key).encode()
-                    for cols, tags, key in shared]
-        return self._seal_all(identity, payloads, derived.input_id, progress)
+        per_party = [split_rows(InputPayload("rows", self.domain_name, cols, {}, rows, tags, key), part_bytes)
+                     for cols, tags, key in shared]
+        version = self.choose_version(identity, derived.tag, replace=replace, parts=len(per_party[0]))
+        return self._seal_all(identity, [[p.encode() for p in parts] for parts in per_party], derived, version,
+                              progress)
 
-    def _seal_all(self, identity: Identity, payloads: Sequence[bytes], input_id: str,
-                  progress: ProgressFn | None) -> list[tuple[_Party, bytes]]:
+    def _seal_all(self, identity: Identity, payloads: Sequence[Sequence[bytes]], derived: _InputDerivation,
+                  version: int, progress: ProgressFn | None) -> list[tuple[_Party, bytes]]:
+        """Seal every party's parts (``payloads[party index]``, in part order) as ``version`` of ``derived``."""
         parties = self.parties()
+        total = sum(len(payloads[p.plan.index]) for p in parties)
         sealed = []
-        for done, p in enumerate(parties, start=1):
-            sealed.append((p, self._seal(identity, p, payloads[p.plan.index], input_id)))
-            if progress is not None:
-                progress("sealing", done, len(parties))
+        for p in parties:
+            parts = payloads[p.plan.index]
+            for i, payload in enumerate(parts, start=1):
+                sealed.append((p, self._seal(identity, p, payload, derived.id_of(version, i, len(parts)).text())))
+                if progress is not None:
+                    progress("sealing", len(sealed), total)
         return sealed
 
     def submit_model(self, identity: Identity, params: Mapping[str, Any],
-                     progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                     progress: Callable[[str], None] | None = None, *, replace: bool = False) -> list[dict[str, Any]]:
         """Validate, share, seal and post the model parameters of a linearScore / mlp session."""
-        return self.post_sealed(self.seal_model(identity, params), progress)
+        return self.post_sealed(self.seal_model(identity, params, replace=replace), progress)
 
     def seal_model(self, identity: Identity, params: Mapping[str, Any],
-                   progress: ProgressFn | None = None) -> list[tuple[_Party, bytes]]:
+                   progress: ProgressFn | None = None, *, replace: bool = False) -> list[tuple[_Party, bytes]]:
         """Validate, share and seal model parameters: one envelope per party, nothing sent yet."""
         self._owner(identity, "model")
         shapes = model_shapes(self.plan.execution_plan())
@@ -836,21 +884,100 @@ class SessionClient:
                                   "bad_shape")
             arrays[name] = a
         derived = _InputDerivation.of(identity, self.plan, "model", arrays)
-        payloads = [InputPayload("model", self.domain_name, {}, params_i, 0, tags, key).encode()
+        payloads = [[InputPayload("model", self.domain_name, {}, params_i, 0, tags, key).encode()]
                     for params_i, tags, key in self._share(arrays, derived.sharing_random(), model=True)]
-        return self._seal_all(identity, payloads, derived.input_id, progress)
+        version = self.choose_version(identity, derived.tag, replace=replace, parts=1)
+        return self._seal_all(identity, payloads, derived, version, progress)
+
+    # -- versions -----------------------------------------------------------------------
+
+    def held_inputs(self, owner: str) -> dict[str, list[tuple[InputId, int]]]:
+        """What each reachable party holds of ``owner``'s input: node id -> [(input id, parts)], the held version
+        (parts 1) and a version still arriving in parts. From each node's session status."""
+        found: dict[str, list[tuple[InputId, int]]] = {}
+        self.phases = {}
+        for party in self.parties():
+            try:
+                status = party.client.get_json(f"/v1/sessions/{self.session_id}")
+            except ClientError:
+                continue  # unreachable now: its post will say so
+            if isinstance(status, dict) and isinstance(status.get("phase"), str):
+                self.phases[party.plan.node_id] = status["phase"]
+            ids: list[tuple[InputId, int]] = []
+            for entry in status.get("inputs", []) if isinstance(status, dict) else []:
+                if not isinstance(entry, dict) or entry.get("owner") != owner:
+                    continue
+                arriving = entry.get("arriving")
+                for text, parts in ((entry.get("inputId"), 1),
+                                    *(((arriving.get("inputId"), arriving.get("parts")),) if isinstance(arriving, dict)
+                                      else ())):
+                    if isinstance(text, str) and isinstance(parts, int):
+                        try:
+                            ids.append((InputId.parse(text, owner), parts))
+                        except InputIdError:
+                            continue
+            found[party.plan.node_id] = ids
+        return found
+
+    def choose_version(self, identity: Identity, tag: str, *, replace: bool, parts: int) -> int:
+        """The version to seal this content as, from what the parties hold of this owner (:meth:`held_inputs`).
+
+        The same content already held (at any party, even in part) keeps its version, so a
+        re-run completes it; content other than what a party holds needs a version above
+        every version held (a replacement) and is refused here unless ``replace``: the
+        nodes would refuse it anyway, and nothing is sent. Nothing held: version 1.
+        """
+        ours, others, resplit = 0, 0, 0
+        other_at: list[str] = []
+        for node, ids in self.held_inputs(identity.name).items():
+            for held, held_parts in ids:
+                if held.tag == tag and held_parts in (1, parts):
+                    ours = max(ours, held.version)
+                elif held.tag == tag:  # this content arriving in another number of parts (another --part-size)
+                    resplit = max(resplit, held.version)
+                else:
+                    others = max(others, held.version)
+                    other_at.append(f"{node} (version {held.version})")
+        others_or_resplit = max(others, resplit)
+        closed = {node: phase for node, phase in self.phases.items() if phase != "AwaitingInputs"}
+        if others and closed:
+            node, phase = next(iter(closed.items()))
+            raise ClientError(f"session {self.session_id} is {phase} at {node}; inputs are closed: an input can be "
+                              "replaced only while the session awaits inputs", "inputs_closed")
+        if others and not replace:
+            raise ClientError(f"{identity.name!r} already delivered a different input to session {self.session_id} "
+                              f"(held at {', '.join(other_at)}); to replace it with this data, run the same `pqmpc "
+                              "submit` with --replace (it is replaced at every node before the session computes)",
+                              "duplicate_input")
+        return ours if ours > others_or_resplit else others_or_resplit + 1
+
+    # -- posting ------------------------------------------------------------------------
 
     def post_sealed(self, sealed: Sequence[tuple[_Party, bytes]],
                     progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-        """Post sealed envelopes, one per party, retrying idempotently."""
-        results = []
+        """Post sealed envelopes (a party's parts in order), retrying idempotently; every party is tried.
+
+        Returns each envelope's answer (``node``: which party). When some party did not
+        take its envelopes, raises :class:`PartialSubmitError` listing which did and why
+        the others did not: a re-run of the same submission completes it (the parties that
+        hold it answer ``alreadyAccepted``).
+        """
+        results: list[dict[str, Any]] = []
+        failed: dict[str, ClientError] = {}
         for party, env in sealed:
-            results.append(self._post_with_retry(party, env))
+            node = party.plan.node_id
+            if node not in failed:
+                try:
+                    results.append({**self._post_with_retry(party, env), "node": node})
+                except ClientError as exc:
+                    failed[node] = exc
             if progress is not None:
-                progress(party.plan.node_id)
+                progress(node)
+        if failed:
+            raise PartialSubmitError(results, failed, len({p.plan.node_id for p, _ in sealed}))
         return results
 
-    def _post_with_retry(self, party: _Party, envelope: bytes, attempts: int = 5) -> dict[str, Any]:
+    def _post_with_retry(self, party: _Party, envelope: bytes, attempts: int = 6) -> dict[str, Any]:
         delay = 0.2
         for attempt in range(attempts):
             try:
@@ -865,12 +992,15 @@ class SessionClient:
                 return dict(r.json())
             err = NodeClient._error(r)
             try:
-                already = bool(r.json()["error"].get("alreadyAccepted"))
+                body = r.json()["error"]
+                already = bool(body.get("alreadyAccepted"))
+                version = body.get("version")
             except (ValueError, KeyError, TypeError, AttributeError):
-                already = False
+                already, version = False, None
             if r.status_code == 409 and already:
-                return {"owner": "", "accepted": True, "alreadyAccepted": True, "node": party.plan.node_id}
-            if r.status_code >= 500 and attempt < attempts - 1:
+                return {"owner": "", "accepted": True, "alreadyAccepted": True, "node": party.plan.node_id,
+                        "version": version, "complete": True}
+            if r.status_code >= 500 and attempt < attempts - 1:  # 503 inputs_busy: the parties are committing
                 time.sleep(delay)
                 delay *= 2
                 continue

@@ -13,12 +13,19 @@ Life of a session here (phases as in ``MPCSession.status.phase``):
 2. Data owners post sealed input envelopes (:meth:`SessionManager.accept_input`): checked
    (sender key from the plan, signature, epoch, replay), opened, validated against the
    declared fields, and the *sealed* envelope is kept under ``PQMPC_STATE_DIR`` until
-   the session ends. When every owner has delivered and the material is here (its row
+   the session ends. An owner may replace its input with a higher signed version, and
+   send a large table in parts (:mod:`pqmpc_node.input_versions`,
+   :mod:`pqmpc_node.input_parts`: the held version is swapped atomically once the new
+   one is complete). When every owner has delivered and the material is here (its row
    counts must match the inputs'), computing starts; the status reports ``inputRows``
    and ``awaitingPreprocessing`` for the dealer.
 3. ``Computing``: the party with the lower index dials each peer over a PQ mutual-TLS
    :class:`~pqmpc_node.net.link.PeerLink`, the peer's certificate must name the node
-   the plan names with the plan's fingerprint; the engine runs the program over a
+   the plan names with the plan's fingerprint (a party still lacking an input is woken
+   by a peer's dial and joins). The attempt begins with the parties agreeing on which
+   content of every owner's input each holds (:mod:`pqmpc_node.input_agreement`); until
+   they do, nobody computes and inputs reopen for the owner to complete a replacement.
+   Then the engine runs the program over a
    :class:`~pqmpc_node.net.pq_channel.PqChannel` (:func:`pqmpc_node.engine.execute`:
    owners' inputs authenticated, program, every opening MAC-checked before outputs).
    The attempt's preprocessing provider is made first: the dealt material, or a
@@ -55,6 +62,7 @@ import enum
 import hashlib
 import hmac
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -85,6 +93,10 @@ from pqmpc_node.dealer import (
     open_preprocessing,
     party_provider,
 )
+from pqmpc_node.input_agreement import OwnerView, PartyView, agree_inputs, encode_view
+from pqmpc_node.input_ids import InputId, InputIdError
+from pqmpc_node.input_parts import assemble
+from pqmpc_node.input_versions import Decision, Pending, decide
 from pqmpc_node.engine import CompiledSession, PartyInputs, RunOutcome, compile_session, execute
 from pqmpc_node.keystore import NodeKeys
 from pqmpc_node.metrics import NodeMetrics
@@ -190,19 +202,41 @@ ADDITIVE_LOST = ("additive sharing needs every party, so the session ends here; 
 """Why an additive session ends on a lost party (the node's message; the operator's NodeLost says the same)."""
 
 
+POKE_AFTER_S = 1.0
+"""How long a party waits for a lower party's link before dialing it once to wake it (:meth:`SessionManager._poke`)."""
+
+
 class ForkedPeerError(ValueError):
     """A peer's CA-signed transparency log forks from this node's: the two were shown different histories."""
 
 
-def _same_input(input_id: str, accepted_id: str) -> bool:
-    """Whether an envelope's input id names the content of the input accepted from its owner.
+@dataclass
+class _PartsArriving:
+    """A version of one owner's input whose parts are still arriving at this node (:mod:`pqmpc_node.input_parts`)."""
 
-    The client names an input ``input/<owner>/<tag>``, the tag a keyed digest of its
-    content (:class:`pqmpc_node.client._InputDerivation`): the same tag is the same
-    content submitted again (a re-run of the same command), which is already accepted.
-    An untagged id (``input/<owner>``) never matches: its content cannot be told.
-    """
-    return input_id.count("/") >= 2 and hmac.compare_digest(input_id.encode(), accepted_id.encode())
+    id: InputId
+    """The whole input's id (its ``parts`` is 1); ``parts`` below is the signed part count."""
+    parts: int
+    payloads: dict[int, InputPayload] = field(default_factory=dict, repr=False)
+    digests: set[str] = field(default_factory=set)
+
+    def pending(self) -> Pending:
+        return Pending(InputId(self.id.owner, self.id.tag, self.id.version, 1, self.parts), frozenset(self.payloads))
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically: a temporary file, fsync, rename over; the old file stays if anything fails."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself survives a crash
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -219,9 +253,18 @@ class SessionRuntime:
     reason: str = ""
     message: str = ""
     inputs: dict[str, InputPayload] = field(default_factory=dict, repr=False)
-    input_digests: dict[str, str] = field(default_factory=dict)
-    input_ids: dict[str, str] = field(default_factory=dict)
-    """The accepted envelope's input id per owner; the client puts a keyed tag of the content into it."""
+    """Each owner's held (complete) input; a table sent in parts is held assembled."""
+    input_digests: dict[str, set[str]] = field(default_factory=dict)
+    """SHA-256 of every envelope of each owner's held version (an exact re-post is idempotent)."""
+    input_ids: dict[str, InputId] = field(default_factory=dict)
+    """The held version's id per owner (content tag, version); outlives the inputs a run consumed."""
+    arriving: dict[str, _PartsArriving] = field(default_factory=dict, repr=False)
+    """Per owner, a version whose parts are still arriving (not used until complete)."""
+    inputs_frozen: bool = False
+    """The parties are committing to their inputs (:mod:`pqmpc_node.input_agreement`): hold new ones back."""
+    inputs_changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    disagreement: str = ""
+    """Why the parties wait instead of computing (different versions held), while they do."""
     outputs: dict[str, bytes] = field(default_factory=dict, repr=False)
     attempts: int = 0
     live: tuple[int, ...] = ()
@@ -243,6 +286,19 @@ class SessionRuntime:
         """Rows each data owner delivered (public: every party holds shares of this length)."""
         return {o: p.rows for o, p in self.inputs.items() if p.kind == "rows"}
 
+    def _input_status(self, owner: str, role: str) -> dict[str, Any]:
+        """One owner's input here: held (``received``, ``version``, ``inputId``) and a version arriving in parts."""
+        held = self.input_ids.get(owner)
+        arriving = self.arriving.get(owner)
+        return {
+            "owner": owner, "role": role, "received": owner in self.inputs,
+            "version": held.version if held is not None else None,
+            "inputId": held.text() if held is not None else None,
+            "arriving": None if arriving is None else {
+                "version": arriving.id.version, "inputId": arriving.id.text(), "parts": arriving.parts,
+                "partsReceived": len(arriving.payloads)},
+        }
+
     def status(self) -> dict[str, Any]:
         """The public status document (no secrets, no results)."""
         p = self.plan
@@ -257,7 +313,8 @@ class SessionRuntime:
             "parties": len(p.parties),
             "sharing": p.sharing,
             "security": p.security,
-            "inputs": [{"owner": i.owner, "role": i.role, "received": i.owner in self.inputs} for i in p.inputs],
+            "inputs": [self._input_status(i.owner, i.role) for i in p.inputs],
+            "inputsAgreement": self.disagreement,
             "inputRows": self.input_rows(),
             "preprocessing": p.preprocessing,
             "preprocessingReceived": self.material is not None,
@@ -311,6 +368,7 @@ class SessionManager:
         self.replay = ReplayGuard()
         self._server: asyncio.Server | None = None
         self._accepting: set[asyncio.Task[None]] = set()
+        self._pokes: set[asyncio.Task[None]] = set()
 
     # -- plans ------------------------------------------------------------------------
 
@@ -330,7 +388,8 @@ class SessionManager:
             self.metrics.plans_refused.labels("wrong_suite").inc()
             raise SessionError(f"the plan is for suite {plan.suite.value}, but this node's pool runs "
                                f"{self.keys.suite.name.value}", reason="wrong_suite", status=422)
-        if held is not None and held.phase is not Phase.AWAITING_INPUTS:
+        if held is not None and (held.phase is not Phase.AWAITING_INPUTS
+                                 or (held.task is not None and not held.task.done())):
             raise SessionError(f"session {plan.session_id} is already {held.phase.value}; a re-plan cannot replace it",
                                reason="session_running", status=409)
         party = plan.party_of(self.node_id)
@@ -348,6 +407,7 @@ class SessionManager:
             # Same parties, program, fields and outputs, no later deadline (the operator re-sent
             # the plan): the owners consented to these terms, so the inputs accepted stay.
             rt.inputs, rt.input_digests, rt.input_ids = held.inputs, held.input_digests, held.input_ids
+            rt.arriving = held.arriving
         elif held is not None and held.inputs:
             # Other terms: an input is valid only under the plan its owner sealed it for.
             log.info("session %s: plan generation %d changes the session's terms; dropping the %d input(s) "
@@ -378,37 +438,53 @@ class SessionManager:
 
     # -- inputs -----------------------------------------------------------------------
 
-    def _refuse_repeats(self, rt: SessionRuntime, h: EnvelopeHeader, data: bytes) -> None:
-        """Refuse an input this session already holds (the same one: idempotent; another: not replaceable yet)."""
+    def _screen(self, rt: SessionRuntime, h: EnvelopeHeader, data: bytes) -> tuple[InputId, str]:
+        """Cheap checks before opening: an exact re-post, and the version rules (:func:`decide`).
+
+        Returns the envelope's parsed input id and the SHA-256 of its bytes; raises
+        :class:`InputRejected` (with ``alreadyAccepted`` when nothing needs to change).
+        """
         plan = rt.plan
-        if rt.input_digests.get(h.sender) == hashlib.sha256(data).hexdigest():
+        digest = hashlib.sha256(data).hexdigest()
+        arriving = rt.arriving.get(h.sender)
+        if digest in rt.input_digests.get(h.sender, set()) or (arriving is not None and digest in arriving.digests):
             # The very envelope accepted before (a client's retry, even after the session ended
             # and its replay ids were forgotten): idempotent, nothing changes.
             raise InputRejected(
-                f"input {h.input_id!r} from {h.sender!r} was already accepted in session {rt.plan.session_id!r}",
-                reason=ReplayError.reason, status=409, extra={"alreadyAccepted": True},
+                f"input {h.input_id!r} from {h.sender!r} was already accepted in session {plan.session_id!r}",
+                reason=ReplayError.reason, status=409, extra={"alreadyAccepted": True, **self._held_extra(rt, h.sender)},
             )
-        if _same_input(h.input_id, rt.input_ids.get(h.sender, "")):  # input_ids outlive the inputs a run consumed
-            raise InputRejected(f"{h.sender!r} already delivered this very input (same content) to session "
-                                f"{rt.plan.session_id}", reason="already_accepted", status=409,
-                                extra={"alreadyAccepted": True})
-        if h.sender in rt.inputs:
-            raise InputRejected(
-                f"{h.sender!r} already delivered a different input to session {rt.plan.session_id}; replacing an accepted "
-                "input is not supported yet: to submit other data, the MPCSession must be deleted and created "
-                "again (every owner then submits again)", reason="duplicate_input", status=409,
-                extra={"alreadyAccepted": False})
+        try:
+            incoming = InputId.parse(h.input_id, h.sender)
+        except InputIdError as exc:
+            raise InputRejected(str(exc), reason="bad_input_id", status=422) from None
+        decision: Decision = decide(incoming, held=rt.input_ids.get(h.sender),
+                                    pending=None if arriving is None else arriving.pending(),
+                                    open_for_inputs=rt.phase is Phase.AWAITING_INPUTS,
+                                    closed_because=f"session {plan.session_id} is {rt.phase.value}")
+        if decision.action == "already":
+            raise InputRejected(f"{decision.message} in session {plan.session_id}", reason="already_accepted",
+                                status=409, extra={"alreadyAccepted": True, **self._held_extra(rt, h.sender)})
+        if decision.action == "refuse":
+            raise InputRejected(decision.message, reason=decision.reason, status=decision.status,
+                                extra={"alreadyAccepted": False, **self._held_extra(rt, h.sender)})
         if self.replay.seen(plan.session_id, h.sender, h.input_id):  # the same id, other bytes
             raise InputRejected(
-                f"input {h.input_id!r} from {h.sender!r} was already accepted in session {rt.plan.session_id!r}",
+                f"input {h.input_id!r} from {h.sender!r} was already accepted in session {plan.session_id!r}",
                 reason=ReplayError.reason, status=409, extra={"alreadyAccepted": False},
             )
-        if rt.phase is not Phase.AWAITING_INPUTS:
-            raise InputRejected(f"session {rt.plan.session_id} is {rt.phase.value}; inputs are closed",
-                                reason="inputs_closed", status=409)
+        if rt.inputs_frozen:
+            raise InputRejected(f"the parties of session {plan.session_id} are committing to their inputs this "
+                                "moment; retry in a second", reason="inputs_busy", status=503)
+        return incoming, digest
+
+    @staticmethod
+    def _held_extra(rt: SessionRuntime, owner: str) -> dict[str, Any]:
+        held = rt.input_ids.get(owner)
+        return {} if held is None else {"version": held.version}
 
     def _decode_input(self, rt: SessionRuntime, sender: str, plaintext: bytes) -> InputPayload:
-        """An opened input's payload, checked against what the plan declares for its owner."""
+        """An opened input's payload (one part of it, for a table in parts), checked against the plan's declarations."""
         plan = rt.plan
         owner = plan.input_of(sender)
         domain: DomainName = domain_for(plan.sharing, plan.security)
@@ -417,31 +493,43 @@ class SessionManager:
                                           keyed=plan.security == "malicious")
             if payload.kind != "rows":
                 raise PayloadError("a data owner must send rows")
-            if payload.rows > plan.max_rows_per_owner:
-                raise InputRejected(
-                    f"{sender!r} sent {payload.rows} rows; the session accepts at most {plan.max_rows_per_owner} "
-                    "per owner (spec.maxRowsPerOwner, which the program's numbers are proven for): split the data "
-                    "or ask for a session with a larger maxRowsPerOwner", reason="too_many_rows", status=422)
         else:
             shapes = model_shapes(rt.compiled.program)
             payload = InputPayload.decode(plaintext, domain=domain, model_shapes=shapes,
                                           keyed=plan.security == "malicious")
             if payload.kind != "model":
                 raise PayloadError("the model owner must send model parameters")
-        if rt.material is not None and payload.kind == "rows" and rt.material.rows.get(sender) != payload.rows:
-            raise InputRejected(
-                f"{sender!r} sent {payload.rows} rows; the session's preprocessing was dealt for "
-                f"{rt.material.rows.get(sender)}", reason="rows_mismatch", status=422)
         return payload
 
+    def _check_rows(self, rt: SessionRuntime, sender: str, payload: InputPayload) -> None:
+        """A whole input's row count (a table in parts: assembled) against maxRowsPerOwner and dealt material."""
+        plan = rt.plan
+        if payload.kind != "rows":
+            return
+        if payload.rows > plan.max_rows_per_owner:
+            raise InputRejected(
+                f"{sender!r} sent {payload.rows} rows; the session accepts at most {plan.max_rows_per_owner} "
+                "per owner (spec.maxRowsPerOwner, which the program's numbers are proven for): split the data "
+                "or ask for a session with a larger maxRowsPerOwner", reason="too_many_rows", status=422)
+        if rt.material is not None and rt.material.rows.get(sender) != payload.rows:
+            raise InputRejected(
+                f"{sender!r} sent {payload.rows} rows; the session's preprocessing was dealt for "
+                f"{rt.material.rows.get(sender)} (a replacement keeps the row count once the material is dealt)",
+                reason="rows_mismatch", status=422)
+
     def accept_input(self, session_id: str, data: bytes) -> dict[str, Any]:
-        """Check, open and keep (sealed) one input envelope; see the module docstring, step 2."""
+        """Check, open and keep (sealed) one input envelope, a whole input or one part of it.
+
+        See the module docstring, step 2, and :mod:`pqmpc_node.input_versions` for
+        replacements: a higher signed version replaces the held input atomically (the
+        held one stays until the new one is complete and stored).
+        """
         rt = self.get(session_id)
         plan = rt.plan
         try:
             env = SealedEnvelope.from_bytes(data)
             h = env.header
-            self._refuse_repeats(rt, h, data)
+            incoming, digest = self._screen(rt, h, data)
             senders = {i.owner: self.keys.suite.signature.public_key_from_bytes(i.identity) for i in plan.inputs}
             opened = open_envelope(
                 data, suite=self.keys.suite, session_id=plan.session_id, plan=plan.binding(), node_id=self.node_id,
@@ -449,6 +537,24 @@ class SessionManager:
                 senders=senders, keys=self.keys.ring, replay_guard=ReplayGuard(), now=self.clock(),
             )
             payload = self._decode_input(rt, h.sender, opened.plaintext)
+            if incoming.parts > 1 and payload.kind != "rows":
+                raise PayloadError("only a table is sent in parts; model parameters travel in one envelope")
+            arriving: _PartsArriving | None = None
+            whole: InputPayload | None = payload
+            if incoming.parts > 1:
+                arriving = rt.arriving.get(h.sender)
+                if arriving is None or arriving.id.version != incoming.version:
+                    arriving = _PartsArriving(incoming.whole(), incoming.parts)  # a newer version supersedes older parts
+                got = {**arriving.payloads, incoming.part: payload}
+                so_far = sum(p.rows for p in got.values())
+                if so_far > plan.max_rows_per_owner or incoming.parts > plan.max_rows_per_owner:
+                    raise InputRejected(  # checked as parts arrive: memory stays bounded by the session's limit
+                        f"{h.sender!r}'s parts hold {so_far} rows so far in {incoming.parts} parts; the session "
+                        f"accepts at most {plan.max_rows_per_owner} rows per owner (spec.maxRowsPerOwner)",
+                        reason="too_many_rows", status=422)
+                whole = assemble([got[i] for i in range(1, incoming.parts + 1)]) if len(got) == incoming.parts else None
+            if whole is not None:
+                self._check_rows(rt, h.sender, whole)
         except EnvelopeError as exc:
             self.metrics.envelopes_refused.labels(exc.reason).inc()
             raise InputRejected(str(exc), reason=exc.reason, status=422 if isinstance(exc, MalformedEnvelopeError) else 403) from None
@@ -459,19 +565,57 @@ class SessionManager:
             self.metrics.envelopes_refused.labels("bad_payload").inc()
             raise InputRejected(f"input does not match the session's declarations: {exc}", reason="bad_payload",
                                 status=422) from None
+        try:
+            self._store_envelope(plan.session_id, incoming, data)
+            if whole is not None:
+                self._store_held(plan.session_id, incoming.owner, incoming.version)
+        except OSError as exc:
+            self.metrics.envelopes_refused.labels("storage_error").inc()
+            raise InputRejected(f"the node could not store the input ({exc.strerror or exc}); retry",
+                                reason="storage_error", status=503) from None
         self.replay.record(plan.session_id, h.sender, h.input_id)
         if h.key_epoch != plan.party_of(self.node_id).kem_epoch:
             self.keys.ring.fence(self._fence_id(plan.session_id, h.key_epoch), h.key_epoch)
-        rt.inputs[h.sender] = payload
-        rt.input_digests[h.sender] = hashlib.sha256(data).hexdigest()
-        rt.input_ids[h.sender] = h.input_id
-        inputs_dir = self._session_dir(plan.session_id) / "inputs"
-        inputs_dir.mkdir(parents=True, exist_ok=True)
-        (inputs_dir / f"{hashlib.sha256(h.sender.encode()).hexdigest()[:32]}.sealed").write_bytes(data)
+        previous = rt.input_ids.get(h.sender)
+        if whole is None and arriving is not None:
+            arriving.payloads[incoming.part] = payload
+            arriving.digests.add(digest)
+            rt.arriving[h.sender] = arriving
+        elif whole is not None:
+            rt.inputs[h.sender] = whole
+            rt.input_ids[h.sender] = incoming.whole()
+            rt.input_digests[h.sender] = {digest} | (arriving.digests if arriving is not None else set())
+            rt.arriving.pop(h.sender, None)  # any version still arriving is older than this one (decide)
+            if previous is not None:
+                log.info("session %s: %s replaced its input version %d with version %d", plan.session_id, h.sender,
+                         previous.version, incoming.version)
+        rt.inputs_changed.set()
         self.metrics.envelopes_accepted.inc()
         self._maybe_start(rt)
+        here = rt.arriving.get(h.sender)
         return {"sessionId": session_id, "owner": h.sender, "inputId": h.input_id, "keyEpoch": h.key_epoch,
-                "accepted": True, "phase": rt.phase.value}
+                "accepted": True, "phase": rt.phase.value, "version": incoming.version, "part": incoming.part,
+                "parts": incoming.parts, "complete": whole is not None,
+                "partsReceived": incoming.parts if whole is not None else len(here.payloads) if here else 0,
+                "replaced": previous.version if whole is not None and previous is not None else None}
+
+    def _owner_dir(self, session_id: str, owner: str) -> Path:
+        return self._session_dir(session_id) / "inputs" / hashlib.sha256(owner.encode()).hexdigest()[:32]
+
+    def _store_envelope(self, session_id: str, incoming: InputId, data: bytes) -> None:
+        """Keep one accepted (sealed) envelope under its owner's version directory, durably."""
+        vdir = self._owner_dir(session_id, incoming.owner) / f"v{incoming.version}"
+        vdir.mkdir(parents=True, exist_ok=True)
+        _write_durably(vdir / f"part-{incoming.part}-of-{incoming.parts}.sealed", data)
+
+    def _store_held(self, session_id: str, owner: str, version: int) -> None:
+        """Make ``version`` the owner's held input on disk: the ``held`` pointer is replaced atomically, then the
+        other versions' envelopes are deleted (a crash in between leaves both, never neither)."""
+        odir = self._owner_dir(session_id, owner)
+        _write_durably(odir / "held", f"{version}\n".encode())
+        for other in odir.glob("v*"):
+            if other.name != f"v{version}":
+                shutil.rmtree(other, ignore_errors=True)
 
     # -- preprocessing ----------------------------------------------------------------
 
@@ -507,6 +651,7 @@ class SessionManager:
             raise SessionError(f"preprocessing was dealt for other row counts than the inputs held: {wrong}",
                                reason="rows_mismatch", status=409)
         rt.material, rt.material_digest = material, digest
+        rt.inputs_changed.set()  # a party waiting for it in the inputs agreement goes on
         log.info("session %s: preprocessing accepted (%d requests, %d correction words)", session_id,
                  len(material.manifest), sum(int(st.size) for st in material.streams))
         self._maybe_start(rt)
@@ -514,9 +659,21 @@ class SessionManager:
 
     def _maybe_start(self, rt: SessionRuntime) -> None:
         ready = rt.material is not None or rt.plan.preprocessing in DEALER_FREE  # dealer-free: nothing to wait for
-        if (rt.phase is Phase.AWAITING_INPUTS and ready
+        if (rt.phase is Phase.AWAITING_INPUTS and ready and rt.task is None
                 and all(i.owner in rt.inputs for i in rt.plan.inputs)):
             rt.phase = Phase.COMPUTING
+            rt.task = asyncio.get_running_loop().create_task(self._run(rt))
+
+    def _join(self, rt: SessionRuntime) -> None:
+        """A peer started the session: take part in its inputs agreement even before everything is here.
+
+        This node then links and reports what it lacks (an owner's input, a missing part,
+        its material) instead of leaving the started parties waiting on a silent peer;
+        the agreement keeps everyone from computing, and inputs open, until it has it all
+        (:mod:`pqmpc_node.input_agreement`). The phase stays ``AwaitingInputs``.
+        """
+        if rt.phase is Phase.AWAITING_INPUTS and rt.task is None:
+            log.info("session %s: a peer started the session; joining its inputs agreement", rt.plan.session_id)
             rt.task = asyncio.get_running_loop().create_task(self._run(rt))
 
     # -- cancellation -----------------------------------------------------------------
@@ -604,6 +761,11 @@ class SessionManager:
                 raise ValueError(f"peer {att.peer_node_id} is not party {hello.party} of the plan")
             self._same_log(party.node_id, hello)
             await link.send(HELLO_TAG, self._hello(rt))
+            self._join(rt)  # a peer runs the session: take part, even if this node lacks inputs yet
+            if hello.party > rt.party:
+                # A higher party only dials to wake this one (see _poke): the real link is this node's own dial.
+                await link.close()
+                return
             fut = rt.incoming.setdefault(hello.party, asyncio.get_running_loop().create_future())
             if fut.done():
                 raise ValueError(f"party {hello.party} connected twice")
@@ -664,6 +826,29 @@ class SessionManager:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
+    async def _poke(self, rt: SessionRuntime, peer: int, deadline: float) -> None:
+        """Dial a lower party that has not linked to this one yet, only to tell it the session runs (it joins:
+        :meth:`_join`) and then dials this node itself. Best effort: a peer that is gone is found out by the wait."""
+        p = rt.plan.parties[peer]
+        await asyncio.sleep(POKE_AFTER_S)  # a party that started with this one links sooner: no poke then
+        delay = 0.2
+        while time.monotonic() + delay < deadline and peer not in rt.links and not rt.incoming[peer].done():
+            try:
+                link = await PeerLink.connect(p.address, p.peer_port, config=self._link_config(),
+                                              expected_peer=NodeId(p.node_id), counters=self.counters)
+            except (LinkRefused, ConnectionError, OSError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            try:
+                await link.send(HELLO_TAG, self._hello(rt))
+                await asyncio.wait_for(link.recv(HELLO_TAG), 10.0)
+            except (LinkClosed, LinkRefused, TimeoutError, ConnectionError, OSError):
+                pass  # told or not, the wait for its link decides
+            finally:
+                await link.close()
+            return
+
     async def _mesh(self, rt: SessionRuntime) -> None:
         """Links to every live peer: dial higher indexes, wait for lower ones."""
         deadline = time.monotonic() + self.settings.mesh_timeout_s
@@ -675,6 +860,10 @@ class SessionManager:
                 rt.links[peer] = await self._dial(rt, peer, deadline)
             else:
                 fut = rt.incoming.setdefault(peer, loop.create_future())
+                if not fut.done():
+                    poke = loop.create_task(self._poke(rt, peer, deadline))
+                    self._pokes.add(poke)
+                    poke.add_done_callback(self._pokes.discard)
                 try:
                     rt.links[peer] = await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - time.monotonic()))
                 except TimeoutError:
@@ -706,8 +895,13 @@ class SessionManager:
             self._fail(rt, "peer_lost", str(exc))
             outcome = "peer_lost"
         except TimeoutError:
-            self._fail(rt, "deadline_exceeded", f"session passed its deadline ({plan.deadline})")
-            outcome = "deadline_exceeded"
+            if rt.disagreement:  # the parties were still waiting for an owner to complete a replacement
+                self._fail(rt, "inputs_disagree", f"session passed its deadline ({plan.deadline}) before its parties "
+                           f"held the same inputs; {rt.disagreement.split(': ', 1)[-1]}")
+                outcome = "inputs_disagree"
+            else:
+                self._fail(rt, "deadline_exceeded", f"session passed its deadline ({plan.deadline})")
+                outcome = "deadline_exceeded"
         except ModelOutOfRangeError as exc:  # the model owner's parameters break the program's proven bounds
             self._fail(rt, "model_out_of_range", str(exc))
             outcome = "model_out_of_range"
@@ -739,6 +933,8 @@ class SessionManager:
             self.keys.ring.release(self._fence_id(plan.session_id, epoch))
         shutil.rmtree(self._session_dir(plan.session_id) / "inputs", ignore_errors=True)
         rt.inputs.clear()
+        rt.arriving.clear()
+        rt.inputs_frozen = False
         self.replay.forget_session(plan.session_id)  # inputs are closed for good; the guard stays bounded
         rt.material = None  # the seed and corrections are single-use
 
@@ -788,6 +984,11 @@ class SessionManager:
         domain = cfg.domain()
         channel = PqChannel(party=rt.party, n=n, links={p: rt.links[p] for p in rt.live if p != rt.party},
                             attempt=rt.attempts, round_timeout_s=self.settings.round_timeout_s)
+        try:
+            await self._agree_inputs(rt, channel)
+        except BaseException:
+            channel.release()
+            raise
         self.metrics.preprocessing_sessions.labels(plan.preprocessing).inc()
         try:
             attempt = await self._provider(rt, cfg, domain, channel)  # fresh per attempt
@@ -811,6 +1012,45 @@ class SessionManager:
             channel.release()
             raise
         return outcome, ctx, channel
+
+    async def _agree_inputs(self, rt: SessionRuntime, channel: PqChannel) -> None:
+        """The attempt's first step: the live parties agree on every owner's input version
+        (:mod:`pqmpc_node.input_agreement`); until they do, inputs stay open for the owner to
+        complete a replacement. Agreed, inputs close and the run goes on with exactly these."""
+        plan = rt.plan
+
+        def view() -> bytes:
+            rt.inputs_changed.clear()  # a change after this snapshot wakes the wait below
+            owners = {}
+            for i in plan.inputs:
+                held, payload, arriving = rt.input_ids.get(i.owner), rt.inputs.get(i.owner), rt.arriving.get(i.owner)
+                owners[i.owner] = OwnerView(
+                    held.version if held else 0, held.tag if held else "", payload.rows if payload else 0,
+                    arriving.id.version if arriving else 0, len(arriving.payloads) if arriving else 0,
+                    arriving.parts if arriving else 0)
+            return encode_view(PartyView(owners, rt.material is not None or plan.preprocessing in DEALER_FREE))
+
+        def freeze(on: bool) -> None:
+            rt.inputs_frozen = on
+
+        def waiting(why: str) -> None:
+            if why != rt.disagreement:
+                log.warning("session %s: %s", plan.session_id, why)
+            rt.phase, rt.message, rt.disagreement = Phase.AWAITING_INPUTS, why, why
+
+        async def changed(timeout: float) -> None:
+            try:
+                await asyncio.wait_for(rt.inputs_changed.wait(), timeout)
+            except TimeoutError:
+                pass
+
+        await agree_inputs(channel, peers=[p for p in rt.live if p != rt.party], view=view, freeze=freeze,
+                           waiting=waiting, changed=changed, node_of=lambda p: plan.parties[p].node_id)
+        if rt.disagreement:
+            log.info("session %s: the parties now hold the same inputs; computing", plan.session_id)
+            rt.message = ""
+        # Nothing awaits between the last commit and here: the inputs agreed are the inputs used.
+        rt.phase, rt.inputs_frozen, rt.disagreement = Phase.COMPUTING, False, ""
 
     async def _provider(self, rt: SessionRuntime, cfg: EngineConfig, domain: Domain,
                         channel: PqChannel) -> _AttemptProvider:
@@ -909,6 +1149,8 @@ class SessionManager:
         """Stop the listener and cancel running sessions."""
         if self._server is not None:
             self._server.close()
+        for poke in list(self._pokes):
+            poke.cancel()
         for rt in self.sessions.values():
             if rt.task is not None and not rt.task.done():
                 rt.task.cancel()

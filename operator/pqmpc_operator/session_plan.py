@@ -123,7 +123,9 @@ def session_progress(spec: SessionSpec, reports: Mapping[str, Mapping[str, Any] 
     A party that failed fails the session (its reason wins); the session has succeeded
     when every reachable party has and none is missing — except that a Shamir session
     succeeds once ``t + 1`` parties have (it tolerates lost parties by design); it
-    computes while any party computes; otherwise it awaits inputs. An input counts as
+    computes while any party computes; otherwise it awaits inputs (the message is a party's
+    ``inputsAgreement`` when the parties wait for an owner to complete a replacement or a
+    part at some of them). An input counts as
     received when every reachable party has it. Only a session on the dealer waits for
     preprocessing: a party of a dealer-free session (``ot``, ``prss``) that reports
     ``awaitingPreprocessing`` is not believed (nothing is ever dealt to it).
@@ -148,6 +150,10 @@ def session_progress(spec: SessionSpec, reports: Mapping[str, Mapping[str, Any] 
         phase, reason, message = "Computing", "Computing", f"{len(live)}/{len(reports)} parties reachable"
     else:
         phase, reason, message = "AwaitingInputs", "AwaitingInputs", "waiting for every data owner's shares"
+        # Parties that hold different versions of an input (a replacement that reached only some) say which.
+        waiting = next((str(r["inputsAgreement"]) for r in live.values() if r.get("inputsAgreement")), "")
+        if waiting:
+            message = waiting
     inputs = []
     for inp in spec.inputs:
         got = sum(

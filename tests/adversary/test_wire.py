@@ -178,9 +178,11 @@ def test_shifted_input_caught_by_owner_key_shamir(operator: Operator, start: Sta
     assert_no_result(operator, nodes[0], "shift-sh-1", auditor)
 
 
-# Party 3's first MPC send is its own masked input broadcast (round 4, after parties 0-2's):
-# dying there loses it in the middle of attempt 1's input phase, before any check.
-DIE_IN_ATTEMPT_1 = "die-after:1"
+# Party 3's first two sends are the inputs agreement's proposal and commit
+# (pqmpc_node.input_agreement); its first MPC send, the third, is its own masked input
+# broadcast (round 4, after parties 0-2's): dying there loses it in the middle of attempt
+# 1's input phase, before any check.
+DIE_IN_ATTEMPT_1 = "die-after:3"
 
 
 @pytest.mark.slow

@@ -9,7 +9,9 @@ the first uint64 word of a payload (payloads shorter than 8 bytes are sent uncha
     Add 1 to the first element of every payload this node sends under a round tag
     containing ``outputs`` (a party changing what it contributes to the output phase).
 ``die-after:N``
-    Exit abruptly (status 17, like a killed pod) on the N-th MPC send.
+    Exit abruptly (status 17, like a killed pod) on the N-th send of the session, counting
+    the inputs agreement's two (proposal, commit: :mod:`pqmpc_node.input_agreement`) that
+    open every attempt, so the first MPC send is the third.
 ``add:<substring>``
     Add 1 (mod p = 2^61 - 1, so a field element stays canonical) to the first element
     of every payload this node sends under a round tag containing ``<substring>``. Only

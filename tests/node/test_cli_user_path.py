@@ -8,7 +8,7 @@
 - progress bars on stderr with ``--progress`` (never on stdout), a ``--wait`` spinner and
   a one-line timeout;
 - re-running the identical ``submit`` succeeds (already accepted), other content is
-  refused saying replacement is not supported; a re-run after only one node accepted
+  refused saying to pass ``--replace`` (test_input_replacement.py covers replacing); a re-run after only one node accepted
   completes with shares of one sharing (the result is right);
 - ``--session`` takes the MPCSession name, looked up with the kubeconfig on the real
   local control plane.
@@ -186,7 +186,7 @@ def test_excel_csv_scaled_results_progress_and_idempotent_resubmit(operator: Ope
         assert step in r.stderr, (step, r.stderr)
 
     # The identical command again (bank-z has not submitted: the session still awaits inputs): success, nothing
-    # changed; other content: refused, saying that replacing is not supported and what to do.
+    # changed; other content: refused before anything is sent, saying to use --replace.
     r = runner.invoke(app, [*submit, str(excel)])
     assert r.exit_code == 0, r.output
     assert "already submitted" in r.stdout and "same content" in r.stdout
@@ -194,8 +194,8 @@ def test_excel_csv_scaled_results_progress_and_idempotent_resubmit(operator: Ope
     other.write_text("amount,age\n1,2\n")
     r = runner.invoke(app, [*submit, str(other)])
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
-    assert "replacing an accepted input is not supported yet" in flat(r.output)
-    assert "MPCSession must be deleted and created again" in flat(r.output)
+    assert "already delivered a different input" in flat(r.output)
+    assert "run the same `pqmpc submit` with --replace" in flat(r.output)
     status = operator.http.get(f"{trio[0].url}/v1/sessions/{sid}").json()
     assert status["phase"] == "AwaitingInputs", status
     empty = tmp_path / "empty.csv"  # bank-z: a tab-delimited export

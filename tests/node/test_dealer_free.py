@@ -65,7 +65,7 @@ def test_dealt_material_refused_for_a_dealer_free_session(operator: Operator, tr
 @pytest.mark.slow
 def test_lost_node_survived_at_n4_t1(operator: Operator) -> None:
     nodes = operator.start_nodes(4, command=[sys.executable, str(HERE / "faulty_node.py")],
-                                 per_node_env={3: {"PQMPC_TEST_FAULT": "die-after:12"}})
+                                 per_node_env={3: {"PQMPC_TEST_FAULT": "die-after:14"}})
     operator.certify(nodes)
     _, client, auditor = submit(operator, nodes, "hm-kill4")
     with client:
@@ -79,7 +79,7 @@ def test_lost_node_survived_at_n4_t1(operator: Operator) -> None:
 @pytest.mark.slow
 def test_lost_node_fails_cleanly_at_n3_t1(operator: Operator) -> None:
     nodes = operator.start_nodes(3, command=[sys.executable, str(HERE / "faulty_node.py")],
-                                 per_node_env={2: {"PQMPC_TEST_FAULT": "die-after:12"}})
+                                 per_node_env={2: {"PQMPC_TEST_FAULT": "die-after:14"}})
     operator.certify(nodes)
     _, client, _ = submit(operator, nodes, "hm-kill3")
     client.close()

@@ -85,7 +85,7 @@ def test_ot_session_matches_plaintext(operator: Operator, trio: Any, parties: in
 @pytest.mark.slow
 def test_lost_node_ends_an_ot_session_with_every_input_kept(operator: Operator) -> None:
     nodes = operator.start_nodes(3, command=[sys.executable, str(HERE / "faulty_node.py")],
-                                 per_node_env={2: {"PQMPC_TEST_FAULT": "die-after:12"}})
+                                 per_node_env={2: {"PQMPC_TEST_FAULT": "die-after:14"}})
     operator.certify(nodes)
     _, client, auditor = submit(operator, nodes, "ot-kill3")
     client.close()

@@ -85,7 +85,7 @@ def test_tampering_party_caught_by_mac_check(operator: Operator) -> None:
 
 
 def test_killed_node_aborts_additive_session(operator: Operator) -> None:
-    nodes = operator.start_nodes(3, command=FAULTY, per_node_env={1: {"PQMPC_TEST_FAULT": "die-after:6"}})
+    nodes = operator.start_nodes(3, command=FAULTY, per_node_env={1: {"PQMPC_TEST_FAULT": "die-after:8"}})
     operator.certify(nodes)
     owner, auditor = Identity.generate("bank-a"), Identity.generate("auditor")
     plan = operator.plan("kill-1", nodes, program=PROGRAM, owners=[owner], fields=FIELDS,

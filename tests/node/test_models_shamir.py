@@ -55,7 +55,7 @@ def test_mlp(operator: Operator, trio: Any) -> None:
 @pytest.mark.slow
 def test_shamir_completes_after_node_killed(operator: Operator) -> None:
     nodes = operator.start_nodes(5, command=[sys.executable, str(HERE / "faulty_node.py")],
-                                 per_node_env={3: {"PQMPC_TEST_FAULT": "die-after:8"}})
+                                 per_node_env={3: {"PQMPC_TEST_FAULT": "die-after:10"}})
     operator.certify(nodes)
     rows = np.array([[1.0, 2.0], [3.0, -4.0], [5.0, 6.0]])
     program = {"aggregate": [{"op": "sum", "field": "x1"}, {"op": "mean", "field": "x2"}]}

@@ -199,6 +199,12 @@ class TestProgress:
         p = session_progress(self.spec, {"n0": self.report("Computing", (True, True)), "n1": None})
         assert p.phase == "Computing"
 
+    def test_parties_waiting_for_a_replacement_say_why(self) -> None:
+        why = "the parties do not hold the same inputs yet (...): 'bank-a': version 2 at party 0 (n0); version 1 ..."
+        p = session_progress(self.spec, {"n0": self.report("AwaitingInputs", (True, True), inputsAgreement=why),
+                                         "n1": self.report("AwaitingInputs", (True, True), inputsAgreement=why)})
+        assert (p.phase, p.reason, p.message) == ("AwaitingInputs", "AwaitingInputs", why)
+
     def test_failure_wins_and_names_its_reason(self) -> None:
         p = session_progress(self.spec, {"n0": self.report("Failed", (True, True), reason="mac_check_failed"),
                                          "n1": self.report("Succeeded", (True, True))})
