@@ -8,6 +8,8 @@ this script writes the chart's copies:
 - ``deploy/operator-clusterrole.yaml``   -> ``helm/pqmpc/files/operator-clusterrole-rules.yaml``
   (its ``rules:`` list, comments kept)
 - ``deploy/prometheus/pqmpc-alerts.yaml`` -> ``helm/pqmpc/files/pqmpc-alerts.yaml``
+- ``deploy/mpcsession-admission-policy.yaml`` -> ``helm/pqmpc/templates/mpcsession-admission-policy.yaml``
+  (the MPCSession admission policy; no template syntax in it)
 
 ``--check`` writes nothing and exits 1 listing the copies that differ (tests/helm runs it).
 """
@@ -44,6 +46,10 @@ def expected_copies() -> dict[Path, str]:
     )
     alerts = "deploy/prometheus/pqmpc-alerts.yaml"
     copies[CHART / "files" / "pqmpc-alerts.yaml"] = HEADER.format(source=alerts) + (REPO / alerts).read_text()
+    policy = "deploy/mpcsession-admission-policy.yaml"
+    copies[CHART / "templates" / "mpcsession-admission-policy.yaml"] = (
+        HEADER.format(source=policy) + (REPO / policy).read_text()
+    )
     return copies
 
 

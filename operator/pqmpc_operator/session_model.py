@@ -218,6 +218,12 @@ def parse_mpcsession(body: Mapping[str, Any], suite: Suite) -> SessionSpec:
     for i, raw in enumerate(spec.get("outputs") or []):
         kem = _kem_key(raw.get("identity"), f"outputs[{i}].identity", suite)
         outputs.append(OutputSpec(str(raw.get("recipient", "")), kem, tuple(str(a) for a in raw.get("allow") or [])))
+    results = _results(program)
+    for i, out in enumerate(outputs):
+        for j, name in enumerate(out.allow):
+            if name not in results:
+                raise SpecError(f"outputs[{i}].allow[{j}]", f"{name} is not a result the program computes",
+                                f"allow only results of spec.program ({', '.join(results)})")
     if not outputs:
         raise SpecError("outputs", "is empty", "name at least one recipient and the results it may receive: "
                                                "without outputs nobody can ever read the session's result")
@@ -246,6 +252,13 @@ def parse_mpcsession(body: Mapping[str, Any], suite: Suite) -> SessionSpec:
         preprocessing_note=note,
         frac_bits=16 if isinstance(compiled, AggregatePlan) else compiled.frac_bits,
     )
+
+
+def _results(program: Mapping[str, Any]) -> list[str]:
+    """The results a recipient may be allowed: ``op(field)`` per aggregate entry, or ``score``."""
+    if "aggregate" in program:
+        return [f"{g.get('op')}({g.get('field')})" for g in program.get("aggregate") or []]
+    return ["score"]
 
 
 def _compile(program: Mapping[str, Any], fields: tuple[tuple[str, float, float, int | None], ...], rows: RowBound, *,

@@ -30,7 +30,8 @@ from pqmpc_operator.settings import OperatorSettings, settings_from_env
 Render = Callable[..., list[dict[str, Any]]]
 Helm = Callable[..., subprocess.CompletedProcess[str]]
 
-CORE_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment", "ConfigMap"}
+CORE_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment", "ConfigMap",
+              "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 

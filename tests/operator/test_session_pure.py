@@ -35,6 +35,8 @@ def body(**spec: Any) -> dict[str, Any]:
         "outputs": [{"recipient": "auditor", "identity": IDS["auditor"]["kemPublicKey"], "allow": ["mean(amount)"]}],
     }
     base.update(spec)
+    if "aggregate" not in base["program"] and "outputs" not in spec:  # a model's result is its score
+        base["outputs"] = [dict(base["outputs"][0], allow=["score"])]
     return {"metadata": {"name": "s", "namespace": "ns", "uid": "0123456789abcdef", "generation": 1}, "spec": base}
 
 
@@ -233,3 +235,14 @@ class TestProgress:
         ok = self.report("Succeeded", (True, True), outputsReady=["auditor"])
         assert session_progress(self.spec, {"n0": ok, "n1": ok}).phase == "Succeeded"
         assert session_progress(self.spec, {"n0": ok, "n1": None}).phase != "Succeeded"
+
+
+def test_an_allow_entry_the_program_does_not_compute_is_refused_naming_it() -> None:
+    """The admission policy refuses it at the API server; the operator refuses it too, for clusters without it."""
+    b = body()
+    b["spec"]["outputs"][0]["allow"] = [*b["spec"]["outputs"][0]["allow"], "sum(amount)"]
+    with pytest.raises(SpecError) as err:
+        parse_mpcsession(b, SUITE)
+    assert err.value.field_path == "outputs[0].allow[1]"
+    assert str(err.value).startswith("spec.outputs[0].allow[1]: sum(amount) is not a result the program computes; "
+                                     "allow only results of spec.program (mean(amount))")
