@@ -182,29 +182,13 @@ async def barrier(channel: Any, label: str) -> None:
     await channel.receive_many(f"barrier/{label}", peers)
 
 
-def run_ot_parties(batch: int, repeat: int) -> list[dict[str, Any]]:
-    ports = free_ports(2)
-    env = dict(os.environ, PQMPC_BENCH_ROLE="ot-party", PQMPC_PORTS=",".join(map(str, ports)),
+def run_parties(batch: int, repeat: int, *, role: str = "party", parties: int = 3) -> list[dict[str, Any]]:
+    """Start ``parties`` processes of this script in ``role`` on loopback ports; their JSON results."""
+    ports = free_ports(parties)
+    env = dict(os.environ, PQMPC_BENCH_ROLE=role, PQMPC_PORTS=",".join(map(str, ports)),
                PQMPC_BATCH=str(batch), PQMPC_REPEAT=str(repeat), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, __file__], stdout=subprocess.PIPE, env=dict(env, PQMPC_PARTY=str(i)),
-                              cwd=REPO) for i in range(2)]
-    outs = []
-    try:
-        for p in procs:
-            outs.append(json.loads(p.communicate(timeout=900)[0].decode()))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    return outs
-
-
-def run_parties(batch: int, repeat: int) -> list[dict[str, Any]]:
-    ports = free_ports(3)
-    env = dict(os.environ, PQMPC_BENCH_ROLE="party", PQMPC_PORTS=",".join(map(str, ports)),
-               PQMPC_BATCH=str(batch), PQMPC_REPEAT=str(repeat), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, __file__], stdout=subprocess.PIPE, env=dict(env, PQMPC_PARTY=str(i)),
-                              cwd=REPO) for i in range(3)]
+                              cwd=REPO) for i in range(parties)]
     outs = []
     try:
         for p in procs:
@@ -369,7 +353,7 @@ def main() -> None:
         "peak_rss_mib_per_node": round(max(p["peak_rss_mib"] for p in parties), 1),
         "prss_keys_ms": round(max(p["malicious"]["keys_ms"] for p in parties), 2),
     }
-    ot = run_ot_parties(args.ot_batch, args.repeat)
+    ot = run_parties(args.ot_batch, args.repeat, role="ot-party", parties=2)
     result.update({
         "base_ot_128_ms": round(max(p["base_ot_128_ms"] for p in ot), 2),
         "ot_extension_per_s": round(min(p["ot_extension_per_s"] for p in ot)),

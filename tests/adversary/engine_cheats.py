@@ -22,6 +22,7 @@ from pqmpc_node.mpc.channel import ChannelError, InProcessHub
 from pqmpc_node.mpc.config import EngineConfig
 from pqmpc_node.mpc.context import MPCContext
 from pqmpc_node.mpc.domain import Array
+from pqmpc_node.mpc.errors import MacCheckError
 from pqmpc_node.mpc.field import P61, MersenneField61
 from pqmpc_node.mpc.inputs import OwnerShares, share_owner_input
 from pqmpc_node.mpc.outputs import OutputRequest
@@ -71,6 +72,15 @@ def add_to_first(label: str, delta: int, *, after: str | None = None) -> Tamper:
         return arr.tobytes()
 
     return tamper
+
+
+def assert_caught(r: Any, cheater: int, checks: set[str]) -> None:
+    """Every honest party ended on a MAC/consistency check in ``checks`` and none started delivering outputs."""
+    for p in r.honest(cheater):
+        err = r.error_at(p)
+        assert isinstance(err, MacCheckError), f"party {p}: {err!r}"
+        assert err.check in checks, f"party {p} failed {err.check!r}, expected one of {checks}: {err}"
+        assert not any("output" in label_of(t) for t in r.sent[p]), f"party {p} started delivering outputs"
 
 
 def non_canonical(label: str) -> Tamper:

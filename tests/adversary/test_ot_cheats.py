@@ -20,9 +20,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine_cheats import Tamper, add_to_first, decoded, label_of, plaintext, run  # noqa: E402
+from engine_cheats import Tamper, add_to_first, assert_caught, decoded, label_of, plaintext, run  # noqa: E402
 from pqmpc_node.mpc.config import EngineConfig  # noqa: E402
-from pqmpc_node.mpc.errors import MacCheckError  # noqa: E402
 from pqmpc_node.mpc.outputs import verify_delivered  # noqa: E402
 
 P2 = EngineConfig(2, sharing="additive", security="malicious")
@@ -46,14 +45,6 @@ def add_everywhere(label: str, delta: int = 1) -> Tamper:
         return arr.tobytes()
 
     return tamper
-
-
-def assert_caught(r: Any, cheater: int, checks: set[str]) -> None:
-    for p in r.honest(cheater):
-        err = r.error_at(p)
-        assert isinstance(err, MacCheckError), f"party {p}: {err!r}"
-        assert err.check in checks, f"party {p} failed {err.check!r}, expected one of {checks}: {err}"
-        assert not any("output" in label_of(t) for t in r.sent[p]), f"party {p} started delivering outputs"
 
 
 @pytest.mark.parametrize("config", [P2, P3], ids=["2 parties", "3 parties"])
