@@ -108,6 +108,8 @@ PLAN_FORMAT = "pqmpc.io/plan/v1"
 CANCEL_SIGNATURE_CONTEXT = b"pqmpc/v1/session-cancel"
 CANCEL_FORMAT = "pqmpc.io/cancel/v1"
 MAX_CANCEL_BYTES = 64 * 1024
+MAX_CANCEL_MESSAGE = 2000
+"""The longest reason message a cancel carries (characters)."""
 OPERATOR_SENDER = "operator"
 """Envelope sender name of the operator (it seals dealt preprocessing with its plan-signing key)."""
 MAX_PLAN_BYTES = 4 * 1024 * 1024
@@ -653,16 +655,29 @@ def check_supersedes(new: SessionPlan, held: SessionPlan | None) -> bool:
 
 @dataclass(frozen=True)
 class SessionCancel:
-    """The operator's request to stop one session (one plan version) at its parties."""
+    """The operator's request to stop one session (one plan version) at its parties.
+
+    ``reason`` and ``message`` (optional, signed like the rest) say why when the operator
+    itself ends the session (e.g. ``PreprocessingTooLarge``): the parties fail it with
+    them, so an owner polling a node reads the operator's reason. Absent: the MPCSession
+    was deleted.
+    """
 
     session_id: SessionId
     plan_digest: str
     issued_at: int
+    reason: str | None = None
+    message: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The canonical JSON object (what is signed)."""
-        return {"format": CANCEL_FORMAT, "sessionId": self.session_id, "planDigest": self.plan_digest,
-                "issuedAt": self.issued_at}
+        """The canonical JSON object (what is signed); ``reason``/``message`` only when set."""
+        doc: dict[str, Any] = {"format": CANCEL_FORMAT, "sessionId": self.session_id, "planDigest": self.plan_digest,
+                               "issuedAt": self.issued_at}
+        if self.reason is not None:
+            doc["reason"] = self.reason
+        if self.message is not None:
+            doc["message"] = self.message
+        return doc
 
     @classmethod
     def from_json(cls, raw: Any) -> SessionCancel:
@@ -673,15 +688,21 @@ class SessionCancel:
         digest = o.get("planDigest")
         if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise MalformedPlanError("cancel planDigest must be 64 lowercase hex digits (the session's status.planDigest)")
+        reason, message = o.get("reason"), o.get("message")
+        if reason is not None and not (isinstance(reason, str) and re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,63}", reason)):
+            raise MalformedPlanError(f"cancel reason must be a CamelCase word of 1-64 letters and digits, got {reason!r}")
+        if message is not None and not (isinstance(message, str) and 0 < len(message) <= MAX_CANCEL_MESSAGE):
+            raise MalformedPlanError(f"cancel message must be text of 1-{MAX_CANCEL_MESSAGE} characters")
         return cls(SessionId(_name(o.get("sessionId"), "cancel sessionId")), digest,
-                   _int(o.get("issuedAt"), "cancel issuedAt"))
+                   _int(o.get("issuedAt"), "cancel issuedAt"), reason, message)
 
 
-def sign_cancel(session_id: str, plan_digest: str, *, key: MLDSAPrivateKey, now: dt.datetime) -> bytes:
-    """The signed ``POST /v1/sessions/{id}/cancel`` body for ``session_id`` at plan ``plan_digest``."""
+def sign_cancel(session_id: str, plan_digest: str, *, key: MLDSAPrivateKey, now: dt.datetime,
+                reason: str | None = None, message: str | None = None) -> bytes:
+    """The signed ``POST /v1/sessions/{id}/cancel`` body for ``session_id`` at plan ``plan_digest`` (why: optional)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    cancel = SessionCancel(SessionId(session_id), plan_digest, int(now.timestamp()))
+    cancel = SessionCancel(SessionId(session_id), plan_digest, int(now.timestamp()), reason, message)
     SessionCancel.from_json(cancel.to_json())  # refuse to sign what no node would parse
     sig = key.sign(canonical_bytes(cancel.to_json()), CANCEL_SIGNATURE_CONTEXT)
     return canonical_bytes({"cancel": cancel.to_json(), "signature": _b64e(sig),

@@ -57,6 +57,7 @@ from pqmpc_node.config import NodeConfig, Trust
 from pqmpc_node.crypto.pki import NodeId, Rng
 from pqmpc_node.crypto.suites import get_suite
 from pqmpc_node.crypto.transparency import LogBundle
+from pqmpc_node.dealer.size import PREPROCESSING_LIMIT
 from pqmpc_node.keystore import NodeKeys
 from pqmpc_node.metrics import NodeMetrics
 from pqmpc_node.net.counters import RefusalCounters
@@ -69,8 +70,9 @@ log = logging.getLogger("pqmpc_node")
 _LOG_LIMIT = 16 << 20
 _PLAN_LIMIT = 4 << 20
 _CANCEL_LIMIT = 64 << 10
-_PREPROCESSING_LIMIT = 256 << 20
-"""Largest preprocessing body (seed envelope + correction stream) a node takes."""
+_PREPROCESSING_LIMIT = PREPROCESSING_LIMIT
+"""Largest preprocessing body (seed envelope + correction stream) a node takes; the operator
+projects a session's body against the same limit before dealing (:mod:`pqmpc_node.dealer.size`)."""
 
 
 def wall_clock() -> dt.datetime:

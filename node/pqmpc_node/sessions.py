@@ -682,8 +682,8 @@ class SessionManager:
         """Stop a session on the operator's signed request; idempotent, a finished session stays as it is."""
         rt = self.get(session_id)
         try:
-            verify_cancel(body, signer_key=self.signer_key, session_id=rt.plan.session_id,
-                          plan_digest=rt.plan.digest(), now=self.clock())
+            order = verify_cancel(body, signer_key=self.signer_key, session_id=rt.plan.session_id,
+                                  plan_digest=rt.plan.digest(), now=self.clock())
         except PlanError as exc:
             self.metrics.plans_refused.labels(f"cancel_{exc.reason}").inc()
             status = {"malformed": 400, "unsigned": 401, "cancel_mismatch": 409}.get(exc.reason, 403)
@@ -692,7 +692,7 @@ class SessionManager:
         if rt.phase in (Phase.SUCCEEDED, Phase.FAILED):
             return {**answer, "cancelled": rt.cancelled(), "alreadyFinished": True, "phase": rt.phase.value,
                     "reason": rt.reason}
-        message = "cancelled by the operator (the MPCSession was deleted)"
+        message = order.message or "cancelled by the operator (the MPCSession was deleted)"
         rt.cancelled_by = message
         if rt.task is not None and not rt.task.done():
             rt.task.cancel()
@@ -701,7 +701,7 @@ class SessionManager:
             await asyncio.wait([rt.task], timeout=30.0)
         elif rt.task is None:
             # Not started yet (awaiting inputs or preprocessing): nothing runs, end it here.
-            self._fail(rt, "cancelled", message)
+            self._fail(rt, order.reason or "cancelled", message)
             self.metrics.sessions.labels("cancelled").inc()
             self.metrics.session_duration.labels("cancelled").observe(time.monotonic() - rt.started)
             self._end(rt)

@@ -106,6 +106,22 @@ def test_cancel_refused_unsigned_or_malformed() -> None:
         sign_cancel("s-1", "not-a-digest", key=SIGNER, now=now())
 
 
+def test_a_cancel_carries_the_operators_reason_signed() -> None:
+    """The operator's reason travels in the signed cancel; altering it breaks the signature; bad reasons are refused."""
+    body = sign_cancel("s-1", DIGEST, key=SIGNER, now=now(), reason="PreprocessingTooLarge", message="too big: 9 rows fit")
+    cancel = _verify(body)
+    assert (cancel.reason, cancel.message) == ("PreprocessingTooLarge", "too big: 9 rows fit")
+    doc = json.loads(body)
+    doc["cancel"]["message"] = "something else"
+    with pytest.raises(BadPlanSignatureError):
+        _verify(json.dumps(doc).encode())
+    assert _verify(sign_cancel("s-1", DIGEST, key=SIGNER, now=now())).reason is None
+    with pytest.raises(MalformedPlanError):
+        sign_cancel("s-1", DIGEST, key=SIGNER, now=now(), reason="not a word", message="x")
+    with pytest.raises(MalformedPlanError):
+        sign_cancel("s-1", DIGEST, key=SIGNER, now=now(), reason="Big", message="x" * 5000)
+
+
 # -- real nodes ----------------------------------------------------------------------
 
 
@@ -247,3 +263,38 @@ def test_cancel_computing_session(operator: Operator) -> None:
     assert not _inputs_dir(operator, running, "cancel-run").exists()
     assert operator.metric(running, 'pqmpc_node_sessions_total{outcome="cancelled"}') == 1
     assert "Traceback" not in running.log_text()
+
+
+def test_a_cancel_with_a_reason_is_what_the_owner_reads(operator: Operator, tmp_path: Path) -> None:
+    """The operator ends a session it cannot deal: the parties fail it with its reason, and
+    ``pqmpc result --wait`` says so in one line at once (not "still awaiting inputs")."""
+    nodes = operator.start_nodes(2)
+    operator.certify(nodes)
+    operator.sync_keys()
+    a, b, auditor = Identity.generate("bank-a"), Identity.generate("bank-b"), Identity.generate("auditor")
+    plan = operator.plan("cancel-why", nodes, program=PROGRAM, owners=[a, b], fields=FIELDS,
+                         recipients={auditor: ["sum(amount)"]})
+    operator.post_plan(plan, nodes, dealer=False)
+    _submit(operator, nodes, "cancel-why", a)
+    _submit(operator, nodes, "cancel-why", b)  # every input in; no preprocessing will come
+    digest = _status(operator, nodes[0], "cancel-why")["planDigest"]
+    why = "the dealt preprocessing would be 300.0 MiB per party, over the 256 MiB a node takes; at most 3 rows fit"
+    for n in nodes:
+        code, doc = _cancel(operator, n, "cancel-why", sign_cancel("cancel-why", digest, key=operator.signer, now=now(),
+                                                                    reason="PreprocessingTooLarge", message=why))
+        assert code == 200, doc
+        st = _status(operator, n, "cancel-why")
+        assert (st["phase"], st["reason"], st["message"]) == ("Failed", "PreprocessingTooLarge", why)
+
+    from typer.testing import CliRunner
+
+    from pqmpc_node.cli import app
+    from test_cli import trust_files
+    ca, signer = trust_files(operator, tmp_path)
+    auditor.save(tmp_path / "auditor.json")
+    started = time.monotonic()
+    r = CliRunner().invoke(app, ["result", "--session", "cancel-why", "--node", nodes[0].url, "--ca", str(ca),
+                                 "--plan-signer", str(signer), "--identity", str(tmp_path / "auditor.json"),
+                                 "--wait", "60"])
+    assert r.exit_code == 1 and why in r.output and "Traceback" not in r.output, r.output
+    assert time.monotonic() - started < 30  # failed at once, not after the wait
