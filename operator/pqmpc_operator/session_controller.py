@@ -37,6 +37,7 @@ from pqmpc_node.crypto.kemkeys import VerifiedKeys, verify_keys_document
 from pqmpc_node.crypto.pki import CertificateError, NodeId
 from pqmpc_node.crypto.suites import Suite
 from pqmpc_node.dealer import deal
+from pqmpc_node.dealer.size import project_size
 from pqmpc_node.plan import PLAN_SIGNATURE_CONTEXT, PlanError, canonical_bytes, parse_signed_plan, sign_cancel
 from pqmpc_operator import builders, pool_pki
 from pqmpc_operator.certification import CertificationState, ensure_pki
@@ -52,6 +53,7 @@ from pqmpc_operator.session_decide import (
     ACTIVE,
     Action,
     AskParties,
+    CancelAtParties,
     CountPlacementFailure,
     Deal,
     DealingFailed,
@@ -71,6 +73,7 @@ from pqmpc_operator.session_decide import (
     Requeue,
     SessionBody,
     SessionStatus,
+    TooLarge,
     WriteStatus,
     cancel_target,
     decide,
@@ -240,15 +243,16 @@ async def _ensure_preprocessing(run: _Pass) -> None:
         return
     admission = request.admission
     try:
-        await _deal(run.deps, session=run.body, spec=admission.spec, pod_ips=run.observed.get("pod_ips") or {},
-                    pool=admission.pool, state=run.certification(), suite=admission.suite, rows=request.rows,
-                    digest=request.digest)
+        too_large = await _deal(run.deps, session=run.body, spec=admission.spec,
+                                pod_ips=run.observed.get("pod_ips") or {}, pool=admission.pool,
+                                state=run.certification(), suite=admission.suite, rows=request.rows,
+                                digest=request.digest)
     except PlanSecretError as exc:
         run.observed["dealing"] = PlanLost(str(exc))
     except (NodeCallError, ValueError) as exc:
         run.observed["dealing"] = DealingFailed(str(exc))
     else:
-        run.observed["dealing"] = Dealt()
+        run.observed["dealing"] = too_large or Dealt()
     await run.decide()
 
 
@@ -271,6 +275,8 @@ async def _apply(run: _Pass, action: Action) -> None:
         await _write(run, run.status)
     elif isinstance(action, CountPlacementFailure):
         deps.metrics.placement_failures.labels(reason=action.reason).inc()
+    elif isinstance(action, CancelAtParties):
+        await _cancel_with_reason(run, action)
     elif isinstance(action, RecordEvidence):
         deps.watches.setdefault((run.namespace, action.pool), PoolWatch()).evidence.append(action.evidence)
     elif isinstance(action, DeleteSession):
@@ -384,17 +390,7 @@ async def cancel_session(deps: SessionDeps, body: Mapping[str, Any], *, timeout_
                          now=dt.datetime.now(dt.timezone.utc))
     ips = {str(n.get("name")): str(n.get("podIP") or "") for n in (pool_body.get("status") or {}).get("nodes") or []}
     ips.update(await _pod_ips(deps, namespace, target.pool, pool.uid))
-
-    async def one(node: str) -> str:
-        if not ips.get(node):
-            return "no pod IP (not running)"
-        try:
-            doc = await deps.nodes.cancel(ips[node], target.session_id, signed, timeout=timeout_s)
-        except NodeCallError as exc:
-            return f"not cancelled: {exc}"
-        return f"{doc.get('phase')}/{doc.get('reason')}" + (" (already finished)" if doc.get("alreadyFinished") else "")
-
-    outcomes = dict(zip(target.nodes, await asyncio.gather(*(one(n) for n in target.nodes))))
+    outcomes = await _post_cancel(deps, ips, target.session_id, target.nodes, signed, timeout_s=timeout_s)
     # No Event: the object is going away; the log is the record.
     _log.info("session %s/%s deleted: cancel of %s at its parties: %s", namespace, name, target.session_id,
               "; ".join(f"{n}: {o}" for n, o in outcomes.items()))
@@ -427,15 +423,26 @@ async def _stored_plan(deps: SessionDeps, session: Mapping[str, Any], *, pki: Po
 async def _deal(
     deps: SessionDeps, *, session: Mapping[str, Any], spec: SessionSpec, pod_ips: Mapping[str, str],
     pool: Any, state: CertificationState, suite: Any, rows: Mapping[str, int], digest: str,
-) -> None:
-    """Deal each party its own preprocessing and post it (the operator is the trusted dealer).
+) -> TooLarge | None:
+    """Deal each party its own preprocessing and post it (the operator is the trusted dealer); None when dealt.
 
     The plan comes from the session's own Secret (written before any party got it) and
     must be the one this operator signed (digest from status and our signature), so a
     restarted operator deals for the right plan without asking any party for it.
+
+    First the body size is projected from a few rows (:mod:`pqmpc_node.dealer.size`): a
+    session whose body would exceed ``settings.preprocessing_limit`` is not dealt at all
+    (:class:`TooLarge`): dealing it would cost minutes and gigabytes, and no node would take it.
     """
     pki = await ensure_pki(deps.api, pool, state)
     plan = await _stored_plan(deps, session, pki=pki, digest=digest)
+    limit = deps.settings.preprocessing_limit
+    projection = await asyncio.to_thread(project_size, plan)
+    projected = projection.projected_bytes(rows)
+    if projected > limit:
+        _log.warning("session %s: projected preprocessing body %d bytes > limit %d for rows %s: not dealt",
+                     spec.session_id, projected, limit, dict(rows))
+        return TooLarge(projected, limit, projection.rows_that_fit(limit))
     keys = {}
     now = dt.datetime.now(dt.timezone.utc)
     for party in plan.parties:
@@ -449,6 +456,33 @@ async def _deal(
     _log.info("session %s: dealt preprocessing for rows %s in %.2fs", spec.session_id, dict(rows), time.perf_counter() - started)
     for party in plan.parties:
         await deps.nodes.post_preprocessing(pod_ips.get(party.node_id, ""), spec.session_id, dealt.bodies[party.node_id])
+    return None
+
+
+async def _cancel_with_reason(run: _Pass, action: CancelAtParties) -> None:
+    """The operator ends the session itself: a plan-signed cancel with its reason at every party (best effort)."""
+    pki = await ensure_pki(run.deps.api, action.admission.pool, run.certification())
+    signed = sign_cancel(action.session_id, action.digest, key=pki.plan_signer, now=dt.datetime.now(dt.timezone.utc),
+                         reason=action.reason, message=action.message)
+    outcomes = await _post_cancel(run.deps, run.observed.get("pod_ips") or {}, action.session_id, action.nodes, signed)
+    _log.info("session %s/%s: %s: cancel at its parties: %s", run.namespace, run.name, action.reason,
+              "; ".join(f"{n}: {o}" for n, o in outcomes.items()))
+
+
+async def _post_cancel(deps: SessionDeps, ips: Mapping[str, str], session_id: str, nodes: tuple[str, ...],
+                       signed: bytes, *, timeout_s: float = 2.0) -> dict[str, str]:
+    """Post one signed cancel to each node; node name -> outcome line (never raises for a node)."""
+
+    async def one(node: str) -> str:
+        if not ips.get(node):
+            return "no pod IP (not running)"
+        try:
+            doc = await deps.nodes.cancel(ips[node], session_id, signed, timeout=timeout_s)
+        except NodeCallError as exc:
+            return f"not cancelled: {exc}"
+        return f"{doc.get('phase')}/{doc.get('reason')}" + (" (already finished)" if doc.get("alreadyFinished") else "")
+
+    return dict(zip(nodes, await asyncio.gather(*(one(n) for n in nodes)), strict=True))
 
 
 async def _pod_ips(deps: SessionDeps, namespace: str, pool: str, uid: str) -> dict[str, str]:

@@ -58,13 +58,13 @@ from pqmpc_operator.status import Condition, merge_conditions
 
 __all__ = [
     "ACTIVE", "ADDITIVE_LOST", "DEALER_CAVEAT", "FINISHED", "LOST_AFTER_S", "Action", "Admission", "Decision",
-    "AskParties", "CancelTarget",
-    "CountPlacementFailure", "Deal", "DealingFailed", "DeleteSession", "Dealt", "DeliverPlan", "InputProgress",
-    "ObservedSession", "PartyUnreachable", "PlanAccepted", "PlanLost", "PlanRefused", "ReadLoads", "ReadPods", "ReadPool",
-    "RecordEvidence", "Request", "Requeue", "SessionBody", "SessionEvent", "SessionMetadata", "SessionPhase",
-    "SessionStatus", "StatusEvidence", "WriteStatus", "admit", "cancel_target", "decide", "evidence_from_status",
+    "AskParties", "CancelTarget", "CancelAtParties", "CountPlacementFailure", "Deal", "DealingFailed",
+    "DeleteSession", "Dealt", "DeliverPlan", "InputProgress", "ObservedSession", "PartyUnreachable", "PlanAccepted",
+    "PlanLost", "PlanRefused", "ReadLoads", "ReadPods", "ReadPool", "RecordEvidence", "Request", "Requeue",
+    "SessionBody", "SessionEvent", "SessionMetadata", "SessionPhase", "SessionStatus", "StatusEvidence",
+    "TOO_LARGE", "TooLarge", "WriteStatus", "admit", "cancel_target", "decide", "evidence_from_status",
     "evidence_to_status", "inputs_received", "placement_failure_is_new", "preprocessing_status", "result_hint",
-    "session_events",
+    "session_events", "too_large_message",
 ]
 
 
@@ -197,6 +197,19 @@ class DealingFailed:
 
 
 @dataclass(frozen=True)
+class TooLarge:
+    """The projected preprocessing body exceeds what a node takes: dealing could never succeed.
+
+    Projected before dealing (:mod:`pqmpc_node.dealer.size`), so nothing was dealt.
+    """
+
+    projected_bytes: int
+    limit_bytes: int
+    rows_that_fit: int
+    """The most rows each owner may submit for the body to fit (0: not even one)."""
+
+
+@dataclass(frozen=True)
 class PlanLost:
     """The dealer found no trustworthy plan where the operator keeps it (the session's plan Secret).
 
@@ -224,7 +237,7 @@ class ObservedSession(TypedDict, total=False):
     delivery: PlanAccepted | PlanRefused
     replies: Mapping[str, PartyReply]
     """Node name -> its ``GET /v1/sessions/{id}`` report, or why it could not be asked."""
-    dealing: Dealt | DealingFailed | PlanLost
+    dealing: Dealt | DealingFailed | PlanLost | TooLarge
 
 
 @dataclass(frozen=True)
@@ -289,6 +302,19 @@ class Deal:
 
 
 @dataclass(frozen=True)
+class CancelAtParties:
+    """Effect: the operator ends the session itself: a plan-signed cancel carrying ``reason`` and
+    ``message`` to every party, best effort, so an owner polling a node reads why."""
+
+    admission: Admission
+    session_id: str
+    digest: str
+    nodes: tuple[str, ...]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class WriteStatus:
     """Effect: write the decided status (when it changed), with the Events its changes call for."""
 
@@ -323,7 +349,7 @@ class Requeue:
 
 
 Request = Union[ReadPool, ReadLoads, ReadPods, DeliverPlan, AskParties, Deal]
-Action = Union[Request, WriteStatus, CountPlacementFailure, RecordEvidence, DeleteSession, Requeue]
+Action = Union[Request, CancelAtParties, WriteStatus, CountPlacementFailure, RecordEvidence, DeleteSession, Requeue]
 Decision = tuple[SessionStatus, list[Action]]
 
 
@@ -658,6 +684,14 @@ def _progress(draft: _Draft, observed: ObservedSession, admission: Admission, no
             draft.condition("Preprocessed", "True", "Dealt", f"each of {len(placed)} parties got its own sealed material")
         elif isinstance(dealing, PlanLost):
             return _replan(draft, dealing)
+        elif isinstance(dealing, TooLarge):
+            # Terminal: dealing again could never fit. Nothing was dealt; the parties learn why.
+            message = too_large_message(spec, progress.input_rows, dealing)
+            draft.fail(TOO_LARGE, message)
+            draft.condition("Preprocessed", "False", TOO_LARGE, message)
+            nodes = tuple(str(p["node"]) for p in placed)
+            return draft.status(), [CancelAtParties(admission, spec.session_id, digest, nodes, TOO_LARGE, message),
+                                    WriteStatus(), Requeue(NEXT_PASS_S)]
         else:
             draft.condition("Preprocessed", "False", "DealingFailed", f"retrying: {dealing.error}")
     actions: list[Action] = []
@@ -694,6 +728,25 @@ def _progress(draft: _Draft, observed: ObservedSession, admission: Admission, no
         if lost:
             draft.condition("Degraded", "True", "PartyLost", "; ".join(lost))
     return draft.status(), [*actions, WriteStatus(), Requeue(NEXT_PASS_S)]
+
+
+TOO_LARGE = "PreprocessingTooLarge"
+
+
+def too_large_message(spec: SessionSpec, rows: Mapping[str, int], too_large: TooLarge) -> str:
+    """One line for status, the Event and the owners' CLI: how large, the limit, how many rows fit, what to do."""
+    mib = 1 << 20
+    submitted = ", ".join(f"{o} {n}" for o, n in sorted(rows.items()))
+    fit = too_large.rows_that_fit
+    fewer = f"or with at most {fit} rows per owner" if fit else "(not even one row per owner fits the dealer's material)"
+    if spec.sharing == "additive" or 2 * spec.threshold < spec.parties:
+        fix = f"create the session again with preprocessing: auto (dealer-free: nothing is dealt), {fewer}"
+    else:
+        fix = ("create the session again with additive sharing or a Shamir threshold with 2t < n (dealer-free with "
+               f"preprocessing: auto), {fewer}")
+    return (f"the dealt preprocessing would be {too_large.projected_bytes / mib:.1f} MiB per party, over the "
+            f"{too_large.limit_bytes / mib:g} MiB a node takes, so it was not dealt (rows submitted: {submitted}); "
+            f"at most {fit} rows per owner fit: {fix}")
 
 
 # ------------------------------------------------------------------ evidence kept in status

@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pqmpc_node.dealer.size import PREPROCESSING_LIMIT
+
 __all__ = ["OperatorSettings", "settings_from_env"]
 
 
@@ -36,6 +38,9 @@ class OperatorSettings:
     """The command of a pool's gateway pods (``spec.externalAccess``; same image as the nodes)."""
     gateway_service_type: str = "LoadBalancer"
     """The gateway Service's type when a pool does not choose one (the chart's ``gateway.serviceType``)."""
+    preprocessing_limit: int = PREPROCESSING_LIMIT
+    """The largest dealt body (bytes) the operator deals: a session whose projected body is
+    larger fails before dealing (``PreprocessingTooLarge``). The nodes' own limit; a test sets it lower."""
 
     def operator_pod_labels(self) -> dict[str, str]:
         """Labels of the operator's own pods, which the NetworkPolicy lets in."""
@@ -68,6 +73,10 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         resync_s = float(resync)
     except ValueError:
         raise ValueError(f"PQMPC_RESYNC_SECONDS={resync!r} is not a number of seconds") from None
+    limit = env.get("PQMPC_PREPROCESSING_LIMIT_BYTES") or str(PREPROCESSING_LIMIT)
+    if not limit.isdigit() or not 0 < int(limit) <= PREPROCESSING_LIMIT:
+        raise ValueError(f"PQMPC_PREPROCESSING_LIMIT_BYTES={limit!r} is not a byte count in 1..{PREPROCESSING_LIMIT} "
+                         "(a node takes no larger body)")
     return OperatorSettings(
         default_image=env.get("PQMPC_NODE_IMAGE", OperatorSettings.default_image),
         node_command=tuple(command.split()) if command else OperatorSettings.node_command,
@@ -82,6 +91,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         bootstrap_url=_https_url(env.get("PQMPC_BOOTSTRAP_URL") or OperatorSettings.bootstrap_url),
         gateway_command=tuple(gateway_command.split()) if gateway_command else OperatorSettings.gateway_command,
         gateway_service_type=service_type,
+        preprocessing_limit=int(limit),
     )
 
 

@@ -17,6 +17,7 @@ import pytest
 from pqmpc_node.client import Identity
 from pqmpc_operator.session_decide import (
     AskParties,
+    CancelAtParties,
     CountPlacementFailure,
     Deal,
     DealingFailed,
@@ -34,6 +35,7 @@ from pqmpc_operator.session_decide import (
     Requeue,
     SessionEvent,
     SessionPhase,
+    TooLarge,
     WriteStatus,
     cancel_target,
     decide,
@@ -275,6 +277,30 @@ class TestProgress:
         assert "dealtDigest" not in status
         cond = next(c for c in status["conditions"] if c["type"] == "Preprocessed")
         assert (cond["status"], cond["reason"], cond["message"]) == ("False", "DealingFailed", "retrying: HTTP 503")
+
+    def test_material_that_cannot_fit_fails_the_session_and_tells_the_parties(self) -> None:
+        """Terminal, not retried: Failed with the projected size, the limit, the rows that fit and what to do."""
+        replies = {n: report(awaitingPreprocessing=True, inputRows={"bank-a": 4000, "bank-b": 4000}) for n in IPS}
+        too_large = TooLarge(projected_bytes=279 << 20, limit_bytes=256 << 20, rows_that_fit=3670)
+        status, actions = step(running(DEALER, replies=replies, dealing=too_large))
+        message = status["message"]
+        assert (status["phase"], status["reason"]) == ("Failed", "PreprocessingTooLarge")
+        assert message.startswith("the dealt preprocessing would be 279.0 MiB per party, over the 256 MiB a node takes")
+        assert "rows submitted: bank-a 4000, bank-b 4000" in message and "at most 3670 rows per owner fit" in message
+        assert "preprocessing: auto" in message and "completionTime" in status and "dealtDigest" not in status
+        (cancel, write, requeue) = actions
+        assert isinstance(cancel, CancelAtParties) and (write, requeue) == (WriteStatus(), Requeue(1.0))
+        assert (cancel.reason, cancel.message, cancel.digest, cancel.nodes) == (
+            "PreprocessingTooLarge", message, "d" * 64, ("n-a", "n-b"))
+        assert session_events(RUNNING, status) == [SessionEvent("Warning", "PreprocessingTooLarge", message)]
+        # A finished session is not dealt again, whatever the parties still say.
+        _, actions = step(observed(session(status), pool=POOL, pod_ips=IPS, replies=replies))
+        assert not any(isinstance(a, (Deal, CancelAtParties)) for a in actions)
+
+    def test_material_that_cannot_fit_a_single_row(self) -> None:
+        replies = {n: report(awaitingPreprocessing=True, inputRows={"bank-a": 1, "bank-b": 1}) for n in IPS}
+        status, _ = step(running(DEALER, replies=replies, dealing=TooLarge(300 << 20, 256 << 20, 0)))
+        assert "not even one row per owner fits" in status["message"]
 
     @pytest.mark.parametrize("spec", [{}, {"preprocessing": "ot", "parties": 3}, {"preprocessing": "auto"}])
     def test_an_ot_session_is_never_dealt(self, spec: dict[str, Any]) -> None:

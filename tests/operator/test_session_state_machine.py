@@ -15,6 +15,7 @@ import base64
 import datetime as dt
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -572,6 +573,64 @@ async def test_dealing_failure_is_retried(world: World) -> None:
     assert await world.run("deal") == 1.0
     assert world.status("deal")["dealtDigest"] == st["planDigest"]
     assert world.condition("deal", "Preprocessed")["reason"] == "Dealt"
+
+
+HISTOGRAM = {"program": {"aggregate": [{"op": "histogram", "field": "amount", "bins": [0, 50, 100]}]},
+             "outputs": [{"recipient": "auditor", "identity": IDS["auditor"]["kemPublicKey"],
+                          "allow": ["histogram(amount)"]}]}
+
+
+async def test_a_session_whose_material_cannot_fit_fails_at_once_and_is_never_dealt(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The size is projected before dealing: too large fails the session (one Warning, rows that fit,
+    what to do), nothing is dealt, the parties are told why, and no later pass tries again."""
+    from pqmpc_operator import session_controller
+
+    def no_deal(*_: Any, **__: Any) -> None:
+        raise AssertionError("the dealer must not deal a session that cannot fit")
+
+    monkeypatch.setattr(session_controller, "deal", no_deal)
+    world.deps.settings = OperatorSettings(preprocessing_limit=1 << 20)
+    st = await to_awaiting_inputs(world, "huge", regions=["eu-west"], **HISTOGRAM)
+    inputs_in(world, "huge", {"bank-a": 100_000, "bank-b": 100_000})
+    assert await world.run("huge") == 1.0
+    st = world.status("huge")
+    assert (st["phase"], st["reason"]) == ("Failed", "PreprocessingTooLarge"), st
+    match = re.search(r"would be ([0-9.]+) MiB per party, over the 1 MiB a node takes.*at most (\d+) rows per owner fit",
+                      st["message"])
+    assert match, st["message"]
+    fit = int(match.group(2))
+    assert float(match.group(1)) > 1 and 0 < fit < 100_000
+    assert "bank-a 100000" in st["message"] and "preprocessing: auto" in st["message"]
+    assert f"at most {fit} rows per owner" in st["message"]
+    cond = world.condition("huge", "Preprocessed")
+    assert (cond["status"], cond["reason"]) == ("False", "PreprocessingTooLarge")
+    assert world.events_of("huge")[-1] == ("Warning", "PreprocessingTooLarge")
+    assert world.nodes.called("post_preprocessing") == [] and "dealtDigest" not in st
+    pki = world.deps.certification[(NS, "banks")].pki
+    assert pki is not None
+    for node in world.placed("huge"):
+        # Each party is told to stop, with the reason an owner's CLI will print.
+        cancel = verify_cancel(world.node(node).cancels[st["sessionId"]], signer_key=pki.plan_signer.public_key(),
+                               session_id=st["sessionId"], plan_digest=st["planDigest"],
+                               now=dt.datetime.now(dt.timezone.utc))
+        assert (cancel.reason, cancel.message) == ("PreprocessingTooLarge", st["message"])
+    # Never retried: later passes neither deal nor project again, and post no further Event.
+    events, calls = len(world.events), len(world.nodes.calls)
+    world.clock.advance(5)
+    await world.run("huge")
+    assert world.status("huge")["phase"] == "Failed" and len(world.events) == events
+    assert [c for c, _ in world.nodes.calls[calls:]] == []
+
+    # The same program at the rows that fit is dealt (under the same lowered limit).
+    monkeypatch.undo()
+    world.deps.settings = OperatorSettings(preprocessing_limit=1 << 20)
+    await to_awaiting_inputs(world, "fits", regions=["eu-west"], **HISTOGRAM)
+    inputs_in(world, "fits", {"bank-a": fit, "bank-b": fit})
+    assert await world.run("fits") == 1.0
+    assert world.condition("fits", "Preprocessed")["reason"] == "Dealt", world.status("fits")
+    assert all(len(b) <= 1 << 20 for n in world.placed("fits")
+               for b in [world.node(n).preprocessing[world.status("fits")["sessionId"]]])
 
 
 async def test_the_plan_is_kept_in_a_secret_owned_by_the_session_before_any_party_gets_it(world: World) -> None:
