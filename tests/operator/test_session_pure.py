@@ -246,3 +246,15 @@ def test_an_allow_entry_the_program_does_not_compute_is_refused_naming_it() -> N
     assert err.value.field_path == "outputs[0].allow[1]"
     assert str(err.value).startswith("spec.outputs[0].allow[1]: sum(amount) is not a result the program computes; "
                                      "allow only results of spec.program (mean(amount))")
+
+
+def test_the_preprocessing_limit_is_the_nodes_unless_lowered() -> None:
+    """The operator deals nothing a node would refuse; a test may lower the limit, never raise it."""
+    from pqmpc_node.dealer.size import PREPROCESSING_LIMIT
+    from pqmpc_operator.settings import settings_from_env
+
+    assert settings_from_env({}).preprocessing_limit == PREPROCESSING_LIMIT == 256 << 20
+    assert settings_from_env({"PQMPC_PREPROCESSING_LIMIT_BYTES": "1048576"}).preprocessing_limit == 1 << 20
+    for bad in ("0", "-1", "1MiB", str(PREPROCESSING_LIMIT + 1)):
+        with pytest.raises(ValueError, match="PQMPC_PREPROCESSING_LIMIT_BYTES"):
+            settings_from_env({"PQMPC_PREPROCESSING_LIMIT_BYTES": bad})
