@@ -39,6 +39,7 @@ from pqmpc_node.mpc.numerics import exact_text
 from pqmpc_node.output_scale import rounded_text
 
 NS = "pq-sessions"
+DEAL_LIMIT = 16 << 20
 PQMPC = str(Path(sys.executable).parent / "pqmpc")
 
 
@@ -152,8 +153,10 @@ class Operator:
 
     def start(self) -> OperatorProcess:
         self.starts += 1
+        # A lowered dealing limit (nodes take 256 MiB): every dealt session here is a few
+        # dozen rows (< 2 MiB), and a session of 1000 rows per owner (~36 MiB) cannot fit.
         self.proc = start_operator(self.plane, self.workdir / f"run{self.starts}", args=["--namespace", NS],
-                                   resync_seconds=5)
+                                   resync_seconds=5, extra_env={"PQMPC_PREPROCESSING_LIMIT_BYTES": str(DEAL_LIMIT)})
         return self.proc
 
     def kill(self) -> None:
@@ -689,6 +692,41 @@ def test_deleting_a_session_cancels_it_at_its_parties(world: World, kubectl: Kub
                          lambda: (lambda doc: doc if doc["phase"] == "Failed" else None)(report(url)), timeout=30)
         assert final["reason"] == "cancelled" and "operator" in final["message"], final
         assert final["inputRows"] == {} and not any(i["received"] for i in final["inputs"]), final
+
+
+def test_a_session_that_cannot_fit_fails_at_once_and_says_how_many_rows_fit(world: World, kubectl: Kubectl) -> None:
+    """The dealt body of 1000 rows per owner would exceed the operator's (lowered) limit: the session
+    fails before any dealing, with one Warning Event, the rows that fit in status, at the parties and
+    in the owner's CLI (at once, not after --wait)."""
+    spec = aggregate_spec(world, ["bank-a", "bank-b"], ["eu-west"], 2)
+    world.apply(world.session("too-big", **spec, preprocessing="dealer"))
+    st = world.wait_phase("too-big", {"AwaitingInputs", "Failed"})
+    assert st["phase"] == "AwaitingInputs", st
+    sid, urls = st["sessionId"], st["result"]["nodes"]
+    for owner in ("bank-a", "bank-b"):
+        world.submit(sid, owner, urls[0], world.csv(f"big-{owner}", ["amount"], np.ones((1000, 1))))
+    st = world.wait_phase("too-big", {"Failed", "Succeeded"}, timeout=120)
+    assert (st["phase"], st["reason"]) == ("Failed", "PreprocessingTooLarge"), st
+    match = re.search(r"over the 16 MiB a node takes.*at most (\d+) rows per owner fit", st["message"])
+    assert match and 0 < int(match.group(1)) < 1000, st["message"]
+    assert "preprocessing: auto" in st["message"] and "dealtDigest" not in st
+
+    def events() -> list[dict[str, Any]]:
+        return list(get_json(kubectl, "events", "--field-selector", "involvedObject.name=too-big")["items"])
+
+    warned = wait_for("the PreprocessingTooLarge Event",
+                      lambda: [e for e in events() if e["reason"] == "PreprocessingTooLarge"], timeout=60)
+    assert [(e["type"], e.get("count", 1)) for e in warned] == [("Warning", 1)], warned
+    assert not [e for e in events() if e["reason"] == "Dealing"]
+    for url in urls:
+        doc = json.loads(node_get(world.dir / "ca.pem", f"{url}/v1/sessions/{sid}"))
+        assert (doc["phase"], doc["reason"], doc["message"]) == ("Failed", "PreprocessingTooLarge", st["message"]), doc
+    started = time.monotonic()
+    out = pqmpc("result", "--session", sid, "--identity", world.identity_file("auditor"), "--node", urls[0],
+                "--ca", str(world.dir / "ca.pem"), "--plan-signer", str(world.dir / "plan-signer.pub"),
+                "--wait", "60", check=False)
+    assert out.returncode == 1 and st["message"] in " ".join((out.stdout + out.stderr).split()), out
+    assert "Traceback" not in out.stderr and time.monotonic() - started < 45
 
 
 def test_a_pq_high_pool_runs_a_session_end_to_end(world: World, kubectl: Kubectl) -> None:
