@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Required, TypedDict, Union, cast
 
 from pqmpc_node.crypto.suites import Suite, get_suite
+from pqmpc_node.dealer.size import PREPROCESSING_LIMIT
 from pqmpc_node.gateway.routing import external_name
 from pqmpc_operator import placement
 from pqmpc_operator.anomaly import SessionEvidence
@@ -744,9 +745,11 @@ def too_large_message(spec: SessionSpec, rows: Mapping[str, int], too_large: Too
     else:
         fix = ("create the session again with additive sharing or a Shamir threshold with 2t < n (dealer-free with "
                f"preprocessing: auto), {fewer}")
-    return (f"the dealt preprocessing would be {too_large.projected_bytes / mib:.1f} MiB per party, over the "
-            f"{too_large.limit_bytes / mib:g} MiB a node takes, so it was not dealt (rows submitted: {submitted}); "
-            f"at most {fit} rows per owner fit: {fix}")
+    limit = f"{too_large.limit_bytes / mib:g} MiB"
+    where = f"the {limit} a node takes" if too_large.limit_bytes >= PREPROCESSING_LIMIT else (
+        f"the {limit} the operator deals (its memory limit; nodes take {PREPROCESSING_LIMIT // mib} MiB)")
+    return (f"the dealt preprocessing would be {too_large.projected_bytes / mib:.1f} MiB per party, over {where}, "
+            f"so it was not dealt (rows submitted: {submitted}); at most {fit} rows per owner fit: {fix}")
 
 
 # ------------------------------------------------------------------ evidence kept in status

@@ -175,9 +175,17 @@ def test_environment_parses_with_the_operators_settings(render: Render) -> None:
     assert settings == OperatorSettings(
         default_image="ghcr.io/pqmpc/pqmpc:1.2.3", node_command=("python", "-m", "pqmpc_node"), api_port=18443,
         peer_port=9443, resync_seconds=7.0, liveness_port=8080, metrics_port=19090,
+        preprocessing_limit=32 << 20,  # one deal stays inside the operator's 512Mi memory limit
     )
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports["metrics"] == settings.metrics_port
+
+
+def test_the_deal_limit_reaches_the_operators_settings(render: Render) -> None:
+    """operator.dealLimitBytes: what the operator deals at most (a larger session fails before dealing)."""
+    assert settings_from_env(env_of(container(render()))).preprocessing_limit == 32 << 20
+    c = container(render("operator.dealLimitBytes=268435456", "operator.resources.limits.memory=3Gi"))
+    assert settings_from_env(env_of(c)).preprocessing_limit == 256 << 20
 
 
 def test_node_image_defaults_to_the_operator_image_and_can_differ(render: Render) -> None:

@@ -596,8 +596,8 @@ async def test_a_session_whose_material_cannot_fit_fails_at_once_and_is_never_de
     assert await world.run("huge") == 1.0
     st = world.status("huge")
     assert (st["phase"], st["reason"]) == ("Failed", "PreprocessingTooLarge"), st
-    match = re.search(r"would be ([0-9.]+) MiB per party, over the 1 MiB a node takes.*at most (\d+) rows per owner fit",
-                      st["message"])
+    match = re.search(r"would be ([0-9.]+) MiB per party, over the 1 MiB the operator deals \(its memory limit; "
+                      r"nodes take 256 MiB\).*at most (\d+) rows per owner fit", st["message"])
     assert match, st["message"]
     fit = int(match.group(2))
     assert float(match.group(1)) > 1 and 0 < fit < 100_000

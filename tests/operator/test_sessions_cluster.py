@@ -707,7 +707,7 @@ def test_a_session_that_cannot_fit_fails_at_once_and_says_how_many_rows_fit(worl
         world.submit(sid, owner, urls[0], world.csv(f"big-{owner}", ["amount"], np.ones((1000, 1))))
     st = world.wait_phase("too-big", {"Failed", "Succeeded"}, timeout=120)
     assert (st["phase"], st["reason"]) == ("Failed", "PreprocessingTooLarge"), st
-    match = re.search(r"over the 16 MiB a node takes.*at most (\d+) rows per owner fit", st["message"])
+    match = re.search(r"over the 16 MiB the operator deals.*at most (\d+) rows per owner fit", st["message"])
     assert match and 0 < int(match.group(1)) < 1000, st["message"]
     assert "preprocessing: auto" in st["message"] and "dealtDigest" not in st
 
