@@ -64,7 +64,9 @@ Outputs at the declared scale                                       test_result_
                                                                     tests/node/test_cli_user_path.py, tests/e2e/test_demo.py
 Histogram .below/.above add up with the bins to the row count       test_result_at_the_declared_scale_with_range_counts;
                                                                     tests/e2e/test_demo.py, tests/node/test_cli_histogram.py
-Sessions whose dealt material cannot fit                            not covered here (additive sessions now run dealer-free on ot)
+Sessions whose dealt material cannot fit                            tests/operator/test_sessions_cluster.py::test_a_session_that_cannot_fit_…
+                                                                    (status, one Warning, parties, pqmpc result); the state machine,
+                                                                    decide and tests/node/test_dealer_size.py (projection vs real deals)
 One Warning Event per placement failure, from pqmpc-operator        test_placement_failure_is_one_warning_from_the_operator;
                                                                     tests/operator/test_sessions_cluster.py::test_impossible_placement_is_explained
 placement_failures_total counts placements, not retries             tests/operator/test_session_decide.py (…same_failure_is_not_counted_again)
