@@ -9,6 +9,7 @@ with an honest majority do not use it: their parties make their own material
 (:mod:`pqmpc_node.mpc.honest_majority`).
 
 * :mod:`~pqmpc_node.dealer.simulation` — :func:`deal`: the operator's side;
+* :mod:`~pqmpc_node.dealer.size` — the body size projected before dealing, and the nodes' limit;
 * :mod:`~pqmpc_node.dealer.wire` — the sealed, signed body and :func:`open_preprocessing`;
 * :mod:`~pqmpc_node.dealer.provider` — a node's provider over its material, per attempt;
 * :mod:`~pqmpc_node.dealer.seeded` — the split of one dealer into per-party seeds and streams.

@@ -40,7 +40,7 @@ from pqmpc_node.mpc.programs import encode_column, model_shapes
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.plan import SessionPlan
 
-__all__ = ["DealerOutput", "deal", "deal_async"]
+__all__ = ["DealerOutput", "deal", "deal_async", "simulate"]
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,13 @@ class DealerOutput:
     stream_words: Mapping[str, int]
 
 
-async def _simulate(plan: SessionPlan, rows: Mapping[str, int], seeds: Sequence[bytes], dealer_seed: bytes,
+async def simulate(plan: SessionPlan, rows: Mapping[str, int], seeds: Sequence[bytes], dealer_seed: bytes,
                     rng: Callable[[int], bytes]) -> list[DealingProvider]:
-    """Run the program once with every party simulated on dummy inputs of the real shapes."""
+    """Run the program once with every party simulated on dummy inputs of the real shapes.
+
+    Each returned provider holds its party's manifest (``requests``) and correction
+    ``stream``; :func:`deal` seals them, :mod:`pqmpc_node.dealer.size` only measures them.
+    """
     cfg = engine_config(plan)
     domain, scheme = cfg.domain(), cfg.scheme()
     exec_plan = plan.execution_plan()
@@ -108,7 +112,7 @@ async def deal_async(
     runs = []
     for _ in range(attempt_count(plan)):  # fresh, independent material per attempt
         seeds = [rng(32) for _ in plan.parties]
-        runs.append((seeds, await _simulate(plan, counts, seeds, rng(32), rng)))
+        runs.append((seeds, await simulate(plan, counts, seeds, rng(32), rng)))
     digest = plan.digest()
     bodies: dict[str, bytes] = {}
     words: dict[str, int] = {}

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from pqmpc_node.dealer.provider import attempt_count
 from pqmpc_node.dealer.seeded import DealingProvider
-from pqmpc_node.dealer.simulation import _simulate
+from pqmpc_node.dealer.simulation import simulate
 from pqmpc_node.dealer.wire import MAGIC
 from pqmpc_node.plan import SessionPlan
 
@@ -80,7 +80,7 @@ async def _project(plan: SessionPlan) -> SizeProjection:
 
     async def at(rows: dict[str, int]) -> list[float]:
         seeds = [os.urandom(32) for _ in plan.parties]  # dummy: sizes do not depend on the seeds
-        return _party_bytes(await _simulate(plan, rows, seeds, os.urandom(32), os.urandom), attempts)
+        return _party_bytes(await simulate(plan, rows, seeds, os.urandom(32), os.urandom), attempts)
 
     base = await at({o: BASE_ROWS for o in owners})
     slopes: list[dict[str, float]] = [{} for _ in base]
