@@ -9,7 +9,7 @@ this script writes the chart's copies:
   (its ``rules:`` list, comments kept)
 - ``deploy/prometheus/pqmpc-alerts.yaml`` -> ``helm/pqmpc/files/pqmpc-alerts.yaml``
 - ``deploy/mpcsession-admission-policy.yaml`` -> ``helm/pqmpc/templates/mpcsession-admission-policy.yaml``
-  (the MPCSession admission policy; no template syntax in it)
+  (the MPCSession admission policy, named after the release)
 
 ``--check`` writes nothing and exits 1 listing the copies that differ (tests/helm runs it).
 """
@@ -47,8 +47,12 @@ def expected_copies() -> dict[Path, str]:
     alerts = "deploy/prometheus/pqmpc-alerts.yaml"
     copies[CHART / "files" / "pqmpc-alerts.yaml"] = HEADER.format(source=alerts) + (REPO / alerts).read_text()
     policy = "deploy/mpcsession-admission-policy.yaml"
+    # Cluster-scoped: each release owns its own copy (named after it), so two releases, or a policy
+    # applied by hand from deploy/, never collide with this one.
     copies[CHART / "templates" / "mpcsession-admission-policy.yaml"] = (
         HEADER.format(source=policy) + (REPO / policy).read_text()
+        .replace("name: mpcsessions.pqmpc.io", "name: {{ .Release.Name }}-mpcsessions.pqmpc.io")
+        .replace("policyName: mpcsessions.pqmpc.io", "policyName: {{ .Release.Name }}-mpcsessions.pqmpc.io")
     )
     return copies
 

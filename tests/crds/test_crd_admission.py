@@ -46,6 +46,8 @@ def namespace(kubectl: Any) -> Iterator[str]:
     wait_for_policy(kubectl, ns)
     yield ns
     kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    # Cluster-scoped and not Helm's: leave no policy behind for a later helm install in the same cluster.
+    kubectl("delete", "-f", str(REPO / "deploy" / "mpcsession-admission-policy.yaml"), "--ignore-not-found", check=False)
 
 
 def wait_for_policy(kubectl: Any, namespace: str) -> None:
