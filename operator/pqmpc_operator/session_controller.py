@@ -25,6 +25,7 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from cryptography.exceptions import InvalidSignature
 from pqmpc_node.crypto.kemkeys import VerifiedKeys, verify_keys_document
 from pqmpc_node.crypto.pki import CertificateError, NodeId
 from pqmpc_node.crypto.suites import Suite
-from pqmpc_node.dealer import deal
+from pqmpc_node.dealer import DealerOutput, deal
 from pqmpc_node.dealer.size import project_size
 from pqmpc_node.plan import PLAN_SIGNATURE_CONTEXT, PlanError, canonical_bytes, parse_signed_plan, sign_cancel
 from pqmpc_operator import builders, pool_pki
@@ -420,6 +421,17 @@ async def _stored_plan(deps: SessionDeps, session: Mapping[str, Any], *, pki: Po
     return plan
 
 
+_DEALING = threading.Lock()
+"""One deal at a time: a deal peaks at several times its body in memory, so deals of several sessions
+at once would add up past the chart's memory limit (each alone is capped by the size projection)."""
+
+
+def _deal_one_at_a_time(*args: Any, **kwargs: Any) -> DealerOutput:
+    """:func:`~pqmpc_node.dealer.deal` under :data:`_DEALING` (runs in a worker thread)."""
+    with _DEALING:
+        return deal(*args, **kwargs)
+
+
 async def _deal(
     deps: SessionDeps, *, session: Mapping[str, Any], spec: SessionSpec, pod_ips: Mapping[str, str],
     pool: Any, state: CertificationState, suite: Any, rows: Mapping[str, int], digest: str,
@@ -452,7 +464,8 @@ async def _deal(
             raise NodeCallError(f"node {party.node_id} presents a certificate other than the plan's; nothing was sealed")
         keys[party.node_id] = (verified.kem.epoch, verified.kem.public_key)
     started = time.perf_counter()
-    dealt = await asyncio.to_thread(deal, plan, dict(rows), suite=suite, signer_key=pki.plan_signer, node_kem_keys=keys)
+    dealt = await asyncio.to_thread(_deal_one_at_a_time, plan, dict(rows), suite=suite, signer_key=pki.plan_signer,
+                                    node_kem_keys=keys)
     _log.info("session %s: dealt preprocessing for rows %s in %.2fs", spec.session_id, dict(rows), time.perf_counter() - started)
     for party in plan.parties:
         await deps.nodes.post_preprocessing(pod_ips.get(party.node_id, ""), spec.session_id, dealt.bodies[party.node_id])

@@ -852,3 +852,33 @@ async def test_a_session_being_deleted_is_left_alone(world: World) -> None:
     world.api.sessions[(NS, "going")]["metadata"]["deletionTimestamp"] = ts(T0)
     assert await world.run("going") is None
     assert world.status("going") == {} and world.nodes.calls == []
+
+
+def test_deals_run_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deals of several sessions never overlap (each peaks at several times its body in memory)."""
+    import threading
+
+    from pqmpc_operator import session_controller
+
+    entered = [threading.Event(), threading.Event()]
+    release = threading.Event()
+    calls: list[int] = []
+
+    def fake_deal(which: int) -> Any:
+        calls.append(which)
+        entered[which].set()
+        if which == 0:
+            release.wait(60)
+        return which
+
+    monkeypatch.setattr(session_controller, "deal", fake_deal)
+    first = threading.Thread(target=session_controller._deal_one_at_a_time, args=(0,))
+    second = threading.Thread(target=session_controller._deal_one_at_a_time, args=(1,))
+    first.start()
+    assert entered[0].wait(60)
+    second.start()
+    assert not entered[1].wait(1.0), "a second deal started while the first was running"
+    release.set()
+    first.join(60)
+    second.join(60)
+    assert calls == [0, 1]
