@@ -136,7 +136,6 @@ class OtProviderStats:
     extended_ots: int = 0
     triples: int = 0
     bits: int = 0
-    bytes_sent: int = 0
     base_ot_seconds: list[float] = field(default_factory=list)
     """Wall time of the base OTs with each peer (both directions at once)."""
 
@@ -270,7 +269,6 @@ class OtProvider:
             out[lo:lo + n] = ole_receiver_share(d, ot_elements(d, chosen).reshape(n, ell), chunk,
                                                 corrections.reshape(n, ell))
             self.stats.extended_ots += int(chunk.size)
-            self.stats.bytes_sent += 16 * int(chunk.size)
         return out
 
     async def _ole_send(self, peer: int, y: Array, ell: int, tag: str) -> Array:
@@ -286,10 +284,8 @@ class OtProvider:
             m0, m1 = await self._pairs[peer].sender.extend(ctx.channel, peer, ext, n * ell)
             corrections, share = ole_sender(d, ot_elements(d, m0).reshape(n, ell), ot_elements(d, m1).reshape(n, ell),
                                             chunk, ell)
-            payload = encode_payload(corrections)
-            await ctx.channel.send_many(corr, {peer: payload})
+            await ctx.channel.send_many(corr, {peer: encode_payload(corrections)})
             out[lo:lo + n] = share
-            self.stats.bytes_sent += len(payload)
         return out
 
     async def _cross_products(self, x_bits: np.ndarray[Any, np.dtype[np.uint8]], y: Array, label: str) -> Array:
@@ -323,9 +319,7 @@ class OtProvider:
                 if cope is None:
                     raise RuntimeError("COPE was not set up")
                 u, share = cope.extend(chunk)
-                payload = encode_payload(u)
-                await ctx.channel.send_many(self._sub(tag, self.party, peer, part, "u"), {peer: payload})
-                self.stats.bytes_sent += len(payload)
+                await ctx.channel.send_many(self._sub(tag, self.party, peer, part, "u"), {peer: encode_payload(u)})
                 return share
 
             async def under_mine(peer: int, n: int = n, part: int = part) -> Array:
