@@ -2,11 +2,11 @@
 
 ``commit_reveal`` (and so ``toss_coins``) skips a peer whose messages time out
 (``_receive_reachable``), so a cheater that sends neither its commitment nor its reveal
-to party 0 -- but both to the others -- makes party 0 derive the sacrifice coin ``s``
+to party 0 -- but both to the others -- makes party 0 derive the product check's coins
 from a different set of seeds than the other honest parties. This is the scenario
 "honest parties reconstruct from different subsets"; the claim under test is that it
-fails safe: the sacrifice's openings are then not one consistent (value, MAC) sharing
-and the session aborts, no honest party accepts a wrong output.
+fails safe: the check's values are then not one consistent sharing and the session
+aborts, no honest party accepts a wrong output.
 
 Honest channels time out like ``PqChannel`` (``PeerLostError`` naming the silent peer).
 """
@@ -33,6 +33,9 @@ from pqmpc_node.mpc.config import EngineConfig  # noqa: E402
 from pqmpc_node.mpc.errors import MacCheckError  # noqa: E402
 from pqmpc_node.mpc.outputs import OutputForgeryError, verify_delivered  # noqa: E402
 from pqmpc_node.mpc.programs import compile_program  # noqa: E402
+
+COIN = {"before-input-check/product-coins/commit", "before-input-check/product-coins/reveal"}
+"""The coin toss of the first product check (honest_majority.verify_products, step 1)."""
 
 TIMEOUT = 2.0
 FAST = 0.5  # a victim that gives up on a silent peer sooner than its co-parties wait for it
@@ -91,7 +94,7 @@ def test_review_coin_seen_by_different_subsets_fails_safe(parties: int) -> None:
     made without the cheater's seed while the other honest parties use one made with it."""
     config = EngineConfig(parties, threshold=1, sharing="shamir", security="malicious")
     cheater, victim = parties - 1, 0
-    out = _run(config, cheater, victim, {"sacrifice-coin/commit", "sacrifice-coin/reveal"}, victim_timeout=FAST)
+    out = _run(config, cheater, victim, COIN, victim_timeout=FAST)
     honest = [p for p in out if p != cheater]
     finished = {p: o for p, o in out.items() if p in honest and isinstance(o, RunOutcome)}
     for p in honest:
@@ -115,17 +118,17 @@ def test_review_silence_toward_one_party_on_a_coin_expels_that_honest_party() ->
     revealed (lost, or withholding to bias the coins)"): the session runner restarts them
     *with the cheater and without honest party 0*."""
     config = EngineConfig(4, threshold=1, sharing="shamir", security="malicious")
-    out = _run(config, 3, 0, {"sacrifice-coin/commit", "sacrifice-coin/reveal"})
+    out = _run(config, 3, 0, COIN)
     named = {p: o.peer for p, o in out.items() if p != 3 and isinstance(o, LostPartyError)}
     assert all(peer == 3 for peer in named.values()), f"honest parties name honest parties as lost: {named} ({out})"
 
 
 class RushingOnTheLine(SilentToward):
-    """As :class:`SilentToward`, and in the sacrifice's two openings the cheater first reads the
-    honest shares, then sends the point on the line through them (n = 3, t = 1), so no
-    consistency check can see that the honest parties used different coins."""
+    """As :class:`SilentToward`, and in the product check's degree-t opening the cheater first
+    reads the honest shares, then sends the point on the line through them (n = 3, t = 1), so
+    no consistency check can see that the honest parties used different coins."""
 
-    ADAPT = {"sacrifice", "sacrifice-check"}
+    ADAPT = {"dn/product-check-open"}
 
     def __init__(self, inner: Any, labels: set[str], victim: int) -> None:
         super().__init__(inner, labels, victim)
@@ -163,8 +166,8 @@ class RushingOnTheLine(SilentToward):
 
 
 def test_review_rushing_cheater_hides_the_coin_split_from_the_degree_checks_and_is_still_caught() -> None:
-    """n = 3 = 2t + 1: the honest parties' sacrifice openings use coins s0 != s1; a rushing cheater
-    keeps every opening on one degree-1 polynomial. The MAC check (alpha unknown) must still abort."""
+    """n = 3 = 2t + 1: the honest parties' product checks use different coins; a rushing cheater
+    keeps the check's opening on one degree-1 polynomial. The check (alpha, beta unknown) must still abort."""
     config = EngineConfig(3, threshold=1, sharing="shamir", security="malicious")
     plan = compile_program(PROGRAM, FIELDS)
     shares = owner_shares(config, {"bank-a": [5.0, 250.5, 999.0, 1200.0], "bank-b": [17.25, 400.0, -3.0]})
@@ -173,7 +176,7 @@ def test_review_rushing_cheater_hides_the_coin_split_from_the_degree_checks_and_
     async def party(i: int) -> RunOutcome:
         inner = hub.channel(i)
         if i == 2:
-            ch: Any = RushingOnTheLine(inner, {"sacrifice-coin/commit", "sacrifice-coin/reveal"}, 0)
+            ch: Any = RushingOnTheLine(inner, COIN, 0)
         else:
             ch = TimedChannel(inner, FAST if i == 0 else TIMEOUT)
         ctx = await hm_context(config, ch, live=range(3))
@@ -195,4 +198,5 @@ def test_review_rushing_cheater_hides_the_coin_split_from_the_degree_checks_and_
     out = asyncio.run(main())
     for p in (0, 1):
         assert isinstance(out[p], (MacCheckError, ChannelError)), f"party {p}: {out[p]!r}"
-        assert getattr(out[p], "check", None) != "opening-consistency", f"the split was not hidden: {out[p]!r}"
+        assert getattr(out[p], "check", None) not in {"opening-consistency", "product-check-consistency"}, \
+            f"the split was not hidden: {out[p]!r}"

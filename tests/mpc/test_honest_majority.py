@@ -181,6 +181,57 @@ def test_matrix_triples_multiply() -> None:
     assert (F.mul(c, alpha) == open_all(scheme, [tr.c.mac for tr, _ in out])).all()
 
 
+@pytest.mark.parametrize(("n", "t"), SIZES)
+@pytest.mark.parametrize("security", ["semi-honest", "malicious"])
+def test_direct_products_are_right_and_pass_the_product_check(n: int, t: int, security: str) -> None:
+    """The engine's multiplications with this provider (no triples): elementwise and matrix
+    products equal the products of the opened operands, their MACs hold, and the product
+    check run by ``check_macs`` passes over all of them."""
+    from pqmpc_node.mpc import protocols as P
+    from pqmpc_node.mpc.mac import check_macs
+
+    async def make(ctx: MPCContext) -> Any:
+        provider = ctx.provider
+        assert isinstance(provider, HonestMajorityProvider)
+        x, y = await provider.random_authenticated((300,)), await provider.random_authenticated((300,))
+        (z,) = await P.multiply_many(ctx, [(x, y)])
+        a, b = await provider.random_authenticated((4, 3)), await provider.random_authenticated((3, 2))
+        c = await P.matmul(ctx, a, b)
+        pending = provider.stats.products
+        await check_macs(ctx, "end")
+        return x, y, z, a, b, c, ctx.mac_key, pending, provider.stats.checked_products
+
+    out = gather_material(n, t, security, make)
+    scheme = ShamirScheme(n, t)
+    x, y, z, a, b, c = (open_all(scheme, [o[i].value for o in out]) for i in range(6))
+    assert (F.mul(x, y) == z).all() and len(set(z.tolist())) == 300
+    assert (F.matmul(a, b) == c).all()
+    if security == "malicious":
+        alpha = open_all(scheme, [o[6] for o in out])
+        for i in range(6):
+            assert (F.mul(open_all(scheme, [o[i].value for o in out]), alpha)
+                    == open_all(scheme, [o[i].mac for o in out])).all(), i
+        assert {o[7] for o in out} == {300 + 8} and {o[8] for o in out} == {300 + 8}  # all checked
+
+
+def test_unchecked_products_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_UNVERIFIED unchecked elements the product check runs at once (memory bound)."""
+    from pqmpc_node.mpc import honest_majority
+    from pqmpc_node.mpc import protocols as P
+
+    monkeypatch.setattr(honest_majority, "MAX_UNVERIFIED", 100)
+
+    async def make(ctx: MPCContext) -> Any:
+        provider = ctx.provider
+        assert isinstance(provider, HonestMajorityProvider)
+        x = await provider.random_authenticated((64,))
+        for _ in range(3):
+            x = await P.multiply(ctx, x, x)
+        return provider.stats.checked_products
+
+    assert {n for n in gather_material(3, 1, "malicious", make)} == {128}  # 64, 128 > 100: checked; 192 not yet
+
+
 @pytest.mark.parametrize(("n", "t"), [(3, 1), (5, 2)])
 def test_bits_are_bits(n: int, t: int) -> None:
     async def make(ctx: MPCContext) -> Any:

@@ -26,31 +26,53 @@ Sources and steps.
   ``xy + e`` for an ``e`` the cheater fixed without knowing any secret, or the honest
   parties' shares are inconsistent and the next opening's degree check fails.
 * **MACs** (malicious sessions): the MAC key ``[alpha]`` is a PRSS sharing; the MAC of a
-  value ``[x]`` is the product ``[alpha * x]`` made as above. Its additive error, if any,
-  is fixed before and independently of ``alpha``.
-* **Verified triples** (:meth:`triples`), the SPDZ *sacrifice* [DPSZ12, section 3; KOS16,
-  "sacrifice"] with this engine's MAC-checked, degree-checked openings:
-  1. PRSS ``[a], [b], [f]``; products ``[c] = [a][b]``, ``[h] = [f][b]`` and MACs of all
-     five (two rounds); the spent triple ``(f, b, h)`` shares ``b`` with the checked one
-     (as SPDZ2k's sacrifice does), which saves a sharing, a MAC and an opening;
-  2. a public coin ``s`` by commit-and-reveal, drawn after step 1 fixed every error;
-  3. open ``rho = s[a] - [f]``, then ``v = s[c] - [h] - rho[b] = s(c - ab) - (h - fb)``;
-  4. check every MAC of every opening so far (:func:`~pqmpc_node.mpc.mac.check_macs`)
-     and that ``v = 0``; ``(a, b, c)`` is returned, ``(f, b, h)`` is spent.
-  A wrong ``c`` passes only if ``s`` hits one value (1/p), and an opening shifted to hide
-  it needs a MAC error equal to ``alpha`` times the shift (1/p, alpha is never opened):
-  a bad triple is caught except with probability 2/p < 2^-59.
-* **Matrix triples** (:meth:`matrix_triple`): the same with matrix products
-  (the local product of two degree-t share matrices is a degree-2t sharing of the
-  product), a spent triple ``(F, G, H)`` of its own, ``sigma = B - G`` opened too and
-  ``v = sC - H - rho G - F sigma - rho sigma``.
+  random value ``[r]`` is the product ``[alpha * r]`` made as above. Its additive error,
+  if any, is fixed before and independently of ``alpha``; it can only make a later check
+  fail (the value itself is a local PRSS share).
+* **Products with MACs** (:meth:`direct_multiply`, :meth:`direct_matmul`), the compiler of
+  Chida, Genkin, Hamada, Ikarashi, Kikuchi, Lindell, Nof, "Fast large-scale
+  honest-majority MPC for malicious adversaries" (CRYPTO 2018, protocol 3.x; the same
+  idea as Damgård-Orlandi-Simkin, CRYPTO 2018): the semi-honest DN multiplication runs
+  twice in one round, on the values and on the MACs:
+  1. ``[z] = reduce([x][y])`` and ``[alpha z] = reduce([alpha x][y])`` (matrix products
+     alike: ``X @ Y`` and ``(alpha X) @ Y``); semi-honest sessions reduce ``[x][y]`` only;
+  2. the pair ``([z], [alpha z])`` is kept, unchecked, until the next check (bounded: at
+     :data:`MAX_UNVERIFIED` elements the check runs early).
+* **Product check** (:meth:`verify_products`, run by every
+  :func:`~pqmpc_node.mpc.mac.check_macs`, so before any opening no random mask hides and
+  before any output):
+  1. coins ``rho_k`` by commit-and-reveal, drawn after every checked product is fixed;
+  2. ``[u] = sum_k rho_k [alpha z_k]`` and ``[w] = sum_k rho_k [z_k]`` (local);
+  3. ``[alpha w] = reduce([alpha][w])`` and ``[T] = [u] - [alpha w]``, 0 if all is well;
+  4. CheckZero (Chida et al., section 2): a fresh PRSS ``[beta]``,
+     ``[beta T] = reduce([beta][T])``, open it (degree t, every live share, all on one
+     polynomial) and abort unless it is 0. Not the degree-2t product itself: with
+     n = 2t + 1 a rushing cheater that has read the honest shares picks its own last and
+     so sets the opened value at will; a degree-t opening leaves it no say.
+  Why it catches a wrong product: every value and MAC error is additive and fixed before
+  the coins. Values never involve ``alpha``, so ``T = A - alpha * B`` with
+  ``B = sum_k rho_k b_k``, ``b_k`` the value errors (propagated through later products by
+  the secret data). Some ``b_k != 0`` gives ``B != 0`` except with probability 1/p over
+  the coins; then ``T = 0`` needs the cheater's error in step 3 to hit ``A - alpha B``,
+  i.e. to guess ``alpha`` (1/p); a non-zero ``T`` opens to 0 only if ``beta`` is the one
+  value ``-error/T`` (1/p; the error of step 4's reduction is fixed without knowing
+  ``beta``). A product with a wrong value passes with probability at most
+  3/p < 2^-59. Errors on MACs only leave every value right and can only cause an abort.
+  ``beta T`` is uniform when ``T != 0``, so an abort reveals nothing (unlike opening ``T``,
+  which could involve the secret operands of a product with a wrong MAC).
+  This replaces the sacrifice for products: half the reductions, no extra triples, which
+  is what makes malicious multiplication cost about twice semi-honest.
+* **Triples** (:meth:`triples`, for openings that need one: random bits, output keys):
+  PRSS ``[a], [b]``, their MACs and ``[c] = [a][b]`` with its MAC as above (two rounds);
+  ``c`` is checked with every other product.
+* **Matrix triples** (:meth:`matrix_triple`): the same with a matrix product.
 * **Random bits** (:meth:`edabits`), square-and-open [DFK+06, section 5 (TCC 2006)] over
-  F_p, p = 2^61 - 1 = 3 mod 4: with a verified triple ``(a, b, c)`` open ``a - b`` (b is
+  F_p, p = 2^61 - 1 = 3 mod 4: with a triple ``(a, b, c)`` open ``a - b`` (b is
   uniform, so it reveals nothing), ``[a^2] = [c] + (a - b)[a]``, open ``a^2``; if it is 0
   (probability 1/p) the element is drawn again; ``s = sqrt(a^2)`` (the power
   ``(p + 1)/4``), and ``[bit] = ([a]/s + 1)/2`` is 0 or 1 uniformly (the sign of ``a`` is
-  hidden). Opened values are MAC-checked before the bits are returned.
-* **Input masks** (:meth:`input_mask`): the ``a`` of a verified triple; every live party
+  hidden). Opened values are MAC-checked (with the products) before the bits are returned.
+* **Input masks** (:meth:`input_mask`): a PRSS ``[r]`` with its MAC; every live party
   sends its share to the owner, which interpolates and checks that all shares lie on one
   degree-t polynomial (at least 2t + 1 live parties, so t wrong shares cannot agree).
 
@@ -74,10 +96,7 @@ from pqmpc_node.mpc.context import MPCContext, encode_payload
 from pqmpc_node.mpc.derived import (
     MAX_BATCH,
     BitCheckError,
-    TripleCheckError,
     TriplePool,
-    sacrifice_shared_b,
-    sacrifice_verdict,
     square_and_open_bits,
 )
 from pqmpc_node.mpc.domain import Array, Domain
@@ -89,7 +108,15 @@ from pqmpc_node.mpc.shares import Shared
 from pqmpc_node.mpc.sharing import InconsistentSharesError, ShamirScheme
 
 
-__all__ = ["MAX_BATCH", "HonestMajorityProvider", "ProviderStats", "TooFewPartiesError", "TripleCheckError", "BitCheckError"]
+__all__ = ["MAX_BATCH", "MAX_UNVERIFIED", "HonestMajorityProvider", "ProductCheckError", "ProviderStats",
+           "TooFewPartiesError", "BitCheckError"]
+
+MAX_UNVERIFIED = 1 << 22
+"""The most unchecked product elements held (two arrays of 8 bytes each) before the check runs early."""
+
+
+class ProductCheckError(MacCheckError):
+    """The product check failed: some party deviated while products were made (module docstring)."""
 
 
 class TooFewPartiesError(LostPartyError):
@@ -101,6 +128,8 @@ class ProviderStats:
     """What this provider made (public counts; for metrics and benchmarks)."""
 
     reduced_elements: int = 0
+    products: int = 0
+    checked_products: int = 0
     triples: int = 0
     bits: int = 0
     rounds: int = 0
@@ -118,6 +147,8 @@ class HonestMajorityProvider:
     _alpha: Array | None = field(default=None, repr=False)
     _ctx: MPCContext | None = field(default=None, repr=False)
     _pool: TriplePool | None = field(default=None, repr=False)
+    _unverified: list[tuple[Array, Array]] = field(default_factory=list, repr=False)
+    _unverified_size: int = 0
 
     def __post_init__(self) -> None:
         if not self.scheme.honest_majority:
@@ -181,6 +212,14 @@ class HonestMajorityProvider:
 
     async def _open_2t(self, share: Array, label: str) -> Array:
         """Send this degree-2t share to every live party and interpolate ``d`` (checked when redundant)."""
+        return await self._open_degree(share, label, 2 * self.scheme.t, "degree-reduction")
+
+    async def _open_unauthenticated(self, share: Array, label: str) -> Array:
+        """Open a degree-t sharing that has no MAC: at least 2t + 1 shares, all on one degree-t
+        polynomial, so the t corrupted shares cannot move the value (only make the check fail)."""
+        return await self._open_degree(share, label, self.scheme.t, "product-check-consistency")
+
+    async def _open_degree(self, share: Array, label: str, degree: int, check: str) -> Array:
         ctx = self.ctx
         tag = ctx.next_tag(f"dn/{label}")
         payload = encode_payload(share)
@@ -196,78 +235,97 @@ class HonestMajorityProvider:
         for peer, data in sorted(received.items()):
             shares[peer] = ctx.elements_from(peer, data, int(share.size), tag)
         try:
-            return ShamirScheme(self.scheme.n, 2 * self.scheme.t).reconstruct(self.domain, shares, check=True)
+            return ShamirScheme(self.scheme.n, degree).reconstruct(self.domain, shares, check=True)
         except InconsistentSharesError as exc:
-            raise MacCheckError("degree-reduction", [tag], str(exc)) from exc
+            raise MacCheckError(check, [tag], str(exc)) from exc
 
-    async def _authenticated(self, values: Sequence[Array], products: Sequence[Array], label: str) -> list[Shared]:
-        """``values`` (random, no MAC yet) and local ``products`` reduced; MACs of the values made alongside."""
+    async def _macs(self, values: Sequence[Array], label: str) -> list[Shared]:
+        """``values`` (local PRSS shares, no MAC yet) with their MACs ``[alpha * v]``, one round."""
         if self._alpha is None:
-            reduced = await self._reduce(list(products), label) if products else []
-            return [Shared(v, None) for v in values] + [Shared(p, None) for p in reduced]
-        d, alpha = self.domain, self._alpha
-        macs_and_products = await self._reduce([*(d.mul(v, alpha) for v in values), *products], label)
-        macs, reduced = macs_and_products[:len(values)], macs_and_products[len(values):]
-        reduced_macs = await self._reduce([d.mul(p, alpha) for p in reduced], f"{label}-mac") if reduced else []
-        return ([Shared(v, m) for v, m in zip(values, macs, strict=True)]
-                + [Shared(p, m) for p, m in zip(reduced, reduced_macs, strict=True)])
+            return [Shared(v, None) for v in values]
+        alpha, d = self._alpha, self.domain
+        macs = await self._reduce([d.mul(v, alpha) for v in values], label)
+        return [Shared(v, m) for v, m in zip(values, macs, strict=True)]
 
-    async def _coin(self, label: str) -> Array:
-        return await toss_coins(self.ctx, label, 1)
+    async def random_authenticated(self, shape: tuple[int, ...]) -> Shared:
+        """A fresh PRSS ``[r]`` with its MAC (one round in malicious sessions, none otherwise)."""
+        (r,) = await self._macs([self._random(shape)], "random")
+        return r
+
+    async def _products(self, values: Sequence[Array], macs: Sequence[Array | None], label: str) -> list[Shared]:
+        """Reduce local degree-2t products of values and, malicious, of MACs, in one round; keep
+        the pairs for :meth:`verify_products` (module docstring, "Products with MACs")."""
+        d = self.domain
+        if self._alpha is None:
+            return [Shared(z, None) for z in await self._reduce(list(values), label)]
+        if any(m is None for m in macs):
+            raise ValueError("a malicious product needs the MAC share of its left operand")
+        reduced = await self._reduce([*values, *(m for m in macs if m is not None)], label)
+        out = [Shared(z, mz) for z, mz in zip(reduced[:len(values)], reduced[len(values):], strict=True)]
+        for z in out:
+            if z.mac is not None:
+                self._unverified.append((z.value.reshape(-1), z.mac.reshape(-1)))
+                self._unverified_size += int(z.value.size)
+        self.stats.products += sum(int(v.size) for v in values)
+        if self._unverified_size > MAX_UNVERIFIED:
+            await self.verify_products("products-bound")
+        return out
+
+    async def direct_multiply(self, x: Shared, y: Shared) -> Shared:
+        """``[x * y]`` elementwise (with its MAC), one round; checked at the next MAC check."""
+        d = self.domain
+        mac = None if x.mac is None else d.mul(x.mac, y.value)
+        (z,) = await self._products([d.mul(x.value, y.value)], [mac], "mul")
+        return z
+
+    async def direct_matmul(self, x: Shared, y: Shared) -> Shared:
+        """``[X @ Y]`` (with its MAC), one round; checked at the next MAC check."""
+        d = self.domain
+        mac = None if x.mac is None else d.matmul(x.mac, y.value)
+        (z,) = await self._products([d.matmul(x.value, y.value)], [mac], "matmul")
+        return z
+
+    async def verify_products(self, check: str) -> None:
+        """The product check over every product since the last one (module docstring, steps 1-4)."""
+        if self._alpha is None or not self._unverified:
+            return
+        ctx, d, alpha = self.ctx, self.domain, self._alpha
+        pairs, self._unverified, self._unverified_size = self._unverified, [], 0
+        z = ctx.xp.concatenate([p[0] for p in pairs]) if len(pairs) > 1 else pairs[0][0]
+        mz = ctx.xp.concatenate([p[1] for p in pairs]) if len(pairs) > 1 else pairs[0][1]
+        rho = await toss_coins(ctx, f"{check}/product-coins", int(z.size))
+        w = d.sum(d.mul(rho, z))
+        u = d.sum(d.mul(rho, mz))
+        (alpha_w,) = await self._reduce([d.mul(alpha, w)], "product-check")
+        (beta_t,) = await self._reduce([d.mul(self._random((1,)), d.sub(u, alpha_w))], "product-check-zero")
+        opened = await self._open_unauthenticated(beta_t, "product-check-open")
+        self.stats.checked_products += int(z.size)
+        if int(opened[0]) != 0:
+            raise ProductCheckError("product-check", [check],
+                                    f"the product check over {z.size} products failed: a party deviated while "
+                                    "products were made (degree reduction)")
 
     # -- material -----------------------------------------------------------------
     async def triples(self, shape: tuple[int, ...]) -> Triple:
-        """Verified elementwise triples (module docstring, "Verified triples"), served from a bounded
-        pool (:class:`~pqmpc_node.mpc.derived.TriplePool`)."""
+        """Elementwise triples (module docstring, "Triples"), served from a bounded pool
+        (:class:`~pqmpc_node.mpc.derived.TriplePool`)."""
         if self._pool is None:
             raise RuntimeError("HonestMajorityProvider.bind(ctx) was not called")
         return await self._pool.take(shape)
 
     async def _make_triples(self, shape: tuple[int, ...]) -> Triple:
-        """Make and verify ``shape`` fresh triples."""
-        d = self.domain
-        a, b = self._random(shape), self._random(shape)
-        if not self.authenticated:
-            (c,) = await self._reduce([d.mul(a, b)], "triple")
-            self.stats.triples += math.prod(shape)
-            return Triple(Shared(a, None), Shared(b, None), Shared(c, None))
-        f = self._random(shape)  # the spent triple (f, b, h = f*b) shares b with the checked one
-        sa, sb, sf, sc, sh = await self._authenticated([a, b, f], [d.mul(a, b), d.mul(f, b)], "triple")
-        await sacrifice_shared_b(self.ctx, sa, sb, sc, sf, sh, blame="degree reduction")
+        """Make ``shape`` fresh triples; their products are checked with every other product."""
+        sa, sb = await self._macs([self._random(shape), self._random(shape)], "triple")
+        sc = await self.direct_multiply(sa, sb)
         self.stats.triples += math.prod(shape)
         return Triple(sa, sb, sc)
 
     async def matrix_triple(self, left: tuple[int, int], right: tuple[int, int]) -> Triple:
-        """A verified matrix triple ``C = A @ B`` (module docstring, "Matrix triples")."""
-        d = self.domain
+        """A matrix triple ``C = A @ B`` (module docstring, "Matrix triples")."""
         if left[1] != right[0]:
             raise ValueError(f"matrix triple shapes {left} @ {right} do not chain")
-        a, b = self._random(left), self._random(right)
-        if not self.authenticated:
-            (c,) = await self._reduce([d.matmul(a, b)], "matrix-triple")
-            return Triple(Shared(a, None), Shared(b, None), Shared(c, None))
-        f, g = self._random(left), self._random(right)
-        sa, sb, sf, sg, sc, sh = await self._authenticated([a, b, f, g], [d.matmul(a, b), d.matmul(f, g)],
-                                                           "matrix-triple")
-        await self._sacrifice(sa, sb, sc, sf, sg, sh, matrix=True)
-        return Triple(sa, sb, sc)
-
-    async def _sacrifice(self, a: Shared, b: Shared, c: Shared, f: Shared, g: Shared, h: Shared, *,
-                         matrix: bool) -> None:
-        """Steps 2-4 of "Verified triples": check ``(a, b, c)`` by spending ``(f, g, h)``."""
-        ctx, d = self.ctx, self.domain
-        (s,) = (await self._coin("sacrifice-coin")).reshape(1)[:1]
-        rho_s, sigma_s = ctx.sub(ctx.mul_public(a, s), f), ctx.sub(b, g)
-        rho, sigma = await ctx.open([rho_s, sigma_s], "sacrifice")
-        if matrix:
-            v = ctx.sub(ctx.sub(ctx.mul_public(c, s), h),
-                        ctx.add(ctx.matmul_public_right(f, sigma), ctx.matmul_public_left(rho, g)))
-            v = ctx.add_public(v, d.neg(d.matmul(rho, sigma)))
-        else:
-            v = ctx.sub(ctx.sub(ctx.mul_public(c, s), h), ctx.add(ctx.mul_public(f, sigma), ctx.mul_public(g, rho)))
-            v = ctx.add_public(v, d.neg(d.mul(rho, sigma)))
-        (opened,) = await ctx.open([v], "sacrifice-check")
-        await sacrifice_verdict(ctx, opened, blame="degree reduction")
+        sa, sb = await self._macs([self._random(left), self._random(right)], "matrix-triple")
+        return Triple(sa, sb, await self.direct_matmul(sa, sb))
 
     async def edabits(self, shape: tuple[int, ...]) -> Shared:
         """Random bits by square-and-open (module docstring, "Random bits"), shape ``(bits, *shape)``."""
@@ -281,7 +339,7 @@ class HonestMajorityProvider:
     async def input_mask(self, shape: tuple[int, ...], owner: int) -> InputMask:
         """A verified random ``[r]``, opened to ``owner`` only (module docstring, "Input masks")."""
         ctx = self.ctx
-        mask = (await self.triples(shape)).a
+        mask = await self.random_authenticated(shape)
         tag = ctx.next_tag(f"mask/{owner}")
         if owner not in ctx.live:
             return InputMask(mask, None)  # a party missing from this attempt: the mask is drawn, never used

@@ -19,6 +19,10 @@ Steps of :func:`check_macs` (all pending openings in one batch):
    (additive: sum; Shamir: interpolation, with all shares on one degree-t polynomial).
 4. Broadcast consistency: digests of public inputs each party received are compared.
 
+Before step 1, a provider that multiplies without triples (honest majority,
+:class:`~pqmpc_node.mpc.preprocessing.DirectProducts`) checks every product made since
+the last check (:meth:`~pqmpc_node.mpc.honest_majority.HonestMajorityProvider.verify_products`).
+
 Semi-honest sessions have no MAC shares and skip the check.
 
 Where the checks run: before every opening that no fresh random mask hides (the
@@ -46,6 +50,7 @@ from pqmpc_node.mpc.channel import LostPartyError
 from pqmpc_node.mpc.context import MPCContext, encode_payload
 from pqmpc_node.mpc.domain import Array
 from pqmpc_node.mpc.errors import BlamedCheckError, MacCheckError
+from pqmpc_node.mpc.preprocessing import DirectProducts
 from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.mpc.sharing import InconsistentSharesError
 
@@ -115,6 +120,8 @@ async def check_macs(ctx: MPCContext, check: str = "mac-check") -> None:
         ctx.pending.clear()
         ctx.broadcasts.clear()
         return
+    if isinstance(ctx.provider, DirectProducts):
+        await ctx.provider.verify_products(check)
     records, ctx.pending = ctx.pending, []
     broadcasts, ctx.broadcasts = ctx.broadcasts, []
     labels = [r.label for r in records] + [b[0] for b in broadcasts]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -134,6 +134,28 @@ class InteractiveProvider(Protocol):
 
     async def input_mask(self, shape: tuple[int, ...], owner: int) -> InputMask:
         """A random mask for an input of party ``owner``."""
+        ...
+
+
+@runtime_checkable
+class DirectProducts(Protocol):
+    """An :class:`InteractiveProvider` that multiplies shared values itself, without triples.
+
+    The honest-majority provider does (degree reduction with MACs, checked in batches:
+    :mod:`pqmpc_node.mpc.honest_majority`). Protocols multiply through it when the
+    context's provider is one, and every MAC check runs :meth:`verify_products` first.
+    """
+
+    async def direct_multiply(self, x: Shared, y: Shared) -> Shared:
+        """``[x * y]`` elementwise (equal shapes)."""
+        ...
+
+    async def direct_matmul(self, x: Shared, y: Shared) -> Shared:
+        """``[X @ Y]`` for ``(m, k) @ (k, n)`` sharings."""
+        ...
+
+    async def verify_products(self, check: str) -> None:
+        """Check every product made since the last call; raise a MAC check error if one is wrong."""
         ...
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from pqmpc_node.mpc.context import MPCContext, encode_payload
 from pqmpc_node.mpc.domain import Array
 from pqmpc_node.mpc.field import P61
+from pqmpc_node.mpc.preprocessing import DirectProducts
 from pqmpc_node.mpc.fixedpoint import truncation_input_bits
 from pqmpc_node.mpc.shares import Shared
 
@@ -81,6 +82,10 @@ async def multiply_many(ctx: MPCContext, pairs: Sequence[tuple[Shared, Shared]])
     1. Take triples ``([a], [b], [c = ab])`` of the total size.
     2. Open ``e = x - a`` and ``f = y - b`` together.
     3. ``[xy] = [c] + e [b] + f [a] + e f``.
+
+    A provider that multiplies itself (:class:`~pqmpc_node.mpc.preprocessing.DirectProducts`,
+    honest majority) does instead, also in one round: degree reduction of the local
+    products, checked at the next MAC check.
     """
     if not pairs:
         return []
@@ -89,9 +94,12 @@ async def multiply_many(ctx: MPCContext, pairs: Sequence[tuple[Shared, Shared]])
             raise ValueError(f"multiply needs equal shapes, got {x.shape} and {y.shape}")
     xs = ctx.concat([x.reshape(-1) for x, _ in pairs]) if len(pairs) > 1 else pairs[0][0].reshape(-1)
     ys = ctx.concat([y.reshape(-1) for _, y in pairs]) if len(pairs) > 1 else pairs[0][1].reshape(-1)
-    t = await ctx.triples(xs.shape)
-    e, f = await ctx.open([ctx.sub(xs, t.a), ctx.sub(ys, t.b)], "beaver")
-    z = _beaver_combine(ctx, t.a, t.b, t.c, e, f)
+    if isinstance(ctx.provider, DirectProducts):
+        z = await ctx.provider.direct_multiply(xs, ys)
+    else:
+        t = await ctx.triples(xs.shape)
+        e, f = await ctx.open([ctx.sub(xs, t.a), ctx.sub(ys, t.b)], "beaver")
+        z = _beaver_combine(ctx, t.a, t.b, t.c, e, f)
     out: list[Shared] = []
     start = 0
     for x, _ in pairs:
@@ -130,6 +138,8 @@ async def matmul(ctx: MPCContext, x: Shared, y: Shared) -> Shared:
     """
     if len(x.shape) != 2 or len(y.shape) != 2 or x.shape[1] != y.shape[0]:
         raise ValueError(f"matmul needs (m,k) @ (k,n) sharings, got {x.shape} @ {y.shape}")
+    if isinstance(ctx.provider, DirectProducts):
+        return await ctx.provider.direct_matmul(x, y)
     t = await ctx.matrix_triple((x.shape[0], x.shape[1]), (y.shape[0], y.shape[1]))
     e, f = await ctx.open([ctx.sub(x, t.a), ctx.sub(y, t.b)], "matmul")
     d = ctx.domain
