@@ -6,9 +6,11 @@ Four measurements, printed as one JSON object (progress on stderr):
    loopback (plain TCP channel: the engine only, no TLS), Shamir n = 3, t = 1, each with
    its own :class:`~pqmpc_node.mpc.honest_majority.HonestMajorityProvider` (PRSS keys
    agreed between the processes). One batch of ``--batch`` elementwise multiplications
-   ``[x][y]`` with Beaver triples made *for* it (PRSS, degree reduction and, malicious,
-   MACs, the sacrifice and the MAC check), then the Beaver step; best of ``--repeat``.
-   ``peak_rss_mib_per_node`` is the largest party's peak resident set.
+   ``[x][y]`` of random authenticated sharings, as the engine multiplies in a ``prss``
+   session: degree reduction of the local products (malicious: of the MACs too, in the
+   same round), then ``check_macs`` (malicious: the product check over the batch, the
+   CheckZero included); best of ``--repeat``. ``peak_rss_mib_per_node`` is the largest
+   party's peak resident set.
 2. ``prss_vs_dealer_session_ratio``: the Shamir example's program (the demo's MLP,
    n = 3, t = 1, malicious) end to end on 3 real node processes (``python -m
    pqmpc_node`` over PQ-TLS, the harness of tests/node playing the operator), once with
@@ -65,7 +67,6 @@ async def party_main(party: int, ports: list[int], batch: int, repeat: int) -> d
     from pqmpc_node.mpc.honest_majority import HonestMajorityProvider
     from pqmpc_node.mpc.mac import check_macs
     from pqmpc_node.mpc.randomness import AesCtrRandom, derive_key
-    from pqmpc_node.mpc.shares import Shared
     from pqmpc_node.mpc.sharing import ShamirScheme
     from pqmpc_local.tcp_channel import TcpChannel
 
@@ -86,21 +87,19 @@ async def party_main(party: int, ports: list[int], batch: int, repeat: int) -> d
             ctx = MPCContext(session=session, party=party, channel=channel, domain=domain, scheme=scheme,
                              provider=provider, rng=AesCtrRandom(derive_key(b"bench", party, session)), security=mode)  # type: ignore[arg-type]
             provider.bind(ctx)
-            xs = provider.keys.random(domain, (batch,))  # random sharings as inputs (no input protocol timed)
-            ys = provider.keys.random(domain, (batch,))
-            x = Shared(xs, None if ctx.mac_key is None else domain.mul(xs, ctx.mac_key))  # MACs: not checked below
-            y = Shared(ys, None if ctx.mac_key is None else domain.mul(ys, ctx.mac_key))
-            await ctx.open([ctx.constant(domain.zeros((1,)))], "barrier")
+            # Random authenticated sharings as inputs (PRSS and, malicious, their MACs; not timed).
+            x = await provider.random_authenticated((batch,))
+            y = await provider.random_authenticated((batch,))
+            await barrier(channel, f"{session}/start")
             t0 = time.perf_counter()
             await P.multiply_many(ctx, [(x, y)])
+            await check_macs(ctx, "end")  # malicious: the product check over the batch
             elapsed = time.perf_counter() - t0
-            ctx.pending.clear()  # the inputs' MACs above are not real MACs; the triples' were checked
-            await check_macs(ctx, "end")
-            await ctx.open([ctx.constant(domain.zeros((1,)))], "barrier")
+            await barrier(channel, f"{session}/end")
             best = min(best, elapsed)
             if party == 0:
                 log(f"{mode} r{r}: {batch} mults in {elapsed:.3f}s ({batch / elapsed:,.0f}/s), keys {keys_s * 1e3:.1f} ms, "
-                    f"{provider.stats.rounds} degree-reduction rounds")
+                    f"{provider.stats.rounds} degree-reduction rounds, {provider.stats.checked_products} products checked")
         out[mode] = {"best_s": best, "mults_per_s": batch / best, "keys_ms": keys_s * 1e3}
     await channel.close()
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
