@@ -52,6 +52,7 @@ sum (``<= p + 7``) below 2^64: ``8p + 7 = 2^64 - 1``."""
 
 _MEDIUM_FACTOR = 1 << 31  # |k| below this splits only x: x0 k < 2^62, x1 k < 2^61
 
+
 class _Ops:
     """An array namespace with the field's constants in the form its ufuncs take fastest.
 

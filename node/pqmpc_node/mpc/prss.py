@@ -143,16 +143,18 @@ class PrssKeys:
 
     def random(self, domain: Domain, shape: tuple[int, ...]) -> Array:
         """This party's share of a fresh pseudo-random degree-t sharing (PRSS)."""
-        return _shaped(domain, _combine(self._random, _count(shape), 1), shape)
+        _require_field(domain)
+        return domain.xp.asarray(_combine(self._random, _count(shape), 1)).reshape(shape)
 
     def zero(self, domain: Domain, shape: tuple[int, ...]) -> Array:
         """This party's share of a fresh pseudo-random degree-2t sharing of zero (PRZS)."""
-        return _shaped(domain, _combine(self._zero, _count(shape), self.t), shape)
+        _require_field(domain)
+        return domain.xp.asarray(_combine(self._zero, _count(shape), self.t)).reshape(shape)
 
 
 def _combine(streams: Sequence[tuple[AesCtrRandom, tuple[int, ...]]], count: int,
              per_element: int) -> np.ndarray[Any, np.dtype[np.uint64]]:
-    """``sum over streams and j of coeffs[j] * word(t e + j)`` for elements e < count, on the host.
+    """``sum over streams, j < per_element of coeffs[j] * word[per_element * e + j]`` for each element e < count (host).
 
     Block by block (:data:`~pqmpc_node.mpc.field.BLOCK` elements): each stream's words for
     the block are drawn into one reused buffer and added into the block at once, so words,
@@ -175,11 +177,10 @@ def _combine(streams: Sequence[tuple[AesCtrRandom, tuple[int, ...]]], count: int
     return out
 
 
-def _shaped(domain: Domain, values: np.ndarray[Any, np.dtype[np.uint64]], shape: tuple[int, ...]) -> Array:
-    """``values`` as an array of ``domain``'s namespace and ``shape`` (PRSS lives in the prime field)."""
+def _require_field(domain: Domain) -> None:
+    """PRSS shares elements of the prime field: its weights and the Shamir points live there."""
     if domain.name != "mersenne61":
         raise ValueError(f"PRSS shares elements of the prime field (MersenneField61), not {domain.name}")
-    return domain.xp.asarray(values).reshape(shape)
 
 
 def _count(shape: Sequence[int]) -> int:
