@@ -403,7 +403,12 @@ class MersenneField61:
         return self._apply(_neg_kernel, [self._u64(a)], 1)
 
     def mul(self, a: Array, b: Array) -> Array:
-        """``a * b mod p``; a host constant operand (numpy or Python, one element) takes the constant paths."""
+        """``a * b mod p``; a host constant operand (numpy or Python, one element) takes the constant paths.
+
+        The path follows the constant's size. A secret single-element share (a MAC-key
+        share) is uniform, so it takes the split path but with probability below 2^-29:
+        the running time tells nothing about it that matters.
+        """
         c = _host_scalar(b)
         if c is None:
             a, b, c = b, a, _host_scalar(a)
