@@ -8,15 +8,19 @@ x_i = i + 1 (:class:`~pqmpc_node.mpc.sharing.ShamirScheme`). A *maximal unqualif
 is a set A of exactly t parties; there are C(n, t) of them (35 at n = 7, t = 3). Each A
 has a key k_A known exactly to the parties outside A.
 
-Random sharing (PRSS). With f_A the degree-t polynomial with f_A(0) = 1 and f_A(x_a) = 0
-for a in A, party i's share of a fresh random value is
+Random sharing (PRSS). With f_A the degree-t polynomial f_A(X) = prod_{a in A} (x_a - X),
+which vanishes at x_a for a in A and has f_A(0) = prod_{a in A} x_a != 0, party i's share
+of a fresh random value is
 
     r_i = sum_{A not containing i} f_A(x_i) * PRF(k_A, counter)
 
 and because f_A(x_i) = 0 whenever i is in A, r_i = F(x_i) for the single degree-t
 polynomial F = sum_A f_A * PRF(k_A, counter): a consistent degree-t sharing of
-F(0) = sum_A PRF(k_A, counter). Any t parties T miss the key of A = T (they are all in
-it), so the value is pseudo-random to them.
+F(0) = sum_A f_A(0) PRF(k_A, counter). Any t parties T miss the key of A = T (they are all
+in it), and f_T(0) != 0, so the value is pseudo-random to them. CDI05 normalizes f_A(0) = 1;
+any nonzero constant keeps the value uniform, and without the division the weights
+f_A(x_i) = prod_{a in A} (a - i) are small integers (at most 2 in absolute value at n = 3),
+which the field multiplies without a 61-bit split (:class:`~pqmpc_node.mpc.field.LinearCombination`).
 
 Zero sharing of degree 2t (PRZS). Party i's share of zero is
 
@@ -47,6 +51,12 @@ to anyway. Keys are agreed afresh for every attempt of a session.
 
 Streams. Each key feeds two AES-256-CTR streams (random and zero), read in request order;
 every party makes the same requests in the same order, so members of a set stay in step.
+A request for ``count`` elements reads the next ``count`` words of each random stream
+(word e for element e) and the next ``t * count`` words of each zero stream (words
+``t e .. t e + t - 1`` are PRF_1..PRF_t of element e), whatever the block size the
+computation runs in: the values depend only on the keys and the sequence of requests.
+Words become field elements as their low 61 bits
+(:meth:`~pqmpc_node.mpc.field.MersenneField61.from_words`).
 """
 
 from __future__ import annotations
@@ -57,11 +67,14 @@ import itertools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from pqmpc_node.mpc.channel import Channel
 from pqmpc_node.mpc.domain import Array, Domain
 from pqmpc_node.mpc.errors import BlamedCheckError, MacCheckError
-from pqmpc_node.mpc.field import P61
+from pqmpc_node.mpc.field import BLOCK, P61, LinearCombination
 from pqmpc_node.mpc.randomness import AesCtrRandom, derive_key
 
 __all__ = ["KEY_BYTES", "MAX_PARTIES", "LiveSetMismatchError", "PrssKeys", "PrssKeyMismatchError", "agree_keys", "unqualified_sets", "vanishing_weight"]
@@ -89,14 +102,16 @@ def unqualified_sets(n: int, t: int) -> list[Subset]:
 
 
 def vanishing_weight(subset: Subset, party: int) -> int:
-    """``f_A(x_party)`` for ``f_A(X) = prod_{a in A} (x_a - X) / x_a`` (so f_A(0) = 1, f_A(x_a) = 0)."""
-    x = party + 1
-    num, den = 1, 1
+    """``f_A(x_party) mod p`` for ``f_A(X) = prod_{a in A} (x_a - X)`` (f_A(x_a) = 0, f_A(0) = prod x_a != 0)."""
+    return _signed_weight(subset, party) % P61
+
+
+def _signed_weight(subset: Subset, party: int) -> int:
+    """``f_A(x_party)`` as an integer: ``prod_{a in A} (a - party)`` (evaluation points are index + 1)."""
+    weight = 1
     for a in subset:
-        xa = a + 1
-        num = num * (xa - x) % P61
-        den = den * xa % P61
-    return num * pow(den, -1, P61) % P61
+        weight *= a - party
+    return weight
 
 
 @dataclass
@@ -107,44 +122,65 @@ class PrssKeys:
     n: int
     t: int
     keys: dict[Subset, bytes] = field(repr=False)
-    _random: dict[Subset, AesCtrRandom] = field(default_factory=dict, repr=False)
-    _zero: dict[Subset, AesCtrRandom] = field(default_factory=dict, repr=False)
-    _weights: dict[Subset, int] = field(default_factory=dict, repr=False)
+    _random: list[tuple[AesCtrRandom, tuple[int, ...]]] = field(default_factory=list, repr=False)
+    _zero: list[tuple[AesCtrRandom, tuple[int, ...]]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
+        x = self.party + 1
         for subset, key in sorted(self.keys.items()):
             if self.party in subset:
                 raise ValueError(f"party {self.party} must not hold the key of a set it belongs to ({subset})")
             if len(key) != KEY_BYTES:
                 raise ValueError(f"PRSS keys have {KEY_BYTES} bytes")
-            self._random[subset] = AesCtrRandom(derive_key(key, "pqmpc/prss/random"))
-            self._zero[subset] = AesCtrRandom(derive_key(key, "pqmpc/prss/zero-2t"))
-            self._weights[subset] = vanishing_weight(subset, self.party)
+            weight = _signed_weight(subset, self.party)
+            # Per stream: the coefficient of each word of an element (one for PRSS, PRF_1..PRF_t for PRZS).
+            self._random.append((AesCtrRandom(derive_key(key, "pqmpc/prss/random")), (weight,)))
+            self._zero.append((AesCtrRandom(derive_key(key, "pqmpc/prss/zero-2t")),
+                               tuple(x**j * weight for j in range(1, self.t + 1))))
         expected = [s for s in unqualified_sets(self.n, self.t) if self.party not in s]
         if sorted(self.keys) != expected:
             raise ValueError(f"party {self.party} needs a key for each of the {len(expected)} sets it is outside of")
 
     def random(self, domain: Domain, shape: tuple[int, ...]) -> Array:
         """This party's share of a fresh pseudo-random degree-t sharing (PRSS)."""
-        count = _count(shape)
-        acc = domain.zeros((count,))
-        for subset, stream in self._random.items():
-            words = domain.from_words(domain.xp.asarray(stream.words(count)))
-            acc = domain.iadd(acc, domain.mul(words, domain.scalar(self._weights[subset])))
-        return acc.reshape(shape)
+        _require_field(domain)
+        return domain.xp.asarray(_combine(self._random, _count(shape), 1)).reshape(shape)
 
     def zero(self, domain: Domain, shape: tuple[int, ...]) -> Array:
         """This party's share of a fresh pseudo-random degree-2t sharing of zero (PRZS)."""
-        count = _count(shape)
-        x = self.party + 1
-        acc = domain.zeros((count,))
-        for subset, stream in self._zero.items():
-            weight = self._weights[subset]
-            for j in range(1, self.t + 1):
-                coeff = pow(x, j, P61) * weight % P61
-                words = domain.from_words(domain.xp.asarray(stream.words(count)))
-                acc = domain.iadd(acc, domain.mul(words, domain.scalar(coeff)))
-        return acc.reshape(shape)
+        _require_field(domain)
+        return domain.xp.asarray(_combine(self._zero, _count(shape), self.t)).reshape(shape)
+
+
+def _combine(streams: Sequence[tuple[AesCtrRandom, tuple[int, ...]]], count: int,
+             per_element: int) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    """``sum over streams, j < per_element of coeffs[j] * word[per_element * e + j]`` for each element e < count (host).
+
+    Block by block (:data:`~pqmpc_node.mpc.field.BLOCK` elements): each stream's words for
+    the block are drawn into one reused buffer and added into the block at once, so words,
+    sum and temporaries stay in cache. Every stream is read sequentially, whatever the block
+    size (module docstring, "Streams").
+    """
+    out = np.empty(count, dtype=np.uint64)
+    size = min(count, BLOCK)
+    words = np.empty(size * per_element, dtype=np.uint64)
+    temps = [np.empty(size, dtype=np.uint64) for _ in range(4)]
+    for lo in range(0, count, BLOCK):
+        m = min(count, lo + BLOCK) - lo
+        comb = LinearCombination(np, out[lo:lo + m], [t[:m] for t in temps])
+        block = words[: m * per_element]
+        for stream, coeffs in streams:
+            stream.words_into(block)
+            for j, c in enumerate(coeffs):
+                comb.add(c, block[j::per_element] if per_element > 1 else block, words=True)
+        comb.finish()
+    return out
+
+
+def _require_field(domain: Domain) -> None:
+    """PRSS shares elements of the prime field: its weights and the Shamir points live there."""
+    if domain.name != "mersenne61":
+        raise ValueError(f"PRSS shares elements of the prime field (MersenneField61), not {domain.name}")
 
 
 def _count(shape: Sequence[int]) -> int:
