@@ -194,14 +194,18 @@ class HonestMajorityProvider:
         ctx, d = self.ctx, self.domain
         flat = ctx.xp.concatenate([p.reshape(-1) for p in products]) if len(products) > 1 else products[0].reshape(-1)
         total = int(flat.size)
-        out = d.zeros((total,))
         chunk = max(1, ctx.max_message_bytes // 8)
+        out = d.zeros((total,)) if total > chunk else flat  # one chunk (the usual case): no copy
         for start in range(0, total, chunk):
             part = flat[start:start + chunk]
-            r = self.keys.random(d, (int(part.size),))
-            masked = d.sub(d.sub(part, r), self.keys.zero(d, (int(part.size),)))
+            size = int(part.size)
+            r = self.keys.random(d, (size,))
+            masked = d.lincomb([1, -1, -1], [part, r, self.keys.zero(d, (size,))])
             opened = await self._open_2t(masked, label)
-            out[start:start + int(part.size)] = d.add(opened, r)
+            if total > chunk:
+                out[start:start + size] = d.add(opened, r)
+            else:
+                out = d.add(opened, r)
         self.stats.reduced_elements += total
         results: list[Array] = []
         offset = 0
