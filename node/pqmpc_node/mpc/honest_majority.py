@@ -200,7 +200,7 @@ class HonestMajorityProvider:
             part = flat[start:start + chunk]
             size = int(part.size)
             r = self.keys.random(d, (size,))
-            masked = d.lincomb([1, -1, -1], [part, r, self.keys.zero(d, (size,))])
+            masked = d.sub(d.sub(part, r), self.keys.zero(d, (size,)))
             opened = await self._open_2t(masked, label)
             if total > chunk:
                 out[start:start + size] = d.add(opened, r)
