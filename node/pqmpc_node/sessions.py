@@ -39,19 +39,30 @@ Life of a session here (phases as in ``MPCSession.status.phase``):
    remaining parties while at least ``t + 1`` remain and material is left. A failed
    check aborts and sends the peers an abort notice (they stop with ``peer-abort``);
    the status names the check (``failedCheck``) and, where the evidence is the
-   culprit's own message, the culprit (``blamedParties``).
+   culprit's own message, the culprit (``blamedParties``). A ``prss`` session left with
+   fewer than ``2t + 1`` parties cannot multiply and fails, but where ``t + 1`` or more
+   remain the survivors keep every owner's input for a re-run (step 4). A re-run plan
+   (``inputsHeldBy``, :mod:`pqmpc_node.rerun`) replaces such a failed session with a
+   replacement node at each lost index: it takes no envelopes, and each attempt, right
+   after the inputs agreement, the holders reshare every owner's input to the
+   replacements (:mod:`pqmpc_node.input_resharing`); the engine's input checks then
+   authenticate the reshared shares like any other.
 4. ``Succeeded``: each recipient's allowed outputs — this party's shares, with its shares
    of per-output MAC keys and tags in malicious sessions — are sealed to its KEM key,
    signed with the node identity key, and served at ``/v1/sessions/{id}/outputs``; no
    node ever holds an output in the clear. Or ``Failed`` with a reason. Fences are
-   released and the stored envelopes deleted.
+   released and the stored envelopes deleted — except at the survivors of a ``prss``
+   session that failed for want of ``2t + 1`` parties with ``t + 1`` or more left: they
+   keep the inputs, envelopes and fences (status ``inputsKept``) until a re-run plan
+   takes them over, a cancel comes, or the session's deadline passes.
 5. Cancelled (the MPCSession was deleted): the operator posts a cancel signed with the
    plan-signing key (:meth:`SessionManager.cancel`, :func:`pqmpc_node.plan.verify_cancel`);
    the run stops, and the session ends ``Failed`` with reason ``cancelled`` as in step 4.
 
 Restart: identity and KEM keys live in memory only, so a restarted node is a new node
 (new CSR) and envelopes sealed to the old KEM key cannot be opened; the operator
-re-plans and owners resubmit. See docs/node.md.
+re-plans and owners resubmit — or, for a ``prss`` session whose survivors kept the
+inputs (step 4), the restarted node joins a re-run as a replacement. See docs/node.md.
 """
 
 from __future__ import annotations
