@@ -358,6 +358,25 @@ class TestLostParties:
         assert "additive sharing needs every party" in status["message"]
         assert "every owner's input is kept secret" in status["message"] and "no output was released" in status["message"]
 
+    def test_a_prss_session_below_2t_plus_1_offers_a_re_run_with_the_survivors(self) -> None:
+        placed = [*PLACED, {"party": 2, "node": "n-c", "region": "eu-west", "zone": "z-c", "trustDomain": "td-c"}]
+        body = session({**copy.deepcopy(RUNNING), "placement": placed}, parties=3, sharing="shamir")
+        replies = {"n-a": report("Computing"), "n-b": report("Computing"), "n-c": PartyUnreachable("no pod IP")}
+        status, actions = step(observed(body, pool=POOL, pod_ips={"n-a": IPS["n-a"], "n-b": IPS["n-b"]},
+                                        replies=replies))
+        assert (status["phase"], status["reason"]) == ("Failed", "NodeLost"), status
+        assert "fewer than 2t+1=3 parties remain" in status["message"]
+        assert "parties [0, 1] keep every owner's input until the deadline" in status["message"]
+        assert "kubectl annotate mpcsession s pqmpc.io/rerun=1 --overwrite" in status["message"]
+        assert "resubmit" not in status["message"]
+        assert status["rerun"] == {"available": True, "survivors": [0, 1], "inputsHeldBy": [], "requested": "",
+                                   "hint": "kubectl annotate mpcsession s pqmpc.io/rerun=1 --overwrite"}
+        assert isinstance(actions[0], RecordEvidence)
+        finished = session(status, parties=3, sharing="shamir")
+        assert step(observed(finished))[1] == [Requeue(5.0)]  # it looks for the annotation while the offer stands
+        finished["metadata"]["annotations"] = {"pqmpc.io/rerun": "1"}
+        assert step(observed(finished))[1] == [ReadPool()]  # the re-run begins: pool, loads, pods, survivors
+
     def test_a_party_without_a_pod_is_lost_at_once(self) -> None:
         obs = observed(session(copy.deepcopy(RUNNING)), pool=POOL, pod_ips={"n-a": IPS["n-a"]},
                        replies={"n-a": report(), "n-b": PartyUnreachable("no pod IP")})
