@@ -941,10 +941,15 @@ class CancelTarget:
 
 
 def cancel_target(body: SessionBody | Mapping[str, Any]) -> CancelTarget | None:
-    """What to cancel when an MPCSession is deleted; None when nothing is (never placed, no plan, finished)."""
+    """What to cancel when an MPCSession is deleted; None when nothing is (never placed, no plan, finished).
+
+    A failed session that still offers a re-run is cancelled too: its survivors keep the
+    owners' inputs for it, and the cancel makes them drop them now rather than at the deadline.
+    """
     status = body.get("status") or {}
     session_id, digest = str(status.get("sessionId") or ""), str(status.get("planDigest") or "")
     placed = tuple(str(p["node"]) for p in status.get("placement") or [])
-    if status.get("phase") in FINISHED or not (session_id and digest and placed):
+    keeping = status.get("phase") == SessionPhase.FAILED and bool((status.get("rerun") or {}).get("available"))
+    if (status.get("phase") in FINISHED and not keeping) or not (session_id and digest and placed):
         return None
     return CancelTarget(session_id, digest, placed, str((body.get("spec") or {}).get("poolRef", "")))

@@ -444,3 +444,10 @@ class TestCancelTarget:
                                         {"placement": []}, {"sessionId": ""}])
     def test_nothing_to_cancel(self, change: dict[str, Any]) -> None:
         assert cancel_target(session({**copy.deepcopy(RUNNING), **change})) is None
+
+    def test_a_failed_session_that_keeps_inputs_for_a_re_run_is_cancelled(self) -> None:
+        offer = {"available": True, "survivors": [0, 1], "inputsHeldBy": [], "requested": "", "hint": "h"}
+        target = cancel_target(session({**copy.deepcopy(RUNNING), "phase": "Failed", "rerun": offer}))
+        assert target is not None and target.nodes == ("n-a", "n-b") and target.plan_digest == "d" * 64
+        taken = {**offer, "available": False}
+        assert cancel_target(session({**copy.deepcopy(RUNNING), "phase": "Failed", "rerun": taken})) is None
