@@ -733,18 +733,21 @@ def _progress(draft: _Draft, observed: ObservedSession, admission: Admission, no
         else:
             draft.condition("Preprocessed", "False", "DealingFailed", f"retrying: {dealing.error}")
     actions: list[Action] = []
-    if lost and spec.sharing == "additive" and progress.phase not in FINISHED:
+    keeping = [int(e["party"]) for e in placed if (reports.get(str(e["node"])) or {}).get("inputsKept")]
+    settling = _survivors_settling(spec, reports, len(placed) - len(lost))
+    if settling:
+        pass  # a prss party was lost and the others still compute: their own reports say whether they keep inputs
+    elif lost and spec.sharing == "additive" and progress.phase not in FINISHED:
         draft.fail("NodeLost", "; ".join(lost) + " — " + ADDITIVE_LOST)
     elif lost and spec.sharing == "shamir" and spec.preprocessing == "prss" and progress.phase not in FINISHED \
             and len(placed) - len(lost) < 2 * spec.threshold + 1:
-        survivors = [int(e["party"]) for e in placed if reports.get(str(e["node"])) is not None]
         draft.fail("NodeLost", "; ".join(lost) + f" — fewer than 2t+1={2 * spec.threshold + 1} parties remain, and "
                    "dealer-free multiplication needs that many (a session survives a lost node only where n >= 2t+2)"
-                   + _offer_rerun(draft, spec, survivors))
+                   + (_offer_rerun(draft, spec, keeping) if keeping else
+                      "; the survivors hold no inputs to keep: create a new session (owners submit again)"))
     elif lost and spec.sharing == "shamir" and len(placed) - len(lost) < spec.threshold + 1:
         draft.fail("NodeLost", "; ".join(lost) + f" — fewer than t+1={spec.threshold + 1} parties remain")
     elif progress.phase == SessionPhase.FAILED:
-        keeping = [int(e["party"]) for e in placed if (reports.get(str(e["node"])) or {}).get("inputsKept")]
         offer = _offer_rerun(draft, spec, keeping) if spec.preprocessing == "prss" and keeping else ""
         draft.fail(progress.reason, (progress.message or f"a party failed: {progress.reason}") + offer)
     if draft.new.get("phase") in FINISHED:
@@ -764,11 +767,29 @@ def _progress(draft: _Draft, observed: ObservedSession, admission: Admission, no
         if progress.rejected_rows is not None:
             hint["rejectedRows"] = progress.rejected_rows
         draft.new["result"] = hint
+    elif settling:
+        message = ("a party was lost and fewer than 2t+1 remain; waiting for the survivors to stop and say whether "
+                   "they keep every owner's input for a re-run" + (f" ({'; '.join(lost)})" if lost else ""))
+        draft.phase(SessionPhase.COMPUTING, "PartyLost", message)
+        draft.condition("Degraded", "True", "PartyLost", message)
     else:
         draft.phase(SessionPhase(progress.phase), progress.reason, progress.message)
         if lost:
             draft.condition("Degraded", "True", "PartyLost", "; ".join(lost))
     return draft.status(), [*actions, WriteStatus(), Requeue(NEXT_PASS_S)]
+
+
+def _survivors_settling(spec: SessionSpec, reports: Mapping[str, Mapping[str, Any] | None], left: int) -> bool:
+    """A ``prss`` session lost a party below ``2t + 1`` (``left`` reachable or unlost parties, or a party already
+    stopped on a lost peer) while others still compute: they stop within their round timeout, and only their own
+    reports say whether they keep the owners' inputs (a re-run), so the session is not failed before they do."""
+    if spec.preprocessing != "prss" or spec.sharing != "shamir":
+        return False
+    live = [r for r in reports.values() if r is not None]
+    if not any(r.get("phase") == "Computing" for r in live):
+        return False
+    return left < 2 * spec.threshold + 1 or any(r.get("phase") == "Failed" and r.get("reason") == "peer_lost"
+                                                 for r in live)
 
 
 def _rerun_hint(name: str, value: str) -> str:
