@@ -567,8 +567,9 @@ class SessionManager:
         if plan.inputs_held_by:
             self.metrics.envelopes_refused.labels("rerun_holds_inputs").inc()
             raise InputRejected(f"session {session_id} is a re-run: its surviving parties {list(plan.inputs_held_by)} "
-                                "kept every owner's input, so no owner submits again", reason="rerun_holds_inputs",
-                                status=409, extra={"alreadyAccepted": True})
+                                "kept every owner's input, so no owner submits again (a new version is not taken: "
+                                "create a new session for other inputs)", reason="rerun_holds_inputs",
+                                status=409, extra={"alreadyAccepted": False})
         try:
             env = SealedEnvelope.from_bytes(data)
             h = env.header
