@@ -27,7 +27,10 @@ def test_rerun_with_a_replacement_needs_no_resubmission(operator: Operator) -> N
         assert status["generation"] == 2 and status["inputsHeldBy"] == [0, 1] and status["inputsKept"] is False
     status = operator.http.get(f"{replacement.url}/v1/sessions/hm-rerun").json()
     assert status["inputsResharedFrom"] == [0, 1], status
-    # Nobody submitted again: the replacement never took an envelope, the holders took exactly one each, ever.
+    # A re-run takes no envelopes (before even reading one), and nobody submitted again: the replacement never
+    # took an envelope, the holders took exactly one each, ever.
+    r = operator.http.post(f"{replacement.url}/v1/sessions/hm-rerun/inputs", content=b"PQMPCENV" + bytes(32))
+    assert r.status_code == 409 and r.json()["error"]["reason"] == "rerun_holds_inputs", r.text
     assert operator.metric(replacement, "pqmpc_node_envelopes_accepted_total") == 0
     for n in nodes[:2]:
         assert operator.metric(n, "pqmpc_node_envelopes_accepted_total") == 1
