@@ -10,6 +10,9 @@ with this step, over the attempt's authenticated peer channel, in rounds ``r = 0
    preprocessing is there (public to the parties: versions, content
    tags that only say "same content or not", and row counts the status shows anyway),
    on tag ``inputs/propose/<r>``.
+   A re-run's replacement (:mod:`pqmpc_node.input_resharing`) holds no envelopes: its view
+   says ``reshared`` and its owners are left out of the comparison (it adopts what the
+   holders agreed, by resharing right after this step).
 2. If some party lacks an owner's input or (dealt sessions) its preprocessing material,
    or the held contents differ (the content tag and row count; the same content held as
    different version numbers is the same input, since the client derives the shares from
@@ -71,12 +74,17 @@ class PartyView:
     owners: Mapping[str, OwnerView]
     ready: bool = True
     """Dealt material received (always true for a dealer-free session)."""
+    reshared: bool = False
+    """A re-run's replacement: it gets every owner's input by resharing after this step, so its owners do not count."""
 
 
 def encode_view(view: PartyView) -> bytes:
     """The canonical bytes of a view (equal views are equal bytes)."""
-    return json.dumps({"ready": view.ready, "owners": {o: view.owners[o].as_list() for o in sorted(view.owners)}},
-                      separators=(",", ":")).encode()
+    body: dict[str, object] = {"ready": view.ready,
+                               "owners": {o: view.owners[o].as_list() for o in sorted(view.owners)}}
+    if view.reshared:  # only a re-run's replacement says so; every other view keeps its bytes
+        body["reshared"] = True
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def decode_view(data: bytes) -> PartyView:
@@ -86,23 +94,28 @@ def decode_view(data: bytes) -> PartyView:
     raw = json.loads(data)
     if not isinstance(raw, dict) or not isinstance(raw.get("ready"), bool) or not isinstance(raw.get("owners"), dict):
         raise ValueError("an input view is {ready: bool, owners: {owner: [...]}}")
+    if not isinstance(raw.get("reshared", False), bool):
+        raise ValueError("an input view's reshared is a boolean")
     out = {}
     for owner, v in raw["owners"].items():
         if (not isinstance(v, list) or len(v) != 6 or not isinstance(v[1], str)
                 or not all(isinstance(x, int) and not isinstance(x, bool) for x in (v[0], *v[2:]))):
             raise ValueError(f"the view of {owner!r} is not [version, tag, rows, pending, partsHere, parts]")
         out[str(owner)] = OwnerView(v[0], v[1], v[2], v[3], v[4], v[5])
-    return PartyView(out, raw["ready"])
+    return PartyView(out, raw["ready"], raw.get("reshared", False))
 
 
 def disagreement(views: Mapping[int, PartyView], node_of: Callable[[int], str]) -> str:
     """Why the parties may not compute yet ("" when they agree): each owner whose input differs, is missing or
     arrives in parts at some party, and each party still without its preprocessing material."""
-    owners = sorted({o for v in views.values() for o in v.owners})
     problems = [f"party {p} ({node_of(p)}) has no preprocessing material yet" for p, v in sorted(views.items())
                 if not v.ready]
+    holders = {p: v for p, v in views.items() if not v.reshared}  # a replacement adopts the holders' inputs
+    if not holders:
+        problems.append("every party is a re-run's replacement: nobody holds the owners' inputs")
+    owners = sorted({o for v in holders.values() for o in v.owners})
     for owner in owners:
-        seen = {p: v.owners.get(owner) for p, v in sorted(views.items())}
+        seen = {p: v.owners.get(owner) for p, v in sorted(holders.items())}
         # Same content (tag) is the same input whatever its version number: the client derives the shares
         # from the content, so every node holds shares of one sharing. An untagged input compares by version.
         held = {p: (o.tag or f"v{o.version}", o.rows) if o is not None and o.version else None

@@ -377,6 +377,10 @@ class SessionPlan:
     """The pool's algorithm suite: owners sign inputs and nodes certify keys with its algorithms."""
     preprocessing: Preprocessing = "dealer"
     """The provider of correlated randomness (:data:`Preprocessing`); signed like every term."""
+    inputs_held_by: tuple[int, ...] = ()
+    """A re-run (:mod:`pqmpc_node.rerun`): the parties that kept every owner's input from the failed
+    generation before; the other parties are replacements that get their shares by resharing
+    (:mod:`pqmpc_node.input_resharing`) and take no envelopes. Empty: owners submit as usual."""
 
     # -- derived views ------------------------------------------------------------
     def party_of(self, node_id: str) -> PlanParty:
@@ -385,6 +389,10 @@ class SessionPlan:
             if p.node_id == node_id:
                 return p
         raise NotAPartyError(f"session {self.session_id} does not place node {node_id!r}; ask the operator to re-plan")
+
+    def is_replacement(self, party: int) -> bool:
+        """Whether ``party`` is a re-run's replacement: it gets its input shares by resharing, not from owners."""
+        return bool(self.inputs_held_by) and party not in self.inputs_held_by
 
     def input_of(self, owner: str) -> PlanInput:
         """The input entry of ``owner``; :class:`KeyError` when absent."""
@@ -463,6 +471,8 @@ class SessionPlan:
                 "provider": self.preprocessing,
                 "sealedSeeds": {k: _b64e(v) for k, v in sorted(self.sealed_dealer_seeds.items())},
             },
+            # Only a re-run carries it, so every other plan's canonical bytes (and digest) stay as they were.
+            **({"inputsHeldBy": list(self.inputs_held_by)} if self.inputs_held_by else {}),
         }
 
     @classmethod
@@ -506,6 +516,8 @@ class SessionPlan:
             outputs=tuple(PlanOutput.from_json(x) for x in _list(o.get("outputs"), "outputs")),
             sealed_dealer_seeds=seeds,
             preprocessing=cast(Preprocessing, provider),
+            inputs_held_by=tuple(_int(p, "inputsHeldBy entry", 0, 1023)
+                                 for p in _list(o.get("inputsHeldBy", []), "inputsHeldBy")),
         )
         plan._check_consistency()
         return plan
@@ -551,6 +563,16 @@ class SessionPlan:
             models = [i.owner for i in self.inputs if i.role == "model"]
             if models != [model_owner]:
                 raise MalformedPlanError(f"{kinds[0]} needs exactly one input with role 'model' owned by its modelOwner")
+        if self.inputs_held_by:
+            held = self.inputs_held_by
+            if self.sharing != "shamir" or self.preprocessing == "dealer":
+                raise MalformedPlanError("a re-run with kept inputs (inputsHeldBy) needs Shamir sharing without a "
+                                         f"dealer, got {self.sharing} with {self.preprocessing!r}")
+            if list(held) != sorted(set(held)) or held[-1] >= n:
+                raise MalformedPlanError(f"inputsHeldBy must list distinct party indexes in 0..{n - 1}, ascending")
+            if not self.threshold + 1 <= len(held) < n:
+                raise MalformedPlanError(f"inputsHeldBy names {len(held)} parties; a re-run needs t + 1 = "
+                                         f"{self.threshold + 1} holders and at least one replacement")
         unknown = sorted(set(self.sealed_dealer_seeds) - {p.node_id for p in self.parties})
         if unknown:
             raise MalformedPlanError(f"sealed dealer seeds for nodes that are not parties: {unknown}")

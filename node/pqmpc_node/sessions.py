@@ -39,19 +39,30 @@ Life of a session here (phases as in ``MPCSession.status.phase``):
    remaining parties while at least ``t + 1`` remain and material is left. A failed
    check aborts and sends the peers an abort notice (they stop with ``peer-abort``);
    the status names the check (``failedCheck``) and, where the evidence is the
-   culprit's own message, the culprit (``blamedParties``).
+   culprit's own message, the culprit (``blamedParties``). A ``prss`` session left with
+   fewer than ``2t + 1`` parties cannot multiply and fails, but where ``t + 1`` or more
+   remain the survivors keep every owner's input for a re-run (step 4). A re-run plan
+   (``inputsHeldBy``, :mod:`pqmpc_node.rerun`) replaces such a failed session with a
+   replacement node at each lost index: it takes no envelopes, and each attempt, right
+   after the inputs agreement, the holders reshare every owner's input to the
+   replacements (:mod:`pqmpc_node.input_resharing`); the engine's input checks then
+   authenticate the reshared shares like any other.
 4. ``Succeeded``: each recipient's allowed outputs — this party's shares, with its shares
    of per-output MAC keys and tags in malicious sessions — are sealed to its KEM key,
    signed with the node identity key, and served at ``/v1/sessions/{id}/outputs``; no
    node ever holds an output in the clear. Or ``Failed`` with a reason. Fences are
-   released and the stored envelopes deleted.
+   released and the stored envelopes deleted — except at the survivors of a ``prss``
+   session that failed for want of ``2t + 1`` parties with ``t + 1`` or more left: they
+   keep the inputs, envelopes and fences (status ``inputsKept``) until a re-run plan
+   takes them over, a cancel comes, or the session's deadline passes.
 5. Cancelled (the MPCSession was deleted): the operator posts a cancel signed with the
    plan-signing key (:meth:`SessionManager.cancel`, :func:`pqmpc_node.plan.verify_cancel`);
    the run stops, and the session ends ``Failed`` with reason ``cancelled`` as in step 4.
 
 Restart: identity and KEM keys live in memory only, so a restarted node is a new node
 (new CSR) and envelopes sealed to the old KEM key cannot be opened; the operator
-re-plans and owners resubmit. See docs/node.md.
+re-plans and owners resubmit — or, for a ``prss`` session whose survivors kept the
+inputs (step 4), the restarted node joins a re-run as a replacement. See docs/node.md.
 """
 
 from __future__ import annotations
@@ -94,6 +105,7 @@ from pqmpc_node.dealer import (
     party_provider,
 )
 from pqmpc_node.input_agreement import OwnerView, PartyView, agree_inputs, encode_view
+from pqmpc_node.input_resharing import HeldInput, ReshareError, reshare_inputs
 from pqmpc_node.input_ids import InputId, InputIdError
 from pqmpc_node.input_parts import assemble
 from pqmpc_node.input_versions import Decision, Pending, decide
@@ -121,6 +133,7 @@ from pqmpc_node.crypto.transparency import LogForkError, require_same_history
 from pqmpc_node.net.pq_channel import HELLO_TAG, Hello, PeerLostError, PqChannel
 from pqmpc_node.net.tls import TlsIdentity
 from pqmpc_node.payloads import DomainName, InputPayload, OutputPayload, OutputShare, PayloadError, domain_for
+from pqmpc_node.rerun import RerunMismatchError, check_rerun
 from pqmpc_node.plan import (
     DEALER_FREE,
     PlanError,
@@ -277,6 +290,12 @@ class SessionRuntime:
     material: PartyMaterial | None = field(default=None, repr=False)
     material_digest: str = ""
     cancelled_by: str = ""
+    inputs_kept: bool = False
+    """Failed with too few parties to multiply but t + 1 or more left: every owner's input (and its sealed
+    envelopes, and the KEM-key fence) stays here for a re-run until the session's deadline or a cancel."""
+    kept_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    reshared_from: tuple[int, ...] = ()
+    """A re-run's replacement: the parties whose resharing gave it its input shares (last attempt)."""
 
     def cancelled(self) -> bool:
         """Whether the session ended on a cancel (the operator's, or the node's shutdown)."""
@@ -327,6 +346,10 @@ class SessionRuntime:
             "blamedParties": list(self.blamed_parties),
             "failedCheck": self.failed_check,
             "deadline": p.deadline,
+            "inputsKept": self.inputs_kept,
+            "inputsKeptOwners": len(self.inputs) if self.inputs_kept else 0,
+            "inputsHeldBy": list(p.inputs_held_by),
+            "inputsResharedFrom": list(self.reshared_from),
         }
 
 
@@ -388,8 +411,16 @@ class SessionManager:
             self.metrics.plans_refused.labels("wrong_suite").inc()
             raise SessionError(f"the plan is for suite {plan.suite.value}, but this node's pool runs "
                                f"{self.keys.suite.name.value}", reason="wrong_suite", status=422)
-        if held is not None and (held.phase is not Phase.AWAITING_INPUTS
-                                 or (held.task is not None and not held.task.done())):
+        rerun = held is not None and held.inputs_kept and held.phase is Phase.FAILED
+        if rerun:
+            assert held is not None  # rerun implies a held session (mypy)
+            try:
+                check_rerun(plan, held.plan, survivors=held.live, party=held.party)
+            except RerunMismatchError as exc:
+                self.metrics.plans_refused.labels(exc.reason).inc()
+                raise SessionError(str(exc), reason=exc.reason, status=409) from None
+        elif held is not None and (held.phase is not Phase.AWAITING_INPUTS
+                                   or (held.task is not None and not held.task.done())):
             raise SessionError(f"session {plan.session_id} is already {held.phase.value}; a re-plan cannot replace it",
                                reason="session_running", status=409)
         party = plan.party_of(self.node_id)
@@ -403,7 +434,14 @@ class SessionManager:
             raise SessionError(str(exc), reason=exc.reason, status=409) from None
         rt = SessionRuntime(plan=plan, body=body, party=party.index, started=time.monotonic(), compiled=compiled,
                             live=tuple(range(len(plan.parties))))
-        if held is not None and held.plan.terms_digest() == plan.terms_digest() and plan.deadline <= held.plan.deadline:
+        if rerun and held is not None:
+            # A re-run of the failed session (check_rerun): the inputs kept here carry over (with their sealed
+            # envelopes on disk and the key fence, now the new runtime's to end); no owner submits again.
+            rt.inputs, rt.input_digests, rt.input_ids = held.inputs, held.input_digests, held.input_ids
+            self._hand_over_kept(held)
+            log.info("session %s: re-run generation %d takes the %d input(s) kept here since generation %d failed",
+                     plan.session_id, plan.generation, len(rt.inputs), held.plan.generation)
+        elif held is not None and held.plan.terms_digest() == plan.terms_digest() and plan.deadline <= held.plan.deadline:
             # Same parties, program, fields and outputs, no later deadline (the operator re-sent
             # the plan): the owners consented to these terms, so the inputs accepted stay.
             rt.inputs, rt.input_digests, rt.input_ids = held.inputs, held.input_digests, held.input_ids
@@ -526,6 +564,12 @@ class SessionManager:
         """
         rt = self.get(session_id)
         plan = rt.plan
+        if plan.inputs_held_by:
+            self.metrics.envelopes_refused.labels("rerun_holds_inputs").inc()
+            raise InputRejected(f"session {session_id} is a re-run: its surviving parties {list(plan.inputs_held_by)} "
+                                "kept every owner's input, so no owner submits again (a new version is not taken: "
+                                "create a new session for other inputs)", reason="rerun_holds_inputs",
+                                status=409, extra={"alreadyAccepted": False})
         try:
             env = SealedEnvelope.from_bytes(data)
             h = env.header
@@ -659,8 +703,9 @@ class SessionManager:
 
     def _maybe_start(self, rt: SessionRuntime) -> None:
         ready = rt.material is not None or rt.plan.preprocessing in DEALER_FREE  # dealer-free: nothing to wait for
-        if (rt.phase is Phase.AWAITING_INPUTS and ready and rt.task is None
-                and all(i.owner in rt.inputs for i in rt.plan.inputs)):
+        # A re-run's replacement takes no envelopes: it gets its shares by resharing once the run starts.
+        inputs_here = rt.plan.is_replacement(rt.party) or all(i.owner in rt.inputs for i in rt.plan.inputs)
+        if rt.phase is Phase.AWAITING_INPUTS and ready and rt.task is None and inputs_here:
             rt.phase = Phase.COMPUTING
             rt.task = asyncio.get_running_loop().create_task(self._run(rt))
 
@@ -690,6 +735,8 @@ class SessionManager:
             raise SessionError(f"cancel refused: {exc}", reason=exc.reason, status=status) from None
         answer = {"sessionId": session_id, "planDigest": rt.plan.digest()}
         if rt.phase in (Phase.SUCCEEDED, Phase.FAILED):
+            if rt.inputs_kept:
+                self._drop_kept(rt, "cancelled")
             return {**answer, "cancelled": rt.cancelled(), "alreadyFinished": True, "phase": rt.phase.value,
                     "reason": rt.reason}
         message = order.message or "cancelled by the operator (the MPCSession was deleted)"
@@ -755,6 +802,10 @@ class SessionManager:
         try:
             hello = Hello.decode(await asyncio.wait_for(link.recv(HELLO_TAG), 10.0))
             rt = self.sessions[hello.session_id]
+            if rt.phase in (Phase.SUCCEEDED, Phase.FAILED):
+                # Ended here: a peer dialing now runs a newer generation (a re-run) whose plan this node has
+                # not taken yet. No hello back: the peer retries its dial until the plan lands.
+                raise ValueError(f"session {hello.session_id} has ended here ({rt.phase.value}); no link for it")
             party = rt.plan.parties[hello.party]
             att = link.attestation()
             if att.peer_node_id != party.node_id or att.peer_fingerprint != party.cert_fingerprint:
@@ -894,6 +945,9 @@ class SessionManager:
         except LostPartyError as exc:
             self._fail(rt, "peer_lost", str(exc))
             outcome = "peer_lost"
+        except ReshareError as exc:  # a re-run's replacement could not use the holders' resharing
+            self._fail(rt, "reshare_failed", str(exc))
+            outcome = "reshare_failed"
         except TimeoutError:
             if rt.disagreement:  # the parties were still waiting for an owner to complete a replacement
                 self._fail(rt, "inputs_disagree", f"session passed its deadline ({plan.deadline}) before its parties "
@@ -927,16 +981,43 @@ class SessionManager:
 
     def _end(self, rt: SessionRuntime) -> None:
         plan = rt.plan
+        rt.arriving.clear()
+        rt.inputs_frozen = False
+        self.replay.forget_session(plan.session_id)  # inputs are closed for good; the guard stays bounded
+        rt.material = None  # the seed and corrections are single-use
+        if rt.inputs_kept:
+            # Kept for a re-run (_attempts): until the session's deadline at most, never for good.
+            left = max(0.0, plan.deadline - self.clock().timestamp())
+            rt.kept_timer = asyncio.get_running_loop().call_later(left, self._drop_kept, rt, "deadline")
+            log.info("session %s: keeping the %d owner input(s) for a re-run until the deadline (%d)",
+                     plan.session_id, len(rt.inputs), plan.deadline)
+            return
+        self._release_inputs(rt)
+
+    def _drop_kept(self, rt: SessionRuntime, why: str) -> None:
+        """End the keeping of a failed session's inputs (its deadline passed, or a cancel came)."""
+        if not rt.inputs_kept:
+            return
+        log.info("session %s: dropping the inputs kept for a re-run (%s)", rt.plan.session_id, why)
+        self._release_inputs(rt)
+
+    def _hand_over_kept(self, rt: SessionRuntime) -> None:
+        """A re-run took the kept inputs: this runtime no longer keeps (or deletes) them."""
+        if rt.kept_timer is not None:
+            rt.kept_timer.cancel()
+            rt.kept_timer = None
+        rt.inputs_kept = False
+
+    def _release_inputs(self, rt: SessionRuntime) -> None:
+        """Release the session's key fences and delete its stored envelopes and held inputs."""
+        plan = rt.plan
+        self._hand_over_kept(rt)
         for p in plan.parties:
             self.keys.ring.release(self._fence_id(plan.session_id, p.kem_epoch))
         for epoch in range(1, self.keys.current_epoch() + 2):
             self.keys.ring.release(self._fence_id(plan.session_id, epoch))
         shutil.rmtree(self._session_dir(plan.session_id) / "inputs", ignore_errors=True)
         rt.inputs.clear()
-        rt.arriving.clear()
-        rt.inputs_frozen = False
-        self.replay.forget_session(plan.session_id)  # inputs are closed for good; the guard stays bounded
-        rt.material = None  # the seed and corrections are single-use
 
     async def _attempts(self, rt: SessionRuntime) -> None:
         plan = rt.plan
@@ -963,9 +1044,14 @@ class SessionManager:
                 if len(survivors) < plan.threshold + 1:
                     raise
                 if plan.preprocessing == "prss" and len(survivors) < 2 * plan.threshold + 1:
+                    rt.live = survivors
+                    rt.inputs_kept = all(i.owner in rt.inputs for i in plan.inputs)  # t + 1 shares define each input
+                    kept = (f"; every owner's input stays at the surviving parties {list(survivors)} until the "
+                            f"session's deadline, so a re-run with a replacement node needs no resubmission"
+                            if rt.inputs_kept else "")
                     raise PeerLostError(exc.peer, f"{_lost_detail(exc)}; dealer-free multiplication needs 2t + 1 = "
                                         f"{2 * plan.threshold + 1} live parties and only {len(survivors)} remain "
-                                        f"(a session survives a lost node only where n >= 2t + 2)") from None
+                                        f"(a session survives a lost node only where n >= 2t + 2){kept}") from None
                 if plan.preprocessing == "dealer" and (rt.material is None or rt.attempts >= len(rt.material.seeds)):
                     raise PeerLostError(exc.peer, f"{_lost_detail(exc)}; no fresh preprocessing is left for another attempt "
                                         "(a restart never reuses material)") from None
@@ -986,6 +1072,8 @@ class SessionManager:
                             attempt=rt.attempts, round_timeout_s=self.settings.round_timeout_s)
         try:
             await self._agree_inputs(rt, channel)
+            if any(plan.is_replacement(p) for p in rt.live):
+                await self._reshare(rt, channel)
         except BaseException:
             channel.release()
             raise
@@ -1028,7 +1116,8 @@ class SessionManager:
                     held.version if held else 0, held.tag if held else "", payload.rows if payload else 0,
                     arriving.id.version if arriving else 0, len(arriving.payloads) if arriving else 0,
                     arriving.parts if arriving else 0)
-            return encode_view(PartyView(owners, rt.material is not None or plan.preprocessing in DEALER_FREE))
+            return encode_view(PartyView(owners, rt.material is not None or plan.preprocessing in DEALER_FREE,
+                                         reshared=plan.is_replacement(rt.party)))
 
         def freeze(on: bool) -> None:
             rt.inputs_frozen = on
@@ -1051,6 +1140,32 @@ class SessionManager:
             rt.message = ""
         # Nothing awaits between the last commit and here: the inputs agreed are the inputs used.
         rt.phase, rt.inputs_frozen, rt.disagreement = Phase.COMPUTING, False, ""
+
+    async def _reshare(self, rt: SessionRuntime, channel: PqChannel) -> None:
+        """A re-run's step after the inputs agreement: the holders give each replacement its shares
+        (:mod:`pqmpc_node.input_resharing`); the engine's input authentication then checks them."""
+        plan = rt.plan
+        replacements = [p for p in rt.live if plan.is_replacement(p)]
+        held = {} if plan.is_replacement(rt.party) else {
+            i.owner: HeldInput(rt.input_ids[i.owner], rt.inputs[i.owner]) for i in plan.inputs}
+
+        def validate(owner: str, payload: InputPayload) -> InputPayload:
+            decoded = self._decode_input(rt, owner, payload.encode())  # an owner's envelope gets the same checks
+            self._check_rows(rt, owner, decoded)
+            return decoded
+
+        try:
+            got = await reshare_inputs(channel, threshold=plan.threshold, live=rt.live, replacements=replacements,
+                                       owners=[i.owner for i in plan.inputs], held=held,
+                                       rng=AesCtrRandom.from_os(), validate=validate)
+        except (ReshareError, PayloadError, InputRejected) as exc:
+            raise ReshareError(f"resharing the kept inputs to the replacement failed: {exc}") from None
+        if got is not None:
+            rt.inputs = {o: h.payload for o, h in got.items()}
+            rt.input_ids = {o: h.id for o, h in got.items()}
+            rt.reshared_from = tuple(sorted(p for p in rt.live if not plan.is_replacement(p)))[: plan.threshold + 1]
+            log.info("session %s: got the shares of %d owner input(s) by resharing from parties %s", plan.session_id,
+                     len(got), list(rt.reshared_from))
 
     async def _provider(self, rt: SessionRuntime, cfg: EngineConfig, domain: Domain,
                         channel: PqChannel) -> _AttemptProvider:

@@ -69,7 +69,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from operator import attrgetter
 from typing import Any, NewType
@@ -99,6 +99,7 @@ __all__ = [
     "candidates_from_pool_status",
     "check_placement",
     "place_parties",
+    "place_replacements",
     "placement_request_from_spec",
     "score_placement",
 ]
@@ -617,6 +618,52 @@ def place_parties(nodes: Sequence[NodeCandidate], request: PlacementRequest) -> 
         for i, nd in enumerate(chosen)
     )
     return Placement(assignments=assignments, score=score_placement(chosen, request))
+
+
+def place_replacements(nodes: Sequence[NodeCandidate], request: PlacementRequest,
+                       kept: Mapping[int, NodeCandidate], fill: Sequence[int],
+                       avoid: Iterable[str] = ()) -> Placement | PlacementInfeasible:
+    """Keep the parties of ``kept`` (index -> node) in place and put a new node at each index of ``fill``.
+
+    For a re-run whose survivors hold the owners' inputs (their indexes and nodes must
+    not change): party by party in index order, the eligible node not already used that
+    keeps every rule of ``request`` with the parties placed so far — nodes named in
+    ``avoid`` (the lost parties' pods, which may still be down) last, then least loaded,
+    then by name (greedy, not the solver's optimum: the kept parties are fixed anyway,
+    and one replacement is the usual case). :class:`PlacementInfeasible` names the rule
+    no free node can keep.
+    """
+    if sorted([*kept, *fill]) != list(range(request.parties)):
+        raise PlacementInputError(f"kept parties {sorted(kept)} and parties to fill {sorted(fill)} must cover "
+                                  f"0..{request.parties - 1} once each")
+    regions = allowed_regions(request.inputs)
+    used = {nd.name for nd in kept.values()}
+    last = set(avoid)
+    chosen: dict[int, NodeCandidate] = dict(kept)
+    for party in sorted(fill):
+        free = sorted((nd for nd in nodes if nd.name not in used), key=lambda nd: (nd.name in last, nd.load, nd.name))
+        eligible = [nd for nd in free if nd.ready and not nd.quarantined
+                    and (regions is None or nd.region in regions) and (nd.gpus > 0 or not request.require_gpu)]
+        fits = None
+        for nd in eligible:
+            trial = [*chosen.values(), nd]
+            if not check_placement(trial, replace(request, parties=len(trial))):
+                fits = nd
+                break
+        if fits is None:
+            constraint = PlacementConstraint.READY_NODES if not eligible else (
+                PlacementConstraint.DISTINCT_TRUST_DOMAINS if request.distinct_trust_domains
+                else PlacementConstraint.MAX_SHARES_PER_ZONE)
+            return PlacementInfeasible(
+                constraint, f"no free node can replace party {party}: {len(eligible)} eligible node(s) besides the "
+                f"kept parties' ({_fmt_list(sorted(str(nd.name) for nd in kept.values()))}), none keeps "
+                f"{constraint.value} with them", 1, 0)
+        chosen[party] = fits
+        used.add(fits.name)
+    ordered = [chosen[i] for i in range(request.parties)]
+    assignments = tuple(PartyAssignment(party=i, node=nd.name, group=nd.group, region=nd.region, zone=nd.zone,
+                                        trust_domain=nd.trust_domain) for i, nd in enumerate(ordered))
+    return Placement(assignments=assignments, score=score_placement(ordered, request))
 
 
 # --------------------------------------------------------------------------- adapters

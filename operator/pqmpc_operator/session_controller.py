@@ -203,7 +203,7 @@ async def _ensure_plan(run: _Pass) -> None:
                                      pki=pki, suite=admission.suite, now=run.now)
         signed = build_signed_plan(
             admission.spec, parties, suite=admission.suite, signer=pki.plan_signer, generation=request.generation,
-            now=run.now, deadline_at=admission.deadline_at, rng=os.urandom,
+            now=run.now, deadline_at=admission.deadline_at, rng=os.urandom, inputs_held_by=request.inputs_held_by,
         )
         blob = canonical_bytes(signed.to_json())
         await store_plan(run.deps.api, run.body, blob, generation=request.generation, digest=signed.plan.digest())

@@ -33,6 +33,13 @@ Lifecycle (``status.phase``, :class:`SessionPhase`): Pending -> Placing -> Prepr
   ``t + 1`` parties remain (``2t + 1`` on ``prss``).
 - Succeeded / Failed: ``completionTime`` is set; after ``ttlSecondsAfterFinished`` the
   session is deleted. ``spec.deadline`` after creation an unfinished session fails.
+- Re-run: a ``prss`` session that failed for want of ``2t + 1`` parties with ``t + 1``
+  or more left offers one (``status.rerun``): its survivors keep every owner's input
+  until the deadline. Annotating the session ``pqmpc.io/rerun=<any new value>`` asks
+  the survivors which still keep them, places a replacement node at every other index
+  (:func:`~pqmpc_operator.placement.place_replacements`) and goes back to Preprocessing:
+  the next generation's plan names the holders (``inputsHeldBy``), they reshare to the
+  replacements and no owner submits again.
 
 Everything is decided from the stored status plus this pass's observations, never from
 memory, so an operator restart resumes where the last one stopped.
@@ -58,7 +65,7 @@ from pqmpc_operator.session_plan import Progress, session_progress
 from pqmpc_operator.status import Condition, merge_conditions
 
 __all__ = [
-    "ACTIVE", "ADDITIVE_LOST", "DEALER_CAVEAT", "FINISHED", "LOST_AFTER_S", "Action", "Admission", "Decision",
+    "ACTIVE", "ADDITIVE_LOST", "RERUN_ANNOTATION", "RERUN_POLL_S", "RerunStatus", "DEALER_CAVEAT", "FINISHED", "LOST_AFTER_S", "Action", "Admission", "Decision",
     "AskParties", "CancelTarget", "CancelAtParties", "CountPlacementFailure", "Deal", "DealingFailed",
     "DeleteSession", "Dealt", "DeliverPlan", "InputProgress", "ObservedSession", "PartyUnreachable", "PlanAccepted",
     "PlanLost", "PlanRefused", "ReadLoads", "ReadPods", "ReadPool", "RecordEvidence", "Request", "Requeue",
@@ -86,6 +93,10 @@ ACTIVE = frozenset({SessionPhase.PLACING, SessionPhase.PREPROCESSING, SessionPha
 FINISHED = frozenset({SessionPhase.SUCCEEDED, SessionPhase.FAILED})
 # A party unreachable this long is lost (an additive session then fails).
 LOST_AFTER_S = 20.0
+RERUN_ANNOTATION = "pqmpc.io/rerun"
+"""Set to a new value on a failed session that offers a re-run to run it again (:func:`_start_rerun`)."""
+RERUN_POLL_S = 5.0
+"""How often a failed session that offers a re-run looks for the annotation (the daemon does not see edits)."""
 ADDITIVE_LOST = ("additive sharing needs every party, so the session ends; every owner's input is kept secret "
                  "(nothing unmasked was opened, no output was released): create a new session and the owners "
                  "submit again")
@@ -108,6 +119,7 @@ class SessionMetadata(TypedDict, total=False):
     generation: int
     creationTimestamp: str
     deletionTimestamp: str
+    annotations: dict[str, str]
 
 
 class InputProgress(TypedDict):
@@ -127,6 +139,20 @@ class StatusEvidence(TypedDict):
     finishedAt: float
     blamed: dict[str, list[str]]
     failureReporters: list[str]
+
+
+class RerunStatus(TypedDict, total=False):
+    """``status.rerun``: a failed session's survivors keep every owner's input, so it can run again."""
+
+    available: bool
+    """A re-run can be asked for now (``pqmpc.io/rerun``)."""
+    survivors: list[int]
+    """The parties left when it failed (they keep the inputs until the deadline)."""
+    inputsHeldBy: list[int]
+    """The holders named by the re-run plan (set once a re-run started)."""
+    requested: str
+    """The ``pqmpc.io/rerun`` value last acted on (each new value asks once)."""
+    hint: str
 
 
 class SessionStatus(TypedDict, total=False):
@@ -150,6 +176,7 @@ class SessionStatus(TypedDict, total=False):
     result: dict[str, Any]
     unreachableSince: dict[str, str] | None
     evidence: StatusEvidence
+    rerun: RerunStatus
 
 
 class SessionBody(TypedDict, total=False):
@@ -282,6 +309,8 @@ class DeliverPlan:
     admission: Admission
     generation: int
     placement: tuple[Mapping[str, Any], ...]
+    inputs_held_by: tuple[int, ...] = ()
+    """A re-run: the parties that kept the owners' inputs (the plan's ``inputsHeldBy``)."""
 
 
 @dataclass(frozen=True)
@@ -379,7 +408,8 @@ def _parse_ts(text: str | None) -> dt.datetime | None:
 class _Draft:
     """The status a decision is building: a copy of the stored one, plus the conditions to set."""
 
-    def __init__(self, stored: SessionStatus, generation: int, now: dt.datetime) -> None:
+    def __init__(self, stored: SessionStatus, generation: int, now: dt.datetime, *, name: str = "") -> None:
+        self.name = name
         self.stored = stored
         self.new = cast(SessionStatus, dict(stored))
         self.generation = generation
@@ -501,8 +531,10 @@ def decide(observed: ObservedSession, now: dt.datetime, *, api_port: int) -> Dec
     stored: SessionStatus = body.get("status") or SessionStatus()
     spec_raw = body.get("spec") or {}
     if (stored.get("phase") or SessionPhase.PENDING) in FINISHED:
+        if _rerun_asked(body, now):
+            return _start_rerun(observed, now)
         return stored, [_after_finish(stored, spec_raw, now)]
-    draft = _Draft(stored, int(meta.get("generation", 1)), now)
+    draft = _Draft(stored, int(meta.get("generation", 1)), now, name=meta["name"])
     if "startTime" not in stored:
         draft.new["startTime"] = _ts(now)
     draft.new["sessionId"] = session_id_of(meta["namespace"], meta["name"], meta.get("uid", ""))
@@ -558,6 +590,8 @@ def _after_finish(stored: SessionStatus, spec_raw: Mapping[str, Any], now: dt.da
     left = (done + dt.timedelta(seconds=ttl) - now).total_seconds()
     if left <= 0:
         return DeleteSession(ttl)
+    if (stored.get("rerun") or {}).get("available"):
+        return Requeue(min(left, RERUN_POLL_S))  # the survivors keep the inputs: notice pqmpc.io/rerun soon
     return Requeue(min(left, MAX_TTL_WAIT_S))
 
 
@@ -593,8 +627,9 @@ def _plan(draft: _Draft, observed: ObservedSession, admission: Admission, *, api
     generation = int(draft.stored.get("planGeneration", 0)) + 1
     draft.new["planGeneration"] = generation
     delivery = observed.get("delivery")
+    held_by = tuple(int(p) for p in (draft.stored.get("rerun") or {}).get("inputsHeldBy") or ())
     if delivery is None:
-        return draft.status(), [DeliverPlan(admission, generation, _placed(draft))]
+        return draft.status(), [DeliverPlan(admission, generation, _placed(draft), held_by)]
     if isinstance(delivery, PlanRefused):
         draft.phase(SessionPhase.PREPROCESSING, "PlanNotDelivered", f"retrying: {delivery.error}")
         draft.condition("PlanDelivered", "False", "PlanNotDelivered", delivery.error)
@@ -603,9 +638,11 @@ def _plan(draft: _Draft, observed: ObservedSession, admission: Admission, *, api
     draft.new["planDigest"] = delivery.digest
     draft.phase(SessionPhase.AWAITING_INPUTS, "PlanDelivered",
                 f"signed plan (generation {generation}) accepted by all {delivery.parties} parties; "
-                f"data owners can submit to session {spec.session_id}")
+                + (f"a re-run: parties {list(held_by)} kept every owner's input and reshare it to the replacement, "
+                   "no owner submits again" if held_by else f"data owners can submit to session {spec.session_id}"))
     draft.condition("PlanDelivered", "True", "PlanDelivered", draft.new["message"])
-    draft.new["inputs"] = [InputProgress(owner=i.owner, role=i.role, received=False, parties=0) for i in spec.inputs]
+    draft.new["inputs"] = [InputProgress(owner=i.owner, role=i.role, received=bool(held_by), parties=0)
+                           for i in spec.inputs]
     draft.new["inputsReceived"] = inputs_received(draft.new["inputs"])
     draft.new["preprocessing"] = preprocessing_status(spec)
     draft.new["result"] = result_hint(spec, _placed(draft), observed.get("pod_ips") or {}, api_port, admission.pool)
@@ -696,17 +733,23 @@ def _progress(draft: _Draft, observed: ObservedSession, admission: Admission, no
         else:
             draft.condition("Preprocessed", "False", "DealingFailed", f"retrying: {dealing.error}")
     actions: list[Action] = []
-    if lost and spec.sharing == "additive" and progress.phase not in FINISHED:
+    keeping = [int(e["party"]) for e in placed if (reports.get(str(e["node"])) or {}).get("inputsKept")]
+    settling = _survivors_settling(spec, reports, len(placed) - len(lost))
+    if settling:
+        pass  # a prss party was lost and the others still compute: their own reports say whether they keep inputs
+    elif lost and spec.sharing == "additive" and progress.phase not in FINISHED:
         draft.fail("NodeLost", "; ".join(lost) + " — " + ADDITIVE_LOST)
     elif lost and spec.sharing == "shamir" and spec.preprocessing == "prss" and progress.phase not in FINISHED \
             and len(placed) - len(lost) < 2 * spec.threshold + 1:
         draft.fail("NodeLost", "; ".join(lost) + f" — fewer than 2t+1={2 * spec.threshold + 1} parties remain, and "
-                   "dealer-free multiplication needs that many (a session survives a lost node only where n >= 2t+2); "
-                   "create a new session (owners resubmit their inputs)")
+                   "dealer-free multiplication needs that many (a session survives a lost node only where n >= 2t+2)"
+                   + (_offer_rerun(draft, spec, keeping) if keeping else
+                      "; the survivors hold no inputs to keep: create a new session (owners submit again)"))
     elif lost and spec.sharing == "shamir" and len(placed) - len(lost) < spec.threshold + 1:
         draft.fail("NodeLost", "; ".join(lost) + f" — fewer than t+1={spec.threshold + 1} parties remain")
     elif progress.phase == SessionPhase.FAILED:
-        draft.fail(progress.reason, progress.message or f"a party failed: {progress.reason}")
+        offer = _offer_rerun(draft, spec, keeping) if spec.preprocessing == "prss" and keeping else ""
+        draft.fail(progress.reason, (progress.message or f"a party failed: {progress.reason}") + offer)
     if draft.new.get("phase") in FINISHED:
         # Behavioural evidence for the pool's anomaly scoring (who ran it, who failed how).
         party_nodes = [str(e["node"]) for e in sorted(placed, key=lambda e: int(e["party"]))]
@@ -724,11 +767,141 @@ def _progress(draft: _Draft, observed: ObservedSession, admission: Admission, no
         if progress.rejected_rows is not None:
             hint["rejectedRows"] = progress.rejected_rows
         draft.new["result"] = hint
+    elif settling:
+        message = ("a party was lost and fewer than 2t+1 remain; waiting for the survivors to stop and say whether "
+                   "they keep every owner's input for a re-run" + (f" ({'; '.join(lost)})" if lost else ""))
+        draft.phase(SessionPhase.COMPUTING, "PartyLost", message)
+        draft.condition("Degraded", "True", "PartyLost", message)
     else:
         draft.phase(SessionPhase(progress.phase), progress.reason, progress.message)
         if lost:
             draft.condition("Degraded", "True", "PartyLost", "; ".join(lost))
     return draft.status(), [*actions, WriteStatus(), Requeue(NEXT_PASS_S)]
+
+
+def _survivors_settling(spec: SessionSpec, reports: Mapping[str, Mapping[str, Any] | None], left: int) -> bool:
+    """A ``prss`` session lost a party below ``2t + 1`` (``left`` reachable or unlost parties, or a party already
+    stopped on a lost peer) while others still compute: they stop within their round timeout, and only their own
+    reports say whether they keep the owners' inputs (a re-run), so the session is not failed before they do."""
+    if spec.preprocessing != "prss" or spec.sharing != "shamir":
+        return False
+    live = [r for r in reports.values() if r is not None]
+    if not any(r.get("phase") == "Computing" for r in live):
+        return False
+    return left < 2 * spec.threshold + 1 or any(r.get("phase") == "Failed" and r.get("reason") == "peer_lost"
+                                                 for r in live)
+
+
+def _rerun_hint(name: str, value: str) -> str:
+    return f"kubectl annotate mpcsession {name} {RERUN_ANNOTATION}={value} --overwrite"
+
+
+def _offer_rerun(draft: _Draft, spec: SessionSpec, survivors: Sequence[int]) -> str:
+    """Record a re-run offer when ``survivors`` (t + 1 or more) keep every input; the message's tail ("" if none)."""
+    if len(survivors) < spec.threshold + 1:
+        return "; too few parties remain to keep the inputs: create a new session (owners submit again)"
+    before = draft.stored.get("rerun") or {}
+    name = str(draft.stored.get("sessionId") or spec.session_id)
+    hint = _rerun_hint(draft.name, _next_value(str(before.get("requested") or "")))
+    draft.new["rerun"] = RerunStatus(available=True, survivors=sorted(survivors),
+                                     inputsHeldBy=list(before.get("inputsHeldBy") or []),
+                                     requested=str(before.get("requested") or ""), hint=hint)
+    return (f"; parties {sorted(survivors)} keep every owner's input until the deadline, so session {name} can "
+            f"re-run with a replacement node and no owner submits again: {hint}")
+
+
+def _next_value(requested: str) -> str:
+    """A ``pqmpc.io/rerun`` value not acted on yet (one more than the last, when that was a number)."""
+    return str(int(requested) + 1) if requested.isdigit() else ("1" if not requested else requested + "-1")
+
+
+def _asked(meta: SessionMetadata) -> str:
+    """The ``pqmpc.io/rerun`` annotation's value, cut to what ``status.rerun.requested`` holds."""
+    return str((meta.get("annotations") or {}).get(RERUN_ANNOTATION, ""))[:253]
+
+
+def _rerun_asked(body: SessionBody, now: dt.datetime) -> bool:
+    """A failed session that offers a re-run, annotated with a value not acted on yet, before its deadline."""
+    stored = body.get("status") or SessionStatus()
+    offer = stored.get("rerun") or {}
+    asked = _asked(body["metadata"])
+    return (stored.get("phase") == SessionPhase.FAILED and bool(offer.get("available")) and bool(asked)
+            and asked != offer.get("requested") and now < _deadline_at(body, now))
+
+
+def _start_rerun(observed: ObservedSession, now: dt.datetime) -> Decision:
+    """Re-run a failed session: ask the survivors who still keeps the inputs, place replacements, re-plan.
+
+    Requests the pool, the loads, the pod IPs and the survivors' reports first. Fewer than
+    t + 1 holders: the offer ends (stays Failed, says why). No free node fits: stays
+    Failed and retries. Otherwise back to Preprocessing with the new placement; the next
+    pass delivers the next generation with ``inputsHeldBy`` (:func:`_plan`).
+    """
+    body = observed["body"]
+    meta = body["metadata"]
+    stored: SessionStatus = body.get("status") or SessionStatus()
+    draft = _Draft(stored, int(meta.get("generation", 1)), now, name=meta["name"])
+    asked = _asked(meta)
+    offer = stored.get("rerun") or RerunStatus()
+    if "pool" not in observed:
+        return stored, [ReadPool()]
+    pool_body = observed["pool"]
+    if pool_body is None:
+        return stored, [Requeue(RETRY_POOL_S)]
+    try:
+        admission = admit(body, pool_body, now)
+    except SpecError:
+        return stored, [Requeue(RETRY_POOL_S)]
+    spec = admission.spec
+    placed = _placed(draft)
+    survivors = [e for e in placed if int(e["party"]) in set(offer.get("survivors") or [])]
+    # In the order the controller's steps serve them: pool, loads, pod IPs, the survivors' reports.
+    if "loads" not in observed:
+        return stored, [ReadLoads()]
+    if "pod_ips" not in observed:
+        return stored, [ReadPods(admission)]
+    if "replies" not in observed:
+        return stored, [AskParties(spec.session_id, tuple(str(e["node"]) for e in survivors))]
+    holders = sorted(int(e["party"]) for e in survivors
+                     if not isinstance(r := observed["replies"].get(str(e["node"]), PartyUnreachable("")),
+                                       PartyUnreachable) and r.get("inputsKept"))
+    if len(holders) < spec.threshold + 1:
+        message = (f"re-run ({RERUN_ANNOTATION}={asked}) impossible: only parties {holders} still keep the owners' "
+                   f"inputs, t + 1 = {spec.threshold + 1} are needed; create a new session (owners submit again)")
+        draft.new["message"] = message
+        draft.new["rerun"] = RerunStatus(**{**offer, "available": False, "requested": asked})
+        return draft.status(), [WriteStatus(), Requeue(NEXT_PASS_S)]
+    nodes = {str(n.get("name")): n for n in (pool_body.get("status") or {}).get("nodes") or []}
+    candidates = placement.candidates_from_pool_status([e for e in nodes.values() if e.get("certFingerprint")],
+                                                       admission.pool.groups, observed["loads"])
+    by_name = {str(c.name): c for c in candidates}
+    kept: dict[int, placement.NodeCandidate] = {}
+    for e in placed:
+        if int(e["party"]) in holders:
+            node = str(e["node"])
+            kept[int(e["party"])] = by_name.get(node) or placement.NodeCandidate(
+                name=placement.NodeName(node), group="", region=str(e.get("region") or ""),
+                zone=str(e.get("zone") or ""), trust_domain=str(e.get("trustDomain") or ""))
+    fill = [i for i in range(spec.parties) if i not in kept]
+    gone = [str(e["node"]) for e in placed if int(e["party"]) in fill]
+    result = placement.place_replacements(candidates, spec.placement, kept, fill, avoid=gone)
+    if isinstance(result, placement.PlacementInfeasible):
+        draft.new["message"] = f"re-run ({RERUN_ANNOTATION}={asked}) waits for a replacement node: {result.message}"
+        draft.condition("Placed", "False", result.reason, result.message)
+        return draft.status(), [WriteStatus(), Requeue(RETRY_PLACEMENT_S)]
+    new_nodes = [str(a.node) for a in result.assignments if a.party in fill]
+    draft.new["placement"] = result.to_status()
+    draft.new["planDigest"] = ""
+    draft.new["unreachableSince"] = None
+    draft.new["rerun"] = RerunStatus(available=False, survivors=list(offer.get("survivors") or []),
+                                     inputsHeldBy=holders, requested=asked, hint="")
+    message = (f"re-run ({RERUN_ANNOTATION}={asked}): parties {holders} keep every owner's input; "
+               f"{', '.join(new_nodes)} replace{'s' if len(new_nodes) == 1 else ''} parties {fill}; signing and "
+               "sending the next plan generation (no owner submits again)")
+    draft.phase(SessionPhase.PREPROCESSING, "Rerun", message)
+    draft.condition("Placed", "True", "Rerun", message)
+    draft.condition("Ready", "False", "Rerun", message)
+    return draft.status(), [WriteStatus(), Requeue(NEXT_PASS_S)]
 
 
 TOO_LARGE = "PreprocessingTooLarge"
@@ -789,10 +962,15 @@ class CancelTarget:
 
 
 def cancel_target(body: SessionBody | Mapping[str, Any]) -> CancelTarget | None:
-    """What to cancel when an MPCSession is deleted; None when nothing is (never placed, no plan, finished)."""
+    """What to cancel when an MPCSession is deleted; None when nothing is (never placed, no plan, finished).
+
+    A failed session that still offers a re-run is cancelled too: its survivors keep the
+    owners' inputs for it, and the cancel makes them drop them now rather than at the deadline.
+    """
     status = body.get("status") or {}
     session_id, digest = str(status.get("sessionId") or ""), str(status.get("planDigest") or "")
     placed = tuple(str(p["node"]) for p in status.get("placement") or [])
-    if status.get("phase") in FINISHED or not (session_id and digest and placed):
+    keeping = status.get("phase") == SessionPhase.FAILED and bool((status.get("rerun") or {}).get("available"))
+    if (status.get("phase") in FINISHED and not keeping) or not (session_id and digest and placed):
         return None
     return CancelTarget(session_id, digest, placed, str((body.get("spec") or {}).get("poolRef", "")))

@@ -59,6 +59,7 @@ def build_signed_plan(
     now: dt.datetime,
     deadline_at: dt.datetime,
     rng: Rng,
+    inputs_held_by: Sequence[int] = (),
 ) -> SignedPlan:
     """The signed plan for ``spec`` on ``parties`` (party ``i`` is ``parties[i]``).
 
@@ -68,7 +69,8 @@ def build_signed_plan(
     The plan names the provider (``spec.preprocessing``). A dealer session's material is
     dealt later, per party, once the row counts are known (:func:`pqmpc_node.dealer.deal`);
     a dealer-free session's (``ot``, ``prss``) is made by the parties. Either way no
-    material travels in the plan.
+    material travels in the plan. ``inputs_held_by``: a re-run's holders, the parties that
+    kept every owner's input (:mod:`pqmpc_node.rerun`).
     """
     plan_parties = tuple(
         PlanParty(index=i, node_id=p.node_id, address=p.address, dns_name=p.dns_name, peer_port=p.peer_port,
@@ -100,6 +102,7 @@ def build_signed_plan(
         max_rows_per_owner=spec.max_rows_per_owner,
         suite=suite.name,
         preprocessing=spec.preprocessing,
+        inputs_held_by=tuple(inputs_held_by),
     )
     return sign_plan(plan, signer)
 

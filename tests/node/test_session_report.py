@@ -88,7 +88,7 @@ def test_unattributable_failure_names_nobody(config: EngineConfig) -> None:
 def test_status_document_reports_blamed_parties() -> None:
     plan: Any = type("Plan", (), {
         "session_id": "s1", "generation": 1, "digest": lambda self: "d", "parties": [1, 2, 3], "sharing": "additive",
-        "security": "malicious", "inputs": [], "deadline": 0.0, "preprocessing": "dealer"})()
+        "security": "malicious", "inputs": [], "deadline": 0.0, "preprocessing": "dealer", "inputs_held_by": ()})()
     rt = SessionRuntime(plan=plan, body=b"", party=0, started=0.0, compiled=None)  # type: ignore[arg-type]
     assert rt.status()["blamedParties"] == []
     rt.phase, rt.reason, rt.blamed_parties = Phase.FAILED, "mac_check_failed", (2,)

@@ -358,6 +358,40 @@ class TestLostParties:
         assert "additive sharing needs every party" in status["message"]
         assert "every owner's input is kept secret" in status["message"] and "no output was released" in status["message"]
 
+    def test_a_prss_session_below_2t_plus_1_offers_a_re_run_with_the_survivors(self) -> None:
+        placed = [*PLACED, {"party": 2, "node": "n-c", "region": "eu-west", "zone": "z-c", "trustDomain": "td-c"}]
+        body = session({**copy.deepcopy(RUNNING), "placement": placed}, parties=3, sharing="shamir")
+        ips = {"n-a": IPS["n-a"], "n-b": IPS["n-b"]}
+        replies: dict[str, Any] = {"n-a": report("Computing"), "n-b": report("Computing"),
+                                   "n-c": PartyUnreachable("no pod IP")}
+        status, _ = step(observed(body, pool=POOL, pod_ips=ips, replies=replies))
+        # The survivors still compute: only their own reports can say they keep the inputs, so it waits for them.
+        assert (status["phase"], status["reason"]) == ("Computing", "PartyLost"), status
+        assert "rerun" not in status
+        replies["n-a"] = replies["n-b"] = report("Failed", reason="peer_lost", inputsKept=True,
+                                                 message="lost party 2; dealer-free multiplication needs 2t + 1 = 3")
+        status, actions = step(observed(body, pool=POOL, pod_ips=ips, replies=replies))
+        assert (status["phase"], status["reason"]) == ("Failed", "peer_lost"), status  # the parties' word wins
+        assert status["message"].startswith("lost party 2; dealer-free multiplication needs 2t + 1 = 3")
+        assert "parties [0, 1] keep every owner's input until the deadline" in status["message"]
+        assert "kubectl annotate mpcsession s pqmpc.io/rerun=1 --overwrite" in status["message"]
+        assert "resubmit" not in status["message"]
+        assert status["rerun"] == {"available": True, "survivors": [0, 1], "inputsHeldBy": [], "requested": "",
+                                   "hint": "kubectl annotate mpcsession s pqmpc.io/rerun=1 --overwrite"}
+        assert isinstance(actions[0], RecordEvidence)
+        finished = session(status, parties=3, sharing="shamir")
+        assert step(observed(finished))[1] == [Requeue(5.0)]  # it looks for the annotation while the offer stands
+        finished["metadata"]["annotations"] = {"pqmpc.io/rerun": "1"}
+        assert step(observed(finished))[1] == [ReadPool()]  # the re-run begins: pool, loads, pods, survivors
+
+    def test_a_prss_session_that_lost_a_party_before_computing_has_nothing_to_re_run(self) -> None:
+        placed = [*PLACED, {"party": 2, "node": "n-c", "region": "eu-west", "zone": "z-c", "trustDomain": "td-c"}]
+        body = session({**copy.deepcopy(RUNNING), "placement": placed}, parties=3, sharing="shamir")
+        replies = {"n-a": report(), "n-b": report(), "n-c": PartyUnreachable("no pod IP")}
+        status, _ = step(observed(body, pool=POOL, pod_ips={"n-a": IPS["n-a"], "n-b": IPS["n-b"]}, replies=replies))
+        assert (status["phase"], status["reason"]) == ("Failed", "NodeLost"), status
+        assert "create a new session (owners submit again)" in status["message"] and "rerun" not in status
+
     def test_a_party_without_a_pod_is_lost_at_once(self) -> None:
         obs = observed(session(copy.deepcopy(RUNNING)), pool=POOL, pod_ips={"n-a": IPS["n-a"]},
                        replies={"n-a": report(), "n-b": PartyUnreachable("no pod IP")})
@@ -425,3 +459,10 @@ class TestCancelTarget:
                                         {"placement": []}, {"sessionId": ""}])
     def test_nothing_to_cancel(self, change: dict[str, Any]) -> None:
         assert cancel_target(session({**copy.deepcopy(RUNNING), **change})) is None
+
+    def test_a_failed_session_that_keeps_inputs_for_a_re_run_is_cancelled(self) -> None:
+        offer = {"available": True, "survivors": [0, 1], "inputsHeldBy": [], "requested": "", "hint": "h"}
+        target = cancel_target(session({**copy.deepcopy(RUNNING), "phase": "Failed", "rerun": offer}))
+        assert target is not None and target.nodes == ("n-a", "n-b") and target.plan_digest == "d" * 64
+        taken = {**offer, "available": False}
+        assert cancel_target(session({**copy.deepcopy(RUNNING), "phase": "Failed", "rerun": taken})) is None

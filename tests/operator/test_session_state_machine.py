@@ -882,3 +882,68 @@ def test_deals_run_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     first.join(60)
     second.join(60)
     assert calls == [0, 1]
+
+
+async def test_a_dealer_free_session_below_2t_plus_1_re_runs_on_request_with_a_replacement(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """n = 3, t = 1 on prss loses party 2: the survivors keep the inputs, the session offers a re-run; the
+    ``pqmpc.io/rerun`` annotation places the pool's free node at index 2 and delivers generation 2 naming the
+    holders (``inputsHeldBy``); no owner submits again and the re-run succeeds."""
+    monkeypatch.setitem(NODES, "banks-d-0", ("d", "eu-west", "eu-west-1c", "bank-d", "127.0.0.14"))
+    world = await make_world()
+    await to_awaiting_inputs(world, "rr", parties=3, sharing="shamir")
+    a, b, lost = world.placed("rr")
+    assert lost != "banks-d-0"
+    kept = {"phase": "Failed", "reason": "peer_lost", "message": "lost party 2: peer closed the TLS session",
+            "inputsKept": True, "inputsKeptOwners": 2}
+    world.report("rr", a, **kept)
+    world.report("rr", b, **kept)
+    world.node(lost).down = True
+    await world.run("rr")
+    st = world.status("rr")
+    assert (st["phase"], st["reason"]) == ("Failed", "peer_lost"), st
+    assert st["rerun"]["available"] is True and st["rerun"]["survivors"] == [0, 1], st
+    assert "kubectl annotate mpcsession rr pqmpc.io/rerun=1 --overwrite" in st["message"], st["message"]
+    assert "no owner submits again" in st["message"]
+    assert await world.run("rr") == 5.0  # RERUN_POLL_S: a failed session that offers a re-run looks for the ask
+    world.api.sessions[(NS, "rr")]["metadata"]["annotations"] = {"pqmpc.io/rerun": "1"}
+    assert await world.run("rr") == 1.0
+    st = world.status("rr")
+    assert (st["phase"], st["reason"]) == ("Preprocessing", "Rerun"), st
+    assert [p["node"] for p in st["placement"]] == [a, b, "banks-d-0"]
+    assert st["rerun"]["inputsHeldBy"] == [0, 1] and st["rerun"]["requested"] == "1" and not st["rerun"]["available"]
+    assert st["planDigest"] == "" and "no owner submits again" in st["message"]
+    assert await world.run("rr") == 1.0
+    st = world.status("rr")
+    assert (st["phase"], st["planGeneration"]) == ("AwaitingInputs", 2), st
+    assert "reshare it to the replacement" in st["message"]
+    sid = st["sessionId"]
+    for node in (a, b, "banks-d-0"):
+        plan = parse_signed_plan(world.node(node).plans[sid])[2]
+        assert plan.generation == 2 and plan.inputs_held_by == (0, 1) and plan.digest() == st["planDigest"]
+        assert [p.node_id for p in plan.parties] == [a, b, "banks-d-0"]
+    world.report_all("rr", phase="Succeeded", outputsReady=["auditor"])
+    await world.run("rr")
+    st = world.status("rr")
+    assert (st["phase"], st["reason"]) == ("Succeeded", "Completed"), st
+    # The same annotation value does not ask twice.
+    assert world.api.sessions[(NS, "rr")]["metadata"]["annotations"] == {"pqmpc.io/rerun": "1"}
+
+
+async def test_a_re_run_needs_t_plus_1_holders_still_keeping(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(NODES, "banks-d-0", ("d", "eu-west", "eu-west-1c", "bank-d", "127.0.0.14"))
+    world = await make_world()
+    await to_awaiting_inputs(world, "rr2", parties=3, sharing="shamir")
+    a, b, lost = world.placed("rr2")
+    kept = {"phase": "Failed", "reason": "peer_lost", "message": "lost", "inputsKept": True}
+    world.report("rr2", a, **kept)
+    world.report("rr2", b, **kept)
+    world.node(lost).down = True
+    await world.run("rr2")
+    world.report("rr2", b, **{**kept, "inputsKept": False})  # b's deadline passed or it was cancelled meanwhile
+    world.api.sessions[(NS, "rr2")]["metadata"]["annotations"] = {"pqmpc.io/rerun": "x"}
+    await world.run("rr2")
+    st = world.status("rr2")
+    assert st["phase"] == "Failed" and "impossible: only parties [0] still keep" in st["message"], st
+    assert st["rerun"]["available"] is False and st["rerun"]["requested"] == "x"
+    assert await world.run("rr2") == 60.0  # no offer left: it waits out its TTL

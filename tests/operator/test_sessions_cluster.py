@@ -509,6 +509,37 @@ def test_party_killed_fails_a_dealer_free_session_at_n_2t_plus_1(world: World, k
     wait_for("the killed node to be replaced and certified", healed, timeout=120)
 
 
+def test_party_killed_mid_computation_at_n3_re_runs_without_resubmission(world: World, kubectl: Kubectl) -> None:
+    """n = 3, t = 1, dealer-free: a node killed mid-computation leaves 2 < 2t + 1 parties, so the session fails, but
+    the survivors keep every owner's input; ``pqmpc.io/rerun`` re-runs it with the healed pod as the replacement
+    (the survivors reshare to it) and it succeeds with the plaintext answer, no owner submitting again."""
+    spec = aggregate_spec(world, ["bank-a", "bank-b"], None, 3)
+    spec.update(sharing="shamir", threshold=1)
+    world.apply(world.session("rerun-hm", **spec))
+    st = world.wait_phase("rerun-hm", {"AwaitingInputs", "Failed"})
+    assert st["phase"] == "AwaitingInputs" and st["preprocessing"]["provider"] == "prss", st
+    sid, url = st["sessionId"], st["result"]["nodes"][0]
+    rng = np.random.default_rng(13)
+    a, b = rng.integers(0, 1000, (2000, 1)).astype(float), rng.integers(0, 1000, (2000, 1)).astype(float)
+    world.submit(sid, "bank-a", url, world.csv("rr-a", ["amount"], a))
+    world.submit(sid, "bank-b", url, world.csv("rr-b", ["amount"], b))
+    victim = st["placement"][2]["node"]  # killed as the computation starts (both inputs are in)
+    kubectl("delete", "pod", victim, "-n", NS, "--grace-period=0", "--force", check=False)
+    st = world.wait_phase("rerun-hm", {"Failed", "Succeeded"}, timeout=300)
+    assert st["phase"] == "Failed", st
+    assert st["rerun"]["available"] is True and st["rerun"]["survivors"] == [0, 1], st
+    assert "no owner submits again" in st["message"] and "pqmpc.io/rerun=1" in st["message"], st["message"]
+    kubectl("annotate", "mpcsession", "rerun-hm", "-n", NS, "pqmpc.io/rerun=1", "--overwrite")
+    st = world.wait_phase("rerun-hm", {"Succeeded"}, timeout=300)
+    assert st["planGeneration"] == 2 and st["rerun"]["inputsHeldBy"] == [0, 1], st
+    assert st["placement"][2]["node"] == victim  # the healed pod: a new node with a new certificate
+    res = world.result(sid, "auditor", st["result"]["nodes"][0])
+    values = np.concatenate([a, b])
+    assert res["outputs"]["count(amount)"] == 4000
+    assert res["outputs"]["mean(amount)"] == pytest.approx(values.mean(), abs=1e-6)
+    assert res["outputs"]["variance(amount)"] == pytest.approx(values.var(), abs=1e-6)
+
+
 def test_party_killed_mid_session_is_survived_at_n4_t1(world: World, kubectl: Kubectl) -> None:
     """n = 4, t = 1, dealer-free: losing one node leaves 3 = 2t + 1 parties, so the session restarts
     without it and succeeds with the plaintext answer."""
