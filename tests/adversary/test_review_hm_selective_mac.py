@@ -80,3 +80,50 @@ def test_abort_does_not_depend_on_an_honest_input(delta: int) -> None:
     honest_zero, honest_nonzero = zero[:CHEATER], nonzero[:CHEATER]
     # Expected (secure): the cheat is caught whatever y is. Observed: y = 0 passes, y = 5 aborts.
     assert honest_zero == honest_nonzero, f"y=0 -> {honest_zero}, y=5 -> {honest_nonzero}: abort reveals y == 0"
+
+
+def _full_run(y_value: int, guess: int) -> list[object]:
+    """As above, then z + w is opened and MAC-checked (an output): the whole run passes or aborts.
+
+    The cheater shifts (1) its share of the MAC reduction of owner 0's input mask by 1 (x's MAC
+    error e = lambda_2) and (2) its share of the product's MAC reduction by -guess (the MAC of z
+    gets -e * guess). z's MAC is then alpha z + e (y - guess): right iff y == guess.
+    """
+    p = 2**61 - 1
+
+    async def program(ctx):
+        if ctx.party == CHEATER:
+            provider, original = ctx.provider, ctx.provider._open_degree
+            done: set[str] = set()
+
+            async def cheat(share, lbl, degree, check):
+                if lbl in ("random", "mul") and lbl not in done:
+                    done.add(lbl)
+                    share = share.copy()
+                    i, shift = (0, 1) if lbl == "random" else (1, -guess)  # "mul" reduces [value, MAC]
+                    share[i] = np.uint64((int(share[i]) + shift) % p)
+                return await original(share, lbl, degree, check)
+
+            provider._open_degree = cheat
+        x = await share_input(ctx, 0, np.array([7], dtype=np.uint64) if ctx.party == 0 else None, (1,))
+        y = await share_input(ctx, 1, np.array([y_value], dtype=np.uint64) if ctx.party == 1 else None, (1,))
+        w = await share_input(ctx, 1, np.array([1000], dtype=np.uint64) if ctx.party == 1 else None, (1,))
+        z = ctx.add(await multiply(ctx, x, y), w)
+        try:
+            await check_macs(ctx, "before-outputs")
+            (opened,) = await ctx.open([z], "output")
+            await check_macs(ctx, "output")
+        except Exception as exc:  # noqa: BLE001 - the outcome under test
+            return type(exc).__name__
+        return int(opened[0])
+
+    return asyncio.run(run_hm(N3, program))
+
+
+def test_a_whole_run_succeeds_iff_an_honest_input_equals_the_cheaters_guess() -> None:
+    right = _full_run(4242, 4242)[:CHEATER]
+    wrong = _full_run(4243, 4242)[:CHEATER]
+    # Expected (secure): the cheater deviated, so both runs abort. Observed: y == guess succeeds (with the
+    # right result, 7 * 4242 + 1000 = 30694) and y != guess aborts.
+    assert all(isinstance(o, str) for o in right + wrong), (
+        f"y == guess -> {right}, y != guess -> {wrong}: success/abort answers 'is y == guess?'")
