@@ -1,4 +1,9 @@
-"""Review: the product check's own multiplication ``[alpha w] = reduce([alpha][w])`` runs AFTER the coins.
+"""Review (fixed): the product check's own multiplication ``[alpha w] = reduce([alpha][w])`` ran AFTER public coins.
+
+Fixed by secret coefficients (``honest_majority.verify_products`` step 1: a PRSS ``[rho]``):
+the cheater now picks ``e3`` blind to ``rho``, so the attack below can no longer aim; the test
+keeps the attack (its best blind version: ``e3 = e * guess``) and requires the same outcome,
+an abort, whatever the honest input. The finding as reported:
 
 A cheater knows ``rho`` when it sends its share of that reduction, so its additive error ``e3`` is
 chosen knowing the coins: ``T = A - alpha B - e3``. Any MAC-only error term ``A`` it can predict up
@@ -25,7 +30,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "mpc"))
 
 from hm_run import run_hm  # noqa: E402
-import pqmpc_node.mpc.honest_majority as hm  # noqa: E402
 from pqmpc_node.mpc.config import EngineConfig  # noqa: E402
 from pqmpc_node.mpc.field import P61  # noqa: E402
 from pqmpc_node.mpc.mac import check_macs  # noqa: E402
@@ -37,16 +41,6 @@ DELTA = 1  # the cheater's shift of its share of the MAC of owner 0's input mask
 
 
 def _outcome(y_value: int, guess: int, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    coins: dict[int, int] = {}
-    original_toss = hm.toss_coins
-
-    async def spy_toss(ctx, label, count):
-        rho = await original_toss(ctx, label, count)
-        coins[ctx.party] = int(rho.reshape(-1)[0])
-        return rho
-
-    monkeypatch.setattr(hm, "toss_coins", spy_toss)
-
     def cheat(ctx) -> None:
         provider, original = ctx.provider, ctx.provider._open_degree
         done: set[str] = set()
@@ -55,8 +49,8 @@ def _outcome(y_value: int, guess: int, monkeypatch: pytest.MonkeyPatch) -> list[
             shift = None
             if label == "random" and label not in done:
                 shift = DELTA  # e = lambda_2 * DELTA on x's MAC
-            elif label == "product-check" and label not in done:
-                shift = coins[ctx.party] * DELTA * guess % P61  # e3 = rho * e * guess (lambda_2 cancels)
+            elif label == "product-check-alpha" and label not in done:
+                shift = DELTA * guess % P61  # e3 = e * guess: rho is secret now, so this is the cheater's best
             if shift is not None:
                 done.add(label)
                 share = share.copy()
@@ -86,3 +80,4 @@ def test_the_cheater_tests_an_honest_input_against_a_guess(monkeypatch: pytest.M
     right = _outcome(123456, 123456, monkeypatch)
     wrong = _outcome(123457, 123456, monkeypatch)
     assert right == wrong, f"y == guess -> {right}, y != guess -> {wrong}: the abort answers 'is y == guess?'"
+    assert set(right) == {"ProductCheckError"}, right

@@ -2,7 +2,7 @@
 
 ``commit_reveal`` (and so ``toss_coins``) skips a peer whose messages time out
 (``_receive_reachable``), so a cheater that sends neither its commitment nor its reveal
-to party 0 -- but both to the others -- makes party 0 derive the product check's coins
+to party 0 -- but both to the others -- makes party 0 derive the input check's coins
 from a different set of seeds than the other honest parties. This is the scenario
 "honest parties reconstruct from different subsets"; the claim under test is that it
 fails safe: the check's values are then not one consistent sharing and the session
@@ -31,11 +31,12 @@ from pqmpc_node.engine import PartyInputs, RunOutcome, execute  # noqa: E402
 from pqmpc_node.mpc.channel import ChannelError, InProcessHub, LostPartyError  # noqa: E402
 from pqmpc_node.mpc.config import EngineConfig  # noqa: E402
 from pqmpc_node.mpc.errors import MacCheckError  # noqa: E402
+from pqmpc_node.mpc.inputs import InconsistentInputError, InputTamperedError  # noqa: E402
 from pqmpc_node.mpc.outputs import OutputForgeryError, verify_delivered  # noqa: E402
 from pqmpc_node.mpc.programs import compile_program  # noqa: E402
 
-COIN = {"before-input-check/product-coins/commit", "before-input-check/product-coins/reveal"}
-"""The coin toss of the first product check (honest_majority.verify_products, step 1)."""
+COIN = {"input-coins/commit", "input-coins/reveal"}
+"""The coin toss of the owners' input check (mpc.inputs, step 2): the first public coins of a run."""
 
 TIMEOUT = 2.0
 FAST = 0.5  # a victim that gives up on a silent peer sooner than its co-parties wait for it
@@ -124,11 +125,11 @@ def test_review_silence_toward_one_party_on_a_coin_expels_that_honest_party() ->
 
 
 class RushingOnTheLine(SilentToward):
-    """As :class:`SilentToward`, and in the product check's degree-t opening the cheater first
+    """As :class:`SilentToward`, and in the input check's degree-t opening the cheater first
     reads the honest shares, then sends the point on the line through them (n = 3, t = 1), so
     no consistency check can see that the honest parties used different coins."""
 
-    ADAPT = {"dn/product-check-open"}
+    ADAPT = {"input-degree"}
 
     def __init__(self, inner: Any, labels: set[str], victim: int) -> None:
         super().__init__(inner, labels, victim)
@@ -166,8 +167,9 @@ class RushingOnTheLine(SilentToward):
 
 
 def test_review_rushing_cheater_hides_the_coin_split_from_the_degree_checks_and_is_still_caught() -> None:
-    """n = 3 = 2t + 1: the honest parties' product checks use different coins; a rushing cheater
-    keeps the check's opening on one degree-1 polynomial. The check (alpha, beta unknown) must still abort."""
+    """n = 3 = 2t + 1: the honest parties' input checks use different coins; a rushing cheater
+    keeps the degree check's opening on one degree-1 polynomial. The MAC and product checks
+    (alpha, beta unknown) must still abort, and blame no owner."""
     config = EngineConfig(3, threshold=1, sharing="shamir", security="malicious")
     plan = compile_program(PROGRAM, FIELDS)
     shares = owner_shares(config, {"bank-a": [5.0, 250.5, 999.0, 1200.0], "bank-b": [17.25, 400.0, -3.0]})
@@ -198,5 +200,6 @@ def test_review_rushing_cheater_hides_the_coin_split_from_the_degree_checks_and_
     out = asyncio.run(main())
     for p in (0, 1):
         assert isinstance(out[p], (MacCheckError, ChannelError)), f"party {p}: {out[p]!r}"
+        assert not isinstance(out[p], (InputTamperedError, InconsistentInputError)), f"an owner was blamed: {out[p]!r}"
         assert getattr(out[p], "check", None) not in {"opening-consistency", "product-check-consistency"}, \
             f"the split was not hidden: {out[p]!r}"

@@ -211,7 +211,8 @@ def test_direct_products_are_right_and_pass_the_product_check(n: int, t: int, se
         for i in range(6):
             assert (F.mul(open_all(scheme, [o[i].value for o in out]), alpha)
                     == open_all(scheme, [o[i].mac for o in out])).all(), i
-        assert {o[7] for o in out} == {300 + 8} and {o[8] for o in out} == {300 + 8}  # all checked
+        # every product and every random value's MAC (x, y, a, b) checked
+        assert {o[7] for o in out} == {300 + 8} and {o[8] for o in out} == {300 + 8 + 600 + 12 + 6}
 
 
 def test_unchecked_products_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,7 +230,8 @@ def test_unchecked_products_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None
             x = await P.multiply(ctx, x, x)
         return provider.stats.checked_products
 
-    assert {n for n in gather_material(3, 1, "malicious", make)} == {128}  # 64, 128 > 100: checked; 192 not yet
+    # kept: x (64), then 64 per product: 128 > 100 checks at the first and the third product
+    assert {n for n in gather_material(3, 1, "malicious", make)} == {256}
 
 
 @pytest.mark.parametrize(("n", "t"), [(3, 1), (5, 2)])

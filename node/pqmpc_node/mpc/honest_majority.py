@@ -26,40 +26,50 @@ Sources and steps.
   ``xy + e`` for an ``e`` the cheater fixed without knowing any secret, or the honest
   parties' shares are inconsistent and the next opening's degree check fails.
 * **MACs** (malicious sessions): the MAC key ``[alpha]`` is a PRSS sharing; the MAC of a
-  random value ``[r]`` is the product ``[alpha * r]`` made as above. Its additive error,
-  if any, is fixed before and independently of ``alpha``; it can only make a later check
-  fail (the value itself is a local PRSS share).
+  random value ``[r]`` is the product ``[alpha * r]`` made as above, and the pair
+  ``([r], [alpha r])`` is kept for the product check like a product (Chida et al. check
+  every input wire's MAC too, with its own coefficient: an unchecked MAC error ``e`` on
+  ``r`` would turn into ``e * y`` on the MAC of a product ``r * y``, and an abort that
+  depends on the secret ``y``).
 * **Products with MACs** (:meth:`direct_multiply`, :meth:`direct_matmul`), the compiler of
   Chida, Genkin, Hamada, Ikarashi, Kikuchi, Lindell, Nof, "Fast large-scale
-  honest-majority MPC for malicious adversaries" (CRYPTO 2018, protocol 3.x; the same
-  idea as Damgård-Orlandi-Simkin, CRYPTO 2018): the semi-honest DN multiplication runs
-  twice in one round, on the values and on the MACs:
+  honest-majority MPC for malicious adversaries" (CRYPTO 2018, section 3; the same idea
+  as Damgård-Orlandi-Simkin, CRYPTO 2018): the semi-honest DN multiplication runs twice
+  in one round, on the values and on the MACs:
   1. ``[z] = reduce([x][y])`` and ``[alpha z] = reduce([alpha x][y])`` (matrix products
      alike: ``X @ Y`` and ``(alpha X) @ Y``); semi-honest sessions reduce ``[x][y]`` only;
   2. the pair ``([z], [alpha z])`` is kept, unchecked, until the next check (bounded: at
      :data:`MAX_UNVERIFIED` elements the check runs early).
 * **Product check** (:meth:`verify_products`, run by every
   :func:`~pqmpc_node.mpc.mac.check_macs`, so before any opening no random mask hides and
-  before any output):
-  1. coins ``rho_k`` by commit-and-reveal, drawn after every checked product is fixed;
-  2. ``[u] = sum_k rho_k [alpha z_k]`` and ``[w] = sum_k rho_k [z_k]`` (local);
+  before any output), over every kept pair ``(v_k, m_k)`` (random values and products):
+  1. *secret* coefficients: a fresh PRSS sharing ``[rho]``, one element per pair, that no
+     party knows (Chida et al. use public coins and then open the MAC key; this engine
+     keeps ``alpha`` secret for later checks, so every error chosen after this point must
+     be blind to the coefficients);
+  2. ``[w] = sum_k [rho_k][v_k]`` and ``[u] = sum_k [rho_k][m_k]``: local inner products
+     (degree 2t), both reduced in one round;
   3. ``[alpha w] = reduce([alpha][w])`` and ``[T] = [u] - [alpha w]``, 0 if all is well;
   4. CheckZero (Chida et al., section 2): a fresh PRSS ``[beta]``,
      ``[beta T] = reduce([beta][T])``, open it (degree t, every live share, all on one
-     polynomial) and abort unless it is 0. Not the degree-2t product itself: with
-     n = 2t + 1 a rushing cheater that has read the honest shares picks its own last and
-     so sets the opened value at will; a degree-t opening leaves it no say.
-  Why it catches a wrong product: every value and MAC error is additive and fixed before
-  the coins. Values never involve ``alpha``, so ``T = A - alpha * B`` with
-  ``B = sum_k rho_k b_k``, ``b_k`` the value errors (propagated through later products by
-  the secret data). Some ``b_k != 0`` gives ``B != 0`` except with probability 1/p over
-  the coins; then ``T = 0`` needs the cheater's error in step 3 to hit ``A - alpha B``,
-  i.e. to guess ``alpha`` (1/p); a non-zero ``T`` opens to 0 only if ``beta`` is the one
-  value ``-error/T`` (1/p; the error of step 4's reduction is fixed without knowing
-  ``beta``). A product with a wrong value passes with probability at most
-  3/p < 2^-59. Errors on MACs only leave every value right and can only cause an abort.
-  ``beta T`` is uniform when ``T != 0``, so an abort reveals nothing (unlike opening ``T``,
-  which could involve the secret operands of a product with a wrong MAC).
+     polynomial) and abort unless it is 0. Not a degree-2t opening: with n = 2t + 1 a
+     rushing cheater that has read the honest shares picks its own last and so sets the
+     opened value at will; a degree-t opening leaves it no say.
+  Why it catches any deviation, and why whether it aborts reveals nothing: every value
+  and MAC error is additive; values never involve ``alpha``, so each pair's
+  ``delta_k = m_k - alpha v_k`` is ``a_k - alpha b_k`` with ``b_k`` the value errors (carried
+  through later products by the secret data) and ``a_k`` the MAC errors. A deviation
+  leaves some ``(a_k, b_k) != 0`` (the pair where it entered: a MAC shifted by ``alpha``
+  times the value's shift needs ``alpha``). Then
+  ``T = sum_k rho_k a_k + e_u - e_3 - alpha (sum_k rho_k b_k + e_w)``, where the errors
+  ``e_w, e_u, e_3`` of steps 2-3 are chosen without knowing ``rho`` or ``alpha``: if some
+  ``b_k != 0`` the bracket is uniform (``rho`` is), so non-zero but with 1/p, and
+  ``T = 0`` needs ``alpha`` (1/p); otherwise ``sum_k rho_k a_k`` is uniform and ``T = 0``
+  with 1/p. A non-zero ``T`` opens to 0 only if ``beta`` is the one value
+  ``-e_4/T`` (1/p). So a cheater that deviates anywhere is caught except with
+  probability at most 3/p < 2^-59 *whatever the data*: the abort depends on whether it
+  cheated, never on a secret. ``beta T`` is uniform when ``T != 0``, so an abort reveals
+  nothing either.
   This replaces the sacrifice for products: half the reductions, no extra triples, which
   is what makes malicious multiplication cost about twice semi-honest.
 * **Triples** (:meth:`triples`, for openings that need one: random bits, output keys):
@@ -101,7 +111,6 @@ from pqmpc_node.mpc.derived import (
 )
 from pqmpc_node.mpc.domain import Array, Domain
 from pqmpc_node.mpc.errors import MacCheckError
-from pqmpc_node.mpc.mac import toss_coins
 from pqmpc_node.mpc.preprocessing import InputMask, Triple, TruncationPair
 from pqmpc_node.mpc.prss import PrssKeys, agree_keys
 from pqmpc_node.mpc.shares import Shared
@@ -244,12 +253,24 @@ class HonestMajorityProvider:
             raise MacCheckError(check, [tag], str(exc)) from exc
 
     async def _macs(self, values: Sequence[Array], label: str) -> list[Shared]:
-        """``values`` (local PRSS shares, no MAC yet) with their MACs ``[alpha * v]``, one round."""
+        """``values`` (local PRSS shares, no MAC yet) with their MACs ``[alpha * v]``, one round; the
+        pairs are kept for :meth:`verify_products` (module docstring, "MACs")."""
         if self._alpha is None:
             return [Shared(v, None) for v in values]
         alpha, d = self._alpha, self.domain
         macs = await self._reduce([d.mul(v, alpha) for v in values], label)
-        return [Shared(v, m) for v, m in zip(values, macs, strict=True)]
+        out = [Shared(v, m) for v, m in zip(values, macs, strict=True)]
+        await self._keep_for_check(out)
+        return out
+
+    async def _keep_for_check(self, pairs: Sequence[Shared]) -> None:
+        """Keep ``(value, MAC)`` pairs for the next product check; run it now past :data:`MAX_UNVERIFIED`."""
+        for z in pairs:
+            if z.mac is not None:
+                self._unverified.append((z.value.reshape(-1), z.mac.reshape(-1)))
+                self._unverified_size += int(z.value.size)
+        if self._unverified_size > MAX_UNVERIFIED:
+            await self.verify_products("products-bound")
 
     async def random_authenticated(self, shape: tuple[int, ...]) -> Shared:
         """A fresh PRSS ``[r]`` with its MAC (one round in malicious sessions, none otherwise)."""
@@ -266,13 +287,8 @@ class HonestMajorityProvider:
             raise ValueError("a malicious product needs the MAC share of its left operand")
         reduced = await self._reduce([*values, *(m for m in macs if m is not None)], label)
         out = [Shared(z, mz) for z, mz in zip(reduced[:len(values)], reduced[len(values):], strict=True)]
-        for z in out:
-            if z.mac is not None:
-                self._unverified.append((z.value.reshape(-1), z.mac.reshape(-1)))
-                self._unverified_size += int(z.value.size)
         self.stats.products += sum(int(v.size) for v in values)
-        if self._unverified_size > MAX_UNVERIFIED:
-            await self.verify_products("products-bound")
+        await self._keep_for_check(out)
         return out
 
     async def direct_multiply(self, x: Shared, y: Shared) -> Shared:
@@ -290,24 +306,23 @@ class HonestMajorityProvider:
         return z
 
     async def verify_products(self, check: str) -> None:
-        """The product check over every product since the last one (module docstring, steps 1-4)."""
+        """The product check over every kept pair since the last one (module docstring, steps 1-4)."""
         if self._alpha is None or not self._unverified:
             return
         ctx, d, alpha = self.ctx, self.domain, self._alpha
         pairs, self._unverified, self._unverified_size = self._unverified, [], 0
-        z = ctx.xp.concatenate([p[0] for p in pairs]) if len(pairs) > 1 else pairs[0][0]
-        mz = ctx.xp.concatenate([p[1] for p in pairs]) if len(pairs) > 1 else pairs[0][1]
-        rho = await toss_coins(ctx, f"{check}/product-coins", int(z.size))
-        w = d.sum(d.mul(rho, z))
-        u = d.sum(d.mul(rho, mz))
-        (alpha_w,) = await self._reduce([d.mul(alpha, w)], "product-check")
+        v = ctx.xp.concatenate([p[0] for p in pairs]) if len(pairs) > 1 else pairs[0][0]
+        m = ctx.xp.concatenate([p[1] for p in pairs]) if len(pairs) > 1 else pairs[0][1]
+        rho = self._random((int(v.size),))  # step 1: secret coefficients
+        w, u = await self._reduce([d.sum(d.mul(rho, v)), d.sum(d.mul(rho, m))], "product-check")  # step 2
+        (alpha_w,) = await self._reduce([d.mul(alpha, w)], "product-check-alpha")  # step 3
         (beta_t,) = await self._reduce([d.mul(self._random((1,)), d.sub(u, alpha_w))], "product-check-zero")
-        opened = await self._open_unauthenticated(beta_t, "product-check-open")
-        self.stats.checked_products += int(z.size)
+        opened = await self._open_unauthenticated(beta_t, "product-check-open")  # step 4
+        self.stats.checked_products += int(v.size)
         if int(opened[0]) != 0:
             raise ProductCheckError("product-check", [check],
-                                    f"the product check over {z.size} products failed: a party deviated while "
-                                    "products were made (degree reduction)")
+                                    f"the product check over {v.size} values failed: a party deviated while "
+                                    "products or MACs were made (degree reduction)")
 
     # -- material -----------------------------------------------------------------
     async def triples(self, shape: tuple[int, ...]) -> Triple:
