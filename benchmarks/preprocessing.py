@@ -6,10 +6,11 @@ Four measurements, printed as one JSON object (progress on stderr):
    loopback (plain TCP channel: the engine only, no TLS), Shamir n = 3, t = 1, each with
    its own :class:`~pqmpc_node.mpc.honest_majority.HonestMajorityProvider` (PRSS keys
    agreed between the processes). One batch of ``--batch`` elementwise multiplications
-   ``[x][y]`` of random authenticated sharings, as the engine multiplies in a ``prss``
-   session: degree reduction of the local products (malicious: of the MACs too, in the
-   same round), then ``check_macs`` (malicious: the product check over the batch, the
-   CheckZero included); best of ``--repeat``. ``peak_rss_mib_per_node`` is the largest
+   ``[x][y]`` of random authenticated sharings (made, and their MACs checked, before the
+   clock starts: in a deep circuit the operands are earlier products, checked once each),
+   as the engine multiplies in a ``prss`` session: degree reduction of the local products
+   (malicious: of the MACs too, in the same round), then ``check_macs`` (malicious: the
+   product check over the batch, the CheckZero included); best of ``--repeat``. ``peak_rss_mib_per_node`` is the largest
    party's peak resident set.
 2. ``prss_vs_dealer_session_ratio``: the Shamir example's program (the demo's MLP,
    n = 3, t = 1, malicious) end to end on 3 real node processes (``python -m
@@ -90,6 +91,7 @@ async def party_main(party: int, ports: list[int], batch: int, repeat: int) -> d
             # Random authenticated sharings as inputs (PRSS and, malicious, their MACs; not timed).
             x = await provider.random_authenticated((batch,))
             y = await provider.random_authenticated((batch,))
+            await check_macs(ctx, "inputs")  # their MACs checked before the clock starts
             await barrier(channel, f"{session}/start")
             t0 = time.perf_counter()
             await P.multiply_many(ctx, [(x, y)])
