@@ -27,7 +27,7 @@ import numpy as np
 from pqmpc_node.mpc.channel import InProcessHub
 from pqmpc_node.mpc.field import MersenneField61
 from pqmpc_node.mpc.resharing import lagrange_at
-from pqmpc_node.rerun import RerunMismatchError, check_rerun
+from pqmpc_node.rerun import RerunMismatchError, check_rerun, record_placements
 from pqmpc_node.input_ids import InputId
 from pqmpc_node.input_resharing import HeldInput, reshare_inputs
 from pqmpc_node.mpc.inputs import share_owner_input
@@ -79,10 +79,13 @@ def test_one_corrupted_node_must_not_hold_shares_at_two_indexes() -> None:
     # gen 3: B "lost"; A and C keep the inputs; E comes back as the replacement at index 1.
     gen3 = replace(gen2, generation=3, issued_at=gen2.issued_at + 1,
                    parties=(a, replace(e, index=1), c), inputs_held_by=(0, 2))
+    # What each holder remembers of the session's placements (SessionRuntime.placements): A took gen 1 and the
+    # re-run gen 2; C joined in gen 2 as the replacement.
+    seen = {0: record_placements(record_placements({}, gen1), gen2), 2: record_placements({}, gen2)}
     refused = []
     for party in (0, 2):
         try:
-            check_rerun(gen3, gen2, survivors=(0, 2), party=party)
+            check_rerun(gen3, gen2, survivors=(0, 2), party=party, placed_before=seen[party])
         except RerunMismatchError as exc:
             refused.append((party, str(exc)))
     e_share_gen3 = _reshare_to(1, [0, 2], {0: f[0], 2: f_c})
