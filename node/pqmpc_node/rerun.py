@@ -93,10 +93,10 @@ def check_rerun(new: SessionPlan, held: SessionPlan, *, survivors: Sequence[int]
             raise RerunMismatchError(f"holder party {p} must stay node {b.node_id} with its certificate in a re-run; "
                                      f"the plan puts {a.node_id} there")
     seen = record_placements(placed_before or {}, held)
-    for p in new.parties:
-        before = seen.get(p.node_id)
-        if before is not None and before != p.index:
-            raise RerunMismatchError(f"the re-run plan of session {new.session_id} places node {p.node_id} at index "
-                                     f"{p.index}, but it held index {before} in an earlier generation: a node is "
+    for entry in new.parties:
+        before = seen.get(entry.node_id)
+        if before is not None and before != entry.index:
+            raise RerunMismatchError(f"the re-run plan of session {new.session_id} places node {entry.node_id} at "
+                                     f"index {entry.index}, but it held index {before} in an earlier generation: a node is "
                                      "only ever placed at one index of a session (two would give it two shares of "
                                      "every input)")

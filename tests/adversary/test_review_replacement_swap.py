@@ -24,7 +24,7 @@ def test_a_lost_node_never_comes_back_at_another_index() -> None:
     a, b, c = node("a", "td-a", "z1"), node("b", "td-b", "z2"), node("c", "td-c", "z3")
     d, e = node("d", "td-d", "z4", load=5), node("e", "td-e", "z5", load=0)  # d held index 3, e index 4
     got = place_replacements([a, b, c, d, e], PlacementRequest(parties=5), {0: a, 1: b, 2: c}, [3, 4],
-                             avoid=["d", "e"])
+                             placed_before={"a": 0, "b": 1, "c": 2, "d": 3, "e": 4})
     assert isinstance(got, Placement)
     placed = {a_.party: str(a_.node) for a_ in got.assignments}
     held_before = {"d": 3, "e": 4}
