@@ -31,7 +31,8 @@ from collections.abc import Mapping, Sequence
 
 from pqmpc_node.plan import PlanError, SessionPlan, canonical_bytes
 
-__all__ = ["Placements", "RerunMismatchError", "check_rerun", "record_placements", "rerun_terms_digest"]
+__all__ = ["CONFLICTING_INDEX", "Placements", "RerunMismatchError", "check_rerun", "merge_placements",
+           "record_placements", "rerun_terms_digest"]
 
 Placements = Mapping[str, int]
 """Node id -> the one index it held a share of a session at, over every generation seen."""
@@ -57,6 +58,26 @@ def record_placements(seen: Placements, plan: SessionPlan) -> dict[str, int]:
     out = dict(seen)
     for p in plan.parties:
         out.setdefault(p.node_id, p.index)
+    return out
+
+
+CONFLICTING_INDEX = -1
+"""The index recorded for a node that reports place at two indexes: no plan may place it anywhere."""
+
+
+def merge_placements(own: Placements, reports: Mapping[int, Placements]) -> dict[str, int]:
+    """``own`` with the holders' ``reports`` (:func:`pqmpc_node.input_resharing.exchange_placements`) added.
+
+    A re-run's replacement learns the generations it never saw this way. Reports that
+    disagree on a node's index (a corrupted holder's, or ``own``) leave it at
+    :data:`CONFLICTING_INDEX`, so no later plan may place it at all: a false report can
+    only make this node refuse more, never let a node hold a second index.
+    """
+    out = dict(own)
+    for _, report in sorted(reports.items()):
+        for node, index in report.items():
+            if out.setdefault(node, index) != index:
+                out[node] = CONFLICTING_INDEX
     return out
 
 
@@ -96,7 +117,9 @@ def check_rerun(new: SessionPlan, held: SessionPlan, *, survivors: Sequence[int]
     for entry in new.parties:
         before = seen.get(entry.node_id)
         if before is not None and before != entry.index:
+            held_at = (f"it held index {before}" if before != CONFLICTING_INDEX
+                       else "the holders reported it at different indexes")
             raise RerunMismatchError(f"the re-run plan of session {new.session_id} places node {entry.node_id} at "
-                                     f"index {entry.index}, but it held index {before} in an earlier generation: a node is "
+                                     f"index {entry.index}, but {held_at} in an earlier generation: a node is "
                                      "only ever placed at one index of a session (two would give it two shares of "
                                      "every input)")

@@ -105,7 +105,7 @@ from pqmpc_node.dealer import (
     party_provider,
 )
 from pqmpc_node.input_agreement import OwnerView, PartyView, agree_inputs, encode_view
-from pqmpc_node.input_resharing import HeldInput, ReshareError, reshare_inputs
+from pqmpc_node.input_resharing import HeldInput, ReshareError, exchange_placements, reshare_inputs
 from pqmpc_node.input_ids import InputId, InputIdError
 from pqmpc_node.input_parts import assemble
 from pqmpc_node.input_versions import Decision, Pending, decide
@@ -133,7 +133,7 @@ from pqmpc_node.crypto.transparency import LogForkError, require_same_history
 from pqmpc_node.net.pq_channel import HELLO_TAG, Hello, PeerLostError, PqChannel
 from pqmpc_node.net.tls import TlsIdentity
 from pqmpc_node.payloads import DomainName, InputPayload, OutputPayload, OutputShare, PayloadError, domain_for
-from pqmpc_node.rerun import RerunMismatchError, check_rerun, record_placements
+from pqmpc_node.rerun import RerunMismatchError, check_rerun, merge_placements, record_placements
 from pqmpc_node.plan import (
     DEALER_FREE,
     PlanError,
@@ -1165,8 +1165,14 @@ class SessionManager:
             got = await reshare_inputs(channel, threshold=plan.threshold, live=rt.live, replacements=replacements,
                                        owners=[i.owner for i in plan.inputs], held=held,
                                        rng=AesCtrRandom.from_os(), validate=validate)
+            # The session's earlier generations, as the holders saw them: this replacement, a holder in a later
+            # re-run, refuses to let any of their nodes move to another index (check_rerun).
+            reports = await exchange_placements(channel, live=rt.live, replacements=replacements,
+                                                placements=rt.placements)
         except (ReshareError, PayloadError, InputRejected) as exc:
             raise ReshareError(f"resharing the kept inputs to the replacement failed: {exc}") from None
+        if reports:
+            rt.placements = merge_placements(rt.placements, reports)
         if got is not None:
             rt.inputs = {o: h.payload for o, h in got.items()}
             rt.input_ids = {o: h.id for o, h in got.items()}

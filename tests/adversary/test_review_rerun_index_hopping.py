@@ -27,7 +27,7 @@ import numpy as np
 from pqmpc_node.mpc.channel import InProcessHub
 from pqmpc_node.mpc.field import MersenneField61
 from pqmpc_node.mpc.resharing import lagrange_at
-from pqmpc_node.rerun import RerunMismatchError, check_rerun, record_placements
+from pqmpc_node.rerun import RerunMismatchError, check_rerun, merge_placements, record_placements
 from pqmpc_node.input_ids import InputId
 from pqmpc_node.input_resharing import HeldInput, reshare_inputs
 from pqmpc_node.mpc.inputs import share_owner_input
@@ -80,8 +80,9 @@ def test_one_corrupted_node_must_not_hold_shares_at_two_indexes() -> None:
     gen3 = replace(gen2, generation=3, issued_at=gen2.issued_at + 1,
                    parties=(a, replace(e, index=1), c), inputs_held_by=(0, 2))
     # What each holder remembers of the session's placements (SessionRuntime.placements): A took gen 1 and the
-    # re-run gen 2; C joined in gen 2 as the replacement.
-    seen = {0: record_placements(record_placements({}, gen1), gen2), 2: record_placements({}, gen2)}
+    # re-run gen 2; C joined in gen 2 as the replacement and heard A's and B's records in gen 2's resharing.
+    a_seen = record_placements(record_placements({}, gen1), gen2)
+    seen = {0: a_seen, 2: merge_placements(record_placements({}, gen2), {0: a_seen, 1: a_seen})}
     refused = []
     for party in (0, 2):
         try:
@@ -95,5 +96,6 @@ def test_one_corrupted_node_must_not_hold_shares_at_two_indexes() -> None:
     rec = FIELD.add(FIELD.mul(e_share_gen3.columns["a"], FIELD.scalar(w[1])),
                     FIELD.mul(e_share_gen1.columns["a"], FIELD.scalar(w[2])))
     leaked = np.array_equal(np.asarray(rec), np.asarray(secret))
+    assert [p for p, _ in refused] == [0, 2], refused
     assert refused, (f"both honest holders accept gen 3, which places node-E (party 2 in gen 1) at index 1; "
                      f"node-E alone reconstructs the input: {leaked}")
