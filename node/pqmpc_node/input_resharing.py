@@ -18,6 +18,14 @@ channel (the share redistribution of :mod:`pqmpc_node.mpc.resharing`):
    right count, sums the contributions into its own shares, and validates each owner's
    result exactly as an owner's envelope is validated (the caller's ``validate``). From
    then on it holds the input like any other party.
+4. Every live holder sends each replacement (tag ``input-reshare/placements``,
+   :func:`exchange_placements`) every node it has seen hold a share of the session, in
+   any generation, with its index (:func:`pqmpc_node.rerun.record_placements`). The
+   replacement merges them into its own record (:func:`pqmpc_node.rerun.merge_placements`),
+   so as a holder in a later re-run it refuses a plan that moves an earlier node to
+   another index even where it never saw that node's generation. At least one of the
+   ``t + 1`` or more holders is honest and knows the whole history, so the merge misses
+   nothing; a false report can only make the replacement refuse more plans later.
 
 Nothing here authenticates the result: a holder that sends a wrong contribution moves the
 replacement's share off the owner's polynomial, and the attempt's input authentication
@@ -44,11 +52,13 @@ from pqmpc_node.mpc.randomness import RandomSource
 from pqmpc_node.mpc.resharing import combine, contribution, resharing_senders
 from pqmpc_node.payloads import U64, InputPayload
 
-__all__ = ["HeldInput", "ReshareError", "flatten", "rebuild", "reshare_inputs"]
+__all__ = ["HeldInput", "ReshareError", "exchange_placements", "flatten", "rebuild", "reshare_inputs"]
 
 KEYS_TAG = "input-reshare/keys"
 SHARES_TAG = "input-reshare/shares"
+PLACEMENTS_TAG = "input-reshare/placements"
 _MAX_LAYOUT = 1 << 20
+_MAX_PLACEMENTS = 4096
 
 Layout = list[tuple[str, str, tuple[int, ...]]]
 """Where each array of an input sits in its flat vector: (group, name, shape), in order."""
@@ -190,3 +200,34 @@ async def reshare_inputs(channel: Channel, *, threshold: int, live: Sequence[int
     if at != total.size:
         raise ReshareError("the resharing contributions are longer than their layout")
     return out
+
+
+async def exchange_placements(channel: Channel, *, live: Sequence[int], replacements: Sequence[int],
+                              placements: Mapping[str, int]) -> dict[int, dict[str, int]]:
+    """Step 4 (module docstring): each live holder sends each live replacement ``placements`` (node id -> index).
+
+    Returns, at a replacement, each holder's report; at a holder, nothing (``{}``).
+    :class:`ReshareError` for a report that is not a JSON object of node ids to indexes.
+    """
+    me = channel.party
+    holders = [p for p in live if p not in replacements]
+    targets = [j for j in live if j in replacements]
+    if me in holders and targets:
+        data = json.dumps(dict(sorted(placements.items())), separators=(",", ":")).encode()
+        await channel.send_many(PLACEMENTS_TAG, {j: data for j in targets})
+    if me not in targets:
+        return {}
+    got = await channel.receive_many(PLACEMENTS_TAG, holders)
+    return {p: _decode_placements(p, data, channel.n) for p, data in sorted(got.items())}
+
+
+def _decode_placements(sender: int, data: bytes, n: int) -> dict[str, int]:
+    try:
+        report = json.loads(data)
+    except ValueError:
+        raise ReshareError(f"party {sender}'s placements report is not JSON") from None
+    if (not isinstance(report, dict) or len(report) > _MAX_PLACEMENTS
+            or not all(isinstance(k, str) and type(v) is int and 0 <= v < n for k, v in report.items())):
+        raise ReshareError(f"party {sender}'s placements report must map at most {_MAX_PLACEMENTS} node ids to "
+                           f"indexes 0..{n - 1}")
+    return {str(k): int(v) for k, v in report.items()}

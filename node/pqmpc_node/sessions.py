@@ -105,7 +105,7 @@ from pqmpc_node.dealer import (
     party_provider,
 )
 from pqmpc_node.input_agreement import OwnerView, PartyView, agree_inputs, encode_view
-from pqmpc_node.input_resharing import HeldInput, ReshareError, reshare_inputs
+from pqmpc_node.input_resharing import HeldInput, ReshareError, exchange_placements, reshare_inputs
 from pqmpc_node.input_ids import InputId, InputIdError
 from pqmpc_node.input_parts import assemble
 from pqmpc_node.input_versions import Decision, Pending, decide
@@ -133,7 +133,7 @@ from pqmpc_node.crypto.transparency import LogForkError, require_same_history
 from pqmpc_node.net.pq_channel import HELLO_TAG, Hello, PeerLostError, PqChannel
 from pqmpc_node.net.tls import TlsIdentity
 from pqmpc_node.payloads import DomainName, InputPayload, OutputPayload, OutputShare, PayloadError, domain_for
-from pqmpc_node.rerun import RerunMismatchError, check_rerun
+from pqmpc_node.rerun import RerunMismatchError, check_rerun, merge_placements, record_placements
 from pqmpc_node.plan import (
     DEALER_FREE,
     PlanError,
@@ -296,6 +296,10 @@ class SessionRuntime:
     kept_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     reshared_from: tuple[int, ...] = ()
     """A re-run's replacement: the parties whose resharing gave it its input shares (last attempt)."""
+    placements: dict[str, int] = field(default_factory=dict, repr=False)
+    """Node id -> index of every party of this session's plans whose inputs this runtime carries (this plan's,
+    the original one's and every accepted re-run's): a re-run may never place one of them at another index
+    (:func:`pqmpc_node.rerun.check_rerun`). Kept and dropped with the inputs."""
 
     def cancelled(self) -> bool:
         """Whether the session ended on a cancel (the operator's, or the node's shutdown)."""
@@ -415,7 +419,7 @@ class SessionManager:
         if rerun:
             assert held is not None  # rerun implies a held session (mypy)
             try:
-                check_rerun(plan, held.plan, survivors=held.live, party=held.party)
+                check_rerun(plan, held.plan, survivors=held.live, party=held.party, placed_before=held.placements)
             except RerunMismatchError as exc:
                 self.metrics.plans_refused.labels(exc.reason).inc()
                 raise SessionError(str(exc), reason=exc.reason, status=409) from None
@@ -433,11 +437,12 @@ class SessionManager:
         except KeyRetiredError as exc:
             raise SessionError(str(exc), reason=exc.reason, status=409) from None
         rt = SessionRuntime(plan=plan, body=body, party=party.index, started=time.monotonic(), compiled=compiled,
-                            live=tuple(range(len(plan.parties))))
+                            live=tuple(range(len(plan.parties))), placements=record_placements({}, plan))
         if rerun and held is not None:
             # A re-run of the failed session (check_rerun): the inputs kept here carry over (with their sealed
             # envelopes on disk and the key fence, now the new runtime's to end); no owner submits again.
             rt.inputs, rt.input_digests, rt.input_ids = held.inputs, held.input_digests, held.input_ids
+            rt.placements = record_placements(held.placements, plan)
             self._hand_over_kept(held)
             log.info("session %s: re-run generation %d takes the %d input(s) kept here since generation %d failed",
                      plan.session_id, plan.generation, len(rt.inputs), held.plan.generation)
@@ -446,6 +451,7 @@ class SessionManager:
             # the plan): the owners consented to these terms, so the inputs accepted stay.
             rt.inputs, rt.input_digests, rt.input_ids = held.inputs, held.input_digests, held.input_ids
             rt.arriving = held.arriving
+            rt.placements = record_placements(held.placements, plan)
         elif held is not None and held.inputs:
             # Other terms: an input is valid only under the plan its owner sealed it for.
             log.info("session %s: plan generation %d changes the session's terms; dropping the %d input(s) "
@@ -1018,6 +1024,7 @@ class SessionManager:
             self.keys.ring.release(self._fence_id(plan.session_id, epoch))
         shutil.rmtree(self._session_dir(plan.session_id) / "inputs", ignore_errors=True)
         rt.inputs.clear()
+        rt.placements.clear()
 
     async def _attempts(self, rt: SessionRuntime) -> None:
         plan = rt.plan
@@ -1158,8 +1165,14 @@ class SessionManager:
             got = await reshare_inputs(channel, threshold=plan.threshold, live=rt.live, replacements=replacements,
                                        owners=[i.owner for i in plan.inputs], held=held,
                                        rng=AesCtrRandom.from_os(), validate=validate)
+            # The session's earlier generations, as the holders saw them: this replacement, a holder in a later
+            # re-run, refuses to let any of their nodes move to another index (check_rerun).
+            reports = await exchange_placements(channel, live=rt.live, replacements=replacements,
+                                                placements=rt.placements)
         except (ReshareError, PayloadError, InputRejected) as exc:
             raise ReshareError(f"resharing the kept inputs to the replacement failed: {exc}") from None
+        if reports:
+            rt.placements = merge_placements(rt.placements, reports)
         if got is not None:
             rt.inputs = {o: h.payload for o, h in got.items()}
             rt.input_ids = {o: h.id for o, h in got.items()}
@@ -1261,7 +1274,12 @@ class SessionManager:
             (out_dir / f"{hashlib.sha256(out.recipient.encode()).hexdigest()[:32]}.sealed").write_bytes(sealed)
 
     async def close(self) -> None:
-        """Stop the listener and cancel running sessions."""
+        """Stop the listener, cancel running sessions and drop the inputs kept for re-runs.
+
+        Kept inputs live in this process (shares in memory, the sealed envelopes and KEM-key
+        fences on disk for them); a restarted node cannot take a re-run, and the deadline
+        timer that would delete them dies with the event loop, so they go now.
+        """
         if self._server is not None:
             self._server.close()
         for poke in list(self._pokes):
@@ -1273,6 +1291,8 @@ class SessionManager:
                     await rt.task
                 except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
                     pass
+        for rt in self.sessions.values():
+            self._drop_kept(rt, "the node is shutting down")
 
 
 def _jsonable(v: Any) -> Any:

@@ -622,26 +622,36 @@ def place_parties(nodes: Sequence[NodeCandidate], request: PlacementRequest) -> 
 
 def place_replacements(nodes: Sequence[NodeCandidate], request: PlacementRequest,
                        kept: Mapping[int, NodeCandidate], fill: Sequence[int],
-                       avoid: Iterable[str] = ()) -> Placement | PlacementInfeasible:
+                       placed_before: Mapping[str, int] | None = None) -> Placement | PlacementInfeasible:
     """Keep the parties of ``kept`` (index -> node) in place and put a new node at each index of ``fill``.
 
     For a re-run whose survivors hold the owners' inputs (their indexes and nodes must
     not change): party by party in index order, the eligible node not already used that
     keeps every rule of ``request`` with the parties placed so far — nodes named in
-    ``avoid`` (the lost parties' pods, which may still be down) last, then least loaded,
-    then by name (greedy, not the solver's optimum: the kept parties are fixed anyway,
-    and one replacement is the usual case). :class:`PlacementInfeasible` names the rule
-    no free node can keep.
+    ``placed_before`` (the earlier generations' pods, which may still be down) last, then
+    least loaded, then by name (greedy, not the solver's optimum: the kept parties are
+    fixed anyway, and one replacement is the usual case). :class:`PlacementInfeasible`
+    names the rule no free node can keep.
+
+    ``placed_before``: node name -> the index it held in an earlier generation of the
+    session. Shares are not re-randomised between re-runs, so such a node is only ever
+    placed back at that index (at another it would hold two shares of every input, and
+    the holders refuse the plan); a kept party elsewhere is a :class:`PlacementInputError`.
     """
     if sorted([*kept, *fill]) != list(range(request.parties)):
         raise PlacementInputError(f"kept parties {sorted(kept)} and parties to fill {sorted(fill)} must cover "
                                   f"0..{request.parties - 1} once each")
+    before = dict(placed_before or {})
+    moved = sorted(f"{nd.name} at {i} (held {before[nd.name]})" for i, nd in kept.items()
+                   if before.get(nd.name, i) != i)
+    if moved:
+        raise PlacementInputError(f"kept parties must stay at the index they held before: {', '.join(moved)}")
     regions = allowed_regions(request.inputs)
     used = {nd.name for nd in kept.values()}
-    last = set(avoid)
     chosen: dict[int, NodeCandidate] = dict(kept)
     for party in sorted(fill):
-        free = sorted((nd for nd in nodes if nd.name not in used), key=lambda nd: (nd.name in last, nd.load, nd.name))
+        free = sorted((nd for nd in nodes if nd.name not in used and before.get(nd.name, party) == party),
+                      key=lambda nd: (nd.name in before, nd.load, nd.name))
         eligible = [nd for nd in free if nd.ready and not nd.quarantined
                     and (regions is None or nd.region in regions) and (nd.gpus > 0 or not request.require_gpu)]
         fits = None
@@ -656,8 +666,8 @@ def place_replacements(nodes: Sequence[NodeCandidate], request: PlacementRequest
                 else PlacementConstraint.MAX_SHARES_PER_ZONE)
             return PlacementInfeasible(
                 constraint, f"no free node can replace party {party}: {len(eligible)} eligible node(s) besides the "
-                f"kept parties' ({_fmt_list(sorted(str(nd.name) for nd in kept.values()))}), none keeps "
-                f"{constraint.value} with them", 1, 0)
+                f"kept parties' ({_fmt_list(sorted(str(nd.name) for nd in kept.values()))}) and the nodes that held "
+                f"another index of this session, none keeps {constraint.value} with them", 1, 0)
         chosen[party] = fits
         used.add(fits.name)
     ordered = [chosen[i] for i in range(request.parties)]

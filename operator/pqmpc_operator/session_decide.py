@@ -39,7 +39,10 @@ Lifecycle (``status.phase``, :class:`SessionPhase`): Pending -> Placing -> Prepr
   the survivors which still keep them, places a replacement node at every other index
   (:func:`~pqmpc_operator.placement.place_replacements`) and goes back to Preprocessing:
   the next generation's plan names the holders (``inputsHeldBy``), they reshare to the
-  replacements and no owner submits again.
+  replacements and no owner submits again. A node is only ever placed at one index of a
+  session: ``status.rerun.placedBefore`` records every earlier generation's nodes, and
+  none of them comes back at another index. The plan keeps the session's deadline
+  (``creationTimestamp + spec.deadline``, immutable), which the holders check.
 
 Everything is decided from the stored status plus this pass's observations, never from
 memory, so an operator restart resumes where the last one stopped.
@@ -153,6 +156,9 @@ class RerunStatus(TypedDict, total=False):
     requested: str
     """The ``pqmpc.io/rerun`` value last acted on (each new value asks once)."""
     hint: str
+    placedBefore: list[dict[str, Any]]
+    """Every node that held a share in an earlier generation and its index (``{"node", "party"}``): a re-run
+    places none of them at another index (:func:`~pqmpc_operator.placement.place_replacements`)."""
 
 
 class SessionStatus(TypedDict, total=False):
@@ -806,6 +812,8 @@ def _offer_rerun(draft: _Draft, spec: SessionSpec, survivors: Sequence[int]) -> 
     draft.new["rerun"] = RerunStatus(available=True, survivors=sorted(survivors),
                                      inputsHeldBy=list(before.get("inputsHeldBy") or []),
                                      requested=str(before.get("requested") or ""), hint=hint)
+    if before.get("placedBefore"):  # the generations before this one, for the next re-run's placement
+        draft.new["rerun"]["placedBefore"] = list(before.get("placedBefore") or [])
     return (f"; parties {sorted(survivors)} keep every owner's input until the deadline, so session {name} can "
             f"re-run with a replacement node and no owner submits again: {hint}")
 
@@ -883,8 +891,12 @@ def _start_rerun(observed: ObservedSession, now: dt.datetime) -> Decision:
                 name=placement.NodeName(node), group="", region=str(e.get("region") or ""),
                 zone=str(e.get("zone") or ""), trust_domain=str(e.get("trustDomain") or ""))
     fill = [i for i in range(spec.parties) if i not in kept]
-    gone = [str(e["node"]) for e in placed if int(e["party"]) in fill]
-    result = placement.place_replacements(candidates, spec.placement, kept, fill, avoid=gone)
+    # Every node of every generation so far, at its one index: none may come back at another (shares are not
+    # re-randomised between re-runs, so it would hold two); the holders refuse such a plan anyway.
+    history = _placed_before(offer)
+    for e in placed:
+        history.setdefault(str(e["node"]), int(e["party"]))
+    result = placement.place_replacements(candidates, spec.placement, kept, fill, placed_before=history)
     if isinstance(result, placement.PlacementInfeasible):
         draft.new["message"] = f"re-run ({RERUN_ANNOTATION}={asked}) waits for a replacement node: {result.message}"
         draft.condition("Placed", "False", result.reason, result.message)
@@ -894,7 +906,8 @@ def _start_rerun(observed: ObservedSession, now: dt.datetime) -> Decision:
     draft.new["planDigest"] = ""
     draft.new["unreachableSince"] = None
     draft.new["rerun"] = RerunStatus(available=False, survivors=list(offer.get("survivors") or []),
-                                     inputsHeldBy=holders, requested=asked, hint="")
+                                     inputsHeldBy=holders, requested=asked, hint="",
+                                     placedBefore=[{"node": n, "party": i} for n, i in sorted(history.items())])
     message = (f"re-run ({RERUN_ANNOTATION}={asked}): parties {holders} keep every owner's input; "
                f"{', '.join(new_nodes)} replace{'s' if len(new_nodes) == 1 else ''} parties {fill}; signing and "
                "sending the next plan generation (no owner submits again)")
@@ -902,6 +915,11 @@ def _start_rerun(observed: ObservedSession, now: dt.datetime) -> Decision:
     draft.condition("Placed", "True", "Rerun", message)
     draft.condition("Ready", "False", "Rerun", message)
     return draft.status(), [WriteStatus(), Requeue(NEXT_PASS_S)]
+
+
+def _placed_before(offer: Mapping[str, Any]) -> dict[str, int]:
+    """``status.rerun.placedBefore`` as node name -> index (the nodes of the generations before the current one)."""
+    return {str(e["node"]): int(e["party"]) for e in offer.get("placedBefore") or [] if isinstance(e, Mapping)}
 
 
 TOO_LARGE = "PreprocessingTooLarge"

@@ -5,6 +5,7 @@ processes over PQ-TLS (the scenario: prss_rerun.py; a cheating survivor: tests/a
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -13,14 +14,21 @@ import pytest
 from harness import Operator
 from pqmpc_node.client import SessionClient
 from pqmpc_node.plan import sign_cancel
-from prss_rerun import kept_envelopes, kill_third, rerun, rerun_plan
+from prss_rerun import kept_envelopes, kill_third, rerun_plan
 from test_dealer_free import ROWS
 
 
 @pytest.mark.slow
 def test_rerun_with_a_replacement_needs_no_resubmission(operator: Operator) -> None:
     nodes, plan, auditor = kill_third(operator, "hm-rerun")
-    replacement, _ = rerun(operator, nodes, plan)
+    replacement, gen2 = rerun_plan(operator, nodes, plan)
+    # A re-run may not keep the inputs past the deadline the owners consented to (the holder keeps them).
+    later = dataclasses.replace(gen2, deadline=gen2.deadline + 3600)
+    r = operator.http.post(nodes[0].url + "/v1/sessions", content=operator.signed_body(later),
+                           headers={"Content-Type": "application/json"})
+    assert r.status_code == 409 and r.json()["error"]["reason"] == "rerun_mismatch", r.text
+    assert "moves the deadline" in r.json()["error"]["message"], r.text
+    operator.post_plan(gen2, [nodes[0], nodes[1], replacement])
     for n in [nodes[0], nodes[1], replacement]:
         status = operator.wait_phase(n, "hm-rerun", {"Succeeded", "Failed"}, timeout=120)
         assert status["phase"] == "Succeeded", (status["reason"], status["message"], n.log_text()[-3000:])

@@ -2,7 +2,8 @@
 for consistency), which re-run plans a survivor takes (:func:`pqmpc_node.rerun.check_rerun`), the inputs agreement
 leaving a replacement's empty view out, and the resharing step over in-process channels
 (:mod:`pqmpc_node.input_resharing`): replacements end up with exactly the shares the owner would have sealed them,
-and a malformed or inconsistent resharing is refused."""
+and a malformed or inconsistent resharing is refused; a replacement learns the session's earlier placements from
+the holders, so no node ever moves to another index across re-runs."""
 
 from __future__ import annotations
 
@@ -16,7 +17,16 @@ import pytest
 
 from pqmpc_node.input_agreement import OwnerView, PartyView, decode_view, disagreement, encode_view
 from pqmpc_node.input_ids import InputId
-from pqmpc_node.input_resharing import SHARES_TAG, HeldInput, ReshareError, flatten, rebuild, reshare_inputs
+from pqmpc_node.input_resharing import (
+    PLACEMENTS_TAG,
+    SHARES_TAG,
+    HeldInput,
+    ReshareError,
+    exchange_placements,
+    flatten,
+    rebuild,
+    reshare_inputs,
+)
 from pqmpc_node.mpc.channel import InProcessHub
 from pqmpc_node.mpc.field import MersenneField61
 from pqmpc_node.mpc.inputs import share_owner_input
@@ -24,7 +34,7 @@ from pqmpc_node.mpc.randomness import AesCtrRandom
 from pqmpc_node.mpc.sharing import ShamirScheme
 from pqmpc_node.payloads import InputPayload
 from pqmpc_node.plan import MalformedPlanError, PlanParty, SessionPlan
-from pqmpc_node.rerun import RerunMismatchError, check_rerun
+from pqmpc_node.rerun import CONFLICTING_INDEX, RerunMismatchError, check_rerun, merge_placements, record_placements
 from test_plan_providers import parsed, plan
 
 FIELD = MersenneField61(np)
@@ -98,6 +108,85 @@ def test_holders_must_be_survivors_in_place() -> None:
     moved = replace(new, parties=(new.parties[0], replace(new.parties[2], index=1), replace(new.parties[1], index=2)))
     with pytest.raises(RerunMismatchError, match="holder party 1 must stay node node-1"):
         check_rerun(moved, held, survivors=(0, 1), party=0)
+
+
+def _at(p: SessionPlan, index: int, name: str) -> SessionPlan:
+    parties = list(p.parties)
+    parties[index] = PlanParty(index, name, f"127.0.0.{50 + index}", f"{name}.svc", 9443, 8443, name[-1] * 64, 1)
+    return replace(p, parties=tuple(parties))
+
+
+def test_no_generation_places_a_node_at_another_index_or_moves_the_deadline() -> None:
+    gen1 = prss_plan()  # node-0, node-1, node-2
+    gen2 = replace(_at(gen1, 2, "node-c"), generation=2, inputs_held_by=(0, 1))
+    seen = record_placements({}, gen1)
+    check_rerun(gen2, gen1, survivors=(0, 1), party=0, placed_before=seen)
+    back = replace(_at(gen2, 1, "node-2"), generation=3, inputs_held_by=(0, 2))  # node-2 held index 2 in gen 1
+    with pytest.raises(RerunMismatchError, match="places node node-2 at index 1, but it held index 2"):
+        check_rerun(back, gen2, survivors=(0, 2), party=0, placed_before=record_placements(seen, gen2))
+    check_rerun(replace(back, parties=gen1.parties[:2] + gen2.parties[2:]), gen2, survivors=(0, 2), party=0,
+                placed_before=record_placements(seen, gen2))  # node-1 back at its own index: fine
+    with pytest.raises(RerunMismatchError, match="moves the deadline"):
+        check_rerun(replace(gen2, deadline=gen1.deadline + 1), gen1, survivors=(0, 1), party=0)
+    check_rerun(replace(gen2, deadline=gen1.deadline - 1), gen1, survivors=(0, 1), party=0)  # sooner is fine
+
+
+def _exchange(live: list[int], replacements: list[int], placements: dict[int, dict[str, int]],
+              rewrite: Any = None) -> list[dict[int, dict[str, int]]]:
+    hub = InProcessHub(len(placements))
+
+    async def party(p: int) -> dict[int, dict[str, int]]:
+        channel = hub.channel(p)
+        if rewrite is not None and p not in replacements:
+            channel.send_many = rewrite(channel.send_many)  # type: ignore[method-assign]
+        return await exchange_placements(channel, live=live, replacements=replacements, placements=placements[p])
+
+    async def main() -> list[dict[int, dict[str, int]]]:
+        return list(await asyncio.gather(*(party(p) for p in range(len(placements)))))
+
+    return asyncio.run(main())
+
+
+def test_a_replacement_learns_the_generations_it_never_saw() -> None:
+    """n = 3, t = 1: gen 1 A(0) B(1) E(2); gen 2 C at 2 (holders A, B); gen 3 D at 0 (holders B, C); gen 4 would
+    put E at 1 with holders C, D. Neither C nor D was in gen 1: only what B passed on in gen 3 lets them refuse."""
+    gen1 = _at(_at(_at(prss_plan(), 0, "node-a"), 1, "node-b"), 2, "node-e")
+    gen2 = replace(_at(gen1, 2, "node-c"), generation=2, inputs_held_by=(0, 1))
+    gen3 = replace(_at(gen2, 0, "node-d"), generation=3, inputs_held_by=(1, 2))
+    gen4 = replace(_at(gen3, 1, "node-e"), generation=4, inputs_held_by=(0, 2))
+    b = record_placements(record_placements(record_placements({}, gen1), gen2), gen3)
+    c_own = record_placements(record_placements({}, gen2), gen3)  # C took gen 2 as a fresh session
+    d_own = record_placements({}, gen3)
+    # A replacement's own record (the plans it took) lets gen 4 through: E's gen 1 index is not in it.
+    check_rerun(gen4, gen3, survivors=(0, 2), party=2, placed_before=c_own)
+    # gen 3's resharing: B and C hold, D (index 0) is the replacement and hears both records.
+    got = _exchange([0, 1, 2], [0], {0: d_own, 1: b, 2: c_own})
+    assert got[1] == got[2] == {} and got[0] == {1: b, 2: c_own}
+    d = merge_placements(d_own, got[0])
+    assert d["node-e"] == 2
+    with pytest.raises(RerunMismatchError, match="node-e at index 1, but it held index 2"):
+        check_rerun(gen4, gen3, survivors=(0, 2), party=0, placed_before=d)
+
+
+def test_reports_that_disagree_bar_the_node_from_every_index() -> None:
+    merged = merge_placements({"node-a": 0}, {1: {"node-e": 2, "node-a": 0}, 2: {"node-e": 1}})
+    assert merged == {"node-a": 0, "node-e": CONFLICTING_INDEX}
+    p = prss_plan()
+    gen2 = replace(_at(p, 2, "node-e"), generation=2, inputs_held_by=(0, 1))
+    with pytest.raises(RerunMismatchError, match="reported it at different indexes"):
+        check_rerun(gen2, p, survivors=(0, 1), party=0, placed_before=merged)
+
+
+@pytest.mark.parametrize("data", [b"not json", b"[1]", b'{"node-x": 3}', b'{"node-x": -1}', b'{"node-x": "1"}',
+                                  b'{"node-x": true}'])
+def test_a_malformed_placements_report_is_refused(data: bytes) -> None:
+    def rewrite(send: Any) -> Any:
+        async def wrapped(tag: str, payloads: Any) -> None:
+            await send(tag, {j: data for j in payloads} if tag == PLACEMENTS_TAG else payloads)
+        return wrapped
+
+    with pytest.raises(ReshareError, match="placements report"):
+        _exchange([0, 1, 2], [2], {0: {}, 1: {}, 2: {}}, rewrite)
 
 
 # -- the inputs agreement -------------------------------------------------------------------------------------

@@ -947,3 +947,44 @@ async def test_a_re_run_needs_t_plus_1_holders_still_keeping(monkeypatch: pytest
     assert st["phase"] == "Failed" and "impossible: only parties [0] still keep" in st["message"], st
     assert st["rerun"]["available"] is False and st["rerun"]["requested"] == "x"
     assert await world.run("rr2") == 60.0  # no offer left: it waits out its TTL
+
+
+async def test_a_second_re_run_never_moves_an_earlier_node_to_another_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generation 1 a(0) b(1) c(2) loses c; the re-run puts d at 2. Generation 2 loses b: the second re-run
+    must not put c (index 2 in generation 1) at index 1, where it would get a second share of every input; b
+    comes back at its own index. Every generation keeps the session's deadline (the holders refuse a later one)."""
+    monkeypatch.setitem(NODES, "banks-d-0", ("d", "eu-west", "eu-west-1c", "bank-d", "127.0.0.14"))
+    world = await make_world()
+    await to_awaiting_inputs(world, "hop", parties=3, sharing="shamir")
+    a, b, c = world.placed("hop")
+    sid = world.status("hop")["sessionId"]
+    deadline = parse_signed_plan(world.node(a).plans[sid])[2].deadline
+    kept = {"phase": "Failed", "reason": "peer_lost", "message": "lost", "inputsKept": True}
+    world.report("hop", a, **kept)
+    world.report("hop", b, **kept)
+    world.node(c).down = True
+    await world.run("hop")
+    world.api.sessions[(NS, "hop")]["metadata"]["annotations"] = {"pqmpc.io/rerun": "1"}
+    await world.run("hop")
+    await world.run("hop")
+    st = world.status("hop")
+    assert (st["phase"], st["planGeneration"], world.placed("hop")) == ("AwaitingInputs", 2, [a, b, "banks-d-0"]), st
+    assert st["rerun"]["placedBefore"] == sorted([{"node": n, "party": i} for i, n in enumerate((a, b, c))],
+                                                 key=lambda e: e["node"])
+    world.node(c).down = False  # c is back and free: the least loaded candidate but for its history
+    world.report("hop", a, **kept)
+    world.report("hop", "banks-d-0", **kept)
+    world.node(b).down = True
+    await world.run("hop")
+    st = world.status("hop")
+    assert st["rerun"]["available"] is True and st["rerun"]["survivors"] == [0, 2], st
+    world.api.sessions[(NS, "hop")]["metadata"]["annotations"] = {"pqmpc.io/rerun": "2"}
+    await world.run("hop")
+    st = world.status("hop")
+    assert (st["phase"], st["reason"]) == ("Preprocessing", "Rerun"), st
+    assert world.placed("hop") == [a, b, "banks-d-0"], "c (index 2 before) must not come back at index 1"
+    assert {e["node"]: e["party"] for e in st["rerun"]["placedBefore"]} == {a: 0, b: 1, c: 2, "banks-d-0": 2}
+    world.node(b).down = False
+    await world.run("hop")
+    plan = parse_signed_plan(world.node(a).plans[sid])[2]
+    assert (plan.generation, plan.inputs_held_by, plan.deadline) == (3, (0, 2), deadline)

@@ -524,6 +524,7 @@ def test_party_killed_mid_computation_at_n3_re_runs_without_resubmission(world: 
     world.submit(sid, "bank-a", url, world.csv("rr-a", ["amount"], a))
     world.submit(sid, "bank-b", url, world.csv("rr-b", ["amount"], b))
     victim = st["placement"][2]["node"]  # killed as the computation starts (both inputs are in)
+    first = {str(p["node"]): int(p["party"]) for p in st["placement"]}
     kubectl("delete", "pod", victim, "-n", NS, "--grace-period=0", "--force", check=False)
     st = world.wait_phase("rerun-hm", {"Failed", "Succeeded"}, timeout=300)
     assert st["phase"] == "Failed", st
@@ -533,6 +534,8 @@ def test_party_killed_mid_computation_at_n3_re_runs_without_resubmission(world: 
     st = world.wait_phase("rerun-hm", {"Succeeded"}, timeout=300)
     assert st["planGeneration"] == 2 and st["rerun"]["inputsHeldBy"] == [0, 1], st
     assert st["placement"][2]["node"] == victim  # the healed pod: a new node with a new certificate
+    # Generation 1's nodes, each at its one index (the API server keeps the field: the CRD declares it).
+    assert {e["node"]: e["party"] for e in st["rerun"]["placedBefore"]} == first, st["rerun"]
     res = world.result(sid, "auditor", st["result"]["nodes"][0])
     values = np.concatenate([a, b])
     assert res["outputs"]["count(amount)"] == 4000
