@@ -27,7 +27,7 @@ shares they held before. :func:`check_rerun` refuses anything else, and also:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from pqmpc_node.plan import PlanError, SessionPlan, canonical_bytes
 
@@ -81,11 +81,10 @@ def merge_placements(own: Placements, reports: Mapping[int, Placements]) -> dict
     return out
 
 
-def check_rerun(new: SessionPlan, held: SessionPlan, *, survivors: Sequence[int], party: int,
+def check_rerun(new: SessionPlan, held: SessionPlan, *, party: int,
                 placed_before: Placements | None = None) -> None:
     """Refuse (:class:`RerunMismatchError`) a re-run plan this node, party ``party`` of ``held``, may not take.
 
-    ``survivors``: the parties this node saw alive when the session failed (itself among them).
     ``placed_before``: every node this node saw hold a share of the session in a generation
     before ``held`` and its index (:func:`record_placements`); ``held``'s parties always count.
     """
@@ -104,10 +103,10 @@ def check_rerun(new: SessionPlan, held: SessionPlan, *, survivors: Sequence[int]
     if party not in new.inputs_held_by:
         raise RerunMismatchError(f"this node (party {party}) kept the inputs of session {new.session_id}, but the "
                                  f"re-run plan names only parties {list(new.inputs_held_by)} as holders")
-    gone = sorted(set(new.inputs_held_by) - set(survivors))
-    if gone:
-        raise RerunMismatchError(f"the re-run plan names parties {gone} as holders, but they were lost when session "
-                                 f"{new.session_id} failed here (survivors: {list(survivors)})")
+    # Not required: that every holder survived in *this* node's view. When one party stops, its
+    # peers see its link drop and may count it lost too (a cascade), so the parties' views of who
+    # survived differ; a holder that keeps its node and certificate (checked next) is the same
+    # process with the same shares (keys live in memory only: a restart is a new certificate).
     for p in new.inputs_held_by:
         a, b = new.parties[p], held.parties[p]
         if (a.node_id, a.cert_fingerprint) != (b.node_id, b.cert_fingerprint):

@@ -419,7 +419,7 @@ class SessionManager:
         if rerun:
             assert held is not None  # rerun implies a held session (mypy)
             try:
-                check_rerun(plan, held.plan, survivors=held.live, party=held.party, placed_before=held.placements)
+                check_rerun(plan, held.plan, party=held.party, placed_before=held.placements)
             except RerunMismatchError as exc:
                 self.metrics.plans_refused.labels(exc.reason).inc()
                 raise SessionError(str(exc), reason=exc.reason, status=409) from None

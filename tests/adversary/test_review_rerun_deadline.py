@@ -29,4 +29,4 @@ def test_a_rerun_cannot_extend_the_deadline_the_owners_consented_to() -> None:
     gen2 = replace(held, generation=2, issued_at=held.issued_at + 1, parties=tuple(parties), inputs_held_by=(0, 1),
                    deadline=held.deadline + ten_years, not_after=held.not_after + ten_years)
     with pytest.raises(RerunMismatchError):
-        check_rerun(gen2, held, survivors=(0, 1), party=0)
+        check_rerun(gen2, held, party=0)
