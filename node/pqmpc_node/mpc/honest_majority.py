@@ -70,8 +70,8 @@ Sources and steps.
   probability at most 3/p < 2^-59 *whatever the data*: the abort depends on whether it
   cheated, never on a secret. ``beta T`` is uniform when ``T != 0``, so an abort reveals
   nothing either.
-  This replaces the sacrifice for products: half the reductions, no extra triples, which
-  is what makes malicious multiplication cost about twice semi-honest.
+  This replaces the sacrifice for products: two reductions per product instead of
+  seven, no extra triples (docs/benchmarks.md: 2.9x semi-honest, against 7x before).
 * **Triples** (:meth:`triples`, for openings that need one: random bits, output keys):
   PRSS ``[a], [b]``, their MACs and ``[c] = [a][b]`` with its MAC as above (two rounds);
   ``c`` is checked with every other product.
