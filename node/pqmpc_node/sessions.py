@@ -106,6 +106,7 @@ from pqmpc_node.dealer import (
 )
 from pqmpc_node.input_agreement import OwnerView, PartyView, agree_inputs, encode_view
 from pqmpc_node.input_resharing import HeldInput, ReshareError, exchange_placements, reshare_inputs
+from pqmpc_node.mpc.resharing import resharing_senders
 from pqmpc_node.input_ids import InputId, InputIdError
 from pqmpc_node.input_parts import assemble
 from pqmpc_node.input_versions import Decision, Pending, decide
@@ -1176,7 +1177,7 @@ class SessionManager:
         if got is not None:
             rt.inputs = {o: h.payload for o, h in got.items()}
             rt.input_ids = {o: h.id for o, h in got.items()}
-            rt.reshared_from = tuple(sorted(p for p in rt.live if not plan.is_replacement(p)))[: plan.threshold + 1]
+            rt.reshared_from = resharing_senders([p for p in rt.live if not plan.is_replacement(p)], plan.threshold)
             log.info("session %s: got the shares of %d owner input(s) by resharing from parties %s", plan.session_id,
                      len(got), list(rt.reshared_from))
 
